@@ -1,0 +1,41 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv and install what they need; `make test` also installs the
+# Debian packages the tests and benchmarks drive (nginx, Varnish, wrk, ...).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint venv debian-deps bench bench-throughput bench-conformance clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+debian-deps:
+	bash scripts/install-debian-deps.sh
+
+demo: $(STAMP)
+	$(BIN)/kalkan demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+test: $(STAMP) debian-deps lint
+	bash scripts/run-tests.sh
+
+bench: bench-throughput bench-conformance
+
+bench-throughput: $(STAMP) debian-deps
+	$(BIN)/python -m bench.throughput
+
+bench-conformance: $(STAMP) debian-deps
+	$(BIN)/python -m bench.cache_conformance
+
+clean:
+	rm -rf $(VENV) var build dist src/*.egg-info

@@ -1,0 +1,213 @@
+"""The `kalkan` command line: serve, check-config, purge, demo-site and demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from kalkan import __version__
+from kalkan.config import (
+    Config,
+    ConfigError,
+    load_config,
+    load_config_text,
+    parse_hostport,
+    validate,
+)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    if args.origin:
+        config.origin.url = args.origin
+    if args.listen:
+        config.listen = [args.listen]
+    if args.admin:
+        config.admin.listen = None if args.admin == "off" else args.admin
+    if args.access_log:
+        config.access_log.path = None if args.access_log == "off" else args.access_log
+    if args.cache_dir:
+        config.cache.dir = None if args.cache_dir == "off" else args.cache_dir
+    validate(config, "command line")
+    return config
+
+
+async def _serve(config: Config) -> None:
+    from kalkan.edge.app import Edge
+
+    edge = Edge(config)
+    await edge.start()
+    for host, port in edge.addresses:
+        scheme = "https" if config.tls else "http"
+        print(f"kalkan {__version__}: serving {scheme}://{_fmt(host, port)}/ "
+              f"for origin {config.origin.url}", flush=True)
+    if edge.admin_address:
+        print(f"admin: http://{_fmt(*edge.admin_address)}/metrics", flush=True)
+    await edge.run_until_signalled()
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    _install_uvloop()
+    asyncio.run(_serve(config))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    load_config(args.file)
+    print(f"{args.file}: ok")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    host, port = parse_hostport(args.admin)
+    query = "all=1" if args.all else "url=" + urllib.request.quote(args.url, safe="")
+    req = urllib.request.Request(f"http://{_fmt(host, port)}/purge?{query}", method="POST")
+    if args.token:
+        req.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            result = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"purge refused by the edge: {exc.code} {exc.read().decode().strip()}",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach the admin listener at {args.admin} ({exc}); "
+              "is `kalkan serve` running with that --admin address?", file=sys.stderr)
+        return 1
+    print(f"purged {result['purged']} cached response(s)")
+    return 0
+
+
+def _demo_site_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from kalkan.demo.site import DemoSiteConfig
+
+    return DemoSiteConfig(workers=args.workers, page_cost=args.page_cost_ms / 1000.0,
+                          search_cost=args.search_cost_ms / 1000.0,
+                          cache_headers=not args.no_cache_headers)
+
+
+def cmd_demo_site(args: argparse.Namespace) -> int:
+    from kalkan.demo.site import run
+
+    host, port = parse_hostport(args.listen)
+    run(host, port, _demo_site_config(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo newsroom site and Kalkan in front of it, in one process, until Ctrl-C."""
+    from kalkan.demo.site import DemoSite, DemoSiteConfig
+
+    text = resources.files("kalkan").joinpath("data/demo.yaml").read_text(encoding="utf-8")
+    config = load_config_text(text, "kalkan/data/demo.yaml")
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    _, origin_host, origin_port = config.origin.url.partition("://")[2].rpartition(":")[0], \
+        *parse_hostport(config.origin.url.partition("://")[2])
+
+    async def main() -> None:
+        from kalkan.edge.app import Edge
+
+        site = DemoSite(DemoSiteConfig())
+        await site.start(origin_host, origin_port)
+        edge = Edge(config)
+        await edge.start()
+        host, port = edge.addresses[0]
+        print(f"""
+Kalkan demo is running.
+  the newsroom, through Kalkan:  http://{_fmt(host, port)}/
+  the origin, unprotected:       {config.origin.url}/
+  metrics:                       http://{config.admin.listen}/metrics
+  access log:                    {config.access_log.path}
+Try: curl -sI http://{_fmt(host, port)}/ | grep -i x-cache   (MISS, then HIT)
+Press Ctrl-C to stop both.
+""", flush=True)
+        try:
+            await edge.run_until_signalled()
+        finally:
+            await site.stop()
+        print("stopped.", flush=True)
+
+    _install_uvloop()
+    asyncio.run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kalkan", description="A self-hosted shield that keeps a newsroom's site online.")
+    parser.add_argument("--version", action="version", version=f"kalkan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the edge in front of an origin")
+    p.add_argument("--origin", help="origin URL, http://HOST:PORT (overrides origin.url)")
+    p.add_argument("--listen", help="public HOST:PORT (overrides listen)")
+    p.add_argument("--config", help="YAML config file (see docs/config.md)")
+    p.add_argument("--admin", help="admin HOST:PORT for metrics and purge, or 'off'")
+    p.add_argument("--access-log", help="access log file, '-' for stdout, or 'off'")
+    p.add_argument("--cache-dir", help="where the cache persists, or 'off' for memory only")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and name any bad key")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("purge", help="remove a URL (or everything) from a running edge's cache")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("url", nargs="?", help="full URL, e.g. http://example.org/news/")
+    g.add_argument("--all", action="store_true", help="purge every cached response")
+    p.add_argument("--admin", default="127.0.0.1:9181", help="the edge's admin HOST:PORT")
+    p.add_argument("--token", help="admin token, if the edge has one configured")
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("demo-site", help="run the demo newsroom site (an origin to protect)")
+    p.add_argument("--listen", default="127.0.0.1:8000")
+    p.add_argument("--workers", type=int, default=4, help="concurrent page renders (default 4)")
+    p.add_argument("--page-cost-ms", type=float, default=40.0, help="cost of a page (default 40)")
+    p.add_argument("--search-cost-ms", type=float, default=200.0,
+                   help="cost of a search (default 200)")
+    p.add_argument("--no-cache-headers", action="store_true",
+                   help="send no Cache-Control/Expires (like many CMS setups)")
+    p.set_defaults(func=cmd_demo_site)
+
+    p = sub.add_parser("demo", help="the demo site with Kalkan in front, on the embedded config")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

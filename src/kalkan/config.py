@@ -1,0 +1,389 @@
+"""One typed config tree for the edge: YAML in, dataclasses out, errors naming the bad key and line.
+
+Every key, its type and its default live in the dataclasses below; `docs/config.md` documents them.
+Durations accept `500ms`, `10s`, `5m`, `6h`, `1d` (or plain seconds); sizes accept `64KiB`,
+`256MiB`, `1GiB`, `1GB` (or plain bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, with the file, line and dotted key in its message."""
+
+
+def _size(doc: str, default: int) -> Any:
+    return field(default=default, metadata={"kind": "size", "doc": doc})
+
+
+def _duration(doc: str, default: float) -> Any:
+    return field(default=default, metadata={"kind": "duration", "doc": doc})
+
+
+def _opt(doc: str, default: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class TLSConfig:
+    """TLS termination on a listener: one or more certificates chosen by SNI."""
+
+    certificates: list[dict[str, str]] = _opt(
+        "List of {cert: PATH, key: PATH}; the first is the default, others are picked by SNI "
+        "from the names in each certificate.", [])
+    redirect_http: bool = _opt(
+        "Also listen on `http_listen` and redirect plain HTTP to HTTPS with 308.", False)
+    http_listen: str | None = _opt("Plain-HTTP listener used for the redirect.", None)
+
+
+@dataclass
+class LimitsConfig:
+    """Limits and timeouts that protect the edge itself from slow or oversized clients."""
+
+    max_request_line: int = _size("Longest request line (method, target, version).", 8192)
+    max_header_bytes: int = _size("Largest header block of one request.", 32768)
+    max_headers: int = _opt("Most header fields in one request.", 100)
+    max_body_bytes: int = _size("Largest request body forwarded to the origin.", 100 * 2**20)
+    header_timeout: float = _duration(
+        "Time allowed to receive a request's headers from its first byte (slowloris).", 10.0)
+    body_timeout: float = _duration("Longest pause between two pieces of a request body.", 15.0)
+    body_min_rate: int = _size(
+        "Slowest accepted average request-body rate in bytes/s after the first 5 s (slow POST).",
+        1024)
+    keepalive_timeout: float = _duration("Idle time before a keep-alive connection closes.", 15.0)
+    send_timeout: float = _duration(
+        "How long a client may leave our send buffer full before it is cut off (slow reader).",
+        30.0)
+    max_connections: int = _opt("Most open client connections on this edge.", 20000)
+    max_connections_per_client: int = _opt("Most open connections from one client address.", 64)
+    max_pipelined: int = _opt("Most requests queued behind one in progress on a connection.", 16)
+
+
+@dataclass
+class ClientAddressConfig:
+    """Where the real client address comes from."""
+
+    proxy_protocol: bool = _opt(
+        "Expect a PROXY protocol (v1 or v2) header on every connection (behind a TCP balancer).",
+        False)
+    trusted_proxies: list[str] = _opt(
+        "Addresses/CIDRs whose X-Forwarded-For is believed (rightmost untrusted hop wins).", [])
+
+
+@dataclass
+class OriginConfig:
+    """The upstream site and how hard the edge may lean on it."""
+
+    url: str = _opt("Origin base URL, http://HOST:PORT.", "http://127.0.0.1:8000")
+    max_concurrency: int = _opt("Most origin requests in flight at once, whatever clients do.", 16)
+    queue_size: int = _opt("Requests that may wait for an origin slot; more are shed.", 256)
+    queue_timeout: float = _duration("Longest wait for an origin slot before shedding.", 5.0)
+    connect_timeout: float = _duration("Time allowed to connect to the origin.", 3.0)
+    timeout: float = _duration("Time allowed for the origin's response headers.", 30.0)
+    idle_connections: int = _opt("Idle keep-alive connections kept to the origin.", 32)
+    breaker_failures: int = _opt("Consecutive failures that open the circuit breaker.", 5)
+    breaker_cooldown: float = _duration("How long the open breaker fails fast before a probe.",
+                                        10.0)
+
+
+@dataclass
+class CacheConfig:
+    """The shared cache (RFC 9111) and its store."""
+
+    enabled: bool = _opt("Cache at all.", True)
+    memory_bytes: int = _size("Byte budget of the in-memory store (LRU beyond it).", 256 * 2**20)
+    max_object_bytes: int = _size("Largest response body stored; larger ones are streamed.",
+                                  8 * 2**20)
+    dir: str | None = _opt(
+        "Directory where stored responses persist across restarts; null keeps them in memory only.",
+        "var/cache")
+    grace: float = _duration(
+        "How long past expiry a stale copy may be served when the origin errors, times out or is "
+        "shed (never for must-revalidate / s-maxage responses).", 6 * 3600.0)
+    microcache_ttl: float = _duration(
+        "Cache anonymous GETs of HTML for this long when the origin sends no freshness; 0 = off.",
+        0.0)
+    session_cookies: list[str] = _opt(
+        "Cookie-name prefixes that mark a logged-in user (bypass microcaching).",
+        ["wordpress_logged_in", "wp-postpass", "comment_author", "PHPSESSID", "session"])
+    honor_request_cache_control: bool = _opt(
+        "Let clients' Cache-Control/Pragma (no-cache, max-age) force revalidation. Off by default,"
+        " like Varnish and nginx: during a flood it would let every request reach the origin.",
+        False)
+    heuristic_fraction: float = _opt(
+        "Heuristic freshness as a fraction of (Date - Last-Modified).", 0.1)
+    heuristic_max: float = _duration("Cap on heuristic freshness.", 86400.0)
+    query: dict[str, Any] = _opt(
+        "Query-string normalization of the cache key: {default: [params], paths: {GLOB: [params]},"
+        " keep_all: bool}. Parameters not allowed are dropped before lookup and fetch.", {})
+
+
+@dataclass
+class AccessLogConfig:
+    """One JSON line per request."""
+
+    path: str | None = _opt("File for the access log; `-` is stdout, null disables it.", "-")
+
+
+@dataclass
+class AdminConfig:
+    """The admin listener: metrics and purge; never the public listener."""
+
+    listen: str | None = _opt("Admin HOST:PORT; null disables it.", "127.0.0.1:9181")
+    token: str | None = _opt(
+        "Bearer token required for admin actions (purge); metrics need none on loopback.", None)
+
+
+@dataclass
+class Config:
+    """The whole edge configuration."""
+
+    listen: list[str] = _opt("Public HOST:PORT listeners.", ["127.0.0.1:8080"])
+    tls: TLSConfig | None = _opt("TLS termination for the listeners (see below).", None)
+    origin: OriginConfig = field(default_factory=OriginConfig, metadata={"doc": "Origin."})
+    cache: CacheConfig = field(default_factory=CacheConfig, metadata={"doc": "Cache."})
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"doc": "Limits."})
+    client_address: ClientAddressConfig = field(
+        default_factory=ClientAddressConfig, metadata={"doc": "Client address."})
+    access_log: AccessLogConfig = field(
+        default_factory=AccessLogConfig, metadata={"doc": "Access log."})
+    admin: AdminConfig = field(default_factory=AdminConfig, metadata={"doc": "Admin listener."})
+    state_dir: str = _opt("Directory for state that must survive restarts (pid, decisions).",
+                          "var")
+
+
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 10**6,
+               "mb": 10**6, "mib": 2**20, "mi": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30,
+               "gi": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40, "ti": 2**40}
+
+
+def parse_duration(value: Any) -> float:
+    """`10s`, `500ms`, `6h`, or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 10s, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like 500ms, 10s, 5m, 6h or 1d, got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(value: Any) -> int:
+    """`256MiB`, `64KiB`, `1GB`, or a number of bytes → bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 256MiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value!r}")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a size like 64KiB, 256MiB or 1GiB, got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`HOST:PORT`, `[::1]:PORT` or `:PORT` → (host, port)."""
+    text = str(value).strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad port in {value!r}")
+    return host or default_host, int(port)
+
+
+def parse_origin_url(value: str) -> tuple[str, str, int]:
+    """`http://HOST:PORT` → (scheme, host, port)."""
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an origin like http://HOST:PORT, got {value!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"the origin URL must not have a path or query, got {value!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port
+
+
+def _where(node: yaml.Node | None, source: str) -> str:
+    if node is None:
+        return source
+    return f"{source}:{node.start_mark.line + 1}"
+
+
+def _convert(tp: Any, node: yaml.Node, value: Any, key: str, source: str, kind: str | None) -> Any:
+    """Check and convert one YAML value against a dataclass field type."""
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{_where(node, source)}: {key}: {msg}")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], node, value, key, source, kind)
+    try:
+        if kind == "duration":
+            return parse_duration(value)
+        if kind == "size":
+            return parse_size(value)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(node, yaml.MappingNode):
+            raise fail("expected a mapping")
+        return _build(tp, node, source, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            if tp == list[str] and isinstance(value, str):
+                return [value]
+            raise fail(f"expected a list, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail(f"expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"expected a whole number, got {value!r}")
+        if value < 0:
+            raise fail(f"must not be negative, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str | int):
+            raise fail(f"expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: Any, node: yaml.MappingNode, source: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"{_where(key_node, source)}: unknown key {prefix}{name}{hint}")
+        value = yaml.safe_load(yaml.serialize(value_node))
+        f = fields[name]
+        kwargs[name] = _convert(hints[name], value_node, value, prefix + name, source,
+                                f.metadata.get("kind"))
+    return cls(**kwargs)
+
+
+def load_config_text(text: str, source: str = "<config>") -> Config:
+    """Parse YAML text into a checked Config; raise ConfigError naming the file, line and key."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
+    if node is None:
+        config = Config()
+    elif not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{_where(node, source)}: the config must be a mapping of keys")
+    else:
+        config = _build(Config, node, source)
+    validate(config, source)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    return load_config_text(text, str(p))
+
+
+def validate(config: Config, source: str = "<config>") -> None:
+    """Cross-field checks that types alone cannot express."""
+    def check(key: str, fn: Any, value: Any) -> None:
+        try:
+            fn(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+
+    if not config.listen:
+        raise ConfigError(f"{source}: listen: at least one HOST:PORT is needed")
+    for item in config.listen:
+        check("listen", parse_hostport, item)
+    check("origin.url", parse_origin_url, config.origin.url)
+    if config.admin.listen:
+        check("admin.listen", parse_hostport, config.admin.listen)
+    for item in config.client_address.trusted_proxies:
+        check("client_address.trusted_proxies", lambda v: ipaddress.ip_network(v, strict=False),
+              item)
+    if config.origin.max_concurrency < 1:
+        raise ConfigError(f"{source}: origin.max_concurrency: must be at least 1")
+    if config.tls is not None:
+        if not config.tls.certificates:
+            raise ConfigError(f"{source}: tls.certificates: at least one {{cert, key}} is needed")
+        for i, cert in enumerate(config.tls.certificates):
+            if not isinstance(cert, dict) or set(cert) != {"cert", "key"}:
+                raise ConfigError(
+                    f"{source}: tls.certificates[{i}]: expected {{cert: PATH, key: PATH}}")
+        if config.tls.redirect_http and not config.tls.http_listen:
+            raise ConfigError(f"{source}: tls.http_listen: needed when tls.redirect_http is true")
+    from kalkan.edge.cache_key import QueryPolicy  # late: keeps config importable on its own
+
+    try:
+        QueryPolicy.from_mapping(config.cache.query)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: cache.query: {exc}") from None
+
+
+def describe(cls: Any = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every key; used to write and check docs/config.md."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+        if target is not None:
+            rows.extend(describe(target, prefix + f.name + "."))
+            continue
+        missing = f.default is dataclasses.MISSING
+        default = f.default_factory() if missing else f.default  # type: ignore[misc]
+        rows.append((prefix + f.name, repr(default), f.metadata.get("doc", "")))
+    return rows

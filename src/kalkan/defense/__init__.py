@@ -1,0 +1,1 @@
+"""Who gets through: client tracking, policy rules, decisions and challenges."""

@@ -1,0 +1,1 @@
+"""The data plane: listener, request path, cache, store and origin pool."""

@@ -1,0 +1,112 @@
+"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from kalkan.config import Config, parse_hostport
+from kalkan.edge.pipeline import Pipeline
+from kalkan.edge.request import Request
+from kalkan.edge.server import EdgeServer, HttpConnection
+from kalkan.edge.tls import CertificateSet, TLSConfigError
+from kalkan.observe.admin import AdminServer
+
+log = logging.getLogger("kalkan")
+
+
+class RedirectToHttps:
+    """Stands in for the pipeline on the plain-HTTP listener when TLS redirect is on."""
+
+    def __init__(self, pipeline: Pipeline, https_port: int) -> None:
+        self.pipeline = pipeline
+        self.metrics = pipeline.metrics
+        self.clock = pipeline.clock
+        self.log_refusal = pipeline.log_refusal
+        self.log_error = pipeline.log_error
+        self.port_suffix = "" if https_port == 443 else f":{https_port}"
+
+    def respond_now(self, req: Request) -> bytes:
+        host = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
+        location = f"https://{host}{self.port_suffix}{req.target.decode('latin-1')}"
+        if any(c in location for c in "\r\n\x00"):
+            location = f"https://{host}{self.port_suffix}/"
+        self.metrics.requests[(308, "BYPASS")] += 1
+        return (b"HTTP/1.1 308 Permanent Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n"
+                b"Connection: %s\r\n\r\n" % (location.encode("latin-1"),
+                                             b"keep-alive" if req.keep_alive else b"close"))
+
+    async def respond(self, req: Request, conn: HttpConnection) -> None:
+        if req.body is not None:
+            await req.body.drain()
+        conn.write(self.respond_now(req))
+
+    def tick(self) -> None:
+        pass
+
+
+class Edge:
+    """One edge process: start() binds everything, stop() drains and persists."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pipeline = Pipeline(config)
+        self.server = EdgeServer(config, self.pipeline)
+        self.redirect_server: EdgeServer | None = None
+        self.admin: AdminServer | None = None
+        self.certificates: CertificateSet | None = None
+        self.addresses: list[tuple[str, int]] = []
+        self.admin_address: tuple[str, int] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        loaded = self.pipeline.load()
+        if loaded:
+            log.info("loaded %d cached responses from %s", loaded, self.config.cache.dir)
+        tls = self.config.tls
+        ssl_context = None
+        if tls is not None:
+            self.certificates = CertificateSet(tls.certificates)
+            ssl_context = self.certificates.listener
+        for item in self.config.listen:
+            host, port = parse_hostport(item)
+            self.addresses.append(await self.server.listen(host, port, ssl_context))
+        if tls is not None and tls.redirect_http and tls.http_listen:
+            host, port = parse_hostport(tls.http_listen)
+            self.redirect_server = EdgeServer(
+                self.config, RedirectToHttps(self.pipeline, self.addresses[0][1]))  # type: ignore[arg-type]
+            await self.redirect_server.listen(host, port)
+        if self.config.admin.listen:
+            host, port = parse_hostport(self.config.admin.listen)
+            self.admin = AdminServer(self.pipeline.metrics, self.pipeline.purge,
+                                     self.config.admin.token)
+            self.admin_address = await self.admin.start(host, port)
+
+    def reload(self) -> None:
+        """SIGHUP: reload certificates; a bad file keeps the old ones and says why."""
+        if self.certificates is not None:
+            try:
+                self.certificates.reload()
+                log.info("TLS certificates reloaded")
+            except TLSConfigError as exc:
+                log.error("reload failed, keeping the old certificates: %s", exc)
+
+    async def stop(self) -> None:
+        await self.server.close()
+        if self.redirect_server is not None:
+            await self.redirect_server.close()
+        if self.admin is not None:
+            await self.admin.close()
+        await self.pipeline.close()
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await stop.wait()
+        log.info("stopping: finishing requests in progress")
+        await self.stop()

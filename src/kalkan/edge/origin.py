@@ -1,0 +1,434 @@
+"""The way to the origin: a keep-alive connection pool, the concurrency gate, the circuit breaker.
+
+`OriginGate` guarantees the origin never sees more than N requests at once (a bounded FIFO queue
+with a timeout behind it); `Breaker` fails fast after consecutive failures and lets one probe
+through after a cool-down; `OriginPool` speaks HTTP/1.1 to the origin and streams bodies both ways
+with back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Awaitable
+
+import httptools
+
+from kalkan.config import OriginConfig, parse_origin_url
+from kalkan.edge.request import BodyStream
+
+
+class OriginError(Exception):
+    """The origin could not be reached or broke off its response."""
+
+
+class OriginTimeout(OriginError):
+    """The origin did not answer in time."""
+
+
+class GateFull(Exception):
+    """The origin gate's queue was full or the wait for a slot timed out: the request is shed."""
+
+
+class BreakerOpen(OriginError):
+    """The circuit breaker is open: the origin is failing, so we do not ask it."""
+
+
+class OriginGate:
+    """At most `limit` requests in flight; a bounded FIFO of waiters, each with a timeout."""
+
+    def __init__(self, limit: int, queue_size: int, queue_timeout: float) -> None:
+        self.limit = limit
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.active = 0
+        self.max_active = 0
+        self.shed = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self._take()
+            return
+        if len(self._waiters) >= self.queue_size:
+            self.shed += 1
+            raise GateFull("origin queue full")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout)
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                return  # the slot arrived just as we gave up: keep it
+            fut.cancel()
+            self._discard(fut)
+            self.shed += 1
+            raise GateFull("waited too long for the origin") from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()
+            else:
+                fut.cancel()
+                self._discard(fut)
+            raise
+
+    def _discard(self, fut: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(fut)
+
+    def _take(self) -> None:
+        self.active += 1
+        if self.active > self.max_active:
+            self.max_active = self.active
+
+    def release(self) -> None:
+        self.active -= 1
+        while self._waiters and self.active < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._take()
+                fut.set_result(None)
+
+
+class Breaker:
+    """Closed → (N consecutive failures) → open for `cooldown` → half-open: one probe decides."""
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.threshold = failures
+        self.cooldown = cooldown
+        self.failures = 0
+        self.state = self.CLOSED
+        self.opened_at = 0.0
+        self.opens = 0
+        self._probe_out = False
+
+    def allow(self, now: float) -> bool:
+        if self.state == self.CLOSED:
+            return True
+        if self.state == self.OPEN and now - self.opened_at >= self.cooldown:
+            self.state = self.HALF_OPEN
+            self._probe_out = False
+        if self.state == self.HALF_OPEN and not self._probe_out:
+            self._probe_out = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        self.state = self.CLOSED
+        self._probe_out = False
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.state == self.HALF_OPEN or self.failures >= self.threshold:
+            if self.state != self.OPEN:
+                self.opens += 1
+            self.state = self.OPEN
+            self.opened_at = now
+            self._probe_out = False
+
+
+class UpstreamResponse:
+    """Status and headers of an origin response; the body is read chunk by chunk with `read()`."""
+
+    __slots__ = ("status", "headers", "_conn", "_chunks", "_buffered", "_done", "_waiter",
+                 "keep_alive", "_error", "_released", "chunked", "content_length")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.keep_alive = True
+        self._error: Exception | None = None
+        self._released = False
+        self.chunked = False
+        self.content_length: int | None = None
+
+    async def read(self) -> bytes:
+        """Next body chunk; b"" at the end. Raises OriginError if the origin broke off."""
+        while not self._chunks:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, self._conn.pool.config.timeout)
+            except TimeoutError:
+                raise OriginTimeout("origin stalled while sending the body") from None
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered < _UPSTREAM_LOW_WATER:
+            self._conn.resume()
+        return chunk
+
+    def unread(self, chunks: list[bytes]) -> None:
+        """Put already-read chunks back in front, for a caller that changed its mind."""
+        self._chunks.extendleft(reversed(chunks))
+        self._buffered += sum(len(c) for c in chunks)
+
+    def _push(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _UPSTREAM_HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self, error: Exception | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the body was read to the end, else close it."""
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        if self._done and self._error is None and not self._chunks and self.keep_alive:
+            conn.pool._give_back(conn)
+        else:
+            conn.close()
+
+
+_UPSTREAM_HIGH_WATER = 512 * 1024
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_UPSTREAM_LOW_WATER = 128 * 1024
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to the origin; parses one response at a time."""
+
+    def __init__(self, pool: OriginPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: UpstreamResponse | None = None
+        self.head_ready: asyncio.Future[None] | None = None
+        self.closed = False
+        self.head_only = False
+        self._paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.used = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        err = OriginError("origin closed the connection")
+        if self.head_ready is not None and not self.head_ready.done():
+            self.head_ready.set_exception(err)
+        if self.response is not None:
+            try:
+                self.parser.feed_eof()  # a close-delimited body ends here
+                self.response._finish()
+            except httptools.HttpParserError:
+                self.response._finish(err)
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(OriginError(f"bad response from origin: {exc}"))
+
+    def _fail(self, err: Exception) -> None:
+        if self.head_ready is not None and not self.head_ready.done():
+            self.head_ready.set_exception(err)
+        if self.response is not None:
+            self.response._finish(err)
+        self.close()
+
+    # parser callbacks
+    def on_message_begin(self) -> None:
+        self.response = UpstreamResponse(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        resp.status = self.parser.get_status_code()
+        if 100 <= resp.status < 200:
+            return  # an interim response: keep waiting for the final one
+        resp.keep_alive = self.parser.should_keep_alive()
+        for k, v in resp.headers:
+            lk = k.lower()
+            if lk == b"transfer-encoding":
+                resp.chunked = True
+            elif lk == b"content-length" and v.isdigit():
+                resp.content_length = int(v)
+        if self.head_ready is not None and not self.head_ready.done():
+            self.head_ready.set_result(None)
+        if self.head_only:
+            # llhttp cannot be told the request was HEAD; the body it would expect never comes.
+            resp.keep_alive = False
+            resp._finish()
+            self.close()
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None and not self.head_only:
+            self.response._push(body)
+
+    def on_message_complete(self) -> None:
+        resp = self.response
+        if resp is None or 100 <= resp.status < 200:
+            return
+        resp._finish()
+
+    # flow control
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+            self._drain_waiter = None
+        if self.closed:
+            raise OriginError("origin closed the connection while we sent the body")
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class OriginPool:
+    """HTTP/1.1 to one origin over reused keep-alive connections."""
+
+    def __init__(self, config: OriginConfig) -> None:
+        self.config = config
+        scheme, self.host, self.port = parse_origin_url(config.url)
+        self.ssl = ssl.create_default_context() if scheme == "https" else None
+        self.host_header = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
+        self._idle: deque[UpstreamConnection] = deque()
+        self.connects = 0
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port,
+                                       ssl=self.ssl),
+                self.config.connect_timeout)
+        except TimeoutError:
+            raise OriginTimeout("timed out connecting to the origin") from None
+        except OSError as exc:
+            raise OriginError(f"cannot connect to the origin: {exc.strerror or exc}") from None
+        self.connects += 1
+        return conn
+
+    def _give_back(self, conn: UpstreamConnection) -> None:
+        if conn.closed or len(self._idle) >= self.config.idle_connections:
+            conn.close()
+            return
+        conn.response = None
+        conn.head_ready = None
+        self._idle.append(conn)
+
+    async def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+                      body: BodyStream | None = None, *, chunked: bool = False) -> UpstreamResponse:
+        """Send a request and wait for the response head; the body then streams via `read()`.
+
+        A reused idle connection may have been closed by the origin meanwhile; when that happens
+        before any response byte and no request body was consumed, retry once on a fresh one.
+        """
+        for attempt in (0, 1):
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._connect()
+            try:
+                return await self._exchange(conn, method, target, headers, body, chunked)
+            except OriginError:
+                conn.close()
+                if attempt == 0 and reused and body is None and method in _IDEMPOTENT:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, conn: UpstreamConnection, method: str, target: bytes,
+                        headers: list[tuple[bytes, bytes]], body: BodyStream | None,
+                        chunked: bool) -> UpstreamResponse:
+        if conn.closed or conn.transport is None:
+            raise OriginError("idle origin connection was closed")
+        conn.used += 1
+        conn.head_only = method == "HEAD"
+        conn.head_ready = asyncio.get_running_loop().create_future()
+        head = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
+        head.extend(b"%s: %s\r\n" % (k, v) for k, v in headers)
+        head.append(b"\r\n")
+        conn.transport.write(b"".join(head))
+        if body is not None:
+            await _send_body(conn, body, chunked)
+        await self._await_head(conn, conn.head_ready)
+        assert conn.response is not None
+        return conn.response
+
+    async def _await_head(self, conn: UpstreamConnection, fut: Awaitable[None]) -> None:
+        try:
+            await asyncio.wait_for(fut, self.config.timeout)
+        except TimeoutError:
+            conn.close()
+            raise OriginTimeout("the origin did not answer in time") from None
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+async def _send_body(conn: UpstreamConnection, body: BodyStream, chunked: bool) -> None:
+    assert conn.transport is not None
+    while True:
+        chunk = await body.read()
+        if not chunk:
+            break
+        conn.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await conn.drain()
+    if chunked:
+        conn.transport.write(b"0\r\n\r\n")

@@ -1,0 +1,589 @@
+"""The request path, one straight line like Varnish's, each state a method:
+recv → hash → lookup → hit | stale | miss → fetch → store → deliver.
+
+`respond_now` is the hot path: a fresh hit answered synchronously from precomputed bytes, no await.
+Everything else goes through `respond`, which may wait for the origin (behind coalescing, the gate
+and the breaker) and falls back to stale copies when the origin cannot answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from kalkan.config import Config
+from kalkan.edge import cache_policy as policy
+from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
+from kalkan.edge.origin import (
+    Breaker,
+    BreakerOpen,
+    GateFull,
+    OriginError,
+    OriginGate,
+    OriginPool,
+    OriginTimeout,
+    UpstreamResponse,
+)
+from kalkan.edge.request import Request
+from kalkan.edge.responses import SERVER_NAME, error_response, http_date, serialize_head
+from kalkan.edge.server import Clock
+from kalkan.edge.store import Entry, Store
+from kalkan.observe.access_log import AccessLog
+from kalkan.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from kalkan.edge.server import HttpConnection
+
+log = logging.getLogger("kalkan.pipeline")
+
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_STALE_ON_STATUS = frozenset({500, 502, 503, 504})
+_HOP_BY_HOP = frozenset(name.encode() for name in policy.HOP_BY_HOP)
+# Request fields the edge manages itself when it fetches for the cache.
+_DROP_ON_CACHE_FETCH = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
+                                  b"if-unmodified-since", b"if-range", b"range",
+                                  b"accept-encoding"})
+_DROP_UPSTREAM = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                                b"forwarded"}
+_DROP_DOWNSTREAM = _HOP_BY_HOP | {b"x-cache", b"age"}
+_UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalescing ("hit-for-pass")
+_VIA = (b"Via", b"1.1 kalkan")
+
+
+class Outcome:
+    """What happened to one request, for the access log and metrics."""
+
+    __slots__ = ("status", "size", "cache", "origin_ms")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.size = 0
+        self.cache = "MISS"
+        self.origin_ms: float | None = None
+
+
+class Pipeline:
+    """The request path and the shared state it walks through (store, origin, counters)."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock()
+        self.metrics = Metrics()
+        self.access_log = AccessLog(config.access_log.path)
+        cc = config.cache
+        self.cache_enabled = cc.enabled
+        self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
+        self.query_policy = QueryPolicy.from_mapping(cc.query)
+        self.origin = OriginPool(config.origin)
+        self.gate = OriginGate(config.origin.max_concurrency, config.origin.queue_size,
+                               config.origin.queue_timeout)
+        self.breaker = Breaker(config.origin.breaker_failures, config.origin.breaker_cooldown)
+        self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        self.uncacheable: dict[str, float] = {}
+        self._hosts: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_flush = 0.0
+        session = tuple(c.encode() for c in cc.session_cookies)
+        self._session_cookies = session
+        m = self.metrics
+        m.gauge("kalkan_cache_bytes", "Bytes held by the cache store.", lambda: self.store.bytes)
+        m.gauge("kalkan_cache_objects", "Responses held by the cache store.",
+                lambda: self.store.objects)
+        m.gauge("kalkan_origin_active", "Origin requests in flight.", lambda: self.gate.active)
+        m.gauge("kalkan_gate_queue_depth", "Requests waiting for an origin slot.",
+                lambda: self.gate.queued)
+        m.gauge("kalkan_origin_breaker_open", "1 while the origin circuit breaker is open.",
+                lambda: 0 if self.breaker.state == Breaker.CLOSED else 1)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def load(self) -> int:
+        return self.store.load() if self.cache_enabled else 0
+
+    def tick(self) -> None:
+        """Once per sweep: flush the log about once a second and forget old pass markers."""
+        now = self.clock.now
+        if now - self._last_flush >= 1.0:
+            self._last_flush = now
+            self.access_log.flush()
+            if self.uncacheable:
+                for key in [k for k, until in self.uncacheable.items() if until < now]:
+                    del self.uncacheable[key]
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        self.origin.close()
+        self.store.flush()
+        self.store.close()
+        self.access_log.close()
+
+    # -- recv + hash ----------------------------------------------------------------------------
+    def _key(self, req: Request) -> str:
+        host = self._hosts.get(req.host)
+        if host is None:
+            host = _normalize_host(req.host)
+            if len(self._hosts) > 1024:
+                self._hosts.clear()  # attackers can send any Host: keep this memo bounded
+            self._hosts[req.host] = host
+        if not req.query and "%" not in req.path:
+            target = req.path
+        else:
+            target = normalize_target(req.path, req.query, self.query_policy)
+        req.cache_target = target
+        req.key = key = cache_key("GET", host, target)
+        return key
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def respond_now(self, req: Request) -> bytes | None:
+        """A fresh hit, answered without awaiting; None sends the request down the slow path."""
+        if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
+            return None
+        variants = self.store.get(req.key or self._key(req))
+        if variants is None:
+            return None
+        entry = variants[0] if len(variants) == 1 and not variants[0].vary else \
+            self._pick_variant(variants, req)
+        now = self.clock.now
+        if entry is None or now >= entry.fresh_until:
+            return None
+        if req.version == "1.1" and req.keep_alive:
+            data = entry.wire(now, req.method == "HEAD")
+        else:
+            data = entry.render(now, b"HIT", head_only=req.method == "HEAD",
+                                connection=b"keep-alive" if req.keep_alive else b"close")
+        self.metrics.requests[(entry.status, "HIT")] += 1
+        if self.access_log.enabled:
+            self.access_log.write(now, req.client, req.method, req.host, req.path, entry.status,
+                                  len(data), "HIT", None,
+                                  (self.clock.mono - req.started) * 1000.0, req.decision)
+        return data
+
+    def _pick_variant(self, variants: list[Entry], req: Request) -> Entry | None:
+        headers = None
+        for entry in variants:
+            if not entry.vary:
+                return entry
+            if headers is None:
+                headers = _vary_view(req)
+            if policy.vary_signature(entry.vary, headers) == entry.vary_sig:
+                return entry
+        return None
+
+    # -- the slow path --------------------------------------------------------------------------
+    async def respond(self, req: Request, conn: HttpConnection) -> None:
+        out = Outcome()
+        try:
+            if req.method in _CACHEABLE_METHODS and self.cache_enabled and req.path != "*":
+                await self._lookup(req, conn, out)
+            else:
+                await self._pass(req, conn, out)
+        finally:
+            self._observe(req, out)
+
+    async def _lookup(self, req: Request, conn: HttpConnection, out: Outcome) -> None:
+        key = req.key or self._key(req)
+        variants = self.store.get(key)
+        entry = self._pick_variant(variants, req) if variants else None
+        if entry is not None:
+            match self._reuse(entry, req):
+                case policy.Reuse.FRESH:
+                    return await self._deliver(req, conn, entry, "HIT", out)
+                case policy.Reuse.STALE_WHILE_REVALIDATE:
+                    self._revalidate_in_background(req, key, entry)
+                    self.metrics.stale_served["while_revalidate"] += 1
+                    return await self._deliver(req, conn, entry, "STALE", out)
+                case policy.Reuse.UNSERVABLE:  # only-if-cached and nothing usable
+                    return self._error(req, conn, out, 504, "Not in the cache.", [])
+                case _:
+                    pass  # REVALIDATE: fetch below, with this entry's validators
+        if self.uncacheable.get(key, 0.0) > self.clock.now:
+            return await self._pass(req, conn, out, target=req.cache_target)
+        waiting = self.inflight.get(key)
+        if waiting is not None:
+            self.metrics.coalesced += 1
+            shared = await asyncio.shield(waiting)
+            if shared is not None and self._pick_variant([shared], req) is shared:
+                return await self._deliver(req, conn, shared, "HIT", out)
+            return await self._pass(req, conn, out, target=req.cache_target)
+        await self._miss(req, conn, key, entry, out)
+
+    def _reuse(self, entry: Entry, req: Request, origin_failing: bool = False) -> policy.Reuse:
+        honor = self.config.cache.honor_request_cache_control
+        rules = policy.request_rules(req.header_dict()) if honor else policy.NO_PREFERENCES
+        return policy.reuse_decision(entry.age(self.clock.now), entry.lifetime, entry.stale, rules,
+                                     origin_failing=origin_failing, grace=self.config.cache.grace)
+
+    def _stale_allowed(self, entry: Entry, req: Request) -> bool:
+        """May this stored entry stand in for an origin that just failed (RFC 5861 + grace)?"""
+        return self._reuse(entry, req, origin_failing=True).serves_stored
+
+    async def _miss(self, req: Request, conn: HttpConnection | None, key: str,
+                    stale: Entry | None, out: Outcome) -> None:
+        """Lead the one origin fetch for this key; others wait on `inflight[key]`."""
+        fut: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = fut
+        stored: Entry | None = None
+        try:
+            stored = await self._fetch(req, conn, key, stale, out)
+        finally:
+            self.inflight.pop(key, None)
+            fut.set_result(stored)
+
+    def _revalidate_in_background(self, req: Request, key: str, entry: Entry) -> None:
+        if key in self.inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self._miss(req, None, key, entry, Outcome()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- fetch ----------------------------------------------------------------------------------
+    async def _fetch(self, req: Request, conn: HttpConnection | None, key: str,
+                     stale: Entry | None, out: Outcome) -> Entry | None:
+        """Ask the origin (through breaker and gate); store what may be stored; deliver."""
+        headers = self._upstream_headers(req, cache_fetch=True)
+        if stale is not None:
+            if stale.etag is not None:
+                headers.append((b"If-None-Match", stale.etag))
+            if stale.last_modified is not None:
+                headers.append((b"If-Modified-Since", stale.last_modified))
+        target = req.cache_target.encode("latin-1")
+        try:
+            resp = await self._ask_origin("GET", target, headers, None, False, out)
+        except (GateFull, OriginError) as exc:
+            await self._origin_failed(req, conn, stale, exc, out)
+            return None
+        try:
+            if resp.status in _STALE_ON_STATUS and stale is not None and \
+                    self._stale_allowed(stale, req):
+                await _discard(resp)
+                self.metrics.stale_served["origin_error"] += 1
+                if conn is not None:
+                    await self._deliver(req, conn, stale, "STALE", out)
+                return None
+            if resp.status == 304 and stale is not None:
+                await _discard(resp)
+                fresh = self._refresh(stale, resp.headers, out)
+                if conn is not None:
+                    await self._deliver(req, conn, fresh, "REVALIDATED", out)
+                return fresh
+            entry = await self._maybe_store(req, key, resp, out)
+            if entry is not None:
+                if conn is not None:
+                    await self._deliver(req, conn, entry, "MISS", out)
+                return entry
+            self.uncacheable[key] = self.clock.now + _UNCACHEABLE_MEMORY
+            if conn is not None:
+                await self._relay(req, conn, resp, out, "MISS")
+            else:
+                await _discard(resp)
+            return None
+        finally:
+            resp.release()
+
+    async def _ask_origin(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+                          req: Request | None, chunked: bool, out: Outcome) -> UpstreamResponse:
+        """One origin exchange behind the breaker and the gate, timed and counted."""
+        metrics = self.metrics
+        if not self.breaker.allow(self.clock.mono):
+            metrics.origin_requests["breaker_open"] += 1
+            raise BreakerOpen("origin circuit breaker is open")
+        try:
+            await self.gate.acquire()
+        except GateFull:
+            metrics.gate_shed += 1
+            metrics.origin_requests["shed"] += 1
+            raise
+        t0 = time.monotonic()
+        try:
+            resp = await self.origin.request(method, target, headers,
+                                             req.body if req is not None else None,
+                                             chunked=chunked)
+        except OriginError as exc:
+            self.breaker.failure(self.clock.mono)
+            metrics.origin_requests["timeout" if isinstance(exc, OriginTimeout) else "error"] += 1
+            raise
+        finally:
+            self.gate.release()
+        elapsed = time.monotonic() - t0
+        out.origin_ms = elapsed * 1000.0
+        metrics.origin_latency.observe(elapsed)
+        if resp.status >= 500:
+            self.breaker.failure(self.clock.mono)
+            metrics.origin_requests["5xx"] += 1
+        else:
+            self.breaker.success()
+            metrics.origin_requests["ok"] += 1
+        return resp
+
+    async def _origin_failed(self, req: Request, conn: HttpConnection | None,
+                             stale: Entry | None, exc: Exception, out: Outcome) -> None:
+        if conn is None:
+            return
+        reason = "shed" if isinstance(exc, GateFull) else "origin_error"
+        if stale is not None and self._stale_allowed(stale, req):
+            self.metrics.stale_served[reason] += 1
+            return await self._deliver(req, conn, stale, "STALE", out)
+        if isinstance(exc, GateFull | BreakerOpen):
+            self._error(req, conn, out, 503,
+                        "The site is very busy right now. Please try again shortly.",
+                        [(b"Retry-After", b"10")])
+        elif isinstance(exc, OriginTimeout):
+            self._error(req, conn, out, 504, "The site did not answer in time.", [])
+        else:
+            self._error(req, conn, out, 502, "The site could not be reached.", [])
+
+    def _error(self, req: Request, conn: HttpConnection, out: Outcome, status: int, detail: str,
+               extra: list[tuple[bytes, bytes]]) -> None:
+        data = error_response(status, detail, self.clock.now, keep_alive=req.keep_alive,
+                              extra=extra, head_only=req.method == "HEAD",
+                              cache_status=b"ERROR")
+        out.status, out.size, out.cache = status, len(data), "ERROR"
+        conn.write(data)
+
+    def _refresh(self, entry: Entry, not_modified: list[tuple[bytes, bytes]],
+                 out: Outcome) -> Entry:
+        """A 304 from the origin: update stored fields and restart the entry's clock."""
+        merged = policy.merge_304(_to_str_pairs(entry.headers), _to_str_pairs(not_modified))
+        entry.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
+        resp_dict = policy.combine_headers(entry.headers)
+        now = self.clock.now
+        lifetime = self._lifetime(entry.status, resp_dict, micro=False) or 0.0
+        entry.stale = policy.stale_directives(resp_dict)
+        entry.refresh(now, policy.initial_age(resp_dict, now, now), lifetime)
+        self.store.touch(entry)
+        return entry
+
+    def _lifetime(self, status: int, resp: dict[str, str], micro: bool) -> float | None:
+        cc = self.config.cache
+        lifetime = policy.freshness_lifetime(status, resp, heuristic_fraction=cc.heuristic_fraction,
+                                             heuristic_max=cc.heuristic_max)
+        if lifetime is None and micro:
+            return cc.microcache_ttl
+        return lifetime
+
+    def _microcache_eligible(self, req: Request, resp_dict: dict[str, str]) -> bool:
+        if self.config.cache.microcache_ttl <= 0 or req.authorization:
+            return False
+        if not resp_dict.get("content-type", "").startswith("text/html"):
+            return False
+        cookie = req.cookie
+        return cookie is None or not any(name in cookie for name in self._session_cookies)
+
+    async def _maybe_store(self, req: Request, key: str, resp: UpstreamResponse,
+                           out: Outcome) -> Entry | None:
+        """Read a storable response whole (up to the object limit) and put it in the store."""
+        resp_dict = policy.combine_headers(resp.headers)
+        req_dict = req.header_dict()
+        micro = self._microcache_eligible(req, resp_dict)
+        ok, _why = policy.storable("GET", resp.status, req_dict, resp_dict, microcache=micro)
+        limit = self.config.cache.max_object_bytes
+        if not ok or (resp.content_length is not None and resp.content_length > limit):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await resp.read()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                # Too big after all: hand what we have to the streaming path.
+                resp.unread(chunks)
+                return None
+        now = self.clock.now
+        lifetime = self._lifetime(resp.status, resp_dict, micro) or 0.0
+        strip = {s.encode() for s in policy.headers_to_strip_on_store(resp_dict)}
+        headers = [(k, v) for k, v in resp.headers
+                   if (lk := k.lower()) not in _DROP_DOWNSTREAM and lk != b"content-length"
+                   and lk not in strip]
+        if resp_dict.get("date") is None:
+            headers.insert(0, (b"Date", http_date(now)))
+        headers.append((b"Content-Length", str(size).encode()))
+        headers.append(_VIA)
+        vary = policy.vary_fields(resp_dict) or ()
+        sig = policy.vary_signature(vary, _vary_view(req)) if vary else ()
+        entry = Entry(key, resp.status, headers, b"".join(chunks), response_time=now,
+                      initial_age=policy.initial_age(resp_dict, now, now), lifetime=lifetime,
+                      stale=policy.stale_directives(resp_dict), vary=tuple(vary),
+                      vary_sig=tuple(sig))
+        self.store.put(entry)
+        return entry
+
+    # -- pass (no cache) ------------------------------------------------------------------------
+    async def _pass(self, req: Request, conn: HttpConnection, out: Outcome,
+                    target: str | None = None) -> None:
+        """Forward a request the cache does not handle; unsafe methods invalidate on success."""
+        out.cache = "BYPASS"
+        headers = self._upstream_headers(req, cache_fetch=False)
+        raw_target = target.encode("latin-1") if target is not None else req.target
+        try:
+            resp = await self._ask_origin(req.method, raw_target, headers, req, req.chunked, out)
+        except (GateFull, OriginError) as exc:
+            return await self._origin_failed(req, conn, None, exc, out)
+        try:
+            if req.method not in _CACHEABLE_METHODS and resp.status < 400:
+                self._invalidate(req, resp)
+            await self._relay(req, conn, resp, out, "BYPASS")
+        finally:
+            resp.release()
+
+    def _invalidate(self, req: Request, resp: UpstreamResponse) -> None:
+        targets = policy.invalidated_targets(req.method, resp.status, req.target.decode("latin-1"),
+                                             policy.combine_headers(resp.headers), req.host)
+        host = _normalize_host(req.host)
+        for t in targets:
+            path, _, query = t.partition("?")
+            self.store.remove(cache_key("GET", host,
+                                        normalize_target(path, query, self.query_policy)))
+
+    # -- deliver --------------------------------------------------------------------------------
+    async def _deliver(self, req: Request, conn: HttpConnection, entry: Entry, cache: str,
+                       out: Outcome) -> None:
+        """Answer from a stored entry: 304 for a matching conditional, head only for HEAD."""
+        now = self.clock.now
+        status = entry.status
+        if req.conditional and entry.status == 200 and policy.client_conditional_matches(
+                req.header_dict(), policy.combine_headers(entry.headers)):
+            status = 304
+        connection = None if req.version == "1.1" and req.keep_alive else (
+            b"keep-alive" if req.keep_alive else b"close")
+        data = entry.render(now, cache.encode(), head_only=req.method == "HEAD",
+                            connection=connection, status=status)
+        out.status, out.size, out.cache = status, len(data), cache
+        conn.write(data)
+        await conn.drain()
+
+    async def _relay(self, req: Request, conn: HttpConnection, resp: UpstreamResponse,
+                     out: Outcome, cache: str) -> None:
+        """Stream an origin response to the client with back-pressure, re-framing as needed."""
+        head_only = req.method == "HEAD" or resp.status in (204, 304) or resp.status < 200
+        drop = _DROP_DOWNSTREAM | _connection_tokens(resp.headers)
+        headers = [(k, v) for k, v in resp.headers if k.lower() not in drop]
+        length = resp.content_length
+        chunked = False
+        keep_alive = req.keep_alive
+        if not head_only and length is None:
+            if req.version == "1.1":
+                chunked = True
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+        if length is not None and req.method == "HEAD" and resp.status == 200:
+            pass  # the origin's Content-Length describes the GET body; keep it for HEAD
+        headers.append(_VIA)
+        headers.append((b"X-Cache", cache.encode()))
+        if not keep_alive:
+            headers.append((b"Connection", b"close"))
+            req.keep_alive = False
+        elif req.version != "1.1":
+            headers.append((b"Connection", b"keep-alive"))
+        if not any(k.lower() == b"date" for k, _ in headers):
+            headers.append((b"Date", http_date(self.clock.now)))
+        head = serialize_head(resp.status, headers)
+        conn.write(head)
+        size = len(head)
+        if not head_only:
+            while True:
+                chunk = await resp.read()
+                if not chunk:
+                    break
+                conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                size += len(chunk)
+                await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        else:
+            await _discard(resp)
+        out.status, out.size, out.cache = resp.status, size, cache
+
+    # -- headers --------------------------------------------------------------------------------
+    def _upstream_headers(self, req: Request, cache_fetch: bool) -> list[tuple[bytes, bytes]]:
+        drop = _DROP_UPSTREAM | _connection_tokens(req.headers)
+        if cache_fetch:
+            drop = drop | _DROP_ON_CACHE_FETCH
+        headers = [(k, v) for k, v in req.headers if k.lower() not in drop]
+        if cache_fetch:
+            ae = req.header(b"accept-encoding")
+            # One normalized Accept-Encoding, so Vary: Accept-Encoding yields two variants, not 200.
+            if ae is not None and b"gzip" in ae.lower():
+                headers.append((b"Accept-Encoding", b"gzip"))
+        prior = req.header(b"x-forwarded-for")
+        trusted = prior is not None and req.client != req.peer
+        xff = prior + b", " + req.peer.encode() if trusted else req.client.encode()
+        headers.append((b"X-Forwarded-For", xff))
+        headers.append((b"X-Forwarded-Proto", req.scheme.encode()))
+        headers.append(_VIA)
+        if req.body is not None:
+            headers.append((b"Transfer-Encoding", b"chunked") if req.chunked
+                           else (b"Content-Length", str(req.content_length).encode()))
+        return headers
+
+    # -- observe --------------------------------------------------------------------------------
+    def _observe(self, req: Request, out: Outcome) -> None:
+        self.metrics.requests[(out.status, out.cache)] += 1
+        if self.access_log.enabled:
+            self.access_log.write(self.clock.now, req.client, req.method, req.host, req.path,
+                                  out.status, out.size, out.cache, out.origin_ms,
+                                  (time.monotonic() - req.started) * 1000.0
+                                  if req.started else 0.0, req.decision)
+
+    def log_refusal(self, client: str, status: int, detail: str) -> None:
+        self.metrics.requests[(status, "BYPASS")] += 1
+        if self.access_log.enabled:
+            self.access_log.write(self.clock.now, client, "-", "-", "-", status, 0, "BYPASS",
+                                  None, 0.0, f"refused: {detail}")
+
+    def log_error(self, req: Request, exc: BaseException) -> None:
+        log.error("internal error on %s %s: %r", req.method, req.path, exc, exc_info=exc)
+
+    # -- purge ----------------------------------------------------------------------------------
+    def purge(self, url: str | None) -> int:
+        """Remove one URL (all its variants) or, with None, everything; returns entries removed."""
+        if url is None:
+            return self.store.clear()
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise ValueError(f"purge needs a full URL like http://host/path, got {url!r}")
+        target = normalize_target(parts.path or "/", parts.query, self.query_policy)
+        return self.store.remove(cache_key("GET", _normalize_host(parts.netloc), target))
+
+
+def _normalize_host(host: str) -> str:
+    host = host.strip().lower().rstrip(".")
+    if host.endswith(":80"):
+        host = host[:-3]
+    return host
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in v.split(b","))
+    return frozenset(tokens)
+
+
+def _vary_view(req: Request) -> dict[str, str]:
+    """Request headers as Vary sees them, with Accept-Encoding normalized as it is upstream."""
+    view = req.header_dict()
+    ae = view.get("accept-encoding")
+    if ae is not None:
+        view["accept-encoding"] = "gzip" if "gzip" in ae.lower() else ""
+    return view
+
+
+def _to_str_pairs(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
+async def _discard(resp: UpstreamResponse) -> None:
+    while await resp.read():
+        pass
+
+
+__all__ = ["SERVER_NAME", "Pipeline"]

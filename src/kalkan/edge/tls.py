@@ -1,0 +1,78 @@
+"""TLS termination: certificates chosen by SNI, swapped on reload without touching open connections.
+
+The listener's context only dispatches: its SNI callback points each new handshake at the current
+context for the requested name, so a reload replaces the table and open connections keep theirs.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+
+class TLSConfigError(ValueError):
+    """A certificate or key could not be loaded; the message names the file."""
+
+
+def _names_in(cert_path: str) -> list[str]:
+    """DNS names (and the CN) a certificate is for, read from the PEM file."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(cert_path)  # type: ignore[attr-defined]
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"{cert_path}: cannot read certificate: {exc}") from None
+    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and value not in names:
+                names.append(value)
+    return [n.lower() for n in names]
+
+
+def _context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"{cert} / {key}: cannot load certificate and key: {exc}") from None
+    return ctx
+
+
+class CertificateSet:
+    """The current SNI table; `reload` builds a new one and swaps it in only if all files load."""
+
+    def __init__(self, certificates: list[dict[str, str]]) -> None:
+        self.certificates = certificates
+        self.default: ssl.SSLContext
+        self.by_name: dict[str, ssl.SSLContext] = {}
+        self.wildcards: dict[str, ssl.SSLContext] = {}
+        self.reload()
+        self.listener = _context(certificates[0]["cert"], certificates[0]["key"])
+        self.listener.sni_callback = self._pick
+
+    def reload(self) -> None:
+        by_name: dict[str, ssl.SSLContext] = {}
+        wildcards: dict[str, ssl.SSLContext] = {}
+        default = None
+        for item in self.certificates:
+            for path in (item["cert"], item["key"]):
+                if not Path(path).is_file():
+                    raise TLSConfigError(f"{path}: no such file")
+            ctx = _context(item["cert"], item["key"])
+            default = default or ctx
+            for name in _names_in(item["cert"]):
+                if name.startswith("*."):
+                    wildcards.setdefault(name[2:], ctx)
+                else:
+                    by_name.setdefault(name, ctx)
+        assert default is not None
+        self.default, self.by_name, self.wildcards = default, by_name, wildcards
+
+    def _pick(self, sslobj: ssl.SSLObject, server_name: str | None,
+              _ctx: ssl.SSLContext) -> None:
+        ctx = self.default
+        if server_name:
+            name = server_name.lower()
+            ctx = self.by_name.get(name) or self.wildcards.get(name.partition(".")[2]) or ctx
+        sslobj.context = ctx

@@ -1,0 +1,1 @@
+"""What the newsroom sees: access log, metrics and the admin listener."""

@@ -1,0 +1,66 @@
+"""The access log: one JSON object per line per request, buffered and flushed about once a second.
+
+Formatting is hand-rolled because it runs on every request, hits included: strings that need no JSON
+escaping (the common case) are inserted as they are, the others go through `json.dumps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from typing import TextIO
+
+
+def _js(value: str) -> str:
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+class AccessLog:
+    """Writes access-log lines to a file, stdout (`-`), or nowhere (path None)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+        if path == "-":
+            self._file = sys.stdout
+        elif path:
+            self._file = open(path, "a", buffering=256 * 1024, encoding="utf-8")  # noqa: SIM115
+        self.enabled = self._file is not None
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, now: float) -> str:
+        sec = int(now)
+        if sec != self._second:
+            self._second = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+        return self._stamp
+
+    def write(self, now: float, client: str, method: str, host: str, path: str, status: int,
+              size: int, cache: str, origin_ms: float | None, total_ms: float,
+              decision: str) -> None:
+        f = self._file
+        if f is None:
+            return
+        origin = "null" if origin_ms is None else f"{origin_ms:.1f}"
+        f.write(
+            f'{{"time":"{self._time(now)}","client":{_js(client)},"method":{_js(method)},'
+            f'"host":{_js(host)},"path":{_js(path)},"status":{status},"bytes":{size},'
+            f'"cache":"{cache}","origin_ms":{origin},"total_ms":{total_ms:.2f},'
+            f'"decision":{_js(decision)}}}\n')
+
+    def flush(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+        self._file = None
+        self.enabled = False

@@ -1,0 +1,104 @@
+"""Prometheus metrics for the edge: plain counters bumped on the hot path, text rendered on scrape.
+
+Counters are ints in dicts keyed by label tuples so the hot path pays one dict update; gauges are
+callables read only when `/metrics` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+
+# Origin latency histogram buckets, in seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Histogram:
+    __slots__ = ("buckets", "counts", "total", "count")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        i = 0
+        for bound in self.buckets:
+            if value <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.total += value
+        self.count += 1
+
+
+class Metrics:
+    """Everything the edge counts; rendered in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[int, str]] = Counter()
+        self.origin_latency = Histogram()
+        self.origin_requests: Counter[str] = Counter()
+        self.timeouts: defaultdict[str, int] = defaultdict(int)
+        self.bad_requests = 0
+        self.connections_refused = 0
+        self.coalesced = 0
+        self.gate_shed = 0
+        self.stale_served: Counter[str] = Counter()
+        self.decisions: Counter[tuple[str, str]] = Counter()
+        self.open_connections: Callable[[], int] = lambda: 0
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
+        self.gauges[name] = (help_text, fn)
+
+    def render(self) -> str:
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        family("kalkan_requests_total", "counter", "Client requests by status and cache status.")
+        for (status, cache), n in sorted(self.requests.items()):
+            out.append(f'kalkan_requests_total{{status="{status}",cache="{cache}"}} {n}')
+        family("kalkan_origin_requests_total", "counter", "Origin requests by outcome.")
+        for outcome, n in sorted(self.origin_requests.items()):
+            out.append(f'kalkan_origin_requests_total{{outcome="{outcome}"}} {n}')
+        family("kalkan_origin_latency_seconds", "histogram",
+               "Time to the origin's response headers.")
+        h = self.origin_latency
+        cumulative = 0
+        for bound, n in zip(h.buckets, h.counts, strict=False):
+            cumulative += n
+            out.append(f'kalkan_origin_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+        out.append(f'kalkan_origin_latency_seconds_bucket{{le="+Inf"}} {h.count}')
+        out.append(f"kalkan_origin_latency_seconds_sum {h.total:.6f}")
+        out.append(f"kalkan_origin_latency_seconds_count {h.count}")
+        family("kalkan_timeouts_total", "counter", "Client connections cut off, by timeout kind.")
+        for kind, n in sorted(self.timeouts.items()):
+            out.append(f'kalkan_timeouts_total{{kind="{kind}"}} {n}')
+        family("kalkan_stale_served_total", "counter", "Stale responses served, by reason.")
+        for why, n in sorted(self.stale_served.items()):
+            out.append(f'kalkan_stale_served_total{{reason="{why}"}} {n}')
+        family("kalkan_decisions_total", "counter", "Defence decisions by action and reason.")
+        for (action, why), n in sorted(self.decisions.items()):
+            out.append(f'kalkan_decisions_total{{action="{action}",reason="{why}"}} {n}')
+        for name, help_text, value in (
+            ("kalkan_bad_requests_total", "Requests refused as malformed or over limits.",
+             self.bad_requests),
+            ("kalkan_connections_refused_total", "Connections refused by connection limits.",
+             self.connections_refused),
+            ("kalkan_coalesced_total", "Requests that waited for another's origin fetch.",
+             self.coalesced),
+            ("kalkan_gate_shed_total", "Requests shed by the origin gate.", self.gate_shed),
+        ):
+            family(name, "counter", help_text)
+            out.append(f"{name} {value}")
+        family("kalkan_open_connections", "gauge", "Open client connections.")
+        out.append(f"kalkan_open_connections {self.open_connections()}")
+        for name, (help_text, fn) in sorted(self.gauges.items()):
+            family(name, "gauge", help_text)
+            out.append(f"{name} {fn()}")
+        return "\n".join(out) + "\n"
