@@ -238,20 +238,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.used = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         err = OriginError("origin closed the connection")
         if self.head_ready is not None and not self.head_ready.done():
             self.head_ready.set_exception(err)
-        if self.response is not None:
-            try:
-                self.parser.feed_eof()  # a close-delimited body ends here
-                self.response._finish()
-            except httptools.HttpParserError:
-                self.response._finish(err)
+        resp = self.response
+        if resp is not None and not resp._done:
+            head_done = self.head_ready is not None and self.head_ready.done()
+            if head_done and not resp.chunked and resp.content_length is None:
+                resp._finish()  # a close-delimited body ends with the connection
+            else:
+                resp._finish(err)
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 

@@ -45,7 +45,8 @@ _HOP_BY_HOP = frozenset(name.encode() for name in policy.HOP_BY_HOP)
 _DROP_ON_CACHE_FETCH = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
                                   b"if-unmodified-since", b"if-range", b"range",
                                   b"accept-encoding"})
-_DROP_UPSTREAM = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+_DROP_UPSTREAM = _HOP_BY_HOP | {b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
+                                b"x-forwarded-host",
                                 b"forwarded"}
 _DROP_DOWNSTREAM = _HOP_BY_HOP | {b"x-cache", b"age"}
 _UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalescing ("hit-for-pass")
@@ -82,7 +83,7 @@ class Pipeline:
         self.breaker = Breaker(config.origin.breaker_failures, config.origin.breaker_cooldown)
         self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
         self.uncacheable: dict[str, float] = {}
-        self._hosts: dict[str, str] = {}
+        self._key_prefixes: dict[tuple[str, str], str] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._last_flush = 0.0
         session = tuple(c.encode() for c in cc.session_cookies)
@@ -121,18 +122,18 @@ class Pipeline:
 
     # -- recv + hash ----------------------------------------------------------------------------
     def _key(self, req: Request) -> str:
-        host = self._hosts.get(req.host)
-        if host is None:
-            host = _normalize_host(req.host)
-            if len(self._hosts) > 1024:
-                self._hosts.clear()  # attackers can send any Host: keep this memo bounded
-            self._hosts[req.host] = host
+        prefix = self._key_prefixes.get((req.host, req.scheme))
+        if prefix is None:
+            prefix = cache_key("GET", req.host, "/", scheme=req.scheme)[:-1]
+            if len(self._key_prefixes) > 1024:
+                self._key_prefixes.clear()  # attackers can send any Host: keep this memo bounded
+            self._key_prefixes[(req.host, req.scheme)] = prefix
         if not req.query and "%" not in req.path:
             target = req.path
         else:
             target = normalize_target(req.path, req.query, self.query_policy)
         req.cache_target = target
-        req.key = key = cache_key("GET", host, target)
+        req.key = key = prefix + target
         return key
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -146,7 +147,7 @@ class Pipeline:
         entry = variants[0] if len(variants) == 1 and not variants[0].vary else \
             self._pick_variant(variants, req)
         now = self.clock.now
-        if entry is None or now >= entry.fresh_until:
+        if entry is None or now >= entry.fresh_until or (entry.micro and self._session(req)):
             return None
         if req.version == "1.1" and req.keep_alive:
             data = entry.wire(now, req.method == "HEAD")
@@ -157,7 +158,7 @@ class Pipeline:
         if self.access_log.enabled:
             self.access_log.write(now, req.client, req.method, req.host, req.path, entry.status,
                                   len(data), "HIT", None,
-                                  (self.clock.mono - req.started) * 1000.0, req.decision)
+                                  (time.monotonic() - req.started) * 1000.0, req.decision)
         return data
 
     def _pick_variant(self, variants: list[Entry], req: Request) -> Entry | None:
@@ -186,6 +187,9 @@ class Pipeline:
         key = req.key or self._key(req)
         variants = self.store.get(key)
         entry = self._pick_variant(variants, req) if variants else None
+        if entry is not None and entry.micro and self._session(req):
+            # Microcached pages are the anonymous view: logged-in readers get their own.
+            return await self._pass(req, conn, out)
         if entry is not None:
             match self._reuse(entry, req):
                 case policy.Reuse.FRESH:
@@ -199,14 +203,17 @@ class Pipeline:
                 case _:
                     pass  # REVALIDATE: fetch below, with this entry's validators
         if self.uncacheable.get(key, 0.0) > self.clock.now:
-            return await self._pass(req, conn, out, target=req.cache_target)
+            # Recently not storable: fetch without making others wait on us ("hit-for-miss").
+            await self._fetch(req, conn, key, entry, out)
+            return
         waiting = self.inflight.get(key)
         if waiting is not None:
             self.metrics.coalesced += 1
             shared = await asyncio.shield(waiting)
             if shared is not None and self._pick_variant([shared], req) is shared:
                 return await self._deliver(req, conn, shared, "HIT", out)
-            return await self._pass(req, conn, out, target=req.cache_target)
+            await self._fetch(req, conn, key, entry, out)
+            return
         await self._miss(req, conn, key, entry, out)
 
     def _reuse(self, entry: Entry, req: Request, origin_failing: bool = False) -> policy.Reuse:
@@ -264,16 +271,25 @@ class Pipeline:
                 return None
             if resp.status == 304 and stale is not None:
                 await _discard(resp)
+                if not policy.not_modified_updates_stored(
+                        policy.combine_headers(stale.headers),
+                        policy.combine_headers(resp.headers)):
+                    # The 304 names another representation: ours cannot be refreshed by it.
+                    self.store.remove(key)
+                    return await self._fetch(req, conn, key, None, out)
                 fresh = self._refresh(stale, resp.headers, out)
                 if conn is not None:
                     await self._deliver(req, conn, fresh, "REVALIDATED", out)
                 return fresh
             entry = await self._maybe_store(req, key, resp, out)
             if entry is not None:
+                self.uncacheable.pop(key, None)
                 if conn is not None:
                     await self._deliver(req, conn, entry, "MISS", out)
                 return entry
-            self.uncacheable[key] = self.clock.now + _UNCACHEABLE_MEMORY
+            if not req.authorization and not self._session(req):
+                # Only a verdict about the response itself may change how others are served.
+                self.uncacheable[key] = self.clock.now + _UNCACHEABLE_MEMORY
             if conn is not None:
                 await self._relay(req, conn, resp, out, "MISS")
             else:
@@ -345,31 +361,42 @@ class Pipeline:
     def _refresh(self, entry: Entry, not_modified: list[tuple[bytes, bytes]],
                  out: Outcome) -> Entry:
         """A 304 from the origin: update stored fields and restart the entry's clock."""
-        merged = policy.merge_304(_to_str_pairs(entry.headers), _to_str_pairs(not_modified))
+        now = self.clock.now
+        update = _to_str_pairs(not_modified)
+        if not any(k.lower() == "date" for k, _ in update):
+            update.append(("Date", http_date(now).decode()))
+        merged = policy.merge_304(_to_str_pairs(entry.headers), update)
         entry.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
         resp_dict = policy.combine_headers(entry.headers)
-        now = self.clock.now
-        lifetime = self._lifetime(entry.status, resp_dict, micro=False) or 0.0
+        lifetime = self._lifetime(entry.status, resp_dict, entry.micro, now) or 0.0
         entry.stale = policy.stale_directives(resp_dict)
         entry.refresh(now, policy.initial_age(resp_dict, now, now), lifetime)
         self.store.touch(entry)
         return entry
 
-    def _lifetime(self, status: int, resp: dict[str, str], micro: bool) -> float | None:
+    def _lifetime(self, status: int, resp: dict[str, str], micro: bool,
+                  response_time: float) -> float | None:
+        """Explicit freshness first; microcaching stands in before heuristics for anonymous HTML."""
+        if micro:
+            return self.config.cache.microcache_ttl
         cc = self.config.cache
-        lifetime = policy.freshness_lifetime(status, resp, heuristic_fraction=cc.heuristic_fraction,
-                                             heuristic_max=cc.heuristic_max)
-        if lifetime is None and micro:
-            return cc.microcache_ttl
-        return lifetime
+        return policy.freshness_lifetime(status, resp, response_time=response_time,
+                                         heuristic_fraction=cc.heuristic_fraction,
+                                         heuristic_max=cc.heuristic_max)
+
+    def _session(self, req: Request) -> bool:
+        """Does the request carry a logged-in session cookie (cache.session_cookies)?"""
+        cookie = req.cookie
+        return cookie is not None and any(name in cookie for name in self._session_cookies)
 
     def _microcache_eligible(self, req: Request, resp_dict: dict[str, str]) -> bool:
-        if self.config.cache.microcache_ttl <= 0 or req.authorization:
+        """An anonymous GET of HTML whose response states no freshness of its own."""
+        if self.config.cache.microcache_ttl <= 0 or req.authorization or self._session(req):
             return False
         if not resp_dict.get("content-type", "").startswith("text/html"):
             return False
-        cookie = req.cookie
-        return cookie is None or not any(name in cookie for name in self._session_cookies)
+        cc = policy.parse_cache_control(resp_dict.get("cache-control"))
+        return "max-age" not in cc and "s-maxage" not in cc and "expires" not in resp_dict
 
     async def _maybe_store(self, req: Request, key: str, resp: UpstreamResponse,
                            out: Outcome) -> Entry | None:
@@ -394,7 +421,7 @@ class Pipeline:
                 resp.unread(chunks)
                 return None
         now = self.clock.now
-        lifetime = self._lifetime(resp.status, resp_dict, micro) or 0.0
+        lifetime = self._lifetime(resp.status, resp_dict, micro, now) or 0.0
         strip = {s.encode() for s in policy.headers_to_strip_on_store(resp_dict)}
         headers = [(k, v) for k, v in resp.headers
                    if (lk := k.lower()) not in _DROP_DOWNSTREAM and lk != b"content-length"
@@ -408,7 +435,7 @@ class Pipeline:
         entry = Entry(key, resp.status, headers, b"".join(chunks), response_time=now,
                       initial_age=policy.initial_age(resp_dict, now, now), lifetime=lifetime,
                       stale=policy.stale_directives(resp_dict), vary=tuple(vary),
-                      vary_sig=tuple(sig))
+                      vary_sig=tuple(sig), micro=micro)
         self.store.put(entry)
         return entry
 
@@ -433,11 +460,11 @@ class Pipeline:
     def _invalidate(self, req: Request, resp: UpstreamResponse) -> None:
         targets = policy.invalidated_targets(req.method, resp.status, req.target.decode("latin-1"),
                                              policy.combine_headers(resp.headers), req.host)
-        host = _normalize_host(req.host)
         for t in targets:
             path, _, query = t.partition("?")
-            self.store.remove(cache_key("GET", host,
-                                        normalize_target(path, query, self.query_policy)))
+            self.store.remove(cache_key("GET", req.host,
+                                        normalize_target(path, query, self.query_policy),
+                                        scheme=req.scheme))
 
     # -- deliver --------------------------------------------------------------------------------
     async def _deliver(self, req: Request, conn: HttpConnection, entry: Entry, cache: str,
@@ -550,14 +577,7 @@ class Pipeline:
         if not parts.netloc:
             raise ValueError(f"purge needs a full URL like http://host/path, got {url!r}")
         target = normalize_target(parts.path or "/", parts.query, self.query_policy)
-        return self.store.remove(cache_key("GET", _normalize_host(parts.netloc), target))
-
-
-def _normalize_host(host: str) -> str:
-    host = host.strip().lower().rstrip(".")
-    if host.endswith(":80"):
-        host = host[:-3]
-    return host
+        return self.store.remove(cache_key("GET", parts.netloc, target, scheme=parts.scheme))
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

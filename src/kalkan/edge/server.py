@@ -96,8 +96,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer = self.client = peer[0] if peer else "unknown"
         self.deadline = self.clock.mono + self.limits.header_timeout
@@ -277,7 +276,7 @@ class HttpConnection(asyncio.Protocol):
         req.method = parser.get_method().decode("ascii")
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
-        req.started = self.clock.mono
+        req.started = time.monotonic()
         target = bytes(self._url)
         req.target = target
         _check_framing(req, self.limits.max_body_bytes)

@@ -31,14 +31,16 @@ class Entry:
     """One stored response variant and everything needed to serve it without re-parsing."""
 
     __slots__ = ("key", "vary", "vary_sig", "status", "headers", "body", "response_time",
-                 "initial_age", "lifetime", "fresh_until", "stale", "etag", "last_modified",
-                 "size", "file", "_wire_age", "_wire", "_wire_head", "_head_prefix")
+                 "initial_age", "lifetime", "fresh_until", "stale", "micro", "etag",
+                 "last_modified", "size", "file", "_wire_age", "_wire", "_wire_head",
+                 "_head_prefix")
 
     def __init__(self, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                  *, response_time: float, initial_age: float, lifetime: float,
                  stale: StaleRules | None = None, vary: tuple[str, ...] = (),
-                 vary_sig: tuple[str | None, ...] = ()) -> None:
+                 vary_sig: tuple[str | None, ...] = (), micro: bool = False) -> None:
         self.key = key
+        self.micro = micro  # stored only by microcaching: the anonymous view of a page
         self.vary = vary
         self.vary_sig = vary_sig
         self.status = status
@@ -105,7 +107,7 @@ class Entry:
             "lifetime": self.lifetime,
             "stale": [self.stale.stale_while_revalidate, self.stale.stale_if_error,
                       self.stale.must_revalidate, self.stale.no_cache],
-            "vary": list(self.vary), "vary_sig": list(self.vary_sig),
+            "vary": list(self.vary), "vary_sig": list(self.vary_sig), "micro": self.micro,
         }).encode("utf-8")
         return _MAGIC + struct.pack("!I", len(meta)) + meta + self.body
 
@@ -122,7 +124,7 @@ class Entry:
             [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]], body,
             response_time=meta["response_time"], initial_age=meta["initial_age"],
             lifetime=meta["lifetime"], stale=StaleRules(*meta["stale"]),
-            vary=tuple(meta["vary"]), vary_sig=tuple(meta["vary_sig"]))
+            vary=tuple(meta["vary"]), vary_sig=tuple(meta["vary_sig"]), micro=meta["micro"])
 
 
 _NOT_MODIFIED_KEEP = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
