@@ -19,6 +19,7 @@ from kalkan.config import (
     load_config,
     load_config_text,
     parse_hostport,
+    parse_origin_url,
     validate,
 )
 
@@ -122,8 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     text = resources.files("kalkan").joinpath("data/demo.yaml").read_text(encoding="utf-8")
     config = load_config_text(text, "kalkan/data/demo.yaml")
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    _, origin_host, origin_port = config.origin.url.partition("://")[2].rpartition(":")[0], \
-        *parse_hostport(config.origin.url.partition("://")[2])
+    _, origin_host, origin_port = parse_origin_url(config.origin.url)
 
     async def main() -> None:
         from kalkan.edge.app import Edge

@@ -53,6 +53,21 @@ _UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalesc
 _VIA = (b"Via", b"1.1 kalkan")
 
 
+_REPLAY_MEMO = 8192  # remembered request byte strings; cleared every tick when over
+
+
+class _Replay:
+    """What a remembered request meant: its cache key, HEAD or not, session cookie, log part."""
+
+    __slots__ = ("key", "head", "session", "log")
+
+    def __init__(self, key: str, head: bool, session: bool, log: str) -> None:
+        self.key = key
+        self.head = head
+        self.session = session
+        self.log = log
+
+
 class Outcome:
     """What happened to one request, for the access log and metrics."""
 
@@ -84,6 +99,7 @@ class Pipeline:
         self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
         self.uncacheable: dict[str, float] = {}
         self._key_prefixes: dict[tuple[str, str], str] = {}
+        self._replays: dict[bytes, _Replay] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._last_flush = 0.0
         session = tuple(c.encode() for c in cc.session_cookies)
@@ -108,6 +124,8 @@ class Pipeline:
         if now - self._last_flush >= 1.0:
             self._last_flush = now
             self.access_log.flush()
+            if len(self._replays) >= _REPLAY_MEMO:
+                self._replays.clear()  # a flood of unique URLs must not pin memory or time
             if self.uncacheable:
                 for key in [k for k, until in self.uncacheable.items() if until < now]:
                     del self.uncacheable[key]
@@ -160,6 +178,47 @@ class Pipeline:
                                   len(data), "HIT", None,
                                   (time.monotonic() - req.started) * 1000.0, req.decision)
         return data
+
+    # -- replay: identical request bytes, answered without parsing ---------------------------
+    def remember(self, data: bytes, req: Request) -> None:
+        """After a hot-path hit: if `data` was exactly this one request, memoize what it meant.
+
+        Identical bytes parse identically, so a later identical read on an idle connection can
+        skip the parser (a flood of one URL is exactly that). Only plain keep-alive HTTP/1.1
+        GET/HEAD without a body qualify; anything that depends on more than the bytes (a client
+        address taken from X-Forwarded-For) does not.
+        """
+        if (len(self._replays) >= _REPLAY_MEMO or req.version != "1.1" or not req.keep_alive
+                or req.client != req.peer or not data.endswith(b"\r\n\r\n")
+                or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
+            return
+        self._replays[data] = _Replay(req.key, req.method == "HEAD", self._session(req),
+                                      AccessLog.fragment(req.method, req.host, req.path))
+
+    def replay(self, data: bytes, conn: HttpConnection) -> bool:
+        """Answer `data` if it is a remembered request whose entry is still fresh; else False."""
+        memo = self._replays.get(data)
+        if memo is None:
+            return False
+        variants = self.store.get(memo.key)
+        if variants is None or len(variants) != 1:
+            return False
+        entry = variants[0]
+        now = self.clock.now
+        if entry.vary or now >= entry.fresh_until or (entry.micro and memo.session):
+            return False
+        started = time.monotonic()
+        out = entry.wire(now, memo.head)
+        conn.transport.write(out)  # type: ignore[union-attr]
+        self.metrics.requests[(entry.status, "HIT")] += 1
+        if self.access_log.enabled:
+            self.access_log.write_fragment(now, conn.client, memo.log, entry.status, len(out),
+                                           "HIT", None, (time.monotonic() - started) * 1000.0,
+                                           "")
+        return True
+
+    def forget_replays(self) -> None:
+        self._replays.clear()
 
     def _pick_variant(self, variants: list[Entry], req: Request) -> Entry | None:
         headers = None

@@ -40,17 +40,28 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
         return self._stamp
 
+    @staticmethod
+    def fragment(method: str, host: str, path: str) -> str:
+        """The request's part of a line, formatted once and reusable for identical requests."""
+        return f'"method":{_js(method)},"host":{_js(host)},"path":{_js(path)}'
+
     def write(self, now: float, client: str, method: str, host: str, path: str, status: int,
               size: int, cache: str, origin_ms: float | None, total_ms: float,
               decision: str) -> None:
+        if self._file is not None:
+            self.write_fragment(now, client, self.fragment(method, host, path), status, size,
+                                cache, origin_ms, total_ms, decision)
+
+    def write_fragment(self, now: float, client: str, request: str, status: int, size: int,
+                       cache: str, origin_ms: float | None, total_ms: float,
+                       decision: str) -> None:
         f = self._file
         if f is None:
             return
         origin = "null" if origin_ms is None else f"{origin_ms:.1f}"
         f.write(
-            f'{{"time":"{self._time(now)}","client":{_js(client)},"method":{_js(method)},'
-            f'"host":{_js(host)},"path":{_js(path)},"status":{status},"bytes":{size},'
-            f'"cache":"{cache}","origin_ms":{origin},"total_ms":{total_ms:.2f},'
+            f'{{"time":"{self._time(now)}","client":{_js(client)},{request},"status":{status},'
+            f'"bytes":{size},"cache":"{cache}","origin_ms":{origin},"total_ms":{total_ms:.2f},'
             f'"decision":{_js(decision)}}}\n')
 
     def flush(self) -> None:

@@ -1,0 +1,126 @@
+"""The `kalkan` command as a user runs it: processes, signals, a crash, purge, config checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import Origin, fetch
+
+KALKAN = str(Path(sys.executable).with_name("kalkan"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kalkan exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+class Served:
+    """A `kalkan serve` process on free ports, ended by its PID."""
+
+    def __init__(self, origin_url: str, cache_dir: Path) -> None:
+        self.port = free_port()
+        self.admin = free_port()
+        self.proc = subprocess.Popen(
+            [KALKAN, "serve", "--origin", origin_url, "--listen", f"127.0.0.1:{self.port}",
+             "--admin", f"127.0.0.1:{self.admin}", "--cache-dir", str(cache_dir),
+             "--access-log", "off"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        wait_for_port(self.admin, self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        return self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[list[Served]]:
+    procs: list[Served] = []
+    yield procs
+    for p in procs:
+        p.stop(signal.SIGKILL)
+
+
+async def test_serve_stops_cleanly_and_a_crash_keeps_the_cache(
+        origin: Origin, tmp_path: Path, served: list[Served]) -> None:
+    cache = tmp_path / "cache"
+    first = Served(origin.url, cache)
+    served.append(first)
+    assert (await fetch(first.port, "/")).header("X-Cache") == "MISS"
+    assert (await fetch(first.port, "/feed/")).header("X-Cache") == "MISS"
+    assert first.stop(signal.SIGTERM) == 0
+    second = Served(origin.url, cache)
+    served.append(second)
+    assert (await fetch(second.port, "/")).header("X-Cache") == "HIT"
+    await asyncio.sleep(0.5)  # let the store's writer thread reach the disk
+    second.stop(signal.SIGKILL)  # a crash: no shutdown code runs
+    await origin.site.stop()
+    third = Served(origin.url, cache)
+    served.append(third)
+    resp = await fetch(third.port, "/feed/")
+    assert resp.status == 200 and resp.header("X-Cache") in ("HIT", "STALE")
+
+
+async def test_purge_command(origin: Origin, tmp_path: Path, served: list[Served]) -> None:
+    edge = Served(origin.url, tmp_path / "cache")
+    served.append(edge)
+    await fetch(edge.port, "/")
+    assert (await fetch(edge.port, "/")).header("X-Cache") == "HIT"
+    admin = f"127.0.0.1:{edge.admin}"
+    out = await asyncio.to_thread(subprocess.run, [KALKAN, "purge", "http://news.example/",
+                                                   "--admin", admin],
+                                  capture_output=True, text=True)
+    assert out.returncode == 0 and "purged 1" in out.stdout
+    assert (await fetch(edge.port, "/")).header("X-Cache") == "MISS"
+    out = await asyncio.to_thread(subprocess.run, [KALKAN, "purge", "--all", "--admin", admin],
+                                  capture_output=True, text=True)
+    assert out.returncode == 0 and "purged" in out.stdout
+
+
+def test_purge_without_a_running_edge_says_why() -> None:
+    out = subprocess.run([KALKAN, "purge", "--all", "--admin", f"127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "cannot reach the admin listener" in out.stderr
+
+
+def test_check_config(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("origin:\n  url: http://127.0.0.1:8000\n")
+    out = subprocess.run([KALKAN, "check-config", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("origin:\n  url: http://127.0.0.1:8000\n  timout: 5s\n")
+    out = subprocess.run([KALKAN, "check-config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{bad}:3: unknown key origin.timout (did you mean origin.timeout?)" in out.stderr
+
+
+def test_serve_refuses_a_bad_flag_value() -> None:
+    out = subprocess.run([KALKAN, "serve", "--origin", "ftp://x", "--listen", "127.0.0.1:1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "origin.url" in out.stderr
