@@ -70,7 +70,9 @@ class LimitsConfig:
         "How long a client may leave our send buffer full before it is cut off (slow reader).",
         30.0)
     max_connections: int = _opt("Most open client connections on this edge.", 20000)
-    max_connections_per_client: int = _opt("Most open connections from one client address.", 64)
+    max_connections_per_client: int = _opt(
+        "Most open connections from one client address (mobile carriers put many readers "
+        "behind one address, so keep this generous).", 256)
     max_pipelined: int = _opt("Most requests queued behind one in progress on a connection.", 16)
 
 
@@ -96,7 +98,9 @@ class OriginConfig:
     connect_timeout: float = _duration("Time allowed to connect to the origin.", 3.0)
     timeout: float = _duration("Time allowed for the origin's response headers.", 30.0)
     idle_connections: int = _opt("Idle keep-alive connections kept to the origin.", 32)
-    breaker_failures: int = _opt("Consecutive failures that open the circuit breaker.", 5)
+    breaker_failures: int = _opt(
+        "Consecutive failures (no connection, timeout, broken response, 502/503/504) that open "
+        "the circuit breaker.", 5)
     breaker_cooldown: float = _duration("How long the open breaker fails fast before a probe.",
                                         10.0)
 

@@ -344,9 +344,15 @@ def initial_age(resp: Headers, request_time: float, response_time: float) -> flo
     """Corrected initial age of a response when received (RFC 9111 §4.2.3).
 
     ``request_time``/``response_time`` are our clock when the origin request was sent and the
-    response arrived. An Age that is not a single delta-seconds is ignored (RFC 9111 §5.1).
+    response arrived. An Age that is not a single delta-seconds (garbled, negative, fractional,
+    repeated) makes the response stale: RFC 9111 §5.1 lets a cache ignore it, but an upstream
+    cache that garbles Age may be hiding an old response, and revalidating is the safe side
+    (this is also what the HTTP caching test suite expects).
     """
-    age_value = parse_delta_seconds(resp.get("age")) or 0
+    raw_age = resp.get("age")
+    age_value = parse_delta_seconds(raw_age) if raw_age is not None else 0
+    if age_value is None or (raw_age is not None and not raw_age.strip().isdigit()):
+        return float(DELTA_SECONDS_MAX)
     date = parse_http_date(resp.get("date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)

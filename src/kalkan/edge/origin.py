@@ -236,6 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.used = 0
+        self.idle = False  # in the pool, waiting for a request
+        self.desynced = False  # the origin sent more than one response: never reuse
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -256,10 +258,18 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:
+            # Bytes nobody asked for: the origin framed its last response wrongly. This
+            # connection can no longer be trusted to line responses up with requests.
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(OriginError(f"bad response from origin: {exc}"))
+            return
+        if self.desynced:
+            self.close()
 
     def _fail(self, err: Exception) -> None:
         if self.head_ready is not None and not self.head_ready.done():
@@ -270,15 +280,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # parser callbacks
     def on_message_begin(self) -> None:
+        if self.response is not None and self.response._done:
+            # A second response to one request: the origin's framing is off; drop the rest.
+            self.desynced = True
+            return
         self.response = UpstreamResponse(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers.append((name, value))
+        if not self.desynced:
+            assert self.response is not None
+            self.response.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         resp = self.response
-        assert resp is not None
+        if self.desynced or resp is None:
+            return
         resp.status = self.parser.get_status_code()
         if 100 <= resp.status < 200:
             return  # an interim response: keep waiting for the final one
@@ -298,12 +314,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None and not self.head_only:
+        if self.response is not None and not self.head_only and not self.desynced:
             self.response._push(body)
 
     def on_message_complete(self) -> None:
         resp = self.response
-        if resp is None or 100 <= resp.status < 200:
+        if resp is None or self.desynced or 100 <= resp.status < 200:
             return
         resp._finish()
 
@@ -366,11 +382,12 @@ class OriginPool:
         return conn
 
     def _give_back(self, conn: UpstreamConnection) -> None:
-        if conn.closed or len(self._idle) >= self.config.idle_connections:
+        if conn.closed or conn.desynced or len(self._idle) >= self.config.idle_connections:
             conn.close()
             return
         conn.response = None
         conn.head_ready = None
+        conn.idle = True
         self._idle.append(conn)
 
     async def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
@@ -398,6 +415,7 @@ class OriginPool:
         if conn.closed or conn.transport is None:
             raise OriginError("idle origin connection was closed")
         conn.used += 1
+        conn.idle = False
         conn.head_only = method == "HEAD"
         conn.head_ready = asyncio.get_running_loop().create_future()
         head = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]

@@ -40,6 +40,7 @@ log = logging.getLogger("kalkan.pipeline")
 
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 _STALE_ON_STATUS = frozenset({500, 502, 503, 504})
+_OVERLOAD_STATUS = frozenset({502, 503, 504})
 _HOP_BY_HOP = frozenset(name.encode() for name in policy.HOP_BY_HOP)
 # Request fields the edge manages itself when it fetches for the cache.
 _DROP_ON_CACHE_FETCH = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
@@ -384,7 +385,9 @@ class Pipeline:
         elapsed = time.monotonic() - t0
         out.origin_ms = elapsed * 1000.0
         metrics.origin_latency.observe(elapsed)
-        if resp.status >= 500:
+        if resp.status in _OVERLOAD_STATUS:
+            # The origin (or what is in front of it) says it is down or overloaded; a 500 is an
+            # answer about one page and must not cut every reader off the origin.
             self.breaker.failure(self.clock.mono)
             metrics.origin_requests["5xx"] += 1
         else:
@@ -661,8 +664,12 @@ def _to_str_pairs(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 
 
 async def _discard(resp: UpstreamResponse) -> None:
-    while await resp.read():
-        pass
+    """Read and drop a body we will not use; a broken one just costs its connection."""
+    try:
+        while await resp.read():
+            pass
+    except OriginError:
+        resp.keep_alive = False
 
 
 __all__ = ["SERVER_NAME", "Pipeline"]
