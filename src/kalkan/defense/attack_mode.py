@@ -1,0 +1,140 @@
+"""Under-attack mode: global signals → a threat level 0–3, raised quickly and lowered with hysteresis.
+
+Signals, sampled once a second: the request rate against a slowly learned baseline, origin gate
+saturation (queue depth, slots in use), origin latency, and the share of origin errors. Each
+signal scores 0–3; the level rises as soon as a score has held for `raise_after` seconds and falls
+one step at a time only after the scores have stayed lower for `lower_after` seconds. An operator
+override (`kalkan attack-mode on|off|auto`) pins the level. Every change is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger("kalkan.attack_mode")
+
+PEACE, ELEVATED, ATTACK, SEVERE = 0, 1, 2, 3
+LEVEL_NAMES = ("peace", "elevated", "attack", "severe")
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """One second of what the edge saw."""
+
+    requests: float          # requests in the last second
+    gate_queue: int          # requests waiting for an origin slot
+    gate_active: int         # origin requests in flight
+    gate_limit: int          # origin.max_concurrency
+    origin_latency: float    # mean seconds to origin headers in the last second (0 if none)
+    origin_errors: float     # share of origin requests that failed in the last second
+
+
+@dataclass(slots=True)
+class AttackModeConfig:
+    # Request rate, as a multiple of the learned baseline, for levels 1, 2, 3.
+    rate_factors: tuple[float, float, float] = (3.0, 8.0, 30.0)
+    min_rate: float = 50.0          # below this many req/s, rate alone never raises the level
+    latency_levels: tuple[float, float, float] = (0.5, 1.5, 5.0)   # seconds
+    error_levels: tuple[float, float, float] = (0.05, 0.2, 0.5)    # share of origin requests
+    raise_after: float = 2.0        # seconds a higher score must hold before the level rises
+    lower_after: float = 60.0       # seconds of lower scores before the level drops one step
+    baseline_halflife: float = 1800.0  # seconds; the baseline learns only while at peace
+
+
+def _score(value: float, levels: tuple[float, float, float]) -> int:
+    score = 0
+    for i, threshold in enumerate(levels, start=1):
+        if value >= threshold:
+            score = i
+    return score
+
+
+class AttackMode:
+    """The threat level and the reasons for it."""
+
+    def __init__(self, config: AttackModeConfig | None = None) -> None:
+        self.config = config or AttackModeConfig()
+        self.level = PEACE
+        self.override: int | None = None
+        self.baseline = 0.0
+        self.reason = "quiet"
+        self.changes = 0
+        self._high_since: float | None = None
+        self._low_since: float | None = None
+        self._candidate = PEACE
+
+    @property
+    def mode(self) -> str:
+        return "auto" if self.override is None else ("on" if self.override else "off")
+
+    def set_mode(self, mode: str, now: float) -> None:
+        """`on` pins level ATTACK, `off` pins PEACE, `auto` follows the signals again."""
+        if mode not in ("on", "off", "auto"):
+            raise ValueError(f"attack mode must be on, off or auto, not {mode!r}")
+        self.override = {"on": ATTACK, "off": PEACE, "auto": None}[mode]
+        if self.override is not None:
+            self._set(self.override, f"operator set attack mode {mode}", now)
+
+    def scores(self, s: Signals) -> tuple[int, str]:
+        c = self.config
+        candidates: list[tuple[int, str]] = []
+        if self.baseline > 0 and s.requests >= c.min_rate:
+            ratio = s.requests / self.baseline
+            candidates.append((_score(ratio, c.rate_factors),
+                               f"{s.requests:.0f} req/s is {ratio:.1f}x the baseline"))
+        elif self.baseline == 0 and s.requests >= c.min_rate * c.rate_factors[1]:
+            candidates.append((ATTACK, f"{s.requests:.0f} req/s with no baseline learned yet"))
+        if s.gate_limit:
+            saturation = 0
+            if s.gate_active >= s.gate_limit:
+                saturation = ELEVATED
+                if s.gate_queue >= s.gate_limit:
+                    saturation = ATTACK
+                if s.gate_queue >= 8 * s.gate_limit:
+                    saturation = SEVERE
+            candidates.append((saturation, f"origin gate {s.gate_active}/{s.gate_limit} busy, "
+                                           f"{s.gate_queue} waiting"))
+        candidates.append((_score(s.origin_latency, c.latency_levels),
+                           f"origin answers in {s.origin_latency * 1000:.0f} ms"))
+        candidates.append((_score(s.origin_errors, c.error_levels),
+                           f"{s.origin_errors:.0%} of origin requests fail"))
+        return max(candidates, key=lambda x: x[0])
+
+    def update(self, s: Signals, now: float) -> int:
+        """Feed one second of signals; returns the (possibly new) level."""
+        score, why = self.scores(s)
+        c = self.config
+        if self.level == PEACE and score == PEACE and s.requests > 0:
+            # Learn what a normal second looks like, only in peace (an attack must not teach it).
+            alpha = 1.0 - 0.5 ** (1.0 / c.baseline_halflife)
+            self.baseline = s.requests if self.baseline == 0 else \
+                self.baseline + alpha * (s.requests - self.baseline)
+        if self.override is not None:
+            return self.level
+        if score > self.level:
+            self._low_since = None
+            if self._high_since is None or score < self._candidate:
+                self._high_since = now
+                self._candidate = score
+            if now - self._high_since >= c.raise_after:
+                self._set(self._candidate, why, now)
+                self._high_since = None
+        elif score < self.level:
+            self._high_since = None
+            if self._low_since is None:
+                self._low_since = now
+            elif now - self._low_since >= c.lower_after:
+                self._set(self.level - 1, f"calmer for {c.lower_after:.0f} s: {why}", now)
+                self._low_since = now
+        else:
+            self._high_since = self._low_since = None
+        return self.level
+
+    def _set(self, level: int, why: str, now: float) -> None:
+        if level == self.level:
+            return
+        log.warning("threat level %s → %s: %s", LEVEL_NAMES[self.level], LEVEL_NAMES[level], why)
+        self.level = level
+        self.reason = why
+        self.changes += 1

@@ -1,0 +1,241 @@
+"""Standing decisions: what to do with an address, a prefix or a network for a while, and why.
+
+Each decision has an action, a reason, a TTL and an origin (rule, manual, attack mode, escalation,
+later detector or ally). Lookups on the request path are two dict reads (exact address, client
+prefix) plus a scan of the few wider networks. Repeated strikes against a client (challenge
+failures, blocks) escalate to longer and harsher decisions, up to a kernel drop. The table is
+saved atomically to a JSON file so a restart or a crash keeps it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger("kalkan.decisions")
+
+ACTIONS = ("allow", "challenge", "tarpit", "block", "drop")
+# Harshness order, for escalation and for choosing between an address and a prefix decision.
+SEVERITY = {"allow": 0, "challenge": 1, "tarpit": 2, "block": 3, "drop": 4}
+ORIGINS = ("rule", "manual", "attack_mode", "escalation", "detector", "ally")
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be stored: bad address, action or TTL; the message says which."""
+
+
+@dataclass(slots=True)
+class Decision:
+    target: str        # an address ("203.0.113.7") or a network ("203.0.113.0/24")
+    action: str
+    reason: str
+    origin: str
+    created: float
+    expires: float     # wall-clock time; math.inf for "until removed"
+
+    def remaining(self, now: float) -> float:
+        return self.expires - now
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationStep:
+    strikes: int       # reached this many strikes within the window…
+    action: str        # …gives this decision…
+    ttl: float         # …for this long
+
+
+DEFAULT_ESCALATION = (
+    EscalationStep(5, "challenge", 600.0),
+    EscalationStep(10, "block", 3600.0),
+    EscalationStep(20, "drop", 86400.0),
+)
+
+
+def normalize_target(target: str) -> str:
+    """An address or CIDR in canonical text form; raises DecisionError naming the problem."""
+    text = target.strip()
+    try:
+        if "/" in text:
+            net = ipaddress.ip_network(text, strict=False)
+            if net.prefixlen == net.max_prefixlen:
+                return str(net.network_address)
+            return str(net)
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise DecisionError(f"{target!r} is not an IP address or CIDR network") from None
+
+
+class Decisions:
+    """The decision table: add, look up, expire, escalate, list, persist."""
+
+    def __init__(self, path: str | Path | None = None,
+                 escalation: tuple[EscalationStep, ...] = DEFAULT_ESCALATION,
+                 strike_window: float = 3600.0) -> None:
+        self.path = Path(path) if path else None
+        self.escalation = tuple(sorted(escalation, key=lambda s: s.strikes))
+        self.strike_window = strike_window
+        self.exact: dict[str, Decision] = {}       # single addresses and client-sized prefixes
+        self.networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Decision]] = []
+        self.strikes: dict[str, tuple[int, float]] = {}  # address → (count, window start)
+        self.changes = 0
+        # Called with (decision or None when removed, target): the firewall listens here.
+        self.on_change: list[Callable[[Decision | None, str], None]] = []
+
+    # -- changes --------------------------------------------------------------------------------
+    def add(self, target: str, action: str, ttl: float | None, reason: str, origin: str,
+            now: float, *, client_prefix_len: tuple[int, int] = (24, 64)) -> Decision:
+        """Store a decision (replacing one for the same target); ttl None means until removed."""
+        if action not in ACTIONS:
+            raise DecisionError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+        if origin not in ORIGINS:
+            raise DecisionError(f"unknown origin {origin!r}")
+        if ttl is not None and (ttl <= 0 or math.isnan(ttl)):
+            raise DecisionError(f"a TTL must be positive, got {ttl!r}")
+        key = normalize_target(target)
+        decision = Decision(key, action, reason[:200], origin, now,
+                            math.inf if ttl is None else now + ttl)
+        self._remove(key)
+        if "/" in key:
+            net = ipaddress.ip_network(key)
+            if net.prefixlen == client_prefix_len[0 if net.version == 4 else 1]:
+                self.exact[key] = decision   # found by the client's own prefix string
+            else:
+                self.networks.append((net, decision))
+        else:
+            self.exact[key] = decision
+        self._changed(decision, key)
+        return decision
+
+    def delete(self, target: str) -> bool:
+        key = normalize_target(target)
+        removed = self._remove(key)
+        if removed:
+            self._changed(None, key)
+        return removed
+
+    def clear(self) -> int:
+        n = len(self.exact) + len(self.networks)
+        targets = list(self.exact) + [d.target for _, d in self.networks]
+        self.exact.clear()
+        self.networks.clear()
+        self.strikes.clear()
+        for t in targets:
+            self._changed(None, t)
+        return n
+
+    def _remove(self, key: str) -> bool:
+        if self.exact.pop(key, None) is not None:
+            return True
+        before = len(self.networks)
+        self.networks = [(n, d) for n, d in self.networks if d.target != key]
+        return len(self.networks) != before
+
+    def _changed(self, decision: Decision | None, target: str) -> None:
+        self.changes += 1
+        for callback in self.on_change:
+            callback(decision, target)
+
+    # -- the request path -----------------------------------------------------------------------
+    def lookup(self, address: str, prefix: str, now: float) -> Decision | None:
+        """The harshest live decision for this client (address, its prefix, wider networks)."""
+        found = None
+        if self.exact:
+            for key in (address, prefix):
+                d = self.exact.get(key)
+                if d is not None:
+                    if d.expires <= now:
+                        del self.exact[key]
+                        self._changed(None, key)
+                    elif found is None or SEVERITY[d.action] > SEVERITY[found.action]:
+                        found = d
+        if self.networks:
+            addr = ipaddress.ip_address(address)
+            for net, d in self.networks:
+                if d.expires > now and addr in net and (
+                        found is None or SEVERITY[d.action] > SEVERITY[found.action]):
+                    found = d
+        return found
+
+    def strike(self, address: str, reason: str, now: float) -> Decision | None:
+        """Count a strike (failed challenge, blocked request); escalate when a step is reached."""
+        count, start = self.strikes.get(address, (0, now))
+        if now - start > self.strike_window:
+            count, start = 0, now
+        count += 1
+        if len(self.strikes) > 200_000:
+            self.strikes.clear()  # bounded: under a huge botnet, start counting afresh
+        self.strikes[address] = (count, start)
+        for step in reversed(self.escalation):
+            if count == step.strikes:
+                current = self.exact.get(address)
+                if current is not None and SEVERITY[current.action] >= SEVERITY[step.action] \
+                        and current.expires >= now + step.ttl:
+                    return None
+                return self.add(address, step.action, step.ttl,
+                                f"escalated after {count} strikes: {reason}", "escalation", now)
+        return None
+
+    def expire(self, now: float) -> int:
+        gone = [k for k, d in self.exact.items() if d.expires <= now]
+        for k in gone:
+            del self.exact[k]
+            self._changed(None, k)
+        before = len(self.networks)
+        self.networks = [(n, d) for n, d in self.networks if d.expires > now]
+        return len(gone) + before - len(self.networks)
+
+    def all(self, now: float) -> list[Decision]:
+        live = [d for d in self.exact.values() if d.expires > now]
+        live += [d for _, d in self.networks if d.expires > now]
+        return sorted(live, key=lambda d: d.created)
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.networks)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, now: float) -> None:
+        """Write live decisions atomically (tmp file + rename): a crash leaves old or new."""
+        if self.path is None:
+            return
+        rows = [asdict(d) | {"expires": None if math.isinf(d.expires) else d.expires}
+                for d in self.all(now)]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".decisions-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "decisions": rows}, f)
+        os.replace(tmp, self.path)
+
+    def load(self, now: float) -> int:
+        """Read saved decisions; a damaged file is kept aside (never silently dropped)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            rows = data["decisions"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_suffix(".damaged")
+            os.replace(self.path, aside)
+            log.error("decisions file %s unreadable (%s); kept as %s", self.path, exc, aside)
+            return 0
+        n = 0
+        for row in rows:
+            expires = math.inf if row.get("expires") is None else float(row["expires"])
+            if expires <= now:
+                continue
+            try:
+                d = self.add(row["target"], row["action"],
+                             None if math.isinf(expires) else expires - now,
+                             row.get("reason", ""), row.get("origin", "manual"), now)
+            except (DecisionError, KeyError) as exc:
+                log.warning("skipping a saved decision %r: %s", row, exc)
+                continue
+            d.created = float(row.get("created", now))
+            n += 1
+        return n
