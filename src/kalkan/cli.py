@@ -44,6 +44,8 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         config.access_log.path = None if args.access_log == "off" else args.access_log
     if args.cache_dir:
         config.cache.dir = None if args.cache_dir == "off" else args.cache_dir
+    if args.state_dir:
+        config.state_dir = args.state_dir
     validate(config, "command line")
     return config
 
@@ -79,24 +81,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_purge(args: argparse.Namespace) -> int:
+class AdminUnreachable(Exception):
+    """The admin listener did not answer or refused; the message says what to check."""
+
+
+def admin_call(args: argparse.Namespace, method: str, path: str,
+               body: object | None = None) -> object:
+    """One request to a running edge's admin listener, with the token from --token or the
+    state directory's admin.token."""
     host, port = parse_hostport(args.admin)
-    query = "all=1" if args.all else "url=" + urllib.request.quote(args.url, safe="")
-    req = urllib.request.Request(f"http://{_fmt(host, port)}/purge?{query}", method="POST")
-    if args.token:
-        req.add_header("Authorization", f"Bearer {args.token}")
+    token = args.token
+    if token is None:
+        token_file = Path(args.state_dir) / "admin.token"
+        token = token_file.read_text().strip() if token_file.exists() else None
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://{_fmt(host, port)}{path}", data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            result = json.loads(resp.read())
+            return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        print(f"purge refused by the edge: {exc.code} {exc.read().decode().strip()}",
-              file=sys.stderr)
-        return 1
+        detail = exc.read().decode(errors="replace").strip()
+        raise AdminUnreachable(f"the edge refused: {exc.code} {detail}") from None
     except OSError as exc:
-        print(f"cannot reach the admin listener at {args.admin} ({exc}); "
-              "is `kalkan serve` running with that --admin address?", file=sys.stderr)
-        return 1
-    print(f"purged {result['purged']} cached response(s)")
+        raise AdminUnreachable(
+            f"cannot reach the admin listener at {args.admin} ({exc}); is `kalkan serve` "
+            "running with that --admin address?") from None
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    query = "all=1" if args.all else "url=" + urllib.request.quote(args.url, safe="")
+    result = admin_call(args, "POST", f"/purge?{query}")
+    print(f"purged {result['purged']} cached response(s)")  # type: ignore[index]
     return 0
 
 
@@ -153,6 +172,12 @@ Press Ctrl-C to stop both.
     return 0
 
 
+def _admin_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin", default="127.0.0.1:9181", help="the edge's admin HOST:PORT")
+    p.add_argument("--token", help="admin token (default: STATE_DIR/admin.token)")
+    p.add_argument("--state-dir", default="var", help="the edge's state_dir (default var)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kalkan", description="A self-hosted shield that keeps a newsroom's site online.")
@@ -167,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", help="admin HOST:PORT for metrics and purge, or 'off'")
     p.add_argument("--access-log", help="access log file, '-' for stdout, or 'off'")
     p.add_argument("--cache-dir", help="where the cache persists, or 'off' for memory only")
+    p.add_argument("--state-dir", help="where decisions, keys and the admin token are kept")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config file and name any bad key")
@@ -177,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("url", nargs="?", help="full URL, e.g. http://example.org/news/")
     g.add_argument("--all", action="store_true", help="purge every cached response")
-    p.add_argument("--admin", default="127.0.0.1:9181", help="the edge's admin HOST:PORT")
-    p.add_argument("--token", help="admin token, if the edge has one configured")
+    _admin_arguments(p)
     p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("demo-site", help="run the demo newsroom site (an origin to protect)")
@@ -205,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except AdminUnreachable as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -201,10 +201,13 @@ async def test_purge_over_admin(origin: Origin, make_edge: EdgeFactory) -> None:
     assert (await fetch(port, "/")).header("X-Cache") == "HIT"
     admin_port = edge.admin_address[1]  # type: ignore[index]
     client = await Client.connect(admin_port)
-    resp = await client.request("POST", "/purge?url=" + "http%3A%2F%2Fnews.example%2F")
+    resp = await client.request("POST", "/purge?url=" + "http%3A%2F%2Fnews.example%2F",
+                                headers={"Authorization": f"Bearer {edge.admin_token}"})
     await client.close()
     assert resp.status == 200 and json.loads(resp.body)["purged"] == 1
     assert (await fetch(port, "/")).header("X-Cache") == "MISS"
+    unauthorized = await fetch(admin_port, "/purge?all=1", method="POST")
+    assert unauthorized.status == 401
 
 
 async def test_gate_never_exceeds_origin_concurrency(origin: Origin,

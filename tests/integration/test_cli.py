@@ -47,7 +47,7 @@ class Served:
         self.proc = subprocess.Popen(
             [KALKAN, "serve", "--origin", origin_url, "--listen", f"127.0.0.1:{self.port}",
              "--admin", f"127.0.0.1:{self.admin}", "--cache-dir", str(cache_dir),
-             "--access-log", "off"],
+             "--access-log", "off", "--state-dir", str(cache_dir.parent / "state")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)
         wait_for_port(self.admin, self.proc)
@@ -91,15 +91,19 @@ async def test_purge_command(origin: Origin, tmp_path: Path, served: list[Served
     served.append(edge)
     await fetch(edge.port, "/")
     assert (await fetch(edge.port, "/")).header("X-Cache") == "HIT"
-    admin = f"127.0.0.1:{edge.admin}"
+    admin = ["--admin", f"127.0.0.1:{edge.admin}", "--state-dir", str(tmp_path / "state")]
     out = await asyncio.to_thread(subprocess.run, [KALKAN, "purge", "http://news.example/",
-                                                   "--admin", admin],
+                                                   *admin],
                                   capture_output=True, text=True)
     assert out.returncode == 0 and "purged 1" in out.stdout
     assert (await fetch(edge.port, "/")).header("X-Cache") == "MISS"
-    out = await asyncio.to_thread(subprocess.run, [KALKAN, "purge", "--all", "--admin", admin],
+    out = await asyncio.to_thread(subprocess.run, [KALKAN, "purge", "--all", *admin],
                                   capture_output=True, text=True)
     assert out.returncode == 0 and "purged" in out.stdout
+    wrong = await asyncio.to_thread(subprocess.run, [KALKAN, "purge", "--all", *admin,
+                                                     "--token", "guess"],
+                                    capture_output=True, text=True)
+    assert wrong.returncode == 1 and "401" in wrong.stderr
 
 
 def test_purge_without_a_running_edge_says_why() -> None:

@@ -1,4 +1,4 @@
-"""Under-attack mode: global signals → a threat level 0–3, raised quickly and lowered with hysteresis.
+"""Under-attack mode: global signals → a threat level 0–3, raised fast, lowered with hysteresis.
 
 Signals, sampled once a second: the request rate against a slowly learned baseline, origin gate
 saturation (queue depth, slots in use), origin latency, and the share of origin errors. Each

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import signal
+from pathlib import Path
 
 from kalkan.config import Config, parse_hostport
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer, HttpConnection
 from kalkan.edge.tls import CertificateSet, TLSConfigError
-from kalkan.observe.admin import AdminServer
+from kalkan.observe.admin import AdminError, AdminServer
 
 log = logging.getLogger("kalkan")
 
@@ -57,6 +60,8 @@ class Edge:
         self.admin: AdminServer | None = None
         self.certificates: CertificateSet | None = None
         self.addresses: list[tuple[str, int]] = []
+        self.admin_token = config.admin.token or load_or_create_token(
+            Path(config.state_dir) / "admin.token")
         self.admin_address: tuple[str, int] | None = None
         self._stopped = asyncio.Event()
 
@@ -79,9 +84,16 @@ class Edge:
             await self.redirect_server.listen(host, port)
         if self.config.admin.listen:
             host, port = parse_hostport(self.config.admin.listen)
-            self.admin = AdminServer(self.pipeline.metrics, self.pipeline.purge,
-                                     self.config.admin.token)
+            self.admin = AdminServer(self.pipeline.metrics, self.admin_token)
+            self.admin.route("POST", "/purge", self._purge)
             self.admin_address = await self.admin.start(host, port)
+
+    def _purge(self, query: dict[str, str], _body: object) -> tuple[int, object]:
+        if query.get("all") == "1":
+            return 200, {"purged": self.pipeline.purge(None)}
+        if "url" in query:
+            return 200, {"purged": self.pipeline.purge(query["url"])}
+        raise AdminError(400, "purge needs ?url=URL or ?all=1")
 
     def reload(self) -> None:
         """SIGHUP: reload certificates; a bad file keeps the old ones and says why."""
@@ -110,3 +122,19 @@ class Edge:
         await stop.wait()
         log.info("stopping: finishing requests in progress")
         await self.stop()
+
+
+def load_or_create_token(path: Path) -> str:
+    """The admin token kept in the state directory (0600), made on first start."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token

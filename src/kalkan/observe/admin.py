@@ -1,7 +1,8 @@
-"""The admin listener (loopback by default, never the public one): metrics, health and purge.
+"""The admin listener (loopback by default, never the public one): metrics, health and actions.
 
-Traffic here is a scrape every few seconds and the odd purge, so a plain asyncio stream server with
-a bounded head read is enough; admin actions need the configured bearer token.
+Traffic here is a scrape every few seconds and the odd operator command, so a plain asyncio stream
+server with bounded reads is enough. Other parts register routes; every route except metrics and
+health needs the admin bearer token.
 """
 
 from __future__ import annotations
@@ -11,22 +12,38 @@ import contextlib
 import hmac
 import json
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from kalkan.observe.metrics import Metrics
 
 _MAX_HEAD = 16 * 1024
+_MAX_BODY = 1024 * 1024
+
+# A handler gets the query parameters and the parsed JSON body (or None) and returns
+# (status, JSON-able result).
+Handler = Callable[[dict[str, str], Any], tuple[int, Any]]
+
+
+class AdminError(Exception):
+    """An operator request the edge cannot carry out; answered with `status` and the message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AdminServer:
-    """GET /metrics, GET /healthz, POST /purge?url=URL | /purge?all=1 (token)."""
+    """GET /metrics and /healthz for anyone on the admin address; everything else with the token."""
 
-    def __init__(self, metrics: Metrics, purge: Callable[[str | None], int],
-                 token: str | None) -> None:
+    def __init__(self, metrics: Metrics, token: str | None) -> None:
         self.metrics = metrics
-        self.purge = purge
         self.token = token
+        self.routes: dict[tuple[str, str], Handler] = {}
         self.server: asyncio.base_events.Server | None = None
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self.routes[(method, path)] = handler
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -41,51 +58,49 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
-            status, ctype, body = self._route(head)
+            method, target, headers = _parse_head(head)
+            length = int(headers.get("content-length", "0") or 0)
+            if length > _MAX_BODY:
+                raise AdminError(413, "request body too large")
+            body = await asyncio.wait_for(reader.readexactly(length), 10.0) if length else b""
+            status, ctype, payload = self._dispatch(method, target, headers, body)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ConnectionError):
             writer.close()
             return
+        except AdminError as exc:
+            status, ctype, payload = exc.status, "application/json", _json({"error": str(exc)})
         except ValueError as exc:
-            status, ctype, body = 400, "text/plain", f"{exc}\n".encode()
+            status, ctype, payload = 400, "application/json", _json({"error": str(exc)})
         writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                      b"Cache-Control: no-store\r\nConnection: close\r\n\r\n%s"
-                     % (status, _REASONS.get(status, b"OK"), ctype.encode(), len(body), body))
+                     % (status, _REASONS.get(status, b"OK"), ctype.encode(), len(payload),
+                        payload))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
 
-    def _route(self, head: bytes) -> tuple[int, str, bytes]:
-        if len(head) > _MAX_HEAD:
-            raise ValueError("request head too large")
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, target, _ = lines[0].split(" ", 2)
-        except ValueError:
-            raise ValueError("malformed request line") from None
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+    def _dispatch(self, method: str, target: str, headers: dict[str, str],
+                  body: bytes) -> tuple[int, str, bytes]:
         url = urlsplit(target)
         if method == "GET" and url.path == "/metrics":
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         if method == "GET" and url.path == "/healthz":
             return 200, "text/plain", b"ok\n"
-        if url.path == "/purge":
-            if method != "POST":
-                return 405, "text/plain", b"use POST\n"
-            if not self._authorized(headers.get("authorization", "")):
-                return 401, "text/plain", b"admin token missing or wrong\n"
-            query = parse_qs(url.query)
-            if query.get("all") == ["1"]:
-                removed = self.purge(None)
-            elif "url" in query:
-                removed = self.purge(query["url"][0])
-            else:
-                raise ValueError("purge needs ?url=URL or ?all=1")
-            return 200, "application/json", json.dumps({"purged": removed}).encode() + b"\n"
-        return 404, "text/plain", b"not found\n"
+        handler = self.routes.get((method, url.path))
+        if handler is None:
+            known = {p for _, p in self.routes}
+            raise AdminError(405 if url.path in known else 404,
+                             f"no {method} {url.path} here")
+        if not self._authorized(headers.get("authorization", "")):
+            raise AdminError(401, "admin token missing or wrong")
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            raise AdminError(400, "the request body is not JSON") from None
+        status, result = handler(query, data)
+        return status, "application/json", _json(result)
 
     def _authorized(self, header: str) -> bool:
         if self.token is None:
@@ -94,5 +109,25 @@ class AdminServer:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), self.token)
 
 
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    if len(head) > _MAX_HEAD:
+        raise AdminError(431, "request head too large")
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        method, target, _ = lines[0].split(" ", 2)
+    except ValueError:
+        raise AdminError(400, "malformed request line") from None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return method, target, headers
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=1).encode() + b"\n"
+
+
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-            405: b"Method Not Allowed"}
+            405: b"Method Not Allowed", 409: b"Conflict", 413: b"Payload Too Large",
+            431: b"Request Header Fields Too Large", 500: b"Internal Server Error"}
