@@ -1,0 +1,286 @@
+"""HMAC signing keys for passes and challenges, rotated with an overlap window.
+
+Keys live in memory or in a JSON key file that several edges may share; the file is written
+atomically (temp file + rename) with mode 0600 and changed under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Linux; the file is then changed without a lock
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("kalkan.challenge.keys")
+
+FORMAT = "kalkan-keys/1"
+SECRET_BYTES = 32
+MAC_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: plenty against forgery, shorter cookies
+DEFAULT_ROTATE_EVERY = 7 * 86400.0
+DEFAULT_OVERLAP = 2 * 86400.0   # >= the pass lifetime, so a rotation never logs readers out
+_REFRESH_EVERY = 30.0           # seconds between looks at the shared file
+
+
+class SigningKey:
+    """One secret: signs while current, verifies until `retired + overlap`."""
+
+    __slots__ = ("id", "secret", "created", "retired", "_inner", "_outer")
+
+    def __init__(self, kid: str, secret: bytes, created: float, retired: float | None) -> None:
+        if len(secret) < 16:
+            raise ValueError(f"key {kid!r}: secret too short ({len(secret)} bytes)")
+        self.id = kid
+        self.secret = secret
+        self.created = created
+        self.retired = retired
+        # HMAC (RFC 2104) with both padded-key states hashed once: copying a C hash object per
+        # use is cheaper than hmac.HMAC.copy(), and this runs on every challenge and new pass.
+        block = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(x ^ 0x36 for x in block))
+        self._outer = hashlib.sha256(bytes(x ^ 0x5C for x in block))
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256(secret, data), truncated to MAC_BYTES."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_BYTES]
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "secret": _b64(self.secret), "created": self.created,
+                "retired": self.retired}
+
+    @classmethod
+    def new(cls, now: float, taken: set[str] | None = None) -> SigningKey:
+        while True:
+            kid = secrets.token_hex(3)
+            if not taken or kid not in taken:
+                return cls(kid, secrets.token_bytes(SECRET_BYTES), now, None)
+
+
+class KeyRing:
+    """The current signing key plus retired keys still inside their overlap window.
+
+    `generation` changes whenever the set of keys changes, so callers can drop memoized
+    verifications that might rest on a key that is gone.
+    """
+
+    def __init__(self, keys: list[SigningKey], *, path: str | Path | None = None,
+                 rotate_every: float = DEFAULT_ROTATE_EVERY,
+                 overlap: float = DEFAULT_OVERLAP) -> None:
+        if not keys or keys[0].retired is not None:
+            raise ValueError("a key ring needs a current (not retired) key first")
+        if overlap < 0 or rotate_every <= 0:
+            raise ValueError("rotate_every must be > 0 and overlap >= 0")
+        self.path = Path(path) if path is not None else None
+        self.rotate_every = rotate_every
+        self.overlap = overlap
+        self.generation = 0
+        self._mtime_ns = -1
+        self._next_refresh = 0.0
+        self._set(keys)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, now: float | None = None, **kw: float) -> KeyRing:
+        """A fresh in-memory ring (one edge, or tests): passes die with the process."""
+        return cls([SigningKey.new(time.time() if now is None else now)], **kw)
+
+    @classmethod
+    def load_or_create(cls, path: str | Path, now: float | None = None, *,
+                       rotate_every: float = DEFAULT_ROTATE_EVERY,
+                       overlap: float = DEFAULT_OVERLAP) -> KeyRing:
+        """Read the shared key file, creating it (0600, atomically) with one key if absent."""
+        path = Path(path)
+        now = time.time() if now is None else now
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            keys = _read(path)
+            if keys is None:
+                keys = [SigningKey.new(now)]
+                _write(path, keys)
+        ring = cls(keys, path=path, rotate_every=rotate_every, overlap=overlap)
+        ring._mtime_ns = _mtime_ns(path)
+        ring._next_refresh = now + _REFRESH_EVERY
+        return ring
+
+    # -- use ----------------------------------------------------------------------------------
+    @property
+    def current(self) -> SigningKey:
+        return self._keys[0]
+
+    @property
+    def keys(self) -> tuple[SigningKey, ...]:
+        return tuple(self._keys)
+
+    def find(self, kid: str, now: float) -> SigningKey | None:
+        """The key `kid` if it may still verify at `now` (current, or retired within overlap)."""
+        key = self._by_id.get(kid)
+        if key is None:
+            # Another edge may have rotated the shared file: look again (rate-limited).
+            if self.path is not None and now >= self._next_refresh:
+                self.refresh(now)
+                key = self._by_id.get(kid)
+            if key is None:
+                return None
+        if key.retired is not None and now >= key.retired + self.overlap:
+            return None
+        return key
+
+    # -- change -------------------------------------------------------------------------------
+    def rotate(self, now: float) -> SigningKey:
+        """Start signing with a new key; the old one verifies for `overlap` more seconds."""
+        if self.path is None:
+            self._set(self._rotated(self._keys, now))
+            return self.current
+        with _locked(self.path):
+            on_disk = _read(self.path) or self._keys
+            self._set(self._rotated(on_disk, now))
+            _write(self.path, self._keys)
+            self._mtime_ns = _mtime_ns(self.path)
+        return self.current
+
+    def maintain(self, now: float) -> None:
+        """Cheap periodic upkeep: pick up another edge's rotation, rotate when due."""
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + _REFRESH_EVERY
+        if self.path is not None:
+            self.refresh(now)
+        if now >= self.current.created + self.rotate_every:
+            if self.path is None:
+                self.rotate(now)
+                return
+            with _locked(self.path):  # re-check under the lock: another edge may have rotated
+                on_disk = _read(self.path) or self._keys
+                if now >= on_disk[0].created + self.rotate_every:
+                    on_disk = self._rotated(on_disk, now)
+                    _write(self.path, on_disk)
+                self._set(on_disk)
+                self._mtime_ns = _mtime_ns(self.path)
+
+    def refresh(self, now: float) -> bool:
+        """Reload the key file if it changed on disk; True when it did."""
+        self._next_refresh = now + _REFRESH_EVERY
+        if self.path is None:
+            return False
+        mtime = _mtime_ns(self.path)
+        if mtime == self._mtime_ns:
+            return False
+        try:
+            keys = _read(self.path)
+        except (OSError, ValueError) as exc:
+            log.error("key file %s unreadable, keeping the keys in memory: %s", self.path, exc)
+            return False
+        if keys is None:
+            return False
+        self._mtime_ns = mtime
+        self._set(keys)
+        return True
+
+    # -- internals ----------------------------------------------------------------------------
+    def _rotated(self, keys: list[SigningKey], now: float) -> list[SigningKey]:
+        new = SigningKey.new(now, {k.id for k in keys})
+        kept = []
+        for k in keys:
+            retired = now if k.retired is None else k.retired
+            if now < retired + self.overlap:
+                kept.append(SigningKey(k.id, k.secret, k.created, retired))
+        return [new, *kept]
+
+    def _set(self, keys: list[SigningKey]) -> None:
+        if not keys or keys[0].retired is not None:
+            raise ValueError("a key ring needs a current (not retired) key first")
+        self._keys = list(keys)
+        self._by_id = {k.id: k for k in keys}
+        self.generation += 1
+
+
+# -- the key file ---------------------------------------------------------------------------------
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return -1
+
+
+def _read(path: Path) -> list[SigningKey] | None:
+    """The keys in the file, current first; None if there is no file. ValueError names it."""
+    try:
+        raw = path.read_bytes()
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("key file %s is readable by others (mode %o); it should be 0600",
+                    path, stat.S_IMODE(mode))
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+        keys = [SigningKey(str(k["id"]), _unb64(k["secret"]), float(k["created"]),
+                           None if k.get("retired") is None else float(k["retired"]))
+                for k in doc["keys"]]
+        current = [k for k in keys if k.retired is None]
+        if len(current) != 1:
+            raise ValueError(f"{len(current)} current keys, expected exactly one")
+        return current + sorted((k for k in keys if k.retired is not None),
+                                key=lambda k: -(k.retired or 0.0))
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"key file {path}: malformed ({exc})") from exc
+    except ValueError as exc:
+        raise ValueError(f"key file {path}: {exc}") from exc
+
+
+def _write(path: Path, keys: list[SigningKey]) -> None:
+    doc = {"format": FORMAT, "keys": [k.to_json() for k in keys]}
+    data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize read-modify-write of the key file between edges on one host."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
