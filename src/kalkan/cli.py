@@ -1,4 +1,5 @@
-"""The `kalkan` command line: serve, check-config, purge, demo-site and demo."""
+"""The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
+demo-site and demo."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kalkan.config import (
     ConfigError,
     load_config,
     load_config_text,
+    parse_duration,
     parse_hostport,
     parse_origin_url,
     validate,
@@ -119,6 +121,51 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decisions(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        rows = admin_call(args, "GET", "/decisions")["decisions"]  # type: ignore[index]
+        if not rows:
+            print("no standing decisions")
+        for d in rows:
+            left = "forever" if d["expires_in"] is None else f"{d['expires_in']}s left"
+            print(f"{d['target']:<40} {d['action']:<10} {left:<14} {d['origin']:<11} "
+                  f"{d['reason']}")
+    elif args.action == "add":
+        ttl = None if args.ttl in ("forever", "0") else parse_duration(args.ttl)
+        result = admin_call(args, "POST", "/decisions", {
+            "target": args.target, "action": args.decision, "ttl": ttl, "reason": args.reason})
+        print(f"added: {result['added']} → {result['action']}")  # type: ignore[index]
+    elif args.action == "delete":
+        target = urllib.request.quote(args.target, safe="")
+        admin_call(args, "DELETE", f"/decisions?target={target}")
+        print(f"deleted: {args.target}")
+    else:
+        result = admin_call(args, "POST", "/decisions/clear")
+        print(f"cleared {result['cleared']} decision(s)")  # type: ignore[index]
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        result = admin_call(args, "POST", "/reload")
+    except AdminUnreachable as exc:
+        if "409" not in str(exc):
+            raise
+        print(f"reload refused, the old configuration keeps running: {exc}", file=sys.stderr)
+        return 1
+    for message in result["messages"]:  # type: ignore[index]
+        print(message)
+    return 0
+
+
+def cmd_attack_mode(args: argparse.Namespace) -> int:
+    path = "/attack-mode" + (f"?mode={args.mode}" if args.mode else "")
+    result = admin_call(args, "POST" if args.mode else "GET", path)
+    print(f"attack mode {result['mode']}: threat level {result['level']} "  # type: ignore[index]
+          f"({result['level_name']}) — {result['reason']}")  # type: ignore[index]
+    return 0
+
+
 def _demo_site_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from kalkan.demo.site import DemoSiteConfig
 
@@ -205,6 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", action="store_true", help="purge every cached response")
     _admin_arguments(p)
     p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("decisions", help="list, add, delete or clear standing decisions")
+    dsub = p.add_subparsers(dest="action", required=True)
+    d = dsub.add_parser("list", help="the standing decisions")
+    _admin_arguments(d)
+    d = dsub.add_parser("add", help="add a decision for an address or CIDR")
+    d.add_argument("target", help="address or CIDR, e.g. 203.0.113.7 or 2001:db8::/48")
+    d.add_argument("--action", dest="decision", default="block",
+                   choices=("allow", "challenge", "tarpit", "block", "drop"))
+    d.add_argument("--ttl", default="1h", help="how long, e.g. 30m, 1h, 2d, or 'forever'")
+    d.add_argument("--reason", default="added by hand", help="why (kept in the log)")
+    _admin_arguments(d)
+    d = dsub.add_parser("delete", help="remove the decision for an address or CIDR")
+    d.add_argument("target")
+    _admin_arguments(d)
+    d = dsub.add_parser("clear", help="remove every decision")
+    _admin_arguments(d)
+    p.set_defaults(func=cmd_decisions)
+
+    p = sub.add_parser("reload", help="reload the policy and certificates of a running edge")
+    _admin_arguments(p)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("attack-mode", help="show or pin the under-attack mode")
+    p.add_argument("mode", nargs="?", choices=("on", "off", "auto"))
+    _admin_arguments(p)
+    p.set_defaults(func=cmd_attack_mode)
 
     p = sub.add_parser("demo-site", help="run the demo newsroom site (an origin to protect)")
     p.add_argument("--listen", default="127.0.0.1:8000")

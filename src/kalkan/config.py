@@ -138,6 +138,40 @@ class CacheConfig:
 
 
 @dataclass
+class FirewallConfig:
+    """Kernel drops for the worst decisions (Linux, root, nftables)."""
+
+    enabled: bool = _opt("Push `drop` decisions into an nftables table (needs root and nft).",
+                         False)
+    table: str = _opt("Name of the nftables table (family inet) Kalkan owns.", "kalkan")
+
+
+@dataclass
+class DefenseConfig:
+    """Who gets through: policy, client tracking, challenges, attack mode."""
+
+    enabled: bool = _opt("Run the defence at all (rules, rates, decisions, challenges).", True)
+    policy: str | None = _opt(
+        "Policy file (docs/policy.md); null uses the shipped default for a news site.", None)
+    prefix_v4: int = _opt("IPv4 prefix length that groups a client's neighbours.", 24)
+    prefix_v6: int = _opt("IPv6 prefix length that groups a client's neighbours.", 64)
+    clients: int = _opt("Most client addresses tracked at once (oldest idle ones go first).",
+                        1_000_000)
+    allow: list[str] = _opt("Addresses/CIDRs never challenged or blocked (your newsroom).", [])
+    pass_ttl: float = _duration("How long a passed challenge lets a reader through.", 86400.0)
+    nojs_delay: float = _duration("The wait of the no-JavaScript challenge.", 5.0)
+    key_file: str | None = _opt(
+        "Signing keys for passes, shared by several edges; null = STATE_DIR/keys.json.", None)
+    attack_mode: str = _opt("`auto` follows the signals; `on` / `off` pin the threat level.",
+                            "auto")
+    tarpit_delay: float = _duration("How long a tarpitted request waits before its 429.", 10.0)
+    max_tarpitted: int = _opt("Most requests held in the tarpit at once; more are refused.",
+                              1000)
+    firewall: FirewallConfig = field(default_factory=FirewallConfig,
+                                     metadata={"doc": "Kernel drops."})
+
+
+@dataclass
 class AccessLogConfig:
     """One JSON line per request."""
 
@@ -167,6 +201,7 @@ class Config:
     access_log: AccessLogConfig = field(
         default_factory=AccessLogConfig, metadata={"doc": "Access log."})
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"doc": "Admin listener."})
+    defense: DefenseConfig = field(default_factory=DefenseConfig, metadata={"doc": "Defence."})
     state_dir: str = _opt("Directory for state that must survive restarts (pid, decisions).",
                           "var")
 
@@ -357,6 +392,13 @@ def validate(config: Config, source: str = "<config>") -> None:
     for item in config.client_address.trusted_proxies:
         check("client_address.trusted_proxies", lambda v: ipaddress.ip_network(v, strict=False),
               item)
+    if config.defense.attack_mode not in ("auto", "on", "off"):
+        raise ConfigError(f"{source}: defense.attack_mode: must be auto, on or off, "
+                          f"not {config.defense.attack_mode!r}")
+    for item in config.defense.allow:
+        check("defense.allow", lambda v: ipaddress.ip_network(v, strict=False), item)
+    if not 8 <= config.defense.prefix_v4 <= 32 or not 16 <= config.defense.prefix_v6 <= 128:
+        raise ConfigError(f"{source}: defense.prefix_v4 / prefix_v6: expected 8..32 / 16..128")
     if config.origin.max_concurrency < 1:
         raise ConfigError(f"{source}: origin.max_concurrency: must be at least 1")
     if config.tls is not None:

@@ -7,14 +7,21 @@ import logging
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kalkan.config import Config, parse_hostport
+from kalkan.defense.attack_mode import LEVEL_NAMES
+from kalkan.defense.decisions import DecisionError
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer, HttpConnection
 from kalkan.edge.tls import CertificateSet, TLSConfigError
 from kalkan.observe.admin import AdminError, AdminServer
+
+if TYPE_CHECKING:
+    from kalkan.defense.engine import Defense
 
 log = logging.getLogger("kalkan")
 
@@ -86,7 +93,76 @@ class Edge:
             host, port = parse_hostport(self.config.admin.listen)
             self.admin = AdminServer(self.pipeline.metrics, self.admin_token)
             self.admin.route("POST", "/purge", self._purge)
+            self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
+            if self.pipeline.defense is not None:
+                self.admin.route("GET", "/decisions", self._decisions_list)
+                self.admin.route("POST", "/decisions", self._decisions_add)
+                self.admin.route("DELETE", "/decisions", self._decisions_delete)
+                self.admin.route("POST", "/decisions/clear", self._decisions_clear)
+                self.admin.route("GET", "/attack-mode", self._attack_mode)
+                self.admin.route("POST", "/attack-mode", self._attack_mode)
             self.admin_address = await self.admin.start(host, port)
+
+    # -- admin actions --------------------------------------------------------------------------
+    def _defense(self) -> Defense:
+        defense = self.pipeline.defense
+        if defense is None:
+            raise AdminError(409, "the defence is disabled in this edge's config")
+        return defense
+
+    def _decisions_list(self, _q: dict[str, str], _b: object) -> tuple[int, object]:
+        now = time.time()
+        rows = [{"target": d.target, "action": d.action, "reason": d.reason,
+                 "origin": d.origin, "created": d.created,
+                 "expires_in": None if d.expires == float("inf") else round(d.expires - now)}
+                for d in self._defense().decisions.all(now)]
+        return 200, {"decisions": rows}
+
+    def _decisions_add(self, _q: dict[str, str], body: object) -> tuple[int, object]:
+        if not isinstance(body, dict) or "target" not in body:
+            raise AdminError(400, 'expected JSON {"target": ADDRESS|CIDR, "action": ..., '
+                                  '"ttl": seconds|null, "reason": ...}')
+        defense = self._defense()
+        try:
+            ttl = body.get("ttl")
+            d = defense.decisions.add(str(body["target"]), str(body.get("action", "block")),
+                                      None if ttl is None else float(ttl),
+                                      str(body.get("reason", "")), "manual", time.time())
+        except (DecisionError, ValueError, TypeError) as exc:
+            raise AdminError(400, str(exc)) from None
+        defense.save(time.time())
+        return 200, {"added": d.target, "action": d.action}
+
+    def _decisions_delete(self, query: dict[str, str], _b: object) -> tuple[int, object]:
+        if "target" not in query:
+            raise AdminError(400, "delete needs ?target=ADDRESS|CIDR")
+        defense = self._defense()
+        try:
+            removed = defense.decisions.delete(query["target"])
+        except DecisionError as exc:
+            raise AdminError(400, str(exc)) from None
+        defense.save(time.time())
+        return (200 if removed else 404), {"deleted": removed}
+
+    def _decisions_clear(self, _q: dict[str, str], _b: object) -> tuple[int, object]:
+        defense = self._defense()
+        n = defense.decisions.clear()
+        defense.save(time.time())
+        return 200, {"cleared": n}
+
+    def _attack_mode(self, query: dict[str, str], _b: object) -> tuple[int, object]:
+        attack = self._defense().attack
+        if "mode" in query:
+            try:
+                attack.set_mode(query["mode"], time.time())
+            except ValueError as exc:
+                raise AdminError(400, str(exc)) from None
+        return 200, {"mode": attack.mode, "level": attack.level,
+                     "level_name": LEVEL_NAMES[attack.level], "reason": attack.reason}
+
+    def _reload_result(self) -> tuple[int, object]:
+        ok, messages = self.reload()
+        return (200 if ok else 409), {"ok": ok, "messages": messages}
 
     def _purge(self, query: dict[str, str], _body: object) -> tuple[int, object]:
         if query.get("all") == "1":
@@ -95,14 +171,24 @@ class Edge:
             return 200, {"purged": self.pipeline.purge(query["url"])}
         raise AdminError(400, "purge needs ?url=URL or ?all=1")
 
-    def reload(self) -> None:
-        """SIGHUP: reload certificates; a bad file keeps the old ones and says why."""
+    def reload(self) -> tuple[bool, list[str]]:
+        """SIGHUP or `kalkan reload`: certificates and the policy. A bad file keeps the old
+        one running and says why."""
+        ok, messages = True, []
         if self.certificates is not None:
             try:
                 self.certificates.reload()
-                log.info("TLS certificates reloaded")
+                messages.append("TLS certificates reloaded")
             except TLSConfigError as exc:
+                ok = False
+                messages.append(f"keeping the old certificates: {exc}")
                 log.error("reload failed, keeping the old certificates: %s", exc)
+        if self.pipeline.defense is not None:
+            policy_ok, message = self.pipeline.defense.reload()
+            ok = ok and policy_ok
+            messages.append(message if policy_ok else f"keeping the old policy: {message}")
+        self.pipeline.forget_replays()
+        return ok, messages
 
     async def stop(self) -> None:
         await self.server.close()
@@ -118,7 +204,7 @@ class Edge:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload() and None)
         await stop.wait()
         log.info("stopping: finishing requests in progress")
         await self.stop()

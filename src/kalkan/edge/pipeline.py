@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kalkan.config import Config
+from kalkan.defense.facts import CHALLENGE_PREFIX
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.origin import (
@@ -34,6 +35,7 @@ from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
 
 if TYPE_CHECKING:
+    from kalkan.defense.engine import Defense, Verdict
     from kalkan.edge.server import HttpConnection
 
 log = logging.getLogger("kalkan.pipeline")
@@ -58,15 +60,17 @@ _REPLAY_MEMO = 8192  # remembered request byte strings; cleared every tick when 
 
 
 class _Replay:
-    """What a remembered request meant: its cache key, HEAD or not, session cookie, log part."""
+    """What a remembered request meant: its cache key, HEAD or not, session cookie, log part,
+    and the parsed request itself (for the defence, which decides per client)."""
 
-    __slots__ = ("key", "head", "session", "log")
+    __slots__ = ("key", "head", "session", "log", "request")
 
-    def __init__(self, key: str, head: bool, session: bool, log: str) -> None:
+    def __init__(self, key: str, head: bool, session: bool, log: str, request: Request) -> None:
         self.key = key
         self.head = head
         self.session = session
         self.log = log
+        self.request = request
 
 
 class Outcome:
@@ -103,6 +107,12 @@ class Pipeline:
         self._replays: dict[bytes, _Replay] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._last_flush = 0.0
+        self.defense: Defense | None = None
+        if config.defense.enabled:
+            from kalkan.defense.engine import Defense  # late: the edge runs without it too
+
+            self.defense = Defense(config.defense, config.state_dir, self.metrics)
+        self._tarpitted = 0
         session = tuple(c.encode() for c in cc.session_cookies)
         self._session_cookies = session
         m = self.metrics
@@ -130,10 +140,18 @@ class Pipeline:
             if self.uncacheable:
                 for key in [k for k, until in self.uncacheable.items() if until < now]:
                     del self.uncacheable[key]
+            if self.defense is not None:
+                m = self.metrics
+                failed = sum(m.origin_requests[k] for k in ("error", "timeout", "5xx", "shed",
+                                                            "breaker_open"))
+                self.defense.tick(now, self.gate.active, self.gate.queued, self.gate.limit,
+                                  m.origin_latency.count, m.origin_latency.total, failed)
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        if self.defense is not None:
+            self.defense.close()
         self.origin.close()
         self.store.flush()
         self.store.close()
@@ -157,7 +175,15 @@ class Pipeline:
 
     # -- the hot path ---------------------------------------------------------------------------
     def respond_now(self, req: Request) -> bytes | None:
-        """A fresh hit, answered without awaiting; None sends the request down the slow path."""
+        """A refusal or a fresh hit, answered without awaiting; None: the slow path."""
+        if self.defense is not None:
+            verdict = self.defense.check(req, req.scheme)
+            req.checked = True
+            if verdict is not None and verdict.action != "allow":
+                if verdict.action == "tarpit":
+                    req.verdict = verdict
+                    return None
+                return self._refuse_now(req, verdict)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
         variants = self.store.get(req.key or self._key(req))
@@ -180,6 +206,18 @@ class Pipeline:
                                   (time.monotonic() - req.started) * 1000.0, req.decision)
         return data
 
+    def _refuse_now(self, req: Request, verdict: Verdict) -> bytes:
+        """The bytes of a block or challenge answer, counted and logged."""
+        assert self.defense is not None
+        data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
+        status = verdict.response.status if verdict.response is not None else 403
+        self.metrics.requests[(status, "BYPASS")] += 1
+        if self.access_log.enabled:
+            self.access_log.write(self.clock.now, req.client, req.method, req.host, req.path,
+                                  status, len(data), "BYPASS", None,
+                                  (time.monotonic() - req.started) * 1000.0, req.decision)
+        return data
+
     # -- replay: identical request bytes, answered without parsing ---------------------------
     def remember(self, data: bytes, req: Request) -> None:
         """After a hot-path hit: if `data` was exactly this one request, memoize what it meant.
@@ -194,13 +232,22 @@ class Pipeline:
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
             return
         self._replays[data] = _Replay(req.key, req.method == "HEAD", self._session(req),
-                                      AccessLog.fragment(req.method, req.host, req.path))
+                                      AccessLog.fragment(req.method, req.host, req.path), req)
 
     def replay(self, data: bytes, conn: HttpConnection) -> bool:
         """Answer `data` if it is a remembered request whose entry is still fresh; else False."""
         memo = self._replays.get(data)
         if memo is None:
             return False
+        if self.defense is not None:
+            # Same bytes, but maybe another client: the defence decides as for a parsed request.
+            req = memo.request.clone_for(conn.client, conn.peer)
+            req.started = time.monotonic()
+            data_out = self.respond_now(req)
+            if data_out is None:
+                return False  # let the parser take it (it will decide again: counted twice)
+            conn.transport.write(data_out)  # type: ignore[union-attr]
+            return True
         variants = self.store.get(memo.key)
         if variants is None or len(variants) != 1:
             return False
@@ -236,12 +283,64 @@ class Pipeline:
     async def respond(self, req: Request, conn: HttpConnection) -> None:
         out = Outcome()
         try:
+            if self.defense is not None and await self._defend(req, conn, out):
+                return
             if req.method in _CACHEABLE_METHODS and self.cache_enabled and req.path != "*":
                 await self._lookup(req, conn, out)
             else:
                 await self._pass(req, conn, out)
         finally:
             self._observe(req, out)
+
+    async def _defend(self, req: Request, conn: HttpConnection, out: Outcome) -> bool:
+        """The decide step for requests that did not come through respond_now (bodies, the
+        tarpit); True when the request was answered here."""
+        assert self.defense is not None
+        verdict = req.verdict
+        if not req.checked:
+            if req.body is not None and req.path.startswith(CHALLENGE_PREFIX):
+                req.prefetched_body = await _read_small(req, 8192)
+            verdict = self.defense.check(req, req.scheme)
+            req.checked = True
+        if verdict is None or verdict.action == "allow":
+            return False
+        if verdict.action == "tarpit":
+            await self._tarpit(req, conn, verdict, out)
+            return True
+        data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
+        out.status = verdict.response.status if verdict.response is not None else 403
+        out.size, out.cache = len(data), "BYPASS"
+        conn.write(data)
+        return True
+
+    async def _tarpit(self, req: Request, conn: HttpConnection, verdict: Verdict,
+                      out: Outcome) -> None:
+        """Hold the request a while, then a 429 and close: slow for the bot, cheap for us."""
+        assert self.defense is not None
+        req.keep_alive = False
+        if self._tarpitted < self.config.defense.max_tarpitted:
+            self._tarpitted += 1
+            try:
+                await asyncio.sleep(self.config.defense.tarpit_delay)
+            finally:
+                self._tarpitted -= 1
+        data = self.defense.render(verdict, False, req.method == "HEAD")
+        out.status, out.size, out.cache = 429, len(data), "BYPASS"
+        conn.write(data)
+
+    async def _challenge_before_origin(self, req: Request, conn: HttpConnection,
+                                       out: Outcome) -> bool:
+        """Under attack, a client without a pass proves itself before it costs the origin."""
+        if self.defense is None:
+            return False
+        verdict = self.defense.before_origin(req, req.scheme)
+        if verdict is None or verdict.action == "allow":
+            return False
+        data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
+        out.status = verdict.response.status if verdict.response is not None else 403
+        out.size, out.cache = len(data), "BYPASS"
+        conn.write(data)
+        return True
 
     async def _lookup(self, req: Request, conn: HttpConnection, out: Outcome) -> None:
         key = req.key or self._key(req)
@@ -262,6 +361,8 @@ class Pipeline:
                     return self._error(req, conn, out, 504, "Not in the cache.", [])
                 case _:
                     pass  # REVALIDATE: fetch below, with this entry's validators
+        if await self._challenge_before_origin(req, conn, out):
+            return
         if self.uncacheable.get(key, 0.0) > self.clock.now:
             # Recently not storable: fetch without making others wait on us ("hit-for-miss").
             await self._fetch(req, conn, key, entry, out)
@@ -506,6 +607,8 @@ class Pipeline:
                     target: str | None = None) -> None:
         """Forward a request the cache does not handle; unsafe methods invalidate on success."""
         out.cache = "BYPASS"
+        if await self._challenge_before_origin(req, conn, out):
+            return
         headers = self._upstream_headers(req, cache_fetch=False)
         raw_target = target.encode("latin-1") if target is not None else req.target
         try:
@@ -661,6 +764,20 @@ def _vary_view(req: Request) -> dict[str, str]:
 
 def _to_str_pairs(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
+async def _read_small(req: Request, limit: int) -> bytes:
+    """The whole (small) body of a request to the edge's own endpoints."""
+    assert req.body is not None
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await req.body.read()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:limit]
 
 
 async def _discard(resp: UpstreamResponse) -> None:

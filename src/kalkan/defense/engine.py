@@ -1,0 +1,274 @@
+"""The decide step of the request path: allowlist → standing decision → challenge pass → policy
+rules and rates → attack mode, and the refusals it produces (block, tarpit, challenge page).
+
+The pipeline calls `check` before the cache (a refusal never touches the cache or the origin)
+and `before_origin` on a miss (under attack, unknown clients prove themselves before they may
+cost the origin anything). `tick` runs once a second: attack-mode signals, decision expiry and
+persistence, the firewall, client ageing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kalkan.config import DefenseConfig
+from kalkan.defense.attack_mode import AttackMode, Signals
+from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
+from kalkan.defense.challenge.keys import KeyRing
+from kalkan.defense.clients import ClientTable
+from kalkan.defense.decisions import SEVERITY, Decision, Decisions
+from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, RequestFacts, address_facts
+from kalkan.defense.rules import Policy, PolicyError
+from kalkan.edge.request import Request
+from kalkan.edge.responses import SERVER_NAME, http_date, serialize_head
+
+if TYPE_CHECKING:
+    from kalkan.defense.firewall import Firewall
+    from kalkan.observe.metrics import Metrics
+
+log = logging.getLogger("kalkan.defense")
+
+ALLOW, CHALLENGE_ACTION, BLOCK, TARPIT, RESPOND = "allow", "challenge", "block", "tarpit", "respond"
+_NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feeds and robots/sitemaps stay reachable
+
+
+class Verdict:
+    """What the defence decided for one request: the action, why, and any response to send."""
+
+    __slots__ = ("action", "reason", "response", "strike")
+
+    def __init__(self, action: str, reason: str, response: ChallengeResponse | None = None,
+                 strike: bool = False) -> None:
+        self.action = action
+        self.reason = reason
+        self.response = response
+        self.strike = strike
+
+
+_BLOCK_BODY = (b"<!doctype html><html lang=en><meta charset=utf-8><title>403 Forbidden</title>"
+               b"<p>This address is blocked for a while because of the traffic it sent. If you "
+               b"are a reader, try again later or from another network.</p>\n")
+
+
+class Defense:
+    """Who gets through: owns the client table, policy, decisions, challenges, attack mode."""
+
+    def __init__(self, config: DefenseConfig, state_dir: str | Path, metrics: Metrics,
+                 firewall: Firewall | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        state = Path(state_dir)
+        self.policy = self._load_policy()
+        self.clients = ClientTable(config.clients, self.policy.meters, config.prefix_v4,
+                                   config.prefix_v6)
+        self.decisions = Decisions(state / "decisions.json")
+        self.decisions_loaded = self.decisions.load(time.time())
+        self.keys = KeyRing.load_or_create(Path(config.key_file) if config.key_file
+                                           else state / "keys.json")
+        self.challenges = Challenges(self.keys, pass_ttl=config.pass_ttl,
+                                     nojs_delay=config.nojs_delay)
+        self.attack = AttackMode()
+        self.attack.set_mode(config.attack_mode, time.time())
+        self.allow = [ipaddress.ip_network(c, strict=False) for c in config.allow]
+        self.firewall = firewall
+        self._addr: dict[str, tuple[int, int, str]] = {}
+        self._dirty = self.decisions_loaded > 0
+        self._last_save = 0.0
+        self._last_counts: tuple[int, float, int, int] = (0, 0.0, 0, 0)
+        self.counts: Counter[str] = Counter()   # per-second request count and friends
+        self.decided: Counter[tuple[str, str]] = metrics.decisions
+        self.decisions.on_change.append(self._decision_changed)
+        self._fw_lock = threading.Lock()
+        m = metrics
+        m.gauge("kalkan_threat_level", "Threat level: 0 peace, 1 elevated, 2 attack, 3 severe.",
+                lambda: self.attack.level)
+        m.gauge("kalkan_threat_changes", "Threat level changes since start.",
+                lambda: self.attack.changes)
+        m.gauge("kalkan_challenges_issued", "Challenge pages sent.",
+                lambda: self.challenges.issued)
+        m.gauge("kalkan_challenges_passed", "Challenges passed.", lambda: self.challenges.passed)
+        m.gauge("kalkan_challenges_failed", "Challenge answers that failed.",
+                lambda: self.challenges.failed)
+        m.gauge("kalkan_decisions_standing", "Standing decisions.", lambda: len(self.decisions))
+        m.gauge("kalkan_clients_tracked", "Client addresses tracked.", lambda: len(self.clients))
+        if firewall is not None:
+            m.gauge("kalkan_nftables_v4_entries", "Entries in the nftables IPv4 drop set.",
+                    lambda: firewall.sizes()[0])
+            m.gauge("kalkan_nftables_v6_entries", "Entries in the nftables IPv6 drop set.",
+                    lambda: firewall.sizes()[1])
+
+    def _load_policy(self) -> Policy:
+        return Policy.from_file(self.config.policy) if self.config.policy else Policy.default()
+
+    # -- facts ----------------------------------------------------------------------------------
+    def facts(self, req: Request) -> RequestFacts:
+        info = self._addr.get(req.client)
+        if info is None:
+            info = address_facts(req.client, self.config.prefix_v4, self.config.prefix_v6)
+            if len(self._addr) > 65536:
+                self._addr.clear()  # a botnet of many addresses must not grow this
+            self._addr[req.client] = info
+        ip, version, prefix = info
+        route = self.policy.classifier.classify(req.method, req.path, req.query)
+        ua = req.header(b"user-agent")
+        return RequestFacts(req.method, req.host, req.path, req.query, route, req.client, ip,
+                            version, prefix, ua.decode("latin-1") if ua else "", req.headers,
+                            req.cookie)
+
+    # -- the request path -----------------------------------------------------------------------
+    def check(self, req: Request, scheme: str = "http") -> Verdict | None:
+        """Decide before the cache; None means the request may go on to the cache."""
+        now = time.time()
+        facts = self.facts(req)
+        req.facts = facts
+        self.counts["requests"] += 1
+        if facts.route == CHALLENGE:
+            return self._endpoint(req, facts, now, scheme)
+        if self.allow and self._allowlisted(facts):
+            req.decision = "allow:allowlist"
+            return None
+        standing = self.decisions.lookup(facts.client, facts.prefix, now)
+        if standing is not None and standing.action != "allow":
+            return self._apply(standing.action, f"decision:{standing.reason}", req, facts, now,
+                               scheme, strike=standing.action in ("block", "drop"))
+        self.clients.hit(facts, now)
+        has_pass = self.challenges.has_valid_pass(facts, now)
+        req.has_pass = has_pass
+        verdict = self.policy.evaluate(facts, self.clients, now)
+        if verdict is not None and verdict.action not in ("log", "allow"):
+            if verdict.action == "challenge" and has_pass:
+                req.decision = f"pass:{verdict.rule}"
+                return None
+            if verdict.ttl:
+                target = facts.client if verdict.scope == "address" else facts.prefix
+                self.decisions.add(target, verdict.action, verdict.ttl,
+                                   f"rule {verdict.rule}: {verdict.reason}", "rule", now)
+            return self._apply(verdict.action, f"rule:{verdict.rule}", req, facts, now, scheme,
+                               strike=verdict.action == "block")
+        req.decision = "pass" if has_pass else (f"allow:{verdict.rule}" if verdict else "")
+        return None
+
+    def before_origin(self, req: Request, scheme: str = "http") -> Verdict | None:
+        """On a cache miss under attack: unknown clients pass a challenge before the origin."""
+        facts = req.facts
+        if (self.attack.level == 0 or facts is None or req.has_pass
+                or facts.route in _NEVER_CHALLENGED or req.decision.startswith("allow:")):
+            return None
+        return self._apply("challenge", "attack_mode", req, facts, time.time(), scheme)
+
+    def _allowlisted(self, facts: RequestFacts) -> bool:
+        addr = ipaddress.ip_address(facts.client) if facts.ip else None
+        return addr is not None and any(addr in net for net in self.allow)
+
+    def _apply(self, action: str, reason: str, req: Request, facts: RequestFacts, now: float,
+               scheme: str, strike: bool = False) -> Verdict:
+        if action == "challenge" and facts.route in _NEVER_CHALLENGED:
+            req.decision = f"allow:never-challenged ({reason})"
+            return Verdict(ALLOW, req.decision)
+        self.decided[(action, reason.split(":", 1)[0])] += 1
+        req.decision = f"{action}:{reason}"
+        if strike:
+            self.decisions.strike(facts.client, reason, now)
+        if action == "challenge":
+            ret = return_url_for(req.method, req.path, req.query, req.host,
+                                 req.header(b"referer"))
+            page = self.challenges.page(facts, now, self.attack.level, ret, scheme)
+            return Verdict(CHALLENGE_ACTION, req.decision, page)
+        if action == "tarpit":
+            return Verdict(TARPIT, req.decision)
+        return Verdict(BLOCK, req.decision)
+
+    def _endpoint(self, req: Request, facts: RequestFacts, now: float,
+                  scheme: str) -> Verdict:
+        body = req.prefetched_body or b""
+        resp = self.challenges.endpoint(facts, req.query, body, now, scheme)
+        req.decision = f"challenge-endpoint:{resp.reason}"
+        if resp.failed:
+            self.clients.note_challenge_failure(facts, now)
+            self.decisions.strike(facts.client, "failed challenge", now)
+            self.decided[("challenge_failed", resp.reason.split(":", 1)[0])] += 1
+        elif resp.passed:
+            self.clients.note_challenge_pass(facts)
+        return Verdict(RESPOND, req.decision, resp)
+
+    # -- responses ------------------------------------------------------------------------------
+    def render(self, verdict: Verdict, keep_alive: bool, head_only: bool) -> bytes:
+        """The bytes of a refusal or challenge answer."""
+        now = time.time()
+        if verdict.response is not None:
+            r = verdict.response
+            headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME), *r.headers,
+                       (b"Content-Length", str(len(r.body)).encode()),
+                       (b"X-Cache", b"BYPASS")]
+            headers.append((b"Connection", b"keep-alive" if keep_alive else b"close"))
+            head = serialize_head(r.status, headers)
+            return head if head_only else head + r.body
+        status = 429 if verdict.action == TARPIT else 403
+        headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME),
+                   (b"Content-Type", b"text/html; charset=utf-8"),
+                   (b"Content-Length", str(len(_BLOCK_BODY)).encode()),
+                   (b"Cache-Control", b"no-store"), (b"X-Cache", b"BYPASS"),
+                   (b"Connection", b"keep-alive" if keep_alive else b"close")]
+        head = serialize_head(status, headers)
+        return head if head_only else head + _BLOCK_BODY
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def tick(self, now: float, gate_active: int, gate_queue: int, gate_limit: int,
+             origin_count: int, origin_seconds: float, origin_errors: int) -> None:
+        """Once a second: attack-mode signals, expiry, persistence, firewall, client ageing."""
+        requests = self.counts.pop("requests", 0)
+        last_n, last_s, last_e, _ = self._last_counts
+        n, secs, errs = origin_count - last_n, origin_seconds - last_s, origin_errors - last_e
+        self._last_counts = (origin_count, origin_seconds, origin_errors, 0)
+        self.attack.update(Signals(
+            requests=requests, gate_queue=gate_queue, gate_active=gate_active,
+            gate_limit=gate_limit, origin_latency=secs / n if n > 0 else 0.0,
+            origin_errors=errs / (n + errs) if n + errs > 0 else 0.0), now)
+        self.decisions.expire(now)
+        self.clients.expire(now)
+        if self._dirty and now - self._last_save >= 2.0:
+            self.save(now)
+        if self.firewall is not None:
+            with self._fw_lock:
+                self.firewall.flush()
+
+    def save(self, now: float) -> None:
+        try:
+            self.decisions.save(now)
+            self._dirty = False
+            self._last_save = now
+        except OSError as exc:
+            log.error("cannot save decisions: %s", exc)
+
+    def _decision_changed(self, decision: Decision | None, target: str) -> None:
+        self._dirty = True
+        if self.firewall is None:
+            return
+        if decision is None:
+            self.firewall.remove(target)
+        elif SEVERITY[decision.action] >= SEVERITY["drop"]:
+            ttl = max(1.0, decision.remaining(time.time()))
+            self.firewall.drop(target, min(ttl, 7 * 86400.0))
+
+    def reload(self) -> tuple[bool, str]:
+        """Reload the policy; a bad file keeps the old one running and says why."""
+        try:
+            policy = self._load_policy()
+        except PolicyError as exc:
+            log.error("policy reload failed, keeping the old policy: %s", exc)
+            return False, str(exc)
+        self.policy = policy
+        self.clients.set_meters(policy.meters)
+        log.info("policy reloaded from %s", policy.source)
+        return True, f"policy reloaded from {policy.source}"
+
+    def close(self) -> None:
+        self.save(time.time())
+        if self.firewall is not None:
+            self.firewall.stop()
