@@ -1,0 +1,95 @@
+"""A reader in real headless Chromium meets the challenge, passes it and reads the article;
+with JavaScript off, the no-JS fallback gets them there too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from support import EdgeFactory, Origin, port_of
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARTICLE = "/news/media-community-statement-ddos/"
+# Every page must be earned: a policy that challenges all page requests without a pass.
+POLICY = """
+version: 1
+rules:
+  - name: everyone-proves-themselves
+    match: {route: page}
+    action: challenge
+    reason: e2e test
+"""
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="Debian chromium is not installed")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    async with playwright_api.async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        await b.close()
+
+
+async def challenged_edge(origin: Origin, make_edge: EdgeFactory, tmp_path: Path,
+                          nojs_delay: float = 5.0) -> int:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    edge = await make_edge(origin.url, defense={"enabled": True, "policy": str(policy),
+                                                "nojs_delay": nojs_delay})
+    return port_of(edge)
+
+
+async def arrived(page: object) -> None:
+    """Wait until the article itself is shown (the challenge page navigates on its own)."""
+    for _ in range(100):
+        try:
+            await page.wait_for_load_state("load")  # type: ignore[attr-defined]
+            if "DDoS" in await page.content():  # type: ignore[attr-defined]
+                return
+        except playwright_api.Error:
+            pass  # still navigating
+        await asyncio.sleep(0.1)
+    raise AssertionError("the article never arrived")
+
+
+async def test_reader_solves_the_proof_of_work(origin: Origin, make_edge: EdgeFactory,
+                                               tmp_path: Path, browser: object) -> None:
+    port = await challenged_edge(origin, make_edge, tmp_path)
+    context = await browser.new_context(locale="ru-RU")  # type: ignore[attr-defined]
+    page = await context.new_page()
+    first = await page.goto(f"http://127.0.0.1:{port}{ARTICLE}")
+    assert first is not None and first.status == 403
+    challenge = await first.text()
+    assert 'id="kalkan-progress"' in challenge and '<html lang="ru"' in challenge
+    await page.wait_for_url(f"**{ARTICLE}", timeout=60_000)
+    await arrived(page)
+    cookies = {c["name"]: c for c in await context.cookies()}
+    assert "kalkan_pass" in cookies and cookies["kalkan_pass"]["httpOnly"]
+    # The pass is reused: the next page arrives directly.
+    again = await page.goto(f"http://127.0.0.1:{port}/")
+    assert again is not None and again.status == 200
+    await context.close()
+
+
+async def test_reader_without_javascript_passes_the_fallback(
+        origin: Origin, make_edge: EdgeFactory, tmp_path: Path, browser: object) -> None:
+    port = await challenged_edge(origin, make_edge, tmp_path, nojs_delay=1.0)
+    context = await browser.new_context(java_script_enabled=False)  # type: ignore[attr-defined]
+    page = await context.new_page()
+    first = await page.goto(f"http://127.0.0.1:{port}{ARTICLE}")
+    assert first is not None and first.status == 403
+    assert "noscript" in await first.text()
+    await page.wait_for_url(f"**{ARTICLE}", timeout=30_000)
+    await arrived(page)
+    assert any(c["name"] == "kalkan_pass" for c in await context.cookies())
+    await context.close()
