@@ -1,0 +1,165 @@
+"""The defence over real sockets: clients from distinct loopback addresses, the shipped default
+policy, standing decisions, reload, attack mode and the tarpit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from support import Client, EdgeFactory, Origin, Response, port_of
+
+UA = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) reader"}
+
+
+async def get(port: int, target: str, source: str, headers: dict[str, str] | None = None,
+              method: str = "GET", body: bytes = b"") -> Response:
+    """One request from a chosen loopback source address (127.x.y.z is all ours)."""
+    client = await Client.connect(port, local_addr=(source, 0))
+    try:
+        return await client.request(method, target, {**UA, **(headers or {})}, body)
+    finally:
+        await client.close()
+
+
+async def admin(edge: object, method: str, path: str, body: object | None = None) -> Response:
+    client = await Client.connect(edge.admin_address[1])  # type: ignore[attr-defined]
+    data = json.dumps(body).encode() if body is not None else b""
+    try:
+        return await client.request(method, path, {
+            "Authorization": f"Bearer {edge.admin_token}",  # type: ignore[attr-defined]
+            "Content-Type": "application/json"}, data)
+    finally:
+        await client.close()
+
+
+async def test_search_flood_is_blocked_while_another_reader_keeps_reading(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    statuses = []
+    for i in range(80):  # the default policy: >20 searches/min challenged, >60 blocked
+        statuses.append((await get(port, f"/search?q=x{i}", "127.0.0.66")).status)
+    assert statuses[0] == 200
+    assert 403 in statuses
+    assert statuses[-1] == 403
+    # The flooding address now has a standing decision…
+    blocked = await get(port, "/", "127.0.0.66")
+    assert blocked.status == 403
+    # …and a reader elsewhere never notices.
+    for path in ("/", "/news/media-community-statement-ddos/", "/feed/", "/robots.txt"):
+        resp = await get(port, path, "127.0.1.7")
+        assert resp.status == 200, path
+    listed = json.loads((await admin(edge, "GET", "/decisions")).body)["decisions"]
+    assert any(d["target"] == "127.0.0.66" and d["origin"] == "rule" for d in listed)
+    edge.pipeline.access_log.flush()
+    log = Path(edge.config.access_log.path or "").read_text()
+    assert '"decision":"block:' in log or '"decision":"challenge:' in log
+
+
+async def test_a_reader_is_never_challenged_in_peace(origin: Origin,
+                                                     make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    pages = ["/", "/ru/", "/news/media-community-statement-ddos/", "/feed/",
+             "/assets/style.css", "/search?q=kalkan", "/sitemap.xml", "/favicon.ico"]
+    for _ in range(3):
+        for path in pages:
+            resp = await get(port, path, "127.0.2.9")
+            assert resp.status == 200, (path, resp.status)
+    assert edge.pipeline.defense.challenges.issued == 0  # type: ignore[union-attr]
+
+
+async def test_manual_decisions_survive_a_restart(origin: Origin, make_edge: EdgeFactory,
+                                                  tmp_path: Path) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    added = await admin(edge, "POST", "/decisions",
+                        {"target": "127.0.3.0/24", "action": "block", "ttl": 3600,
+                         "reason": "test"})
+    assert added.status == 200
+    assert (await get(port_of(edge), "/", "127.0.3.4")).status == 403
+    bad = await admin(edge, "POST", "/decisions", {"target": "nonsense", "action": "block"})
+    assert bad.status == 400 and b"not an IP address" in bad.body
+    await edge.stop()
+    again = await make_edge(origin.url, defense={"enabled": True})
+    assert (await get(port_of(again), "/", "127.0.3.4")).status == 403
+    deleted = await admin(again, "DELETE", "/decisions?target=127.0.3.0/24")
+    assert deleted.status == 200
+    assert (await get(port_of(again), "/", "127.0.3.4")).status == 200
+
+
+async def test_bad_policy_reload_keeps_the_old_policy(origin: Origin, make_edge: EdgeFactory,
+                                                      tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: no-robots\n    match: {path: /blocked}\n"
+                      "    action: block\n")
+    edge = await make_edge(origin.url, defense={"enabled": True, "policy": str(policy)})
+    port = port_of(edge)
+    assert (await get(port, "/blocked", "127.0.4.1")).status == 403
+    policy.write_text("version: 1\nrules:\n  - name: broken\n    match: {pth: /x}\n"
+                      "    action: block\n")
+    resp = await admin(edge, "POST", "/reload")
+    assert resp.status == 409
+    message = json.loads(resp.body)["messages"][0]
+    assert "policy.yaml:4" in message and "pth" in message
+    assert (await get(port, "/blocked", "127.0.4.2")).status == 403  # old policy still on
+    policy.write_text("version: 1\nrules: []\n")
+    assert (await admin(edge, "POST", "/reload")).status == 200
+    assert (await get(port, "/blocked", "127.0.4.3")).status == 404
+
+
+async def test_attack_mode_challenges_unknown_clients_before_the_origin(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    assert (await get(port, "/", "127.0.5.1")).status == 200   # cached now
+    resp = await admin(edge, "POST", "/attack-mode?mode=on")
+    assert json.loads(resp.body)["level"] == 2
+    # Cached pages are still served to everyone; uncached ones need a pass…
+    assert (await get(port, "/", "127.0.5.2")).status == 200
+    challenged = await get(port, "/news/zimnyaya-yarmarka-bishkek/", "127.0.5.2")
+    assert challenged.status == 403 and challenged.header("X-Kalkan-Challenge") == "pow"
+    # …except feeds, which are never challenged.
+    assert (await get(port, "/feed/", "127.0.5.2")).status == 200
+    await admin(edge, "POST", "/attack-mode?mode=auto")
+    metrics = (await admin(edge, "GET", "/attack-mode")).body
+    assert b'"mode": "auto"' in metrics
+
+
+async def test_tarpit_holds_then_refuses(origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True, "tarpit_delay": 1.0})
+    began = time.monotonic()
+    resp = await get(port_of(edge), "/.env", "127.0.6.1")  # a secrets probe: tarpit
+    assert resp.status == 429
+    assert time.monotonic() - began >= 0.9
+    # The prober's address now has a standing tarpit decision.
+    assert (await get(port_of(edge), "/", "127.0.6.1")).status == 429
+
+
+async def test_pass_cookie_from_the_challenge_endpoint(origin: Origin,
+                                                       make_edge: EdgeFactory,
+                                                       tmp_path: Path) -> None:
+    from kalkan.defense.challenge.pages import challenge_fields
+    from kalkan.defense.challenge.pow import solve
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: all\n    match: {route: page}\n"
+                      "    action: challenge\n")
+    edge = await make_edge(origin.url, defense={"enabled": True, "policy": str(policy)})
+    port = port_of(edge)
+    page = await get(port, "/ru/", "127.0.7.1")
+    assert page.status == 403
+    challenge, difficulty, ret = challenge_fields(page.body)
+    nonce = await asyncio.to_thread(solve, challenge, difficulty)
+    answer = await get(port, f"/.kalkan/pow?c={challenge}&n={nonce}&r={ret}", "127.0.7.1")
+    assert answer.status == 303 and answer.header("Location") == "/ru/"
+    cookie = (answer.header("Set-Cookie") or "").split(";")[0]
+    assert cookie.startswith("kalkan_pass=")
+    assert (await get(port, "/ru/", "127.0.7.1", {"Cookie": cookie})).status == 200
+    # Same prefix (dual-stack / mobile move) keeps the pass; another prefix does not.
+    assert (await get(port, "/ru/", "127.0.7.200", {"Cookie": cookie})).status == 200
+    assert (await get(port, "/ru/", "127.0.8.1", {"Cookie": cookie})).status == 403
+    # A replayed answer is refused and counted.
+    replay = await get(port, f"/.kalkan/pow?c={challenge}&n={nonce}&r={ret}", "127.0.7.1")
+    assert replay.status == 403
