@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +16,7 @@ import httptools
 
 from kalkan.demo.site import DemoSite, DemoSiteConfig
 from kalkan.edge.app import Edge
+from kalkan.edge.client_address import PROXY_V2_SIGNATURE
 
 # make_edge(origin_url, **config sections) -> a started in-process Edge (tests/integration).
 EdgeFactory = Callable[..., Awaitable[Edge]]
@@ -90,8 +95,7 @@ class Client:
         while not parser.done:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
-                with contextlib.suppress(httptools.HttpParserError):
-                    parser.parser.feed_eof()
+                # httptools has no feed_eof: a body delimited by the close ends here.
                 if parser.current is not None and parser.current.status:
                     parser.done.append(parser.current)
                     parser.current = None
@@ -163,3 +167,132 @@ async def start_origin(port: int = 0, **config: Any) -> Origin:
 def port_of(edge: Edge) -> int:
     """The first public port an in-process edge listens on."""
     return edge.addresses[0][1]
+
+
+# -- raw exchanges, counters and probes for the connection-layer tests ---------------------------
+
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.MULTILINE)
+
+
+@dataclass
+class RawReply:
+    """What a server sent back on one connection, and whether it closed the connection."""
+
+    data: bytes
+    closed: bool
+
+    @property
+    def status(self) -> int | None:
+        """The first response's status code; None when nothing (or no response) came back."""
+        m = _STATUS_LINE.match(self.data)
+        return int(m.group(1)) if m else None
+
+    @property
+    def statuses(self) -> list[int]:
+        """Status codes of every response head found (bodies must not contain status lines)."""
+        return [int(code) for code in _STATUS_LINE.findall(self.data)]
+
+
+async def read_until_close(reader: asyncio.StreamReader, timeout: float = 5.0) -> RawReply:
+    """Read until the peer closes (FIN or RST) or `timeout` seconds pass in all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    data = bytearray()
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), max(deadline - loop.time(), 0))
+            if not chunk:
+                return RawReply(bytes(data), True)
+            data += chunk
+    except TimeoutError:
+        return RawReply(bytes(data), False)
+    except (ConnectionError, OSError):
+        return RawReply(bytes(data), True)
+
+
+async def exchange(port: int, *pieces: bytes, timeout: float = 5.0, pause: float = 0.0,
+                   host: str = "127.0.0.1") -> RawReply:
+    """Send raw bytes on a fresh connection (`pieces` apart by `pause` s); read until closed."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for i, piece in enumerate(pieces):
+            if i and pause:
+                await asyncio.sleep(pause)
+            writer.write(piece)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        return await read_until_close(reader, timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+
+
+async def origin_stats(origin: Origin) -> dict[str, Any]:
+    """The origin's own counters (/_demo/stats, itself uncounted): what reached it."""
+    stats: dict[str, Any] = json.loads((await fetch(origin.port, "/_demo/stats")).body)
+    return stats
+
+
+def echo_headers(resp: Response) -> list[tuple[str, str]]:
+    """The request header fields the origin's /_demo/echo saw, in arrival order."""
+    return [(name, value) for name, value in json.loads(resp.body)["headers"]]
+
+
+def echo_header(resp: Response, name: str) -> list[str]:
+    """Every value of one field (any case) as /_demo/echo saw it."""
+    return [v for k, v in echo_headers(resp) if k.lower() == name.lower()]
+
+
+def access_log(edge: Edge) -> list[dict[str, Any]]:
+    """The edge's access log so far, one dict per line (flushed first)."""
+    edge.pipeline.access_log.flush()
+    path = edge.config.access_log.path
+    assert path and path != "-", "the edge logs to no file"
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux /proc)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def connect_raw(port: int, *, rcvbuf: int | None = None,
+                      host: str = "127.0.0.1") -> socket.socket:
+    """A connected non-blocking socket that reads only when told (slow-reader tests)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    return sock
+
+
+def proxy_v2(source: str | None, dest: str | None = None, *, local: bool = False,
+             source_port: int = 51000, dest_port: int = 443, tlvs: bytes = b"") -> bytes:
+    """A PROXY protocol v2 header: PROXY from `source` (IPv4 or IPv6), or LOCAL / UNSPEC."""
+    command = 0x20 if local else 0x21
+    if source is None:
+        block, family = b"", 0x00
+    elif ":" in source:
+        block = socket.inet_pton(socket.AF_INET6, source) + \
+            socket.inet_pton(socket.AF_INET6, dest or "::1")
+        family = 0x21
+    else:
+        block = socket.inet_pton(socket.AF_INET, source) + \
+            socket.inet_pton(socket.AF_INET, dest or "127.0.0.1")
+        family = 0x11
+    if block:
+        block += struct.pack("!HH", source_port, dest_port)
+    body = block + tlvs
+    return PROXY_V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(body)) + body
+
+
+# Cache-key query policy that keeps every parameter of the demo's instruments (/_demo/big?bytes=N
+# etc.); the default policy drops unknown parameters before the fetch.
+DEMO_QUERIES: dict[str, Any] = {"query": {"paths": {"/_demo/*": ["*"]}}}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kalkan.config import Config
+from kalkan.config import Config, TLSConfig
 from kalkan.edge.app import Edge
 from support import EdgeFactory, Origin, start_origin
 
@@ -33,9 +33,13 @@ async def make_edge(tmp_path: Path) -> AsyncIterator[EdgeFactory]:
         config.admin.listen = "127.0.0.1:0"
         config.access_log.path = str(tmp_path / "access.log")
         config.origin.url = origin_url
+        config.state_dir = str(tmp_path / "state")
+        config.defense.enabled = False  # cache and connection tests; defence tests turn it on
         config.cache.dir = str(tmp_path / "cache") if cache_dir == "default" else cache_dir
         for section, values in sections.items():
             target = getattr(config, section)
+            if target is None and section == "tls":  # optional section: tls={"certificates": ...}
+                target = config.tls = TLSConfig()
             for key, value in values.items():
                 if not hasattr(target, key):
                     raise AttributeError(f"{section}.{key}")

@@ -78,6 +78,7 @@ class Defense:
         self.allow = [ipaddress.ip_network(c, strict=False) for c in config.allow]
         self.firewall = firewall
         self._addr: dict[str, tuple[int, int, str]] = {}
+        self._refusals: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
         self._last_counts: tuple[int, float, int, int] = (0, 0.0, 0, 0)
@@ -209,14 +210,22 @@ class Defense:
             headers.append((b"Connection", b"keep-alive" if keep_alive else b"close"))
             head = serialize_head(r.status, headers)
             return head if head_only else head + r.body
+        # Refusals are the other hot path of a flood: the same bytes all second long.
         status = 429 if verdict.action == TARPIT else 403
+        second = int(now)
+        memo_key = (status, keep_alive, head_only)
+        memo = self._refusals.get(memo_key)
+        if memo is not None and memo[0] == second:
+            return memo[1]
         headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME),
                    (b"Content-Type", b"text/html; charset=utf-8"),
                    (b"Content-Length", str(len(_BLOCK_BODY)).encode()),
                    (b"Cache-Control", b"no-store"), (b"X-Cache", b"BYPASS"),
                    (b"Connection", b"keep-alive" if keep_alive else b"close")]
         head = serialize_head(status, headers)
-        return head if head_only else head + _BLOCK_BODY
+        data = head if head_only else head + _BLOCK_BODY
+        self._refusals[memo_key] = (second, data)
+        return data
 
     # -- housekeeping ---------------------------------------------------------------------------
     def tick(self, now: float, gate_active: int, gate_queue: int, gate_limit: int,

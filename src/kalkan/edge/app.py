@@ -55,6 +55,12 @@ class RedirectToHttps:
     def tick(self) -> None:
         pass
 
+    def replay(self, _data: bytes, _conn: HttpConnection) -> bool:
+        return False  # every request is parsed: a redirect is cheap anyway
+
+    def remember(self, _data: bytes, _req: Request) -> None:
+        pass
+
 
 class Edge:
     """One edge process: start() binds everything, stop() drains and persists."""

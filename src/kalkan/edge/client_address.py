@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_MAX = 107  # the spec's longest v1 line, CRLF included
+# Longest v2 header accepted: the address block plus room for balancers' TLVs (AWS, GCP, Azure
+# send well under 300 bytes). Anything longer is refused rather than buffered.
+PROXY_HEADER_MAX = 2048
 
 
 class ProxyHeaderError(ValueError):
@@ -50,13 +53,29 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(end + 2, None)
     if len(parts) != 6 or parts[1] not in (b"TCP4", b"TCP6"):
         raise ProxyHeaderError("malformed PROXY v1 line")
+    version = 4 if parts[1] == b"TCP4" else 6
+    source = _v1_address(parts[2], version)
+    _v1_address(parts[3], version)
+    for port in parts[4:]:
+        # 1-5 digits without a leading zero (the spec's form), at most 65535.
+        if not (port.isdigit() and len(port) <= 5 and int(port) <= 65535
+                and (port == b"0" or port[:1] != b"0")):
+            raise ProxyHeaderError("bad port in PROXY v1 line")
+    return ProxyHeader(end + 2, source)
+
+
+def _v1_address(text: bytes, version: int) -> str:
     try:
-        addr = ipaddress.ip_address(parts[2].decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        raise ProxyHeaderError("bad source address in PROXY v1 line") from None
-    if (addr.version == 4) != (parts[1] == b"TCP4"):
-        raise ProxyHeaderError("PROXY v1 address family mismatch")
-    return ProxyHeader(end + 2, str(addr))
+        addr = ipaddress.ip_address(text.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError included
+        raise ProxyHeaderError("bad address in PROXY v1 line") from None
+    if addr.version != version:
+        raise ProxyHeaderError("PROXY v1 address does not match its family")
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id is not None:
+            raise ProxyHeaderError("PROXY v1 address has a zone")
+        return _v6(addr.packed)
+    return str(addr)
 
 
 def _parse_v2(data: bytes) -> ProxyHeader | None:
@@ -64,6 +83,8 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     if ver_cmd >> 4 != 2:
         raise ProxyHeaderError("unsupported PROXY protocol version")
     total = 16 + length
+    if total > PROXY_HEADER_MAX:
+        raise ProxyHeaderError("PROXY v2 header too long")
     if len(data) < total:
         return None
     command = ver_cmd & 0x0F
@@ -71,15 +92,26 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(total, None)
     if command != 0x1:
         raise ProxyHeaderError("unknown PROXY v2 command")
-    family = fam >> 4
+    family, transport = fam >> 4, fam & 0x0F
+    if family > 0x3 or transport > 0x2:
+        raise ProxyHeaderError("unknown PROXY v2 address family or transport")
     body = data[16:total]
-    if family == 0x1 and length >= 12:
+    if family == 0x1:
+        if length < 12:
+            raise ProxyHeaderError("truncated PROXY v2 IPv4 address block")
         return ProxyHeader(total, socket.inet_ntop(socket.AF_INET, body[:4]))
-    if family == 0x2 and length >= 36:
-        return ProxyHeader(total, socket.inet_ntop(socket.AF_INET6, body[:16]))
-    if family == 0x0:
-        return ProxyHeader(total, None)
-    raise ProxyHeaderError("unsupported or truncated PROXY v2 address block")
+    if family == 0x2:
+        if length < 36:
+            raise ProxyHeaderError("truncated PROXY v2 IPv6 address block")
+        return ProxyHeader(total, _v6(body[:16]))
+    # UNSPEC, or AF_UNIX (a balancer on the same host): no client address to report.
+    return ProxyHeader(total, None)
+
+
+def _v6(packed: bytes) -> str:
+    """An IPv6 source as text; an IPv4-mapped one (dual-stack balancers) as plain IPv4."""
+    addr = ipaddress.IPv6Address(packed)
+    return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
 
 
 class TrustedProxies:

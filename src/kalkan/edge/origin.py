@@ -407,6 +407,9 @@ class OriginPool:
                 if attempt == 0 and reused and body is None and method in _IDEMPOTENT:
                     continue
                 raise
+            except BaseException:
+                conn.close()  # e.g. the client's body broke off: this half-sent request is dead
+                raise
         raise AssertionError("unreachable")
 
     async def _exchange(self, conn: UpstreamConnection, method: str, target: bytes,

@@ -708,7 +708,10 @@ class Pipeline:
         headers.append((b"X-Forwarded-For", xff))
         headers.append((b"X-Forwarded-Proto", req.scheme.encode()))
         headers.append(_VIA)
-        if req.body is not None:
+        if req.host_fields == 0:
+            headers.append((b"Host", self.origin.host_header.encode()))  # HTTP/1.0 without Host
+        if req.body is not None and not cache_fetch:
+            # A cache fetch is a plain GET: a body a client attached to its GET is not sent.
             headers.append((b"Transfer-Encoding", b"chunked") if req.chunked
                            else (b"Content-Length", str(req.content_length).encode()))
         return headers

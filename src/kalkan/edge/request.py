@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kalkan.defense.engine import Verdict
+    from kalkan.defense.facts import RequestFacts
 
 
 class BodyStream:
@@ -85,7 +90,8 @@ class Request:
     __slots__ = ("method", "target", "path", "query", "headers", "host", "client", "peer",
                  "version", "keep_alive", "body", "content_length", "chunked", "started",
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
-                 "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields")
+                 "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
+                 "checked", "facts", "has_pass", "prefetched_body", "verdict")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -113,6 +119,22 @@ class Request:
         self.length_fields = 0
         self.transfer_encoding: bytes | None = None
         self.host_fields = 0
+        self.checked = False          # the defence has decided on this request
+        self.facts: RequestFacts | None = None
+        self.has_pass = False
+        self.prefetched_body: bytes | None = None
+        self.verdict: Verdict | None = None   # a decision taken on the hot path (the tarpit)
+
+    def clone_for(self, client: str, peer: str) -> Request:
+        """The same request from another connection (the replay path): parsed fields shared."""
+        other = Request()
+        for name in ("method", "target", "path", "query", "headers", "host", "version",
+                     "keep_alive", "scheme", "key", "cache_target", "conditional",
+                     "authorization", "cookie"):
+            setattr(other, name, getattr(self, name))
+        other.client = client
+        other.peer = peer
+        return other
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a header field; `name` must be lowercase."""
