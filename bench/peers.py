@@ -280,8 +280,13 @@ def start_kalkan(
         raise BenchError("`.venv/bin/kalkan serve --help` does not work: Kalkan is not installed")
     port, admin = free_port(), free_port()
     metrics_url = f"http://{HOST}:{admin}/metrics"
+    # These benches measure the cache against caches: one wrk or test client on 127.0.0.1
+    # sending thousands of requests a second IS a flood to the defence, which would (rightly)
+    # challenge it. The defence's own costs are measured by bench/defense_cost.py.
+    config = workdir / "kalkan-bench.yaml"
+    config.write_text("defense:\n  enabled: false\n")
     argv = [*taskset(cpu), str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
-            "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}"]
+            "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config", str(config)]
     extra: dict[str, object] = {"metrics_url": metrics_url}
     if profile == "throughput":
         access_log = workdir / "access.log"

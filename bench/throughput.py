@@ -143,8 +143,8 @@ def parse_wrk(output: str, command: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, duration_s: int, connections: int, proxy_pid: int | None = None
-            ) -> WrkResult:
+def run_wrk(url: str, duration_s: int, connections: int, proxy_pid: int | None = None,
+            extra_args: list[str] | None = None) -> WrkResult:
     """``taskset -c 0 wrk -t1 -cN -dDs --latency URL``, bounded by a hard timeout.
 
     Also records how busy both cores were and how much CPU wrk itself and the proxy's process
@@ -153,7 +153,7 @@ def run_wrk(url: str, duration_s: int, connections: int, proxy_pid: int | None =
     """
     require_loopback(url)
     argv = [*taskset(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
-            "--latency", url]
+            "--latency", *(extra_args or []), url]
     before, wrk_before = cpu_times(), children_cpu_seconds()
     proxy_before = tree_cpu_seconds(proxy_pid) if proxy_pid else 0.0
     started = time.monotonic()

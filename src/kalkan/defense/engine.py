@@ -155,6 +155,13 @@ class Defense:
         req.decision = "pass" if has_pass else (f"allow:{verdict.rule}" if verdict else "")
         return None
 
+    def count(self, facts: RequestFacts, n: int) -> None:
+        """Requests let through by a per-connection standing verdict, counted afterwards."""
+        now = time.time()
+        self.counts["requests"] += n
+        for _ in range(n):
+            self.clients.hit(facts, now)
+
     def before_origin(self, req: Request, scheme: str = "http") -> Verdict | None:
         """On a cache miss under attack: unknown clients pass a challenge before the origin."""
         facts = req.facts

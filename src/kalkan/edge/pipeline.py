@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kalkan.config import Config
-from kalkan.defense.facts import CHALLENGE_PREFIX
+from kalkan.defense.facts import CHALLENGE_PREFIX, RequestFacts
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.origin import (
@@ -71,6 +71,25 @@ class _Replay:
         self.session = session
         self.log = log
         self.request = request
+
+
+_STANDING_WINDOW = 0.25   # seconds a per-connection verdict on identical bytes is reused
+
+
+class _Standing:
+    """The defence's verdict on one connection's last replayed bytes, reused for a moment."""
+
+    __slots__ = ("data", "until", "facts", "refusal", "status", "decision", "pending")
+
+    def __init__(self, data: bytes, until: float, facts: RequestFacts, refusal: bytes | None,
+                 status: int, decision: str) -> None:
+        self.data = data
+        self.until = until
+        self.facts = facts
+        self.refusal = refusal
+        self.status = status
+        self.decision = decision
+        self.pending = 0
 
 
 class Outcome:
@@ -209,6 +228,7 @@ class Pipeline:
     def _refuse_now(self, req: Request, verdict: Verdict) -> bytes:
         """The bytes of a block or challenge answer, counted and logged."""
         assert self.defense is not None
+        req.verdict = verdict
         data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
         status = verdict.response.status if verdict.response is not None else 403
         self.metrics.requests[(status, "BYPASS")] += 1
@@ -239,15 +259,24 @@ class Pipeline:
         memo = self._replays.get(data)
         if memo is None:
             return False
+        decision = ""
         if self.defense is not None:
-            # Same bytes, but maybe another client: the defence decides as for a parsed request.
-            req = memo.request.clone_for(conn.client, conn.peer)
-            req.started = time.monotonic()
-            data_out = self.respond_now(req)
-            if data_out is None:
-                return False  # let the parser take it (it will decide again: counted twice)
-            conn.transport.write(data_out)  # type: ignore[union-attr]
-            return True
+            standing = conn.standing
+            if standing is not None and standing.data == data and \
+                    self.clock.mono < standing.until:
+                # The same client sent the same bytes a moment ago: same verdict, counted later.
+                standing.pending += 1
+                if standing.refusal is not None:
+                    conn.transport.write(standing.refusal)  # type: ignore[union-attr]
+                    self.metrics.requests[(standing.status, "BYPASS")] += 1
+                    if self.access_log.enabled:
+                        self.access_log.write_fragment(
+                            self.clock.now, conn.client, memo.log, standing.status,
+                            len(standing.refusal), "BYPASS", None, 0.0, standing.decision)
+                    return True
+                decision = standing.decision
+            else:
+                return self._replay_decided(data, memo, conn)
         variants = self.store.get(memo.key)
         if variants is None or len(variants) != 1:
             return False
@@ -262,7 +291,29 @@ class Pipeline:
         if self.access_log.enabled:
             self.access_log.write_fragment(now, conn.client, memo.log, entry.status, len(out),
                                            "HIT", None, (time.monotonic() - started) * 1000.0,
-                                           "")
+                                           decision)
+        return True
+
+    def _replay_decided(self, data: bytes, memo: _Replay, conn: HttpConnection) -> bool:
+        """Remembered bytes from a client the defence has not judged for them lately: judge
+        (counting what the standing verdict let through meanwhile) and remember the verdict
+        for a moment, so a flood of identical requests costs one decision per window."""
+        assert self.defense is not None
+        standing = conn.standing
+        if standing is not None and standing.pending:
+            self.defense.count(standing.facts, standing.pending)
+        conn.standing = None
+        req = memo.request.clone_for(conn.client, conn.peer)
+        req.started = time.monotonic()
+        out = self.respond_now(req)
+        if out is None:
+            return False  # the slow path takes it from the parser (and decides again)
+        conn.transport.write(out)  # type: ignore[union-attr]
+        if req.facts is not None:
+            refused = req.verdict is not None
+            status = int(out[9:12]) if refused else 200
+            conn.standing = _Standing(data, self.clock.mono + _STANDING_WINDOW, req.facts,
+                                      out if refused else None, status, req.decision)
         return True
 
     def forget_replays(self) -> None:

@@ -30,7 +30,7 @@ from kalkan.edge.request import BodyStream, Request
 from kalkan.edge.responses import error_response
 
 if TYPE_CHECKING:
-    from kalkan.edge.pipeline import Pipeline
+    from kalkan.edge.pipeline import Pipeline, _Standing
 
 _SWEEP_INTERVAL = 0.25
 _BODY_RATE_GRACE = 5.0
@@ -124,6 +124,7 @@ class HttpConnection(asyncio.Protocol):
         self._proxy_buf: bytes | None = b"" if server.config.client_address.proxy_protocol else None
         # The bytes of the last read, while they may still be exactly one request (see replay).
         self._chunk: bytes | None = None
+        self.standing: _Standing | None = None  # the defence's recent verdict on replayed bytes
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
