@@ -7,7 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint venv debian-deps bench bench-throughput bench-conformance clean
+.PHONY: demo test lint venv debian-deps bench bench-throughput bench-conformance \
+	bench-defense bench-firewall bench-clients bench-lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +30,19 @@ lint: $(STAMP)
 test: $(STAMP) debian-deps lint
 	bash scripts/run-tests.sh
 
-bench: bench-throughput bench-conformance
+bench: bench-throughput bench-conformance bench-defense bench-clients bench-firewall
+
+bench-defense: $(STAMP) debian-deps
+	$(BIN)/python -m bench.defense_cost
+
+bench-clients: $(STAMP)
+	$(BIN)/python -m bench.client_memory
+
+bench-firewall: $(STAMP) debian-deps  # needs root: builds network namespaces
+	$(BIN)/python -m bench.firewall
+
+bench-lab: $(STAMP) debian-deps
+	$(BIN)/python -m bench.lab
 
 bench-throughput: $(STAMP) debian-deps
 	$(BIN)/python -m bench.throughput

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kalkan.config import DefenseConfig
+from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.attack_mode import AttackMode, Signals
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
@@ -59,8 +59,7 @@ _BLOCK_BODY = (b"<!doctype html><html lang=en><meta charset=utf-8><title>403 For
 class Defense:
     """Who gets through: owns the client table, policy, decisions, challenges, attack mode."""
 
-    def __init__(self, config: DefenseConfig, state_dir: str | Path, metrics: Metrics,
-                 firewall: Firewall | None = None) -> None:
+    def __init__(self, config: DefenseConfig, state_dir: str | Path, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
         state = Path(state_dir)
@@ -76,7 +75,9 @@ class Defense:
         self.attack = AttackMode()
         self.attack.set_mode(config.attack_mode, time.time())
         self.allow = [ipaddress.ip_network(c, strict=False) for c in config.allow]
-        self.firewall = firewall
+        self.firewall = self._make_firewall() if config.firewall.enabled else None
+        firewall = self.firewall
+        self._fw_thread: threading.Thread | None = None
         self._addr: dict[str, tuple[int, int, str]] = {}
         self._refusals: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}
         self._dirty = self.decisions_loaded > 0
@@ -85,7 +86,6 @@ class Defense:
         self.counts: Counter[str] = Counter()   # per-second request count and friends
         self.decided: Counter[tuple[str, str]] = metrics.decisions
         self.decisions.on_change.append(self._decision_changed)
-        self._fw_lock = threading.Lock()
         m = metrics
         m.gauge("kalkan_threat_level", "Threat level: 0 peace, 1 elevated, 2 attack, 3 severe.",
                 lambda: self.attack.level)
@@ -103,6 +103,25 @@ class Defense:
                     lambda: firewall.sizes()[0])
             m.gauge("kalkan_nftables_v6_entries", "Entries in the nftables IPv6 drop set.",
                     lambda: firewall.sizes()[1])
+
+    def _make_firewall(self) -> Firewall:
+        from kalkan.defense.firewall import Firewall
+
+        ok, why = Firewall.available()
+        if not ok:
+            raise ConfigError(f"defense.firewall.enabled: kernel drops are not available here: "
+                              f"{why}")
+        return Firewall(self.config.firewall.table,
+                        prefix_lengths=(self.config.prefix_v4, self.config.prefix_v6),
+                        protected=self.config.allow)
+
+    def start(self) -> None:
+        """Create the nftables table (replacing a leftover) and load standing drops into it."""
+        if self.firewall is not None:
+            self.firewall.start()
+            now = time.time()
+            for d in self.decisions.all(now):
+                self._decision_changed(d, d.target)
 
     def _load_policy(self) -> Policy:
         return Policy.from_file(self.config.policy) if self.config.policy else Policy.default()
@@ -250,9 +269,12 @@ class Defense:
         self.clients.expire(now)
         if self._dirty and now - self._last_save >= 2.0:
             self.save(now)
-        if self.firewall is not None:
-            with self._fw_lock:
-                self.firewall.flush()
+        if self.firewall is not None and self.firewall.pending() and (
+                self._fw_thread is None or not self._fw_thread.is_alive()):
+            # nft runs as a subprocess: never on the event loop.
+            self._fw_thread = threading.Thread(target=self.firewall.flush, daemon=True,
+                                               name="kalkan-nft")
+            self._fw_thread.start()
 
     def save(self, now: float) -> None:
         try:
@@ -266,11 +288,14 @@ class Defense:
         self._dirty = True
         if self.firewall is None:
             return
-        if decision is None:
-            self.firewall.remove(target)
-        elif SEVERITY[decision.action] >= SEVERITY["drop"]:
-            ttl = max(1.0, decision.remaining(time.time()))
-            self.firewall.drop(target, min(ttl, 7 * 86400.0))
+        try:
+            if decision is None:
+                self.firewall.remove(target)
+            elif SEVERITY[decision.action] >= SEVERITY["drop"]:
+                ttl = max(1.0, decision.remaining(time.time()))
+                self.firewall.drop(target, min(ttl, 7 * 86400.0))
+        except ValueError as exc:  # e.g. a protected network (loopback, the admin's own)
+            log.warning("not dropping %s in the kernel: %s", target, exc)
 
     def reload(self) -> tuple[bool, str]:
         """Reload the policy; a bad file keeps the old one running and says why."""
@@ -287,4 +312,6 @@ class Defense:
     def close(self) -> None:
         self.save(time.time())
         if self.firewall is not None:
-            self.firewall.stop()
+            if self._fw_thread is not None:
+                self._fw_thread.join(timeout=30)
+            self.firewall.stop()  # the table goes with the edge; decisions stay on disk

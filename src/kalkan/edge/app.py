@@ -79,6 +79,8 @@ class Edge:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        if self.pipeline.defense is not None:
+            self.pipeline.defense.start()
         loaded = self.pipeline.load()
         if loaded:
             log.info("loaded %d cached responses from %s", loaded, self.config.cache.dir)
