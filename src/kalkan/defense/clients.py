@@ -1,0 +1,540 @@
+"""Bounded per-client state: rate meters per address and per prefix, challenge failures, first and
+last seen. The policy decides which meters exist; this module only counts, in flat arrays.
+
+Layout. Two tables, one keyed by address and one by prefix (IPv4 /24, IPv6 /64 by default). Each
+is an open-addressing hash index (`array('I')`, load <= 1/2, linear probing) over dense slots;
+every per-client value lives in an `array` indexed by slot, and a slot's meters are one row of a
+row-major `array('d')` (contiguous in memory, cleared in one operation when the slot is reused).
+A client costs about 50 bytes plus 8 per meter, where a dict of Python objects costs hundreds.
+
+Keys. The index is keyed by a 64-bit fingerprint: SipHash (Python's `hash` of bytes, randomized per
+process) of the address XOR a random per-table salt. Raw integers are not used as keys because
+`hash(int)` is not keyed: anyone holding an IPv6 /48 could mint thousands of addresses with one
+hash value and turn every lookup into a long scan, or collide with a victim's fingerprint.
+
+Meters. Each meter is a GCRA (generic cell rate algorithm, the virtual-scheduling form of a leaky
+bucket): "more than N requests in T seconds" holds a burst of N and refills at N per T. It stores
+one float per client, the theoretical arrival time (TAT); each counted request pushes it T/N
+seconds later, and the client is over the limit when TAT - now > T. TAT is capped at one request
+beyond the limit, so a flood that stops is forgiven within T/N seconds: longer punishment is the
+job of the decision TTL a rule sets, not of the counter.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
+
+ADDRESS, PREFIX = "address", "prefix"
+PER = (ADDRESS, PREFIX)
+
+_EMPTY = 0                  # index cell holding no slot (cells store slot + 1)
+_FREE = 0xFFFFFFFF          # `last` of a slot that holds no client
+_V4_TAG = 0xFFFF << 32      # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
+_PREFIX_V4_TAG = 1 << 130   # keeps IPv4 and IPv6 prefix keys apart
+_EVICT_WINDOW = 6           # slots looked at to choose one to evict
+_KNOWN_CREDIT = 600         # seconds of history that count as recency when choosing a victim
+_MAX_FAILURES = 0xFFFF
+_UNRESOLVED = -2            # prefix slot not looked up yet
+_HOT_MAX = 16384            # recent clients whose slot is remembered by their address text
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """One rate condition: more than `limit` requests in `period` seconds, per address or prefix.
+
+    `routes` limits the count to those route classes (empty = every request). Equal definitions
+    share one meter, so `id` is derived from the definition and stays stable across reloads.
+    """
+
+    per: str
+    limit: int
+    period: float
+    routes: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.per not in PER:
+            raise ValueError(f"per must be address or prefix, got {self.per!r}")
+        if self.limit < 1:
+            raise ValueError(f"limit must be at least 1, got {self.limit!r}")
+        if not self.period > 0:
+            raise ValueError(f"period must be positive, got {self.period!r}")
+        unknown = set(self.routes) - set(ROUTE_CLASSES)
+        if unknown:
+            raise ValueError(f"unknown route class {sorted(unknown)[0]!r}")
+
+    @property
+    def id(self) -> str:
+        routes = "+".join(sorted(self.routes)) if self.routes else "all"
+        return f"{self.per}:{self.limit}/{self.period:g}s:{routes}"
+
+
+class _Slots:
+    """A hash index of 64-bit fingerprints over dense slots, and the columns of those slots."""
+
+    def __init__(self, capacity: int, with_history: bool) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        size = 8
+        while size < 2 * capacity:
+            size *= 2
+        self.mask = size - 1
+        self.index = array("I", bytes(4 * size))   # allocated once: never rehashed
+        self.fps = array("q")                       # fingerprint per slot; 0 = none
+        self.last = array("I")                      # last seen (whole seconds); _FREE = none
+        self.with_history = with_history            # addresses keep these, prefixes do not:
+        self.first = array("I")                     # first seen
+        self.fail_count = array("H")                # recent challenge failures
+        self.fail_at = array("I")                   # time of the latest failure
+        self.width = 0                              # meters per slot
+        self.meters = array("d")                    # row-major: slot * width + meter
+        self.zero_row = array("d")
+        self.n = 0                                  # slots handed out (the ones in use are < n)
+        self.count = 0                              # slots holding a client
+        self.free: list[int] = []
+        self.evictions = 0
+        self._evict_cursor = 0
+        self._expire_cursor = 0
+
+    # -- columns --------------------------------------------------------------------------
+
+    def _columns(self) -> list[array]:
+        cols = [self.fps, self.last]
+        if self.with_history:
+            cols += [self.first, self.fail_count, self.fail_at]
+        return cols
+
+    def _grow(self) -> None:
+        """Extend every column by a chunk: one C-level copy now instead of one per new client."""
+        have = len(self.fps)
+        extra = min(max(1024, have // 4), self.capacity - have)
+        for col in self._columns():
+            col.frombytes(bytes(extra * col.itemsize))
+        self.last[have:have + extra] = array("I", [_FREE]) * extra
+        self.meters.frombytes(bytes(8 * extra * self.width))
+
+    def set_width(self, width: int, keep: list[tuple[int, int]]) -> None:
+        """Re-lay the meter rows `width` wide; `keep` maps (old offset, new offset)."""
+        rows = len(self.fps)
+        meters = array("d", bytes(8 * rows * width))
+        for old, new in keep:
+            meters[new::width] = self.meters[old::self.width]
+        self.meters, self.width = meters, width
+        self.zero_row = array("d", bytes(8 * width))
+
+    # -- index ----------------------------------------------------------------------------
+
+    def find(self, fp: int) -> int:
+        """The slot holding fingerprint `fp`, or -1."""
+        index, fps, mask = self.index, self.fps, self.mask
+        i = fp & mask
+        while True:
+            s = index[i]
+            if s == _EMPTY:
+                return -1
+            if fps[s - 1] == fp:
+                return s - 1
+            i = (i + 1) & mask
+
+    def get(self, fp: int, t: int) -> int:
+        """The slot for `fp`, created (evicting if full) when missing; marks it seen at `t`."""
+        index, fps, mask = self.index, self.fps, self.mask
+        i = fp & mask
+        while True:
+            s = index[i]
+            if s == _EMPTY:
+                return self.insert(fp, i, t)
+            if fps[s - 1] == fp:
+                self.last[s - 1] = t
+                return s - 1
+            i = (i + 1) & mask
+
+    def insert(self, fp: int, i: int, t: int) -> int:
+        """Add `fp`, whose probe ended at the empty cell `i`; returns its new slot."""
+        if self.free:
+            slot = self.free.pop()
+        elif self.n < self.capacity:
+            if self.n == len(self.fps):
+                self._grow()
+            slot = self.n
+            self.n += 1
+        else:
+            slot = self._victim(t)
+            self.remove(slot)
+            self.free.pop()                  # remove() freed it; it is ours
+            self.evictions += 1
+            # The eviction's backward shift may have opened a cell earlier in this key's probe
+            # chain: the key must sit at the first empty cell from its home or find() misses it.
+            index, mask = self.index, self.mask
+            i = fp & mask
+            while index[i] != _EMPTY:
+                i = (i + 1) & mask
+        self.index[i] = slot + 1
+        self.fps[slot] = fp
+        self.last[slot] = t
+        if self.with_history:
+            self.first[slot] = t
+            self.fail_count[slot] = 0
+            self.fail_at[slot] = 0
+        width = self.width
+        if width:
+            self.meters[slot * width:slot * width + width] = self.zero_row
+        self.count += 1
+        return slot
+
+    def _victim(self, now: int) -> int:
+        """The least valuable of the next few slots on a ring: idle longest, with credit for a
+        long history.
+
+        Walking the ring gives FIFO order with a second chance: a reader who has been around for
+        minutes outranks fresh addresses that sent one request, so a flood of new addresses
+        evicts its own kind first. A slot's score is its last-seen time plus its age, up to
+        _KNOWN_CREDIT seconds.
+        """
+        n, last, first = self.n, self.last, self.first
+        history = self.with_history
+        s = self._evict_cursor
+        best, best_score = s % n, 1 << 62
+        for _ in range(_EVICT_WINDOW):
+            if s >= n:
+                s = 0
+            seen = last[s]
+            if seen != _FREE:
+                score = seen
+                if history:
+                    age = seen - first[s]
+                    score += age if age < _KNOWN_CREDIT else _KNOWN_CREDIT
+                if score < best_score:
+                    best, best_score = s, score
+            s += 1
+        self._evict_cursor = s
+        return best
+
+    def remove(self, slot: int) -> None:
+        """Drop the client in `slot`: backward-shift deletion keeps probe chains intact."""
+        index, fps, mask = self.index, self.fps, self.mask
+        i = fps[slot] & mask
+        while index[i] != slot + 1:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            s = index[j]
+            if s == _EMPTY:
+                break
+            home = fps[s - 1] & mask
+            # Move the entry at j into the hole at i unless its home lies cyclically in (i, j].
+            if (i < j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                index[i] = s
+                i = j
+        index[i] = _EMPTY
+        self.last[slot] = _FREE
+        fps[slot] = 0                        # fingerprints are never 0: cached slots miss
+        self.free.append(slot)
+        self.count -= 1
+
+    def expire(self, older_than: int, budget: int) -> int:
+        """Remove clients last seen before `older_than`, scanning at most `budget` slots."""
+        n = self.n
+        if n == 0:
+            return 0
+        last, removed = self.last, 0
+        cursor = self._expire_cursor % n
+        for _ in range(min(budget, n)):
+            seen = last[cursor]
+            if seen != _FREE and seen < older_than:
+                self.remove(cursor)
+                removed += 1
+            cursor += 1
+            if cursor == n:
+                cursor = 0
+        self._expire_cursor = cursor
+        return removed
+
+    def memory_bytes(self) -> int:
+        return (sys.getsizeof(self.index) + sum(sys.getsizeof(c) for c in self._columns())
+                + sys.getsizeof(self.meters) + sys.getsizeof(self.free) + sys.getsizeof(self))
+
+
+class ClientTable:
+    """Per-address and per-prefix state for up to `capacity` addresses, in flat arrays.
+
+    Call `hit(facts, now)` once per request, before the policy looks at rates, then `over()` /
+    `level()` for the meters a rule names. `now` is seconds on a clock that never goes back
+    (the event loop's monotonic clock); first/last seen are kept in whole seconds.
+    """
+
+    def __init__(self, capacity: int = 1_000_000, meters: Iterable[Meter] = (),
+                 prefix_v4: int = 24, prefix_v6: int = 64, *,
+                 prefix_capacity: int | None = None, idle_ttl: float = 3600.0,
+                 failure_window: float = 3600.0, seed: int | None = None) -> None:
+        if not 0 <= prefix_v4 <= 32:
+            raise ValueError(f"prefix_v4 must be 0..32, got {prefix_v4}")
+        if not 0 <= prefix_v6 <= 128:
+            raise ValueError(f"prefix_v6 must be 0..128, got {prefix_v6}")
+        self.prefix_v4, self.prefix_v6 = prefix_v4, prefix_v6
+        self._shift4, self._shift6 = 32 - prefix_v4, 128 - prefix_v6
+        self.idle_ttl, self.failure_window = idle_ttl, failure_window
+        salt = random.Random(seed).randbytes(17) if seed is not None else os.urandom(17)
+        self._salt = int.from_bytes(salt, "little")
+        self._addr = _Slots(capacity, True)
+        self._pre = _Slots(prefix_capacity or capacity, False)
+        # meter id -> (meter, counts per address?, offset in its table's rows, TAT - now
+        # beyond which the client is over)
+        self._meters: dict[str, tuple[Meter, bool, int, float]] = {}
+        # route class -> ((offset, T/N, cap) per address meter, the same per prefix meter)
+        self._by_route: dict[str, tuple[tuple[tuple[int, float, float], ...], ...]] = {}
+        # client address text -> (ip, slot, fingerprint), checked against the slot when used
+        self._hot: dict[str, tuple[int, int, int]] = {}
+        self._last: tuple[RequestFacts | None, int, int, int] = (None, -1, -1, -1)
+        self.set_meters(meters)
+
+    # -- configuration ----------------------------------------------------------------------
+
+    @property
+    def meter_ids(self) -> frozenset[str]:
+        return frozenset(self._meters)
+
+    def set_meters(self, meters: Iterable[Meter]) -> None:
+        """Count exactly these meters from now on (call it after each policy load).
+
+        Clients, first/last seen and failures are kept; meters whose definition did not change
+        keep their state; new meters start empty.
+        """
+        wanted = list({m.id: m for m in meters}.values())
+        old = self._meters
+        new: dict[str, tuple[Meter, bool, int, float]] = {}
+        for per, table in ((ADDRESS, self._addr), (PREFIX, self._pre)):
+            mine = [m for m in wanted if m.per == per]
+            keep = [(old[m.id][2], k) for k, m in enumerate(mine) if m.id in old]
+            table.set_width(len(mine), keep)
+            for k, m in enumerate(mine):
+                # A hair of tolerance: N requests at one instant must land exactly on the limit.
+                new[m.id] = (m, per == ADDRESS, k, m.period * (1 + 1e-9))
+        self._meters = new
+        by_route = {}
+        for route in ROUTE_CLASSES:
+            by_route[route] = tuple(
+                tuple((k, m.period / m.limit, m.period + m.period / m.limit)
+                      for m, per_address, k, _ in new.values()
+                      if per_address is (per == ADDRESS) and (not m.routes or route in m.routes))
+                for per in PER)
+        self._by_route = by_route
+        self._forget()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _address_fp(self, facts: RequestFacts) -> int:
+        ip = facts.ip
+        key = ip | _V4_TAG if facts.version == 4 else ip
+        return hash((key ^ self._salt).to_bytes(17, "little")) or 1
+
+    def _prefix_fp(self, facts: RequestFacts) -> int:
+        ip = facts.ip
+        key = ((ip >> self._shift4) | _PREFIX_V4_TAG) if facts.version == 4 else ip >> self._shift6
+        return hash((key ^ self._salt).to_bytes(17, "little")) or 1
+
+    def _forget(self) -> None:
+        self._last = (None, -1, -1, -1)
+
+    def _slot(self, facts: RequestFacts, per_address: bool) -> int:
+        """The address or prefix slot of this request's client, or -1; never inserts.
+
+        Right after `hit()` for the same request the slots it found are reused, so the rate
+        checks that follow cost no further lookups.
+        """
+        last_facts, last_ip, a, p = self._last
+        if facts is last_facts and facts.ip == last_ip:
+            if per_address:
+                return a
+            if p == _UNRESOLVED:
+                p = self._pre.find(self._prefix_fp(facts))
+                self._last = (last_facts, last_ip, a, p)
+            return p
+        if per_address:
+            return self._addr.find(self._address_fp(facts))
+        return self._pre.find(self._prefix_fp(facts))
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def hit(self, facts: RequestFacts, now: float) -> None:
+        """Count this request in every meter that applies to its route class."""
+        # Written out flat: this runs for every request that is not a replayed cache hit.
+        ip = facts.ip
+        t = int(now)
+        a_meters, p_meters = self._by_route.get(facts.route) or self._by_route["page"]
+        addr = self._addr
+        fps = addr.fps
+        hot = self._hot
+        entry = hot.get(facts.client)
+        if entry is not None and entry[0] == ip and fps[entry[1]] == entry[2]:
+            a = entry[1]                     # a recent client: no fingerprint, no probing
+            addr.last[a] = t
+        else:
+            key = ip | _V4_TAG if facts.version == 4 else ip
+            fp = hash((key ^ self._salt).to_bytes(17, "little")) or 1
+            index, mask = addr.index, addr.mask
+            i = fp & mask
+            while True:
+                s = index[i]
+                if s == _EMPTY:
+                    a = addr.insert(fp, i, t)
+                    break
+                if fps[s - 1] == fp:
+                    a = s - 1
+                    addr.last[a] = t
+                    break
+                i = (i + 1) & mask
+            if len(hot) >= _HOT_MAX:
+                hot.clear()                  # a flood of new addresses must not grow this
+            hot[facts.client] = (ip, a, fp)
+        if a_meters:
+            rows = addr.meters
+            base = a * addr.width
+            for k, interval, cap in a_meters:
+                j = base + k
+                tat = rows[j]
+                if tat < now:
+                    tat = now
+                tat += interval
+                limit = now + cap
+                rows[j] = tat if tat < limit else limit
+        if p_meters:
+            p = self._pre.get(self._prefix_fp(facts), t)
+            pre = self._pre
+            rows = pre.meters
+            base = p * pre.width
+            for k, interval, cap in p_meters:
+                j = base + k
+                tat = rows[j]
+                if tat < now:
+                    tat = now
+                tat += interval
+                limit = now + cap
+                rows[j] = tat if tat < limit else limit
+        else:
+            p = _UNRESOLVED                  # no prefix meter counts this route: look up later
+        self._last = (facts, ip, a, p)
+
+    def over(self, meter_id: str, facts: RequestFacts, now: float) -> bool:
+        """Whether this client has sent more than the meter's limit within its period.
+
+        Call after `hit()` for the same request: the request being decided counts.
+        """
+        entry = self._meters.get(meter_id)
+        if entry is None:
+            raise KeyError(f"meter {meter_id!r} is not counted by this ClientTable; "
+                           "call set_meters(policy.meters) after loading the policy")
+        _, per_address, k, beyond = entry
+        last = self._last
+        if per_address and facts is last[0] and facts.ip == last[1]:
+            slot = last[2]                   # the common case: right after hit()
+        else:
+            slot = self._slot(facts, per_address)
+        if slot < 0:
+            return False
+        table = self._addr if per_address else self._pre
+        return table.meters[slot * table.width + k] - now > beyond
+
+    def level(self, meter_id: str, facts: RequestFacts, now: float) -> float:
+        """The meter's current fill in requests (0 .. limit + 1), for logs and scores."""
+        meter, per_address, k, _ = self._meters[meter_id]
+        slot = self._slot(facts, per_address)
+        if slot < 0:
+            return 0.0
+        table = self._addr if per_address else self._pre
+        tat = table.meters[slot * table.width + k]
+        return max(0.0, tat - now) * meter.limit / meter.period
+
+    # -- challenge failures and history -----------------------------------------------------
+
+    def note_challenge_failure(self, facts: RequestFacts, now: float) -> int:
+        """Count a failed (or abandoned) challenge; returns the recent failures after it.
+
+        Failures are forgotten `failure_window` seconds after the latest one.
+        """
+        addr = self._addr
+        evictions = addr.evictions
+        t = int(now)
+        a = addr.get(self._address_fp(facts), t)
+        if addr.evictions != evictions:
+            self._forget()                   # the slot cached for another request may be gone
+        count = addr.fail_count[a]
+        if count and t - addr.fail_at[a] > self.failure_window:
+            count = 0
+        count = min(count + 1, _MAX_FAILURES)
+        addr.fail_count[a] = count
+        addr.fail_at[a] = t
+        return count
+
+    def note_challenge_pass(self, facts: RequestFacts) -> None:
+        """A solved challenge wipes the client's failures."""
+        a = self._slot(facts, True)
+        if a >= 0:
+            self._addr.fail_count[a] = 0
+
+    def failures(self, facts: RequestFacts, now: float) -> int:
+        """Challenge failures of this address within the failure window."""
+        a = self._slot(facts, True)
+        if a < 0:
+            return 0
+        addr = self._addr
+        count = addr.fail_count[a]
+        if count and int(now) - addr.fail_at[a] > self.failure_window:
+            return 0
+        return count
+
+    def seen(self, facts: RequestFacts) -> tuple[int, int] | None:
+        """(first seen, last seen) of this address in whole seconds, or None if not tracked."""
+        a = self._slot(facts, True)
+        if a < 0:
+            return None
+        return self._addr.first[a], self._addr.last[a]
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def expire(self, now: float, budget: int = 65536) -> int:
+        """Forget clients idle for `idle_ttl`; scans at most `budget` slots of each table.
+
+        Call it about once a second: a full sweep of a million clients is spread over ~16 calls
+        instead of stalling the event loop once. Returns the number of entries removed.
+        """
+        older_than = int(now - self.idle_ttl)
+        if older_than <= 0:
+            return 0
+        removed = self._addr.expire(older_than, budget) + self._pre.expire(older_than, budget)
+        if removed:
+            self._forget()
+        return removed
+
+    def __len__(self) -> int:
+        """Addresses tracked."""
+        return self._addr.count
+
+    @property
+    def prefixes(self) -> int:
+        """Prefixes tracked."""
+        return self._pre.count
+
+    @property
+    def evictions(self) -> int:
+        """Entries (addresses and prefixes) dropped because a table was full."""
+        return self._addr.evictions + self._pre.evictions
+
+    def memory_bytes(self) -> int:
+        """Bytes held by both tables' arrays plus the bounded recent-client cache."""
+        # ~150 B per cache entry: its share of the dict, the tuple and its three integers
+        hot = sys.getsizeof(self._hot) + 150 * len(self._hot)
+        return self._addr.memory_bytes() + self._pre.memory_bytes() + hot + sys.getsizeof(self)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for metrics: addresses, prefixes, evictions, memory."""
+        return {"addresses": len(self), "prefixes": self.prefixes,
+                "evictions": self.evictions, "memory_bytes": self.memory_bytes()}

@@ -1,0 +1,868 @@
+"""The policy file: YAML rules compiled into cheap matchers, and the search-engine crawler list.
+
+`Policy.from_file()` reads and checks a policy (errors name the file, line and key) and compiles
+each rule's conditions into a short tuple of checks, cheapest first; `Policy.evaluate()` walks the
+rules that can apply to the request's route class, top to bottom. The format is documented in
+docs/policy.md; the shipped default is kalkan/data/policy.yaml.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import difflib
+import fnmatch
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kalkan.config import parse_duration
+from kalkan.defense.clients import ADDRESS, PER, ClientTable, Meter
+from kalkan.defense.facts import DEFAULT_ROUTES, ROUTE_CLASSES, RequestFacts, RouteClassifier
+
+ALLOW, CHALLENGE, BLOCK, TARPIT, LOG = "allow", "challenge", "block", "tarpit", "log"
+ACTIONS = (ALLOW, CHALLENGE, BLOCK, TARPIT, LOG)
+TERMINAL = (ALLOW, CHALLENGE, BLOCK, TARPIT)
+THRESHOLD_ACTIONS = (CHALLENGE, BLOCK, TARPIT)
+MAX_LIMIT = 1_000_000
+
+DEFAULT_POLICY = "data/policy.yaml"      # inside the kalkan package
+DEFAULT_CRAWLERS = "data/crawlers.yaml"
+
+# A check looks at one request; all of a rule's checks must pass for the rule to match.
+Check = Callable[[RequestFacts, ClientTable, float], bool]
+
+
+class PolicyError(ValueError):
+    """A policy or crawler-list problem, with the file, line and key in its message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the policy says about one request.
+
+    `action` is allow / challenge / block / tarpit, or `log` when only log rules matched. `ttl`
+    (seconds) asks for a standing decision of that length covering the client's `scope`
+    (address or prefix); None means this request only. `score` and `matched` say which weight
+    and log rules matched on the way (for the access log).
+    """
+
+    action: str
+    rule: str
+    reason: str
+    ttl: float | None = None
+    scope: str = ADDRESS
+    score: int = 0
+    matched: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- address sets
+
+
+class AddressSet:
+    """Addresses and CIDRs, merged into sorted intervals per IP version; lookup by bisection."""
+
+    __slots__ = ("_v4", "_v6", "size")
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        nets = list(networks)
+        for net in nets:
+            if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 \
+                    and net.network_address.ipv4_mapped is not None:
+                # ::ffff:a.b.c.d/120 names IPv4 addresses, and facts carry those as IPv4
+                first = int(net.network_address) & 0xFFFFFFFF
+                spans[4].append((first, first + net.num_addresses - 1))
+                continue
+            spans[net.version].append((int(net.network_address), int(net.broadcast_address)))
+        self._v4 = self._merge(spans[4])
+        self._v6 = self._merge(spans[6])
+        self.size = len(nets)
+
+    @staticmethod
+    def _merge(spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        starts: list[int] = []
+        ends: list[int] = []
+        for lo, hi in sorted(spans):
+            if ends and lo <= ends[-1] + 1:
+                ends[-1] = max(ends[-1], hi)
+            else:
+                starts.append(lo)
+                ends.append(hi)
+        return starts, ends
+
+    def contains(self, version: int, ip: int) -> bool:
+        starts, ends = self._v4 if version == 4 else self._v6
+        i = bisect.bisect_right(starts, ip)
+        return i > 0 and ip <= ends[i - 1]
+
+    def __bool__(self) -> bool:
+        return bool(self._v4[0]) or bool(self._v6[0])
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """`203.0.113.7`, `203.0.113.0/24` or `2001:db8::/32` (host bits are ignored)."""
+    return ipaddress.ip_network(str(text).strip(), strict=False)
+
+
+def read_ranges_file(path: Path) -> list[str]:
+    """Networks from a vendor's published file: Google-style JSON or one address per line.
+
+    The JSON shape is the one Google, Bing and Apple publish: {"prefixes": [{"ipv4Prefix": ...},
+    {"ipv6Prefix": ...}]}. Text files may have `#` comments.
+    """
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        doc = json.loads(text)
+        out = []
+        for item in doc.get("prefixes", []):
+            value = item.get("ipv4Prefix") or item.get("ipv6Prefix")
+            if value:
+                out.append(value)
+        return out
+    return [line.split("#", 1)[0].strip() for line in text.splitlines()
+            if line.split("#", 1)[0].strip()]
+
+
+# --------------------------------------------------------------------------- YAML helpers
+
+
+class _Doc:
+    """One YAML source being checked: turns nodes into values, with file:line:key errors."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: yaml.Node | None, key: str, msg: str) -> PolicyError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        return PolicyError(f"{self.source}{line}: {key}: {msg}")
+
+    def compose(self, text: str) -> yaml.Node | None:
+        try:
+            return yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise PolicyError(f"{self.source}{line}: not valid YAML: {problem}") from None
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, key: str, allowed: Iterable[str] | None = None
+                ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """{key: (key node, value node)}; refuses duplicates and (if given) unknown keys."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, key, "expected a mapping of keys")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        known = list(allowed) if allowed is not None else None
+        for knode, vnode in node.value:
+            name = str(self.value(knode))
+            where = f"{key}.{name}" if key else name
+            if name in out:
+                raise self.error(knode, where, "appears twice")
+            if known is not None and name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise self.error(knode, where, f"unknown key{hint}; known: {', '.join(known)}")
+            out[name] = (knode, vnode)
+        return out
+
+    def seq(self, node: yaml.Node, key: str, single_ok: bool = True) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if single_ok and isinstance(node, yaml.ScalarNode):
+            return [node]
+        raise self.error(node, key, "expected a list")
+
+    def text(self, node: yaml.Node, key: str) -> str:
+        """A scalar as written: YAML 1.1 would read `1:20` as 80 and `on` as true."""
+        if not isinstance(node, yaml.ScalarNode) or self.value(node) is None or not node.value:
+            raise self.error(node, key, f"expected text, got {self._show(node)}")
+        return str(node.value)
+
+    def texts(self, node: yaml.Node, key: str) -> list[str]:
+        items = self.seq(node, key)
+        if not items:
+            raise self.error(node, key, "the list is empty")
+        return [self.text(item, f"{key}[{i}]") for i, item in enumerate(items)]
+
+    def integer(self, node: yaml.Node, key: str, minimum: int = 0,
+                maximum: int | None = None) -> int:
+        value = self.value(node)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(node, key, f"expected a whole number, got {self._show(node)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            top = f"..{maximum}" if maximum is not None else " or more"
+            raise self.error(node, key, f"must be {minimum}{top}, got {value}")
+        return value
+
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        value = self.value(node)
+        if not isinstance(value, bool):
+            raise self.error(node, key, f"expected true or false, got {self._show(node)}")
+        return value
+
+    def duration(self, node: yaml.Node, key: str) -> float:
+        try:
+            seconds = parse_duration(self.value(node))
+        except ValueError as exc:
+            raise self.error(node, key, str(exc)) from None
+        if seconds <= 0:
+            raise self.error(node, key, "must be longer than 0")
+        return seconds
+
+    def choice(self, node: yaml.Node, key: str, choices: Iterable[str]) -> str:
+        options = tuple(choices)
+        value = self.text(node, key)
+        if value not in options:
+            raise self.error(node, key, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def regex(self, node: yaml.Node, key: str, flags: int = 0) -> re.Pattern[str]:
+        pattern = self.text(node, key)
+        try:
+            return re.compile(pattern, flags)
+        except re.error as exc:
+            raise self.error(node, key, f"bad regular expression: {exc}") from None
+
+    def _show(self, node: yaml.Node) -> str:
+        if isinstance(node, yaml.ScalarNode):
+            return repr(self.value(node))
+        return "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
+
+
+# --------------------------------------------------------------------------- crawlers
+
+
+@dataclass(frozen=True)
+class Crawler:
+    """A search engine's crawler: how its user agent reads and where its requests come from."""
+
+    name: str
+    user_agent: re.Pattern[str]
+    ranges: AddressSet
+
+
+class Crawlers:
+    """The known crawlers; tells a crawler whose address is in its published ranges from a
+    client that only borrows its user agent."""
+
+    def __init__(self, crawlers: Iterable[Crawler], source: str = "<crawlers>") -> None:
+        self.crawlers = {c.name: c for c in crawlers}
+        self.source = source
+        # One pass over the user agent finds which crawler (if any) it claims to be.
+        self._combined = re.compile("|".join(
+            f"(?P<c{i}>{c.user_agent.pattern})" for i, c in enumerate(self.crawlers.values())
+        )) if self.crawlers else None
+        self._group_names = {f"c{i}": name for i, name in enumerate(self.crawlers)}
+        self._memo: dict[str, str | None] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.crawlers)
+
+    def claimed(self, user_agent: str) -> str | None:
+        """The crawler this user agent claims to be, whatever the address."""
+        name = self._memo.get(user_agent, "")
+        if name != "":
+            return name
+        found = None
+        if self._combined is not None and user_agent:
+            m = self._combined.search(user_agent)
+            if m is not None:
+                found = self._group_names[m.lastgroup or ""]
+        if len(self._memo) >= 4096:
+            self._memo.clear()           # random user agents in a flood must not grow this
+        self._memo[user_agent] = found
+        return found
+
+    def verified(self, user_agent: str, version: int, ip: int) -> str | None:
+        """The crawler this request claims to be, if its address is in that crawler's ranges."""
+        name = self.claimed(user_agent)
+        if name is not None and self.crawlers[name].ranges.contains(version, ip):
+            return name
+        return None
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<crawlers>",
+                  base_dir: Path | None = None) -> Crawlers:
+        doc = _Doc(source)
+        root = doc.compose(text)
+        if root is None:
+            raise PolicyError(f"{source}: the crawler list is empty")
+        top = doc.mapping(root, "", ("snapshot", "crawlers"))
+        if "crawlers" not in top:
+            raise doc.error(root, "crawlers", "missing")
+        cnode = top["crawlers"][1]
+        crawlers = []
+        for name, (nnode, body) in doc.mapping(cnode, "crawlers").items():
+            key = f"crawlers.{name}"
+            fields = doc.mapping(body, key, ("user_agent", "published", "ranges", "ranges_file"))
+            if "user_agent" not in fields:
+                raise doc.error(body, f"{key}.user_agent", "missing")
+            ua = doc.regex(fields["user_agent"][1], f"{key}.user_agent")
+            nets = []
+            if "ranges" in fields:
+                for i, item in enumerate(doc.seq(fields["ranges"][1], f"{key}.ranges")):
+                    try:
+                        nets.append(parse_network(doc.text(item, f"{key}.ranges[{i}]")))
+                    except ValueError as exc:
+                        raise doc.error(item, f"{key}.ranges[{i}]", str(exc)) from None
+            if "ranges_file" in fields:
+                fnode = fields["ranges_file"][1]
+                path = Path(doc.text(fnode, f"{key}.ranges_file"))
+                if not path.is_absolute() and base_dir is not None:
+                    path = base_dir / path
+                try:
+                    nets += [parse_network(v) for v in read_ranges_file(path)]
+                except (OSError, ValueError) as exc:
+                    raise doc.error(fnode, f"{key}.ranges_file", f"{path}: {exc}") from None
+            if not nets:
+                raise doc.error(nnode, key, "no ranges: a crawler that cannot be verified "
+                                            "would be refused its privileges anyway")
+            crawlers.append(Crawler(name, ua, AddressSet(nets)))
+        return cls(crawlers, source)
+
+
+def load_crawlers(path: str | Path | None = None) -> Crawlers:
+    """Read a crawler list (the shipped snapshot when `path` is None)."""
+    if path is None:
+        text = resources.files("kalkan").joinpath(DEFAULT_CRAWLERS).read_text(encoding="utf-8")
+        return Crawlers.from_text(text, f"kalkan/{DEFAULT_CRAWLERS}")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{p}: cannot read the crawler list: {exc.strerror}") from None
+    return Crawlers.from_text(text, str(p), p.parent)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled rule: its checks, and what a match means (an action or a weight)."""
+
+    name: str
+    checks: tuple[Check, ...]
+    action: str | None            # None for a weight rule
+    weight: int
+    verdict: Verdict | None       # prebuilt for terminal rules: no allocation on a match
+    routes: frozenset[str] | None  # the rule's `route` condition, used to skip it early
+    line: int
+
+    def matches(self, facts: RequestFacts, clients: ClientTable, now: float) -> bool:
+        return all(check(facts, clients, now) for check in self.checks)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    score: int
+    verdict: Verdict
+
+
+_MATCH_KEYS = ("method", "host", "path", "path_regex", "query_regex", "route", "user_agent",
+               "headers", "cookies", "address", "verified_crawler", "claims_crawler", "rate",
+               "challenge_failures", "not")
+_RULE_KEYS = ("name", "match", "action", "weight", "ttl", "reason", "scope")
+_TOP_KEYS = ("version", "crawlers", "lists", "routes", "rules", "thresholds")
+# Cheap checks first: a set lookup costs less than a regex, a regex less than a rate lookup.
+_COST = {"method": 0, "route": 0, "host": 1, "path": 2, "path_regex": 3, "query_regex": 3,
+         "cookies": 4, "headers": 4, "user_agent": 5, "address": 6, "verified_crawler": 7,
+         "claims_crawler": 7, "rate": 8, "challenge_failures": 9, "not": 10}
+
+
+class GlobSet:
+    """Shell-style globs (`*` also matches `/`) tested the cheapest way each allows.
+
+    Most policy globs are a literal, a prefix (`/wp-admin/*`) or a suffix (`*.php`): those are
+    a set lookup or one startswith/endswith call; only the rest go through a regex.
+    """
+
+    __slots__ = ("_exact", "_prefixes", "_suffixes", "_regex")
+
+    def __init__(self, globs: Iterable[str]) -> None:
+        exact, prefixes, suffixes, other = set(), [], [], []
+        for g in globs:
+            body = g.strip("*")
+            simple = bool(body) and not any(c in body for c in "*?[")
+            if not simple or (g.startswith("*") and g.endswith("*")):
+                other.append(g)
+            elif g.endswith("*"):
+                prefixes.append(body)
+            elif g.startswith("*"):
+                suffixes.append(body)
+            else:
+                exact.add(g)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._suffixes = tuple(suffixes)
+        self._regex = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in other)) \
+            if other else None
+
+    def match(self, text: str) -> bool:
+        return (text in self._exact
+                or (bool(self._prefixes) and text.startswith(self._prefixes))
+                or (bool(self._suffixes) and text.endswith(self._suffixes))
+                or (self._regex is not None and self._regex.match(text) is not None))
+
+
+def _host_only(host: str) -> str:
+    if host.startswith("["):
+        return host[1:host.find("]")].lower() if "]" in host else host.lower()
+    return host.partition(":")[0].lower()
+
+
+def _cookie_names(cookie: bytes | None) -> list[str]:
+    if not cookie:
+        return []
+    return [part.split(b"=", 1)[0].strip().decode("latin-1") for part in cookie.split(b";")]
+
+
+class _Compiler:
+    """Compiles one policy document: lists, rules and thresholds."""
+
+    def __init__(self, doc: _Doc, crawlers: Crawlers, lists: dict[str, AddressSet]) -> None:
+        self.doc = doc
+        self.crawlers = crawlers
+        self.lists = lists
+        self.meters: dict[str, Meter] = {}
+
+    def match(self, node: yaml.Node, key: str) -> tuple[tuple[Check, ...], frozenset[str] | None]:
+        doc = self.doc
+        fields = doc.mapping(node, key, _MATCH_KEYS)
+        checks: list[tuple[int, Check]] = []
+        routes: frozenset[str] | None = None
+        for name, (_, vnode) in fields.items():
+            where = f"{key}.{name}"
+            check = getattr(self, f"_c_{name}")(vnode, where)
+            if name == "route":
+                routes = frozenset(doc.texts(vnode, where))
+            checks.append((_COST[name], check))
+        checks.sort(key=lambda c: c[0])
+        return tuple(c for _, c in checks), routes
+
+    # Each _c_NAME(node, key) returns one check for the match key NAME.
+
+    def _c_method(self, node: yaml.Node, key: str) -> Check:
+        methods = frozenset(m.upper() for m in self.doc.texts(node, key))
+        return lambda f, c, now: f.method in methods
+
+    def _c_route(self, node: yaml.Node, key: str) -> Check:
+        items = self.doc.seq(node, key)
+        for i, item in enumerate(items):
+            self.doc.choice(item, f"{key}[{i}]" if len(items) > 1 else key, ROUTE_CLASSES)
+        routes = frozenset(self.doc.texts(node, key))
+        return lambda f, c, now: f.route in routes
+
+    def _c_host(self, node: yaml.Node, key: str) -> Check:
+        globs = GlobSet(g.lower() for g in self.doc.texts(node, key))
+        return lambda f, c, now: globs.match(_host_only(f.host))
+
+    def _c_path(self, node: yaml.Node, key: str) -> Check:
+        globs = self.doc.texts(node, key)
+        for g in globs:
+            if not g.startswith(("/", "*")):
+                raise self.doc.error(node, key, f"path glob {g!r} must start with / or *")
+        matcher = GlobSet(globs)
+        return lambda f, c, now: matcher.match(f.path)
+
+    def _c_path_regex(self, node: yaml.Node, key: str) -> Check:
+        pattern = self.doc.regex(node, key)
+        return lambda f, c, now: pattern.search(f.path) is not None
+
+    def _c_query_regex(self, node: yaml.Node, key: str) -> Check:
+        pattern = self.doc.regex(node, key)
+        return lambda f, c, now: pattern.search(f.query) is not None
+
+    def _c_user_agent(self, node: yaml.Node, key: str) -> Check:
+        pattern = self.doc.regex(node, key)
+        return lambda f, c, now: pattern.search(f.user_agent) is not None
+
+    def _c_headers(self, node: yaml.Node, key: str) -> Check:
+        doc = self.doc
+        wants: list[tuple[bytes, bool | re.Pattern[str]]] = []
+        for name, (_, vnode) in doc.mapping(node, key).items():
+            where = f"{key}.{name}"
+            value = doc.value(vnode)
+            want: bool | re.Pattern[str] = (
+                value if isinstance(value, bool) else doc.regex(vnode, where))
+            wants.append((name.lower().encode("latin-1"), want))
+
+        def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
+            for name, want in wants:
+                values = [v for k, v in f.headers if k.lower() == name]
+                if want is True or want is False:
+                    if bool(values) is not want:
+                        return False
+                elif not any(want.search(v.decode("latin-1")) for v in values):
+                    return False
+            return True
+        return check
+
+    def _c_cookies(self, node: yaml.Node, key: str) -> Check:
+        doc = self.doc
+        wants = []
+        for name, (_, vnode) in doc.mapping(node, key).items():
+            present = doc.boolean(vnode, f"{key}.{name}")
+            wants.append((GlobSet([name]), present))
+
+        def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
+            names = _cookie_names(f.cookie)
+            return all(any(g.match(n) for n in names) is present for g, present in wants)
+        return check
+
+    def _c_address(self, node: yaml.Node, key: str) -> Check:
+        doc = self.doc
+        nets = []
+        sets = []
+        for i, item in enumerate(doc.seq(node, key)):
+            where = f"{key}[{i}]"
+            text = doc.text(item, where)
+            if text.startswith("@"):
+                if text[1:] not in self.lists:
+                    known = ", ".join(sorted(self.lists)) or "none defined"
+                    raise doc.error(item, where, f"no list named {text[1:]!r} (lists: {known})")
+                sets.append(self.lists[text[1:]])
+                continue
+            try:
+                nets.append(parse_network(text))
+            except ValueError as exc:
+                raise doc.error(item, where, str(exc)) from None
+        if nets:
+            sets.append(AddressSet(nets))
+        if len(sets) == 1:
+            only = sets[0]
+            return lambda f, c, now: only.contains(f.version, f.ip)
+        return lambda f, c, now: any(s.contains(f.version, f.ip) for s in sets)
+
+    def _crawler_names(self, node: yaml.Node, key: str) -> bool | frozenset[str]:
+        doc = self.doc
+        value = doc.value(node)
+        if isinstance(value, bool):
+            return value
+        names = doc.texts(node, key)
+        for name in names:
+            if name not in self.crawlers.crawlers:
+                known = ", ".join(self.crawlers.names) or "none"
+                raise doc.error(node, key, f"unknown crawler {name!r} (known: {known})")
+        return frozenset(names)
+
+    def _c_verified_crawler(self, node: yaml.Node, key: str) -> Check:
+        want = self._crawler_names(node, key)
+        crawlers = self.crawlers
+        if isinstance(want, bool):
+            return lambda f, c, now: (
+                crawlers.verified(f.user_agent, f.version, f.ip) is not None) is want
+        return lambda f, c, now: crawlers.verified(f.user_agent, f.version, f.ip) in want
+
+    def _c_claims_crawler(self, node: yaml.Node, key: str) -> Check:
+        want = self._crawler_names(node, key)
+        crawlers = self.crawlers
+        if isinstance(want, bool):
+            return lambda f, c, now: (crawlers.claimed(f.user_agent) is not None) is want
+        return lambda f, c, now: crawlers.claimed(f.user_agent) in want
+
+    def _c_rate(self, node: yaml.Node, key: str) -> Check:
+        doc = self.doc
+        items = [node] if isinstance(node, yaml.MappingNode) else doc.seq(node, key, False)
+        ids = []
+        for i, item in enumerate(items):
+            where = key if item is node else f"{key}[{i}]"
+            fields = doc.mapping(item, where, ("more_than", "in", "per", "routes"))
+            for required in ("more_than", "in"):
+                if required not in fields:
+                    raise doc.error(item, f"{where}.{required}", "missing")
+            limit = doc.integer(fields["more_than"][1], f"{where}.more_than", 1, MAX_LIMIT)
+            period = doc.duration(fields["in"][1], f"{where}.in")
+            per = doc.choice(fields["per"][1], f"{where}.per", PER) if "per" in fields \
+                else ADDRESS
+            routes: frozenset[str] = frozenset()
+            if "routes" in fields:
+                rnode = fields["routes"][1]
+                for j, r in enumerate(doc.seq(rnode, f"{where}.routes")):
+                    doc.choice(r, f"{where}.routes[{j}]", ROUTE_CLASSES)
+                routes = frozenset(doc.texts(rnode, f"{where}.routes"))
+            meter = Meter(per, limit, period, routes)
+            self.meters[meter.id] = meter
+            ids.append(meter.id)
+        if len(ids) == 1:
+            only = ids[0]
+            return lambda f, c, now: c.over(only, f, now)
+        return lambda f, c, now: all(c.over(mid, f, now) for mid in ids)
+
+    def _c_challenge_failures(self, node: yaml.Node, key: str) -> Check:
+        fields = self.doc.mapping(node, key, ("more_than",))
+        if "more_than" not in fields:
+            raise self.doc.error(node, f"{key}.more_than", "missing")
+        limit = self.doc.integer(fields["more_than"][1], f"{key}.more_than", 0)
+        return lambda f, c, now: c.failures(f, now) > limit
+
+    def _c_not(self, node: yaml.Node, key: str) -> Check:
+        checks, _ = self.match(node, key)
+        return lambda f, c, now: not all(check(f, c, now) for check in checks)
+
+    # -- rules and thresholds ---------------------------------------------------------------
+
+    def rule(self, node: yaml.Node, key: str) -> Rule:
+        doc = self.doc
+        fields = doc.mapping(node, key, _RULE_KEYS)
+        if "name" not in fields:
+            raise doc.error(node, f"{key}.name", "missing: every rule needs a name (the log "
+                                                 "and decisions say which rule acted)")
+        name = doc.text(fields["name"][1], f"{key}.name")
+        key = f"{key} ({name})"
+        has_action, has_weight = "action" in fields, "weight" in fields
+        if has_action == has_weight:
+            raise doc.error(node, f"{key}.action", "a rule has either an action or a weight")
+        action = doc.choice(fields["action"][1], f"{key}.action", ACTIONS) if has_action \
+            else None
+        weight = doc.integer(fields["weight"][1], f"{key}.weight", -1000, 1000) if has_weight \
+            else 0
+        ttl = None
+        if "ttl" in fields:
+            if action not in TERMINAL:
+                raise doc.error(fields["ttl"][0], f"{key}.ttl",
+                                "only rules with allow, challenge, block or tarpit create "
+                                "decisions")
+            ttl = doc.duration(fields["ttl"][1], f"{key}.ttl")
+        reason = doc.text(fields["reason"][1], f"{key}.reason") if "reason" in fields \
+            else name
+        scope = doc.choice(fields["scope"][1], f"{key}.scope", PER) if "scope" in fields \
+            else ADDRESS
+        checks: tuple[Check, ...] = ()
+        routes = None
+        if "match" in fields:
+            checks, routes = self.match(fields["match"][1], f"{key}.match")
+        verdict = None
+        if action in TERMINAL:
+            verdict = Verdict(action, name, reason, ttl, scope)
+        elif action == LOG:
+            verdict = Verdict(LOG, name, reason, None, scope)
+        return Rule(name, checks, action, weight, verdict, routes, node.start_mark.line + 1)
+
+    def threshold(self, node: yaml.Node, key: str) -> Threshold:
+        doc = self.doc
+        fields = doc.mapping(node, key, ("score", "action", "ttl", "reason", "scope", "name"))
+        for required in ("score", "action"):
+            if required not in fields:
+                raise doc.error(node, f"{key}.{required}", "missing")
+        score = doc.integer(fields["score"][1], f"{key}.score", 1)
+        action = doc.choice(fields["action"][1], f"{key}.action", THRESHOLD_ACTIONS)
+        ttl = doc.duration(fields["ttl"][1], f"{key}.ttl") if "ttl" in fields else None
+        name = doc.text(fields["name"][1], f"{key}.name") if "name" in fields \
+            else f"score>={score}"
+        reason = doc.text(fields["reason"][1], f"{key}.reason") if "reason" in fields \
+            else f"score {score} or more"
+        scope = doc.choice(fields["scope"][1], f"{key}.scope", PER) if "scope" in fields \
+            else ADDRESS
+        return Threshold(score, Verdict(action, name, reason, ttl, scope))
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+class Policy:
+    """A compiled policy: ordered rules, weight thresholds, the meters they need, the crawlers.
+
+    Evaluation order: rules run top to bottom. The first matching rule with a terminal action
+    (allow, challenge, block, tarpit) decides. `log` rules and `weight` rules never stop the
+    walk: log rules are remembered, weight rules add their weight to the request's score. When
+    no terminal rule matched, the highest threshold the score reaches decides; otherwise a `log`
+    verdict is returned if a log rule matched, else None (the engine applies its defaults).
+    """
+
+    def __init__(self, rules: list[Rule], thresholds: list[Threshold], meters: Iterable[Meter],
+                 crawlers: Crawlers, routes: tuple[tuple[str, str], ...] = (),
+                 source: str = "<policy>") -> None:
+        self.rules = tuple(rules)
+        self.thresholds = tuple(sorted(thresholds, key=lambda t: -t.score))
+        self.meters = tuple(meters)
+        self.crawlers = crawlers
+        self.routes = routes
+        self.source = source
+        self.classifier = RouteClassifier(routes + DEFAULT_ROUTES)
+        # Rules that can apply to each route class, in order; rules with a `route` condition
+        # are left out of the other classes, so a page request never looks at login rules.
+        # Each entry is (checks, verdict if the rule decides else None, rule).
+        self._by_route: dict[str, tuple[tuple[tuple[Check, ...], Verdict | None, Rule], ...]] = {
+            route: tuple((r.checks, r.verdict if r.action in TERMINAL else None, r)
+                         for r in self.rules if r.routes is None or route in r.routes)
+            for route in ROUTE_CLASSES}
+        self._unrouted = tuple((r.checks, r.verdict if r.action in TERMINAL else None, r)
+                               for r in self.rules if r.routes is None)
+
+    def rules_for(self, route: str) -> tuple[Rule, ...]:
+        """The rules a request of this route class is checked against, in order."""
+        return tuple(r for _, _, r in self._by_route.get(route, self._unrouted))
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | Path, crawlers: Crawlers | None = None) -> Policy:
+        """Read and compile a policy file; raises PolicyError naming the file, line and key."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"{p}: cannot read the policy: {exc.strerror}") from None
+        return cls.from_text(text, str(p), p.parent, crawlers)
+
+    @classmethod
+    def default(cls) -> Policy:
+        """The shipped default policy for a news site."""
+        text = resources.files("kalkan").joinpath(DEFAULT_POLICY).read_text(encoding="utf-8")
+        return cls.from_text(text, f"kalkan/{DEFAULT_POLICY}")
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<policy>", base_dir: Path | None = None,
+                  crawlers: Crawlers | None = None) -> Policy:
+        """Compile policy text. `base_dir` resolves relative file names (lists, crawlers)."""
+        doc = _Doc(source)
+        root = doc.compose(text)
+        if root is None:
+            return cls([], [], [], crawlers or load_crawlers(), (), source)
+        top = doc.mapping(root, "", _TOP_KEYS)
+        if "version" in top:
+            doc.choice(top["version"][1], "version", ("1",))
+        if crawlers is None:
+            crawlers = cls._crawlers(doc, top, base_dir)
+        lists = cls._lists(doc, top, base_dir)
+        routes = cls._routes(doc, top)
+        compiler = _Compiler(doc, crawlers, lists)
+        rules: list[Rule] = []
+        if "rules" in top:
+            seen: dict[str, int] = {}
+            for i, node in enumerate(doc.seq(top["rules"][1], "rules", False)):
+                rule = compiler.rule(node, f"rules[{i}]")
+                if rule.name in seen:
+                    raise doc.error(node, f"rules[{i}].name",
+                                    f"{rule.name!r} is already the name of the rule on line "
+                                    f"{seen[rule.name]}")
+                seen[rule.name] = rule.line
+                rules.append(rule)
+        thresholds = []
+        if "thresholds" in top:
+            for i, node in enumerate(doc.seq(top["thresholds"][1], "thresholds", False)):
+                thresholds.append(compiler.threshold(node, f"thresholds[{i}]"))
+            scores = [t.score for t in thresholds]
+            if len(set(scores)) != len(scores):
+                raise doc.error(top["thresholds"][1], "thresholds", "two thresholds share a "
+                                                                     "score")
+        return cls(rules, thresholds, compiler.meters.values(), crawlers, routes, source)
+
+    @staticmethod
+    def _crawlers(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]],
+                  base_dir: Path | None) -> Crawlers:
+        if "crawlers" not in top:
+            return load_crawlers()
+        node = top["crawlers"][1]
+        path = Path(doc.text(node, "crawlers"))
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            return load_crawlers(path)
+        except PolicyError as exc:
+            raise doc.error(node, "crawlers", str(exc)) from None
+
+    @staticmethod
+    def _lists(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]],
+               base_dir: Path | None) -> dict[str, AddressSet]:
+        lists: dict[str, AddressSet] = {}
+        if "lists" not in top:
+            return lists
+        for name, (_, node) in doc.mapping(top["lists"][1], "lists").items():
+            key = f"lists.{name}"
+            if isinstance(node, yaml.MappingNode):
+                fields = doc.mapping(node, key, ("file",))
+                if "file" not in fields:
+                    raise doc.error(node, f"{key}.file", "missing")
+                fnode = fields["file"][1]
+                path = Path(doc.text(fnode, f"{key}.file"))
+                if not path.is_absolute() and base_dir is not None:
+                    path = base_dir / path
+                try:
+                    values = read_ranges_file(path)
+                    lists[name] = AddressSet(parse_network(v) for v in values)
+                except (OSError, ValueError) as exc:
+                    raise doc.error(fnode, f"{key}.file", f"{path}: {exc}") from None
+                continue
+            nets = []
+            for i, item in enumerate(doc.seq(node, key)):
+                try:
+                    nets.append(parse_network(doc.text(item, f"{key}[{i}]")))
+                except ValueError as exc:
+                    raise doc.error(item, f"{key}[{i}]", str(exc)) from None
+            lists[name] = AddressSet(nets)
+        return lists
+
+    @staticmethod
+    def _routes(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]]
+                ) -> tuple[tuple[str, str], ...]:
+        if "routes" not in top:
+            return ()
+        out = []
+        for i, node in enumerate(doc.seq(top["routes"][1], "routes", False)):
+            key = f"routes[{i}]"
+            fields = doc.mapping(node, key, ("path", "route"))
+            for required in ("path", "route"):
+                if required not in fields:
+                    raise doc.error(node, f"{key}.{required}", "missing")
+            glob = doc.text(fields["path"][1], f"{key}.path")
+            route = doc.choice(fields["route"][1], f"{key}.route", ROUTE_CLASSES)
+            out.append((glob, route))
+        return tuple(out)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, facts: RequestFacts, clients: ClientTable, now: float) -> Verdict | None:
+        """The verdict for one request, or None when no rule has anything to say.
+
+        Call `clients.hit(facts, now)` first, so rate conditions count this request.
+        """
+        matched: list[Rule] | None = None
+        for checks, verdict, rule in self._by_route.get(facts.route, self._unrouted):
+            for check in checks:
+                if not check(facts, clients, now):
+                    break
+            else:
+                if verdict is not None:
+                    if matched is None:
+                        return verdict
+                    return dataclasses.replace(
+                        verdict, score=sum(r.weight for r in matched),
+                        matched=tuple(r.name for r in matched))
+                if matched is None:
+                    matched = []
+                matched.append(rule)
+        if matched is None:
+            return None
+        score = sum(r.weight for r in matched)
+        names = tuple(r.name for r in matched)
+        for threshold in self.thresholds:
+            if score >= threshold.score:
+                return dataclasses.replace(threshold.verdict, score=score, matched=names)
+        for rule in matched:
+            if rule.action == LOG and rule.verdict is not None:
+                return dataclasses.replace(rule.verdict, score=score, matched=names)
+        return None
+
+
+def default_policy_path() -> Path:
+    """Where the shipped default policy lives (to copy it as a starting point)."""
+    return Path(str(resources.files("kalkan").joinpath(DEFAULT_POLICY)))
+
+
+__all__ = ["ACTIONS", "ALLOW", "BLOCK", "CHALLENGE", "LOG", "TARPIT", "AddressSet",
+           "Crawler", "Crawlers", "GlobSet", "Policy", "PolicyError", "Rule", "Verdict",
+           "default_policy_path", "load_crawlers", "read_ranges_file"]

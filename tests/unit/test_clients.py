@@ -1,0 +1,356 @@
+"""The client table: GCRA meters per address / prefix / route class, eviction, ageing, keys."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kalkan.defense.clients import _EMPTY, _FREE, ClientTable, Meter
+from kalkan.defense.facts import RequestFacts, address_facts
+
+
+def facts(client: str = "203.0.113.7", route: str = "page") -> RequestFacts:
+    ip, version, prefix = address_facts(client)
+    return RequestFacts("GET", "news.example", "/", "", route, client, ip, version, prefix, "UA")
+
+
+def send(table: ClientTable, f: RequestFacts, now: float, n: int = 1) -> None:
+    for _ in range(n):
+        table.hit(f, now)
+
+
+PER_ADDRESS = Meter("address", 10, 10.0)
+PER_PREFIX = Meter("prefix", 10, 10.0)
+SEARCH_ONLY = Meter("address", 3, 60.0, frozenset({"search"}))
+
+
+# --------------------------------------------------------------------------- meters
+
+
+def test_meter_ids_are_stable_and_validated() -> None:
+    assert Meter("address", 20, 60.0, frozenset({"search", "form"})).id == \
+        "address:20/60s:form+search"
+    assert Meter("prefix", 5, 0.5).id == "prefix:5/0.5s:all"
+    for bad in [("host", 1, 1.0), ("address", 0, 1.0), ("address", 1, 0.0)]:
+        with pytest.raises(ValueError):
+            Meter(*bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="route class"):
+        Meter("address", 1, 1.0, frozenset({"pages"}))
+
+
+def test_burst_of_n_is_allowed_and_one_more_is_over() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=1)
+    f = facts()
+    send(table, f, 100.0, 10)
+    assert not table.over(PER_ADDRESS.id, f, 100.0)
+    send(table, f, 100.0)
+    assert table.over(PER_ADDRESS.id, f, 100.0)
+
+
+def test_window_edges_refill_at_n_per_t() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=1)   # 10 in 10 s: one slot back per second
+    f = facts()
+    send(table, f, 0.0, 10)
+    send(table, f, 0.999)
+    assert table.over(PER_ADDRESS.id, f, 0.999), "the 11th request inside the first second"
+    g = facts("203.0.113.8")
+    send(table, g, 0.0, 10)
+    send(table, g, 1.0)
+    assert not table.over(PER_ADDRESS.id, g, 1.0), "one request has drained after T/N"
+    send(table, g, 1.0)
+    assert table.over(PER_ADDRESS.id, g, 1.0)
+    h = facts("203.0.113.9")
+    send(table, h, 0.0, 10)
+    send(table, h, 10.0, 10)
+    assert not table.over(PER_ADDRESS.id, h, 10.0), "an idle period T refills the whole burst"
+
+
+def test_steady_rate_at_the_limit_is_never_over_and_just_above_it_is() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=1)
+    steady, fast = facts("198.51.100.1"), facts("198.51.100.2")
+    now = 0.0
+    for i in range(500):
+        now = i * 1.0                               # exactly N per T
+        send(table, steady, now)
+        assert not table.over(PER_ADDRESS.id, steady, now)
+    over_seen = False
+    for i in range(500):
+        now = 1000.0 + i * 0.9                      # 11 % faster
+        send(table, fast, now)
+        over_seen |= table.over(PER_ADDRESS.id, fast, now)
+    assert over_seen
+
+
+def test_a_flood_is_forgiven_soon_after_it_stops() -> None:
+    # The counter caps at one request beyond the limit: standing punishment is a decision's job.
+    table = ClientTable(100, [PER_ADDRESS], seed=1)
+    f = facts()
+    send(table, f, 50.0, 10_000)
+    assert table.over(PER_ADDRESS.id, f, 50.0)
+    assert table.level(PER_ADDRESS.id, f, 50.0) == pytest.approx(11.0)
+    assert not table.over(PER_ADDRESS.id, f, 51.01)
+
+
+def test_per_address_and_per_prefix_meters() -> None:
+    table = ClientTable(100, [PER_ADDRESS, PER_PREFIX], seed=1)
+    a, b, other = facts("192.0.2.1"), facts("192.0.2.200"), facts("192.0.3.1")
+    send(table, a, 0.0, 6)
+    send(table, b, 0.0, 5)
+    assert not table.over(PER_ADDRESS.id, a, 0.0) and not table.over(PER_ADDRESS.id, b, 0.0)
+    assert table.over(PER_PREFIX.id, a, 0.0) and table.over(PER_PREFIX.id, b, 0.0)
+    send(table, other, 0.0)
+    assert not table.over(PER_PREFIX.id, other, 0.0)
+    assert table.prefixes == 2 and len(table) == 3
+
+
+def test_meter_counts_only_its_route_classes() -> None:
+    table = ClientTable(100, [SEARCH_ONLY, PER_ADDRESS], seed=1)
+    page, search = facts(route="page"), facts(route="search")
+    send(table, page, 0.0, 50)
+    assert table.level(SEARCH_ONLY.id, page, 0.0) == 0.0
+    send(table, search, 0.0, 3)
+    assert not table.over(SEARCH_ONLY.id, search, 0.0)
+    send(table, search, 0.0)
+    assert table.over(SEARCH_ONLY.id, search, 0.0)
+
+
+def test_prefix_meter_for_other_routes_is_looked_up_on_demand() -> None:
+    search_prefix = Meter("prefix", 2, 60.0, frozenset({"search"}))
+    table = ClientTable(100, [search_prefix], seed=1)
+    send(table, facts("192.0.2.1", "search"), 0.0, 3)
+    page = facts("192.0.2.2", "page")
+    send(table, page, 0.0)                           # no prefix meter counts pages
+    assert table.over(search_prefix.id, page, 0.0)  # but the prefix is over all the same
+
+
+def test_unseen_client_is_never_over_and_unknown_meter_is_loud() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=1)
+    assert not table.over(PER_ADDRESS.id, facts("192.0.2.9"), 0.0)
+    assert table.level(PER_ADDRESS.id, facts("192.0.2.9"), 0.0) == 0.0
+    with pytest.raises(KeyError, match="set_meters"):
+        table.over("address:1/1s:all", facts(), 0.0)
+
+
+def test_over_after_another_request_looks_the_client_up_again() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=1)
+    a, b = facts("192.0.2.1"), facts("192.0.2.2")
+    send(table, a, 0.0, 11)
+    send(table, b, 0.0)
+    assert table.over(PER_ADDRESS.id, a, 0.0) and not table.over(PER_ADDRESS.id, b, 0.0)
+    # A reused, mutated facts object must not be mistaken for the cached one.
+    b.ip = a.ip
+    assert table.over(PER_ADDRESS.id, b, 0.0)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_ipv6_clients_group_by_64() -> None:
+    table = ClientTable(100, [PER_ADDRESS, PER_PREFIX], seed=1)
+    one, same64, other64 = (facts("2001:db8:1:2::1"), facts("2001:db8:1:2:ffff::9"),
+                            facts("2001:db8:1:3::1"))
+    send(table, one, 0.0, 6)
+    send(table, same64, 0.0, 5)
+    assert table.over(PER_PREFIX.id, same64, 0.0)
+    assert not table.over(PER_ADDRESS.id, same64, 0.0)
+    send(table, other64, 0.0)
+    assert not table.over(PER_PREFIX.id, other64, 0.0)
+
+
+def test_ipv4_mapped_ipv6_is_the_same_client_as_ipv4() -> None:
+    table = ClientTable(100, [PER_ADDRESS, PER_PREFIX], seed=1)
+    mapped, plain = facts("::ffff:203.0.113.5"), facts("203.0.113.5")
+    assert mapped.version == 4
+    send(table, mapped, 0.0, 6)
+    send(table, plain, 0.0, 5)
+    assert table.over(PER_ADDRESS.id, plain, 0.0)
+    assert len(table) == 1 and table.prefixes == 1
+
+
+def test_ipv4_and_ipv6_keys_never_collide() -> None:
+    table = ClientTable(100, [PER_ADDRESS, PER_PREFIX], seed=1)
+    v4 = facts("0.0.0.1")
+    v6 = facts("::1")                                 # the same integer, another family
+    assert v4.ip == v6.ip
+    send(table, v4, 0.0, 11)
+    assert not table.over(PER_ADDRESS.id, v6, 0.0)
+    assert not table.over(PER_PREFIX.id, v6, 0.0)
+
+
+def test_prefix_lengths_are_configurable() -> None:
+    table = ClientTable(100, [PER_PREFIX], prefix_v4=16, prefix_v6=48, seed=1)
+    send(table, facts("10.1.2.3"), 0.0, 6)
+    send(table, facts("10.1.200.3"), 0.0, 5)
+    # An address never seen itself is still over when its /16 is.
+    assert table.over(PER_PREFIX.id, facts("10.1.99.99"), 0.0)
+    assert not table.over(PER_PREFIX.id, facts("10.2.1.1"), 0.0)
+    send(table, facts("2001:db8:5:1::1"), 0.0, 6)
+    send(table, facts("2001:db8:5:ff::1"), 0.0, 5)
+    assert table.over(PER_PREFIX.id, facts("2001:db8:5:ff::1"), 0.0)
+    with pytest.raises(ValueError):
+        ClientTable(10, prefix_v4=33)
+
+
+def test_tables_are_salted_per_instance() -> None:
+    # Fingerprints use a random salt: the same address lands elsewhere in another table.
+    a, b = ClientTable(10), ClientTable(10)
+    assert a._address_fp(facts()) != b._address_fp(facts())
+
+
+# --------------------------------------------------------------------------- failures, history
+
+
+def test_challenge_failures_count_and_age_out() -> None:
+    table = ClientTable(100, [], failure_window=600, seed=1)
+    f = facts()
+    assert table.failures(f, 0.0) == 0
+    assert [table.note_challenge_failure(f, t) for t in (10.0, 20.0, 30.0)] == [1, 2, 3]
+    assert table.failures(f, 600.0) == 3
+    assert table.failures(f, 631.0) == 0
+    assert table.note_challenge_failure(f, 700.0) == 1, "a new failure after the window restarts"
+    table.note_challenge_pass(f)
+    assert table.failures(f, 700.0) == 0
+
+
+def test_first_and_last_seen() -> None:
+    table = ClientTable(100, [], seed=1)
+    f = facts()
+    assert table.seen(f) is None
+    send(table, f, 100.4)
+    send(table, f, 250.9)
+    assert table.seen(f) == (100, 250)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_capacity_is_a_hard_bound_and_eviction_keeps_lookups_right() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=3)
+    clients = [facts(f"10.0.{i // 200}.{i % 200}") for i in range(1000)]
+    for i, f in enumerate(clients):
+        send(table, f, float(i))
+    assert len(table) == 100
+    assert table.evictions >= 900
+    assert_consistent(table)
+    assert table.seen(clients[-1]) == (999, 999)
+
+
+def test_a_long_time_reader_survives_a_flood_of_new_addresses() -> None:
+    table = ClientTable(200, [PER_ADDRESS], seed=4)
+    reader = facts("198.51.100.77")
+    for t in range(0, 1000, 10):
+        send(table, reader, float(t))
+    for i in range(5000):                            # one request each, at the same second
+        send(table, facts(f"10.{i // 60000}.{(i // 250) % 240}.{i % 250}"), 1000.0)
+        if i % 50 == 0:
+            send(table, reader, 1000.0)
+    assert table.seen(reader) is not None
+    assert table.seen(reader)[0] == 0  # type: ignore[index]
+
+
+def test_idle_clients_age_out_in_bounded_sweeps() -> None:
+    table = ClientTable(1000, [PER_ADDRESS, PER_PREFIX], idle_ttl=300, seed=1)
+    old = [facts(f"10.1.{i}.1") for i in range(100)]
+    new = [facts(f"10.2.{i}.1") for i in range(100)]
+    for f in old:
+        send(table, f, 1000.0)
+    for f in new:
+        send(table, f, 1250.0)
+    assert table.expire(1200.0) == 0
+    removed = 0
+    for _ in range(10):
+        removed += table.expire(1301.0, budget=20)
+    assert removed == 200                            # 100 addresses + their 100 prefixes
+    assert len(table) == 100 and table.prefixes == 100
+    assert all(table.seen(f) is None for f in old)
+    assert all(table.seen(f) is not None for f in new)
+    assert_consistent(table)
+    send(table, old[0], 1400.0)
+    assert table.seen(old[0]) == (1400, 1400)
+    assert table.level(PER_ADDRESS.id, old[0], 1400.0) == pytest.approx(1.0)
+
+
+def test_set_meters_keeps_clients_and_unchanged_meters() -> None:
+    keep, drop, add = PER_ADDRESS, SEARCH_ONLY, Meter("address", 2, 60.0)
+    table = ClientTable(100, [keep, drop], seed=1)
+    f = facts(route="search")
+    send(table, f, 0.0, 11)
+    table.note_challenge_failure(f, 0.0)
+    table.set_meters([keep, add])
+    assert table.meter_ids == {keep.id, add.id}
+    assert table.over(keep.id, f, 0.0)
+    assert table.level(add.id, f, 0.0) == 0.0
+    assert table.failures(f, 0.0) == 1 and table.seen(f) == (0, 0)
+    with pytest.raises(KeyError):
+        table.over(drop.id, f, 0.0)
+    send(table, f, 0.0, 3)
+    assert table.over(add.id, f, 0.0)
+
+
+def test_memory_per_client_is_small() -> None:
+    meters = [Meter("address", n, 60.0) for n in range(1, 11)]
+    table = ClientTable(20_000, meters, seed=1)
+    empty = table.memory_bytes()
+    for i in range(20_000):
+        send(table, facts(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}"), 0.0)
+    per_client = (table.memory_bytes() - empty) / len(table)
+    assert per_client < 160, per_client
+    assert table.stats()["addresses"] == 20_000
+
+
+# --------------------------------------------------------------------------- properties
+
+
+def assert_consistent(table: ClientTable) -> None:
+    """Every tracked entry is findable from its fingerprint; the index holds nothing else."""
+    for part in (table._addr, table._pre):
+        live = [s for s in range(part.n) if part.last[s] != _FREE]
+        assert len(live) == part.count
+        for s in live:
+            assert part.find(part.fps[s]) == s
+        cells = [c for c in part.index if c != _EMPTY]
+        assert sorted(c - 1 for c in cells) == sorted(live)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["hit", "hit", "hit", "expire", "fail"]),
+                          st.integers(0, 40), st.integers(0, 30)), max_size=120))
+def test_table_stays_consistent_under_any_sequence(ops: list[tuple[str, int, int]]) -> None:
+    table = ClientTable(12, [PER_ADDRESS, PER_PREFIX], idle_ttl=20, prefix_capacity=6, seed=7)
+    now = 100.0
+    tracked_last: RequestFacts | None = None
+    for op, who, dt in ops:
+        now += dt
+        f = facts(f"10.{who % 3}.{who % 7}.{who}")
+        if op == "hit":
+            table.hit(f, now)
+            tracked_last = f
+        elif op == "fail":
+            table.note_challenge_failure(f, now)
+            tracked_last = f
+        else:
+            table.expire(now, budget=5)
+            tracked_last = None
+        assert len(table) <= 12 and table.prefixes <= 6
+        if tracked_last is not None:
+            assert table.seen(tracked_last) is not None
+    assert_consistent(table)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=60))
+def test_gcra_matches_a_leaky_bucket(gaps: list[int]) -> None:
+    # 4 requests in 2 s: a bucket of 4 draining 2 per second; times in 1/4 s are exact floats.
+    meter = Meter("address", 4, 2.0)
+    table = ClientTable(10, [meter], seed=1)
+    f = facts()
+    level, now, prev = 0.0, 10.0, 10.0
+    for gap in gaps:
+        now += gap / 4
+        level = max(0.0, level - (now - prev) * 2.0) + 1
+        level = min(level, 5.0)
+        prev = now
+        table.hit(f, now)
+        assert table.over(meter.id, f, now) == (level > 4.0)
+        assert table.level(meter.id, f, now) == pytest.approx(level)
