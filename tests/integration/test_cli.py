@@ -41,13 +41,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.
 class Served:
     """A `kalkan serve` process on free ports, ended by its PID."""
 
-    def __init__(self, origin_url: str, cache_dir: Path) -> None:
+    def __init__(self, origin_url: str, cache_dir: Path, config: Path | None = None) -> None:
         self.port = free_port()
         self.admin = free_port()
+        extra = ["--config", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
             [KALKAN, "serve", "--origin", origin_url, "--listen", f"127.0.0.1:{self.port}",
              "--admin", f"127.0.0.1:{self.admin}", "--cache-dir", str(cache_dir),
-             "--access-log", "off", "--state-dir", str(cache_dir.parent / "state")],
+             "--access-log", "off", "--state-dir", str(cache_dir.parent / "state"), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)
         wait_for_port(self.admin, self.proc)
@@ -128,3 +129,50 @@ def test_serve_refuses_a_bad_flag_value() -> None:
     out = subprocess.run([KALKAN, "serve", "--origin", "ftp://x", "--listen", "127.0.0.1:1"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "origin.url" in out.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KALKAN, *args], capture_output=True, text=True, timeout=30)
+
+
+async def test_decisions_reload_and_attack_mode_commands(origin: Origin, tmp_path: Path,
+                                                         served: list[Served]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules: []\n")
+    config = tmp_path / "kalkan.yaml"
+    config.write_text(f"defense:\n  policy: {policy}\n")
+    edge = Served(origin.url, tmp_path / "cache", config)
+    served.append(edge)
+    admin = ("--admin", f"127.0.0.1:{edge.admin}", "--state-dir", str(tmp_path / "state"))
+    out = await asyncio.to_thread(run_cli, "decisions", "add", "192.0.2.0/24", "--action",
+                                  "block", "--ttl", "2h", "--reason", "test flood", *admin)
+    assert out.returncode == 0 and "192.0.2.0/24 → block" in out.stdout
+    out = await asyncio.to_thread(run_cli, "decisions", "list", *admin)
+    assert "192.0.2.0/24" in out.stdout and "test flood" in out.stdout and "manual" in out.stdout
+    out = await asyncio.to_thread(run_cli, "decisions", "add", "banana", *admin)
+    assert out.returncode == 1 and "not an IP address" in out.stderr
+    out = await asyncio.to_thread(run_cli, "decisions", "delete", "192.0.2.0/24", *admin)
+    assert out.returncode == 0
+    out = await asyncio.to_thread(run_cli, "decisions", "clear", *admin)
+    assert out.returncode == 0 and "cleared 0" in out.stdout
+    # A broken policy: `kalkan reload` says why and the old policy keeps running.
+    policy.write_text("version: 1\nrules:\n  - name: x\n    action: explode\n")
+    out = await asyncio.to_thread(run_cli, "reload", *admin)
+    assert out.returncode == 1 and "keeping the old policy" in out.stderr
+    assert f"{policy}:4" in out.stderr
+    assert (await fetch(edge.port, "/")).status == 200
+    # SIGHUP reloads too (a good file now).
+    policy.write_text("version: 1\nrules:\n  - name: closed\n    match: {path: /}\n"
+                      "    action: block\n")
+    os.kill(edge.proc.pid, signal.SIGHUP)
+    for _ in range(50):
+        if (await fetch(edge.port, "/")).status == 403:
+            break
+        await asyncio.sleep(0.1)
+    assert (await fetch(edge.port, "/")).status == 403
+    out = await asyncio.to_thread(run_cli, "attack-mode", "on", *admin)
+    assert out.returncode == 0 and "attack mode on: threat level 2" in out.stdout
+    out = await asyncio.to_thread(run_cli, "attack-mode", *admin)
+    assert "attack mode on" in out.stdout
+    out = await asyncio.to_thread(run_cli, "attack-mode", "auto", *admin)
+    assert "attack mode auto" in out.stdout
