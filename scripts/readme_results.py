@@ -1,0 +1,112 @@
+"""Writes the benchmark figures into README.md from bench/results/*.json, so the README quotes
+the result files (and the commands that produced them), never numbers from memory."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+START, END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _met(flag: bool) -> str:
+    return "met" if flag else "**not met**"
+
+
+def throughput(d: dict[str, Any]) -> list[str]:
+    s, r = d["summary"], d["ratios"]
+    rows = [f"| {peer} | {v['requests_per_s']['median']:,.0f} | {v['p50_ms']['median']:.2f} | "
+            f"{v['p99_ms']['median']:.2f} |" for peer, v in s.items()]
+    nginx, varnish = r["kalkan_vs_nginx"], r["kalkan_vs_varnish"]
+    return [
+        f"**Cache hits, 20 KB page, wrk -c64, each server on the same one core** "
+        f"([bench/results/throughput.md](bench/results/throughput.md), `{d['command']}`):", "",
+        "| server | req/s (median) | p50 ms | p99 ms |", "| --- | --- | --- | --- |", *rows, "",
+        f"Kalkan / nginx proxy_cache: **{nginx['ratio']:.2f}x** (target 2.0x: "
+        f"{_met(nginx['met'])}); Kalkan / Varnish: **{varnish['ratio']:.2f}x** (target 1.5x: "
+        f"{_met(varnish['met'])}).", ""]
+
+
+def conformance(d: dict[str, Any]) -> list[str]:
+    c = d["counts"]
+    return [
+        f"**HTTP caching test suite** (`http-cache-tests`, "
+        f"[bench/results/cache_conformance.md](bench/results/cache_conformance.md), "
+        f"`{d['command']}`): passes — Kalkan **{c['kalkan']['pass']}**, nginx "
+        f"{c['nginx']['pass']}, Varnish {c['varnish']['pass']} (target: more than both: "
+        f"{_met(all(v['met'] for v in d['verdict'].values()))}).", ""]
+
+
+def defense(d: dict[str, Any]) -> list[str]:
+    t, med = d["targets"], d["median_rps"]
+    return [
+        f"**Defence on the hot paths** ([bench/results/defense_cost.md]"
+        f"(bench/results/defense_cost.md), `{d['command']}`): cache hit without defence "
+        f"{med['no-defence']:,.0f} req/s, with a valid pass {med['pass']:,.0f} req/s, refused "
+        f"{med['block']:,.0f} req/s — a refusal costs **{t['refusal_cost_vs_hit']['value']:.2f}x**"
+        f" a hit (target <= 0.33: {_met(t['refusal_cost_vs_hit']['met'])}), a pass adds "
+        f"**{t['pass_overhead']['value'] * 100:+.1f}%** (target <= +5%: "
+        f"{_met(t['pass_overhead']['met'])}).", ""]
+
+
+def firewall(d: dict[str, Any]) -> list[str]:
+    text = (RESULTS / "firewall.md").read_text()
+    rate = re.search(r"Decisions applied: \*\*([\d,]+)/s\*\*", text)
+    return [f"**Kernel drops** ([bench/results/firewall.md](bench/results/firewall.md), "
+            f"`{d['command']}`): {rate.group(1) if rate else '?'} decisions/s applied, "
+            f"1,000,000 entries in one nftables set.", ""]
+
+
+def clients(d: dict[str, Any]) -> list[str]:
+    md = (RESULTS / "client_memory.md").read_text().splitlines()
+    verdicts = [line for line in md if "target" in line.lower()][:3]
+    return [f"**Client tracking** ([bench/results/client_memory.md]"
+            f"(bench/results/client_memory.md), `{d['command']}`):", "", *verdicts, ""]
+
+
+def lab(d: dict[str, Any]) -> list[str]:
+    md = (RESULTS / "lab.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("|")][:20]
+    return [f"**Traffic lab: what readers get during an attack** ([bench/results/lab.md]"
+            f"(bench/results/lab.md), `{d['command']}`):", "", *table, "",
+            "![timeline](bench/results/lab_timeline.png)", ""]
+
+
+SECTIONS = (("throughput", throughput), ("cache_conformance", conformance),
+            ("defense_cost", defense), ("client_memory", clients), ("firewall", firewall),
+            ("lab", lab))
+
+
+def main() -> None:
+    lines: list[str] = [START, ""]
+    for name, render in SECTIONS:
+        data = _load(name)
+        if data is not None:
+            try:
+                lines += render(data)
+            except (KeyError, TypeError, AttributeError, FileNotFoundError) as exc:
+                lines += [f"({name}: results file in an unexpected shape: {exc})", ""]
+    lines.append(END)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = "\n".join(lines)
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text,
+                      flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()
