@@ -163,3 +163,19 @@ async def test_pass_cookie_from_the_challenge_endpoint(origin: Origin,
     # A replayed answer is refused and counted.
     replay = await get(port, f"/.kalkan/pow?c={challenge}&n={nonce}&r={ret}", "127.0.7.1")
     assert replay.status == 403
+
+
+async def test_defence_metrics(origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    await admin(edge, "POST", "/decisions", {"target": "127.0.9.9", "action": "block",
+                                             "ttl": 60, "reason": "metrics"})
+    await get(port, "/", "127.0.9.9")
+    await admin(edge, "POST", "/attack-mode?mode=on")
+    await get(port, "/news/issyk-kul-village-library/", "127.0.9.10")
+    text = (await get(edge.admin_address[1], "/metrics", "127.0.0.1")).body.decode()
+    assert 'kalkan_decisions_total{action="block",reason="decision"} 1' in text
+    assert 'kalkan_decisions_total{action="challenge",reason="attack_mode"} 1' in text
+    assert "kalkan_challenges_issued_total 1" in text
+    assert "kalkan_threat_level 2" in text
+    assert "kalkan_decisions_standing 1" in text

@@ -89,13 +89,14 @@ class Defense:
         m = metrics
         m.gauge("kalkan_threat_level", "Threat level: 0 peace, 1 elevated, 2 attack, 3 severe.",
                 lambda: self.attack.level)
-        m.gauge("kalkan_threat_changes", "Threat level changes since start.",
-                lambda: self.attack.changes)
-        m.gauge("kalkan_challenges_issued", "Challenge pages sent.",
-                lambda: self.challenges.issued)
-        m.gauge("kalkan_challenges_passed", "Challenges passed.", lambda: self.challenges.passed)
-        m.gauge("kalkan_challenges_failed", "Challenge answers that failed.",
-                lambda: self.challenges.failed)
+        m.counter("kalkan_threat_changes_total", "Threat level changes since start.",
+                  lambda: self.attack.changes)
+        m.counter("kalkan_challenges_issued_total", "Challenge pages sent.",
+                  lambda: self.challenges.issued)
+        m.counter("kalkan_challenges_passed_total", "Challenges passed.",
+                  lambda: self.challenges.passed)
+        m.counter("kalkan_challenges_failed_total", "Challenge answers that failed.",
+                  lambda: self.challenges.failed)
         m.gauge("kalkan_decisions_standing", "Standing decisions.", lambda: len(self.decisions))
         m.gauge("kalkan_clients_tracked", "Client addresses tracked.", lambda: len(self.clients))
         if firewall is not None:

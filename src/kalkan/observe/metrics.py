@@ -49,9 +49,14 @@ class Metrics:
         self.decisions: Counter[tuple[str, str]] = Counter()
         self.open_connections: Callable[[], int] = lambda: 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, fn)
+
+    def counter(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
+        """A counter kept by another part (read at scrape time); `name` ends in _total."""
+        self.counters[name] = (help_text, fn)
 
     def render(self) -> str:
         out: list[str] = []
@@ -98,7 +103,8 @@ class Metrics:
             out.append(f"{name} {value}")
         family("kalkan_open_connections", "gauge", "Open client connections.")
         out.append(f"kalkan_open_connections {self.open_connections()}")
-        for name, (help_text, fn) in sorted(self.gauges.items()):
-            family(name, "gauge", help_text)
-            out.append(f"{name} {fn()}")
+        for kind, table in (("gauge", self.gauges), ("counter", self.counters)):
+            for name, (help_text, fn) in sorted(table.items()):
+                family(name, kind, help_text)
+                out.append(f"{name} {fn()}")
         return "\n".join(out) + "\n"
