@@ -67,7 +67,7 @@ class LimitsConfig:
         1024)
     keepalive_timeout: float = _duration("Idle time before a keep-alive connection closes.", 15.0)
     send_timeout: float = _duration(
-        "How long a client may leave our send buffer full before it is cut off (slow reader).",
+        "How long a client may take none of what we sent before it is cut off (slow reader).",
         30.0)
     max_connections: int = _opt("Most open client connections on this edge.", 20000)
     max_connections_per_client: int = _opt(
