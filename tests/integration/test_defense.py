@@ -179,3 +179,27 @@ async def test_defence_metrics(origin: Origin, make_edge: EdgeFactory) -> None:
     assert "kalkan_challenges_issued_total 1" in text
     assert "kalkan_threat_level 2" in text
     assert "kalkan_decisions_standing 1" in text
+
+
+async def test_a_challenge_decision_is_met_by_a_new_pass_and_tokens_can_be_refused(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    from kalkan.defense.challenge.pages import challenge_fields
+    from kalkan.defense.challenge.pow import solve
+
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    await admin(edge, "POST", "/decisions", {"target": "127.0.10.0/24", "action": "challenge",
+                                             "ttl": 600, "reason": "noisy network"})
+    page = await get(port, "/ru/", "127.0.10.5")
+    assert page.status == 403
+    challenge, difficulty, ret = challenge_fields(page.body)
+    nonce = await asyncio.to_thread(solve, challenge, difficulty)
+    answer = await get(port, f"/.kalkan/pow?c={challenge}&n={nonce}&r={ret}", "127.0.10.5")
+    cookie = (answer.header("Set-Cookie") or "").split(";")[0]
+    assert (await get(port, "/ru/", "127.0.10.5", {"Cookie": cookie})).status == 200
+    # The operator revokes that one pass: refused wherever it comes from.
+    pass_id = cookie.split("=", 1)[1].split(".")[4]
+    added = await admin(edge, "POST", "/decisions", {"target": f"token:{pass_id}",
+                                                     "action": "block", "ttl": 600})
+    assert added.status == 200
+    assert (await get(port, "/ru/", "127.0.10.5", {"Cookie": cookie})).status == 403

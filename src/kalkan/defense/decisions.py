@@ -58,9 +58,18 @@ DEFAULT_ESCALATION = (
 )
 
 
+TOKEN_PREFIX = "token:"  # a decision about one pass token, wherever its holder moves
+
+
 def normalize_target(target: str) -> str:
-    """An address or CIDR in canonical text form; raises DecisionError naming the problem."""
+    """An address, CIDR or `token:ID` in canonical form; raises DecisionError naming the
+    problem."""
     text = target.strip()
+    if text.startswith(TOKEN_PREFIX):
+        token = text[len(TOKEN_PREFIX):]
+        if not token or len(token) > 64 or not token.replace("-", "").replace("_", "").isalnum():
+            raise DecisionError(f"{target!r} is not a pass token id")
+        return text
     try:
         if "/" in text:
             net = ipaddress.ip_network(text, strict=False)
@@ -143,11 +152,14 @@ class Decisions:
             callback(decision, target)
 
     # -- the request path -----------------------------------------------------------------------
-    def lookup(self, address: str, prefix: str, now: float) -> Decision | None:
-        """The harshest live decision for this client (address, its prefix, wider networks)."""
+    def lookup(self, address: str, prefix: str, now: float,
+               token: str | None = None) -> Decision | None:
+        """The harshest live decision for this client (address, its prefix, wider networks,
+        and its pass token when it has one)."""
         found = None
         if self.exact:
-            for key in (address, prefix):
+            keys = (address, prefix) if token is None else (address, prefix, TOKEN_PREFIX + token)
+            for key in keys:
                 d = self.exact.get(key)
                 if d is not None:
                     if d.expires <= now:

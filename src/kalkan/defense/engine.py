@@ -154,12 +154,19 @@ class Defense:
         if self.allow and self._allowlisted(facts):
             req.decision = "allow:allowlist"
             return None
-        standing = self.decisions.lookup(facts.client, facts.prefix, now)
-        if standing is not None and standing.action != "allow":
+        pass_ = self.challenges.valid_pass(facts, now)
+        standing = self.decisions.lookup(facts.client, facts.prefix, now,
+                                         pass_.id if pass_ is not None else None)
+        if standing is not None and standing.action != "allow" and not (
+                standing.action == "challenge" and pass_ is not None
+                and pass_.expires - self.config.pass_ttl >= standing.created - 1.0
+                and standing.target != "token:" + pass_.id):
+            # (A challenge decision is met by a pass earned after it was made; passes carry
+            # whole-second expiry times, hence the second of slack.)
             return self._apply(standing.action, f"decision:{standing.reason}", req, facts, now,
                                scheme, strike=standing.action in ("block", "drop"))
         self.clients.hit(facts, now)
-        has_pass = self.challenges.has_valid_pass(facts, now)
+        has_pass = pass_ is not None
         req.has_pass = has_pass
         verdict = self.policy.evaluate(facts, self.clients, now)
         if verdict is not None and verdict.action not in ("log", "allow"):
@@ -168,8 +175,13 @@ class Defense:
                 return None
             if verdict.ttl:
                 target = facts.client if verdict.scope == "address" else facts.prefix
-                self.decisions.add(target, verdict.action, verdict.ttl,
-                                   f"rule {verdict.rule}: {verdict.reason}", "rule", now)
+                why = f"rule {verdict.rule}: {verdict.reason}"
+                self.decisions.add(target, verdict.action, verdict.ttl, why, "rule", now)
+                if pass_ is not None:
+                    # A bot that solved the proof-of-work loses its pass too, not only its
+                    # address: the token is refused from anywhere until the decision ends.
+                    self.decisions.add("token:" + pass_.id, verdict.action, verdict.ttl, why,
+                                       "rule", now)
             return self._apply(verdict.action, f"rule:{verdict.rule}", req, facts, now, scheme,
                                strike=verdict.action == "block")
         req.decision = "pass" if has_pass else (f"allow:{verdict.rule}" if verdict else "")

@@ -432,7 +432,13 @@ class Pipeline:
         honor = self.config.cache.honor_request_cache_control
         rules = policy.request_rules(req.header_dict()) if honor else policy.NO_PREFERENCES
         return policy.reuse_decision(entry.age(self.clock.now), entry.lifetime, entry.stale, rules,
-                                     origin_failing=origin_failing, grace=self.config.cache.grace)
+                                     origin_failing=origin_failing, grace=self._grace())
+
+    def _grace(self) -> float:
+        """The grace period, longer under attack (level n: n + 1 times): readers keep getting
+        yesterday's copy while the origin is drowning."""
+        level = self.defense.attack.level if self.defense is not None else 0
+        return self.config.cache.grace * (1 + level)
 
     def _stale_allowed(self, entry: Entry, req: Request) -> bool:
         """May this stored entry stand in for an origin that just failed (RFC 5861 + grace)?"""
