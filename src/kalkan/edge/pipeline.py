@@ -358,11 +358,17 @@ class Pipeline:
         if verdict.action == "tarpit":
             await self._tarpit(req, conn, verdict, out)
             return True
+        self._send_verdict(req, conn, verdict, out)
+        return True
+
+    def _send_verdict(self, req: Request, conn: HttpConnection, verdict: Verdict,
+                      out: Outcome) -> None:
+        """Write a refusal or challenge answer and note it for the log."""
+        assert self.defense is not None
         data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
         out.status = verdict.response.status if verdict.response is not None else 403
         out.size, out.cache = len(data), "BYPASS"
         conn.write(data)
-        return True
 
     async def _tarpit(self, req: Request, conn: HttpConnection, verdict: Verdict,
                       out: Outcome) -> None:
@@ -387,10 +393,7 @@ class Pipeline:
         verdict = self.defense.before_origin(req, req.scheme)
         if verdict is None or verdict.action == "allow":
             return False
-        data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
-        out.status = verdict.response.status if verdict.response is not None else 403
-        out.size, out.cache = len(data), "BYPASS"
-        conn.write(data)
+        self._send_verdict(req, conn, verdict, out)
         return True
 
     async def _lookup(self, req: Request, conn: HttpConnection, out: Outcome) -> None:
