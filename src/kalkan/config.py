@@ -100,7 +100,7 @@ class OriginConfig:
     idle_connections: int = _opt("Idle keep-alive connections kept to the origin.", 32)
     breaker_failures: int = _opt(
         "Consecutive failures (no connection, timeout, broken response, 502/503/504) that open "
-        "the circuit breaker.", 5)
+        "the circuit breaker.", 20)
     breaker_cooldown: float = _duration("How long the open breaker fails fast before a probe.",
                                         10.0)
 
