@@ -203,3 +203,40 @@ async def test_a_challenge_decision_is_met_by_a_new_pass_and_tokens_can_be_refus
                                                      "action": "block", "ttl": 600})
     assert added.status == 200
     assert (await get(port, "/ru/", "127.0.10.5", {"Cookie": cookie})).status == 403
+
+
+async def test_limits_are_stricter_under_attack(origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    assert (await get(port, "/", "127.0.11.1")).status == 200  # the home page is cached now
+
+    async def pages_until_refused(source: str) -> int:
+        # A connection each: on one connection a run of identical requests is judged once
+        # per 250 ms window (and counted afterwards), which would blur the count here.
+        for i in range(400):
+            if (await get(port, "/", source)).status != 200:
+                return i
+        return 400
+
+    # The default policy challenges more than 180 pages a minute from one address; under
+    # attack a client without a pass counts double, so half as many pages trip it.
+    in_peace = await pages_until_refused("127.0.11.2")
+    await admin(edge, "POST", "/attack-mode?mode=on")
+    under_attack = await pages_until_refused("127.0.12.2")
+    assert 170 <= in_peace <= 190
+    assert 85 <= under_attack <= 95
+
+
+async def test_identical_requests_on_one_connection_are_counted_after_the_window(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    client = await Client.connect(port, local_addr=("127.0.14.2", 0))
+    try:
+        statuses = [(await client.request("GET", "/", UA)).status for _ in range(250)]
+        await asyncio.sleep(0.6)  # past the 250 ms window: the next request is judged afresh
+        statuses += [(await client.request("GET", "/", UA)).status for _ in range(2)]
+    finally:
+        await client.close()
+    assert statuses[0] == 200
+    assert statuses[-1] == 403  # the 250 pages were counted: more than 180 a minute

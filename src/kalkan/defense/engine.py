@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kalkan.config import ConfigError, DefenseConfig
-from kalkan.defense.attack_mode import AttackMode, Signals
+from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.clients import ClientTable
@@ -168,6 +168,10 @@ class Defense:
         self.clients.hit(facts, now)
         has_pass = pass_ is not None
         req.has_pass = has_pass
+        if not has_pass and self.attack.level >= ATTACK:
+            # Stricter limits under attack: a client that has not proven itself counts double
+            # in every rate meter, so each limit in the policy is halved for it.
+            self.clients.hit(facts, now)
         verdict = self.policy.evaluate(facts, self.clients, now)
         if verdict is not None and verdict.action not in ("log", "allow"):
             if verdict.action == "challenge" and has_pass:
