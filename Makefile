@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/kalkan demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 
 test: $(STAMP) debian-deps lint
 	bash scripts/run-tests.sh

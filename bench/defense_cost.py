@@ -130,31 +130,42 @@ def main(argv: list[str] | None = None) -> int:
                                 "p99_ms": result.latency_ms.get("p99", float("nan")),
                                 "cpu": result.cpu_busy_pct})
     med = {v: spread([r["rps"] for r in runs[v]])["median"] for v in variants}
-    block_ratio = med["block"] / med["no-defence"]
-    pass_ratio = med["pass"] / med["no-defence"]
+    # Cost per request = Kalkan's own CPU time / requests answered. Throughput alone would
+    # understate a cheap path: a refusal is so cheap that wrk's core, not Kalkan's, sets the
+    # pace (see the CPU columns).
+    cost = {v: spread([r["cpu"]["proxy_own"] / 100.0 / r["rps"] * 1e6 for r in runs[v]])["median"]
+            for v in variants}
+    block_ratio = cost["block"] / cost["no-defence"]
+    pass_ratio = cost["pass"] / cost["no-defence"]
     verdicts = {
-        "refusal_cost_vs_hit": {"value": 1 / block_ratio, "target": "<= 0.333",
-                                "met": block_ratio >= 3.0},
-        "pass_overhead": {"value": 1 / pass_ratio - 1, "target": "<= 0.05",
-                          "met": pass_ratio >= 0.95},
+        "refusal_cost_vs_hit": {"value": block_ratio, "target": "<= 0.333",
+                                "met": block_ratio <= 1 / 3},
+        "pass_overhead": {"value": pass_ratio - 1, "target": "<= 0.05",
+                          "met": pass_ratio <= 1.05},
     }
     checks = {"pass_all_2xx": all(r["non_2xx"] == 0 for r in runs["pass"]),
               "block_all_refused": all(r["non_2xx"] > 0 for r in runs["block"])}
     data = {"command": command_line(MODULE, argv), "machine": machine_info(),
             "duration_s": duration, "repetitions": reps, "runs": runs, "median_rps": med,
-            "targets": verdicts, "checks": checks}
+            "median_cpu_us_per_request": cost, "targets": verdicts, "checks": checks}
     rows = [[v, f"{med[v]:,.0f}", f"{spread([r['rps'] for r in runs[v]])['min']:,.0f}–"
-             f"{spread([r['rps'] for r in runs[v]])['max']:,.0f}",
+             f"{spread([r['rps'] for r in runs[v]])['max']:,.0f}", f"{cost[v]:.1f}",
+             f"{spread([r['cpu']['proxy_own'] for r in runs[v]])['median']:.0f}% / "
+             f"{spread([r['cpu']['wrk_own'] for r in runs[v]])['median']:.0f}%",
              f"{runs[v][-1]['p50_ms']:.2f}", f"{runs[v][-1]['p99_ms']:.2f}"] for v in variants]
     md = [
         "# What the defence costs on the hot paths", "",
         f"- Command: `{data['command']}`",
         f"- wrk -t1 -c64 for {duration} s per run on core {LOAD_CPU}, Kalkan on core "
         f"{SERVER_CPU}, {reps} interleaved repetitions; the 20 KB cached page `{BENCH_PATH}`.",
-        "", markdown_table(["variant", "req/s (median)", "range", "p50 ms", "p99 ms"], rows), "",
-        f"- A refused request costs **{1 / block_ratio:.2f}x** a cache hit (target <= 0.33): "
+        "", markdown_table(["variant", "req/s (median)", "range", "Kalkan CPU µs / request",
+                            "CPU used: Kalkan / wrk", "p50 ms", "p99 ms"], rows), "",
+        "Cost per request is Kalkan's own CPU time divided by the requests it answered "
+        "(median over the repetitions): on a shared machine and with wrk near its own core's "
+        "limit for tiny refusals, req/s alone would misstate it.", "",
+        f"- A refused request costs **{block_ratio:.2f}x** a cache hit (target <= 0.33): "
         f"**{'MET' if verdicts['refusal_cost_vs_hit']['met'] else 'NOT MET'}**",
-        f"- A request with a valid pass costs **{(1 / pass_ratio - 1) * 100:+.1f}%** over no "
+        f"- A request with a valid pass costs **{(pass_ratio - 1) * 100:+.1f}%** over no "
         f"defence (target <= +5%): **{'MET' if verdicts['pass_overhead']['met'] else 'NOT MET'}**",
         f"- Checks: every pass request answered 2xx: {checks['pass_all_2xx']}; every block "
         f"request refused: {checks['block_all_refused']}.",
@@ -166,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report("defense_cost", data["command"], data["machine"], data=data,
                     sections=md[2:])
     report.write("What the defence costs on the hot paths", out_dir)
-    log(f"block/hit {block_ratio:.2f}x, pass/hit {pass_ratio:.3f}x")
+    log(f"cost per request: block/hit {block_ratio:.2f}x, pass/hit {pass_ratio:.3f}x")
     return 0
 
 

@@ -52,7 +52,8 @@ def defense(d: dict[str, Any]) -> list[str]:
         f"**Defence on the hot paths** ([bench/results/defense_cost.md]"
         f"(bench/results/defense_cost.md), `{d['command']}`): cache hit without defence "
         f"{med['no-defence']:,.0f} req/s, with a valid pass {med['pass']:,.0f} req/s, refused "
-        f"{med['block']:,.0f} req/s — a refusal costs **{t['refusal_cost_vs_hit']['value']:.2f}x**"
+        f"{med['block']:,.0f} req/s; in Kalkan's CPU time per request a refusal costs "
+        f"**{t['refusal_cost_vs_hit']['value']:.2f}x**"
         f" a hit (target <= 0.33: {_met(t['refusal_cost_vs_hit']['met'])}), a pass adds "
         f"**{t['pass_overhead']['value'] * 100:+.1f}%** (target <= +5%: "
         f"{_met(t['pass_overhead']['met'])}).", ""]

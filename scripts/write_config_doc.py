@@ -1,4 +1,4 @@
-"""Writes docs/config.md from the config dataclasses, so the reference never drifts from the code."""
+"""Writes docs/config.md from the config dataclasses, so the reference never drifts from code."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ HEAD = """# Configuration reference
 `--access-log`, `--cache-dir`) override it. `kalkan check-config FILE` validates a file: every error
 names the file, the line and the dotted key (and suggests the key you probably meant).
 
-Durations: `500ms`, `10s`, `5m`, `6h`, `1d` or a number of seconds. Sizes: `64KiB`, `256MiB`, `1GiB`,
-`1GB` or a number of bytes.
+Durations: `500ms`, `10s`, `5m`, `6h`, `1d` or a number of seconds. Sizes: `64KiB`, `256MiB`,
+`1GiB`, `1GB` or a number of bytes.
 
 A minimal file:
 
