@@ -354,3 +354,24 @@ def test_gcra_matches_a_leaky_bucket(gaps: list[int]) -> None:
         table.hit(f, now)
         assert table.over(meter.id, f, now) == (level > 4.0)
         assert table.level(meter.id, f, now) == pytest.approx(level)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["page", "search", "login"]), st.integers(0, 8)),
+                min_size=1, max_size=80))
+def test_address_quiet_is_exactly_no_address_meter_over(steps: list[tuple[str, int]]) -> None:
+    # The policy skips per-address rate rules for a quiet client: that must never hide an
+    # over meter, including one filled by another route class earlier.
+    meters = [Meter("address", 3, 2.0), Meter("address", 2, 4.0, frozenset({"login"})),
+              Meter("address", 4, 1.0, frozenset({"search", "page"})), Meter("prefix", 2, 1.0)]
+    table = ClientTable(10, meters, seed=1)
+    now = 0.0
+    for route, gap in steps:
+        now += gap / 8
+        f = facts("192.0.2.1", route)
+        table.hit(f, now)
+        any_over = any(table.over(m.id, f, now) for m in meters if m.per == "address")
+        assert table.address_quiet(f, now) == (not any_over)
+        later = now + 0.3
+        any_over = any(table.over(m.id, f, later) for m in meters if m.per == "address")
+        assert table.address_quiet(f, later) == (not any_over)

@@ -199,6 +199,17 @@ def test_several_rates_must_all_hold() -> None:
     assert site.action(a) == "block"
 
 
+def test_a_meter_filled_on_another_route_is_seen_on_this_one() -> None:
+    site = Site(compile_rules(
+        "  - name: login-abuser\n"
+        "    match: {rate: {more_than: 3, in: 1m, routes: [login]}}\n"
+        "    action: block\n"))
+    for _ in range(4):
+        site.send(req("/wp-login.php", method="POST"), 1.0)
+    assert site.action(req("/article"), 2.0) == "block"
+    assert site.action(req("/article", client="192.0.2.99"), 2.0) is None
+
+
 def test_challenge_failures() -> None:
     site = one_rule("{challenge_failures: {more_than: 2}}")
     f = req()
@@ -293,7 +304,7 @@ def test_claimed_crawler_memo_is_bounded() -> None:
     crawlers = load_crawlers()
     for i in range(10_000):
         crawlers.claimed(f"flood-{i}")
-    assert len(crawlers._memo) <= 4096
+    assert len(crawlers.memo) <= 4096
 
 
 # --------------------------------------------------------------------------- order, weights
@@ -664,3 +675,17 @@ def test_default_policy_fits_the_memory_target_per_client() -> None:
         clients.hit(f, 1.0)
     assert clients.prefixes == 20_000
     assert (clients.memory_bytes() - empty) / len(clients) < 256
+
+
+def test_the_documented_examples_compile() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", docs.read_text(), re.S)
+    compiled = 0
+    for block in blocks:
+        if "file:" in block or "crawlers:" in block or not re.search(r"^(rules|thresholds):",
+                                                                      block, re.M):
+            continue
+        policy = Policy.from_text(block, "docs/policy.md")
+        compiled += 1
+        assert policy.rules or policy.thresholds
+    assert compiled >= 3

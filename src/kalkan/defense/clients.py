@@ -1,24 +1,26 @@
 """Bounded per-client state: rate meters per address and per prefix, challenge failures, first and
 last seen. The policy decides which meters exist; this module only counts, in flat arrays.
-
-Layout. Two tables, one keyed by address and one by prefix (IPv4 /24, IPv6 /64 by default). Each
-is an open-addressing hash index (`array('I')`, load <= 1/2, linear probing) over dense slots;
-every per-client value lives in an `array` indexed by slot, and a slot's meters are one row of a
-row-major `array('d')` (contiguous in memory, cleared in one operation when the slot is reused).
-A client costs about 50 bytes plus 8 per meter, where a dict of Python objects costs hundreds.
-
-Keys. The index is keyed by a 64-bit fingerprint: SipHash (Python's `hash` of bytes, randomized per
-process) of the address XOR a random per-table salt. Raw integers are not used as keys because
-`hash(int)` is not keyed: anyone holding an IPv6 /48 could mint thousands of addresses with one
-hash value and turn every lookup into a long scan, or collide with a victim's fingerprint.
-
-Meters. Each meter is a GCRA (generic cell rate algorithm, the virtual-scheduling form of a leaky
-bucket): "more than N requests in T seconds" holds a burst of N and refills at N per T. It stores
-one float per client, the theoretical arrival time (TAT); each counted request pushes it T/N
-seconds later, and the client is over the limit when TAT - now > T. TAT is capped at one request
-beyond the limit, so a flood that stops is forgiven within T/N seconds: longer punishment is the
-job of the decision TTL a rule sets, not of the counter.
 """
+
+# Design notes.
+#
+# Layout. Two tables, one keyed by address and one by prefix (IPv4 /24, IPv6 /64 by default).
+# Each is an open-addressing hash index (array('I'), load <= 1/2, linear probing) over dense
+# slots; every per-client value lives in an array indexed by slot, and a slot's meters are one
+# row of a row-major array('d') (contiguous, cleared in one operation when the slot is reused).
+# A client costs about 50 bytes plus 8 per meter, where a dict of Python objects costs hundreds.
+#
+# Keys. The index is keyed by a 64-bit fingerprint: SipHash (Python's hash of bytes, randomized
+# per process) of the address XOR a random per-table salt. Raw integers are not used as keys
+# because hash(int) is not keyed: anyone holding an IPv6 /48 could mint thousands of addresses
+# with one hash value and turn every lookup into a long scan, or collide with a victim.
+#
+# Meters. Each meter is a GCRA (generic cell rate algorithm, the virtual-scheduling form of a
+# leaky bucket): "more than N requests in T seconds" holds a burst of N and refills at N per T.
+# It stores one float per client, the theoretical arrival time (TAT); each counted request
+# pushes it T/N seconds later, and the client is over the limit when TAT - now > T. TAT is
+# capped at one request beyond the limit, so a flood that stops is forgiven within T/N seconds:
+# longer punishment is the job of the decision TTL a rule sets, not of the counter.
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import sys
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from math import trunc
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
 
@@ -93,6 +96,7 @@ class _Slots:
         self.first = array("I")                     # first seen
         self.fail_count = array("H")                # recent challenge failures
         self.fail_at = array("I")                   # time of the latest failure
+        self.over_until = array("d")                # no per-address meter is over after this
         self.width = 0                              # meters per slot
         self.meters = array("d")                    # row-major: slot * width + meter
         self.zero_row = array("d")
@@ -108,7 +112,7 @@ class _Slots:
     def _columns(self) -> list[array]:
         cols = [self.fps, self.last]
         if self.with_history:
-            cols += [self.first, self.fail_count, self.fail_at]
+            cols += [self.over_until, self.first, self.fail_count, self.fail_at]
         return cols
 
     def _grow(self) -> None:
@@ -180,6 +184,7 @@ class _Slots:
         self.fps[slot] = fp
         self.last[slot] = t
         if self.with_history:
+            self.over_until[slot] = 0.0
             self.first[slot] = t
             self.fail_count[slot] = 0
             self.fail_at[slot] = 0
@@ -289,8 +294,8 @@ class ClientTable:
         # meter id -> (meter, counts per address?, offset in its table's rows, TAT - now
         # beyond which the client is over)
         self._meters: dict[str, tuple[Meter, bool, int, float]] = {}
-        # route class -> ((offset, T/N, cap) per address meter, the same per prefix meter)
-        self._by_route: dict[str, tuple[tuple[tuple[int, float, float], ...], ...]] = {}
+        # route class -> ((offset, T/N, cap, beyond) per address meter, the same per prefix)
+        self._by_route: dict[str, tuple[tuple[tuple[int, float, float, float], ...], ...]] = {}
         # client address text -> (ip, slot, fingerprint), checked against the slot when used
         self._hot: dict[str, tuple[int, int, int]] = {}
         self._last: tuple[RequestFacts | None, int, int, int] = (None, -1, -1, -1)
@@ -322,8 +327,8 @@ class ClientTable:
         by_route = {}
         for route in ROUTE_CLASSES:
             by_route[route] = tuple(
-                tuple((k, m.period / m.limit, m.period + m.period / m.limit)
-                      for m, per_address, k, _ in new.values()
+                tuple((k, m.period / m.limit, m.period + m.period / m.limit, beyond)
+                      for m, per_address, k, beyond in new.values()
                       if per_address is (per == ADDRESS) and (not m.routes or route in m.routes))
                 for per in PER)
         self._by_route = by_route
@@ -368,7 +373,7 @@ class ClientTable:
         """Count this request in every meter that applies to its route class."""
         # Written out flat: this runs for every request that is not a replayed cache hit.
         ip = facts.ip
-        t = int(now)
+        t = trunc(now)                       # math.trunc: a third of int()'s cost here
         a_meters, p_meters = self._by_route.get(facts.route) or self._by_route["page"]
         addr = self._addr
         fps = addr.fps
@@ -398,20 +403,30 @@ class ClientTable:
         if a_meters:
             rows = addr.meters
             base = a * addr.width
-            for k, interval, cap in a_meters:
+            until = now
+            for k, interval, cap, beyond in a_meters:
                 j = base + k
                 tat = rows[j]
                 if tat < now:
                     tat = now
                 tat += interval
                 limit = now + cap
-                rows[j] = tat if tat < limit else limit
+                if tat > limit:
+                    tat = limit
+                rows[j] = tat
+                if tat - beyond > until:
+                    until = tat - beyond
+            # The meter is over until TAT - beyond, and TATs only move on a hit: the latest
+            # end of "over" across meters is when the client is under them all again. Only
+            # meters over now need recording, so a client under its limits costs no write.
+            if until > now and until > addr.over_until[a]:
+                addr.over_until[a] = until
         if p_meters:
             p = self._pre.get(self._prefix_fp(facts), t)
             pre = self._pre
             rows = pre.meters
             base = p * pre.width
-            for k, interval, cap in p_meters:
+            for k, interval, cap, _ in p_meters:
                 j = base + k
                 tat = rows[j]
                 if tat < now:
@@ -442,6 +457,18 @@ class ClientTable:
             return False
         table = self._addr if per_address else self._pre
         return table.meters[slot * table.width + k] - now > beyond
+
+    def address_quiet(self, facts: RequestFacts, now: float) -> bool:
+        """True when no per-address meter of this client is over: the policy then skips every
+        rule that needs one. One array read after `hit()`; False (look closer) otherwise."""
+        last = self._last
+        if facts is last[0] and facts.ip == last[1]:
+            a = last[2]
+        else:
+            a = self._slot(facts, True)
+            if a < 0:
+                return True
+        return self._addr.over_until[a] <= now
 
     def level(self, meter_id: str, facts: RequestFacts, now: float) -> float:
         """The meter's current fill in requests (0 .. limit + 1), for logs and scores."""
@@ -500,11 +527,12 @@ class ClientTable:
 
     # -- housekeeping -----------------------------------------------------------------------
 
-    def expire(self, now: float, budget: int = 65536) -> int:
+    def expire(self, now: float, budget: int = 4096) -> int:
         """Forget clients idle for `idle_ttl`; scans at most `budget` slots of each table.
 
-        Call it about once a second: a full sweep of a million clients is spread over ~16 calls
-        instead of stalling the event loop once. Returns the number of entries removed.
+        Call it about once a second: a sweep of a million clients is spread over four minutes of
+        calls of a few milliseconds each instead of one long stall of the event loop (idle_ttl
+        is an hour). Returns the number of entries removed.
         """
         older_than = int(now - self.idle_ttl)
         if older_than <= 0:

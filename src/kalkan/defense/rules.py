@@ -1,9 +1,5 @@
-"""The policy file: YAML rules compiled into cheap matchers, and the search-engine crawler list.
-
-`Policy.from_file()` reads and checks a policy (errors name the file, line and key) and compiles
-each rule's conditions into a short tuple of checks, cheapest first; `Policy.evaluate()` walks the
-rules that can apply to the request's route class, top to bottom. The format is documented in
-docs/policy.md; the shipped default is kalkan/data/policy.yaml.
+"""The policy file: YAML rules compiled into cheap matchers (Policy, Verdict) and the list of
+search-engine crawlers that verifies their addresses (Crawlers). Format: docs/policy.md.
 """
 
 from __future__ import annotations
@@ -264,7 +260,7 @@ class Crawlers:
             f"(?P<c{i}>{c.user_agent.pattern})" for i, c in enumerate(self.crawlers.values())
         )) if self.crawlers else None
         self._group_names = {f"c{i}": name for i, name in enumerate(self.crawlers)}
-        self._memo: dict[str, str | None] = {}
+        self.memo: dict[str, str | None] = {}      # user agent -> claimed crawler (bounded)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -272,7 +268,7 @@ class Crawlers:
 
     def claimed(self, user_agent: str) -> str | None:
         """The crawler this user agent claims to be, whatever the address."""
-        name = self._memo.get(user_agent, "")
+        name = self.memo.get(user_agent, "")
         if name != "":
             return name
         found = None
@@ -280,9 +276,9 @@ class Crawlers:
             m = self._combined.search(user_agent)
             if m is not None:
                 found = self._group_names[m.lastgroup or ""]
-        if len(self._memo) >= 4096:
-            self._memo.clear()           # random user agents in a flood must not grow this
-        self._memo[user_agent] = found
+        if len(self.memo) >= 4096:
+            self.memo.clear()            # random user agents in a flood must not grow this
+        self.memo[user_agent] = found
         return found
 
     def verified(self, user_agent: str, version: int, ip: int) -> str | None:
@@ -360,6 +356,8 @@ class Rule:
     verdict: Verdict | None       # prebuilt for terminal rules: no allocation on a match
     routes: frozenset[str] | None  # the rule's `route` condition, used to skip it early
     line: int
+    address_rate: bool = False    # needs a per-address rate: cannot match a quiet client
+    needs_claim: bool = False     # needs a crawler user agent: cannot match a browser
 
     def matches(self, facts: RequestFacts, clients: ClientTable, now: float) -> bool:
         return all(check(facts, clients, now) for check in self.checks)
@@ -389,10 +387,13 @@ class GlobSet:
     a set lookup or one startswith/endswith call; only the rest go through a regex.
     """
 
-    __slots__ = ("_exact", "_prefixes", "_suffixes", "_regex")
+    __slots__ = ("exact", "prefixes", "suffixes", "regex")
 
     def __init__(self, globs: Iterable[str]) -> None:
-        exact, prefixes, suffixes, other = set(), [], [], []
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        other: list[str] = []
         for g in globs:
             body = g.strip("*")
             simple = bool(body) and not any(c in body for c in "*?[")
@@ -404,17 +405,15 @@ class GlobSet:
                 suffixes.append(body)
             else:
                 exact.add(g)
-        self._exact = frozenset(exact)
-        self._prefixes = tuple(prefixes)
-        self._suffixes = tuple(suffixes)
-        self._regex = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in other)) \
+        self.exact, self.prefixes, self.suffixes = frozenset(exact), tuple(prefixes), \
+            tuple(suffixes)
+        self.regex = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in other)) \
             if other else None
 
     def match(self, text: str) -> bool:
-        return (text in self._exact
-                or (bool(self._prefixes) and text.startswith(self._prefixes))
-                or (bool(self._suffixes) and text.endswith(self._suffixes))
-                or (self._regex is not None and self._regex.match(text) is not None))
+        return (text in self.exact or text.startswith(self.prefixes)
+                or text.endswith(self.suffixes)
+                or (self.regex is not None and self.regex.match(text) is not None))
 
 
 def _host_only(host: str) -> str:
@@ -438,7 +437,10 @@ class _Compiler:
         self.lists = lists
         self.meters: dict[str, Meter] = {}
 
-    def match(self, node: yaml.Node, key: str) -> tuple[tuple[Check, ...], frozenset[str] | None]:
+    def match(self, node: yaml.Node, key: str
+              ) -> tuple[tuple[Check, ...], frozenset[str] | None, bool, bool]:
+        """(checks cheapest first, the `route` condition, whether the rule needs a per-address
+        rate to be over, whether it needs a user agent that claims a crawler)."""
         doc = self.doc
         fields = doc.mapping(node, key, _MATCH_KEYS)
         checks: list[tuple[int, Check]] = []
@@ -450,7 +452,19 @@ class _Compiler:
                 routes = frozenset(doc.texts(vnode, where))
             checks.append((_COST[name], check))
         checks.sort(key=lambda c: c[0])
-        return tuple(c for _, c in checks), routes
+        address_rate = False
+        if "rate" in fields:
+            rnode = fields["rate"][1]
+            items = [rnode] if isinstance(rnode, yaml.MappingNode) else rnode.value
+            for item in items:
+                per = next((v for k, v in item.value if k.value == "per"), None)
+                address_rate |= per is None or per.value == ADDRESS
+        needs_claim = False
+        for name in ("verified_crawler", "claims_crawler"):
+            if name in fields:
+                want = doc.value(fields[name][1])
+                needs_claim |= want is not False       # true or a list of names
+        return tuple(c for _, c in checks), routes, address_rate, needs_claim
 
     # Each _c_NAME(node, key) returns one check for the match key NAME.
 
@@ -474,8 +488,20 @@ class _Compiler:
         for g in globs:
             if not g.startswith(("/", "*")):
                 raise self.doc.error(node, key, f"path glob {g!r} must start with / or *")
-        matcher = GlobSet(globs)
-        return lambda f, c, now: matcher.match(f.path)
+        g = GlobSet(globs)
+        e, st, en = g.exact, g.prefixes, g.suffixes
+        rx = g.regex.match if g.regex is not None else None
+        # Spelled out (no call into GlobSet): path globs are on the page route's hot path.
+        if rx is None:
+            def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
+                path = f.path
+                return path in e or path.startswith(st) or path.endswith(en)
+        else:
+            def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
+                path = f.path
+                return (path in e or path.startswith(st) or path.endswith(en)
+                        or rx(path) is not None)
+        return check
 
     def _c_path_regex(self, node: yaml.Node, key: str) -> Check:
         pattern = self.doc.regex(node, key)
@@ -561,17 +587,33 @@ class _Compiler:
     def _c_verified_crawler(self, node: yaml.Node, key: str) -> Check:
         want = self._crawler_names(node, key)
         crawlers = self.crawlers
-        if isinstance(want, bool):
-            return lambda f, c, now: (
-                crawlers.verified(f.user_agent, f.version, f.ip) is not None) is want
-        return lambda f, c, now: crawlers.verified(f.user_agent, f.version, f.ip) in want
+        memo = crawlers.memo
+
+        def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
+            # Nearly every request is a browser: one memo lookup settles it.
+            name = memo.get(f.user_agent, "")
+            if name == "":
+                name = crawlers.claimed(f.user_agent)
+            if name is not None and not crawlers.crawlers[name].ranges.contains(f.version, f.ip):
+                name = None
+            if want is True or want is False:
+                return (name is not None) is want
+            return name in want
+        return check
 
     def _c_claims_crawler(self, node: yaml.Node, key: str) -> Check:
         want = self._crawler_names(node, key)
         crawlers = self.crawlers
-        if isinstance(want, bool):
-            return lambda f, c, now: (crawlers.claimed(f.user_agent) is not None) is want
-        return lambda f, c, now: crawlers.claimed(f.user_agent) in want
+        memo = crawlers.memo
+
+        def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
+            name = memo.get(f.user_agent, "")
+            if name == "":
+                name = crawlers.claimed(f.user_agent)
+            if want is True or want is False:
+                return (name is not None) is want
+            return name in want
+        return check
 
     def _c_rate(self, node: yaml.Node, key: str) -> Check:
         doc = self.doc
@@ -609,7 +651,7 @@ class _Compiler:
         return lambda f, c, now: c.failures(f, now) > limit
 
     def _c_not(self, node: yaml.Node, key: str) -> Check:
-        checks, _ = self.match(node, key)
+        checks, _, _, _ = self.match(node, key)
         return lambda f, c, now: not all(check(f, c, now) for check in checks)
 
     # -- rules and thresholds ---------------------------------------------------------------
@@ -642,14 +684,17 @@ class _Compiler:
             else ADDRESS
         checks: tuple[Check, ...] = ()
         routes = None
+        address_rate = needs_claim = False
         if "match" in fields:
-            checks, routes = self.match(fields["match"][1], f"{key}.match")
+            checks, routes, address_rate, needs_claim = self.match(fields["match"][1],
+                                                                   f"{key}.match")
         verdict = None
         if action in TERMINAL:
             verdict = Verdict(action, name, reason, ttl, scope)
         elif action == LOG:
             verdict = Verdict(LOG, name, reason, None, scope)
-        return Rule(name, checks, action, weight, verdict, routes, node.start_mark.line + 1)
+        return Rule(name, checks, action, weight, verdict, routes, node.start_mark.line + 1,
+                    address_rate, needs_claim)
 
     def threshold(self, node: yaml.Node, key: str) -> Threshold:
         doc = self.doc
@@ -694,17 +739,27 @@ class Policy:
         self.classifier = RouteClassifier(routes + DEFAULT_ROUTES)
         # Rules that can apply to each route class, in order; rules with a `route` condition
         # are left out of the other classes, so a page request never looks at login rules.
-        # Each entry is (checks, verdict if the rule decides else None, rule).
-        self._by_route: dict[str, tuple[tuple[tuple[Check, ...], Verdict | None, Rule], ...]] = {
-            route: tuple((r.checks, r.verdict if r.action in TERMINAL else None, r)
-                         for r in self.rules if r.routes is None or route in r.routes)
-            for route in ROUTE_CLASSES}
-        self._unrouted = tuple((r.checks, r.verdict if r.action in TERMINAL else None, r)
-                               for r in self.rules if r.routes is None)
+        # Four variants per class drop what cannot match the common cases: rules needing a
+        # per-address rate to be over (for a client under all of them) and rules needing a
+        # crawler's user agent (for a browser). Each entry: (checks, verdict if the rule
+        # decides else None, rule).
+        Entry = tuple[tuple[Check, ...], Verdict | None, Rule]
+
+        def entries(route: str | None, quiet: bool, browser: bool) -> tuple[Entry, ...]:
+            return tuple(
+                (r.checks, r.verdict if r.action in TERMINAL else None, r) for r in self.rules
+                if (r.routes is None or route in r.routes)
+                and not (quiet and r.address_rate) and not (browser and r.needs_claim))
+        self._variants: dict[tuple[bool, bool], dict[str | None, tuple[Entry, ...]]] = {
+            (quiet, browser): {route: entries(route, quiet, browser)
+                               for route in (*ROUTE_CLASSES, None)}
+            for quiet in (False, True) for browser in (False, True)}
+        self._memo = crawlers.memo
 
     def rules_for(self, route: str) -> tuple[Rule, ...]:
         """The rules a request of this route class is checked against, in order."""
-        return tuple(r for _, _, r in self._by_route.get(route, self._unrouted))
+        table = self._variants[(False, False)]
+        return tuple(r for _, _, r in table.get(route, table[None]))
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -831,7 +886,14 @@ class Policy:
         Call `clients.hit(facts, now)` first, so rate conditions count this request.
         """
         matched: list[Rule] | None = None
-        for checks, verdict, rule in self._by_route.get(facts.route, self._unrouted):
+        claimed = self._memo.get(facts.user_agent, "")
+        if claimed == "":
+            claimed = self.crawlers.claimed(facts.user_agent)
+        table = self._variants[(clients.address_quiet(facts, now), claimed is None)]
+        entries = table.get(facts.route)
+        if entries is None:
+            entries = table[None]
+        for checks, verdict, rule in entries:
             for check in checks:
                 if not check(facts, clients, now):
                     break
