@@ -375,3 +375,20 @@ def test_address_quiet_is_exactly_no_address_meter_over(steps: list[tuple[str, i
         later = now + 0.3
         any_over = any(table.over(m.id, f, later) for m in meters if m.per == "address")
         assert table.address_quiet(f, later) == (not any_over)
+
+
+def test_hit_with_a_count_equals_that_many_hits() -> None:
+    from kalkan.defense.clients import ClientTable, Meter
+    from kalkan.defense.facts import RequestFacts, address_facts
+
+    meter = Meter("address", 10, 60.0)
+    one, many = ClientTable(100, [meter]), ClientTable(100, [meter])
+    ip, version, prefix = address_facts("192.0.2.7")
+    facts = RequestFacts("GET", "h", "/", "", "page", "192.0.2.7", ip, version, prefix, "ua")
+    for _ in range(7):
+        one.hit(facts, 1000.0)
+    many.hit(facts, 1000.0, 7)
+    assert one.level(meter.id, facts, 1000.0) == many.level(meter.id, facts, 1000.0)
+    assert not many.over(meter.id, facts, 1000.0)
+    many.hit(facts, 1000.0, 5)
+    assert many.over(meter.id, facts, 1000.0)

@@ -369,8 +369,9 @@ class ClientTable:
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def hit(self, facts: RequestFacts, now: float) -> None:
-        """Count this request in every meter that applies to its route class."""
+    def hit(self, facts: RequestFacts, now: float, n: int = 1) -> None:
+        """Count this request (or `n` identical ones, counted late) in every meter that applies
+        to its route class."""
         # Written out flat: this runs for every request that is not a replayed cache hit.
         ip = facts.ip
         t = trunc(now)                       # math.trunc: a third of int()'s cost here
@@ -409,7 +410,7 @@ class ClientTable:
                 tat = rows[j]
                 if tat < now:
                     tat = now
-                tat += interval
+                tat += interval * n
                 limit = now + cap
                 if tat > limit:
                     tat = limit
@@ -431,7 +432,7 @@ class ClientTable:
                 tat = rows[j]
                 if tat < now:
                     tat = now
-                tat += interval
+                tat += interval * n
                 limit = now + cap
                 rows[j] = tat if tat < limit else limit
         else:

@@ -195,8 +195,7 @@ class Defense:
         """Requests let through by a per-connection standing verdict, counted afterwards."""
         now = time.time()
         self.counts["requests"] += n
-        for _ in range(n):
-            self.clients.hit(facts, now)
+        self.clients.hit(facts, now, n)
 
     def before_origin(self, req: Request, scheme: str = "http") -> Verdict | None:
         """On a cache miss under attack: unknown clients pass a challenge before the origin."""
@@ -218,7 +217,7 @@ class Defense:
         self.decided[(action, reason.split(":", 1)[0])] += 1
         req.decision = f"{action}:{reason}"
         if strike:
-            self.decisions.strike(facts.client, reason, now)
+            self.decisions.strike(facts.client, action, now)
         if action == "challenge":
             ret = return_url_for(req.method, req.path, req.query, req.host,
                                  req.header(b"referer"))

@@ -32,6 +32,7 @@ class AccessLog:
         self.enabled = self._file is not None
         self._second = -1
         self._stamp = ""
+        self._quoted: dict[str, str] = {}  # JSON forms of recent clients and decisions
 
     def _time(self, now: float) -> str:
         sec = int(now)
@@ -59,10 +60,19 @@ class AccessLog:
         if f is None:
             return
         origin = "null" if origin_ms is None else f"{origin_ms:.1f}"
+        memo = self._quoted
+        client_js = memo.get(client)
+        if client_js is None:
+            client_js = memo[client] = _js(client)
+        decision_js = memo.get(decision)
+        if decision_js is None:
+            if len(memo) > 8192:
+                memo.clear()  # addresses and reasons of a botnet must not grow this
+            decision_js = memo[decision] = _js(decision)
         f.write(
-            f'{{"time":"{self._time(now)}","client":{_js(client)},{request},"status":{status},'
+            f'{{"time":"{self._time(now)}","client":{client_js},{request},"status":{status},'
             f'"bytes":{size},"cache":"{cache}","origin_ms":{origin},"total_ms":{total_ms:.2f},'
-            f'"decision":{_js(decision)}}}\n')
+            f'"decision":{decision_js}}}\n')
 
     def flush(self) -> None:
         if self._file is not None:
