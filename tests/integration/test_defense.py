@@ -240,3 +240,16 @@ async def test_identical_requests_on_one_connection_are_counted_after_the_window
         await client.close()
     assert statuses[0] == 200
     assert statuses[-1] == 403  # the 250 pages were counted: more than 180 a minute
+
+
+async def test_under_attack_an_expired_page_is_served_stale_not_challenged(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True},
+                           cache={"query": {"paths": {"/_demo/*": ["*"]}}})
+    port = port_of(edge)
+    url = "/_demo/respond?cc=max-age%3D1&body=news"
+    assert (await get(port, url, "127.0.15.1")).status == 200
+    await admin(edge, "POST", "/attack-mode?mode=on")
+    await asyncio.sleep(1.3)
+    resp = await get(port, url, "127.0.15.2")
+    assert resp.status == 200 and resp.header("X-Cache") == "STALE" and resp.body == b"news"

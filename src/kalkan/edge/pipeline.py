@@ -365,6 +365,9 @@ class Pipeline:
                       out: Outcome) -> None:
         """Write a refusal or challenge answer and note it for the log."""
         assert self.defense is not None
+        # A body we did not read ends the connection: say so instead of promising keep-alive.
+        if req.body is not None and not req.body.done:
+            req.keep_alive = False
         data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
         out.status = verdict.response.status if verdict.response is not None else 403
         out.size, out.cache = len(data), "BYPASS"
@@ -415,6 +418,13 @@ class Pipeline:
                     return self._error(req, conn, out, 504, "Not in the cache.", [])
                 case _:
                     pass  # REVALIDATE: fetch below, with this entry's validators
+        if entry is not None and self.defense is not None and self.defense.attack.level \
+                and not req.has_pass and self._stale_allowed(entry, req):
+            # Under attack an unproven reader gets the stale copy (within grace) rather than a
+            # challenge, and the edge refreshes the page itself.
+            self._revalidate_in_background(req, key, entry)
+            self.metrics.stale_served["attack_mode"] += 1
+            return await self._deliver(req, conn, entry, "STALE", out)
         if await self._challenge_before_origin(req, conn, out):
             return
         if self.uncacheable.get(key, 0.0) > self.clock.now:
