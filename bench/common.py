@@ -67,13 +67,18 @@ def require_loopback(target: str) -> str:
         host = target.rsplit(":", 1)[0]
     if host == "localhost":
         return target
+    require_loopback_ip(host, f"target {target!r}")
+    return target
+
+
+def require_loopback_ip(host: str, what: str) -> None:
+    """Raise unless *host* is an IP literal in 127.0.0.0/8 or ``::1``; *what* names it."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise BenchError(f"refusing non-loopback target {target!r}: not an IP literal") from None
+        raise BenchError(f"refusing non-loopback {what}: not an IP literal") from None
     if not address.is_loopback:
-        raise BenchError(f"refusing non-loopback target {target!r}")
-    return target
+        raise BenchError(f"refusing non-loopback {what}")
 
 
 # --------------------------------------------------------------------------- ports

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from bench.common import BenchError, require_loopback
+from bench.common import BenchError, require_loopback, require_loopback_ip
 
 # Address plan (all inside 127.0.0.0/8, which Linux routes to lo as a whole). Readers, feed
 # readers, the crawler and bots never share a /24, so per-prefix rules see them apart.
@@ -24,13 +24,8 @@ BOTS_BASE = 100        # bots: 127.100.0.0 and up
 
 
 def require_loopback_source(address: str) -> str:
-    """Return *address* if it is a loopback IPv4 literal (a source we may bind), else raise."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        raise BenchError(f"refusing source address {address!r}: not an IP literal") from None
-    if not ip.is_loopback:
-        raise BenchError(f"refusing non-loopback source address {address!r}")
+    """Return *address* if it is a loopback IP literal (a source we may bind), else raise."""
+    require_loopback_ip(address, f"source address {address!r}")
     return address
 
 
