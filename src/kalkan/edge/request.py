@@ -91,7 +91,7 @@ class Request:
                  "version", "keep_alive", "body", "content_length", "chunked", "started",
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
                  "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
-                 "checked", "facts", "has_pass", "prefetched_body", "verdict")
+                 "checked", "facts", "has_pass", "prefetched_body", "verdict", "connection")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -124,6 +124,7 @@ class Request:
         self.has_pass = False
         self.prefetched_body: bytes | None = None
         self.verdict: Verdict | None = None   # a decision taken on the hot path (the tarpit)
+        self.connection: bytes | None = None  # the Connection field's tokens, comma-joined
 
     def clone_for(self, client: str, peer: str) -> Request:
         """The same request from another connection (the replay path): parsed fields shared."""

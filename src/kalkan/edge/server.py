@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from kalkan.edge.pipeline import Pipeline, _Standing
 
 _SWEEP_INTERVAL = 0.25
+_SLICE = 4096  # bytes of request heads parsed at a time (see HttpConnection._parse)
+_ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 _BODY_RATE_GRACE = 5.0
 _LINGER_TIME = 2.0  # seconds input is still read (and dropped) after a last error response
 
@@ -65,10 +67,16 @@ class Clock:
 class BadRequest(Exception):
     """A request the edge will not interpret: answered with `status`, then the connection closed."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
+
+
+class _StopParsing(Exception):
+    """Raised by a parser callback: input after a request that ends the connection is not read."""
 
 
 class ConnectionGone(Exception):
@@ -86,7 +94,7 @@ class HttpConnection(asyncio.Protocol):
                  "_refused", "_queue", "_busy", "_task", "_read_paused_by", "_write_paused",
                  "_drain_waiter", "bytes_out", "_eof", "deadline", "deadline_kind",
                  "write_deadline", "_write_mark", "body_started", "body_base", "_proxy_buf",
-                 "_chunk", "standing")
+                 "_chunk", "standing", "_stash", "_upgrade_body", "_synthetic", "_closing")
 
     def __init__(self, server: EdgeServer, scheme: str = "http") -> None:
         self.server = server
@@ -134,6 +142,12 @@ class HttpConnection(asyncio.Protocol):
         # The bytes of the last read, while they may still be exactly one request (see replay).
         self._chunk: bytes | None = None
         self.standing: _Standing | None = None  # the defence's recent verdict on replayed bytes
+        # Input not yet parsed because the pipelining queue is full (fed again as it drains).
+        self._stash: bytes | None = None
+        # A request that asked for an Upgrade and carries a body: its body is still to come.
+        self._upgrade_body: Request | None = None
+        self._synthetic = False  # parser callbacks now see our own stand-in head: ignore them
+        self._closing = False  # a request said the connection ends after it
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -171,7 +185,7 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client half-closed: answer what it already asked for, then close."""
-        if (self._busy or self._queue) and self.deadline_kind != _LINGERING:
+        if (self._busy or self._queue or self._stash) and self.deadline_kind != _LINGERING:
             self._eof = True
             return True  # keep the transport open for the answers (ignored under TLS)
         return None
@@ -283,24 +297,10 @@ class HttpConnection(asyncio.Protocol):
             self.deadline_kind = _IDLE
             return
         self._chunk = data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # After a request whose Upgrade we ignore (see on_headers_complete) llhttp parses
-            # no more: that request is answered, then the connection closes.
-            self._refused = True
-            self.pause_reading("upgrade")
+        if self._stash is not None:
+            self._stash += data  # the queue is full: parse in order once it drains
             return
-        except httptools.HttpParserError as exc:
-            # httptools wraps what a callback raised in HttpParserCallbackError.
-            cause = exc.__context__
-            if isinstance(cause, BadRequest):
-                self._refuse(cause.status, cause.detail)
-            else:
-                self._refuse(400, f"Malformed request: {_parser_reason(exc)}.")
-            return
-        except BadRequest as exc:
-            self._refuse(exc.status, exc.detail)
+        if not self._parse(data):
             return
         if self._in_head:
             # Count whole reads after the one that began this head: at most one read (256 KiB)
@@ -312,6 +312,93 @@ class HttpConnection(asyncio.Protocol):
                 self._head_fed += len(data)
                 if self._head_fed > self._head_limit:
                     self._refuse(431, "The request head is too large.")
+
+    def _parse(self, data: bytes | memoryview) -> bool:
+        """Feed the parser, in slices while requests pile up; False once the input is refused.
+
+        llhttp parses everything it is given, so one read of many small pipelined requests would
+        queue them all. Fed a slice at a time, parsing stops when the queue is full; the rest
+        waits in `_stash` (reading paused) until answers drain it.
+        """
+        view = memoryview(data) if len(data) > _SLICE else None
+        start = 0
+        while True:
+            if view is None:
+                piece: bytes | memoryview = data
+            else:
+                end = start + self._slice_size()
+                piece = view[start:end]
+            if not self._feed(piece):
+                return False
+            if view is None:
+                return True
+            start += len(piece)
+            if start >= len(data):
+                return True
+            if len(self._queue) > self.limits.max_pipelined and not self._refused:
+                self._stash = bytes(view[start:])
+                self.pause_reading("pipeline")
+                return True
+            if self._refused:
+                return False
+
+    def _slice_size(self) -> int:
+        """A whole Content-Length body in one go (uploads stay fast); heads a slice at a time."""
+        req = self._req
+        if req is not None and req.body is not None and not self._in_head and not req.chunked \
+                and req.content_length is not None:
+            return max(_SLICE, req.content_length - req.body.received)
+        return _SLICE
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """One parser call, with its refusals; False if parsing must stop."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            req = self._upgrade_body
+            if req is not None:
+                # llhttp ends a message that asks for an Upgrade before its body (httptools
+                # skips it). We ignore Upgrade, so the body is this request's: parse it.
+                return self._parse_upgrade_body(req, data[exc.args[0]:])
+            # After a request whose Upgrade we ignore (see on_headers_complete) llhttp parses
+            # no more: that request is answered, then the connection closes.
+            self._refused = True
+            self.pause_reading("upgrade")
+            return False
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raised in HttpParserCallbackError.
+            cause = exc.__context__
+            if isinstance(cause, _StopParsing):
+                self._refused = True
+                self.pause_reading("upgrade")
+            elif isinstance(cause, BadRequest):
+                self._refuse(cause.status, cause.detail, cause.headers)
+            else:
+                self._refuse(400, f"Malformed request: {_parser_reason(exc)}.")
+            return False
+        except BadRequest as exc:
+            self._refuse(exc.status, exc.detail, exc.headers)
+            return False
+        return True
+
+    def _parse_upgrade_body(self, req: Request, rest: bytes | memoryview) -> bool:
+        """Read the body of a request whose Upgrade was ignored, with llhttp's own framing.
+
+        A fresh parser is primed with a stand-in head carrying the same framing; its callbacks
+        are ignored until the body starts. The connection closes after this request, so nothing
+        after the body is parsed (see `_StopParsing`).
+        """
+        self._upgrade_body = None
+        self.parser = httptools.HttpRequestParser(self)
+        framing = b"Transfer-Encoding: chunked" if req.chunked else \
+            b"Content-Length: %d" % (req.content_length or 0)
+        self._synthetic = True
+        try:
+            self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
+        finally:
+            self._synthetic = False
+        self._req = req
+        return self._feed(rest) if len(rest) else True
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         assert self._proxy_buf is not None
@@ -337,7 +424,8 @@ class HttpConnection(asyncio.Protocol):
         self._admit()
         return b"" if self.closed else buf[header.consumed:]
 
-    def _refuse(self, status: int, detail: str) -> None:
+    def _refuse(self, status: int, detail: str,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer a request we will not interpret, and close: nothing ambiguous goes upstream."""
         self._refused = True
         self._in_head = False
@@ -350,12 +438,18 @@ class HttpConnection(asyncio.Protocol):
         if self._busy:
             # Let the response in progress finish; then close instead of answering more.
             self._queue.clear()
-            self._queue.append(_Refusal(status, detail))  # type: ignore[arg-type]
+            self._queue.append(_Refusal(status, detail, extra))  # type: ignore[arg-type]
             return
-        self._answer_and_close(error_response(status, detail, self.clock.now))
+        self._answer_and_close(error_response(status, detail, self.clock.now, extra=extra))
 
     # -- parser callbacks (per-request state) ---------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._synthetic:
+            return
+        if self._closing:
+            # The last request said the connection ends after it: what follows is not a request
+            # of ours to interpret (and must never reach the origin as one).
+            raise _StopParsing()
         req = Request()
         req.peer = self.peer
         req.client = self.client
@@ -372,11 +466,15 @@ class HttpConnection(asyncio.Protocol):
             self.deadline_kind = _HEADERS
 
     def on_url(self, url: bytes) -> None:
+        if self._synthetic:
+            return
         self._url += url
         if len(self._url) > self.limits.max_request_line:
             raise BadRequest(414, "The request target is too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._synthetic:
+            return
         req = self._req
         assert req is not None
         self._header_bytes += len(name) + len(value) + 4
@@ -396,6 +494,8 @@ class HttpConnection(asyncio.Protocol):
             _note_field(req, lname, value.rstrip(b" \t"))
 
     def on_headers_complete(self) -> None:
+        if self._synthetic:
+            return
         req = self._req
         assert req is not None
         self._in_head = False
@@ -411,11 +511,19 @@ class HttpConnection(asyncio.Protocol):
             raise BadRequest(505, "Only HTTP/1.0 and HTTP/1.1 are spoken here.")
         if req.method == "CONNECT":
             raise BadRequest(501, "CONNECT is not supported by this edge.")
+        if req.method in ("TRACE", "TRACK"):
+            # Echoing requests helps cross-site tracing; no news site needs it (nginx: 405).
+            raise BadRequest(405, "TRACE is not allowed here.", [(b"Allow", _ALLOW)])
+        _check_framing(req, self.limits.max_body_bytes)
+        if req.connection is not None:
+            _drop_connection_listed(req)
         if parser.should_upgrade():
             # No WebSocket or h2c here. A server may ignore Upgrade (RFC 9110 §7.8): answer as
-            # plain HTTP (the pipeline drops the hop-by-hop fields), then close.
+            # plain HTTP (the pipeline drops the hop-by-hop fields), then close. llhttp ends the
+            # message here, before any body: `_feed` then reads the body itself.
             req.keep_alive = False
-        _check_framing(req, self.limits.max_body_bytes)
+            if req.content_length or req.chunked:
+                self._upgrade_body = req
         if target[:1] == b"/" and b"#" not in target:
             path, _, query = target.partition(b"?")
             req.path = path.decode("latin-1")
@@ -462,6 +570,10 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         req = self._req
         assert req is not None
+        if req is self._upgrade_body:
+            return  # ended early by llhttp: the body follows (see `_parse_upgrade_body`)
+        if not req.keep_alive:
+            self._closing = True
         self._req = None
         self._in_head = False
         if req.body is not None:
@@ -479,8 +591,9 @@ class HttpConnection(asyncio.Protocol):
             queue.append(req)
             if len(queue) > self.limits.max_pipelined:
                 self.pause_reading("pipeline")
-                # Pausing stops the next read, not the rest of this one (up to 256 KiB).
-                if len(queue) > 4 * self.limits.max_pipelined:
+                # Input is parsed a slice at a time (`_parse`), so the queue can only pass the
+                # limit by what one slice holds; this is the backstop.
+                if len(queue) > self.limits.max_pipelined + _SLICE // 8:
                     raise BadRequest(400, "Too many pipelined requests.")
             return
         self._dispatch(req)
@@ -491,7 +604,7 @@ class HttpConnection(asyncio.Protocol):
         data = self.pipeline.respond_now(req) if req.body is None and not self._write_paused \
             else None
         if data is not None:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.writelines(data)  # type: ignore[union-attr]
             if self._chunk is not None:
                 self.pipeline.remember(self._chunk, req)
                 self._chunk = None
@@ -544,14 +657,24 @@ class HttpConnection(asyncio.Protocol):
         while self._queue and not self._busy and not self.closed:
             nxt = self._queue.popleft()
             if isinstance(nxt, _Refusal):
-                self._answer_and_close(error_response(nxt.status, nxt.detail, self.clock.now))
+                self._answer_and_close(error_response(nxt.status, nxt.detail, self.clock.now,
+                                                      extra=nxt.headers))
                 return
-            if len(self._queue) <= self.limits.max_pipelined // 2:
-                self.resume_reading("pipeline")
             self._dispatch(nxt)
+            if len(self._queue) <= self.limits.max_pipelined // 2:
+                self._drain_stash()
+
+    def _drain_stash(self) -> None:
+        """The queue has room again: parse the input held back, then read more."""
+        stash = self._stash
+        if stash is not None:
+            self._stash = None
+            if not self._parse(stash) or self._stash is not None:
+                return  # refused, or the queue filled again
+        self.resume_reading("pipeline")
 
     def _finished(self, req: Request) -> None:
-        if not req.keep_alive or (self._eof and not self._queue):
+        if not req.keep_alive or (self._eof and not self._queue and self._stash is None):
             if req.body is not None and not req.body.done:
                 self._answer_and_close(b"")  # unread body: a plain close could RST the answer
             else:
@@ -622,20 +745,63 @@ class HttpConnection(asyncio.Protocol):
 class _Refusal:
     """Stands in the pipelining queue for an answer owed once the one in progress is sent."""
 
-    __slots__ = ("status", "detail")
+    __slots__ = ("status", "detail", "headers")
     body = None  # looked at like a queued Request's when the connection is lost
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str,
+                 headers: list[tuple[bytes, bytes]] | None) -> None:
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
 _NOTED_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect",
-                           b"if-none-match", b"if-modified-since", b"authorization", b"cookie"})
+                           b"if-none-match", b"if-modified-since", b"authorization", b"cookie",
+                           b"connection"})
 # unreserved / sub-delims / pct-encoded of a reg-name, plus ":" and "[]" for ports and IPv6.
 _HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=%:[]")
-_GOOD_HOSTS: set[bytes] = set()  # Host values that passed the check (the hot path's few sites)
+# Host values seen lately → (canonical name, port or None); bounded, any client can send any Host.
+_HOSTS: dict[bytes, tuple[str, int | None]] = {}
+_DEFAULT_PORT = {"http": 80, "https": 443}
+# Fields a Connection header may not make us drop: the edge frames and routes by them itself.
+_NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+
+
+def canonical_host(value: bytes) -> tuple[str, int | None]:
+    """RFC 3986 host [":" port] → (lowercase name without a trailing dot, port); BadRequest if
+    it is not one. The cache key and the Host sent to the origin are both built from this, so
+    `NEWS.TEST`, `news.test.` and `news.test:80` are one site, fetched as one site."""
+    known = _HOSTS.get(value)
+    if known is not None:
+        return known
+    # A Host with "/", "@", spaces... would make the cache key, redirects and the origin's
+    # virtual host disagree about which site this is.
+    if not value or value.translate(None, _HOST_CHARS):
+        raise BadRequest(400, "Invalid Host header.")
+    text = value.decode("ascii").lower()
+    if text.startswith("["):  # an IPv6 literal
+        end = text.find("]")
+        name, rest = text[:end + 1], text[end + 1:]
+        if end < 2 or (rest and not rest.startswith(":")):
+            raise BadRequest(400, "Invalid Host header.")
+    else:
+        name, sep, rest = text.partition(":")
+        rest = sep + rest
+        if name.endswith("."):
+            name = name[:-1]  # the absolute form of a DNS name is the same site
+        if not name or name.startswith(".") or ".." in name:
+            raise BadRequest(400, "Invalid Host header.")
+    port: int | None = None
+    digits = rest[1:]
+    if digits:  # "host:" (an empty port) is allowed by RFC 3986 and means the default
+        if not digits.isdigit() or len(digits) > 5 or not 0 < int(digits) < 65536:
+            raise BadRequest(400, "Invalid port in the Host header.")
+        port = int(digits)
+    if len(_HOSTS) >= 1024:
+        _HOSTS.clear()
+    _HOSTS[value] = result = (name, port)
+    return result
 
 
 def _note_field(req: Request, name: bytes, value: bytes) -> None:
@@ -650,15 +816,9 @@ def _note_field(req: Request, name: bytes, value: bytes) -> None:
         req.transfer_encoding = value if te is None else te + b"," + value
     elif name == b"host":
         req.host_fields += 1
-        # RFC 3986 host [":" port]: a Host with "/", "@", spaces... would make the cache key,
-        # redirects and the origin's virtual host disagree about which site this is.
-        if value not in _GOOD_HOSTS:
-            if value.translate(None, _HOST_CHARS):
-                raise BadRequest(400, "Invalid Host header.")
-            if len(_GOOD_HOSTS) >= 1024:
-                _GOOD_HOSTS.clear()  # any client can send any Host: keep the memo bounded
-            _GOOD_HOSTS.add(value)
-        req.host = value.decode("latin-1")
+        host, port = canonical_host(value)
+        req.host = host if port is None or port == _DEFAULT_PORT.get(req.scheme) \
+            else f"{host}:{port}"
     elif name == b"expect":
         if value.lower() != b"100-continue":
             raise BadRequest(417, "Only 'Expect: 100-continue' is understood.")
@@ -667,8 +827,29 @@ def _note_field(req: Request, name: bytes, value: bytes) -> None:
         req.authorization = True
     elif name == b"cookie":
         req.cookie = value if req.cookie is None else req.cookie + b"; " + value
+    elif name == b"connection":
+        req.connection = value if req.connection is None else req.connection + b"," + value
     else:
         req.conditional = True
+
+
+def _drop_connection_listed(req: Request) -> None:
+    """Remove the fields the Connection header names (RFC 9110 §7.6.1), before anything reads
+    them: the origin never sees them, so the cache key, Vary and the session check must not
+    either (else a variant fetched without `Accept-Language` is stored as the `ru` one)."""
+    assert req.connection is not None
+    names = {t.strip().lower() for t in req.connection.split(b",")} - _NOT_HOP_BY_HOP
+    names.discard(b"")
+    if not names:
+        return
+    req.headers = [(k, v) for k, v in req.headers if k.lower() not in names]
+    if b"cookie" in names:
+        req.cookie = None
+    if b"authorization" in names:
+        req.authorization = False
+    if names & {b"if-none-match", b"if-modified-since"}:
+        req.conditional = any(k.lower() in (b"if-none-match", b"if-modified-since")
+                              for k, _ in req.headers)
 
 
 def _check_framing(req: Request, max_body: int) -> None:
