@@ -37,7 +37,7 @@ class RedirectToHttps:
         self.log_error = pipeline.log_error
         self.port_suffix = "" if https_port == 443 else f":{https_port}"
 
-    def respond_now(self, req: Request) -> bytes:
+    def respond_now(self, req: Request) -> tuple[bytes]:
         host = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
         location = f"https://{host}{self.port_suffix}{req.target.decode('latin-1')}"
         if any(c in location for c in "\r\n\x00"):
@@ -45,12 +45,12 @@ class RedirectToHttps:
         self.metrics.requests[(308, "BYPASS")] += 1
         return (b"HTTP/1.1 308 Permanent Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n"
                 b"Connection: %s\r\n\r\n" % (location.encode("latin-1"),
-                                             b"keep-alive" if req.keep_alive else b"close"))
+                                             b"keep-alive" if req.keep_alive else b"close"),)
 
     async def respond(self, req: Request, conn: HttpConnection) -> None:
         if req.body is not None:
             await req.body.drain()
-        conn.write(self.respond_now(req))
+        conn.write(self.respond_now(req)[0])
 
     def tick(self) -> None:
         pass

@@ -225,12 +225,13 @@ def _field_names(qualified: str) -> set[str]:
 
 
 def storable(
-    method: str, status: int, req: Headers, resp: Headers, *, microcache: bool = False
+    method: str, status: int, req: Headers, resp: Headers, *, microcache: bool = False,
+    session: bool = False,
 ) -> tuple[bool, str]:
     """May a shared cache store this response (RFC 9111 §3)? Returns (ok, reason token).
 
     Reasons when refused: "method", "status", "request-no-store", "no-store", "private",
-    "authorization", "vary-star", "set-cookie", "no-freshness". When allowed: "explicit",
+    "authorization", "session", "vary-star", "set-cookie", "no-freshness". When allowed: "explicit",
     "public", "heuristic" or "microcache" (which rule made it storable).
 
     Only GET responses are stored; HEAD responses have no body to store (the caller may answer
@@ -253,6 +254,10 @@ def storable(
     shared_ok = "public" in cc or "s-maxage" in cc
     if "authorization" in req and not (shared_ok or "must-revalidate" in cc):  # RFC 9111 §3.5
         return False, "authorization"
+    if session and not shared_ok:
+        # Fetched for a logged-in session (the caller's session cookies): the page may be that
+        # reader's own. Like Authorization, only an explicit shared-cache mark makes it storable.
+        return False, "session"
     if vary_fields(resp) is None:  # Vary: * never matches a later request (RFC 9111 §4.1)
         return False, "vary-star"
     if "set-cookie" in resp and not (shared_ok or _names_set_cookie(cc)):

@@ -29,7 +29,7 @@ from kalkan.edge.origin import (
 )
 from kalkan.edge.request import Request
 from kalkan.edge.responses import SERVER_NAME, error_response, http_date, serialize_head
-from kalkan.edge.server import Clock
+from kalkan.edge.server import Clock, ConnectionGone
 from kalkan.edge.store import Entry, Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
@@ -48,15 +48,25 @@ _HOP_BY_HOP = frozenset(name.encode() for name in policy.HOP_BY_HOP)
 _DROP_ON_CACHE_FETCH = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
                                   b"if-unmodified-since", b"if-range", b"range",
                                   b"accept-encoding"})
-_DROP_UPSTREAM = _HOP_BY_HOP | {b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
-                                b"x-forwarded-host",
-                                b"forwarded"}
+# Never forwarded from a client: the framing the edge redoes itself, the Host it canonicalizes,
+# and fields an origin or a framework may believe about the client address, the URL or the
+# method (a client setting X-Original-URL or X-HTTP-Method-Override would reach routes and
+# methods the edge never saw, and its answer could be cached under another URL).
+_DROP_UPSTREAM = _HOP_BY_HOP | {
+    b"content-length", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-prefix", b"forwarded",
+    b"x-real-ip", b"true-client-ip", b"x-client-ip", b"x-cluster-client-ip", b"cf-connecting-ip",
+    b"fastly-client-ip", b"x-original-url", b"x-rewrite-url", b"x-original-host", b"x-host",
+    b"x-http-method-override", b"x-http-method", b"x-method-override",
+}
 _DROP_DOWNSTREAM = _HOP_BY_HOP | {b"x-cache", b"age"}
 _UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalescing ("hit-for-pass")
 _VIA = (b"Via", b"1.1 kalkan")
 
 
-_REPLAY_MEMO = 8192  # remembered request byte strings; cleared every tick when over
+# Remembered request byte strings, bounded in count and bytes; cleared every tick when over.
+_REPLAY_MEMO = 2048
+_REPLAY_BYTES = 4 * 1024 * 1024
 
 
 class _Replay:
@@ -124,6 +134,7 @@ class Pipeline:
         self.uncacheable: dict[str, float] = {}
         self._key_prefixes: dict[tuple[str, str], str] = {}
         self._replays: dict[bytes, _Replay] = {}
+        self._replay_bytes = 0
         self._background: set[asyncio.Task[None]] = set()
         self._last_flush = 0.0
         self.defense: Defense | None = None
@@ -154,8 +165,8 @@ class Pipeline:
         if now - self._last_flush >= 1.0:
             self._last_flush = now
             self.access_log.flush()
-            if len(self._replays) >= _REPLAY_MEMO:
-                self._replays.clear()  # a flood of unique URLs must not pin memory or time
+            if len(self._replays) >= _REPLAY_MEMO or self._replay_bytes > _REPLAY_BYTES:
+                self.forget_replays()  # a flood of unique URLs must not pin memory or time
             if self.uncacheable:
                 for key in [k for k, until in self.uncacheable.items() if until < now]:
                     del self.uncacheable[key]
@@ -193,8 +204,9 @@ class Pipeline:
         return key
 
     # -- the hot path ---------------------------------------------------------------------------
-    def respond_now(self, req: Request) -> bytes | None:
-        """A refusal or a fresh hit, answered without awaiting; None: the slow path."""
+    def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
+        """A refusal or a fresh hit, answered without awaiting, as buffers for one vectored
+        write; None: the slow path."""
         if self.defense is not None:
             verdict = self.defense.check(req, req.scheme)
             req.checked = True
@@ -211,21 +223,21 @@ class Pipeline:
         entry = variants[0] if len(variants) == 1 and not variants[0].vary else \
             self._pick_variant(variants, req)
         now = self.clock.now
-        if entry is None or now >= entry.fresh_until or (entry.micro and self._session(req)):
+        if entry is None or now >= entry.fresh_until or (entry.micro and self._credentialed(req)):
             return None
         if req.version == "1.1" and req.keep_alive:
             data = entry.wire(now, req.method == "HEAD")
         else:
-            data = entry.render(now, b"HIT", head_only=req.method == "HEAD",
-                                connection=b"keep-alive" if req.keep_alive else b"close")
+            data = (entry.render(now, b"HIT", head_only=req.method == "HEAD",
+                                 connection=b"keep-alive" if req.keep_alive else b"close"),)
         self.metrics.requests[(entry.status, "HIT")] += 1
         if self.access_log.enabled:
             self.access_log.write(now, req.client, req.method, req.host, req.path, entry.status,
-                                  len(data), "HIT", None,
+                                  _wire_len(data), "HIT", None,
                                   (time.monotonic() - req.started) * 1000.0, req.decision)
         return data
 
-    def _refuse_now(self, req: Request, verdict: Verdict) -> bytes:
+    def _refuse_now(self, req: Request, verdict: Verdict) -> tuple[bytes, ...]:
         """The bytes of a block or challenge answer, counted and logged."""
         assert self.defense is not None
         req.verdict = verdict
@@ -236,7 +248,7 @@ class Pipeline:
             self.access_log.write(self.clock.now, req.client, req.method, req.host, req.path,
                                   status, len(data), "BYPASS", None,
                                   (time.monotonic() - req.started) * 1000.0, req.decision)
-        return data
+        return (data,)
 
     # -- replay: identical request bytes, answered without parsing ---------------------------
     def remember(self, data: bytes, req: Request) -> None:
@@ -247,12 +259,15 @@ class Pipeline:
         GET/HEAD without a body qualify; anything that depends on more than the bytes (a client
         address taken from X-Forwarded-For) does not.
         """
-        if (len(self._replays) >= _REPLAY_MEMO or req.version != "1.1" or not req.keep_alive
+        if (len(self._replays) >= _REPLAY_MEMO or self._replay_bytes > _REPLAY_BYTES
+                or req.version != "1.1" or not req.keep_alive
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
             return
-        self._replays[data] = _Replay(req.key, req.method == "HEAD", self._session(req),
+        self._replays[data] = _Replay(req.key, req.method == "HEAD", self._credentialed(req),
                                       AccessLog.fragment(req.method, req.host, req.path), req)
+        # The bytes, and about as much again for the parsed request kept with them.
+        self._replay_bytes += 2 * len(data) + 512
 
     def replay(self, data: bytes, conn: HttpConnection) -> bool:
         """Answer `data` if it is a remembered request whose entry is still fresh; else False."""
@@ -286,10 +301,11 @@ class Pipeline:
             return False
         started = time.monotonic()
         out = entry.wire(now, memo.head)
-        conn.transport.write(out)  # type: ignore[union-attr]
+        conn.transport.writelines(out)  # type: ignore[union-attr]
         self.metrics.requests[(entry.status, "HIT")] += 1
         if self.access_log.enabled:
-            self.access_log.write_fragment(now, conn.client, memo.log, entry.status, len(out),
+            self.access_log.write_fragment(now, conn.client, memo.log, entry.status,
+                                           _wire_len(out),
                                            "HIT", None, (time.monotonic() - started) * 1000.0,
                                            decision)
         return True
@@ -308,16 +324,17 @@ class Pipeline:
         out = self.respond_now(req)
         if out is None:
             return False  # the slow path takes it from the parser (and decides again)
-        conn.transport.write(out)  # type: ignore[union-attr]
+        conn.transport.writelines(out)  # type: ignore[union-attr]
         if req.facts is not None:
             refused = req.verdict is not None
-            status = int(out[9:12]) if refused else 200
+            status = int(out[0][9:12]) if refused else 200
             conn.standing = _Standing(data, self.clock.mono + _STANDING_WINDOW, req.facts,
-                                      out if refused else None, status, req.decision)
+                                      out[0] if refused else None, status, req.decision)
         return True
 
     def forget_replays(self) -> None:
         self._replays.clear()
+        self._replay_bytes = 0
 
     def _pick_variant(self, variants: list[Entry], req: Request) -> Entry | None:
         headers = None
@@ -403,8 +420,12 @@ class Pipeline:
         key = req.key or self._key(req)
         variants = self.store.get(key)
         entry = self._pick_variant(variants, req) if variants else None
-        if entry is not None and entry.micro and self._session(req):
-            # Microcached pages are the anonymous view: logged-in readers get their own.
+        if self._credentialed(req) and (entry is None or entry.micro or
+                                        self._reuse(entry, req) is not policy.Reuse.FRESH):
+            # A logged-in reader (session cookie, Authorization) gets its own page from the
+            # origin: never stored, never coalesced with others, never a stale anonymous copy
+            # (microcached pages are the anonymous view). Only fresh shared copies (assets,
+            # pages the origin marked cacheable) are served to it from the cache.
             return await self._pass(req, conn, out)
         if entry is not None:
             match self._reuse(entry, req):
@@ -512,13 +533,22 @@ class Pipeline:
                 if conn is not None:
                     await self._deliver(req, conn, fresh, "REVALIDATED", out)
                 return fresh
-            entry = await self._maybe_store(req, key, resp, out)
+            try:
+                entry = await self._maybe_store(req, key, resp, out)
+            except OriginError as exc:
+                # The body broke off before anything reached the reader: a 502 or stale copy.
+                self.breaker.failure(self.clock.mono)
+                self.metrics.origin_requests["body_error"] += 1
+                await self._origin_failed(req, conn, stale, exc, out)
+                return None
             if entry is not None:
                 self.uncacheable.pop(key, None)
                 if conn is not None:
-                    await self._deliver(req, conn, entry, "MISS", out)
+                    # The stored copy has no Set-Cookie; the reader it was fetched for gets its own.
+                    await self._deliver(req, conn, entry, "MISS", out,
+                                        extra=_set_cookie_fields(resp.headers))
                 return entry
-            if not req.authorization and not self._session(req):
+            if not self._credentialed(req):
                 # Only a verdict about the response itself may change how others are served.
                 self.uncacheable[key] = self.clock.now + _UNCACHEABLE_MEMORY
             if conn is not None:
@@ -617,6 +647,10 @@ class Pipeline:
                                          heuristic_fraction=cc.heuristic_fraction,
                                          heuristic_max=cc.heuristic_max)
 
+    def _credentialed(self, req: Request) -> bool:
+        """Was the request sent with credentials (Authorization or a session cookie)?"""
+        return req.authorization or self._session(req)
+
     def _session(self, req: Request) -> bool:
         """Does the request carry a logged-in session cookie (cache.session_cookies)?"""
         cookie = req.cookie
@@ -624,7 +658,7 @@ class Pipeline:
 
     def _microcache_eligible(self, req: Request, resp_dict: dict[str, str]) -> bool:
         """An anonymous GET of HTML whose response states no freshness of its own."""
-        if self.config.cache.microcache_ttl <= 0 or req.authorization or self._session(req):
+        if self.config.cache.microcache_ttl <= 0 or self._credentialed(req):
             return False
         if not resp_dict.get("content-type", "").startswith("text/html"):
             return False
@@ -637,7 +671,8 @@ class Pipeline:
         resp_dict = policy.combine_headers(resp.headers)
         req_dict = req.header_dict()
         micro = self._microcache_eligible(req, resp_dict)
-        ok, _why = policy.storable("GET", resp.status, req_dict, resp_dict, microcache=micro)
+        ok, _why = policy.storable("GET", resp.status, req_dict, resp_dict, microcache=micro,
+                                   session=self._session(req))
         limit = self.config.cache.max_object_bytes
         if not ok or (resp.content_length is not None and resp.content_length > limit):
             return None
@@ -656,6 +691,7 @@ class Pipeline:
         now = self.clock.now
         lifetime = self._lifetime(resp.status, resp_dict, micro, now) or 0.0
         strip = {s.encode() for s in policy.headers_to_strip_on_store(resp_dict)}
+        strip |= _connection_tokens(resp.headers)
         headers = [(k, v) for k, v in resp.headers
                    if (lk := k.lower()) not in _DROP_DOWNSTREAM and lk != b"content-length"
                    and lk not in strip]
@@ -685,8 +721,11 @@ class Pipeline:
             resp = await self._ask_origin(req.method, raw_target, headers, req, req.chunked, out)
         except (GateFull, OriginError) as exc:
             return await self._origin_failed(req, conn, None, exc, out)
+        if not _forwarded_as_framed(req):
+            resp.keep_alive = False  # the origin may still wait for body bytes: never reuse
         try:
-            if req.method not in _CACHEABLE_METHODS and resp.status < 400:
+            if req.method not in _CACHEABLE_METHODS and 200 <= resp.status < 300:
+                # Only a change the origin confirmed evicts: anyone can send a POST.
                 self._invalidate(req, resp)
             await self._relay(req, conn, resp, out, "BYPASS")
         finally:
@@ -703,7 +742,7 @@ class Pipeline:
 
     # -- deliver --------------------------------------------------------------------------------
     async def _deliver(self, req: Request, conn: HttpConnection, entry: Entry, cache: str,
-                       out: Outcome) -> None:
+                       out: Outcome, extra: bytes = b"") -> None:
         """Answer from a stored entry: 304 for a matching conditional, head only for HEAD."""
         now = self.clock.now
         status = entry.status
@@ -713,7 +752,7 @@ class Pipeline:
         connection = None if req.version == "1.1" and req.keep_alive else (
             b"keep-alive" if req.keep_alive else b"close")
         data = entry.render(now, cache.encode(), head_only=req.method == "HEAD",
-                            connection=connection, status=status)
+                            connection=connection, status=status, extra=extra)
         out.status, out.size, out.cache = status, len(data), cache
         conn.write(data)
         await conn.drain()
@@ -747,9 +786,17 @@ class Pipeline:
         head = serialize_head(resp.status, headers)
         conn.write(head)
         size = len(head)
+        out.status, out.size, out.cache = resp.status, size, cache
         if not head_only:
             while True:
-                chunk = await resp.read()
+                try:
+                    chunk = await resp.read()
+                except OriginError:
+                    # The head is out: the only honest signal left is a connection closed
+                    # before the end of the message (no last chunk, a short length).
+                    self.metrics.origin_requests["body_error"] += 1
+                    out.size = size
+                    raise ConnectionGone() from None
                 if not chunk:
                     break
                 conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -759,27 +806,29 @@ class Pipeline:
                 conn.write(b"0\r\n\r\n")
         else:
             await _discard(resp)
-        out.status, out.size, out.cache = resp.status, size, cache
+        out.size = size
 
     # -- headers --------------------------------------------------------------------------------
     def _upstream_headers(self, req: Request, cache_fetch: bool) -> list[tuple[bytes, bytes]]:
-        drop = _DROP_UPSTREAM | _connection_tokens(req.headers)
-        if cache_fetch:
-            drop = drop | _DROP_ON_CACHE_FETCH
+        # Fields the client's Connection header named were removed when it was parsed.
+        drop = _DROP_UPSTREAM | _DROP_ON_CACHE_FETCH if cache_fetch else _DROP_UPSTREAM
         headers = [(k, v) for k, v in req.headers if k.lower() not in drop]
         if cache_fetch:
             ae = req.header(b"accept-encoding")
             # One normalized Accept-Encoding, so Vary: Accept-Encoding yields two variants, not 200.
             if ae is not None and b"gzip" in ae.lower():
                 headers.append((b"Accept-Encoding", b"gzip"))
+        # The Host the cache key was built from, never the raw one: `NEWS.TEST.` and
+        # `news.test:80` must not make the origin redirect and have that cached for everyone.
+        headers.append((b"Host", req.host.encode("latin-1") if req.host_fields
+                        else self.origin.host_header.encode()))  # HTTP/1.0 without Host
         prior = req.header(b"x-forwarded-for")
         trusted = prior is not None and req.client != req.peer
         xff = prior + b", " + req.peer.encode() if trusted else req.client.encode()
         headers.append((b"X-Forwarded-For", xff))
+        headers.append((b"X-Real-IP", req.client.encode()))
         headers.append((b"X-Forwarded-Proto", req.scheme.encode()))
         headers.append(_VIA)
-        if req.host_fields == 0:
-            headers.append((b"Host", self.origin.host_header.encode()))  # HTTP/1.0 without Host
         if req.body is not None and not cache_fetch:
             # A cache fetch is a plain GET: a body a client attached to its GET is not sent.
             headers.append((b"Transfer-Encoding", b"chunked") if req.chunked
@@ -816,6 +865,30 @@ class Pipeline:
             raise ValueError(f"purge needs a full URL like http://host/path, got {url!r}")
         target = normalize_target(parts.path or "/", parts.query, self.query_policy)
         return self.store.remove(cache_key("GET", parts.netloc, target, scheme=parts.scheme))
+
+
+def _wire_len(buffers: tuple[bytes, ...]) -> int:
+    return len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))
+
+
+def _forwarded_as_framed(req: Request) -> bool:
+    """Was the request's body sent upstream whole, exactly as its framing declared?
+
+    Only then may the origin connection carry another request: any gap (a message the parser
+    ended early, a body the client broke off) would make the origin read the next request as
+    the rest of this body.
+    """
+    body = req.body
+    if body is None:
+        return True
+    if not body.done or body.error is not None:
+        return False
+    return req.chunked or body.received == req.content_length
+
+
+def _set_cookie_fields(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The Set-Cookie fields of an origin response, serialized (for the reader it was for)."""
+    return b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() == b"set-cookie")
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

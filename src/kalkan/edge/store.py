@@ -24,6 +24,7 @@ from kalkan.edge.responses import serialize_head
 log = logging.getLogger("kalkan.store")
 
 _MAGIC = b"KLKN1\n"
+MAX_VARIANTS = 32  # stored variants (Vary) of one URL
 _ENTRY_OVERHEAD = 600  # bytes of Python objects per entry beyond headers and body, measured roughly
 
 
@@ -69,28 +70,33 @@ class Entry:
         # The hot path checks only this: a no-cache response is never fresh without revalidation.
         self.fresh_until = -1.0 if self.stale.no_cache else response_time - initial_age + lifetime
         self._wire_age = -1
-        self._wire = b""
-        self._wire_head = b""
+        self._wire: tuple[bytes, ...] = ()
+        self._wire_head: tuple[bytes, ...] = ()
         # Everything but Age and X-Cache, serialized once: the hit path only glues.
         self._head_prefix = serialize_head(self.status, self.headers)[:-2]
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
 
-    def wire(self, now: float, head_only: bool = False) -> bytes:
-        """The full keep-alive HTTP/1.1 response as a HIT, memoized per whole second of Age."""
+    def wire(self, now: float, head_only: bool = False) -> tuple[bytes, ...]:
+        """The keep-alive HTTP/1.1 response as a HIT, as buffers for one vectored write
+        (head, body): the body is never copied, so a hot page costs its size once in RAM.
+        Memoized per whole second of Age."""
         age = int(self.initial_age + now - self.response_time)
         if age != self._wire_age:
             head = b"%sAge: %d\r\nX-Cache: HIT\r\n\r\n" % (self._head_prefix, max(age, 0))
-            self._wire_head = head
-            self._wire = head + self.body
+            self._wire_head = (head,)
+            self._wire = (head, self.body)
             self._wire_age = age
         return self._wire_head if head_only else self._wire
 
     def render(self, now: float, cache_status: bytes, *, head_only: bool = False,
-               connection: bytes | None = None, status: int | None = None) -> bytes:
-        """A response from this entry with any cache status and Connection header (slow path)."""
-        extra = b"Connection: %s\r\n" % connection if connection else b""
+               connection: bytes | None = None, status: int | None = None,
+               extra: bytes = b"") -> bytes:
+        """A response from this entry with any cache status and Connection header (slow path);
+        `extra` is serialized fields for this answer only (say, the fetching reader's cookie)."""
+        if connection:
+            extra += b"Connection: %s\r\n" % connection
         age = max(int(self.age(now)), 0)
         if status == 304:
             head = _not_modified_head(self.headers)
@@ -170,6 +176,11 @@ class Store:
                     variants.remove(old)
                     self._forget(old, delete_file=False)
                     break
+            else:
+                if len(variants) >= MAX_VARIANTS:
+                    # Every lookup scans the variants: a client inventing header values must
+                    # not make one URL cost more for everyone. The oldest variant goes.
+                    self._forget(variants.pop(0))
         variants.append(entry)
         self.bytes += entry.size
         self.objects += 1
