@@ -331,15 +331,16 @@ def _parse_row(row: object) -> tuple[str, str, str, str, float | None, float]:
     """(target, action, reason, origin, created, expires) of one saved entry, type-checked."""
     if not isinstance(row, dict):
         raise ValueError(f"{type(row).__name__} instead of an object")
-    target, action = row.get("target"), row.get("action")
-    reason, origin = row.get("reason", ""), row.get("origin", "manual")
-    for what, value in (("target", target), ("action", action), ("reason", reason),
-                        ("origin", origin)):
+    text = {}
+    for what, default in (("target", None), ("action", None), ("reason", ""),
+                          ("origin", "manual")):
+        value = row.get(what, default)
         if not isinstance(value, str):
             raise ValueError(f"{what} is {value!r}, not a string")
+        text[what] = value
     expires = math.inf if row.get("expires") is None else _number(row["expires"], "expires")
     created = None if row.get("created") is None else _number(row["created"], "created")
-    return target, action, reason, origin, created, expires  # type: ignore[return-value]
+    return text["target"], text["action"], text["reason"], text["origin"], created, expires
 
 
 def move_aside(path: Path) -> Path | None:

@@ -302,8 +302,8 @@ class Defense:
             problem = f"cannot save decisions to {self.decisions.path}: {exc.strerror or exc}"
             if problem != self._save_problem:
                 self._save_problem = problem
-                log.error("%s; they stay in force in memory but will be lost at restart",
-                          problem)
+                log.error("%s; the decisions in memory stay in force, but changes since the "
+                          "last save will be lost at restart", problem)
             self._last_save = now  # retry every couple of seconds, not every tick
             return problem
         if self._save_problem is not None:

@@ -116,6 +116,12 @@ class Entry:
 
     # -- persistence ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        """The whole cache file: magic, checksum, metadata, body."""
+        return _seal(self._unsealed())
+
+    def _unsealed(self) -> bytes:
+        """The file without magic and checksum (taken on the event loop: the entry may change
+        later; the writer thread hashes it)."""
         meta = json.dumps({
             "key": self.key, "status": self.status,
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
@@ -126,8 +132,7 @@ class Entry:
             "vary": list(self.vary), "vary_sig": list(self.vary_sig), "micro": self.micro,
             "body_length": len(self.body),
         }).encode("utf-8")
-        rest = struct.pack("!I", len(meta)) + meta + self.body
-        return _MAGIC + hashlib.blake2b(rest, digest_size=_DIGEST).digest() + rest
+        return struct.pack("!I", len(meta)) + meta + self.body
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str | None = None) -> Entry:
@@ -168,6 +173,10 @@ class Entry:
         if name is not None and entry.file != name:
             raise ValueError("the key inside does not match the file name")
         return entry
+
+
+def _seal(rest: bytes) -> bytes:
+    return _MAGIC + hashlib.blake2b(rest, digest_size=_DIGEST).digest() + rest
 
 
 def _finite(value: object) -> float:
@@ -294,17 +303,18 @@ class Store:
     # -- disk -----------------------------------------------------------------------------------
     def _persist(self, entry: Entry) -> None:
         if self._writer is not None:
-            self._writer.submit(self._write, entry.file, entry.to_bytes())
+            self._writer.submit(self._write, entry.file, entry._unsealed())
 
     def _path(self, name: str) -> Path:
         assert self.dir is not None
         return self.dir / name[:2] / name
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, unsealed: bytes) -> None:
         path = self._path(name)
         tmp = path.with_suffix(".tmp")
         try:
             path.parent.mkdir(exist_ok=True)
+            data = _seal(unsealed)  # here, off the event loop
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
