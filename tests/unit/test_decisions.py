@@ -62,7 +62,84 @@ def test_decisions_survive_a_restart_and_a_damaged_file_is_kept(tmp_path: Path) 
     path.write_text("{not json")
     broken = Decisions(path)
     assert broken.load(NOW) == 0
-    assert (tmp_path / "decisions.damaged").read_text() == "{not json"
+    [aside] = tmp_path.glob("decisions.json.damaged-*")
+    assert aside.read_text() == "{not json" and not path.exists()
+
+
+@pytest.mark.parametrize("doc", [
+    "[1, 2]", '{"decisions": "all"}', '{"decisions": null}', "\xff\xfe", "",
+])
+def test_a_damaged_decisions_file_is_moved_aside_in_one_line(
+        tmp_path: Path, doc: str, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "decisions.json"
+    path.write_bytes(doc.encode("latin-1"))
+    assert Decisions(path).load(NOW) == 0
+    [aside] = tmp_path.glob("decisions.json.damaged-*")
+    assert aside.read_bytes() == doc.encode("latin-1")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "decisions.json" in line and "moved aside" in line and "\n" not in line
+
+
+def test_wrong_types_in_entries_keep_the_sound_ones(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "decisions.json"
+    rows = [{"target": "192.0.2.1", "action": "block", "expires": None},
+            {"target": 5, "action": "block"}, "banana",
+            {"target": "192.0.2.2", "action": "block", "expires": "soon"},
+            {"target": "192.0.2.3", "action": ["block"]},
+            {"target": "192.0.2.4", "action": "block", "created": True},
+            {"target": "192.0.2.5", "action": "challenge", "expires": NOW + 60, "created": NOW}]
+    import json
+
+    path.write_text(json.dumps({"version": 1, "decisions": rows}))
+    d = Decisions(path)
+    assert d.load(NOW) == 2
+    assert d.lookup("192.0.2.1", "192.0.2.0/24", NOW).action == "block"
+    assert d.lookup("192.0.2.5", "192.0.2.0/24", NOW).action == "challenge"
+    assert d.lookup("192.0.2.2", "192.0.2.0/24", NOW) is None
+    [aside] = tmp_path.glob("decisions.json.damaged-*")
+    assert json.loads(aside.read_text())["decisions"] == rows   # the original, for the operator
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "5 bad of 7 entries" in line and "2 sound ones loaded" in line
+
+
+def test_a_directory_in_place_of_the_decisions_file(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.json"
+    path.mkdir()
+    (path / "inside").write_text("x")
+    d = Decisions(path)
+    assert d.load(NOW) == 0
+    [aside] = tmp_path.glob("decisions.json.damaged-*")
+    assert (aside / "inside").read_text() == "x"
+    d.add("192.0.2.1", "block", 60, "flood", "manual", NOW)
+    d.save(NOW)                                             # the path is usable again
+    assert Decisions(path).load(NOW) == 1
+
+
+def test_save_leaves_no_temp_file_and_load_removes_leftovers(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.json"
+    d = Decisions(path)
+    d.add("192.0.2.1", "block", 60, "flood", "manual", NOW)
+    d.save(NOW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decisions.json"]
+    (tmp_path / ".decisions-abc123").write_text('{"decisions": [')   # a SIGKILL mid-write
+    assert Decisions(path).load(NOW) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decisions.json"]
+
+
+def test_ipv4_mapped_targets_match_ipv4_readers() -> None:
+    d = Decisions()
+    assert d.add("::ffff:203.0.113.7", "block", 60, "m", "manual", NOW).target == "203.0.113.7"
+    assert d.lookup("203.0.113.7", "203.0.113.0/24", NOW).action == "block"
+    net = d.add("::ffff:198.51.100.0/120", "tarpit", 60, "m", "manual", NOW)
+    assert net.target == "198.51.100.0/24"
+    assert d.lookup("198.51.100.9", "198.51.100.0/24", NOW).action == "tarpit"
+    assert d.add("::ffff:10.0.0.0/104", "challenge", 60, "m", "manual", NOW).target == "10.0.0.0/8"
+    assert d.lookup("10.9.9.9", "10.9.9.0/24", NOW).action == "challenge"
+    assert d.lookup("::ffff:10.9.9.9", "10.9.9.0/24", NOW).action == "challenge"
+    assert d.delete("::FFFF:203.0.113.7")
+    assert d.lookup("203.0.113.7", "203.0.113.0/24", NOW) is None
+    assert d.add("2001:db8::1", "block", 60, "m", "manual", NOW).target == "2001:db8::1"
 
 
 def signals(rate: float, queue: int = 0, active: int = 0) -> Signals:

@@ -255,15 +255,31 @@ def test_in_memory_ring_rotates_when_due() -> None:
     assert ring.current.id != first
 
 
-def test_malformed_key_file_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", [
+    '{"format": "kalkan-keys/1", "keys": [{"id": "x"}]}', '{"format": "something-else"}',
+    '{"format": "kalkan-keys/1", "keys": [{"id": 1, "secret": 5, "created": 0}]}',
+    '{"format": "kalkan-keys/1", "keys": "k"}', "[]", "{not json", "\u00ff",
+])
+def test_malformed_key_file_is_moved_aside_named_in_one_line(
+        tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "keys.json"
-    path.write_text('{"format": "kalkan-keys/1", "keys": [{"id": "x"}]}')
+    path.write_text(text, encoding="latin-1")
     os.chmod(path, 0o600)
-    with pytest.raises(ValueError, match=r"keys\.json"):
-        KeyRing.load_or_create(path, NOW)
-    path.write_text('{"format": "something-else", "keys": []}')
-    with pytest.raises(ValueError, match="format"):
-        KeyRing.load_or_create(path, NOW)
+    ring = KeyRing.load_or_create(path, NOW)
+    [aside] = tmp_path.glob("keys.json.damaged-*")
+    assert aside.read_text(encoding="latin-1") == text
+    assert json.loads(path.read_text())["keys"][0]["id"] == ring.current.id   # fresh and saved
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "keys.json" in line and "moved aside" in line and "\n" not in line
+
+
+def test_key_file_leftover_temp_files_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    a = KeyRing.load_or_create(path, NOW)
+    (tmp_path / ".keys.json.x1y2z3ab").write_text('{"format": "kal')     # SIGKILL mid-write
+    b = KeyRing.load_or_create(path, NOW)
+    assert b.current.id == a.current.id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.json", "keys.json.lock"]
 
 
 def test_signing_key_mac_is_hmac_sha256() -> None:

@@ -4,17 +4,22 @@ Each decision has an action, a reason, a TTL and an origin (rule, manual, attack
 later detector or ally). Lookups on the request path are two dict reads (exact address, client
 prefix) plus a scan of the few wider networks. Repeated strikes against a client (challenge
 failures, blocks) escalate to longer and harsher decisions, up to a kernel drop. The table is
-saved atomically to a JSON file so a restart or a crash keeps it.
+saved atomically to a JSON file so a restart or a crash keeps it; a save that fails raises (the
+admin API must tell the operator) and leaves no temp file behind. A damaged file never stops the
+edge: it is moved aside as `decisions.json.damaged-<time>` with one log line, and whatever entries
+in it are sound are still loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +64,7 @@ DEFAULT_ESCALATION = (
 
 
 TOKEN_PREFIX = "token:"  # a decision about one pass token, wherever its holder moves
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6: an IPv4 reader, really
 
 
 def normalize_target(target: str) -> str:
@@ -73,12 +79,23 @@ def normalize_target(target: str) -> str:
     try:
         if "/" in text:
             net = ipaddress.ip_network(text, strict=False)
+            if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+                # Readers arrive as IPv4 (facts unmap ::ffff:a.b.c.d), so the decision must too.
+                net = ipaddress.IPv4Network(
+                    (int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
             if net.prefixlen == net.max_prefixlen:
                 return str(net.network_address)
             return str(net)
-        return str(ipaddress.ip_address(text))
+        return str(_unmapped(ipaddress.ip_address(text)))
     except ValueError:
         raise DecisionError(f"{target!r} is not an IP address or CIDR network") from None
+
+
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+              ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class Decisions:
@@ -157,6 +174,9 @@ class Decisions:
         """The harshest live decision for this client (address, its prefix, wider networks,
         and its pass token when it has one)."""
         found = None
+        if address.startswith("::ffff:"):  # a dual-stack socket's view of an IPv4 reader
+            with contextlib.suppress(ValueError):
+                address = str(_unmapped(ipaddress.ip_address(address)))
         if self.exact:
             keys = (address, prefix) if token is None else (address, prefix, TOKEN_PREFIX + token)
             for key in keys:
@@ -213,41 +233,127 @@ class Decisions:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, now: float) -> None:
-        """Write live decisions atomically (tmp file + rename): a crash leaves old or new."""
+        """Write live decisions atomically (tmp file + fsync + rename): a crash leaves old or
+        new. Raises OSError (disk full, read-only...) with no temp file left behind."""
         if self.path is None:
             return
         rows = [asdict(d) | {"expires": None if math.isinf(d.expires) else d.expires}
                 for d in self.all(now)]
+        data = json.dumps({"version": 1, "decisions": rows}).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".decisions-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "decisions": rows}, f)
-        os.replace(tmp, self.path)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self._tmp_prefix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # ENOSPC can surface only here on some file systems
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @property
+    def _tmp_prefix(self) -> str:
+        assert self.path is not None
+        return f".{self.path.stem}-"
 
     def load(self, now: float) -> int:
-        """Read saved decisions; a damaged file is kept aside (never silently dropped)."""
-        if self.path is None or not self.path.exists():
+        """Read saved decisions; never raises. A damaged file (not JSON, wrong types, a
+        directory, unreadable) is moved aside with one log line and its sound entries kept."""
+        if self.path is None:
+            return 0
+        self._remove_temp_files()
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:  # a directory in its place, unreadable, I/O error
+            self._damaged(f"cannot be read ({exc.strerror or exc})", "no decisions")
             return 0
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            rows = data["decisions"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = self.path.with_suffix(".damaged")
-            os.replace(self.path, aside)
-            log.error("decisions file %s unreadable (%s); kept as %s", self.path, exc, aside)
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or not isinstance(doc.get("decisions"), list):
+                raise ValueError('expected {"decisions": [...]}')
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError too
+            self._damaged(f"is not a decisions file ({exc})", "no decisions")
             return 0
+        rows = doc["decisions"]
+        problems: list[str] = []
         n = 0
-        for row in rows:
-            expires = math.inf if row.get("expires") is None else float(row["expires"])
-            if expires <= now:
-                continue
+        for i, row in enumerate(rows):
             try:
-                d = self.add(row["target"], row["action"],
-                             None if math.isinf(expires) else expires - now,
-                             row.get("reason", ""), row.get("origin", "manual"), now)
-            except (DecisionError, KeyError) as exc:
-                log.warning("skipping a saved decision %r: %s", row, exc)
+                target, action, reason, origin, created, expires = _parse_row(row)
+                if expires <= now:
+                    continue
+                d = self.add(target, action, None if math.isinf(expires) else expires - now,
+                             reason, origin, now)
+            except (DecisionError, ValueError, TypeError) as exc:
+                problems.append(f"entry {i}: {exc}")
                 continue
-            d.created = float(row.get("created", now))
+            d.created = now if created is None else created
             n += 1
+        if problems:
+            self._damaged(f"has {len(problems)} bad of {len(rows)} entries (first: "
+                          f"{problems[0][:160]})", f"the {n} sound ones loaded")
         return n
+
+    def _damaged(self, problem: str, outcome: str) -> None:
+        """Move the damaged file aside (kept for the operator, never silently dropped) and
+        say so in one line."""
+        assert self.path is not None
+        aside = move_aside(self.path)
+        where = f"moved aside to {aside.name}" if aside is not None else "could not be moved aside"
+        log.error("decisions file %s %s; %s; starting with %s",
+                  self.path, problem.replace("\n", " "), where, outcome)
+
+    def _remove_temp_files(self) -> None:
+        """Temp files of a save cut short (SIGKILL, power loss) are never completed: remove."""
+        assert self.path is not None
+        try:
+            leftovers = list(self.path.parent.glob(self._tmp_prefix + "*"))
+        except OSError:
+            return
+        for tmp in leftovers:
+            try:
+                tmp.unlink()
+            except OSError as exc:
+                log.warning("cannot remove leftover temp file %s: %s", tmp, exc.strerror or exc)
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{what} is {value!r}, not a number")
+    return float(value)
+
+
+def _parse_row(row: object) -> tuple[str, str, str, str, float | None, float]:
+    """(target, action, reason, origin, created, expires) of one saved entry, type-checked."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{type(row).__name__} instead of an object")
+    text = {}
+    for what, default in (("target", None), ("action", None), ("reason", ""),
+                          ("origin", "manual")):
+        value = row.get(what, default)
+        if not isinstance(value, str):
+            raise ValueError(f"{what} is {value!r}, not a string")
+        text[what] = value
+    expires = math.inf if row.get("expires") is None else _number(row["expires"], "expires")
+    created = None if row.get("created") is None else _number(row["created"], "created")
+    return text["target"], text["action"], text["reason"], text["origin"], created, expires
+
+
+def move_aside(path: Path) -> Path | None:
+    """Rename a damaged state file (or directory) to `<name>.damaged-<time>`; None if the
+    rename fails (read-only directory...)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for i in range(100):
+        aside = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{i}" if i else ""))
+        if aside.exists():
+            continue
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return None
+        return aside
+    return None

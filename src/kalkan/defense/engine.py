@@ -82,6 +82,7 @@ class Defense:
         self._refusals: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
+        self._save_problem: str | None = None
         self._last_counts: tuple[int, float, int, int] = (0, 0.0, 0, 0)
         self.counts: Counter[str] = Counter()   # per-second request count and friends
         self.decided: Counter[tuple[str, str]] = metrics.decisions
@@ -292,13 +293,25 @@ class Defense:
                                                name="kalkan-nft")
             self._fw_thread.start()
 
-    def save(self, now: float) -> None:
+    def save(self, now: float) -> str | None:
+        """Persist the decisions; None when saved, else the problem, logged once until it
+        changes (a read-only or full disk would otherwise log every tick)."""
         try:
             self.decisions.save(now)
-            self._dirty = False
-            self._last_save = now
         except OSError as exc:
-            log.error("cannot save decisions: %s", exc)
+            problem = f"cannot save decisions to {self.decisions.path}: {exc.strerror or exc}"
+            if problem != self._save_problem:
+                self._save_problem = problem
+                log.error("%s; the decisions in memory stay in force, but changes since the "
+                          "last save will be lost at restart", problem)
+            self._last_save = now  # retry every couple of seconds, not every tick
+            return problem
+        if self._save_problem is not None:
+            self._save_problem = None
+            log.info("decisions saved to %s again", self.decisions.path)
+        self._dirty = False
+        self._last_save = now
+        return None
 
     def _decision_changed(self, decision: Decision | None, target: str) -> None:
         self._dirty = True

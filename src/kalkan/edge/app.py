@@ -138,7 +138,8 @@ class Edge:
                                       str(body.get("reason", "")), "manual", time.time())
         except (DecisionError, ValueError, TypeError) as exc:
             raise AdminError(400, str(exc)) from None
-        defense.save(time.time())
+        _saved_or_fail(defense, f"decision for {d.target} is in force but NOT saved: it will be "
+                                "lost at restart")
         return 200, {"added": d.target, "action": d.action}
 
     def _decisions_delete(self, query: dict[str, str], _b: object) -> tuple[int, object]:
@@ -149,13 +150,15 @@ class Edge:
             removed = defense.decisions.delete(query["target"])
         except DecisionError as exc:
             raise AdminError(400, str(exc)) from None
-        defense.save(time.time())
+        if removed:
+            _saved_or_fail(defense, "the decision is lifted but the removal is NOT saved: it "
+                                    "comes back at restart")
         return (200 if removed else 404), {"deleted": removed}
 
     def _decisions_clear(self, _q: dict[str, str], _b: object) -> tuple[int, object]:
         defense = self._defense()
         n = defense.decisions.clear()
-        defense.save(time.time())
+        _saved_or_fail(defense, f"{n} decision(s) lifted but NOT saved: they come back at restart")
         return 200, {"cleared": n}
 
     def _attack_mode(self, query: dict[str, str], _b: object) -> tuple[int, object]:
@@ -218,17 +221,39 @@ class Edge:
         await self.stop()
 
 
+def _saved_or_fail(defense: Defense, consequence: str) -> None:
+    """An operator's change answered 200 must be on disk: a failed save (full or read-only
+    disk) is a 500 that says what happened, while the change stays in force in memory."""
+    problem = defense.save(time.time())
+    if problem is not None:
+        raise AdminError(500, f"{problem}; {consequence}")
+
+
 def load_or_create_token(path: Path) -> str:
-    """The admin token kept in the state directory (0600), made on first start."""
+    """The admin token kept in the state directory (0600), made on first start. A damaged or
+    unwritable state directory gives a token for this run only, said in one line."""
     try:
         token = path.read_text(encoding="utf-8").strip()
         if token:
             return token
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        log.error("admin token file %s unreadable (%s); using a new token", path,
+                  getattr(exc, "strerror", None) or exc)
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(token + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        log.error("cannot write admin token file %s (%s); the admin token lives in memory only "
+                  "(set admin.token in the config to use the admin API)", path, exc.strerror or exc)
     return token

@@ -4,14 +4,25 @@ The store keeps a byte budget in memory (least recently used out first) and mirr
 one file in the cache directory, written by a single background thread (tmp file + rename, so a
 crash leaves either the old or the new file, never half of one). On start it loads the newest
 files back.
+
+The mirror is disposable and never trusted: each file carries a BLAKE2b checksum, the key inside
+must hash to the file's own name, header fields must be clean (a valid name, no CR, LF, NUL or
+other control bytes) and Content-Length is recomputed from the body actually read. Anything else
+(an older format, a short or corrupted file, a directory in a file's place) is deleted, and a
+cache directory that cannot be read or written never stops the edge: one log line, and the cache
+runs in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import re
+import shutil
 import struct
 import threading
 from collections import OrderedDict
@@ -23,8 +34,13 @@ from kalkan.edge.responses import serialize_head
 
 log = logging.getLogger("kalkan.store")
 
-_MAGIC = b"KLKN1\n"
 MAX_VARIANTS = 32  # stored variants (Vary) of one URL
+_MAGIC = b"KLKN2\n"     # KLKN1 files (no checksum) are simply discarded: the cache is disposable
+_DIGEST = 32             # BLAKE2b-256 over everything after it
+_HEAD = len(_MAGIC) + _DIGEST + 4
+_FILE_NAME = re.compile(r"[0-9a-f]{64}")
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")   # RFC 9110 token
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")       # CTLs but HTAB: CR, LF, NUL...
 _ENTRY_OVERHEAD = 600  # bytes of Python objects per entry beyond headers and body, measured roughly
 
 
@@ -106,6 +122,12 @@ class Entry:
 
     # -- persistence ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        """The whole cache file: magic, checksum, metadata, body."""
+        return _seal(self._unsealed())
+
+    def _unsealed(self) -> bytes:
+        """The file without magic and checksum (taken on the event loop: the entry may change
+        later; the writer thread hashes it)."""
         meta = json.dumps({
             "key": self.key, "status": self.status,
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
@@ -114,23 +136,87 @@ class Entry:
             "stale": [self.stale.stale_while_revalidate, self.stale.stale_if_error,
                       self.stale.must_revalidate, self.stale.no_cache],
             "vary": list(self.vary), "vary_sig": list(self.vary_sig), "micro": self.micro,
+            "body_length": len(self.body),
         }).encode("utf-8")
-        return _MAGIC + struct.pack("!I", len(meta)) + meta + self.body
+        return struct.pack("!I", len(meta)) + meta + self.body
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Entry:
+    def from_bytes(cls, data: bytes, name: str | None = None) -> Entry:
+        """An entry from a cache file; ValueError says why the file cannot be trusted. With
+        `name`, the key inside must hash to it (a file cannot stand in for another URL)."""
         if not data.startswith(_MAGIC):
-            raise ValueError("not a Kalkan cache file")
-        (n,) = struct.unpack("!I", data[len(_MAGIC):len(_MAGIC) + 4])
-        start = len(_MAGIC) + 4
-        meta = json.loads(data[start:start + n])
-        body = data[start + n:]
-        return cls(
-            meta["key"], meta["status"],
-            [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]], body,
-            response_time=meta["response_time"], initial_age=meta["initial_age"],
-            lifetime=meta["lifetime"], stale=StaleRules(*meta["stale"]),
-            vary=tuple(meta["vary"]), vary_sig=tuple(meta["vary_sig"]), micro=meta["micro"])
+            raise ValueError("not a current Kalkan cache file")
+        if len(data) < _HEAD:
+            raise ValueError("truncated")
+        rest = data[len(_MAGIC) + _DIGEST:]
+        if hashlib.blake2b(rest, digest_size=_DIGEST).digest() != data[len(_MAGIC):_HEAD - 4]:
+            raise ValueError("checksum mismatch")
+        (n,) = struct.unpack("!I", rest[:4])
+        meta = json.loads(rest[4:4 + n])
+        body = rest[4 + n:]
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not an object")
+        if meta.get("body_length") != len(body):
+            raise ValueError(f"body is {len(body)} bytes, expected {meta.get('body_length')!r}")
+        key, status = meta["key"], meta["status"]
+        if not isinstance(key, str) or type(status) is not int or not 100 <= status <= 599:
+            raise ValueError("bad key or status")
+        stale = meta["stale"]
+        if not isinstance(stale, list) or len(stale) != 4:
+            raise ValueError("bad stale rules")
+        vary, vary_sig = meta["vary"], meta["vary_sig"]
+        if not isinstance(vary, list) or not all(isinstance(v, str) for v in vary) \
+                or not isinstance(vary_sig, list) \
+                or not all(v is None or isinstance(v, str) for v in vary_sig):
+            raise ValueError("bad vary")
+        entry = cls(
+            key, status, _checked_headers(meta["headers"], len(body)), body,
+            response_time=_finite(meta["response_time"]),
+            initial_age=_finite(meta["initial_age"]), lifetime=_finite(meta["lifetime"]),
+            stale=StaleRules(_finite(stale[0]), _finite(stale[1]), stale[2] is True,
+                             stale[3] is True),
+            vary=tuple(vary), vary_sig=tuple(vary_sig), micro=meta["micro"] is True)
+        if name is not None and entry.file != name:
+            raise ValueError("the key inside does not match the file name")
+        return entry
+
+
+def _seal(rest: bytes) -> bytes:
+    return _MAGIC + hashlib.blake2b(rest, digest_size=_DIGEST).digest() + rest
+
+
+def _finite(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
+
+
+def _checked_headers(raw: object, body_length: int) -> list[tuple[bytes, bytes]]:
+    """Stored header fields, refused if any could split or smuggle a response; the framing is
+    recomputed from the body actually loaded, whatever the file says."""
+    if not isinstance(raw, list):
+        raise ValueError("headers are not a list")
+    headers: list[tuple[bytes, bytes]] = []
+    length = str(body_length).encode()
+    framed = False
+    for field in raw:
+        if not isinstance(field, list) or len(field) != 2 \
+                or not all(isinstance(x, str) for x in field):
+            raise ValueError("a header is not a [name, value] pair")
+        name, value = field[0].encode("latin-1"), field[1].encode("latin-1")
+        if not _FIELD_NAME.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"unsafe header field {name[:40]!r}")
+        lname = name.lower()
+        if lname == b"transfer-encoding":
+            raise ValueError("a stored Transfer-Encoding")
+        if lname == b"content-length":
+            if framed:
+                continue  # one Content-Length only
+            framed, value = True, length
+        headers.append((name, value))
+    if not framed:
+        headers.append((b"Content-Length", length))
+    return headers
 
 
 _NOT_MODIFIED_KEEP = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
@@ -155,8 +241,15 @@ class Store:
         self.dir = Path(directory) if directory else None
         self._writer: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._disk_problem: str | None = None  # the last write failure, logged once
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.error("cache dir %s unusable (%s); caching in memory only", self.dir,
+                          exc.strerror or exc)
+                self.dir = None
+                return
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kalkan-store")
 
     def get(self, key: str) -> list[Entry] | None:
@@ -221,22 +314,34 @@ class Store:
     # -- disk -----------------------------------------------------------------------------------
     def _persist(self, entry: Entry) -> None:
         if self._writer is not None:
-            self._writer.submit(self._write, entry.file, entry.to_bytes())
+            self._writer.submit(self._write, entry.file, entry._unsealed())
 
     def _path(self, name: str) -> Path:
         assert self.dir is not None
         return self.dir / name[:2] / name
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, unsealed: bytes) -> None:
         path = self._path(name)
+        tmp = path.with_suffix(".tmp")
         try:
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            data = _seal(unsealed)  # here, off the event loop
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("cannot persist cache entry %s: %s", name, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a full disk must not keep the half-written file
+            # One line per kind of failure (a read-only or full disk fails every write).
+            problem = exc.strerror or str(exc)
+            if problem != self._disk_problem:
+                self._disk_problem = problem
+                log.error("cannot persist cache entries in %s (%s); they are served from "
+                          "memory and will not survive a restart", self.dir, problem)
+            return
+        if self._disk_problem is not None:
+            self._disk_problem = None
+            log.info("cache entries are persisted in %s again", self.dir)
 
     def _unlink(self, name: str) -> None:
         try:
@@ -245,36 +350,65 @@ class Store:
             log.warning("cannot delete cache file %s: %s", name, exc)
 
     def load(self) -> int:
-        """Load persisted entries, newest first, up to the budget; returns how many."""
+        """Load persisted entries, newest first, up to the budget; returns how many. Never
+        raises: untrustworthy files and leftovers are deleted, and summed up in one line."""
         if self.dir is None:
             return 0
+        dropped: list[tuple[Path, str]] = []
         files = []
-        for sub in self.dir.iterdir():
+        try:
+            subs = sorted(self.dir.iterdir())
+        except OSError as exc:
+            log.error("cache dir %s unreadable (%s); starting with an empty cache", self.dir,
+                      exc.strerror or exc)
+            return 0
+        for sub in subs:
+            if len(sub.name) != 2:
+                continue  # not ours
             if not sub.is_dir():
+                dropped.append((sub, "a file where a directory belongs"))
                 continue
-            for path in sub.iterdir():
+            try:
+                names = list(sub.iterdir())
+            except OSError as exc:
+                dropped.append((sub, f"unreadable ({exc.strerror or exc})"))
+                continue
+            for path in names:
                 if path.suffix == ".tmp":
-                    path.unlink(missing_ok=True)  # a write cut short by a crash
+                    _delete(path)  # a write cut short by a crash or a full disk
+                    continue
+                if not _FILE_NAME.fullmatch(path.name) or path.name[:2] != sub.name:
+                    dropped.append((path, "not a cache file name"))
                     continue
                 try:
-                    files.append((path.stat().st_mtime, path))
+                    st = path.stat()
                 except OSError:
                     continue
+                if not path.is_file():
+                    dropped.append((path, "not a regular file"))
+                    continue
+                files.append((st.st_mtime, path))
         files.sort(reverse=True)
         loaded: list[Entry] = []
         used = 0
         for _, path in files:
             try:
-                entry = Entry.from_bytes(path.read_bytes())
-            except (OSError, ValueError, KeyError, struct.error) as exc:
-                log.warning("dropping unreadable cache file %s: %s", path, exc)
-                path.unlink(missing_ok=True)
+                entry = Entry.from_bytes(path.read_bytes(), path.name)
+            except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+                dropped.append((path, str(exc) or type(exc).__name__))
                 continue
             if used + entry.size > self.budget:
-                path.unlink(missing_ok=True)
+                _delete(path)
                 continue
             used += entry.size
             loaded.append(entry)
+        for path, _why in dropped:
+            _delete(path)
+        if dropped:
+            path, why = dropped[0]
+            log.warning("cache dir %s: dropped %d untrustworthy file(s) (e.g. %s: %s); "
+                        "kept %d entries", self.dir, len(dropped), path.name,
+                        " ".join(why.split())[:120], len(loaded))
         for entry in reversed(loaded):  # oldest first, so the newest end up most recent
             variants = self.entries.setdefault(entry.key, [])
             variants.append(entry)
@@ -291,3 +425,14 @@ class Store:
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
+
+
+def _delete(path: Path) -> None:
+    """Remove a cache file, or a directory standing where one should be; best effort."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only cache dir: it is skipped again at the next start

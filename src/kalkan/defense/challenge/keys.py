@@ -1,7 +1,10 @@
 """HMAC signing keys for passes and challenges, rotated with an overlap window.
 
 Keys live in memory or in a JSON key file that several edges may share; the file is written
-atomically (temp file + rename) with mode 0600 and changed under an advisory lock.
+atomically (temp file + rename) with mode 0600 and changed under an advisory lock. A damaged key
+file never stops the edge: it is moved aside (`keys.json.damaged-<time>`) with one log line and
+fresh keys are made; when the file cannot be written (read-only or full disk) the keys live in
+memory and the log says so once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from kalkan.defense.decisions import move_aside
 
 try:
     import fcntl
@@ -105,15 +110,35 @@ class KeyRing:
     def load_or_create(cls, path: str | Path, now: float | None = None, *,
                        rotate_every: float = DEFAULT_ROTATE_EVERY,
                        overlap: float = DEFAULT_OVERLAP) -> KeyRing:
-        """Read the shared key file, creating it (0600, atomically) with one key if absent."""
+        """Read the shared key file, creating it (0600, atomically) with one key if absent.
+
+        Never raises for the file's sake: a damaged file is moved aside and replaced, and an
+        unwritable one leaves an in-memory ring (passes then end with the process)."""
         path = Path(path)
         now = time.time() if now is None else now
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only parent is reported below, once
+            path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path):
-            keys = _read(path)
+            _remove_temp_files(path)  # under the lock: no other edge is writing one now
+            try:
+                keys = _read(path)
+            except (OSError, ValueError) as exc:
+                aside = move_aside(path)
+                where = (f"moved aside to {aside.name}" if aside is not None
+                         else "could not be moved aside")
+                log.error("key file %s is damaged (%s); %s; starting with a fresh key "
+                          "(passes signed before are no longer valid)", path,
+                          _one_line(exc), where)
+                keys = None
             if keys is None:
                 keys = [SigningKey.new(now)]
-                _write(path, keys)
+                try:
+                    _write(path, keys)
+                except OSError as exc:
+                    log.error("cannot write key file %s (%s); signing with a key kept in "
+                              "memory: passes will not survive a restart", path,
+                              exc.strerror or exc)
+                    return cls(keys, rotate_every=rotate_every, overlap=overlap)
         ring = cls(keys, path=path, rotate_every=rotate_every, overlap=overlap)
         ring._mtime_ns = _mtime_ns(path)
         ring._next_refresh = now + _REFRESH_EVERY
@@ -149,10 +174,9 @@ class KeyRing:
             self._set(self._rotated(self._keys, now))
             return self.current
         with _locked(self.path):
-            on_disk = _read(self.path) or self._keys
+            on_disk = _read_or_none(self.path) or self._keys
             self._set(self._rotated(on_disk, now))
-            _write(self.path, self._keys)
-            self._mtime_ns = _mtime_ns(self.path)
+            self._save()
         return self.current
 
     def maintain(self, now: float) -> None:
@@ -167,12 +191,13 @@ class KeyRing:
                 self.rotate(now)
                 return
             with _locked(self.path):  # re-check under the lock: another edge may have rotated
-                on_disk = _read(self.path) or self._keys
-                if now >= on_disk[0].created + self.rotate_every:
-                    on_disk = self._rotated(on_disk, now)
-                    _write(self.path, on_disk)
-                self._set(on_disk)
-                self._mtime_ns = _mtime_ns(self.path)
+                on_disk = _read_or_none(self.path) or self._keys
+                rotate = now >= on_disk[0].created + self.rotate_every
+                self._set(self._rotated(on_disk, now) if rotate else on_disk)
+                if rotate:
+                    self._save()
+                else:
+                    self._mtime_ns = _mtime_ns(self.path)
 
     def refresh(self, now: float) -> bool:
         """Reload the key file if it changed on disk; True when it did."""
@@ -185,7 +210,9 @@ class KeyRing:
         try:
             keys = _read(self.path)
         except (OSError, ValueError) as exc:
-            log.error("key file %s unreadable, keeping the keys in memory: %s", self.path, exc)
+            self._mtime_ns = mtime  # one line per change of the file, not one per look
+            log.error("key file %s unreadable, keeping the keys in memory: %s", self.path,
+                      _one_line(exc))
             return False
         if keys is None:
             return False
@@ -194,6 +221,17 @@ class KeyRing:
         return True
 
     # -- internals ----------------------------------------------------------------------------
+    def _save(self) -> None:
+        """Write the ring to its file (under the caller's lock); a full or read-only disk keeps
+        the rotation in memory and is logged, never raised into the request path."""
+        assert self.path is not None
+        try:
+            _write(self.path, self._keys)
+        except OSError as exc:
+            log.error("cannot write key file %s (%s); the rotated keys live in memory only",
+                      self.path, exc.strerror or exc)
+        self._mtime_ns = _mtime_ns(self.path)
+
     def _rotated(self, keys: list[SigningKey], now: float) -> list[SigningKey]:
         new = SigningKey.new(now, {k.id for k in keys})
         kept = []
@@ -223,8 +261,35 @@ def _unb64(text: str) -> bytes:
 def _mtime_ns(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
-    except FileNotFoundError:
+    except OSError:
         return -1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_or_none(path: Path) -> list[SigningKey] | None:
+    """`_read` for a rotation: a file damaged since start is overwritten by the ring in memory."""
+    try:
+        return _read(path)
+    except (OSError, ValueError) as exc:
+        log.error("key file %s unreadable, rewriting it from the keys in memory: %s", path,
+                  _one_line(exc))
+        return None
+
+
+def _remove_temp_files(path: Path) -> None:
+    """Temp files of a write cut short (SIGKILL, full disk) are never completed: remove."""
+    try:
+        leftovers = list(path.parent.glob(f".{path.name}.*"))
+    except OSError:
+        return
+    for tmp in leftovers:
+        try:
+            tmp.unlink()
+        except OSError as exc:
+            log.warning("cannot remove leftover temp file %s: %s", tmp, exc.strerror or exc)
 
 
 def _read(path: Path) -> list[SigningKey] | None:
@@ -278,7 +343,13 @@ def _locked(path: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        # A read-only state directory: nothing here can be written, so there is nothing to
+        # serialize; reading the file still works.
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
