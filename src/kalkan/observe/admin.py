@@ -22,7 +22,7 @@ _MAX_BODY = 1024 * 1024
 # After refusing a request whose body we did not read, keep reading (and dropping) what the client
 # still sends for a while before closing: closing with unread bytes makes the kernel send a reset,
 # and the client would lose our answer (nginx's lingering close).
-_LINGER_TIME = 10.0
+_LINGER_TIME = 5.0
 _LINGER_READ_TIMEOUT = 2.0
 
 # A handler gets the query parameters and the parsed JSON body (or None) and returns
@@ -100,10 +100,11 @@ class AdminServer:
     def _dispatch(self, method: str, target: str, headers: dict[str, str],
                   body: bytes) -> tuple[int, str, bytes]:
         url = urlsplit(target)
+        if self.public and not self._authorized(headers.get("authorization", "")):
+            # Before anything else, so a stranger learns not even which routes exist.
+            raise AdminError(401, "admin token missing or wrong (this admin listener is not on "
+                                  "loopback, so every route needs it)")
         if method == "GET" and url.path in ("/metrics", "/healthz"):
-            if self.public and not self._authorized(headers.get("authorization", "")):
-                raise AdminError(401, "admin token missing or wrong (this admin listener is "
-                                      "not on loopback, so every route needs it)")
             if url.path == "/healthz":
                 return 200, "text/plain", b"ok\n"
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
