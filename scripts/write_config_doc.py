@@ -9,11 +9,26 @@ from kalkan.config import describe
 HEAD = """# Configuration reference
 
 `kalkan serve --config kalkan.yaml` reads one YAML file; flags (`--origin`, `--listen`, `--admin`,
-`--access-log`, `--cache-dir`) override it. `kalkan check-config FILE` validates a file: every error
-names the file, the line and the dotted key (and suggests the key you probably meant).
+`--access-log`, `--cache-dir`, `--state-dir`) override it. `kalkan check-config FILE` makes the
+same checks `serve` makes before it starts, so a file it passes is one `serve` accepts: every key
+known and of the right type, no key given twice in one mapping (both lines are named), every number
+finite (`.nan` and `.inf` are refused) and within the bounds the table gives, and the files the
+config names loaded as `serve` loads them (`defense.policy` compiled, each `tls.certificates` pair
+read). Every error names the file, the line and the dotted key (and suggests the key you probably
+meant).
 
 Durations: `500ms`, `10s`, `5m`, `6h`, `1d` or a number of seconds. Sizes: `64KiB`, `256MiB`,
 `1GiB`, `1GB` or a number of bytes.
+
+Listeners: `[::]:PORT` accepts IPv4 readers too (one dual-stack socket; their addresses are logged
+and matched as plain `a.b.c.d`). At start the open-files limit (`RLIMIT_NOFILE`) is raised towards
+the hard limit to fit `limits.max_connections` plus a margin for origin connections and files; if
+the hard limit is lower, one warning says how many connections can actually be held.
+
+The admin listener belongs on loopback (`127.0.0.1:9181`): there `/metrics` and `/healthz` are
+open, for a Prometheus on the same machine, and the other routes need the token. On any other
+address `serve` logs a warning and every route, `/metrics` included, answers 401 without
+`Authorization: Bearer TOKEN` (the token is `admin.token` or the one in `STATE_DIR/admin.token`).
 
 A minimal file:
 

@@ -17,6 +17,7 @@ from kalkan import __version__
 from kalkan.config import (
     Config,
     ConfigError,
+    is_loopback_host,
     load_config,
     load_config_text,
     parse_duration,
@@ -78,7 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    load_config(args.file)
+    """The same checks serve makes before it starts (files included), and its start warning."""
+    config = load_config(args.file)
+    if config.admin.listen and not is_loopback_host(parse_hostport(config.admin.listen)[0]):
+        print(f"{args.file}: warning: admin.listen {config.admin.listen} is not on loopback; "
+              "every admin route, /metrics included, will require the token", file=sys.stderr)
     print(f"{args.file}: ok")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import re
 import types
 import typing
@@ -25,18 +26,23 @@ class ConfigError(ValueError):
     """A config problem, with the file, line and dotted key in its message."""
 
 
-def _size(doc: str, default: int) -> Any:
-    return field(default=default, metadata={"kind": "size", "doc": doc})
+# Bounds a numeric key may carry in its field metadata (checked where the value is read, so the
+# error names its line): `min` inclusive, `above` exclusive lower, `max` inclusive upper.
+_BOUNDS = ("min", "above", "max")
 
 
-def _duration(doc: str, default: float) -> Any:
-    return field(default=default, metadata={"kind": "duration", "doc": doc})
+def _size(doc: str, default: int, **bounds: float) -> Any:
+    return field(default=default, metadata={"kind": "size", "doc": doc, **bounds})
 
 
-def _opt(doc: str, default: Any) -> Any:
+def _duration(doc: str, default: float, **bounds: float) -> Any:
+    return field(default=default, metadata={"kind": "duration", "doc": doc, **bounds})
+
+
+def _opt(doc: str, default: Any, **bounds: float) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc, **bounds})
 
 
 @dataclass
@@ -55,25 +61,31 @@ class TLSConfig:
 class LimitsConfig:
     """Limits and timeouts that protect the edge itself from slow or oversized clients."""
 
-    max_request_line: int = _size("Longest request line (method, target, version).", 8192)
-    max_header_bytes: int = _size("Largest header block of one request.", 32768)
-    max_headers: int = _opt("Most header fields in one request.", 100)
+    max_request_line: int = _size("Longest request line (method, target, version).", 8192, min=64)
+    max_header_bytes: int = _size("Largest header block of one request.", 32768, min=1024)
+    max_headers: int = _opt("Most header fields in one request.", 100, min=8)
     max_body_bytes: int = _size("Largest request body forwarded to the origin.", 100 * 2**20)
     header_timeout: float = _duration(
-        "Time allowed to receive a request's headers from its first byte (slowloris).", 10.0)
-    body_timeout: float = _duration("Longest pause between two pieces of a request body.", 15.0)
+        "Time allowed to receive a request's headers from its first byte (slowloris).", 10.0,
+        above=0)
+    body_timeout: float = _duration("Longest pause between two pieces of a request body.", 15.0,
+                                  above=0)
     body_min_rate: int = _size(
-        "Slowest accepted average request-body rate in bytes/s after the first 5 s (slow POST).",
-        1024)
-    keepalive_timeout: float = _duration("Idle time before a keep-alive connection closes.", 15.0)
+        "Slowest accepted average request-body rate in bytes/s after the first 5 s (slow POST); "
+        "0 = off.", 1024)
+    keepalive_timeout: float = _duration("Idle time before a keep-alive connection closes.", 15.0,
+                                       above=0)
     send_timeout: float = _duration(
         "How long a client may take none of what we sent before it is cut off (slow reader).",
-        30.0)
-    max_connections: int = _opt("Most open client connections on this edge.", 20000)
+        30.0, above=0)
+    max_connections: int = _opt(
+        "Most open client connections on this edge (the open-files limit is raised to fit at "
+        "start).", 20000, min=1)
     max_connections_per_client: int = _opt(
         "Most open connections from one client address (mobile carriers put many readers "
-        "behind one address, so keep this generous).", 256)
-    max_pipelined: int = _opt("Most requests queued behind one in progress on a connection.", 16)
+        "behind one address, so keep this generous).", 256, min=1)
+    max_pipelined: int = _opt("Most requests queued behind one in progress on a connection.", 16,
+                             min=1)
 
 
 @dataclass
@@ -92,17 +104,20 @@ class OriginConfig:
     """The upstream site and how hard the edge may lean on it."""
 
     url: str = _opt("Origin base URL, http://HOST:PORT.", "http://127.0.0.1:8000")
-    max_concurrency: int = _opt("Most origin requests in flight at once, whatever clients do.", 16)
+    max_concurrency: int = _opt("Most origin requests in flight at once, whatever clients do.", 16,
+                              min=1)
     queue_size: int = _opt("Requests that may wait for an origin slot; more are shed.", 256)
-    queue_timeout: float = _duration("Longest wait for an origin slot before shedding.", 5.0)
-    connect_timeout: float = _duration("Time allowed to connect to the origin.", 3.0)
-    timeout: float = _duration("Time allowed for the origin's response headers.", 30.0)
+    queue_timeout: float = _duration("Longest wait for an origin slot before shedding.", 5.0,
+                                  above=0)
+    connect_timeout: float = _duration("Time allowed to connect to the origin.", 3.0, above=0)
+    timeout: float = _duration("Time allowed for the origin's response headers.", 30.0,
+                              above=0)
     idle_connections: int = _opt("Idle keep-alive connections kept to the origin.", 32)
     breaker_failures: int = _opt(
         "Consecutive failures (no connection, timeout, broken response, 502/503/504) that open "
-        "the circuit breaker.", 20)
+        "the circuit breaker.", 20, min=1)
     breaker_cooldown: float = _duration("How long the open breaker fails fast before a probe.",
-                                        10.0)
+                                        10.0, above=0)
 
 
 @dataclass
@@ -110,9 +125,10 @@ class CacheConfig:
     """The shared cache (RFC 9111) and its store."""
 
     enabled: bool = _opt("Cache at all.", True)
-    memory_bytes: int = _size("Byte budget of the in-memory store (LRU beyond it).", 256 * 2**20)
+    memory_bytes: int = _size("Byte budget of the in-memory store (LRU beyond it).", 256 * 2**20,
+                         above=0)
     max_object_bytes: int = _size("Largest response body stored; larger ones are streamed.",
-                                  8 * 2**20)
+                                  8 * 2**20, above=0)
     dir: str | None = _opt(
         "Directory where stored responses persist across restarts; null keeps them in memory only.",
         "var/cache")
@@ -130,7 +146,7 @@ class CacheConfig:
         " like Varnish and nginx: during a flood it would let every request reach the origin.",
         False)
     heuristic_fraction: float = _opt(
-        "Heuristic freshness as a fraction of (Date - Last-Modified).", 0.1)
+        "Heuristic freshness as a fraction of (Date - Last-Modified).", 0.1, max=1)
     heuristic_max: float = _duration("Cap on heuristic freshness.", 86400.0)
     query: dict[str, Any] = _opt(
         "Query-string normalization of the cache key: {default: [params], paths: {GLOB: [params]},"
@@ -153,13 +169,18 @@ class DefenseConfig:
     enabled: bool = _opt("Run the defence at all (rules, rates, decisions, challenges).", True)
     policy: str | None = _opt(
         "Policy file (docs/policy.md); null uses the shipped default for a news site.", None)
-    prefix_v4: int = _opt("IPv4 prefix length that groups a client's neighbours.", 24)
-    prefix_v6: int = _opt("IPv6 prefix length that groups a client's neighbours.", 64)
+    prefix_v4: int = _opt("IPv4 prefix length that groups a client's neighbours.", 24,
+                          min=8, max=32)
+    prefix_v6: int = _opt("IPv6 prefix length that groups a client's neighbours.", 64,
+                          min=16, max=128)
     clients: int = _opt("Most client addresses tracked at once (oldest idle ones go first).",
-                        1_000_000)
+                        1_000_000, min=1)
     allow: list[str] = _opt("Addresses/CIDRs never challenged or blocked (your newsroom).", [])
-    pass_ttl: float = _duration("How long a passed challenge lets a reader through.", 86400.0)
-    nojs_delay: float = _duration("The wait of the no-JavaScript challenge.", 5.0)
+    pass_ttl: float = _duration("How long a passed challenge lets a reader through.", 86400.0,
+                                above=0)
+    nojs_delay: float = _duration(
+        "The wait of the no-JavaScript challenge (shorter than the 5 min a challenge lives).",
+        5.0, above=0, max=299)
     key_file: str | None = _opt(
         "Signing keys for passes, shared by several edges; null = STATE_DIR/keys.json.", None)
     attack_mode: str = _opt("`auto` follows the signals; `on` / `off` pin the threat level.",
@@ -182,9 +203,14 @@ class AccessLogConfig:
 class AdminConfig:
     """The admin listener: metrics and purge; never the public listener."""
 
-    listen: str | None = _opt("Admin HOST:PORT; null disables it.", "127.0.0.1:9181")
+    listen: str | None = _opt(
+        "Admin HOST:PORT; null disables it. Keep it on loopback: on any other address a warning "
+        "is logged at start and every admin route, `/metrics` and `/healthz` included, needs "
+        "the token.", "127.0.0.1:9181")
     token: str | None = _opt(
-        "Bearer token required for admin actions (purge); metrics need none on loopback.", None)
+        "Bearer token (`Authorization: Bearer TOKEN`) for the admin routes; null uses "
+        "STATE_DIR/admin.token, made on first start. On loopback `/metrics` and `/healthz` "
+        "stay open (a local Prometheus scrape); elsewhere they need it too.", None)
 
 
 @dataclass
@@ -219,6 +245,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 10s, got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # YAML's .nan / .inf: a timeout that never fires, or NaN
+            raise ValueError(f"a duration must be a finite number, got {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)
@@ -256,6 +284,20 @@ def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"bad port in {value!r}")
     return host or default_host, int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a loopback listen address (127.0.0.0/8, ::1, localhost); a wildcard, another
+    address or any other name counts as public."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def parse_origin_url(value: str) -> tuple[str, str, int]:
@@ -320,6 +362,8 @@ def _convert(tp: Any, node: yaml.Node, value: Any, key: str, source: str, kind: 
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail(f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise fail(f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str | int):
@@ -345,6 +389,31 @@ def _build(cls: Any, node: yaml.MappingNode, source: str, prefix: str = "") -> A
     return cls(**kwargs)
 
 
+def _key_lines(node: yaml.Node, source: str, path: str = "",
+               lines: dict[str, int] | None = None) -> dict[str, int]:
+    """Line of every dotted key (list items as `key[i]`); a key given twice in one mapping is an
+    error naming both lines (YAML would silently keep the last one)."""
+    lines = {} if lines is None else lines
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value)
+            dotted = f"{path}.{name}" if path else name
+            line = key_node.start_mark.line + 1
+            if name in seen:
+                raise ConfigError(f"{source}:{line}: {dotted}: duplicate key, already given on "
+                                  f"line {seen[name]}")
+            seen[name] = line
+            lines.setdefault(dotted, line)
+            _key_lines(value_node, source, dotted, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            dotted = f"{path}[{i}]"
+            lines.setdefault(dotted, item.start_mark.line + 1)
+            _key_lines(item, source, dotted, lines)
+    return lines
+
+
 def load_config_text(text: str, source: str = "<config>") -> Config:
     """Parse YAML text into a checked Config; raise ConfigError naming the file, line and key."""
     try:
@@ -354,13 +423,15 @@ def load_config_text(text: str, source: str = "<config>") -> Config:
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
+    lines: dict[str, int] = {}
     if node is None:
         config = Config()
     elif not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{_where(node, source)}: the config must be a mapping of keys")
     else:
+        lines = _key_lines(node, source)
         config = _build(Config, node, source)
-    validate(config, source)
+    validate(config, source, lines)
     return config
 
 
@@ -374,48 +445,107 @@ def load_config(path: str | Path) -> Config:
     return load_config_text(text, str(p))
 
 
-def validate(config: Config, source: str = "<config>") -> None:
-    """Cross-field checks that types alone cannot express."""
-    def check(key: str, fn: Any, value: Any) -> None:
+def _bound_text(meta: Any) -> str:
+    """The bounds of a key in words, for errors and docs/config.md ('' if it has none)."""
+    parts = []
+    if "min" in meta:
+        parts.append(f"at least {meta['min']:g}")
+    if "above" in meta:
+        parts.append(f"more than {meta['above']:g}")
+    if "max" in meta:
+        parts.append(f"at most {meta['max']:g}")
+    return " and ".join(parts)
+
+
+def _check_bounds(obj: Any, where: Any, prefix: str = "") -> None:
+    """Every number finite and within its field's bounds, however it was set (file or flag)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, where, key + ".")
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(f"{where(key)}: {key}: must be a finite number, got {value!r}")
+        meta = f.metadata
+        if (("min" in meta and value < meta["min"]) or ("above" in meta and value <= meta["above"])
+                or ("max" in meta and value > meta["max"])):
+            raise ConfigError(f"{where(key)}: {key}: must be {_bound_text(meta)}, got {value!r}")
+
+
+def _check_files(config: Config, where: Any) -> None:
+    """Load what serve will load, the same way: the policy (compiled) and the TLS pairs."""
+    from kalkan.defense.rules import Policy, PolicyError  # late: keeps config importable alone
+    from kalkan.edge.tls import CertificateSet, TLSConfigError
+
+    if config.defense.enabled and config.defense.policy:
+        try:
+            Policy.from_file(config.defense.policy)
+        except PolicyError as exc:
+            raise ConfigError(f"{where('defense.policy')}: defense.policy: {exc}") from None
+    if config.tls is not None:
+        for i, pair in enumerate(config.tls.certificates):
+            key = f"tls.certificates[{i}]"
+            try:
+                CertificateSet([pair])
+            except TLSConfigError as exc:
+                raise ConfigError(f"{where(key)}: {key}: {exc}") from None
+
+
+def validate(config: Config, source: str = "<config>",
+             lines: dict[str, int] | None = None) -> None:
+    """Everything serve would refuse: bounds, cross-field checks and the files the config names
+    (the policy compiles, each TLS pair loads). `lines` maps dotted keys to their line."""
+    def where(key: str) -> str:
+        line = (lines or {}).get(key)
+        return f"{source}:{line}" if line else source
+
+    def check(key: str, fn: Any, value: Any, item: str | None = None) -> None:
         try:
             fn(value)
         except ValueError as exc:
-            raise ConfigError(f"{source}: {key}: {exc}") from None
+            raise ConfigError(f"{where(item or key)}: {key}: {exc}") from None
 
     if not config.listen:
-        raise ConfigError(f"{source}: listen: at least one HOST:PORT is needed")
-    for item in config.listen:
-        check("listen", parse_hostport, item)
+        raise ConfigError(f"{where('listen')}: listen: at least one HOST:PORT is needed")
+    for i, item in enumerate(config.listen):
+        check("listen", parse_hostport, item, f"listen[{i}]")
     check("origin.url", parse_origin_url, config.origin.url)
     if config.admin.listen:
         check("admin.listen", parse_hostport, config.admin.listen)
-    for item in config.client_address.trusted_proxies:
-        check("client_address.trusted_proxies", lambda v: ipaddress.ip_network(v, strict=False),
-              item)
+    for i, item in enumerate(config.client_address.trusted_proxies):
+        check("client_address.trusted_proxies",
+              lambda v: ipaddress.ip_network(v, strict=False), item,
+              f"client_address.trusted_proxies[{i}]")
     if config.defense.attack_mode not in ("auto", "on", "off"):
-        raise ConfigError(f"{source}: defense.attack_mode: must be auto, on or off, "
-                          f"not {config.defense.attack_mode!r}")
-    for item in config.defense.allow:
-        check("defense.allow", lambda v: ipaddress.ip_network(v, strict=False), item)
-    if not 8 <= config.defense.prefix_v4 <= 32 or not 16 <= config.defense.prefix_v6 <= 128:
-        raise ConfigError(f"{source}: defense.prefix_v4 / prefix_v6: expected 8..32 / 16..128")
-    if config.origin.max_concurrency < 1:
-        raise ConfigError(f"{source}: origin.max_concurrency: must be at least 1")
+        raise ConfigError(f"{where('defense.attack_mode')}: defense.attack_mode: must be auto, "
+                          f"on or off, not {config.defense.attack_mode!r}")
+    for i, item in enumerate(config.defense.allow):
+        check("defense.allow", lambda v: ipaddress.ip_network(v, strict=False), item,
+              f"defense.allow[{i}]")
+    _check_bounds(config, where)
     if config.tls is not None:
         if not config.tls.certificates:
-            raise ConfigError(f"{source}: tls.certificates: at least one {{cert, key}} is needed")
+            raise ConfigError(f"{where('tls.certificates')}: tls.certificates: at least one "
+                              "{cert, key} is needed")
         for i, cert in enumerate(config.tls.certificates):
             if not isinstance(cert, dict) or set(cert) != {"cert", "key"}:
-                raise ConfigError(
-                    f"{source}: tls.certificates[{i}]: expected {{cert: PATH, key: PATH}}")
+                raise ConfigError(f"{where(f'tls.certificates[{i}]')}: tls.certificates[{i}]: "
+                                  "expected {cert: PATH, key: PATH}")
         if config.tls.redirect_http and not config.tls.http_listen:
-            raise ConfigError(f"{source}: tls.http_listen: needed when tls.redirect_http is true")
+            raise ConfigError(f"{where('tls.redirect_http')}: tls.http_listen: needed when "
+                              "tls.redirect_http is true")
+        if config.tls.http_listen:
+            check("tls.http_listen", parse_hostport, config.tls.http_listen)
     from kalkan.edge.cache_key import QueryPolicy  # late: keeps config importable on its own
 
     try:
         QueryPolicy.from_mapping(config.cache.query)
     except ValueError as exc:
-        raise ConfigError(f"{source}: cache.query: {exc}") from None
+        raise ConfigError(f"{where('cache.query')}: cache.query: {exc}") from None
+    _check_files(config, where)
 
 
 def describe(cls: Any = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -431,5 +561,9 @@ def describe(cls: Any = Config, prefix: str = "") -> list[tuple[str, str, str]]:
             continue
         missing = f.default is dataclasses.MISSING
         default = f.default_factory() if missing else f.default  # type: ignore[misc]
-        rows.append((prefix + f.name, repr(default), f.metadata.get("doc", "")))
+        doc = f.metadata.get("doc", "")
+        bounds = _bound_text(f.metadata)
+        if bounds:
+            doc += f" Must be {bounds}."
+        rows.append((prefix + f.name, repr(default), doc))
     return rows

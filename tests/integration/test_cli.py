@@ -176,3 +176,124 @@ async def test_decisions_reload_and_attack_mode_commands(origin: Origin, tmp_pat
     assert "attack mode on" in out.stdout
     out = await asyncio.to_thread(run_cli, "attack-mode", "auto", *admin)
     assert "attack mode auto" in out.stdout
+
+
+# What `serve` refuses, `check-config` refuses with the same message (file, line, dotted key).
+# {dir} is the test's directory, where the policy and certificate files are written.
+REFUSED = {
+    "missing policy": ("defense:\n  policy: {dir}/absent.yaml\n",
+                       ":2: defense.policy: {dir}/absent.yaml: cannot read the policy"),
+    "broken policy": ("defense:\n  policy: {dir}/broken.yaml\n",
+                      ":2: defense.policy: {dir}/broken.yaml:4: rules[0] (x).action"),
+    "missing TLS file": ("tls:\n  certificates:\n    - cert: {dir}/absent.pem\n"
+                         "      key: {dir}/absent.key\n",
+                         ":3: tls.certificates[0]: {dir}/absent.pem: no such file"),
+    "unreadable TLS pair": ("tls:\n  certificates:\n    - cert: {dir}/junk.pem\n"
+                            "      key: {dir}/junk.pem\n",
+                            ":3: tls.certificates[0]: {dir}/junk.pem"),
+    "pass_ttl 0": ("defense:\n  pass_ttl: 0\n", ":2: defense.pass_ttl: must be more than 0"),
+    "max_headers 0": ("limits:\n  max_headers: 0\n", ":2: limits.max_headers: must be at least 8"),
+    "max_request_line 1": ("limits:\n  max_request_line: 1\n",
+                           ":2: limits.max_request_line: must be at least 64"),
+    "nan timeout": ("origin:\n  timeout: .nan\n",
+                    ":2: origin.timeout: a duration must be a finite number"),
+    "inf timeout": ("limits:\n  send_timeout: .inf\n",
+                    ":2: limits.send_timeout: a duration must be a finite number"),
+    "duplicate key": ("limits:\n  max_headers: 50\n  max_headers: 60\n",
+                      ":3: limits.max_headers: duplicate key, already given on line 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str) -> None:
+    (tmp_path / "broken.yaml").write_text("version: 1\nrules:\n  - name: x\n"
+                                          "    action: explode\n")
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    text, needle = REFUSED[case]
+    config = tmp_path / "kalkan.yaml"
+    config.write_text(text.format(dir=tmp_path))
+    expected = f"{config}{needle.format(dir=tmp_path)}"
+    checked = run_cli("check-config", str(config))
+    assert checked.returncode == 2 and expected in checked.stderr, checked.stderr
+    # serve stops before binding anything (a serve that started would hit the timeout).
+    served = run_cli("serve", "--config", str(config), "--listen", "127.0.0.1:0",
+                     "--admin", "off", "--access-log", "off", "--cache-dir", "off",
+                     "--state-dir", str(tmp_path / "state"))
+    assert served.returncode == 2 and expected in served.stderr, served.stderr
+    assert "Traceback" not in served.stderr
+
+
+def test_check_config_warns_about_a_public_admin_listener(tmp_path: Path) -> None:
+    config = tmp_path / "kalkan.yaml"
+    config.write_text("admin:\n  listen: 0.0.0.0:9181\n")
+    out = run_cli("check-config", str(config))
+    assert out.returncode == 0 and "ok" in out.stdout
+    assert "admin.listen 0.0.0.0:9181 is not on loopback" in out.stderr
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+def _serve_with_nofile(origin_url: str, tmp_path: Path, soft: int, hard: int,
+                       max_connections: int) -> tuple[subprocess.Popen[bytes], int]:
+    import resource
+
+    config = tmp_path / "kalkan.yaml"
+    config.write_text(f"limits:\n  max_connections: {max_connections}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [KALKAN, "serve", "--config", str(config), "--origin", origin_url, "--listen",
+         f"127.0.0.1:{port}", "--admin", "off", "--access-log", "off", "--cache-dir", "off",
+         "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=15)
+    return out.decode(errors="replace")
+
+
+async def test_serve_raises_the_open_files_limit_to_fit_max_connections(
+        origin: Origin, tmp_path: Path) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4000:
+        pytest.skip(f"the hard open-files limit here ({hard}) is too low to raise towards")
+    proc, port = _serve_with_nofile(origin.url, tmp_path, 512, hard, 3000)
+    try:
+        await asyncio.to_thread(wait_for_port, port, proc)
+        soft_now, hard_now = _open_files_limit(proc.pid)
+        assert hard_now == hard
+        # max_connections plus the margin (256 + origin.max_concurrency + idle_connections),
+        # not all of the hard limit.
+        assert soft_now == 3000 + 256 + 16 + 32
+        assert (await fetch(port, "/")).status == 200
+    finally:
+        out = _stop(proc)
+    assert "open-files limit raised from 512" in out
+
+
+async def test_serve_says_how_many_connections_fit_under_a_low_hard_limit(
+        origin: Origin, tmp_path: Path) -> None:
+    proc, port = _serve_with_nofile(origin.url, tmp_path, 400, 600, 3000)
+    try:
+        await asyncio.to_thread(wait_for_port, port, proc)
+        assert _open_files_limit(proc.pid) == (600, 600)  # raised as far as the hard limit
+    finally:
+        out = _stop(proc)
+    warnings = [line for line in out.splitlines() if "open-files limit is 600" in line]
+    assert len(warnings) == 1, out
+    # 600 minus the margin (256 + origin.max_concurrency 16 + idle_connections 32).
+    assert "about 296 client connections can be held, not limits.max_connections=3000" \
+        in warnings[0]

@@ -10,11 +10,13 @@ from kalkan.config import (
     Config,
     ConfigError,
     describe,
+    is_loopback_host,
     load_config,
     load_config_text,
     parse_duration,
     parse_hostport,
     parse_size,
+    validate,
 )
 
 
@@ -88,12 +90,75 @@ def test_units() -> None:
 
 def test_every_key_is_documented() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "config.md").read_text(encoding="utf-8")
-    for key, _default, doc in describe():
+    for key, default, doc in describe():
         assert doc, f"{key} has no description"
         assert f"`{key}`" in docs, f"docs/config.md does not document {key}"
+        # The whole row, bounds included: run scripts/write_config_doc.py after a change.
+        assert f"| `{key}` | `{default}` | {doc} |" in docs, f"docs/config.md is stale: {key}"
 
 
 def test_shipped_demo_config_is_valid() -> None:
     path = Path(__file__).parents[2] / "src" / "kalkan" / "data" / "demo.yaml"
     config = load_config(path)
     assert config.cache.microcache_ttl > 0
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("limits:\n  max_request_line: 1\n",
+     "site.yaml:2: limits.max_request_line: must be at least 64, got 1"),
+    ("limits:\n  max_headers: 0\n", "site.yaml:2: limits.max_headers: must be at least 8"),
+    ("defense:\n  pass_ttl: 0\n", "site.yaml:2: defense.pass_ttl: must be more than 0"),
+    ("defense:\n  nojs_delay: 10m\n", "site.yaml:2: defense.nojs_delay: must be more than 0 and "
+                                      "at most 299"),
+    ("origin:\n  timeout: .nan\n", "site.yaml:2: origin.timeout: a duration must be a finite"),
+    ("limits:\n  header_timeout: .inf\n", "site.yaml:2: limits.header_timeout: a duration must"),
+    ("cache:\n  heuristic_fraction: .nan\n", "site.yaml:2: cache.heuristic_fraction: expected a "
+                                             "finite number"),
+    ("cache:\n  heuristic_fraction: 2\n", "cache.heuristic_fraction: must be at most 1"),
+    ("defense:\n  prefix_v4: 40\n", "site.yaml:2: defense.prefix_v4: must be at least 8 and at "
+                                    "most 32"),
+    ("cache:\n  grace: 1h\n  enabled: true\n  grace: 2h\n",
+     "site.yaml:4: cache.grace: duplicate key, already given on line 2"),
+    ("origin:\n  url: http://127.0.0.1:1\norigin:\n  url: http://127.0.0.1:2\n",
+     "site.yaml:3: origin: duplicate key, already given on line 1"),
+    ("cache:\n  query:\n    default: [id]\n    default: [p]\n",
+     "site.yaml:4: cache.query.default: duplicate key, already given on line 3"),
+    ("listen: ['127.0.0.1:80', 'nowhere']\n", "site.yaml:1: listen: expected HOST:PORT"),
+    ("tls:\n  certificates:\n    - {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\n",
+     "site.yaml:3: tls.certificates[0]: /nonexistent/c.pem: no such file"),
+    ("defense:\n  policy: /nonexistent/policy.yaml\n",
+     "site.yaml:2: defense.policy: /nonexistent/policy.yaml: cannot read the policy"),
+])
+def test_bounds_duplicates_and_files_are_named(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "site.yaml")
+    assert needle in str(exc.value)
+
+
+def test_a_policy_that_does_not_compile_is_named_with_both_files(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: x\n    action: explode\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(f"cache:\n  grace: 1h\ndefense:\n  policy: {policy}\n", "site.yaml")
+    msg = str(exc.value)
+    assert msg.startswith(f"site.yaml:4: defense.policy: {policy}:4")
+    # With the defence off, serve never reads the policy, so neither does the check.
+    load_config_text(f"defense:\n  enabled: false\n  policy: {policy}\n", "site.yaml")
+
+
+def test_bounds_hold_for_values_set_after_loading() -> None:
+    config = Config()
+    config.limits.max_connections = 0
+    with pytest.raises(ConfigError, match=r"command line: limits\.max_connections: must be at "):
+        validate(config, "command line")
+    config.limits.max_connections = 10
+    config.cache.grace = float("inf")
+    with pytest.raises(ConfigError, match=r"cache\.grace: must be a finite number"):
+        validate(config, "command line")
+
+
+def test_loopback_hosts() -> None:
+    for host in ("127.0.0.1", "127.8.0.1", "::1", "localhost", "::ffff:127.0.0.1"):
+        assert is_loopback_host(host), host
+    for host in ("0.0.0.0", "::", "192.0.2.1", "2001:db8::1", "admin.example"):
+        assert not is_loopback_host(host), host

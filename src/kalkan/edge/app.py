@@ -1,17 +1,19 @@
-"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals."""
+"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals,
+and the process's open-files limit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import resource
 import secrets
 import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kalkan.config import Config, parse_hostport
+from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.defense.attack_mode import LEVEL_NAMES
 from kalkan.defense.decisions import DecisionError
 from kalkan.edge.pipeline import Pipeline
@@ -79,6 +81,7 @@ class Edge:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        raise_open_files_limit(self.config)
         if self.pipeline.defense is not None:
             self.pipeline.defense.start()
         loaded = self.pipeline.load()
@@ -99,7 +102,12 @@ class Edge:
             await self.redirect_server.listen(host, port)
         if self.config.admin.listen:
             host, port = parse_hostport(self.config.admin.listen)
-            self.admin = AdminServer(self.pipeline.metrics, self.admin_token)
+            public = not is_loopback_host(host)
+            if public:
+                log.warning("admin listener %s is not on loopback: anyone who reaches it can try "
+                            "the admin routes, so every one (/metrics included) requires the "
+                            "bearer token; prefer 127.0.0.1", self.config.admin.listen)
+            self.admin = AdminServer(self.pipeline.metrics, self.admin_token, public=public)
             self.admin.route("POST", "/purge", self._purge)
             self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
             if self.pipeline.defense is not None:
@@ -227,6 +235,36 @@ def _saved_or_fail(defense: Defense, consequence: str) -> None:
     problem = defense.save(time.time())
     if problem is not None:
         raise AdminError(500, f"{problem}; {consequence}")
+
+
+# Descriptors besides client connections: origin connections, cache files being written, the log,
+# listeners, the admin listener and the odd state file.
+_SPARE_FDS = 256
+
+
+def raise_open_files_limit(config: Config) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard one so limits.max_connections can be held;
+    warn once, saying how many connections fit, when the hard limit is too low. Returns the soft
+    limit now in force."""
+    spare = _SPARE_FDS + config.origin.max_concurrency + config.origin.idle_connections
+    need = config.limits.max_connections + spare
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                log.info("open-files limit raised from %d to %d", soft, target)
+                soft = target
+            except (ValueError, OSError) as exc:
+                log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("the open-files limit is %d (hard limit %s): about %d client connections "
+                    "can be held, not limits.max_connections=%d; raise the hard limit "
+                    "(LimitNOFILE= in systemd, ulimit -Hn) or lower max_connections",
+                    soft, "unlimited" if hard == resource.RLIM_INFINITY else hard,
+                    max(soft - spare, 0), config.limits.max_connections)
+    return soft
 
 
 def load_or_create_token(path: Path) -> str:

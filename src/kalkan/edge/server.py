@@ -153,7 +153,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
-        self.peer = self.client = peer[0] if peer else "unknown"
+        addr = peer[0] if peer else "unknown"  # an IPv4 reader on a dual-stack [::] listener
+        self.peer = self.client = addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
         self.deadline = self.clock.mono + self.limits.header_timeout
         self.deadline_kind = _HEADERS
         self.server.connections.add(self)
@@ -932,8 +933,26 @@ class EdgeServer:
         # A TLS connection reaches our protocol only once its handshake is done, so the header
         # timeout must bound the handshake itself (asyncio's default allows 60 s).
         tls_timeout = self.config.limits.header_timeout if ssl_context is not None else None
-        server = await loop.create_server(factory, host, port, ssl=ssl_context, backlog=4096,
-                                          reuse_address=True, ssl_handshake_timeout=tls_timeout)
+        if host == "::":
+            import socket  # only the dual-stack branch needs it
+
+            # `[::]` means every address, IPv4 too; asyncio would make it IPv6-only, so the
+            # socket is made here with IPV6_V6ONLY off (IPv4 peers arrive as ::ffff:a.b.c.d).
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096,
+                                              ssl_handshake_timeout=tls_timeout)
+        else:
+            server = await loop.create_server(factory, host, port, ssl=ssl_context, backlog=4096,
+                                              reuse_address=True,
+                                              ssl_handshake_timeout=tls_timeout)
         self.servers.append(server)
         if self._sweeper is None:
             self._sweep()
