@@ -1,4 +1,5 @@
-"""The origin gate (concurrency, bounded queue, timeout) and the circuit breaker, no sockets."""
+"""The origin gate (concurrency, bounded queue, timeout), the circuit breaker and the request
+head the pool writes upstream, no sockets."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import asyncio
 
 import pytest
 
-from kalkan.edge.origin import Breaker, GateFull, OriginGate
+from kalkan.config import OriginConfig
+from kalkan.edge.origin import (
+    IDLE_TIMEOUT,
+    BadUpstreamRequest,
+    Breaker,
+    GateFull,
+    OriginGate,
+    OriginPool,
+    _serialize_head,
+)
 
 
 async def test_gate_bounds_concurrency_and_serves_in_order() -> None:
@@ -77,3 +87,40 @@ def test_breaker_opens_probes_and_closes() -> None:
     breaker.success()
     assert breaker.state == Breaker.CLOSED and breaker.allow(21.1)
     assert breaker.opens == 2
+
+
+# -- what may be written upstream ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "target", "headers"), [
+    ("GET", b"/", [(b"X-Evil", b"a\r\nContent-Length: 5")]),
+    ("GET", b"/", [(b"X-Evil", b"a\nb")]),
+    ("GET", b"/", [(b"X-Evil", b"a\rb")]),
+    ("GET", b"/", [(b"X-Evil", b"a\x00b")]),
+    ("GET", b"/", [(b"X-Evil\r\nHost", b"a")]),
+    ("GET", b"/", [(b"Content-Length ", b"5")]),
+    ("GET", b"/", [(b"", b"a")]),
+    ("GET", b"/ HTTP/1.1\r\nHost: x\r\n\r\nGET /admin", []),
+    ("GET", b"/a b", []),
+    ("GET", b"", []),
+    ("GET /x HTTP/1.1\r\n", b"/", []),
+    ("G\x00T", b"/", []),
+])
+async def test_nothing_that_could_split_a_request_is_sent_upstream(
+        method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    pool = OriginPool(OriginConfig(url="http://127.0.0.1:9"))
+    with pytest.raises(BadUpstreamRequest):
+        await pool.request(method, target, [(b"Host", b"news.example"), *headers])
+    assert pool.connects == 0  # refused before any connection was taken or made
+
+
+def test_a_well_formed_head_is_written_as_given() -> None:
+    head = _serialize_head("GET", b"/a?b=%20c", [(b"Host", b"news.example"),
+                                                  (b"X-Tab", b"a\tb \xe4")])
+    assert head == (b"GET /a?b=%20c HTTP/1.1\r\nHost: news.example\r\n"
+                    b"X-Tab: a\tb \xe4\r\n\r\n")
+
+
+def test_idle_timeout_defaults_below_common_origin_keepalive_timeouts() -> None:
+    pool = OriginPool(OriginConfig())
+    assert pool.idle_timeout == IDLE_TIMEOUT < 5.0  # Apache's KeepAliveTimeout
+    assert OriginPool(OriginConfig(), idle_timeout=1.5).idle_timeout == 1.5

@@ -4,13 +4,21 @@
 with a timeout behind it); `Breaker` fails fast after consecutive failures and lets one probe
 through after a cool-down; `OriginPool` speaks HTTP/1.1 to the origin and streams bodies both ways
 with back-pressure.
+
+Everything the origin can do wrong ends as an `OriginError` (or `OriginTimeout`): a connection it
+closed while idle leaves the pool at once, a response head larger than `MAX_HEAD_BYTES` or with
+more than `MAX_HEAD_FIELDS` fields is refused before it is buffered, and a broken body (bad
+chunk, short, stalled) surfaces from `UpstreamResponse.read()`. Nothing with CR, LF or NUL in it is
+ever written upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable
 
@@ -26,6 +34,11 @@ class OriginError(Exception):
 
 class OriginTimeout(OriginError):
     """The origin did not answer in time."""
+
+
+class BadUpstreamRequest(OriginError):
+    """The request we were about to send upstream is malformed (CR, LF or NUL in a field, a bad
+    method or target): a bug upstream of this module, refused here so it can never smuggle."""
 
 
 class GateFull(Exception):
@@ -220,6 +233,25 @@ _UPSTREAM_HIGH_WATER = 512 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _UPSTREAM_LOW_WATER = 128 * 1024
 
+# Idle keep-alive connections older than this are closed instead of reused. Origins close theirs
+# after a few seconds (Apache: 5 s, nginx: 75 s, many hosted PHP stacks: 5-15 s); reusing one the
+# origin is closing at that very moment loses the request, so we give up first. The lead may expose
+# it as `origin.idle_timeout` (OriginPool reads that key when the config has it).
+IDLE_TIMEOUT = 4.0
+
+# Limits on an origin response head (all interim 1xx heads before it included). nginx refuses
+# heads larger than proxy_buffer_size (4-8 KiB) with 502; Varnish allows 32 KiB and 64 fields. A
+# WordPress page with a long Content-Security-Policy, Link preloads and a dozen Set-Cookie fields
+# stays well under 64 KiB and 100 fields; a head beyond that is broken or hostile, and buffering it
+# whole would let one origin response take hundreds of MB.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_FIELDS = 100
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")  # no space, no control byte
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to the origin; parses one response at a time."""
@@ -237,13 +269,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self.used = 0
         self.idle = False  # in the pool, waiting for a request
+        self.idle_since = 0.0
         self.desynced = False  # the origin sent more than one response: never reuse
+        self.answered = False  # a byte of the response to the current request has arrived
+        self._in_head = False  # the final response head is not complete yet
+        self._head_fed = 0  # bytes fed to the parser since the request, while in the head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
+    def eof_received(self) -> bool | None:
+        # The origin closed its side; an idle connection must not be handed out meanwhile.
+        self.pool._evict(self)
+        return None  # let the transport close; connection_lost follows
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool._evict(self)
         err = OriginError("origin closed the connection")
         if self.head_ready is not None and not self.head_ready.done():
             self.head_ready.set_exception(err)
@@ -258,20 +300,37 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.idle:
-            # Bytes nobody asked for: the origin framed its last response wrongly. This
-            # connection can no longer be trusted to line responses up with requests.
+        if self.idle or self.head_ready is None:
+            # Bytes nobody asked for: the origin framed its last response wrongly (or speaks
+            # first). This connection can no longer line responses up with requests.
             self.close()
             return
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(OriginError(f"bad response from origin: {exc}"))
+            # httptools wraps what a callback raised (our head limits) in HttpParserCallbackError.
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, OriginError)
+                       else OriginError(f"bad response from origin: {exc}"))
             return
+        except httptools.HttpParserUpgrade:
+            # 101 or an upgrade we never asked for (Upgrade is not forwarded): not HTTP any more.
+            self._fail(OriginError("origin switched protocols"))
+            return
+        if self._in_head:
+            # Every byte fed since the request belongs to a head while the final head is not
+            # complete (a response begins right after the request; bytes before it desync), so
+            # counting whole reads is exact and httptools never holds more than one read beyond.
+            self._head_fed += len(data)
+            if self._head_fed > MAX_HEAD_BYTES:
+                self._fail(OriginError("origin response head too large"))
+                return
         if self.desynced:
             self.close()
 
     def _fail(self, err: Exception) -> None:
+        self._in_head = False
         if self.head_ready is not None and not self.head_ready.done():
             self.head_ready.set_exception(err)
         if self.response is not None:
@@ -284,12 +343,16 @@ class UpstreamConnection(asyncio.Protocol):
             # A second response to one request: the origin's framing is off; drop the rest.
             self.desynced = True
             return
-        self.response = UpstreamResponse(self)
+        if self.response is None:
+            self.response = UpstreamResponse(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.desynced:
-            assert self.response is not None
-            self.response.headers.append((name, value))
+        resp = self.response
+        if self.desynced or resp is None:
+            return
+        if len(resp.headers) >= MAX_HEAD_FIELDS:
+            raise OriginError("origin response head has too many fields")
+        resp.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         resp = self.response
@@ -297,7 +360,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         resp.status = self.parser.get_status_code()
         if 100 <= resp.status < 200:
-            return  # an interim response: keep waiting for the final one
+            resp.headers.clear()  # an interim response: its fields are not the final ones
+            return  # keep waiting for the final one
+        self._in_head = False
         resp.keep_alive = self.parser.should_keep_alive()
         for k, v in resp.headers:
             lk = k.lower()
@@ -350,6 +415,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed:
             raise OriginError("origin closed the connection while we sent the body")
 
+    @property
+    def usable(self) -> bool:
+        """Open, in step with the origin, and not closing."""
+        return not self.closed and not self.desynced and self.transport is not None and \
+            not self.transport.is_closing()
+
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
@@ -359,13 +430,19 @@ class UpstreamConnection(asyncio.Protocol):
 class OriginPool:
     """HTTP/1.1 to one origin over reused keep-alive connections."""
 
-    def __init__(self, config: OriginConfig) -> None:
+    def __init__(self, config: OriginConfig, idle_timeout: float | None = None) -> None:
         self.config = config
         scheme, self.host, self.port = parse_origin_url(config.url)
         self.ssl = ssl.create_default_context() if scheme == "https" else None
         self.host_header = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
-        self._idle: deque[UpstreamConnection] = deque()
+        if idle_timeout is None:
+            # `origin.idle_timeout` once the config has that key; until then the module default.
+            idle_timeout = float(getattr(config, "idle_timeout", IDLE_TIMEOUT))
+        self.idle_timeout = idle_timeout
+        self._idle: deque[UpstreamConnection] = deque()  # oldest left, most recently used right
         self.connects = 0
+        self.retries = 0  # requests sent again on a new connection after a reused one died
+        self.evicted = 0  # idle connections dropped because the origin closed them
 
     async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -382,53 +459,91 @@ class OriginPool:
         return conn
 
     def _give_back(self, conn: UpstreamConnection) -> None:
-        if conn.closed or conn.desynced or len(self._idle) >= self.config.idle_connections:
+        if not conn.usable or len(self._idle) >= self.config.idle_connections:
             conn.close()
             return
         conn.response = None
         conn.head_ready = None
         conn.idle = True
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
+        self._expire(conn.idle_since)
+
+    def _evict(self, conn: UpstreamConnection) -> None:
+        """The origin closed (or is closing) an idle connection: out of the pool at once."""
+        if conn.idle:
+            conn.idle = False
+            self.evicted += 1
+            with contextlib.suppress(ValueError):
+                self._idle.remove(conn)
+
+    def _expire(self, now: float) -> None:
+        """Close idle connections the origin may be about to close (the oldest are leftmost)."""
+        while self._idle and now - self._idle[0].idle_since > self.idle_timeout:
+            conn = self._idle.popleft()
+            conn.idle = False
+            conn.close()
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still worth trying, if any."""
+        self._expire(time.monotonic())
+        while self._idle:
+            conn = self._idle.pop()
+            conn.idle = False
+            if conn.usable:
+                return conn
+            conn.close()
+        return None
 
     async def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                       body: BodyStream | None = None, *, chunked: bool = False) -> UpstreamResponse:
         """Send a request and wait for the response head; the body then streams via `read()`.
 
-        A reused idle connection may have been closed by the origin meanwhile; when that happens
-        before any response byte and no request body was consumed, retry once on a fresh one.
+        A reused idle connection may have been closed by the origin while we wrote to it. When
+        that happens before any response byte, for an idempotent request without a body, the
+        request is sent once more on a newly connected connection (never on another idle one,
+        which may be just as dead). A timeout is not retried: the origin may be working on it.
         """
-        for attempt in (0, 1):
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await self._connect()
-            try:
-                return await self._exchange(conn, method, target, headers, body, chunked)
-            except OriginError:
-                conn.close()
-                if attempt == 0 and reused and body is None and method in _IDEMPOTENT:
-                    continue
+        head = _serialize_head(method, target, headers)
+        conn = self._take_idle()
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
+        try:
+            return await self._exchange(conn, method, head, body, chunked)
+        except OriginError as exc:
+            conn.close()
+            if not (reused and not conn.answered and body is None and method in _IDEMPOTENT
+                    and not isinstance(exc, OriginTimeout)):
                 raise
-            except BaseException:
-                conn.close()  # e.g. the client's body broke off: this half-sent request is dead
-                raise
-        raise AssertionError("unreachable")
+        except BaseException:
+            conn.close()  # e.g. the client's body broke off: this half-sent request is dead
+            raise
+        self.retries += 1
+        conn = await self._connect()
+        try:
+            return await self._exchange(conn, method, head, None, chunked)
+        except BaseException:
+            conn.close()
+            raise
 
-    async def _exchange(self, conn: UpstreamConnection, method: str, target: bytes,
-                        headers: list[tuple[bytes, bytes]], body: BodyStream | None,
-                        chunked: bool) -> UpstreamResponse:
-        if conn.closed or conn.transport is None:
+    async def _exchange(self, conn: UpstreamConnection, method: str, head: bytes,
+                        body: BodyStream | None, chunked: bool) -> UpstreamResponse:
+        if not conn.usable or conn.transport is None:
             raise OriginError("idle origin connection was closed")
         conn.used += 1
         conn.idle = False
+        conn.answered = False
+        conn._in_head = True
+        conn._head_fed = 0
         conn.head_only = method == "HEAD"
         conn.head_ready = asyncio.get_running_loop().create_future()
-        head = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
-        head.extend(b"%s: %s\r\n" % (k, v) for k, v in headers)
-        head.append(b"\r\n")
-        conn.transport.write(b"".join(head))
+        conn.transport.write(head)
         if body is not None:
             await _send_body(conn, body, chunked)
         await self._await_head(conn, conn.head_ready)
-        assert conn.response is not None
+        if conn.response is None:  # cannot happen: the head resolved only with a response
+            raise OriginError("origin response lost")
         return conn.response
 
     async def _await_head(self, conn: UpstreamConnection, fut: Awaitable[None]) -> None:
@@ -440,16 +555,39 @@ class OriginPool:
 
     def close(self) -> None:
         while self._idle:
-            self._idle.pop().close()
+            conn = self._idle.pop()
+            conn.idle = False
+            conn.close()
+
+
+def _serialize_head(method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request head as sent upstream; refuses anything that could end a line early.
+
+    The parser in front already refuses such requests; this is the last gate before the origin's
+    socket, so that no bug in between can split one request into two.
+    """
+    if not _METHOD.fullmatch(method):
+        raise BadUpstreamRequest("refusing to send a malformed method upstream")
+    if not _TARGET.fullmatch(target):
+        raise BadUpstreamRequest("refusing to send a malformed request target upstream")
+    parts = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
+    for k, v in headers:
+        if not _TOKEN.fullmatch(k) or _BAD_VALUE.search(v):
+            raise BadUpstreamRequest("refusing to send a header field with CR, LF or NUL upstream"
+                                     " (or a malformed field name)")
+        parts.append(b"%s: %s\r\n" % (k, v))
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 async def _send_body(conn: UpstreamConnection, body: BodyStream, chunked: bool) -> None:
-    assert conn.transport is not None
     while True:
         chunk = await body.read()
         if not chunk:
             break
+        if conn.transport is None or conn.closed:
+            raise OriginError("origin closed the connection while we sent the body")
         conn.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         await conn.drain()
-    if chunked:
+    if chunked and conn.transport is not None and not conn.closed:
         conn.transport.write(b"0\r\n\r\n")
