@@ -113,6 +113,9 @@ class OriginConfig:
     timeout: float = _duration("Time allowed for the origin's response headers.", 30.0,
                               above=0)
     idle_connections: int = _opt("Idle keep-alive connections kept to the origin.", 32)
+    idle_timeout: float = _duration(
+        "Idle origin connections older than this are closed, not reused: keep it below the "
+        "origin's keep-alive timeout (Apache: 5 s).", 4.0, above=0)
     breaker_failures: int = _opt(
         "Consecutive failures (no connection, timeout, broken response, 502/503/504) that open "
         "the circuit breaker.", 20, min=1)

@@ -274,10 +274,8 @@ async def _faulty_edge(scripted: Callable[[Script], Awaitable[ScriptedOrigin]],
 
 
 _GET = b"GET /article HTTP/1.1\r\nHost: news.example\r\n\r\n"
-_PIPELINE_FIX = "issue 7: origin body errors -> 502 (pipeline)"
 
 
-@pytest.mark.xfail(reason=_PIPELINE_FIX, strict=True)
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_broken_storable_body_gets_a_gateway_error(
         scripted: Callable[[Script], Awaitable[ScriptedOrigin]], make_edge: EdgeFactory,
@@ -290,7 +288,6 @@ async def test_broken_storable_body_gets_a_gateway_error(
     assert b"X-Cache: ERROR" in _split(reply)[0]
 
 
-@pytest.mark.xfail(reason=_PIPELINE_FIX, strict=True)
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_broken_storable_body_serves_the_stale_copy(
         scripted: Callable[[Script], Awaitable[ScriptedOrigin]], make_edge: EdgeFactory,
@@ -345,7 +342,6 @@ async def test_broken_streamed_body_ends_the_reader_connection_unfinished(
         assert body == b"0123456789"  # short of its Content-Length
 
 
-@pytest.mark.xfail(reason=_PIPELINE_FIX, strict=True)
 @pytest.mark.parametrize("cc", [STORABLE, NOT_STORABLE], ids=["storable", "streamed"])
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_broken_origin_body_logs_no_traceback(

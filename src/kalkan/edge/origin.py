@@ -235,8 +235,8 @@ _UPSTREAM_LOW_WATER = 128 * 1024
 
 # Idle keep-alive connections older than this are closed instead of reused. Origins close theirs
 # after a few seconds (Apache: 5 s, nginx: 75 s, many hosted PHP stacks: 5-15 s); reusing one the
-# origin is closing at that very moment loses the request, so we give up first. The lead may expose
-# it as `origin.idle_timeout` (OriginPool reads that key when the config has it).
+# origin is closing at that very moment loses the request, so we give up first. The default of
+# `origin.idle_timeout`.
 IDLE_TIMEOUT = 4.0
 
 # Limits on an origin response head (all interim 1xx heads before it included). nginx refuses
@@ -435,10 +435,7 @@ class OriginPool:
         scheme, self.host, self.port = parse_origin_url(config.url)
         self.ssl = ssl.create_default_context() if scheme == "https" else None
         self.host_header = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
-        if idle_timeout is None:
-            # `origin.idle_timeout` once the config has that key; until then the module default.
-            idle_timeout = float(getattr(config, "idle_timeout", IDLE_TIMEOUT))
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = config.idle_timeout if idle_timeout is None else idle_timeout
         self._idle: deque[UpstreamConnection] = deque()  # oldest left, most recently used right
         self.connects = 0
         self.retries = 0  # requests sent again on a new connection after a reused one died

@@ -18,6 +18,7 @@ from kalkan.defense.facts import CHALLENGE_PREFIX, RequestFacts
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.origin import (
+    BadUpstreamRequest,
     Breaker,
     BreakerOpen,
     GateFull,
@@ -577,6 +578,9 @@ class Pipeline:
             resp = await self.origin.request(method, target, headers,
                                              req.body if req is not None else None,
                                              chunked=chunked)
+        except BadUpstreamRequest:
+            metrics.origin_requests["refused_by_edge"] += 1  # our bug, not the origin failing
+            raise
         except OriginError as exc:
             self.breaker.failure(self.clock.mono)
             metrics.origin_requests["timeout" if isinstance(exc, OriginTimeout) else "error"] += 1
