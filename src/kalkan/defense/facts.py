@@ -69,7 +69,8 @@ class RouteClassifier:
         if method != "GET" and method not in _SAFE_METHODS \
                 and not npath.startswith(CHALLENGE_PREFIX):
             return (cls if cls in _UNSAFE_KEEPS else FORM), npath
-        if query and _is_search(query):
+        if query and (("s=" in query and _has_param(query, "s")) or (
+                ("%" in query or "+" in query or "[" in query) and _spelled_search(query))):
             return SEARCH, npath  # WordPress search: /?s=words
         return cls, npath
 
@@ -130,14 +131,12 @@ def normalize_path(path: str) -> str:
     return result
 
 
-def _is_search(query: str) -> bool:
-    """Does the query hold WordPress's `s` parameter, as PHP reads parameter names?"""
-    if "s=" in query and _has_param(query, "s"):
-        return True
-    if "%" not in query and "+" not in query and "[" not in query:
-        return False
-    # PHP decodes names (`%73` and `+` too), drops their leading spaces and reads `s[]` or
-    # `s[x]` as `s`: each of those reaches WordPress as a search.
+def _spelled_search(query: str) -> bool:
+    """Does the query hold WordPress's `s` parameter spelled otherwise, as PHP reads names?
+
+    PHP decodes names (`%73` and `+` too), drops their leading spaces and reads `s[]` or
+    `s[x]` as `s`: each of those reaches WordPress as a search.
+    """
     for part in query.split("&"):
         name = unquote_plus(part.split("=", 1)[0], encoding="latin-1").lstrip(" ")
         bracket = name.find("[")
