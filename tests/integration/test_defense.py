@@ -379,3 +379,23 @@ async def test_unsafe_methods_to_the_front_page_are_limited(
         # More than 5 a minute is a form burst: challenged, and no longer at the origin.
         assert 403 not in statuses[:5] and statuses[5:] == [403] * 3, (method, statuses)
     assert (await get(port, "/", "127.0.27.1")).status == 200  # readers unaffected
+
+
+async def test_a_challenge_rule_on_feeds_answers_429_not_a_challenge_page(
+        origin: Origin, make_edge: EdgeFactory, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: busy-feeds\n    match: {route: [feed, "
+                      "wellknown]}\n    action: challenge\n    ttl: 10m\n")
+    edge = await make_edge(origin.url, defense={"enabled": True, "policy": str(policy)})
+    port = port_of(edge)
+    for path in ("/feed/", "/robots.txt"):
+        resp = await get(port, path, "127.0.28.1")
+        assert resp.status == 429 and resp.header("Retry-After") == "60", path
+        assert resp.header("X-Kalkan-Challenge") is None and b"retry" in resp.body
+    head = await get(port, "/feed/", "127.0.28.1", method="HEAD")
+    assert head.status == 429 and head.body == b""
+    # The rule's decision stands for the address: its pages meet the challenge.
+    page = await get(port, "/ru/", "127.0.28.1")
+    assert page.status == 403 and page.header("X-Kalkan-Challenge") == "pow"
+    assert origin.site.stats.by_path.get("/feed/") is None
+    assert edge.pipeline.defense.decided[("refuse", "rule")] == 3  # type: ignore[union-attr]
