@@ -8,7 +8,8 @@ import json
 import time
 from pathlib import Path
 
-from support import Client, EdgeFactory, Origin, Response, port_of
+from kalkan.defense.rules import default_policy_path
+from support import Client, EdgeFactory, Origin, Response, access_log, port_of
 
 UA = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) reader"}
 
@@ -120,8 +121,10 @@ async def test_attack_mode_challenges_unknown_clients_before_the_origin(
     assert (await get(port, "/", "127.0.5.2")).status == 200
     challenged = await get(port, "/news/zimnyaya-yarmarka-bishkek/", "127.0.5.2")
     assert challenged.status == 403 and challenged.header("X-Kalkan-Challenge") == "pow"
-    # …except feeds, which are never challenged.
-    assert (await get(port, "/feed/", "127.0.5.2")).status == 200
+    # …except feeds, which are never challenged: an uncached one is refused cheaply instead.
+    feed = await get(port, "/feed/", "127.0.5.2")
+    assert feed.status == 503 and feed.header("Retry-After") == "120"
+    assert feed.header("X-Kalkan-Challenge") is None
     await admin(edge, "POST", "/attack-mode?mode=auto")
     metrics = (await admin(edge, "GET", "/attack-mode")).body
     assert b'"mode": "auto"' in metrics
@@ -253,3 +256,146 @@ async def test_under_attack_an_expired_page_is_served_stale_not_challenged(
     await asyncio.sleep(1.3)
     resp = await get(port, url, "127.0.15.2")
     assert resp.status == 200 and resp.header("X-Cache") == "STALE" and resp.body == b"news"
+
+
+# --------------------------------------------------------------------------- hardening (issue 7)
+
+RANDOM_NEVER_CHALLENGED = ("/r{i}/feed/", "/r{i}.rss", "/.well-known/r{i}", "/sitemap-r{i}.xml")
+
+
+async def test_random_feed_and_wellknown_urls_are_limited_per_client_never_challenged(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True, "tarpit_delay": 0.01})
+    port = port_of(edge)
+    before = origin.site.stats.requests
+    statuses: list[int] = []
+    for i in range(800):  # one client, every URL new: each one a cache miss
+        resp = await get(port, RANDOM_NEVER_CHALLENGED[i % 4].format(i=i), "127.0.20.1")
+        assert resp.header("X-Kalkan-Challenge") is None, (i, resp.status)
+        statuses.append(resp.status)
+        if resp.status == 403:
+            break
+    reached = origin.site.stats.requests - before
+    # 120 a minute pass (to the origin's 404), the excess is tarpitted (429), a flood blocked.
+    assert statuses[:110] == [404] * 110
+    assert 429 in statuses and statuses[-1] == 403
+    assert set(statuses[statuses.index(429):-1]) == {429}
+    assert reached == statuses.count(404) <= 130
+    assert edge.pipeline.defense.challenges.issued == 0  # type: ignore[union-attr]
+    # The block is a standing decision: the real feed is refused too, and so are pages.
+    assert (await get(port, "/feed/", "127.0.20.1")).status == 403
+    assert (await get(port, "/", "127.0.20.1")).status == 403
+    # Another reader is not touched.
+    assert (await get(port, "/feed/", "127.0.21.1")).status == 200
+
+
+async def test_under_attack_real_feeds_come_from_the_cache_random_ones_never_reach_the_origin(
+        origin: Origin, make_edge: EdgeFactory, tmp_path: Path) -> None:
+    # The default policy, with the demo's programmable URL classified as a feed for the
+    # stale case (an entry that expires in a second).
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("routes:\n  - {path: '/_demo/respond*', route: feed}\n"
+                      + default_policy_path().read_text())
+    edge = await make_edge(origin.url, defense={"enabled": True, "policy": str(policy)},
+                           cache={"query": {"paths": {"/_demo/*": ["*"]}}})
+    port = port_of(edge)
+    expiring = "/_demo/respond?cc=max-age%3D1&body=headlines"
+    for url in ("/feed/", "/robots.txt", expiring):         # a reader in peace time
+        assert (await get(port, url, "127.0.22.1")).status == 200
+    await admin(edge, "POST", "/attack-mode?mode=on")
+    await asyncio.sleep(1.3)
+    before = dict(origin.site.stats.by_path)
+    # A feed reader without a pass gets the cached copies, fresh or stale…
+    for url in ("/feed/", "/robots.txt"):
+        resp = await get(port, url, "127.0.22.2")
+        assert resp.status == 200 and resp.header("X-Cache") == "HIT", url
+    stale = await get(port, expiring, "127.0.22.2")
+    assert stale.status == 200 and stale.header("X-Cache") == "STALE"
+    assert stale.body == b"headlines"
+    # …and random feed-shaped URLs (misses) are refused before the origin, not challenged.
+    for i in range(20):
+        resp = await get(port, RANDOM_NEVER_CHALLENGED[i % 4].format(i=i), "127.0.22.3")
+        assert resp.status == 503 and resp.header("Retry-After") == "120", i
+        assert resp.header("X-Kalkan-Challenge") is None
+        assert resp.header("Cache-Control") == "no-store"
+    await asyncio.sleep(0.2)  # the stale entry's background refresh may land meanwhile
+    reached = {k: v - before.get(k, 0) for k, v in origin.site.stats.by_path.items()
+               if v != before.get(k, 0)}
+    # Only the edge's own refresh of the stale entry, nothing the feed reader asked for.
+    assert all(k.startswith("/_demo/respond?") for k in reached), reached
+    assert edge.pipeline.defense.challenges.issued == 0  # type: ignore[union-attr]
+    decisions = [line["decision"] for line in access_log(edge)]
+    assert decisions.count("refuse:attack_mode") == 20
+
+
+async def test_a_challenge_decision_does_not_wave_feeds_through(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    await admin(edge, "POST", "/decisions", {"target": "127.0.23.0/24", "action": "challenge",
+                                             "ttl": 600, "reason": "noisy network"})
+    # Pages meet the challenge; the feed reader on that network is not challenged…
+    assert (await get(port, "/ru/", "127.0.23.5")).header("X-Kalkan-Challenge") == "pow"
+    assert (await get(port, "/feed/", "127.0.23.5")).status == 200
+    # …but it has no pass either: under attack a miss is refused, the cached feed served.
+    await admin(edge, "POST", "/attack-mode?mode=on")
+    assert (await get(port, "/feed/", "127.0.23.5")).status == 200
+    assert (await get(port, "/r1/feed/", "127.0.23.5")).status == 503
+
+
+EVASIONS = [  # (target, source): each a spelling of search or wp-login.php the origin honours
+    ("/%73earch?q=k{i}", "127.0.24.1"), ("//search?q=k{i}", "127.0.24.2"),
+    ("/./search?q=k{i}", "127.0.24.3"), ("/x/../search?q=k{i}", "127.0.24.4"),
+    ("/?%73=k{i}", "127.0.24.5"), ("/x/..%2Fsearch?q=k{i}", "127.0.24.6"),
+    ("/%77p-login.php?i={i}", "127.0.25.1"), ("//wp-login.php?i={i}", "127.0.25.2"),
+    ("/./wp-login.php?i={i}", "127.0.25.3"), ("/x/../wp-login.php?i={i}", "127.0.25.4"),
+]
+
+
+async def test_spelling_a_route_differently_does_not_dodge_its_limits(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    for target, source in EVASIONS:
+        limit = 10 if "login" in target else 20   # the default policy's bursts a minute
+        statuses = []
+        for i in range(limit + 5):
+            resp = await get(port, target.format(i=i), source)
+            statuses.append((resp.status, resp.header("X-Kalkan-Challenge")))
+        assert all(status != 403 for status, _ in statuses[:limit]), (target, statuses)
+        assert statuses[-1] == (403, "pow"), (target, statuses)
+    decisions = {line["decision"] for line in access_log(edge)}
+    assert {"challenge:rule:search-burst", "challenge:rule:login-burst"} <= decisions
+
+
+async def test_unsafe_methods_to_the_front_page_are_limited(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, defense={"enabled": True})
+    port = port_of(edge)
+    for n, method in enumerate(("PUT", "DELETE", "PATCH", "POST"), start=1):
+        source = f"127.0.26.{n}"
+        statuses = [(await get(port, "/", source, method=method, body=b"x")).status
+                    for _ in range(8)]
+        # More than 5 a minute is a form burst: challenged, and no longer at the origin.
+        assert 403 not in statuses[:5] and statuses[5:] == [403] * 3, (method, statuses)
+    assert (await get(port, "/", "127.0.27.1")).status == 200  # readers unaffected
+
+
+async def test_a_challenge_rule_on_feeds_answers_429_not_a_challenge_page(
+        origin: Origin, make_edge: EdgeFactory, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: busy-feeds\n    match: {route: [feed, "
+                      "wellknown]}\n    action: challenge\n    ttl: 10m\n")
+    edge = await make_edge(origin.url, defense={"enabled": True, "policy": str(policy)})
+    port = port_of(edge)
+    for path in ("/feed/", "/robots.txt"):
+        resp = await get(port, path, "127.0.28.1")
+        assert resp.status == 429 and resp.header("Retry-After") == "60", path
+        assert resp.header("X-Kalkan-Challenge") is None and b"retry" in resp.body
+    head = await get(port, "/feed/", "127.0.28.1", method="HEAD")
+    assert head.status == 429 and head.body == b""
+    # The rule's decision stands for the address: its pages meet the challenge.
+    page = await get(port, "/ru/", "127.0.28.1")
+    assert page.status == 403 and page.header("X-Kalkan-Challenge") == "pow"
+    assert origin.site.stats.by_path.get("/feed/") is None
+    assert edge.pipeline.defense.decided[("refuse", "rule")] == 3  # type: ignore[union-attr]

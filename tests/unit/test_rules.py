@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kalkan.defense.clients import ClientTable
-from kalkan.defense.facts import RequestFacts, address_facts
+from kalkan.defense.facts import RequestFacts, address_facts, normalize_path
 from kalkan.defense.rules import (
     AddressSet,
     Crawlers,
@@ -36,7 +36,8 @@ def req(path: str = "/", *, method: str = "GET", client: str = "203.0.113.7", ua
         query: str = "", host: str = "news.example", headers: Headers | None = None,
         cookie: bytes | None = None, policy: Policy | None = None) -> RequestFacts:
     ip, version, prefix = address_facts(client)
-    route = (policy or DEFAULT).classifier.classify(method, path, query)
+    # As the engine does: the route and the path the rules see are the normalized ones.
+    route, path = (policy or DEFAULT).classifier.classify_target(method, path, query)
     return RequestFacts(method, host, path, query, route, client, ip, version, prefix, ua,
                         list(BROWSER_HEADERS if headers is None else headers), cookie)
 
@@ -529,8 +530,12 @@ def test_address_set_agrees_with_ipaddress(nets: list[tuple[int, int]], probes: 
 def test_default_policy_loads_and_is_the_shipped_file() -> None:
     assert default_policy_path().name == "policy.yaml"
     assert Policy.from_file(default_policy_path()).meters == DEFAULT.meters
-    assert {r.name for r in DEFAULT.rules} >= {"feeds", "well-known", "verified-crawler",
-                                              "login-flood", "login-burst", "search-burst"}
+    assert {r.name for r in DEFAULT.rules} >= {"feed-flood", "feed-busy", "verified-crawler",
+                                              "login-flood", "login-burst", "search-burst",
+                                              "unsafe-page"}
+    # No allow rule for feeds and the like: an allow would skip the under-attack gate.
+    assert not [r.name for r in DEFAULT.rules if r.action == "allow" and r.routes
+                and r.routes & {"feed", "wellknown"}]
 
 
 NEVER_CHALLENGED = ["/robots.txt", "/sitemap.xml", "/sitemap_index.xml", "/sitemap-posts-1.xml",
@@ -540,15 +545,37 @@ NEVER_CHALLENGED = ["/robots.txt", "/sitemap.xml", "/sitemap_index.xml", "/sitem
 
 
 @pytest.mark.parametrize("path", NEVER_CHALLENGED)
-def test_default_never_challenges_feeds_robots_sitemaps_wellknown(path: str) -> None:
+def test_default_limits_but_never_challenges_feeds_robots_sitemaps_wellknown(path: str) -> None:
     site = Site(DEFAULT)
-    # Even a flooding, script-looking client that failed challenges: these stay allowed.
+    # Even a flooding, script-looking client that failed challenges is never challenged here
+    # (feed readers and crawlers cannot solve one), but it is not unlimited: tarpit, then block.
     for client in ("203.0.113.7", "2001:db8::7"):
         f = req(path, client=client, ua="", headers=[])
-        for i in range(3000):
-            site.clients.note_challenge_failure(f, 100.0) if i == 0 else None
-            verdict = site.send(f, 100.0 + i / 100)
-            assert verdict is not None and verdict.action == "allow", (path, i, verdict)
+        assert f.route in ("feed", "wellknown"), path
+        site.clients.note_challenge_failure(f, 100.0)
+        verdicts = [site.send(f, 100.0 + i / 100) for i in range(1000)]  # 100 a second
+        actions = [v.action if v else None for v in verdicts]
+        assert "challenge" not in actions and "allow" not in actions, path
+        assert actions[:110] == [None] * 110, path             # 120 a minute pass
+        first_tarpit, first_block = actions.index("tarpit"), actions.index("block")
+        assert 110 <= first_tarpit < first_block, (path, first_tarpit, first_block)
+        assert set(actions[first_block:]) == {"block"}
+        last = verdicts[-1]
+        assert last is not None and (last.rule, last.ttl) == ("feed-flood", 600.0)
+
+
+def test_default_lets_feed_readers_and_icon_fetching_browsers_poll_for_hours() -> None:
+    site = Site(DEFAULT)
+    events = []
+    for minute in range(120):                         # two hours behind one address:
+        start = 10_000.0 + minute * 60
+        for k in range(6):                            # six feed readers, each every 10 s,
+            for reader in range(6):
+                events.append((start + k * 10 + reader, req(f"/category/{reader}/feed/")))
+        for k in range(40):                           # and browsers asking for icons
+            events.append((start + k * 1.5, req("/favicon.ico" if k % 2 else
+                                                 "/apple-touch-icon.png")))
+    assert play(site, events) == []
 
 
 def test_default_challenges_then_blocks_a_wp_login_flood() -> None:
@@ -587,7 +614,7 @@ def test_default_challenges_scripts_on_dynamic_routes_only() -> None:
     verdict = site.send(req("/", query="s=x", **curl), 1.0)  # type: ignore[arg-type]
     assert verdict is not None and verdict.action == "challenge" and verdict.score == 6
     assert site.action(req("/2020/12/article", **curl)) is None  # type: ignore[arg-type]
-    assert site.action(req("/feed/", **curl)) == "allow"  # type: ignore[arg-type]
+    assert site.action(req("/feed/", **curl)) is None  # type: ignore[arg-type]
     assert site.action(req("/", query="s=x", client="198.51.100.3")) is None
 
 
@@ -642,9 +669,7 @@ def test_default_never_challenges_a_heavy_human_reader() -> None:
             events.append((start + k, req("/feed/", client=client)))
             events.append((start + 10 + k * 5, req("/", query=f"s=word{k}", client=client)))
         events.append((start + 30, req("/wp-comments-post.php", method="POST", client=client)))
-    verdicts = play(Site(DEFAULT), events)
-    assert [v for v in verdicts if v.action in ("challenge", "block", "tarpit")] == []
-    assert {v.rule for v in verdicts} == {"feeds"}
+    assert play(Site(DEFAULT), events) == []
 
 
 def test_default_never_challenges_a_household_sharing_one_address() -> None:
@@ -689,3 +714,108 @@ def test_the_documented_examples_compile() -> None:
         compiled += 1
         assert policy.rules or policy.thresholds
     assert compiled >= 3
+
+
+# --------------------------------------------------------------------------- normalized routes
+
+
+EVASIONS = [  # (path, query, the class the origin will treat it as)
+    ("/%73earch", "q=x", "search"), ("/%73%65arch", "q=x", "search"),
+    ("//search", "q=x", "search"), ("/./search", "q=x", "search"),
+    ("/x/../search", "q=x", "search"), ("/x/%2e%2e/search", "q=x", "search"),
+    ("/x/..%2Fsearch", "q=x", "search"), ("///./x//..//search", "q=x", "search"),
+    ("/", "%73=x", "search"), ("/", "%73=", "search"), ("/", "p=1&%73=x", "search"),
+    ("/", "+s=x", "search"), ("/", "s[]=x", "search"), ("/", "s%5B%5D=x", "search"),
+    ("/%77p-login.php", "", "login"), ("//wp-login.php", "", "login"),
+    ("/./wp-login.php", "", "login"), ("/x/../wp-login.php", "", "login"),
+    ("/wp-admin/../wp-login.php", "", "login"), ("/wp-login%2Ephp", "", "login"),
+    ("/..", "", "page"),
+]
+
+
+@pytest.mark.parametrize(("path", "query", "route"), EVASIONS)
+def test_routes_are_classified_on_the_path_the_origin_routes(path: str, query: str,
+                                                             route: str) -> None:
+    classifier = Policy.default().classifier
+    assert classifier.classify("GET", path, query) == route
+    assert classifier.classify("HEAD", path, query) == route
+    # The rules' path globs see the same normalized path.
+    _, normalized = classifier.classify_target("GET", path, query)
+    assert "%" not in normalized and "//" not in normalized and "/./" not in normalized
+    assert "/../" not in normalized
+
+
+@pytest.mark.parametrize(("path", "query", "route"), [
+    ("/%2573earch", "", "page"),        # one decoding, as at the origin: the text "%73earch"
+    ("/", "%2573=x", "page"),
+    ("/", "s%3Dx", "page"),             # a parameter named "s=x", not s
+    ("/", "s", "page"),                 # no value: not a WordPress search
+    ("/Search", "", "page"),            # case is the origin's business: a different URL
+    ("/WP-LOGIN.PHP", "", "page"),
+    ("/.well-known/security.txt", "", "wellknown"),
+    ("/news/a.b/..c/", "", "page"),
+])
+def test_normalizing_does_not_invent_routes(path: str, query: str, route: str) -> None:
+    assert DEFAULT.classifier.classify("GET", path, query) == route
+
+
+@pytest.mark.parametrize(("raw", "normalized"), [
+    ("/a/b/c/./../../g", "/a/g"),            # RFC 3986 §5.2.4's examples
+    ("/mid/content=5/../6", "/mid/6"),
+    ("/a/b/..", "/a/"), ("/a/b/.", "/a/b/"), ("/..", "/"), ("/../../x", "/x"),
+    ("//a///b//", "/a/b/"), ("/a//../b", "/b"),   # slashes merged first, as nginx does
+    ("/%7Euser/%41", "/~user/A"), ("/a%2Fb", "/a/b"), ("/%zz%", "/%zz%"),
+    ("/caf%C3%A9", "/caf\u00c3\u00a9"),      # bytes as latin-1: globs are ASCII anyway
+    ("*", "*"),
+])
+def test_normalize_path(raw: str, normalized: str) -> None:
+    assert normalize_path(raw) == normalized
+    assert normalize_path(normalized) == normalized or "%" in raw
+
+
+@pytest.mark.parametrize("path", ["/", "/news/2024/06/story/", "/.well-known/acme-challenge/t",
+                                  "/assets/app.min.js", "/feed/", "/a.b/c.d"])
+def test_plain_paths_take_the_memo_without_normalizing(path: str) -> None:
+    classifier = Policy.default().classifier
+    route, normalized = classifier.classify_target("GET", path, "")
+    assert normalized is path                      # not rebuilt: the fast path
+    assert classifier._memo[path] == (path, route)
+
+
+@pytest.mark.parametrize(("path", "query", "limit", "first_block"), [
+    (path, query, 20, 60) for path, query, route in EVASIONS if route == "search"
+] + [(path, "", 10, 30) for path, _, route in EVASIONS if route == "login"])
+def test_default_limits_evasions_like_the_route_they_hide(path: str, query: str, limit: int,
+                                                          first_block: int) -> None:
+    site = Site(DEFAULT)
+    actions = [site.action(req(path, query=query), 100.0 + i * 0.2) for i in range(100)]
+    assert actions[:limit] == [None] * limit, path
+    assert "challenge" in actions and actions[-1] == "block", (path, actions)
+    assert actions.index("block") >= first_block
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "PROPFIND"])
+@pytest.mark.parametrize("path", ["/", "/assets/style.css", "/feed/", "/news/x/"])
+def test_unsafe_methods_to_pages_are_forms_and_are_blocked_before_they_can_keep_evicting(
+        method: str, path: str) -> None:
+    assert DEFAULT.classifier.classify(method, path, "") == "form"
+    # Three a minute stays under form-burst (5 a minute), but a reader never sends them to
+    # pages: past 10 in 10 minutes the address is blocked for an hour.
+    site = Site(DEFAULT)
+    verdicts = [site.send(req(path, method=method), 100.0 + i * 20) for i in range(30)]
+    actions = [v.action if v else None for v in verdicts]
+    assert actions[:10] == [None] * 10
+    assert "block" in actions, actions
+    block = verdicts[actions.index("block")]
+    assert block is not None and (block.rule, block.ttl) == ("unsafe-page", 3600.0)
+
+
+def test_comments_at_the_same_pace_are_not_blocked_and_safe_methods_stay_pages() -> None:
+    site = Site(DEFAULT)
+    comments = [site.action(req("/wp-comments-post.php", method="POST"), 100.0 + i * 20)
+                for i in range(30)]
+    assert comments == [None] * 30
+    for method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        assert DEFAULT.classifier.classify(method, "/", "") == "page"
+    assert DEFAULT.classifier.classify("POST", "/wp-login.php", "") == "login"
+    assert DEFAULT.classifier.classify("PUT", "/wp-admin/post.php", "") == "admin"

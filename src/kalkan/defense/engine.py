@@ -3,8 +3,11 @@ rules and rates → attack mode, and the refusals it produces (block, tarpit, ch
 
 The pipeline calls `check` before the cache (a refusal never touches the cache or the origin)
 and `before_origin` on a miss (under attack, unknown clients prove themselves before they may
-cost the origin anything). `tick` runs once a second: attack-mode signals, decision expiry and
-persistence, the firewall, client ageing.
+cost the origin anything). Feeds, robots.txt, sitemaps, /.well-known/ and icons are never
+challenged, since feed readers and crawlers cannot solve one, but they are not free either:
+rates and standing decisions apply to them, and where a challenge would be due they are
+refused with a cheap 429 or 503 and a Retry-After instead. `tick` runs once a second:
+attack-mode signals, decision expiry and persistence, the firewall, client ageing.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kalkan.defense")
 
 ALLOW, CHALLENGE_ACTION, BLOCK, TARPIT, RESPOND = "allow", "challenge", "block", "tarpit", "respond"
-_NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feeds and robots/sitemaps stay reachable
+_NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feed readers and crawlers cannot solve one
 
 
 class Verdict:
@@ -54,6 +57,20 @@ class Verdict:
 _BLOCK_BODY = (b"<!doctype html><html lang=en><meta charset=utf-8><title>403 Forbidden</title>"
                b"<p>This address is blocked for a while because of the traffic it sent. If you "
                b"are a reader, try again later or from another network.</p>\n")
+
+
+def _static_refusal(status: int, retry_after: bytes, text: bytes) -> ChallengeResponse:
+    return ChallengeResponse(status, [(b"Content-Type", b"text/plain; charset=utf-8"),
+                                      (b"Cache-Control", b"no-store"),
+                                      (b"Retry-After", retry_after)], text)
+
+
+# What a feed reader or crawler gets instead of a challenge it could not solve: statuses and a
+# Retry-After that feed readers and search engines read as "later", never as "gone".
+_SLOW_DOWN = _static_refusal(429, b"60", b"Too many requests from this address. Please retry "
+                                         b"in a minute.\n")
+_BUSY = _static_refusal(503, b"120", b"The site is under heavy load and serves only what it "
+                                     b"has cached. Please retry in a few minutes.\n")
 
 
 class Defense:
@@ -80,6 +97,7 @@ class Defense:
         self._fw_thread: threading.Thread | None = None
         self._addr: dict[str, tuple[int, int, str]] = {}
         self._refusals: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}
+        self._slowdowns: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}  # 429/503 + R-A
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
         self._save_problem: str | None = None
@@ -137,9 +155,9 @@ class Defense:
                 self._addr.clear()  # a botnet of many addresses must not grow this
             self._addr[req.client] = info
         ip, version, prefix = info
-        route = self.policy.classifier.classify(req.method, req.path, req.query)
+        route, path = self.policy.classifier.classify_target(req.method, req.path, req.query)
         ua = req.header(b"user-agent")
-        return RequestFacts(req.method, req.host, req.path, req.query, route, req.client, ip,
+        return RequestFacts(req.method, req.host, path, req.query, route, req.client, ip,
                             version, prefix, ua.decode("latin-1") if ua else "", req.headers,
                             req.cookie)
 
@@ -164,8 +182,13 @@ class Defense:
                 and standing.target != "token:" + pass_.id):
             # (A challenge decision is met by a pass earned after it was made; passes carry
             # whole-second expiry times, hence the second of slack.)
-            return self._apply(standing.action, f"decision:{standing.reason}", req, facts, now,
-                               scheme, strike=standing.action in ("block", "drop"))
+            if standing.action == "challenge" and facts.route in _NEVER_CHALLENGED:
+                # No challenge page for a feed reader, and no free pass either: it is judged by
+                # the rates below as a client without a pass (so refused on a miss under attack).
+                pass_ = None
+            else:
+                return self._apply(standing.action, f"decision:{standing.reason}", req, facts,
+                                   now, scheme, strike=standing.action in ("block", "drop"))
         self.clients.hit(facts, now)
         has_pass = pass_ is not None
         req.has_pass = has_pass
@@ -199,11 +222,18 @@ class Defense:
         self.clients.hit(facts, now, n)
 
     def before_origin(self, req: Request, scheme: str = "http") -> Verdict | None:
-        """On a cache miss under attack: unknown clients pass a challenge before the origin."""
+        """On a cache miss under attack: unknown clients pass a challenge before the origin.
+
+        Feeds, robots.txt, sitemaps and the like are refused instead (503, Retry-After): a real
+        one is served from the cache, fresh or stale, before this is asked; a miss there is a
+        URL nobody has fetched lately, which is what a random-URL flood is made of.
+        """
         facts = req.facts
         if (self.attack.level == 0 or facts is None or req.has_pass
-                or facts.route in _NEVER_CHALLENGED or req.decision.startswith("allow:")):
+                or req.decision.startswith("allow:")):
             return None
+        if facts.route in _NEVER_CHALLENGED:
+            return self._refuse(_BUSY, "attack_mode", req)
         return self._apply("challenge", "attack_mode", req, facts, time.time(), scheme)
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
@@ -213,8 +243,7 @@ class Defense:
     def _apply(self, action: str, reason: str, req: Request, facts: RequestFacts, now: float,
                scheme: str, strike: bool = False) -> Verdict:
         if action == "challenge" and facts.route in _NEVER_CHALLENGED:
-            req.decision = f"allow:never-challenged ({reason})"
-            return Verdict(ALLOW, req.decision)
+            return self._refuse(_SLOW_DOWN, reason, req)
         self.decided[(action, reason.split(":", 1)[0])] += 1
         req.decision = f"{action}:{reason}"
         if strike:
@@ -227,6 +256,12 @@ class Defense:
         if action == "tarpit":
             return Verdict(TARPIT, req.decision)
         return Verdict(BLOCK, req.decision)
+
+    def _refuse(self, response: ChallengeResponse, reason: str, req: Request) -> Verdict:
+        """A quick 429/503 where a never-challenged route would have met a challenge."""
+        self.decided[("refuse", reason.split(":", 1)[0])] += 1
+        req.decision = f"refuse:{reason}"
+        return Verdict(BLOCK, req.decision, response)
 
     def _endpoint(self, req: Request, facts: RequestFacts, now: float,
                   scheme: str) -> Verdict:
@@ -245,8 +280,10 @@ class Defense:
     def render(self, verdict: Verdict, keep_alive: bool, head_only: bool) -> bytes:
         """The bytes of a refusal or challenge answer."""
         now = time.time()
-        if verdict.response is not None:
-            r = verdict.response
+        r = verdict.response
+        if r is _SLOW_DOWN or r is _BUSY:
+            return self._refusal_bytes(r, now, keep_alive, head_only)  # a flood's answer too
+        if r is not None:
             headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME), *r.headers,
                        (b"Content-Length", str(len(r.body)).encode()),
                        (b"X-Cache", b"BYPASS")]
@@ -268,6 +305,21 @@ class Defense:
         head = serialize_head(status, headers)
         data = head if head_only else head + _BLOCK_BODY
         self._refusals[memo_key] = (second, data)
+        return data
+
+    def _refusal_bytes(self, r: ChallengeResponse, now: float, keep_alive: bool,
+                       head_only: bool) -> bytes:
+        second = int(now)
+        memo_key = (r.status, keep_alive, head_only)
+        memo = self._slowdowns.get(memo_key)
+        if memo is not None and memo[0] == second:
+            return memo[1]
+        headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME), *r.headers,
+                   (b"Content-Length", str(len(r.body)).encode()), (b"X-Cache", b"BYPASS"),
+                   (b"Connection", b"keep-alive" if keep_alive else b"close")]
+        head = serialize_head(r.status, headers)
+        data = head if head_only else head + r.body
+        self._slowdowns[memo_key] = (second, data)
         return data
 
     # -- housekeeping ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What the defence knows about one request: who sent it (address, prefix) and what it asks for.
 
 Built once per request by the pipeline from the parsed request, then read by every check (the
-policy rules, the client table, the challenge). Route classes are decided here too.
+policy rules, the client table, the challenge). Route classes are decided here too, on the path
+as the origin will route it (`normalize_path`), not on the bytes a client chose to send.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote, unquote_plus
 
 # Route classes: the kinds of request the policy and the rate counters tell apart.
 PAGE, ASSET, FEED, SEARCH, FORM, LOGIN, ADMIN, CHALLENGE, WELLKNOWN = (
@@ -17,6 +19,12 @@ PAGE, ASSET, FEED, SEARCH, FORM, LOGIN, ADMIN, CHALLENGE, WELLKNOWN = (
 ROUTE_CLASSES = (PAGE, ASSET, FEED, SEARCH, FORM, LOGIN, ADMIN, CHALLENGE, WELLKNOWN)
 
 CHALLENGE_PREFIX = "/.kalkan/"  # the edge's own endpoints (challenge pages, verification)
+
+# Methods that change nothing at the origin (RFC 9110 §9.2.1). Every other method may, and a
+# 2xx/3xx answer to it evicts the URL from the cache (RFC 9111 §4.4), so it is a form.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Classes an unsafe request keeps when its path says so; any other path makes it a form.
+_UNSAFE_KEEPS = frozenset({"login", "form", "admin", "search"})
 
 # Default classification for a news site (WordPress-shaped); first match wins. Configurable.
 DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
@@ -38,35 +46,105 @@ DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
 
 
 class RouteClassifier:
-    """Maps a request to its route class with ordered globs; memoized per path (bounded)."""
+    """Maps a request to its route class with ordered globs; memoized per raw path (bounded)."""
 
     def __init__(self, routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES) -> None:
         for _, cls in routes:
             if cls not in ROUTE_CLASSES:
                 raise ValueError(f"unknown route class {cls!r} (one of {', '.join(ROUTE_CLASSES)})")
         self._patterns = [(re.compile(fnmatch.translate(g)), cls) for g, cls in routes]
-        self._memo: dict[str, str] = {}
+        # raw path -> (normalized path, class by path); plain paths map to themselves.
+        self._memo: dict[str, tuple[str, str]] = {}
 
     def classify(self, method: str, path: str, query: str) -> str:
-        if method == "POST" and not path.startswith(CHALLENGE_PREFIX):
-            cls = self._by_path(path)
-            return cls if cls in (LOGIN, FORM, ADMIN, SEARCH) else FORM
-        if query and ("s=" in query and _has_param(query, "s")):
-            return SEARCH  # WordPress search: /?s=words
-        return self._by_path(path)
+        return self.classify_target(method, path, query)[0]
 
-    def _by_path(self, path: str) -> str:
-        cls = self._memo.get(path)
-        if cls is None:
-            cls = PAGE
-            for pattern, c in self._patterns:
-                if pattern.match(path):
-                    cls = c
-                    break
-            if len(self._memo) > 16384:
-                self._memo.clear()  # random paths in a flood must not grow this
-            self._memo[path] = cls
-        return cls
+    def classify_target(self, method: str, path: str, query: str) -> tuple[str, str]:
+        """(route class, normalized path) for a request; the policy's `path` conditions match
+        the normalized path too, so `//.env` meets the same rule as `/.env`."""
+        known = self._memo.get(path)
+        if known is None:
+            known = self._by_path(path)
+        npath, cls = known
+        if method != "GET" and method not in _SAFE_METHODS \
+                and not npath.startswith(CHALLENGE_PREFIX):
+            return (cls if cls in _UNSAFE_KEEPS else FORM), npath
+        if query and (("s=" in query and _has_param(query, "s")) or (
+                ("%" in query or "+" in query or "[" in query) and _spelled_search(query))):
+            return SEARCH, npath  # WordPress search: /?s=words
+        return cls, npath
+
+    def _by_path(self, path: str) -> tuple[str, str]:
+        npath = normalize_path(path) if _needs_normalizing(path) else path
+        cls = PAGE
+        for pattern, c in self._patterns:
+            if pattern.match(npath):
+                cls = c
+                break
+        if len(self._memo) > 16384:
+            self._memo.clear()  # random paths in a flood must not grow this
+        known = self._memo[path] = (npath, cls)
+        return known
+
+
+def _needs_normalizing(path: str) -> bool:
+    """Could the origin route this path as another one? Plain paths (nearly all) cannot."""
+    return "%" in path or "//" in path or ("/." in path and (
+        "/./" in path or "/../" in path or path.endswith(("/.", "/.."))))
+
+
+def normalize_path(path: str) -> str:
+    """The path the origin routes: escapes decoded once, repeated slashes merged, dot segments
+    removed (RFC 3986 §5.2.4), in that order, which is what nginx does with a URI.
+
+    Every escape is decoded, `%2F` included. Apache by default (AllowEncodedSlashes Off) refuses
+    a path holding `%2F` with a 404 before any script runs, and with NoDecode passes it on
+    undecoded; nginx decodes it and merges the slashes. Classifying by the decoded form can
+    only put such a request in a stricter class than its Apache reading (a cheap 404 or an
+    unusual page URL), never in a laxer one, so `/x/..%2Fsearch` is the search it is on nginx.
+    One decoding only, as at the origin: `%2573` is the text `%73`, not an `s`.
+    Case is kept: the origin's files and WordPress's rewrite rules are case-sensitive, so
+    `/WP-LOGIN.PHP` is a different (missing) page, not the login; folding case would send
+    readers' mixed-case article URLs into the wrong class instead.
+    """
+    if not path.startswith("/"):
+        return path  # "*" (OPTIONS) or anything else that is not origin-form
+    if "%" in path:
+        path = unquote(path, encoding="latin-1")  # bytes as they are: globs are ASCII
+    while "//" in path:
+        path = path.replace("//", "/")
+    if "/." not in path:
+        return path
+    out: list[str] = []
+    segments = path.split("/")
+    for seg in segments[1:]:
+        if seg == ".":
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    result = "/" + "/".join(out)
+    if segments[-1] in (".", "..") and not result.endswith("/"):
+        result += "/"  # "/a/b/.." is the directory "/a/"
+    return result
+
+
+def _spelled_search(query: str) -> bool:
+    """Does the query hold WordPress's `s` parameter spelled otherwise, as PHP reads names?
+
+    PHP decodes names (`%73` and `+` too), drops their leading spaces and reads `s[]` or
+    `s[x]` as `s`: each of those reaches WordPress as a search.
+    """
+    for part in query.split("&"):
+        name = unquote_plus(part.split("=", 1)[0], encoding="latin-1").lstrip(" ")
+        bracket = name.find("[")
+        if bracket > 0 and "]" in name[bracket:]:
+            name = name[:bracket]
+        if name == "s" and "=" in part:
+            return True
+    return False
 
 
 def _has_param(query: str, name: str) -> bool:
