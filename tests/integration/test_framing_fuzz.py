@@ -531,3 +531,27 @@ async def test_pipelined_behind_unread_body_never_reach_origin(make_edge: EdgeFa
 async def test_framing_fuzz_all(make_edge: EdgeFactory, defence: bool) -> None:
     """The whole space, the known holes first: no desync of any kind."""
     await fuzz(make_edge, cases(), defence, explicit=UPGRADE_HOLE + UNREAD_BODY, label="all")
+
+
+@pytest.mark.xfail(reason="issue 7: a client that half-closes (FIN) in the middle of its body "
+                          "keeps its origin connection and slot until body_timeout", strict=True)
+async def test_half_close_mid_body_releases_the_origin(make_edge: EdgeFactory) -> None:
+    """After a FIN no more body bytes can come: the edge should give the origin request up."""
+    origin = await ByteOrigin(answer_early=True, idle_timeout=5.0).start()
+    try:
+        edge = await make_edge(origin.url)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port_of(edge))
+        writer.write(f"PATCH /case/1 HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n"
+                     .encode() + b"a" * 10)
+        await writer.drain()
+        for _ in range(100):  # the origin has the head: the edge is now sending the body
+            if origin.requests:
+                break
+            await asyncio.sleep(0.01)
+        writer.write_eof()
+        await asyncio.sleep(1.0)
+        assert [c.closed_by for c in origin.connections] == ["peer"], \
+            origin.describe(origin.connections[0])
+        writer.close()
+    finally:
+        await origin.stop()
