@@ -6,9 +6,12 @@ examples run, seconds, the statuses the attacker saw, and the first desyncs foun
 
     .venv/bin/python -m bench.fuzz_framing [--examples 20000] [--tests EXPR]
 
-`--tests` is a pytest -k expression; the default runs the fuzz over the whole space (known holes
-included, their xfail marks ignored with --runxfail) so the summary says whether they still
-hold. Traffic stays on loopback: the edge, its origin and the clients all bind 127.0.0.0/8.
+`--tests` is a pytest -k expression; the default ("framing_fuzz", the file's name) selects every
+test of the file, the known holes included with their xfail marks ignored (--runxfail), so the
+summary also says whether those still hold. The fuzz over the whole space stops at its explicit
+hole examples until both holes are fixed; then it runs the full count too.
+
+Traffic stays on loopback: the edge, its origin and the clients all bind 127.0.0.0/8.
 """
 
 from __future__ import annotations
