@@ -503,9 +503,6 @@ async def test_framing_fuzz_without_known_holes(make_edge: EdgeFactory, defence:
     await fuzz(make_edge, cases(known_holes=False), defence, label="without-known-holes")
 
 
-@pytest.mark.xfail(reason="issue 7: a body with Connection: Upgrade + Upgrade is forwarded with "
-                          "its Content-Length but without the body; the origin connection is "
-                          "reused", strict=True)
 @DEFENCE
 async def test_upgrade_with_body_is_forwarded_whole(make_edge: EdgeFactory,
                                                     defence: bool) -> None:
@@ -514,9 +511,6 @@ async def test_upgrade_with_body_is_forwarded_whole(make_edge: EdgeFactory,
                label="upgrade-hole")
 
 
-@pytest.mark.xfail(reason="issue 7: requests pipelined behind a GET/HEAD with an unread body "
-                          "reach the origin after the half-close and are never answered",
-                   strict=True)
 @DEFENCE
 async def test_pipelined_behind_unread_body_never_reach_origin(make_edge: EdgeFactory,
                                                                defence: bool) -> None:
@@ -525,16 +519,12 @@ async def test_pipelined_behind_unread_body_never_reach_origin(make_edge: EdgeFa
                label="unread-body")
 
 
-@pytest.mark.xfail(reason="issue 7: Upgrade with a body; requests pipelined behind an unread "
-                          "body", strict=True)
 @DEFENCE
 async def test_framing_fuzz_all(make_edge: EdgeFactory, defence: bool) -> None:
     """The whole space, the known holes first: no desync of any kind."""
     await fuzz(make_edge, cases(), defence, explicit=UPGRADE_HOLE + UNREAD_BODY, label="all")
 
 
-@pytest.mark.xfail(reason="issue 7: a client that half-closes (FIN) in the middle of its body "
-                          "keeps its origin connection and slot until body_timeout", strict=True)
 async def test_half_close_mid_body_releases_the_origin(make_edge: EdgeFactory) -> None:
     """After a FIN no more body bytes can come: the edge should give the origin request up."""
     origin = await ByteOrigin(answer_early=True, idle_timeout=5.0).start()

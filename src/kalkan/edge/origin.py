@@ -534,11 +534,17 @@ class OriginPool:
         conn._in_head = True
         conn._head_fed = 0
         conn.head_only = method == "HEAD"
-        conn.head_ready = asyncio.get_running_loop().create_future()
+        conn.head_ready = ready = asyncio.get_running_loop().create_future()
         conn.transport.write(head)
-        if body is not None:
-            await _send_body(conn, body, chunked)
-        await self._await_head(conn, conn.head_ready)
+        try:
+            if body is not None:
+                await _send_body(conn, body, chunked)
+            await self._await_head(conn, ready)
+        finally:
+            if not ready.done():
+                # Given up before the head came (the client's body broke off, cancelled): an
+                # error the closing connection sets later would never be read by anyone.
+                ready.cancel()
         if conn.response is None:  # cannot happen: the head resolved only with a response
             raise OriginError("origin response lost")
         return conn.response

@@ -186,6 +186,12 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client half-closed: answer what it already asked for, then close."""
+        req = self._req
+        if req is not None and req.body is not None and not req.body.done:
+            # A body cut off by the client's FIN can never be completed: end the request now,
+            # so its origin connection and slot are freed at once, not after body_timeout.
+            req.body.fail(ConnectionGone())
+            return None
         if (self._busy or self._queue or self._stash) and self.deadline_kind != _LINGERING:
             self._eof = True
             return True  # keep the transport open for the answers (ignored under TLS)
@@ -655,7 +661,10 @@ class HttpConnection(asyncio.Protocol):
             self._busy = False
             self._task = None
         self._finished(req)
-        while self._queue and not self._busy and not self.closed:
+        # Once the connection is closing (lingering after a last answer), nothing queued behind
+        # is dispatched: it would reach the origin with nobody to answer.
+        while self._queue and not self._busy and not self.closed \
+                and self.deadline_kind != _LINGERING:
             nxt = self._queue.popleft()
             if isinstance(nxt, _Refusal):
                 self._answer_and_close(error_response(nxt.status, nxt.detail, self.clock.now,
