@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test lint venv debian-deps bench bench-throughput bench-conformance \
-	bench-defense bench-firewall bench-clients bench-lab clean
+	bench-defense bench-firewall bench-clients bench-lab bench-fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-firewall: $(STAMP) debian-deps  # needs root: builds network namespaces
 
 bench-lab: $(STAMP) debian-deps
 	$(BIN)/python -m bench.lab
+
+bench-fuzz: $(STAMP)  # the framing fuzzer's long run (tests/integration/test_framing_fuzz.py)
+	$(BIN)/python -m bench.fuzz_framing
 
 bench-throughput: $(STAMP) debian-deps
 	$(BIN)/python -m bench.throughput
