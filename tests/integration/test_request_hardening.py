@@ -281,3 +281,36 @@ async def test_first_reader_keeps_its_cookie_from_a_public_response(
     assert first.header("X-Cache") == "MISS" and first.header("Set-Cookie") == "visitor=abc; Path=/"
     second = await fetch(port, url)
     assert second.header("X-Cache") == "HIT" and second.header("Set-Cookie") is None
+
+
+# -- memory: a hit holds its page once; the replay memo is bounded ---------------------------------
+
+async def test_a_hit_writes_the_stored_body_itself_not_a_copy(origin: Origin,
+                                                             make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url)
+    port = port_of(edge)
+    await fetch(port, "/bench/20k")
+    assert (await fetch(port, "/bench/20k")).header("X-Cache") == "HIT"
+    (entry,) = edge.pipeline.store.get(next(iter(edge.pipeline.store.entries))) or []
+    head, body = entry.wire(edge.pipeline.clock.now)
+    assert body is entry.body and len(head) < 1024
+
+
+async def test_replay_memo_stays_bounded_under_unique_requests(origin: Origin,
+                                                               make_edge: EdgeFactory) -> None:
+    from kalkan.edge.pipeline import _REPLAY_BYTES, _REPLAY_MEMO
+
+    edge = await make_edge(origin.url)
+    port = port_of(edge)
+    await fetch(port, "/bench/20k")
+    client = await Client.connect(port)
+    try:
+        pad = "x" * 3000  # big requests: the byte bound, not the count, must hold
+        for i in range(3000):
+            resp = await client.request("GET", "/bench/20k", {"User-Agent": f"r{i} {pad}"})
+            assert resp.status == 200
+            memo = edge.pipeline
+            assert len(memo._replays) <= _REPLAY_MEMO
+            assert memo._replay_bytes <= _REPLAY_BYTES + 2 * 4096 + 512
+    finally:
+        await client.close()
