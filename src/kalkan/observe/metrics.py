@@ -46,6 +46,7 @@ class Metrics:
         self.coalesced = 0
         self.gate_shed = 0
         self.stale_served: Counter[str] = Counter()
+        self.not_stored: Counter[str] = Counter()  # origin responses not stored, by reason
         self.decisions: Counter[tuple[str, str]] = Counter()
         self.open_connections: Callable[[], int] = lambda: 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -84,6 +85,10 @@ class Metrics:
         family("kalkan_timeouts_total", "counter", "Client connections cut off, by timeout kind.")
         for kind, n in sorted(self.timeouts.items()):
             out.append(f'kalkan_timeouts_total{{kind="{kind}"}} {n}')
+        family("kalkan_cache_not_stored_total", "counter",
+               "Responses fetched from the origin and not stored, by reason.")
+        for why, n in sorted(self.not_stored.items()):
+            out.append(f'kalkan_cache_not_stored_total{{reason="{why}"}} {n}')
         family("kalkan_stale_served_total", "counter", "Stale responses served, by reason.")
         for why, n in sorted(self.stale_served.items()):
             out.append(f'kalkan_stale_served_total{{reason="{why}"}} {n}')

@@ -1,0 +1,50 @@
+"""The one place a request's outcome is recorded: every answer (hit, replay, refusal, slow path,
+bad request) is counted in the metrics and written to the access log here, with the reason a
+response was a miss or was not stored, so "why is the front page a MISS" is in the log."""
+
+from __future__ import annotations
+
+import time
+
+from kalkan.observe.access_log import AccessLog
+from kalkan.observe.metrics import Metrics
+
+
+class Recorder:
+    """Feeds the metrics and the access log from one call per answered request."""
+
+    __slots__ = ("metrics", "log", "requests", "not_stored")
+
+    def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
+        self.metrics = metrics
+        self.log = access_log
+        self.requests = metrics.requests
+        self.not_stored = metrics.not_stored
+
+    def answer(self, now: float, client: str, method: str, host: str, path: str, status: int,
+               size: int, cache: str, origin_ms: float | None, started: float, decision: str,
+               reason: str = "") -> None:
+        """One answered request. `reason` says why a MISS was a miss or why a response was not
+        stored (a cache_flow reason); it is also counted in kalkan_cache_not_stored_total."""
+        self.requests[(status, cache)] += 1
+        if reason and cache in ("MISS", "BYPASS"):
+            self.not_stored[reason] += 1
+        if self.log.enabled:
+            total = (time.monotonic() - started) * 1000.0 if started else 0.0
+            self.log.write(now, client, method, host, path, status, size, cache, origin_ms,
+                           total, decision, reason)
+
+    def replayed(self, now: float, client: str, fragment: str, status: int, size: int,
+                 cache: str, total_ms: float, decision: str) -> None:
+        """A request answered from the replay memo: its log fragment was formatted once."""
+        self.requests[(status, cache)] += 1
+        if self.log.enabled:
+            self.log.write_fragment(now, client, fragment, status, size, cache, None, total_ms,
+                                    decision)
+
+    def refused(self, now: float, client: str, status: int, detail: str) -> None:
+        """A request the connection would not interpret (bad framing, limits, timeouts)."""
+        self.requests[(status, "BYPASS")] += 1
+        if self.log.enabled:
+            self.log.write(now, client, "-", "-", "-", status, 0, "BYPASS", None, 0.0,
+                           f"refused: {detail}")
