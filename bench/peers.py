@@ -160,6 +160,14 @@ VARNISH_PARAMS: dict[Profile, list[str]] = {
 }
 
 
+VARNISH_VCL: dict[Profile, str] = {
+    # Throughput: the VCL a real site runs (cookies dropped where pages do not read them);
+    # conformance: the built-in VCL alone, as the suite's authors run Varnish.
+    "throughput": "throughput.vcl.tmpl",
+    "conformance": "default.vcl.tmpl",
+}
+
+
 def varnish_counters(instance: Path) -> dict[str, float]:
     """Varnish's own request and cache counters, read with ``varnishstat -1 -j``."""
     done = subprocess.run(
@@ -192,9 +200,8 @@ def start_varnish(
     if shutil.which("varnishd") is None:
         raise BenchError("varnishd is not installed (bash scripts/install-debian-deps.sh)")
     port = free_port()
-    vcl = _render(
-        "default.vcl.tmpl", workdir / "default.vcl", origin_host=HOST, origin_port=origin_port
-    )
+    template = VARNISH_VCL[profile]
+    vcl = _render(template, workdir / "default.vcl", origin_host=HOST, origin_port=origin_port)
     instance = workdir / "varnish"
     argv = [
         *taskset(cpu), "varnishd", "-F", "-n", str(instance), "-a", f"{HOST}:{port}",
@@ -205,7 +212,7 @@ def start_varnish(
     return Proxy(
         name="varnish", proc=proc, port=port, workdir=workdir, argv_note=" ".join(argv),
         counters=lambda: varnish_counters(instance),
-        extra={"vcl": str(vcl)},
+        extra={"vcl": str(vcl), "vcl_template": f"bench/configs/{template}"},
     )
 
 
