@@ -273,7 +273,8 @@ def kalkan_installed() -> bool:
 
 
 def start_kalkan(
-    origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None
+    origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None,
+    config: str = "defense:\n  enabled: false\n",
 ) -> Proxy:
     """``kalkan serve`` in front of the origin, with its working directory in *workdir* (its
     default ``var/`` state and cache land there).
@@ -290,10 +291,13 @@ def start_kalkan(
     # These benches measure the cache against caches: one wrk or test client on 127.0.0.1
     # sending thousands of requests a second IS a flood to the defence, which would (rightly)
     # challenge it. The defence's own costs are measured by bench/defense_cost.py.
-    config = workdir / "kalkan-bench.yaml"
-    config.write_text("defense:\n  enabled: false\n")
+    # (*config* is the YAML; a bench that needs other settings passes its own.)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "kalkan-bench.yaml"
+    config_path.write_text(config)
     argv = [*taskset(cpu), str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
-            "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config", str(config)]
+            "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config",
+            str(config_path)]
     extra: dict[str, object] = {"metrics_url": metrics_url}
     if profile == "throughput":
         access_log = workdir / "access.log"
