@@ -344,7 +344,9 @@ def markdown_sections(data: dict[str, Any]) -> list[str]:
             "- Kalkan: `kalkan serve ... --access-log FILE` with `defense.enabled: false`, "
             "`limits.keepalive_timeout: 300s`, `limits.max_connections_per_client: 50000`; "
             "nginx: `bench/configs/nginx.conf.tmpl` + `nginx-throughput.inc` (keepalive_timeout "
-            "65 s, worker_connections 8192).",
+            "65 s, worker_connections 8192). nginx allocates its whole connection table "
+            "(worker_connections slots) at start, so part of a connection's cost is already in "
+            "its baseline; its figure is the growth beyond that, as Kalkan's is.",
             "- Every connection sends the same request bytes (a browser-like GET), so nothing "
             "per-request (e.g. a memo of distinct requests) is counted as a connection's cost."]
     return out
