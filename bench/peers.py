@@ -160,6 +160,14 @@ VARNISH_PARAMS: dict[Profile, list[str]] = {
 }
 
 
+VARNISH_VCL: dict[Profile, str] = {
+    # Throughput: the VCL a real site runs (cookies dropped where pages do not read them);
+    # conformance: the built-in VCL alone, as the suite's authors run Varnish.
+    "throughput": "throughput.vcl.tmpl",
+    "conformance": "default.vcl.tmpl",
+}
+
+
 def varnish_counters(instance: Path) -> dict[str, float]:
     """Varnish's own request and cache counters, read with ``varnishstat -1 -j``."""
     done = subprocess.run(
@@ -192,9 +200,8 @@ def start_varnish(
     if shutil.which("varnishd") is None:
         raise BenchError("varnishd is not installed (bash scripts/install-debian-deps.sh)")
     port = free_port()
-    vcl = _render(
-        "default.vcl.tmpl", workdir / "default.vcl", origin_host=HOST, origin_port=origin_port
-    )
+    template = VARNISH_VCL[profile]
+    vcl = _render(template, workdir / "default.vcl", origin_host=HOST, origin_port=origin_port)
     instance = workdir / "varnish"
     argv = [
         *taskset(cpu), "varnishd", "-F", "-n", str(instance), "-a", f"{HOST}:{port}",
@@ -205,7 +212,7 @@ def start_varnish(
     return Proxy(
         name="varnish", proc=proc, port=port, workdir=workdir, argv_note=" ".join(argv),
         counters=lambda: varnish_counters(instance),
-        extra={"vcl": str(vcl)},
+        extra={"vcl": str(vcl), "vcl_template": f"bench/configs/{template}"},
     )
 
 
@@ -266,7 +273,8 @@ def kalkan_installed() -> bool:
 
 
 def start_kalkan(
-    origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None
+    origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None,
+    config: str = "defense:\n  enabled: false\n",
 ) -> Proxy:
     """``kalkan serve`` in front of the origin, with its working directory in *workdir* (its
     default ``var/`` state and cache land there).
@@ -283,10 +291,13 @@ def start_kalkan(
     # These benches measure the cache against caches: one wrk or test client on 127.0.0.1
     # sending thousands of requests a second IS a flood to the defence, which would (rightly)
     # challenge it. The defence's own costs are measured by bench/defense_cost.py.
-    config = workdir / "kalkan-bench.yaml"
-    config.write_text("defense:\n  enabled: false\n")
+    # (*config* is the YAML; a bench that needs other settings passes its own.)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "kalkan-bench.yaml"
+    config_path.write_text(config)
     argv = [*taskset(cpu), str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
-            "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config", str(config)]
+            "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config",
+            str(config_path)]
     extra: dict[str, object] = {"metrics_url": metrics_url}
     if profile == "throughput":
         access_log = workdir / "access.log"

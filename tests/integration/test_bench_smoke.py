@@ -6,7 +6,10 @@ benchmark is caught by `make test` rather than on the day numbers are needed.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import ipaddress
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +22,8 @@ if str(ROOT) not in sys.path:  # bench/ is not installed; it lives next to src/
     sys.path.insert(0, str(ROOT))
 
 from bench import cache_conformance, common, peers, throughput  # noqa: E402
+
+READERS_LUA = ROOT / "bench" / "wrk" / "readers.lua"
 
 WRK_OUTPUT = """\
 Running 2s test @ http://127.0.0.1:8080/bench/20k
@@ -161,9 +166,64 @@ def _is_ours(pid: int, binary: str) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_throughput_quick_run_writes_results(tmp_path: Path) -> None:
-    """The whole script end to end, briefly, against nginx and the stand-in origin."""
+async def test_readers_script_sends_no_two_identical_requests() -> None:
+    """wrk with bench/wrk/readers.lua against a server that keeps every request head: each is a
+    browser's, with its own cookie, and xff=N cycles through N distinct forwarded addresses."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    wrk = await asyncio.create_subprocess_exec(
+        "wrk", "-t1", "-c4", "-d1s", "-s", str(READERS_LUA), f"http://127.0.0.1:{port}/bench/20k",
+        "--", "xff=500", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(wrk.communicate(), 30)
+    server.close()
+    await server.wait_closed()
+    assert wrk.returncode == 0, err.decode()
+    assert "Requests/sec" in out.decode()
+    assert len(heads) > 1000
+    assert len(set(heads)) == len(heads), "two requests were byte-identical"
+    fields = [dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if line)
+              for head in heads]
+    assert all(head.startswith(b"GET /bench/20k HTTP/1.1\r\nHost: 127.0.0.1:") for head in heads)
+    assert all(f["User-Agent"].startswith("Mozilla/5.0 (") for f in fields)
+    assert len({f["User-Agent"] for f in fields}) > len(fields) // 4
+    assert len({f["Accept-Language"] for f in fields}) > 5
+    assert all(f["Accept-Encoding"] == "gzip, deflate, br" for f in fields)
+    assert all(f["Sec-Fetch-Mode"] == "navigate" and f["Accept"].startswith("text/html")
+               for f in fields)
+    assert all(f["Cookie"].startswith("_ga=GA1.2.") and "; theme=" in f["Cookie"]
+               for f in fields)
+    assert len({f["Cookie"] for f in fields}) == len(fields)
+    forwarded = {f["X-Forwarded-For"] for f in fields}
+    assert len(forwarded) == 500
+    cgnat = ipaddress.ip_network("100.64.0.0/10")
+    assert all(ipaddress.ip_address(a) in cgnat for a in forwarded)
+    assert len({a.rsplit(".", 1)[0] for a in forwarded}) > 100  # spread over many /24s
+
+
+def test_load_args() -> None:
+    assert throughput.load_args("identical") == ([], [])
+    assert throughput.load_args("readers") == (["-s", str(READERS_LUA)], [])
+    assert throughput.load_args("readers", 100_000)[1] == ["--", "xff=100000"]
+    with pytest.raises(common.BenchError):
+        throughput.load_args("identical", 10)
+    settings = throughput.Settings(peers=["kalkan"], pages=["200k", "20k"])
+    assert [c.key for c in throughput.cells(settings)] == [
+        "readers/20k", "readers/200k", "identical/20k"]
+
+
+def _tools_for_quick_runs() -> None:
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
@@ -171,16 +231,91 @@ def test_throughput_quick_run_writes_results(tmp_path: Path) -> None:
         pytest.skip("matplotlib (the bench extra) is not installed")
     if len(common._ALLOWED_CPUS) < 2:
         pytest.skip("needs two cores")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--quick", "--only", "nginx",
-         "--stand-in-origin", "--duration", "1", "--warmup", "0", "--objects", "20",
-         "--quiet-timeout", "0",
-         "--miss-requests", "10", "--output-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
-    )
+    if not peers.kalkan_installed():
+        pytest.skip("Kalkan is not installed in the venv")
+
+
+def _run(module: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick modes of bench.throughput, bench.defense_scale and bench.connection_memory,
+    shortened further, all writing into one directory (about 40 s together)."""
+    _tools_for_quick_runs()
+    out = tmp_path_factory.mktemp("quick-results")
+    _run("bench.throughput", "--quick", "--only", "kalkan,nginx", "--stand-in-origin",
+         "--pages", "20k,200k", "--duration", "1", "--warmup", "0", "--objects", "20",
+         "--quiet-timeout", "0", "--miss-requests", "5", "--output-dir", str(out))
+    _run("bench.defense_scale", "--quick", "--duration", "1", "--warmup", "0",
+         "--quiet-timeout", "0", "--clients", "2000", "--output-dir", str(out))
+    _run("bench.connection_memory", "--quick", "--connections", "200", "--pages", "60",
+         "--output-dir", str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_throughput_quick_run_writes_results(quick_results: Path) -> None:
+    """Both loads, readers first, against Kalkan and nginx and the stand-in origin."""
     for suffix in ("json", "md", "png"):
-        assert (tmp_path / f"throughput.{suffix}").stat().st_size > 0
-    md = (tmp_path / "throughput.md").read_text()
+        assert (quick_results / f"throughput.{suffix}").stat().st_size > 0
+    md = (quick_results / "throughput.md").read_text()
     assert "Not a valid result" in md
     assert "--stand-in-origin" in md
+    assert md.index("## Readers") < md.index("## Identical")
+    data = json.loads((quick_results / "throughput.json").read_text())
+    assert list(data["results"]) == ["readers/20k", "readers/200k", "identical/20k"]
+    for cell in data["results"].values():
+        assert set(cell["peers"]) == {"kalkan", "nginx"}
+        assert all(p["all_runs_clean"] and p["all_hits"] for p in cell["peers"].values())
+    assert set(data["targets"]) == {"kalkan_vs_nginx", "p99_vs_nginx"}
+    assert data["targets"]["kalkan_vs_nginx"]["target"] == 1.2
+    assert data["targets"]["kalkan_vs_nginx"]["first_step"] == 1.0
+    readers = [r for r in data["runs"] if r["load"] == "readers"]
+    assert all("-s" in r["command"] and "readers.lua" in r["command"] for r in readers)
+
+
+@pytest.mark.slow
+def test_defense_scale_quick_run_sees_distinct_clients(quick_results: Path) -> None:
+    data = json.loads((quick_results / "defense_scale.json").read_text())
+    on = [r for r in data["runs"] if r["variant"] == "defence-on"]
+    off = [r for r in data["runs"] if r["variant"] == "defence-off"]
+    assert on and off
+    # The forwarded addresses were believed: the defence tracked many clients, and the access
+    # log names many client addresses in both variants.
+    assert on[0]["clients_tracked"] > 1000
+    assert all(r["distinct_clients_in_log"] > 1000 for r in on + off)
+    assert data["target"]["target"] == 0.8
+    assert "Defence on / defence off" in (quick_results / "defense_scale.md").read_text()
+
+
+@pytest.mark.slow
+def test_connection_memory_quick_run(quick_results: Path) -> None:
+    data = json.loads((quick_results / "connection_memory.json").read_text())
+    assert set(data["connections"]) == {"kalkan", "nginx"}
+    for c in data["connections"].values():
+        assert c["still_open_at_measurement"] == 200
+        assert c["rss_kib"]["full"] > 0
+    assert data["pages"]["stored_during_fill"] >= 60
+    assert data["pages"]["hits_after_fill"] >= 120
+    assert data["targets"]["bytes_per_idle_connection"]["target"] == 1536
+    assert data["targets"]["page_ram_ratio"]["valid"]
+
+
+@pytest.mark.slow
+def test_readme_block_quotes_readers_first(quick_results: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# Kalkan\n")
+    done = subprocess.run(
+        [sys.executable, "scripts/readme_results.py", "--results", str(quick_results),
+         "--readme", str(readme)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert "unexpected shape" not in text
+    assert text.index("Cache hits for readers") < text.index("identical requests")
+    assert text.index("Cache hits for readers") < text.index("Defence at scale")
+    assert "Memory" in text
