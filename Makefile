@@ -8,7 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test lint venv debian-deps bench bench-throughput bench-conformance \
-	bench-defense bench-firewall bench-clients bench-lab bench-fuzz clean
+	bench-defense bench-firewall bench-clients bench-lab bench-fuzz bench-scale \
+	bench-memory clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,10 +31,17 @@ lint: $(STAMP)
 test: $(STAMP) debian-deps lint
 	bash scripts/run-tests.sh
 
-bench: bench-throughput bench-conformance bench-defense bench-clients bench-firewall
+bench: bench-throughput bench-conformance bench-defense bench-scale bench-memory bench-clients \
+	bench-firewall
 
 bench-defense: $(STAMP) debian-deps
 	$(BIN)/python -m bench.defense_cost
+
+bench-scale: $(STAMP) debian-deps  # the defence with 100,000 clients vs off, readers load
+	$(BIN)/python -m bench.defense_scale
+
+bench-memory: $(STAMP) debian-deps  # RSS per idle connection and per cached page
+	$(BIN)/python -m bench.connection_memory
 
 bench-clients: $(STAMP)
 	$(BIN)/python -m bench.client_memory

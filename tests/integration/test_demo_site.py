@@ -377,10 +377,11 @@ async def test_login_and_xmlrpc_targets(addr: Addr) -> None:
     assert ET.fromstring(fault.body).find("fault") is not None
 
 
-async def test_bench_page_is_exactly_20_kib(addr: Addr) -> None:
-    first = await fetch(addr, "/bench/20k")
-    other = await fetch(addr, "/bench/20k/anything?x=1")
-    assert len(first.body) == 20480 == int(first.header("content-length") or 0)
+@pytest.mark.parametrize(("name", "size"), [("2k", 2048), ("20k", 20480), ("200k", 204800)])
+async def test_bench_pages_have_exact_sizes(addr: Addr, name: str, size: int) -> None:
+    first = await fetch(addr, f"/bench/{name}")
+    other = await fetch(addr, f"/bench/{name}/anything?x=1")
+    assert len(first.body) == size == int(first.header("content-length") or 0)
     assert first.body == other.body
     assert first.header("cache-control") == "public, max-age=3600"
     assert first.header("etag") == other.header("etag") is not None

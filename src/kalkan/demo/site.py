@@ -25,6 +25,7 @@ Feed, sitemap and robots.txt build their absolute links from the request's Host 
 
 Instruments for tests and benchmarks (free; their headers ignore `cache_headers`):
   /bench/20k  /bench/20k/<anything>   the same 20,480-byte HTML page; public, max-age=3600, ETag
+  /bench/2k, /bench/200k (and /<anything> below them)   the same at 2,048 and 204,800 bytes
   GET /_demo/stats          JSON counters (see DemoStats); POST /_demo/stats/reset zeroes them.
                             Requests to /_demo/stats* are not counted themselves.
   /_demo/echo (any method)  JSON: method, target, http_version, peer, headers as [name, value]
@@ -759,9 +760,11 @@ class DemoSite:
                     path.read_bytes(), _CONTENT_TYPES[path.suffix],
                     content.LAST_UPDATED, cc("public, max-age=86400"),
                 )  # fmt: skip
-        self._bench = _entity(
-            content.bench_page(20480), _HTML, content.LAST_UPDATED, "public, max-age=3600"
-        )
+        self._bench_sizes = {
+            name: _entity(content.bench_page(size), _HTML, content.LAST_UPDATED,
+                          "public, max-age=3600")
+            for name, size in (("2k", 2048), ("20k", 20480), ("200k", 204800))
+        }
         self._routes: dict[str, _Route] = {
             "/": _route(self._home),
             "/ru/": _route(self._home),
@@ -774,7 +777,7 @@ class DemoSite:
             "/favicon.ico": _route(self._favicon),
             "/wp-login.php": _route(self._login, "GET", "HEAD", "POST"),
             "/xmlrpc.php": _route(self._xmlrpc, "GET", "HEAD", "POST"),
-            "/bench/20k": _route(self._bench_page),
+            **{f"/bench/{name}": _route(self._bench_page) for name in self._bench_sizes},
             "/_demo/stats": _route(self._stats),
             "/_demo/stats/reset": _route(self._stats_reset, "POST"),
             "/_demo/echo": _Route(None, self._echo),
@@ -785,7 +788,7 @@ class DemoSite:
         self._prefixes: tuple[tuple[str, _Route], ...] = (
             ("/news/", _route(self._article)),
             ("/assets/", _route(self._asset)),
-            ("/bench/20k/", _route(self._bench_page)),
+            *((f"/bench/{name}/", _route(self._bench_page)) for name in self._bench_sizes),
         )
 
     def _cache_control(self, value: str) -> str | None:
@@ -967,7 +970,7 @@ class DemoSite:
     # instruments
 
     async def _bench_page(self, req: Request) -> Response:
-        return self._bench.response()
+        return self._bench_sizes[req.path.split("/")[2]].response()
 
     async def _stats(self, req: Request) -> Response:
         return _json(self.stats.snapshot())
