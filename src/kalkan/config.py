@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from kalkan.query_config import parse_query_config
+
 
 class ConfigError(ValueError):
     """A config problem, with the file, line and dotted key in its message."""
@@ -542,10 +544,8 @@ def validate(config: Config, source: str = "<config>",
                               "tls.redirect_http is true")
         if config.tls.http_listen:
             check("tls.http_listen", parse_hostport, config.tls.http_listen)
-    from kalkan.edge.cache_key import QueryPolicy  # late: keeps config importable on its own
-
     try:
-        QueryPolicy.from_mapping(config.cache.query)
+        parse_query_config(config.cache.query)
     except ValueError as exc:
         raise ConfigError(f"{where('cache.query')}: cache.query: {exc}") from None
     _check_files(config, where)

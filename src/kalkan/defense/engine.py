@@ -1,5 +1,6 @@
 """The decide step of the request path: allowlist → standing decision → challenge pass → policy
-rules and rates → attack mode, and the refusals it produces (block, tarpit, challenge page).
+rules and rates → attack mode, answered as immutable `Verdict`s (defense/verdict.py) that the
+edge renders: the defence reads the request and never writes to it, nor renders HTTP.
 
 The pipeline calls `check` before the cache (a refusal never touches the cache or the origin)
 and `before_origin` on a miss (under attack, unknown clients prove themselves before they may
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kalkan.config import ConfigError, DefenseConfig
+from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
@@ -28,8 +30,7 @@ from kalkan.defense.clients import ClientTable
 from kalkan.defense.decisions import SEVERITY, Decision, Decisions
 from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, RequestFacts, address_facts
 from kalkan.defense.rules import Policy, PolicyError
-from kalkan.edge.request import Request
-from kalkan.edge.responses import SERVER_NAME, http_date, serialize_head
+from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
 
 if TYPE_CHECKING:
     from kalkan.defense.firewall import Firewall
@@ -37,23 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kalkan.defense")
 
-ALLOW, CHALLENGE_ACTION, BLOCK, TARPIT, RESPOND = "allow", "challenge", "block", "tarpit", "respond"
 _NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feed readers and crawlers cannot solve one
+_ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT,
+            "challenge": Action.CHALLENGE}
+_MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operators' reasons)
 
-
-class Verdict:
-    """What the defence decided for one request: the action, why, and any response to send."""
-
-    __slots__ = ("action", "reason", "response", "strike")
-
-    def __init__(self, action: str, reason: str, response: ChallengeResponse | None = None,
-                 strike: bool = False) -> None:
-        self.action = action
-        self.reason = reason
-        self.response = response
-        self.strike = strike
-
-
+_BLOCK_HEADERS = ((b"Content-Type", b"text/html; charset=utf-8"), (b"Cache-Control", b"no-store"))
 _BLOCK_BODY = (b"<!doctype html><html lang=en><meta charset=utf-8><title>403 Forbidden</title>"
                b"<p>This address is blocked for a while because of the traffic it sent. If you "
                b"are a reader, try again later or from another network.</p>\n")
@@ -96,8 +86,7 @@ class Defense:
         firewall = self.firewall
         self._fw_thread: threading.Thread | None = None
         self._addr: dict[str, tuple[int, int, str]] = {}
-        self._refusals: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}
-        self._slowdowns: dict[tuple[int, bool, bool], tuple[int, bytes]] = {}  # 429/503 + R-A
+        self._verdicts: dict[tuple[Action, str, int], Verdict] = {}
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
         self._save_problem: str | None = None
@@ -147,32 +136,35 @@ class Defense:
         return Policy.from_file(self.config.policy) if self.config.policy else Policy.default()
 
     # -- facts ----------------------------------------------------------------------------------
-    def facts(self, req: Request) -> RequestFacts:
-        info = self._addr.get(req.client)
+    def facts(self, view: RequestView) -> RequestFacts:
+        info = self._addr.get(view.client)
         if info is None:
-            info = address_facts(req.client, self.config.prefix_v4, self.config.prefix_v6)
+            info = address_facts(view.client, self.config.prefix_v4, self.config.prefix_v6)
             if len(self._addr) > 65536:
                 self._addr.clear()  # a botnet of many addresses must not grow this
-            self._addr[req.client] = info
+            self._addr[view.client] = info
         ip, version, prefix = info
-        route, path = self.policy.classifier.classify_target(req.method, req.path, req.query)
-        ua = req.header(b"user-agent")
-        return RequestFacts(req.method, req.host, path, req.query, route, req.client, ip,
-                            version, prefix, ua.decode("latin-1") if ua else "", req.headers,
-                            req.cookie)
+        route, path = self.policy.classifier.classify_target(view.method, view.path, view.query)
+        ua = view.header(b"user-agent")
+        return RequestFacts(view.method, view.host, path, view.query, route, view.client, ip,
+                            version, prefix, ua.decode("latin-1") if ua else "", view.headers,
+                            view.cookie)
 
     # -- the request path -----------------------------------------------------------------------
-    def check(self, req: Request, scheme: str = "http") -> Verdict | None:
-        """Decide before the cache; None means the request may go on to the cache."""
+    @property
+    def threat_level(self) -> int:
+        """0 peace, 1 elevated, 2 attack, 3 severe: the cache stretches its grace with it."""
+        return self.attack.level
+
+    def check(self, view: RequestView) -> Verdict:
+        """Decide before the cache; an ALLOW verdict lets the request go on to the cache."""
         now = time.time()
-        facts = self.facts(req)
-        req.facts = facts
+        facts = self.facts(view)
         self.counts["requests"] += 1
         if facts.route == CHALLENGE:
-            return self._endpoint(req, facts, now, scheme)
+            return self._endpoint(view, facts, now)
         if self.allow and self._allowlisted(facts):
-            req.decision = "allow:allowlist"
-            return None
+            return self._allowed("allow:allowlist", False)
         pass_ = self.challenges.valid_pass(facts, now)
         standing = self.decisions.lookup(facts.client, facts.prefix, now,
                                          pass_.id if pass_ is not None else None)
@@ -187,11 +179,10 @@ class Defense:
                 # the rates below as a client without a pass (so refused on a miss under attack).
                 pass_ = None
             else:
-                return self._apply(standing.action, f"decision:{standing.reason}", req, facts,
-                                   now, scheme, strike=standing.action in ("block", "drop"))
+                return self._apply(standing.action, f"decision:{standing.reason}", view, facts,
+                                   now, strike=standing.action in ("block", "drop"))
         self.clients.hit(facts, now)
         has_pass = pass_ is not None
-        req.has_pass = has_pass
         if not has_pass and self.attack.level >= ATTACK:
             # Stricter limits under attack: a client that has not proven itself counts double
             # in every rate meter, so each limit in the policy is halved for it.
@@ -199,8 +190,7 @@ class Defense:
         verdict = self.policy.evaluate(facts, self.clients, now)
         if verdict is not None and verdict.action not in ("log", "allow"):
             if verdict.action == "challenge" and has_pass:
-                req.decision = f"pass:{verdict.rule}"
-                return None
+                return self._allowed(f"pass:{verdict.rule}", True)
             if verdict.ttl:
                 target = facts.client if verdict.scope == "address" else facts.prefix
                 why = f"rule {verdict.rule}: {verdict.reason}"
@@ -210,117 +200,91 @@ class Defense:
                     # address: the token is refused from anywhere until the decision ends.
                     self.decisions.add("token:" + pass_.id, verdict.action, verdict.ttl, why,
                                        "rule", now)
-            return self._apply(verdict.action, f"rule:{verdict.rule}", req, facts, now, scheme,
+            return self._apply(verdict.action, f"rule:{verdict.rule}", view, facts, now,
                                strike=verdict.action == "block")
-        req.decision = "pass" if has_pass else (f"allow:{verdict.rule}" if verdict else "")
-        return None
+        if has_pass:
+            return self._allowed("pass", True)
+        return self._allowed(f"allow:{verdict.rule}", False) if verdict else ALLOWED
 
-    def count(self, facts: RequestFacts, n: int) -> None:
+    def count(self, view: RequestView, n: int) -> None:
         """Requests let through by a per-connection standing verdict, counted afterwards."""
         now = time.time()
         self.counts["requests"] += n
-        self.clients.hit(facts, now, n)
+        self.clients.hit(self.facts(view), now, n)
 
-    def before_origin(self, req: Request, scheme: str = "http") -> Verdict | None:
+    def before_origin(self, view: RequestView, checked: Verdict) -> Verdict:
         """On a cache miss under attack: unknown clients pass a challenge before the origin.
 
-        Feeds, robots.txt, sitemaps and the like are refused instead (503, Retry-After): a real
-        one is served from the cache, fresh or stale, before this is asked; a miss there is a
-        URL nobody has fetched lately, which is what a random-URL flood is made of.
+        `checked` is what `check` said about this request. Feeds, robots.txt, sitemaps and the
+        like are refused instead (503, Retry-After): a real one is served from the cache, fresh
+        or stale, before this is asked; a miss there is a URL nobody has fetched lately, which
+        is what a random-URL flood is made of.
         """
-        facts = req.facts
-        if (self.attack.level == 0 or facts is None or req.has_pass
-                or req.decision.startswith("allow:")):
-            return None
+        if (self.attack.level == 0 or checked.action is not Action.ALLOW or checked.has_pass
+                or checked.decision.startswith("allow:")):
+            return ALLOWED
+        facts = self.facts(view)  # only under attack, on a miss: not worth keeping per request
         if facts.route in _NEVER_CHALLENGED:
-            return self._refuse(_BUSY, "attack_mode", req)
-        return self._apply("challenge", "attack_mode", req, facts, time.time(), scheme)
+            return self._refuse(_BUSY, "attack_mode")
+        return self._apply("challenge", "attack_mode", view, facts, time.time())
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
         addr = ipaddress.ip_address(facts.client) if facts.ip else None
         return addr is not None and any(addr in net for net in self.allow)
 
-    def _apply(self, action: str, reason: str, req: Request, facts: RequestFacts, now: float,
-               scheme: str, strike: bool = False) -> Verdict:
+    def _shared(self, action: Action, decision: str, has_pass: bool = False, status: int = 0,
+                headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"") -> Verdict:
+        """The one verdict object for a decision that carries nothing per request: a flood's
+        hot path builds no verdict, and the edge's memo of rendered bytes keys on it."""
+        key = (action, decision, status)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) >= _MEMO_LIMIT:
+                self._verdicts.clear()  # operators' reasons are free text: stay bounded
+            verdict = Verdict(action, decision, has_pass, status, headers, body)
+            self._verdicts[key] = verdict
+        return verdict
+
+    def _allowed(self, decision: str, has_pass: bool) -> Verdict:
+        # The decision string says whether the client holds a pass ("pass", "pass:<rule>").
+        return self._shared(Action.ALLOW, decision, has_pass)
+
+    def _apply(self, action: str, reason: str, view: RequestView, facts: RequestFacts,
+               now: float, strike: bool = False) -> Verdict:
         if action == "challenge" and facts.route in _NEVER_CHALLENGED:
-            return self._refuse(_SLOW_DOWN, reason, req)
+            return self._refuse(_SLOW_DOWN, reason)
         self.decided[(action, reason.split(":", 1)[0])] += 1
-        req.decision = f"{action}:{reason}"
+        decision = f"{action}:{reason}"
         if strike:
             self.decisions.strike(facts.client, action, now)
-        if action == "challenge":
-            ret = return_url_for(req.method, req.path, req.query, req.host,
-                                 req.header(b"referer"))
-            page = self.challenges.page(facts, now, self.attack.level, ret, scheme)
-            return Verdict(CHALLENGE_ACTION, req.decision, page)
-        if action == "tarpit":
-            return Verdict(TARPIT, req.decision)
-        return Verdict(BLOCK, req.decision)
+        kind = _ACTIONS.get(action, Action.BLOCK)
+        if kind is Action.CHALLENGE:
+            ret = return_url_for(view.method, view.path, view.query, view.host,
+                                 view.header(b"referer"))
+            page = self.challenges.page(facts, now, self.attack.level, ret, view.scheme)
+            return Verdict(Action.CHALLENGE, decision, False, page.status, tuple(page.headers),
+                           page.body)
+        # The tarpit's 429 and the block's 403 say the same thing to a person who reads them.
+        return self._shared(kind, decision, False, 429 if kind is Action.TARPIT else 403,
+                            _BLOCK_HEADERS, _BLOCK_BODY)
 
-    def _refuse(self, response: ChallengeResponse, reason: str, req: Request) -> Verdict:
+    def _refuse(self, response: ChallengeResponse, reason: str) -> Verdict:
         """A quick 429/503 where a never-challenged route would have met a challenge."""
         self.decided[("refuse", reason.split(":", 1)[0])] += 1
-        req.decision = f"refuse:{reason}"
-        return Verdict(BLOCK, req.decision, response)
+        return self._shared(Action.REFUSE, f"refuse:{reason}", False, response.status,
+                            tuple(response.headers), response.body)
 
-    def _endpoint(self, req: Request, facts: RequestFacts, now: float,
-                  scheme: str) -> Verdict:
-        body = req.prefetched_body or b""
-        resp = self.challenges.endpoint(facts, req.query, body, now, scheme)
-        req.decision = f"challenge-endpoint:{resp.reason}"
+    def _endpoint(self, view: RequestView, facts: RequestFacts, now: float) -> Verdict:
+        body = view.prefetched_body or b""
+        resp = self.challenges.endpoint(facts, view.query, body, now, view.scheme)
         if resp.failed:
             self.clients.note_challenge_failure(facts, now)
             self.decisions.strike(facts.client, "failed challenge", now)
             self.decided[("challenge_failed", resp.reason.split(":", 1)[0])] += 1
         elif resp.passed:
             self.clients.note_challenge_pass(facts)
-        return Verdict(RESPOND, req.decision, resp)
-
-    # -- responses ------------------------------------------------------------------------------
-    def render(self, verdict: Verdict, keep_alive: bool, head_only: bool) -> bytes:
-        """The bytes of a refusal or challenge answer."""
-        now = time.time()
-        r = verdict.response
-        if r is _SLOW_DOWN or r is _BUSY:
-            return self._refusal_bytes(r, now, keep_alive, head_only)  # a flood's answer too
-        if r is not None:
-            headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME), *r.headers,
-                       (b"Content-Length", str(len(r.body)).encode()),
-                       (b"X-Cache", b"BYPASS")]
-            headers.append((b"Connection", b"keep-alive" if keep_alive else b"close"))
-            head = serialize_head(r.status, headers)
-            return head if head_only else head + r.body
-        # Refusals are the other hot path of a flood: the same bytes all second long.
-        status = 429 if verdict.action == TARPIT else 403
-        second = int(now)
-        memo_key = (status, keep_alive, head_only)
-        memo = self._refusals.get(memo_key)
-        if memo is not None and memo[0] == second:
-            return memo[1]
-        headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME),
-                   (b"Content-Type", b"text/html; charset=utf-8"),
-                   (b"Content-Length", str(len(_BLOCK_BODY)).encode()),
-                   (b"Cache-Control", b"no-store"), (b"X-Cache", b"BYPASS"),
-                   (b"Connection", b"keep-alive" if keep_alive else b"close")]
-        head = serialize_head(status, headers)
-        data = head if head_only else head + _BLOCK_BODY
-        self._refusals[memo_key] = (second, data)
-        return data
-
-    def _refusal_bytes(self, r: ChallengeResponse, now: float, keep_alive: bool,
-                       head_only: bool) -> bytes:
-        second = int(now)
-        memo_key = (r.status, keep_alive, head_only)
-        memo = self._slowdowns.get(memo_key)
-        if memo is not None and memo[0] == second:
-            return memo[1]
-        headers = [(b"Date", http_date(now)), (b"Server", SERVER_NAME), *r.headers,
-                   (b"Content-Length", str(len(r.body)).encode()), (b"X-Cache", b"BYPASS"),
-                   (b"Connection", b"keep-alive" if keep_alive else b"close")]
-        head = serialize_head(r.status, headers)
-        data = head if head_only else head + r.body
-        self._slowdowns[memo_key] = (second, data)
-        return data
+        return Verdict(Action.RESPOND, f"challenge-endpoint:{resp.reason}", False, resp.status,
+                       tuple(resp.headers), resp.body)
 
     # -- housekeeping ---------------------------------------------------------------------------
     def tick(self, now: float, gate_active: int, gate_queue: int, gate_limit: int,
@@ -389,6 +353,10 @@ class Defense:
         self.clients.set_meters(policy.meters)
         log.info("policy reloaded from %s", policy.source)
         return True, f"policy reloaded from {policy.source}"
+
+    def admin_routes(self) -> list[Route]:
+        """The operator's routes (decisions, attack mode) for the admin listener."""
+        return DefenseAdmin(self.decisions, self.attack, self.save).routes()
 
     def close(self) -> None:
         self.save(time.time())

@@ -9,21 +9,14 @@ import os
 import resource
 import secrets
 import signal
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kalkan.config import Config, is_loopback_host, parse_hostport
-from kalkan.defense.attack_mode import LEVEL_NAMES
-from kalkan.defense.decisions import DecisionError
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer, HttpConnection
 from kalkan.edge.tls import CertificateSet, TLSConfigError
 from kalkan.observe.admin import AdminError, AdminServer
-
-if TYPE_CHECKING:
-    from kalkan.defense.engine import Defense
 
 log = logging.getLogger("kalkan")
 
@@ -82,8 +75,7 @@ class Edge:
 
     async def start(self) -> None:
         raise_open_files_limit(self.config)
-        if self.pipeline.defense is not None:
-            self.pipeline.defense.start()
+        self.pipeline.defense.start()
         loaded = self.pipeline.load()
         if loaded:
             log.info("loaded %d cached responses from %s", loaded, self.config.cache.dir)
@@ -110,75 +102,11 @@ class Edge:
             self.admin = AdminServer(self.pipeline.metrics, self.admin_token, public=public)
             self.admin.route("POST", "/purge", self._purge)
             self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
-            if self.pipeline.defense is not None:
-                self.admin.route("GET", "/decisions", self._decisions_list)
-                self.admin.route("POST", "/decisions", self._decisions_add)
-                self.admin.route("DELETE", "/decisions", self._decisions_delete)
-                self.admin.route("POST", "/decisions/clear", self._decisions_clear)
-                self.admin.route("GET", "/attack-mode", self._attack_mode)
-                self.admin.route("POST", "/attack-mode", self._attack_mode)
+            for method, path, handler in self.pipeline.defense.admin_routes():
+                self.admin.route(method, path, handler)
             self.admin_address = await self.admin.start(host, port)
 
     # -- admin actions --------------------------------------------------------------------------
-    def _defense(self) -> Defense:
-        defense = self.pipeline.defense
-        if defense is None:
-            raise AdminError(409, "the defence is disabled in this edge's config")
-        return defense
-
-    def _decisions_list(self, _q: dict[str, str], _b: object) -> tuple[int, object]:
-        now = time.time()
-        rows = [{"target": d.target, "action": d.action, "reason": d.reason,
-                 "origin": d.origin, "created": d.created,
-                 "expires_in": None if d.expires == float("inf") else round(d.expires - now)}
-                for d in self._defense().decisions.all(now)]
-        return 200, {"decisions": rows}
-
-    def _decisions_add(self, _q: dict[str, str], body: object) -> tuple[int, object]:
-        if not isinstance(body, dict) or "target" not in body:
-            raise AdminError(400, 'expected JSON {"target": ADDRESS|CIDR, "action": ..., '
-                                  '"ttl": seconds|null, "reason": ...}')
-        defense = self._defense()
-        try:
-            ttl = body.get("ttl")
-            d = defense.decisions.add(str(body["target"]), str(body.get("action", "block")),
-                                      None if ttl is None else float(ttl),
-                                      str(body.get("reason", "")), "manual", time.time())
-        except (DecisionError, ValueError, TypeError) as exc:
-            raise AdminError(400, str(exc)) from None
-        _saved_or_fail(defense, f"decision for {d.target} is in force but NOT saved: it will be "
-                                "lost at restart")
-        return 200, {"added": d.target, "action": d.action}
-
-    def _decisions_delete(self, query: dict[str, str], _b: object) -> tuple[int, object]:
-        if "target" not in query:
-            raise AdminError(400, "delete needs ?target=ADDRESS|CIDR")
-        defense = self._defense()
-        try:
-            removed = defense.decisions.delete(query["target"])
-        except DecisionError as exc:
-            raise AdminError(400, str(exc)) from None
-        if removed:
-            _saved_or_fail(defense, "the decision is lifted but the removal is NOT saved: it "
-                                    "comes back at restart")
-        return (200 if removed else 404), {"deleted": removed}
-
-    def _decisions_clear(self, _q: dict[str, str], _b: object) -> tuple[int, object]:
-        defense = self._defense()
-        n = defense.decisions.clear()
-        _saved_or_fail(defense, f"{n} decision(s) lifted but NOT saved: they come back at restart")
-        return 200, {"cleared": n}
-
-    def _attack_mode(self, query: dict[str, str], _b: object) -> tuple[int, object]:
-        attack = self._defense().attack
-        if "mode" in query:
-            try:
-                attack.set_mode(query["mode"], time.time())
-            except ValueError as exc:
-                raise AdminError(400, str(exc)) from None
-        return 200, {"mode": attack.mode, "level": attack.level,
-                     "level_name": LEVEL_NAMES[attack.level], "reason": attack.reason}
-
     def _reload_result(self) -> tuple[int, object]:
         ok, messages = self.reload()
         return (200 if ok else 409), {"ok": ok, "messages": messages}
@@ -202,9 +130,9 @@ class Edge:
                 ok = False
                 messages.append(f"keeping the old certificates: {exc}")
                 log.error("reload failed, keeping the old certificates: %s", exc)
-        if self.pipeline.defense is not None:
-            policy_ok, message = self.pipeline.defense.reload()
-            ok = ok and policy_ok
+        policy_ok, message = self.pipeline.defense.reload()
+        ok = ok and policy_ok
+        if message:  # an edge without a defence has no policy to speak of
             messages.append(message if policy_ok else f"keeping the old policy: {message}")
         self.pipeline.forget_replays()
         return ok, messages
@@ -227,14 +155,6 @@ class Edge:
         await stop.wait()
         log.info("stopping: finishing requests in progress")
         await self.stop()
-
-
-def _saved_or_fail(defense: Defense, consequence: str) -> None:
-    """An operator's change answered 200 must be on disk: a failed save (full or read-only
-    disk) is a 500 that says what happened, while the change stays in force in memory."""
-    problem = defense.save(time.time())
-    if problem is not None:
-        raise AdminError(500, f"{problem}; {consequence}")
 
 
 # Descriptors besides client connections: origin connections, cache files being written, the log,

@@ -14,7 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 from kalkan.config import Config
-from kalkan.defense.facts import CHALLENGE_PREFIX, RequestFacts
+from kalkan.defense.facts import CHALLENGE_PREFIX
+from kalkan.defense.null import NullDefense
+from kalkan.defense.verdict import ALLOWED, Action, Verdict
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.origin import (
@@ -29,14 +31,20 @@ from kalkan.edge.origin import (
     UpstreamResponse,
 )
 from kalkan.edge.request import Request
-from kalkan.edge.responses import SERVER_NAME, error_response, http_date, serialize_head
+from kalkan.edge.responses import (
+    SERVER_NAME,
+    VerdictWriter,
+    error_response,
+    http_date,
+    serialize_head,
+)
 from kalkan.edge.server import Clock, ConnectionGone
 from kalkan.edge.store import Entry, Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
 
 if TYPE_CHECKING:
-    from kalkan.defense.engine import Defense, Verdict
+    from kalkan.defense.engine import Defense
     from kalkan.edge.server import HttpConnection
 
 log = logging.getLogger("kalkan.pipeline")
@@ -90,13 +98,13 @@ _STANDING_WINDOW = 0.25   # seconds a per-connection verdict on identical bytes 
 class _Standing:
     """The defence's verdict on one connection's last replayed bytes, reused for a moment."""
 
-    __slots__ = ("data", "until", "facts", "refusal", "status", "decision", "pending")
+    __slots__ = ("data", "until", "request", "refusal", "status", "decision", "pending")
 
-    def __init__(self, data: bytes, until: float, facts: RequestFacts, refusal: bytes | None,
+    def __init__(self, data: bytes, until: float, request: Request, refusal: bytes | None,
                  status: int, decision: str) -> None:
         self.data = data
         self.until = until
-        self.facts = facts
+        self.request = request
         self.refusal = refusal
         self.status = status
         self.decision = decision
@@ -138,11 +146,12 @@ class Pipeline:
         self._replay_bytes = 0
         self._background: set[asyncio.Task[None]] = set()
         self._last_flush = 0.0
-        self.defense: Defense | None = None
+        self.defense: Defense | NullDefense = NullDefense()
         if config.defense.enabled:
             from kalkan.defense.engine import Defense  # late: the edge runs without it too
 
             self.defense = Defense(config.defense, config.state_dir, self.metrics)
+        self.verdicts = VerdictWriter()
         self._tarpitted = 0
         session = tuple(c.encode() for c in cc.session_cookies)
         self._session_cookies = session
@@ -171,18 +180,16 @@ class Pipeline:
             if self.uncacheable:
                 for key in [k for k, until in self.uncacheable.items() if until < now]:
                     del self.uncacheable[key]
-            if self.defense is not None:
-                m = self.metrics
-                failed = sum(m.origin_requests[k] for k in ("error", "timeout", "5xx", "shed",
-                                                            "breaker_open"))
-                self.defense.tick(now, self.gate.active, self.gate.queued, self.gate.limit,
-                                  m.origin_latency.count, m.origin_latency.total, failed)
+            m = self.metrics
+            failed = sum(m.origin_requests[k] for k in ("error", "timeout", "5xx", "shed",
+                                                        "breaker_open"))
+            self.defense.tick(now, self.gate.active, self.gate.queued, self.gate.limit,
+                              m.origin_latency.count, m.origin_latency.total, failed)
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
-        if self.defense is not None:
-            self.defense.close()
+        self.defense.close()
         self.origin.close()
         self.store.flush()
         self.store.close()
@@ -208,14 +215,14 @@ class Pipeline:
     def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
         """A refusal or a fresh hit, answered without awaiting, as buffers for one vectored
         write; None: the slow path."""
-        if self.defense is not None:
-            verdict = self.defense.check(req, req.scheme)
-            req.checked = True
-            if verdict is not None and verdict.action != "allow":
-                if verdict.action == "tarpit":
-                    req.verdict = verdict
-                    return None
-                return self._refuse_now(req, verdict)
+        verdict = req.verdict = self.defense.check(req)
+        req.checked = True
+        req.decision = verdict.decision
+        req.has_pass = verdict.has_pass
+        if verdict.action is not Action.ALLOW:
+            if verdict.action is Action.TARPIT:
+                return None
+            return self._refuse_now(req, verdict)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
         variants = self.store.get(req.key or self._key(req))
@@ -240,10 +247,8 @@ class Pipeline:
 
     def _refuse_now(self, req: Request, verdict: Verdict) -> tuple[bytes, ...]:
         """The bytes of a block or challenge answer, counted and logged."""
-        assert self.defense is not None
-        req.verdict = verdict
-        data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
-        status = verdict.response.status if verdict.response is not None else 403
+        data = self.verdicts.render(verdict, self.clock.now, req.keep_alive, req.method == "HEAD")
+        status = verdict.status
         self.metrics.requests[(status, "BYPASS")] += 1
         if self.access_log.enabled:
             self.access_log.write(self.clock.now, req.client, req.method, req.host, req.path,
@@ -275,24 +280,21 @@ class Pipeline:
         memo = self._replays.get(data)
         if memo is None:
             return False
-        decision = ""
-        if self.defense is not None:
-            standing = conn.standing
-            if standing is not None and standing.data == data and \
-                    self.clock.mono < standing.until:
-                # The same client sent the same bytes a moment ago: same verdict, counted later.
-                standing.pending += 1
-                if standing.refusal is not None:
-                    conn.transport.write(standing.refusal)  # type: ignore[union-attr]
-                    self.metrics.requests[(standing.status, "BYPASS")] += 1
-                    if self.access_log.enabled:
-                        self.access_log.write_fragment(
-                            self.clock.now, conn.client, memo.log, standing.status,
-                            len(standing.refusal), "BYPASS", None, 0.0, standing.decision)
-                    return True
-                decision = standing.decision
-            else:
-                return self._replay_decided(data, memo, conn)
+        standing = conn.standing
+        if standing is not None and standing.data == data and self.clock.mono < standing.until:
+            # The same client sent the same bytes a moment ago: same verdict, counted later.
+            standing.pending += 1
+            if standing.refusal is not None:
+                conn.transport.write(standing.refusal)  # type: ignore[union-attr]
+                self.metrics.requests[(standing.status, "BYPASS")] += 1
+                if self.access_log.enabled:
+                    self.access_log.write_fragment(
+                        self.clock.now, conn.client, memo.log, standing.status,
+                        len(standing.refusal), "BYPASS", None, 0.0, standing.decision)
+                return True
+            decision = standing.decision
+        else:
+            return self._replay_decided(data, memo, conn)
         variants = self.store.get(memo.key)
         if variants is None or len(variants) != 1:
             return False
@@ -315,10 +317,9 @@ class Pipeline:
         """Remembered bytes from a client the defence has not judged for them lately: judge
         (counting what the standing verdict let through meanwhile) and remember the verdict
         for a moment, so a flood of identical requests costs one decision per window."""
-        assert self.defense is not None
         standing = conn.standing
         if standing is not None and standing.pending:
-            self.defense.count(standing.facts, standing.pending)
+            self.defense.count(standing.request, standing.pending)
         conn.standing = None
         req = memo.request.clone_for(conn.client, conn.peer)
         req.started = time.monotonic()
@@ -326,11 +327,12 @@ class Pipeline:
         if out is None:
             return False  # the slow path takes it from the parser (and decides again)
         conn.transport.writelines(out)  # type: ignore[union-attr]
-        if req.facts is not None:
-            refused = req.verdict is not None
-            status = int(out[0][9:12]) if refused else 200
-            conn.standing = _Standing(data, self.clock.mono + _STANDING_WINDOW, req.facts,
-                                      out[0] if refused else None, status, req.decision)
+        verdict = req.verdict
+        if verdict is not None:
+            refused = verdict.action is not Action.ALLOW
+            conn.standing = _Standing(data, self.clock.mono + _STANDING_WINDOW, req,
+                                      out[0] if refused else None,
+                                      verdict.status if refused else 200, req.decision)
         return True
 
     def forget_replays(self) -> None:
@@ -352,7 +354,7 @@ class Pipeline:
     async def respond(self, req: Request, conn: HttpConnection) -> None:
         out = Outcome()
         try:
-            if self.defense is not None and await self._defend(req, conn, out):
+            if await self._defend(req, conn, out):
                 return
             if req.method in _CACHEABLE_METHODS and self.cache_enabled and req.path != "*":
                 await self._lookup(req, conn, out)
@@ -364,16 +366,17 @@ class Pipeline:
     async def _defend(self, req: Request, conn: HttpConnection, out: Outcome) -> bool:
         """The decide step for requests that did not come through respond_now (bodies, the
         tarpit); True when the request was answered here."""
-        assert self.defense is not None
         verdict = req.verdict
-        if not req.checked:
+        if verdict is None:  # not decided on the hot path (a body, or not asked there)
             if req.body is not None and req.path.startswith(CHALLENGE_PREFIX):
                 req.prefetched_body = await _read_small(req, 8192)
-            verdict = self.defense.check(req, req.scheme)
+            verdict = req.verdict = self.defense.check(req)
             req.checked = True
-        if verdict is None or verdict.action == "allow":
+            req.decision = verdict.decision
+            req.has_pass = verdict.has_pass
+        if verdict.action is Action.ALLOW:
             return False
-        if verdict.action == "tarpit":
+        if verdict.action is Action.TARPIT:
             await self._tarpit(req, conn, verdict, out)
             return True
         self._send_verdict(req, conn, verdict, out)
@@ -382,19 +385,17 @@ class Pipeline:
     def _send_verdict(self, req: Request, conn: HttpConnection, verdict: Verdict,
                       out: Outcome) -> None:
         """Write a refusal or challenge answer and note it for the log."""
-        assert self.defense is not None
         # A body we did not read ends the connection: say so instead of promising keep-alive.
         if req.body is not None and not req.body.done:
             req.keep_alive = False
-        data = self.defense.render(verdict, req.keep_alive, req.method == "HEAD")
-        out.status = verdict.response.status if verdict.response is not None else 403
+        data = self.verdicts.render(verdict, self.clock.now, req.keep_alive, req.method == "HEAD")
+        out.status = verdict.status
         out.size, out.cache = len(data), "BYPASS"
         conn.write(data)
 
     async def _tarpit(self, req: Request, conn: HttpConnection, verdict: Verdict,
                       out: Outcome) -> None:
         """Hold the request a while, then a 429 and close: slow for the bot, cheap for us."""
-        assert self.defense is not None
         req.keep_alive = False
         if self._tarpitted < self.config.defense.max_tarpitted:
             self._tarpitted += 1
@@ -402,18 +403,17 @@ class Pipeline:
                 await asyncio.sleep(self.config.defense.tarpit_delay)
             finally:
                 self._tarpitted -= 1
-        data = self.defense.render(verdict, False, req.method == "HEAD")
-        out.status, out.size, out.cache = 429, len(data), "BYPASS"
+        data = self.verdicts.render(verdict, self.clock.now, False, req.method == "HEAD")
+        out.status, out.size, out.cache = verdict.status, len(data), "BYPASS"
         conn.write(data)
 
     async def _challenge_before_origin(self, req: Request, conn: HttpConnection,
                                        out: Outcome) -> bool:
         """Under attack, a client without a pass proves itself before it costs the origin."""
-        if self.defense is None:
+        verdict = self.defense.before_origin(req, req.verdict or ALLOWED)
+        if verdict.action is Action.ALLOW:
             return False
-        verdict = self.defense.before_origin(req, req.scheme)
-        if verdict is None or verdict.action == "allow":
-            return False
+        req.decision = verdict.decision
         self._send_verdict(req, conn, verdict, out)
         return True
 
@@ -440,8 +440,8 @@ class Pipeline:
                     return self._error(req, conn, out, 504, "Not in the cache.", [])
                 case _:
                     pass  # REVALIDATE: fetch below, with this entry's validators
-        if entry is not None and self.defense is not None and self.defense.attack.level \
-                and not req.has_pass and self._stale_allowed(entry, req):
+        if entry is not None and self.defense.threat_level and not req.has_pass \
+                and self._stale_allowed(entry, req):
             # Under attack an unproven reader gets the stale copy (within grace) rather than a
             # challenge, and the edge refreshes the page itself.
             self._revalidate_in_background(req, key, entry)
@@ -472,8 +472,7 @@ class Pipeline:
     def _grace(self) -> float:
         """The grace period, longer under attack (level n: n + 1 times): readers keep getting
         yesterday's copy while the origin is drowning."""
-        level = self.defense.attack.level if self.defense is not None else 0
-        return self.config.cache.grace * (1 + level)
+        return self.config.cache.grace * (1 + self.defense.threat_level)
 
     def _stale_allowed(self, entry: Entry, req: Request) -> bool:
         """May this stored entry stand in for an origin that just failed (RFC 5861 + grace)?"""
