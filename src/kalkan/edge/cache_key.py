@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from kalkan.query_config import parse_query_config
 
 __all__ = [
     "DEFAULT_ALLOW",
@@ -115,44 +117,15 @@ class QueryPolicy:
         Missing keys take the defaults; ``None`` gives the default policy. Raises ValueError
         naming the bad key.
         """
-        if config is None:
-            return cls()
-        if not isinstance(config, Mapping):
-            raise ValueError(f"query policy: expected a mapping, got {type(config).__name__}")
-        for key in config:
-            if key not in ("default", "paths", "keep_all"):
-                raise ValueError(
-                    f"query policy: unknown key {key!r} (expected default, paths, keep_all)"
-                )
-        default = DEFAULT_ALLOW
-        if "default" in config:
-            default = _param_names(config["default"], "default")
-        per_path: list[tuple[str, frozenset[str]]] = []
-        paths = config.get("paths", {})
-        if not isinstance(paths, Mapping):
-            raise ValueError("query policy: paths: expected a mapping of path glob to parameters")
-        for pattern, names in paths.items():
-            if not isinstance(pattern, str) or not pattern.startswith(("/", "*")):
-                raise ValueError(
-                    f"query policy: paths: {pattern!r} is not a path glob (must start with / or *)"
-                )
-            per_path.append((pattern, _param_names(names, f"paths[{pattern!r}]")))
-        keep_all = config.get("keep_all", False)
-        if not isinstance(keep_all, bool):
-            raise ValueError(f"query policy: keep_all: expected true or false, got {keep_all!r}")
-        return cls(default_allow=default, per_path=tuple(per_path), keep_all=keep_all)
+        shape = parse_query_config(config)
+        default = DEFAULT_ALLOW if shape.default is None else _normalized(shape.default)
+        per_path = tuple((glob, _normalized(names)) for glob, names in shape.paths)
+        return cls(default_allow=default, per_path=per_path, keep_all=shape.keep_all)
 
 
-def _param_names(value: object, where: str) -> frozenset[str]:
-    # A bare string is iterable too; refusing it catches `default: page` written for `[page]`.
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise ValueError(f"query policy: {where}: expected a list of parameter names")
-    names: set[str] = set()
-    for name in value:
-        if not isinstance(name, str) or not name or "&" in name or "=" in name:
-            raise ValueError(f"query policy: {where}: {name!r} is not a parameter name")
-        names.add(_normalize_pct(name))  # compared with request names after the same step
-    return frozenset(names)
+def _normalized(names: frozenset[str]) -> frozenset[str]:
+    # Compared with request names after the same step.
+    return frozenset(_normalize_pct(name) for name in names)
 
 
 DEFAULT_POLICY = QueryPolicy()

@@ -216,7 +216,6 @@ class Pipeline:
         """A refusal or a fresh hit, answered without awaiting, as buffers for one vectored
         write; None: the slow path."""
         verdict = req.verdict = self.defense.check(req)
-        req.checked = True
         req.decision = verdict.decision
         req.has_pass = verdict.has_pass
         if verdict.action is not Action.ALLOW:
@@ -371,7 +370,6 @@ class Pipeline:
             if req.body is not None and req.path.startswith(CHALLENGE_PREFIX):
                 req.prefetched_body = await _read_small(req, 8192)
             verdict = req.verdict = self.defense.check(req)
-            req.checked = True
             req.decision = verdict.decision
             req.has_pass = verdict.has_pass
         if verdict.action is Action.ALLOW:

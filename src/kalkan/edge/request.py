@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kalkan.defense.engine import Verdict
-    from kalkan.defense.facts import RequestFacts
+    from kalkan.defense.verdict import Verdict
 
 
 class BodyStream:
@@ -91,7 +90,7 @@ class Request:
                  "version", "keep_alive", "body", "content_length", "chunked", "started",
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
                  "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
-                 "checked", "facts", "has_pass", "prefetched_body", "verdict", "connection")
+                 "has_pass", "prefetched_body", "verdict", "connection")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -119,8 +118,6 @@ class Request:
         self.length_fields = 0
         self.transfer_encoding: bytes | None = None
         self.host_fields = 0
-        self.checked = False          # the defence has decided on this request
-        self.facts: RequestFacts | None = None
         self.has_pass = False
         self.prefetched_body: bytes | None = None
         self.verdict: Verdict | None = None   # a decision taken on the hot path (the tarpit)
