@@ -217,7 +217,7 @@ async def test_gate_never_exceeds_origin_concurrency(origin: Origin,
     urls = [respond(f"gate{i}", cc="no-store", delay_ms=100) for i in range(24)]
     results = await asyncio.gather(*(fetch(port_of(edge), u) for u in urls))
     assert all(r.status == 200 for r in results)
-    assert edge.pipeline.gate.max_active <= 3
+    assert edge.pipeline.upstream.gate.max_active <= 3
     stats = json.loads((await fetch(origin.port, "/_demo/stats")).body)
     assert stats["max_in_flight"] <= 3 + 1  # +1: the stats request itself
 

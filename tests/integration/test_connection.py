@@ -220,4 +220,4 @@ async def test_get_with_a_body_does_not_stall_the_origin(origin: Origin,
     reply = await exchange(port_of(edge), b"GET /_demo/echo HTTP/1.1\r\nHost: news.example\r\n"
                            b"Content-Length: 3\r\n\r\nabc", timeout=5.0)
     assert reply.status == 200 and loop.time() - started < 2.0
-    assert edge.pipeline.breaker.failures == 0
+    assert edge.pipeline.upstream.breaker.failures == 0

@@ -325,7 +325,7 @@ class Harness:
         for c in self.edge.server.connections:
             if c._busy and not (body_wait and c.deadline_kind == edge_server._BODY):
                 return False
-        return body_wait or self.edge.pipeline.gate.active == 0
+        return body_wait or self.edge.pipeline.upstream.gate.active == 0
 
     async def _converse(self, data: bytes, done: str, first_is_head: bool) -> tuple[
             list[Answer], bool]:

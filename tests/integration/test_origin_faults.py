@@ -365,7 +365,7 @@ async def test_upstream_response_read_raises_only_origin_errors(
     OriginError (OriginTimeout for a stall) from read(), never an httptools error or assert,
     and the broken connection is not pooled again."""
     edge, _ = await _faulty_edge(scripted, make_edge, fault, NOT_STORABLE)
-    pool = edge.pipeline.origin
+    pool = edge.pipeline.upstream.pool
     resp = await pool.request("GET", b"/article", [(b"Host", b"news.example")])
     assert resp.status == 200
     received = b""

@@ -98,7 +98,7 @@ async def test_requests_spaced_past_the_origin_idle_close_all_answered(
     assert statuses == [200] * 4
     assert len(keepalive_origin.requests) == 4
     # Each close reached the pool while the connection was idle and took it out at once.
-    assert edge.pipeline.origin.evicted == 3
+    assert edge.pipeline.upstream.pool.evicted == 3
 
 
 async def test_a_burst_after_idle_is_answered_although_every_pooled_connection_died(
@@ -106,7 +106,7 @@ async def test_a_burst_after_idle_is_answered_although_every_pooled_connection_d
     edge = await make_edge(keepalive_origin.url)
     port = port_of(edge)
     assert await _burst(port, 6, "warm") == [200] * 6
-    pool = edge.pipeline.origin
+    pool = edge.pipeline.upstream.pool
     opened = pool.connects
     assert opened >= 2  # several idle connections in the pool, all about to die
     await asyncio.sleep(1.5)
@@ -125,7 +125,7 @@ async def test_lost_idempotent_requests_are_sent_again_on_a_new_connection(
         edge = await make_edge(origin.url)
         port = port_of(edge)
         assert await _burst(port, 4, "warm") == [200] * 4
-        pool = edge.pipeline.origin
+        pool = edge.pipeline.upstream.pool
         assert pool.connects >= 2
         for i in range(4):
             resp = await fetch(port, f"/next/{i}")
@@ -146,7 +146,7 @@ async def test_a_lost_post_is_not_sent_twice(make_edge: EdgeFactory) -> None:
         assert (await fetch(port, "/warm")).status == 200
         resp = await fetch(port, "/comment", method="POST", body=b"text=hello")
         assert resp.status == 502
-        assert origin.dropped == 1 and edge.pipeline.origin.retries == 0
+        assert origin.dropped == 1 and edge.pipeline.upstream.pool.retries == 0
         assert not any(line.startswith("POST") for line in origin.requests)
     finally:
         await origin.stop()
@@ -160,7 +160,7 @@ async def test_idle_connections_past_the_idle_timeout_are_not_reused(
     await origin.start()
     try:
         edge = await make_edge(origin.url)
-        pool = edge.pipeline.origin
+        pool = edge.pipeline.upstream.pool
         assert pool.idle_timeout == 4.0  # the default, below Apache's 5 s
         pool.idle_timeout = 0.3
         port = port_of(edge)

@@ -79,7 +79,7 @@ async def test_upgrade_flood_does_not_hold_origin_slots(origin: Origin,
     t0 = loop.time()
     resp = await fetch(port, "/_demo/echo?next")
     assert resp.status == 200 and loop.time() - t0 < 2.0
-    assert edge.pipeline.gate.active == 0
+    assert edge.pipeline.upstream.gate.active == 0
 
 
 # -- credentials: anything fetched for a session reaches nobody else ------------------------------
@@ -297,7 +297,7 @@ async def test_a_hit_writes_the_stored_body_itself_not_a_copy(origin: Origin,
 
 async def test_replay_memo_stays_bounded_under_unique_requests(origin: Origin,
                                                                make_edge: EdgeFactory) -> None:
-    from kalkan.edge.pipeline import _REPLAY_BYTES, _REPLAY_MEMO
+    from kalkan.edge.replay import REPLAY_BYTES, REPLAY_MEMO
 
     edge = await make_edge(origin.url)
     port = port_of(edge)
@@ -308,8 +308,8 @@ async def test_replay_memo_stays_bounded_under_unique_requests(origin: Origin,
         for i in range(3000):
             resp = await client.request("GET", "/bench/20k", {"User-Agent": f"r{i} {pad}"})
             assert resp.status == 200
-            memo = edge.pipeline
-            assert len(memo._replays) <= _REPLAY_MEMO
-            assert memo._replay_bytes <= _REPLAY_BYTES + 2 * 4096 + 512
+            memo = edge.pipeline.replays
+            assert len(memo.memo) <= REPLAY_MEMO
+            assert memo.bytes <= REPLAY_BYTES + 2 * 4096 + 512
     finally:
         await client.close()

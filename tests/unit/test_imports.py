@@ -23,7 +23,9 @@ KNOWN_EDGES = {
 }
 KNOWN_CYCLES = {
     frozenset({"kalkan.config", "kalkan.defense.rules"}),       # config._check_files, as above
-    frozenset({"kalkan.edge.pipeline", "kalkan.edge.server"}),  # the pipeline rewrite
+    # the connection's handler typed as the Pipeline: next step, a Protocol in the connection
+    frozenset({"kalkan.edge.deliver", "kalkan.edge.pipeline", "kalkan.edge.replay",
+               "kalkan.edge.server"}),
 }
 
 

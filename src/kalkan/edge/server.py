@@ -30,7 +30,8 @@ from kalkan.edge.request import BodyStream, Request
 from kalkan.edge.responses import error_response
 
 if TYPE_CHECKING:
-    from kalkan.edge.pipeline import Pipeline, _Standing
+    from kalkan.edge.pipeline import Pipeline
+    from kalkan.edge.replay import Standing
 
 _SWEEP_INTERVAL = 0.25
 _SLICE = 4096  # bytes of request heads parsed at a time (see HttpConnection._parse)
@@ -141,7 +142,7 @@ class HttpConnection(asyncio.Protocol):
         self._proxy_buf: bytes | None = b"" if server.config.client_address.proxy_protocol else None
         # The bytes of the last read, while they may still be exactly one request (see replay).
         self._chunk: bytes | None = None
-        self.standing: _Standing | None = None  # the defence's recent verdict on replayed bytes
+        self.standing: Standing | None = None  # the defence's recent verdict on replayed bytes
         # Input not yet parsed because the pipelining queue is full (fed again as it drains).
         self._stash: bytes | None = None
         # A request that asked for an Upgrade and carries a body: its body is still to come.
@@ -277,6 +278,11 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         self.bytes_out += len(data)
         self.transport.write(data)
+
+    def send_now(self, buffers: tuple[bytes, ...]) -> None:
+        """A whole answer written at once (hot path, replay): one vectored write."""
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(buffers)
 
     async def drain(self) -> None:
         """Wait until the client has taken what we sent (bounded by send_timeout via the sweep)."""

@@ -13,22 +13,19 @@ from kalkan.observe.metrics import Metrics
 class Recorder:
     """Feeds the metrics and the access log from one call per answered request."""
 
-    __slots__ = ("metrics", "log", "requests", "not_stored")
+    __slots__ = ("metrics", "log", "requests")
 
     def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
         self.metrics = metrics
         self.log = access_log
         self.requests = metrics.requests
-        self.not_stored = metrics.not_stored
 
     def answer(self, now: float, client: str, method: str, host: str, path: str, status: int,
                size: int, cache: str, origin_ms: float | None, started: float, decision: str,
                reason: str = "") -> None:
-        """One answered request. `reason` says why a MISS was a miss or why a response was not
-        stored (a cache_flow reason); it is also counted in kalkan_cache_not_stored_total."""
+        """One answered request. `reason` says why it was a miss, or why the response was not
+        stored (cache_flow's reasons; kalkan_cache_not_stored_total counts the latter)."""
         self.requests[(status, cache)] += 1
-        if reason and cache in ("MISS", "BYPASS"):
-            self.not_stored[reason] += 1
         if self.log.enabled:
             total = (time.monotonic() - started) * 1000.0 if started else 0.0
             self.log.write(now, client, method, host, path, status, size, cache, origin_ms,

@@ -1,0 +1,152 @@
+"""The replay memo: identical request bytes answered again without parsing (a flood of one URL
+sends exactly that), and the defence's per-connection verdict on them, reused for a moment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kalkan.defense.verdict import Action
+from kalkan.edge.request import Request
+from kalkan.observe.access_log import AccessLog
+
+if TYPE_CHECKING:
+    from kalkan.defense.engine import Defense
+    from kalkan.defense.null import NullDefense
+    from kalkan.edge.server import Clock, HttpConnection
+    from kalkan.edge.store import Store
+    from kalkan.observe.record import Recorder
+
+# Remembered request byte strings, bounded in count and bytes; cleared every tick when over.
+REPLAY_MEMO = 2048
+REPLAY_BYTES = 4 * 1024 * 1024
+STANDING_WINDOW = 0.25   # seconds a per-connection verdict on identical bytes is reused
+
+
+class Remembered:
+    """What a remembered request meant: its cache key, HEAD or not, credentials, log part,
+    and the parsed request itself (for the defence, which decides per client)."""
+
+    __slots__ = ("key", "head", "credentialed", "log", "request")
+
+    def __init__(self, key: str, head: bool, credentialed: bool, log: str,
+                 request: Request) -> None:
+        self.key = key
+        self.head = head
+        self.credentialed = credentialed
+        self.log = log
+        self.request = request
+
+
+class Standing:
+    """The defence's verdict on one connection's last replayed bytes, reused for a moment."""
+
+    __slots__ = ("data", "until", "request", "refusal", "status", "decision", "pending")
+
+    def __init__(self, data: bytes, until: float, request: Request, refusal: bytes | None,
+                 status: int, decision: str) -> None:
+        self.data = data
+        self.until = until
+        self.request = request
+        self.refusal = refusal
+        self.status = status
+        self.decision = decision
+        self.pending = 0
+
+
+class ReplayMemo:
+    """Remembers the bytes of single requests answered on the hot path, and answers them again.
+
+    Identical bytes parse identically, so no check is skipped: the defence still decides per
+    client (once per connection per `STANDING_WINDOW`, counting what it let through since), and
+    the entry must still be fresh. Requests whose meaning depends on more than their bytes (a
+    client address from X-Forwarded-For) are never remembered.
+    """
+
+    def __init__(self, store: Store, recorder: Recorder, clock: Clock,
+                 defense: Defense | NullDefense,
+                 respond_now: Callable[[Request], tuple[bytes, ...] | None]) -> None:
+        self.store = store
+        self.recorder = recorder
+        self.clock = clock
+        self.defense = defense
+        self.respond_now = respond_now
+        self.memo: dict[bytes, Remembered] = {}
+        self.bytes = 0
+
+    def remember(self, data: bytes, req: Request, credentialed: bool) -> None:
+        """After a hot-path hit: if `data` was exactly this one request, memoize what it meant.
+        Only plain keep-alive HTTP/1.1 GET/HEAD without a body qualify."""
+        if (len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES
+                or req.version != "1.1" or not req.keep_alive
+                or req.client != req.peer or not data.endswith(b"\r\n\r\n")
+                or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
+            return
+        self.memo[data] = Remembered(req.key, req.method == "HEAD", credentialed,
+                                     AccessLog.fragment(req.method, req.host, req.path), req)
+        # The bytes, and about as much again for the parsed request kept with them.
+        self.bytes += 2 * len(data) + 512
+
+    def forget(self) -> None:
+        self.memo.clear()
+        self.bytes = 0
+
+    def tick(self) -> None:
+        if len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES:
+            self.forget()  # a flood of unique URLs must not pin memory or time
+
+    def replay(self, data: bytes, conn: HttpConnection) -> bool:
+        """Answer `data` if it is a remembered request whose entry is still fresh; else False."""
+        memo = self.memo.get(data)
+        if memo is None:
+            return False
+        standing = conn.standing
+        if standing is None or standing.data != data or self.clock.mono >= standing.until:
+            return self._decide(data, memo, conn)
+        # The same client sent the same bytes a moment ago: same verdict, counted later.
+        standing.pending += 1
+        if standing.refusal is not None:
+            conn.send_now((standing.refusal,))
+            self.recorder.replayed(self.clock.now, conn.client, memo.log, standing.status,
+                                   len(standing.refusal), "BYPASS", 0.0, standing.decision)
+            return True
+        variants = self.store.get(memo.key)
+        if variants is None or len(variants) != 1:
+            return False
+        entry = variants[0]
+        now = self.clock.now
+        if entry.vary or now >= entry.fresh_until or (entry.micro and memo.credentialed):
+            return False
+        started = time.monotonic()
+        out = entry.wire(now, memo.head)
+        conn.send_now(out)
+        self.recorder.replayed(now, conn.client, memo.log, entry.status, wire_len(out), "HIT",
+                               (time.monotonic() - started) * 1000.0, standing.decision)
+        return True
+
+    def _decide(self, data: bytes, memo: Remembered, conn: HttpConnection) -> bool:
+        """Remembered bytes from a client the defence has not judged for them lately: judge
+        (counting what the standing verdict let through meanwhile) and remember the verdict
+        for a moment, so a flood of identical requests costs one decision per window."""
+        standing = conn.standing
+        if standing is not None and standing.pending:
+            self.defense.count(standing.request, standing.pending)
+        conn.standing = None
+        req = memo.request.clone_for(conn.client, conn.peer)
+        req.started = time.monotonic()
+        out = self.respond_now(req)
+        if out is None:
+            return False  # the slow path takes it from the parser (and decides again)
+        conn.send_now(out)
+        verdict = req.verdict
+        if verdict is not None:
+            refused = verdict.action is not Action.ALLOW
+            conn.standing = Standing(data, self.clock.mono + STANDING_WINDOW, req,
+                                     out[0] if refused else None,
+                                     verdict.status if refused else 200, req.decision)
+        return True
+
+
+def wire_len(buffers: tuple[bytes, ...]) -> int:
+    return len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))
