@@ -13,7 +13,6 @@ attack-mode signals, decision expiry and persistence, the firewall, client agein
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
@@ -81,7 +81,7 @@ class Defense:
                                      nojs_delay=config.nojs_delay)
         self.attack = AttackMode()
         self.attack.set_mode(config.attack_mode, time.time())
-        self.allow = [ipaddress.ip_network(c, strict=False) for c in config.allow]
+        self.allow = AddressSet.from_texts(config.allow)
         self.firewall = self._make_firewall() if config.firewall.enabled else None
         firewall = self.firewall
         self._fw_thread: threading.Thread | None = None
@@ -229,8 +229,7 @@ class Defense:
         return self._apply("challenge", "attack_mode", view, facts, time.time())
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
-        addr = ipaddress.ip_address(facts.client) if facts.ip else None
-        return addr is not None and any(addr in net for net in self.allow)
+        return facts.ip != 0 and self.allow.contains(facts.version, facts.ip)
 
     def _shared(self, action: Action, decision: str, has_pass: bool = False, status: int = 0,
                 headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"") -> Verdict:

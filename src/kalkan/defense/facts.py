@@ -8,10 +8,11 @@ as the origin will route it (`normalize_path`), not on the bytes a client chose 
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_plus
+
+from kalkan.addresses import parse_ip, prefix_text
 
 # Route classes: the kinds of request the policy and the rate counters tell apart.
 PAGE, ASSET, FEED, SEARCH, FORM, LOGIN, ADMIN, CHALLENGE, WELLKNOWN = (
@@ -177,13 +178,10 @@ class RequestFacts:
 
 
 def address_facts(client: str, prefix_v4: int = 24, prefix_v6: int = 64) -> tuple[int, int, str]:
-    """(address as int, IP version, prefix in CIDR form) for a client address string."""
-    try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
+    """(address as int, IP version, prefix in CIDR form) for a client address string;
+    ::ffff:a.b.c.d is an IPv4 reader on a dual-stack socket."""
+    parsed = parse_ip(client)
+    if parsed is None:
         return 0, 4, "invalid"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:a.b.c.d is an IPv4 reader on a dual-stack socket
-    bits = prefix_v4 if ip.version == 4 else prefix_v6
-    net = ipaddress.ip_network(f"{ip}/{bits}", strict=False)
-    return int(ip), ip.version, str(net)
+    version, ip = parsed
+    return ip, version, prefix_text(version, ip, prefix_v4 if version == 4 else prefix_v6)

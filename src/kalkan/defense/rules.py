@@ -4,11 +4,9 @@ search-engine crawlers that verifies their addresses (Crawlers). Format: docs/po
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import difflib
 import fnmatch
-import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kalkan.addresses import AddressSet, parse_network
 from kalkan.config import parse_duration
 from kalkan.defense.clients import ADDRESS, PER, ClientTable, Meter
 from kalkan.defense.facts import DEFAULT_ROUTES, ROUTE_CLASSES, RequestFacts, RouteClassifier
@@ -60,52 +59,6 @@ class Verdict:
 
 
 # --------------------------------------------------------------------------- address sets
-
-
-class AddressSet:
-    """Addresses and CIDRs, merged into sorted intervals per IP version; lookup by bisection."""
-
-    __slots__ = ("_v4", "_v6", "size")
-
-    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-        nets = list(networks)
-        for net in nets:
-            if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 \
-                    and net.network_address.ipv4_mapped is not None:
-                # ::ffff:a.b.c.d/120 names IPv4 addresses, and facts carry those as IPv4
-                first = int(net.network_address) & 0xFFFFFFFF
-                spans[4].append((first, first + net.num_addresses - 1))
-                continue
-            spans[net.version].append((int(net.network_address), int(net.broadcast_address)))
-        self._v4 = self._merge(spans[4])
-        self._v6 = self._merge(spans[6])
-        self.size = len(nets)
-
-    @staticmethod
-    def _merge(spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-        starts: list[int] = []
-        ends: list[int] = []
-        for lo, hi in sorted(spans):
-            if ends and lo <= ends[-1] + 1:
-                ends[-1] = max(ends[-1], hi)
-            else:
-                starts.append(lo)
-                ends.append(hi)
-        return starts, ends
-
-    def contains(self, version: int, ip: int) -> bool:
-        starts, ends = self._v4 if version == 4 else self._v6
-        i = bisect.bisect_right(starts, ip)
-        return i > 0 and ip <= ends[i - 1]
-
-    def __bool__(self) -> bool:
-        return bool(self._v4[0]) or bool(self._v6[0])
-
-
-def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """`203.0.113.7`, `203.0.113.0/24` or `2001:db8::/32` (host bits are ignored)."""
-    return ipaddress.ip_network(str(text).strip(), strict=False)
 
 
 def read_ranges_file(path: Path) -> list[str]:

@@ -12,6 +12,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from kalkan.addresses import AddressSet, parse_ip
+
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_MAX = 107  # the spec's longest v1 line, CRLF included
 # Longest v2 header accepted: the address block plus room for balancers' TLVs (AWS, GCP, Azure
@@ -118,35 +120,25 @@ class TrustedProxies:
     """Decides whose X-Forwarded-For to believe, and finds the client address in it."""
 
     def __init__(self, cidrs: list[str]) -> None:
-        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-        self._cache: dict[str, bool] = {}
+        self.networks = AddressSet.from_texts(cidrs)
+        self._any = bool(cidrs)
 
     def __bool__(self) -> bool:
-        return bool(self.networks)
+        return self._any
 
     def trusts(self, address: str) -> bool:
-        hit = self._cache.get(address)
-        if hit is None:
-            try:
-                ip = ipaddress.ip_address(address)
-                hit = any(ip in net for net in self.networks)
-            except ValueError:
-                hit = False
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[address] = hit
-        return hit
+        return self.networks.contains_text(address)
 
     def client_from_xff(self, peer: str, xff: str | None) -> str:
         """Walk X-Forwarded-For from the right, skipping trusted hops; the first untrusted is it."""
         if xff is None or not self.trusts(peer):
             return peer
-        for hop in reversed([h.strip() for h in xff.split(",")]):
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
+        for hop in reversed(xff.split(",")):
+            hop = hop.strip()
+            parsed = parse_ip(hop)
+            if parsed is None:
                 break  # a garbled hop: stop believing anything left of it
-            if not self.trusts(hop):
+            if not self.networks.contains(*parsed):
                 return hop
             peer = hop
         return peer
