@@ -214,6 +214,16 @@ class Crawlers:
         )) if self.crawlers else None
         self._group_names = {f"c{i}": name for i, name in enumerate(self.crawlers)}
         self.memo: dict[str, str | None] = {}      # user agent -> claimed crawler (bounded)
+        # Words every crawler user agent must contain: a browser's user agent (every reader
+        # brings a new one) is told apart by a few substring checks instead of the regex.
+        hints: list[str] = []
+        for c in self.crawlers.values():
+            words = _leading_literals(c.user_agent)
+            if words is None:
+                hints = []
+                break
+            hints.extend(words)
+        self._hints = tuple(sorted(set(hints)))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -225,6 +235,9 @@ class Crawlers:
         if name != "":
             return name
         found = None
+        hints = self._hints
+        if hints and not any(h in user_agent for h in hints):
+            return None  # no crawler's words in it: not memoized, this is cheaper than that
         if self._combined is not None and user_agent:
             m = self._combined.search(user_agent)
             if m is not None:
@@ -296,6 +309,30 @@ def load_crawlers(path: str | Path | None = None) -> Crawlers:
 
 
 # --------------------------------------------------------------------------- rules
+
+
+def _leading_literals(pattern: re.Pattern[str]) -> list[str] | None:
+    """The literal text each alternative of `pattern` starts with (3 characters at least), or
+    None when some alternative has none: then every user agent must go through the regex."""
+    if pattern.flags & re.IGNORECASE:
+        return None
+    import re._parser as sre  # the stdlib's own regex parser (stable across 3.11-3.13)
+
+    def lead(items: list[tuple[object, object]]) -> str:
+        out = []
+        for op, arg in items:
+            if op is not sre.LITERAL or not isinstance(arg, int):
+                break
+            out.append(chr(arg))
+        return "".join(out)
+
+    tree = list(sre.parse(pattern.pattern))
+    if len(tree) == 1 and tree[0][0] is sre.BRANCH:
+        branches = tree[0][1][1]  # type: ignore[index]
+        words = [lead(list(b)) for b in branches]
+    else:
+        words = [lead(tree)]
+    return words if all(len(w) >= 3 for w in words) else None
 
 
 @dataclass(frozen=True, slots=True)
