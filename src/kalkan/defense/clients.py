@@ -31,6 +31,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from math import trunc
+from typing import Any
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
 
@@ -109,8 +110,8 @@ class _Slots:
 
     # -- columns --------------------------------------------------------------------------
 
-    def _columns(self) -> list[array]:
-        cols = [self.fps, self.last]
+    def _columns(self) -> list[array[Any]]:
+        cols: list[array[Any]] = [self.fps, self.last]
         if self.with_history:
             cols += [self.over_until, self.first, self.fail_count, self.fail_at]
         return cols

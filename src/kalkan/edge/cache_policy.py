@@ -176,10 +176,10 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
         return out
     if '"' not in value:  # fast path: no quoted-strings, so every comma separates directives
         for item in value.split(","):
-            name, sep, arg = item.partition("=")
+            name, sep, raw = item.partition("=")
             name = name.strip().lower()
             if name:
-                _add_directive(out, name, arg.strip() if sep else None)
+                _add_directive(out, name, raw.strip() if sep else None)
         return out
     i, n = 0, len(value)
     while i < n:
