@@ -171,7 +171,7 @@ class _Slots:
             slot = self.n
             self.n += 1
         else:
-            slot = self._victim(t)
+            slot = self._victim()
             self.remove(slot)
             self.free.pop()                  # remove() freed it; it is ours
             self.evictions += 1
@@ -195,7 +195,7 @@ class _Slots:
         self.count += 1
         return slot
 
-    def _victim(self, now: int) -> int:
+    def _victim(self) -> int:
         """The least valuable of the next few slots on a ring: idle longest, with credit for a
         long history.
 

@@ -359,9 +359,6 @@ class Rule:
     address_rate: bool = False    # needs a per-address rate: cannot match a quiet client
     needs_claim: bool = False     # needs a crawler user agent: cannot match a browser
 
-    def matches(self, facts: RequestFacts, clients: ClientTable, now: float) -> bool:
-        return all(check(facts, clients, now) for check in self.checks)
-
 
 @dataclass(frozen=True)
 class Threshold:
