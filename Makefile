@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint venv debian-deps bench bench-throughput bench-conformance \
+.PHONY: demo test lint typecheck venv debian-deps bench bench-throughput bench-conformance \
 	bench-defense bench-firewall bench-clients bench-lab bench-fuzz bench-scale \
 	bench-memory clean
 
@@ -28,7 +28,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
 
-test: $(STAMP) debian-deps lint
+typecheck: $(STAMP)  # [tool.mypy] in pyproject.toml: strict on edge/ and defense/
+	$(BIN)/mypy
+
+test: $(STAMP) debian-deps lint typecheck
 	bash scripts/run-tests.sh
 
 bench: bench-throughput bench-conformance bench-defense bench-scale bench-memory bench-clients \

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from importlib import resources
 from pathlib import Path
@@ -120,7 +121,7 @@ def admin_call(args: argparse.Namespace, method: str, path: str,
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    query = "all=1" if args.all else "url=" + urllib.request.quote(args.url, safe="")
+    query = "all=1" if args.all else "url=" + urllib.parse.quote(args.url, safe="")
     result = admin_call(args, "POST", f"/purge?{query}")
     print(f"purged {result['purged']} cached response(s)")  # type: ignore[index]
     return 0
@@ -141,7 +142,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
             "target": args.target, "action": args.decision, "ttl": ttl, "reason": args.reason})
         print(f"added: {result['added']} → {result['action']}")  # type: ignore[index]
     elif args.action == "delete":
-        target = urllib.request.quote(args.target, safe="")
+        target = urllib.parse.quote(args.target, safe="")
         admin_call(args, "DELETE", f"/decisions?target={target}")
         print(f"deleted: {args.target}")
     else:

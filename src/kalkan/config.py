@@ -562,8 +562,11 @@ def describe(cls: Any = Config, prefix: str = "") -> list[tuple[str, str, str]]:
         if target is not None:
             rows.extend(describe(target, prefix + f.name + "."))
             continue
-        missing = f.default is dataclasses.MISSING
-        default = f.default_factory() if missing else f.default  # type: ignore[misc]
+        factory = f.default_factory
+        if f.default is dataclasses.MISSING and factory is not dataclasses.MISSING:
+            default = factory()
+        else:
+            default = f.default
         doc = f.metadata.get("doc", "")
         bounds = _bound_text(f.metadata)
         if bounds:

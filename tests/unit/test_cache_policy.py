@@ -423,7 +423,9 @@ def test_request_rules_all_directives_rfc9111_5_2_1() -> None:
     rules = cp.request_rules(
         h(cache_control="no-cache, no-store, max-age=5, max-stale=10, min-fresh=3, only-if-cached")
     )
-    assert rules == RequestRules(True, True, 5.0, 10.0, 3.0, True)
+    # no-store is not a reuse preference: storable() refuses it (request-no-store).
+    assert rules == RequestRules(no_cache=True, max_age=5.0, max_stale=10.0, min_fresh=3.0,
+                                 only_if_cached=True)
 
 
 def test_request_rules_bare_max_stale_is_any() -> None:

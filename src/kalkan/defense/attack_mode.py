@@ -74,7 +74,7 @@ class AttackMode:
             raise ValueError(f"attack mode must be on, off or auto, not {mode!r}")
         self.override = {"on": ATTACK, "off": PEACE, "auto": None}[mode]
         if self.override is not None:
-            self._set(self.override, f"operator set attack mode {mode}", now)
+            self._set(self.override, f"operator set attack mode {mode}")
 
     def scores(self, s: Signals) -> tuple[int, str]:
         c = self.config
@@ -118,20 +118,20 @@ class AttackMode:
                 self._high_since = now
                 self._candidate = score
             if now - self._high_since >= c.raise_after:
-                self._set(self._candidate, why, now)
+                self._set(self._candidate, why)
                 self._high_since = None
         elif score < self.level:
             self._high_since = None
             if self._low_since is None:
                 self._low_since = now
             elif now - self._low_since >= c.lower_after:
-                self._set(self.level - 1, f"calmer for {c.lower_after:.0f} s: {why}", now)
+                self._set(self.level - 1, f"calmer for {c.lower_after:.0f} s: {why}")
                 self._low_since = now
         else:
             self._high_since = self._low_since = None
         return self.level
 
-    def _set(self, level: int, why: str, now: float) -> None:
+    def _set(self, level: int, why: str) -> None:
         if level == self.level:
             return
         log.warning("threat level %s → %s: %s", LEVEL_NAMES[self.level], LEVEL_NAMES[level], why)

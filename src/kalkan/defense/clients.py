@@ -31,6 +31,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from math import trunc
+from typing import Any
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
 
@@ -109,8 +110,8 @@ class _Slots:
 
     # -- columns --------------------------------------------------------------------------
 
-    def _columns(self) -> list[array]:
-        cols = [self.fps, self.last]
+    def _columns(self) -> list[array[Any]]:
+        cols: list[array[Any]] = [self.fps, self.last]
         if self.with_history:
             cols += [self.over_until, self.first, self.fail_count, self.fail_at]
         return cols
@@ -170,7 +171,7 @@ class _Slots:
             slot = self.n
             self.n += 1
         else:
-            slot = self._victim(t)
+            slot = self._victim()
             self.remove(slot)
             self.free.pop()                  # remove() freed it; it is ours
             self.evictions += 1
@@ -194,7 +195,7 @@ class _Slots:
         self.count += 1
         return slot
 
-    def _victim(self, now: int) -> int:
+    def _victim(self) -> int:
         """The least valuable of the next few slots on a ring: idle longest, with credit for a
         long history.
 

@@ -90,7 +90,7 @@ class Defense:
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
         self._save_problem: str | None = None
-        self._last_counts: tuple[int, float, int, int] = (0, 0.0, 0, 0)
+        self._last_counts: tuple[int, float, int] = (0, 0.0, 0)
         self.counts: Counter[str] = Counter()   # per-second request count and friends
         self.decided: Counter[tuple[str, str]] = metrics.decisions
         self.decisions.on_change.append(self._decision_changed)
@@ -290,9 +290,9 @@ class Defense:
              origin_count: int, origin_seconds: float, origin_errors: int) -> None:
         """Once a second: attack-mode signals, expiry, persistence, firewall, client ageing."""
         requests = self.counts.pop("requests", 0)
-        last_n, last_s, last_e, _ = self._last_counts
+        last_n, last_s, last_e = self._last_counts
         n, secs, errs = origin_count - last_n, origin_seconds - last_s, origin_errors - last_e
-        self._last_counts = (origin_count, origin_seconds, origin_errors, 0)
+        self._last_counts = (origin_count, origin_seconds, origin_errors)
         self.attack.update(Signals(
             requests=requests, gate_queue=gate_queue, gate_active=gate_active,
             gate_limit=gate_limit, origin_latency=secs / n if n > 0 else 0.0,

@@ -230,8 +230,8 @@ def batch_script(table: str, ops: Sequence[Op], readd: bool = False) -> str:
         add = f"add element inet {table} {name} {{ {timed} }}"
         lines.append(add)
         if readd:
-            keys = ", ".join(key for key, _ in elements)
-            lines += [f"delete element inet {table} {name} {{ {keys} }}", add]
+            listed = ", ".join(key for key, _ in elements)
+            lines += [f"delete element inet {table} {name} {{ {listed} }}", add]
     for name, keys in removes.items():
         lines.append(f"add element inet {table} {name} "
                      f"{{ {', '.join(k + ' timeout 1s' for k in keys)} }}")

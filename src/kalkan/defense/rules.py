@@ -349,9 +349,6 @@ class Rule:
     address_rate: bool = False    # needs a per-address rate: cannot match a quiet client
     needs_claim: bool = False     # needs a crawler user agent: cannot match a browser
 
-    def matches(self, facts: RequestFacts, clients: ClientTable, now: float) -> bool:
-        return all(check(facts, clients, now) for check in self.checks)
-
 
 @dataclass(frozen=True)
 class Threshold:
@@ -478,9 +475,9 @@ class _Compiler:
         for g in globs:
             if not g.startswith(("/", "*")):
                 raise self.doc.error(node, key, f"path glob {g!r} must start with / or *")
-        g = GlobSet(globs)
-        e, st, en = g.exact, g.prefixes, g.suffixes
-        rx = g.regex.match if g.regex is not None else None
+        gs = GlobSet(globs)
+        e, st, en = gs.exact, gs.prefixes, gs.suffixes
+        rx = gs.regex.match if gs.regex is not None else None
         # Spelled out (no call into GlobSet): path globs are on the page route's hot path.
         if rx is None:
             def check(f: RequestFacts, c: ClientTable, now: float) -> bool:

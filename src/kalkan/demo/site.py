@@ -1051,7 +1051,8 @@ def _header_value(name: str, value: str) -> str:
 
 def _programmed(req: Request, count: int) -> Response:
     """Build the response that /_demo/respond's query parameters describe."""
-    status, body, headers = 200, None, []
+    status, body = 200, None
+    headers: list[tuple[str, str]] = []
     add = headers.append
     for key, value in parse_qsl(req.query, keep_blank_values=True):
         if key == "status":

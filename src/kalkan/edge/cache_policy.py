@@ -176,10 +176,10 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
         return out
     if '"' not in value:  # fast path: no quoted-strings, so every comma separates directives
         for item in value.split(","):
-            name, sep, arg = item.partition("=")
+            name, sep, raw = item.partition("=")
             name = name.strip().lower()
             if name:
-                _add_directive(out, name, arg.strip() if sep else None)
+                _add_directive(out, name, raw.strip() if sep else None)
         return out
     i, n = 0, len(value)
     while i < n:
@@ -417,10 +417,12 @@ def stale_directives(resp: Headers) -> StaleRules:
 
 @dataclass(frozen=True, slots=True)
 class RequestRules:
-    """The client's caching preferences (RFC 9111 §5.2.1). Defaults mean "no preferences"."""
+    """The client's caching preferences (RFC 9111 §5.2.1). Defaults mean "no preferences".
+
+    A request's no-store is not among them: :func:`storable` reads it and refuses to store.
+    """
 
     no_cache: bool = False
-    no_store: bool = False
     max_age: float | None = None
     max_stale: float | None = None  # math.inf for a bare max-stale ("any staleness")
     min_fresh: float | None = None
@@ -451,7 +453,6 @@ def request_rules(req: Headers) -> RequestRules:
         max_stale = math.inf if arg is None else _maybe_float(parse_delta_seconds(arg))
     return RequestRules(
         no_cache="no-cache" in cc,
-        no_store="no-store" in cc,
         max_age=_maybe_float(parse_delta_seconds(cc.get("max-age"))),
         max_stale=max_stale,
         min_fresh=_maybe_float(parse_delta_seconds(cc.get("min-fresh"))),

@@ -44,8 +44,10 @@ def upstream_headers(req: Request, cache_fetch: bool, default_host: str) -> list
     headers.append((b"Host", req.host.encode("latin-1") if req.host_fields
                     else default_host.encode()))  # HTTP/1.0 without Host
     prior = req.header(b"x-forwarded-for")
-    trusted = prior is not None and req.client != req.peer
-    xff = prior + b", " + req.peer.encode() if trusted else req.client.encode()
+    if prior is not None and req.client != req.peer:  # a trusted proxy's list, extended
+        xff = prior + b", " + req.peer.encode()
+    else:
+        xff = req.client.encode()
     headers.append((b"X-Forwarded-For", xff))
     headers.append((b"X-Real-IP", req.client.encode()))
     headers.append((b"X-Forwarded-Proto", req.scheme.encode()))

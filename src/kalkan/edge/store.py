@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import struct
-import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -240,7 +239,6 @@ class Store:
         self.evictions = 0
         self.dir = Path(directory) if directory else None
         self._writer: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
         self._disk_problem: str | None = None  # the last write failure, logged once
         if self.dir is not None:
             try:
@@ -279,10 +277,6 @@ class Store:
         self.objects += 1
         self._persist(entry)
         self._evict()
-
-    def touch(self, entry: Entry) -> None:
-        """An entry's headers or clock changed in place (a 304): write it again."""
-        self._persist(entry)
 
     def remove(self, key: str) -> int:
         variants = self.entries.pop(key, None)

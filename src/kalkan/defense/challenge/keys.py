@@ -102,9 +102,12 @@ class KeyRing:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def generate(cls, now: float | None = None, **kw: float) -> KeyRing:
+    def generate(cls, now: float | None = None, *,
+                 rotate_every: float = DEFAULT_ROTATE_EVERY,
+                 overlap: float = DEFAULT_OVERLAP) -> KeyRing:
         """A fresh in-memory ring (one edge, or tests): passes die with the process."""
-        return cls([SigningKey.new(time.time() if now is None else now)], **kw)
+        return cls([SigningKey.new(time.time() if now is None else now)],
+                   rotate_every=rotate_every, overlap=overlap)
 
     @classmethod
     def load_or_create(cls, path: str | Path, now: float | None = None, *,
