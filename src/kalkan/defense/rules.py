@@ -316,7 +316,7 @@ def _leading_literals(pattern: re.Pattern[str]) -> list[str] | None:
     None when some alternative has none: then every user agent must go through the regex."""
     if pattern.flags & re.IGNORECASE:
         return None
-    import re._parser as sre  # the stdlib's own regex parser (stable across 3.11-3.13)
+    import re._parser as sre  # type: ignore[import-not-found]  # the stdlib regex parser
 
     def lead(items: list[tuple[object, object]]) -> str:
         out = []
@@ -328,7 +328,7 @@ def _leading_literals(pattern: re.Pattern[str]) -> list[str] | None:
 
     tree = list(sre.parse(pattern.pattern))
     if len(tree) == 1 and tree[0][0] is sre.BRANCH:
-        branches = tree[0][1][1]  # type: ignore[index]
+        branches = tree[0][1][1]
         words = [lead(list(b)) for b in branches]
     else:
         words = [lead(tree)]

@@ -158,12 +158,12 @@ class Pipeline:
         if verdict.action is not Action.ALLOW:
             if verdict.action is Action.TARPIT:
                 return None
-            data = self.responder.verdicts.render(verdict, self.clock.now, req.keep_alive,
-                                                  req.method == "HEAD")
+            refusal = self.responder.verdicts.render(verdict, self.clock.now, req.keep_alive,
+                                                     req.method == "HEAD")
             self.recorder.answer(self.clock.now, req.client, req.method, req.host, req.path,
-                                 verdict.status, len(data), "BYPASS", None, req.started,
+                                 verdict.status, len(refusal), "BYPASS", None, req.started,
                                  req.decision)
-            return (data,)
+            return (refusal,)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
         variants = self.store.get(req.key or self._key(req))
