@@ -283,7 +283,7 @@ class Pipeline:
                 # The same client sent the same bytes a moment ago: same verdict, counted later.
                 standing.pending += 1
                 if standing.refusal is not None:
-                    conn.transport.write(standing.refusal)  # type: ignore[union-attr]
+                    conn.send_now((standing.refusal,))
                     self.metrics.requests[(standing.status, "BYPASS")] += 1
                     if self.access_log.enabled:
                         self.access_log.write_fragment(
@@ -302,7 +302,7 @@ class Pipeline:
             return False
         started = time.monotonic()
         out = entry.wire(now, memo.head)
-        conn.transport.writelines(out)  # type: ignore[union-attr]
+        conn.send_now(out)
         self.metrics.requests[(entry.status, "HIT")] += 1
         if self.access_log.enabled:
             self.access_log.write_fragment(now, conn.client, memo.log, entry.status,
@@ -325,7 +325,7 @@ class Pipeline:
         out = self.respond_now(req)
         if out is None:
             return False  # the slow path takes it from the parser (and decides again)
-        conn.transport.writelines(out)  # type: ignore[union-attr]
+        conn.send_now(out)
         if req.facts is not None:
             refused = req.verdict is not None
             status = int(out[0][9:12]) if refused else 200
