@@ -53,6 +53,26 @@ class HttpConnection(Endpoint, asyncio.Protocol):
         self._chunk: bytes | None = None
         self.standing: _Standing | None = None  # the defence's recent verdict on replayed bytes
 
+    # -- connection lifecycle -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.flow.transport = self.transport
+        peer = transport.get_extra_info("peername")
+        addr = peer[0] if peer else "unknown"  # an IPv4 reader on a dual-stack [::] listener
+        self.peer = self.client = addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
+        self._enter(HEAD)
+        self.server.connections.add(self)
+        if self._proxy_buf is None:
+            self._admit()
+
+    def _admit(self) -> None:
+        """Apply the total and per-client connection limits once the client address is known."""
+        if not self.server.admit(self.client):
+            self.server.metrics.connections_refused += 1
+            self.abort()
+            return
+        self.counted = True
+
     # -- bytes in -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self.state >= DONE:
@@ -112,7 +132,9 @@ class HttpConnection(Endpoint, asyncio.Protocol):
 
     # -- answering, in order --------------------------------------------------------------------
     def _enqueue(self, req: Request) -> None:
-        if self.busy:
+        # Behind earlier requests still queued too: while `_run` drains the queue it parses the
+        # input held back, and what that yields must not overtake them.
+        if self.busy or self._queue:
             queue = self._queue
             queue.append(req)
             if len(queue) > self.limits.max_pipelined:
@@ -130,7 +152,7 @@ class HttpConnection(Endpoint, asyncio.Protocol):
         data = self.pipeline.respond_now(req) if req.body is None and not self.flow.write_paused \
             else None
         if data is not None:
-            self.send_now(data)
+            self.transport.writelines(data)  # type: ignore[union-attr]  # send_now, inlined: hot
             if self._chunk is not None:
                 self.pipeline.remember(self._chunk, req)
                 self._chunk = None

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from kalkan.edge.reader import DONE, HEAD, LINGERING, RequestReader
+from kalkan.edge.reader import DONE, LINGERING, RequestReader
 
 if TYPE_CHECKING:
     from kalkan.edge.server import EdgeServer
@@ -60,25 +60,6 @@ class Endpoint(RequestReader):
         self._write_mark = 0
 
     # -- connection lifecycle -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        self.flow.transport = self.transport
-        peer = transport.get_extra_info("peername")
-        addr = peer[0] if peer else "unknown"  # an IPv4 reader on a dual-stack [::] listener
-        self.peer = self.client = addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
-        self._enter(HEAD)
-        self.server.connections.add(self)
-        if self._proxy_buf is None:
-            self._admit()
-
-    def _admit(self) -> None:
-        """Apply the total and per-client connection limits once the client address is known."""
-        if not self.server.admit(self.client):
-            self.server.metrics.connections_refused += 1
-            self.abort()
-            return
-        self.counted = True
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.flow.closed()
