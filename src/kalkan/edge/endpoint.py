@@ -40,6 +40,7 @@ class Clock:
 class ConnectionGone(Exception):
     """The client closed its connection while we were still working for it."""
 
+
 class Endpoint(RequestReader):
     """The transport of one client and what is known of it; `busy` says an answer is in
     progress as a task, independently of `state` (a pipelined head may arrive meanwhile)."""
