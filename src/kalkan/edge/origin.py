@@ -504,7 +504,13 @@ class OriginPool:
         conn.head_ready = asyncio.get_running_loop().create_future()
         conn.transport.write(head)
         if body is not None:
-            await _send_body(conn, body, chunked)
+            try:
+                await _send_body(conn, body, chunked)
+            except BaseException:
+                # Nobody will wait for this head now: else the error the connection's loss
+                # sets on it is logged as "never retrieved" whenever it is collected.
+                conn.head_ready.cancel()
+                raise
         await self._await_head(conn, conn.head_ready)
         if conn.response is None:  # cannot happen: the head resolved only with a response
             raise OriginError("origin response lost")
