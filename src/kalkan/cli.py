@@ -21,11 +21,11 @@ from kalkan.config import (
     is_loopback_host,
     load_config,
     load_config_text,
-    parse_duration,
     parse_hostport,
     parse_origin_url,
     validate,
 )
+from kalkan.units import parse_duration
 
 
 def _install_uvloop() -> None:

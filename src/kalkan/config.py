@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from kalkan.query_config import parse_query_config
+from kalkan.units import parse_duration
 
 
 class ConfigError(ValueError):
@@ -237,28 +238,10 @@ class Config:
                           "var")
 
 
-_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 10**6,
                "mb": 10**6, "mib": 2**20, "mi": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30,
                "gi": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40, "ti": 2**40}
-
-
-def parse_duration(value: Any) -> float:
-    """`10s`, `500ms`, `6h`, or a number of seconds → seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 10s, got {value!r}")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):  # YAML's .nan / .inf: a timeout that never fires, or NaN
-            raise ValueError(f"a duration must be a finite number, got {value!r}")
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    m = _DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"expected a duration like 500ms, 10s, 5m, 6h or 1d, got {value!r}")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 def parse_size(value: Any) -> int:
@@ -483,7 +466,7 @@ def _check_bounds(obj: Any, where: Any, prefix: str = "") -> None:
 def _check_files(config: Config, where: Any) -> None:
     """Load what serve will load, the same way: the policy (compiled) and the TLS pairs."""
     from kalkan.defense.rules import Policy, PolicyError  # late: keeps config importable alone
-    from kalkan.edge.tls import CertificateSet, TLSConfigError
+    from kalkan.tls import CertificateSet, TLSConfigError
 
     if config.defense.enabled and config.defense.policy:
         try:

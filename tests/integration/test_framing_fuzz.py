@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from byte_origin import ORIGIN_SERIAL, ORIGIN_TARGET, ByteOrigin
-from kalkan.edge import server as edge_server
 from kalkan.edge.app import Edge
+from kalkan.edge.connection import State
 from support import EdgeFactory, port_of
 
 HOST = "news.test"
@@ -323,7 +323,7 @@ class Harness:
         """Nothing in flight at the edge; with `body_wait`, except requests whose client owes
         body bytes (a stalled upload: the edge and the origin rightly wait for it)."""
         for c in self.edge.server.connections:
-            if c._busy and not (body_wait and c.deadline_kind == edge_server._BODY):
+            if c.busy and not (body_wait and c.state is State.BODY):
                 return False
         return body_wait or self.edge.pipeline.upstream.gate.active == 0
 

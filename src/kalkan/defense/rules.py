@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from kalkan.addresses import AddressSet, parse_network
-from kalkan.config import parse_duration
 from kalkan.defense.clients import ADDRESS, PER, ClientTable, Meter
 from kalkan.defense.facts import DEFAULT_ROUTES, ROUTE_CLASSES, RequestFacts, RouteClassifier
+from kalkan.units import parse_duration
 
 ALLOW, CHALLENGE, BLOCK, TARPIT, LOG = "allow", "challenge", "block", "tarpit", "log"
 ACTIONS = (ALLOW, CHALLENGE, BLOCK, TARPIT, LOG)

@@ -12,11 +12,12 @@ import signal
 from pathlib import Path
 
 from kalkan.config import Config, is_loopback_host, parse_hostport
+from kalkan.edge.connection import HttpConnection
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
-from kalkan.edge.server import EdgeServer, HttpConnection
-from kalkan.edge.tls import CertificateSet, TLSConfigError
+from kalkan.edge.server import EdgeServer
 from kalkan.observe.admin import AdminError, AdminServer
+from kalkan.tls import CertificateSet, TLSConfigError
 
 log = logging.getLogger("kalkan")
 
@@ -90,7 +91,7 @@ class Edge:
         if tls is not None and tls.redirect_http and tls.http_listen:
             host, port = parse_hostport(tls.http_listen)
             self.redirect_server = EdgeServer(
-                self.config, RedirectToHttps(self.pipeline, self.addresses[0][1]))  # type: ignore[arg-type]
+                self.config, RedirectToHttps(self.pipeline, self.addresses[0][1]))
             await self.redirect_server.listen(host, port)
         if self.config.admin.listen:
             host, port = parse_hostport(self.config.admin.listen)

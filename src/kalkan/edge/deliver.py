@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING
 
 from kalkan.defense.verdict import Verdict
 from kalkan.edge import cache_policy as policy
+from kalkan.edge.connection import ConnectionGone
 from kalkan.edge.forward import HOP_BY_HOP, VIA
 from kalkan.edge.origin import OriginError, UpstreamResponse
 from kalkan.edge.request import Request
 from kalkan.edge.responses import VerdictWriter, error_response, http_date, serialize_head
-from kalkan.edge.server import ConnectionGone
 from kalkan.edge.store import Entry
 from kalkan.observe.metrics import Metrics
 
 if TYPE_CHECKING:
-    from kalkan.edge.server import Clock, HttpConnection
+    from kalkan.edge.connection import HttpConnection
+    from kalkan.edge.listener import Clock
 
 _DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-cache", b"age"}
 

@@ -25,6 +25,8 @@ from collections.abc import Awaitable
 import httptools
 
 from kalkan.config import OriginConfig, parse_origin_url
+from kalkan.edge.chunks import ChunkQueue
+from kalkan.edge.flow import FlowControl
 from kalkan.edge.request import BodyStream
 
 
@@ -152,64 +154,45 @@ class Breaker:
 class UpstreamResponse:
     """Status and headers of an origin response; the body is read chunk by chunk with `read()`."""
 
-    __slots__ = ("status", "headers", "_conn", "_chunks", "_buffered", "_done", "_waiter",
-                 "keep_alive", "_error", "_released", "chunked", "content_length")
+    __slots__ = ("status", "headers", "_conn", "body", "keep_alive", "_released", "chunked",
+                 "content_length")
 
     def __init__(self, conn: UpstreamConnection) -> None:
         self._conn = conn
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._done = False
-        self._waiter: asyncio.Future[None] | None = None
+        flow = conn.flow
+        self.body = ChunkQueue(lambda: flow.pause_reading("body"),
+                               lambda: flow.resume_reading("body"),
+                               _UPSTREAM_HIGH_WATER, _UPSTREAM_LOW_WATER)
         self.keep_alive = True
-        self._error: Exception | None = None
         self._released = False
         self.chunked = False
         self.content_length: int | None = None
 
     async def read(self) -> bytes:
         """Next body chunk; b"" at the end. Raises OriginError if the origin broke off."""
-        while not self._chunks:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+        body = self.body
+        while True:
+            chunk = body.take()
+            if chunk is not None:
+                return chunk
             try:
-                await asyncio.wait_for(self._waiter, self._conn.pool.config.timeout)
+                await asyncio.wait_for(body.waiter(), self._conn.pool.config.timeout)
             except TimeoutError:
                 raise OriginTimeout("origin stalled while sending the body") from None
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered < _UPSTREAM_LOW_WATER:
-            self._conn.resume()
-        return chunk
 
     def unread(self, chunks: list[bytes]) -> None:
         """Put already-read chunks back in front, for a caller that changed its mind."""
-        self._chunks.extendleft(reversed(chunks))
-        self._buffered += sum(len(c) for c in chunks)
-
-    def _push(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > _UPSTREAM_HIGH_WATER:
-            self._conn.pause()
-        self._wake()
+        self.body.unread(chunks)
 
     def _finish(self, error: Exception | None = None) -> None:
-        if not self._done:
-            self._done = True
-            self._error = error
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        """The body ended (with `error` if it broke off); the first end is the one that counts."""
+        if not self.body.ended:
+            if error is None:
+                self.body.finish()
+            else:
+                self.body.fail(error)
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -223,7 +206,7 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
-        if self._done and self._error is None and not self._chunks and self.keep_alive:
+        if self.body.done and self.body.error is None and self.keep_alive:
             conn.pool._give_back(conn)
         else:
             conn.close()
@@ -264,9 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_ready: asyncio.Future[None] | None = None
         self.closed = False
         self.head_only = False
-        self._paused = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self.flow = FlowControl()
         self.used = 0
         self.idle = False  # in the pool, waiting for a request
         self.idle_since = 0.0
@@ -277,6 +258,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.flow.transport = self.transport
 
     def eof_received(self) -> bool | None:
         # The origin closed its side; an idle connection must not be handed out meanwhile.
@@ -290,14 +272,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_ready is not None and not self.head_ready.done():
             self.head_ready.set_exception(err)
         resp = self.response
-        if resp is not None and not resp._done:
+        if resp is not None and not resp.body.ended:
             head_done = self.head_ready is not None and self.head_ready.done()
             if head_done and not resp.chunked and resp.content_length is None:
                 resp._finish()  # a close-delimited body ends with the connection
             else:
                 resp._finish(err)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self.flow.closed()
 
     def data_received(self, data: bytes) -> None:
         if self.idle or self.head_ready is None:
@@ -339,7 +320,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # parser callbacks
     def on_message_begin(self) -> None:
-        if self.response is not None and self.response._done:
+        if self.response is not None and self.response.body.ended:
             # A second response to one request: the origin's framing is off; drop the rest.
             self.desynced = True
             return
@@ -380,7 +361,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.response is not None and not self.head_only and not self.desynced:
-            self.response._push(body)
+            self.response.body.push(body)
 
     def on_message_complete(self) -> None:
         resp = self.response
@@ -389,29 +370,14 @@ class UpstreamConnection(asyncio.Protocol):
         resp._finish()
 
     # flow control
-    def pause(self) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
-            self._paused = False
-            self.transport.resume_reading()
-
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self.flow.resume_writing()
 
     async def drain(self) -> None:
-        if self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
-            self._drain_waiter = None
+        await self.flow.drain()
         if self.closed:
             raise OriginError("origin closed the connection while we sent the body")
 
@@ -424,6 +390,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
+            self.flow.closed()
             self.transport.close()
 
 

@@ -24,10 +24,10 @@ from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.deliver import Outcome, Responder, discard, set_cookie_fields
 from kalkan.edge.fetch import Misses, OriginClient, failure_status
 from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
+from kalkan.edge.listener import Clock
 from kalkan.edge.origin import GateFull, OriginError, UpstreamResponse
 from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
-from kalkan.edge.server import Clock
 from kalkan.edge.store import Entry, Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
@@ -35,7 +35,7 @@ from kalkan.observe.record import Recorder
 
 if TYPE_CHECKING:
     from kalkan.defense.engine import Defense
-    from kalkan.edge.server import HttpConnection
+    from kalkan.edge.connection import HttpConnection
 
 log = logging.getLogger("kalkan.pipeline")
 

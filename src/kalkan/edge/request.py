@@ -2,85 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from kalkan.edge.chunks import ChunkQueue
 
 if TYPE_CHECKING:
     from kalkan.defense.verdict import Verdict
 
 
-class BodyStream:
-    """Request-body chunks from the parser to the pipeline, with back-pressure on the socket.
+class BodyStream(ChunkQueue):
+    """A request body from the parser to the pipeline; past `high_water` bytes waiting, the
+    socket is no longer read until the consumer has drained below half of that."""
 
-    The parser pushes; when more than `high_water` bytes wait, `pause` stops reading the socket, and
-    `resume` restarts it once the consumer has drained below half of that.
-    """
-
-    __slots__ = ("_chunks", "_buffered", "_done", "_waiter", "_pause", "_resume", "_paused",
-                 "high_water", "received", "error")
+    __slots__ = ()
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
                  high_water: int = 256 * 1024) -> None:
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._done = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._pause = pause
-        self._resume = resume
-        self._paused = False
-        self.high_water = high_water
-        self.received = 0
-        self.error: Exception | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        self.received += len(chunk)
-        if self._buffered > self.high_water and not self._paused:
-            self._paused = True
-            self._pause()
-        self._wake()
-
-    def finish(self) -> None:
-        self._done = True
-        self._wake()
-
-    def fail(self, exc: Exception) -> None:
-        self.error = exc
-        self._done = True
-        self._wake()
-
-    @property
-    def done(self) -> bool:
-        return self._done and not self._chunks
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The next chunk, or b"" at the end of the body; raises if the client went away."""
-        while not self._chunks:
-            if self._done:
-                if self.error is not None:
-                    raise self.error
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._paused and self._buffered <= self.high_water // 2:
-            self._paused = False
-            self._resume()
-        return chunk
-
-    async def drain(self) -> None:
-        """Read and drop the rest of the body (so the connection can be reused)."""
-        while await self.read():
-            pass
+        super().__init__(pause, resume, high_water, high_water // 2)
 
 
 class Request:

@@ -1,0 +1,61 @@
+"""What a client connection needs from outside itself, as types: the coarse `Clock`, the
+`Handler` it hands requests to (the pipeline, or the HTTPS redirect) and the `Listener` that
+accepted it (the server). Connection modules import these, never the server or the pipeline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kalkan.config import Config
+from kalkan.edge.client_address import TrustedProxies
+from kalkan.edge.request import Request
+from kalkan.observe.metrics import Metrics
+
+
+class Clock:
+    """A coarse wall clock refreshed by the sweep, so the hot path never calls time()."""
+
+    __slots__ = ("now", "mono")
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.mono = time.monotonic()
+
+    def tick(self) -> None:
+        self.now = time.time()
+        self.mono = time.monotonic()
+
+
+class Handler(Protocol):
+    """Answers the requests of a connection (`conn` is the HttpConnection asking)."""
+
+    metrics: Metrics
+    clock: Clock
+
+    def respond_now(self, req: Request) -> tuple[bytes, ...] | None: ...
+    async def respond(self, req: Request, conn: Any) -> None: ...
+    def replay(self, data: bytes, conn: Any) -> bool: ...
+    def remember(self, data: bytes, req: Request) -> None: ...
+    def log_refusal(self, client: str, status: int, detail: str) -> None: ...
+    def log_error(self, req: Request, exc: BaseException) -> None: ...
+    def tick(self) -> None: ...
+
+
+class Listener(Protocol):
+    """The server side of a connection: limits, admission, the clock, where answers come from."""
+
+    config: Config
+    clock: Clock
+    metrics: Metrics
+    pipeline: Handler
+    connections: set[Any]
+    head_limit: int
+    timeouts: tuple[float, ...]
+    trusted: TrustedProxies
+    log_refusal: Callable[[str, int, str], None]
+    log_error: Callable[[Request, BaseException], None]
+
+    def admit(self, client: str) -> bool: ...
+    def release(self, client: str) -> None: ...

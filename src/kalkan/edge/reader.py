@@ -1,0 +1,369 @@
+"""The reading half of a client connection: bytes → `Request`s through httptools (llhttp).
+
+`RequestReader` owns the parser and the state of the request being read (head size, trailers, a
+body to read after an ignored Upgrade, input held back while the pipelining queue is full) and
+the connection's reading `State`, from which the read deadline follows. What to do with a request
+read, or refused, is `HttpConnection`'s (edge/connection.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import httptools
+
+from kalkan.edge.flow import FlowControl
+from kalkan.edge.framing import (
+    NOTED_FIELDS,
+    BadRequest,
+    check_framing,
+    check_method,
+    drop_connection_listed,
+    note_field,
+    parse_target,
+    parser_reason,
+)
+from kalkan.edge.request import BodyStream, Request
+
+if TYPE_CHECKING:
+    from kalkan.config import LimitsConfig
+    from kalkan.edge.listener import Clock, Listener
+
+SLICE = 4096  # bytes of request heads parsed at a time (see `RequestReader._parse`)
+LINGER_TIME = 2.0  # seconds input is still read (and dropped) after a last error response
+
+
+class State(IntEnum):
+    """What the connection waits for from the client; each has its own read deadline."""
+
+    IDLE = 0       # between keep-alive requests (keepalive_timeout)
+    HEAD = 1       # a request head, or a new connection's first (header_timeout)
+    BODY = 2       # a request body (body_timeout, and at least body_min_rate)
+    ANSWERING = 3  # nothing: the requests read are being answered (no read deadline)
+    DONE = 4       # input is no longer parsed (refused, Upgrade, after a last request)
+    LINGERING = 5  # the last answer is sent: input is read and dropped (LINGER_TIME)
+
+
+IDLE, HEAD, BODY, ANSWERING, DONE, LINGERING = State  # module names: the hot path's lookups
+
+
+def timeouts(limits: LimitsConfig) -> tuple[float, ...]:
+    """Seconds allowed in each `State`, indexed by it; 0: no deadline."""
+    return (limits.keepalive_timeout, limits.header_timeout, limits.body_timeout, 0.0, 0.0,
+            LINGER_TIME)
+
+
+class _Refusal:
+    """Stands in the pipelining queue for an answer owed once the one in progress is sent."""
+
+    __slots__ = ("status", "detail", "headers")
+    body = None  # looked at like a queued Request's when the connection is lost
+
+    def __init__(self, status: int, detail: str,
+                 headers: list[tuple[bytes, bytes]] | None) -> None:
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+class _StopParsing(Exception):
+    """Raised by a parser callback: input after a request that ends the connection is not read."""
+
+
+class RequestReader:
+    """Parser callbacks and the per-request state they fill; subclassed by `HttpConnection`."""
+
+    # Slots: the parser callbacks touch these on every request, and past ~30 attributes a plain
+    # instance dict stops sharing keys and every access gets slower.
+    __slots__ = ("server", "limits", "clock", "scheme", "parser", "peer", "client", "flow",
+                 "state", "deadline", "_timeouts", "body_started", "body_base", "_req", "_url",
+                 "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
+                 "_in_trailers", "_body_queued", "_queue", "_stash", "_upgrade_body",
+                 "_synthetic", "_closing")
+
+    def __init__(self, server: Listener, scheme: str) -> None:
+        self.server = server
+        self.limits = server.config.limits
+        self.clock: Clock = server.clock
+        self.scheme = scheme
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.client = ""
+        self.flow = FlowControl()
+        self.state = HEAD
+        self.deadline = 0.0  # when the current state times out (0: never); see check_timers
+        self._timeouts = server.timeouts
+        self.body_started = 0.0  # body_min_rate: when, and at how many bytes, measuring began
+        self.body_base = 0
+        # Per-request state being parsed right now.
+        self._req: Request | None = None
+        self._url = bytearray()
+        self._header_bytes = 0
+        # httptools buffers a header line until it ends (growing it by concatenation), so the
+        # bytes of a head in progress are bounded before they reach it; see `_count_head`.
+        self._in_head = False
+        self._head_new = False
+        self._head_fed = 0
+        self._head_limit = server.head_limit
+        self._in_trailers = False  # fields now are chunked trailers: counted, never kept
+        self._body_queued = False  # the request whose body is arriving was handed on
+        # Requests parsed but not yet answered, in order; the first may be in progress.
+        self._queue: deque[Request | _Refusal] = deque()
+        # Input not yet parsed because the pipelining queue is full (fed again as it drains).
+        self._stash: bytes | None = None
+        # A request that asked for an Upgrade and carries a body: its body is still to come.
+        self._upgrade_body: Request | None = None
+        self._synthetic = False  # parser callbacks now see our own stand-in head: ignore them
+        self._closing = False  # a request said the connection ends after it
+
+    def _enter(self, state: State) -> None:
+        """Move to `state`, with its read deadline from now."""
+        self.state = state
+        seconds = self._timeouts[state]
+        self.deadline = self.clock.mono + seconds if seconds else 0.0
+
+    # What the connection does with what is read (see HttpConnection).
+    def _enqueue(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, status: int, detail: str,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        raise NotImplementedError
+
+    # -- feeding the parser ---------------------------------------------------------------------
+    def _read(self, data: bytes) -> None:
+        """Parse a read, or hold it back behind input already held back; count head bytes."""
+        if self._stash is not None:
+            self._stash += data  # the queue is full: parse in order once it drains
+            return
+        if not self._parse(data):
+            return
+        if self._in_head:
+            # Count whole reads after the one that began this head: at most one read (256 KiB)
+            # more than the limit is ever buffered, and body bytes before the head never count.
+            if self._head_new:
+                self._head_new = False
+                self._head_fed = 0
+            else:
+                self._head_fed += len(data)
+                if self._head_fed > self._head_limit:
+                    self._refuse(431, "The request head is too large.")
+
+    def _parse(self, data: bytes | memoryview) -> bool:
+        """Feed the parser, in slices while requests pile up; False once the input is refused.
+
+        llhttp parses everything it is given, so one read of many small pipelined requests would
+        queue them all. Fed a slice at a time, parsing stops when the queue is full; the rest
+        waits in `_stash` (reading paused) until answers drain it.
+        """
+        view = memoryview(data) if len(data) > SLICE else None
+        start = 0
+        while True:
+            if view is None:
+                piece: bytes | memoryview = data
+            else:
+                end = start + self._slice_size()
+                piece = view[start:end]
+            if not self._feed(piece):
+                return False
+            if view is None:
+                return True
+            start += len(piece)
+            if start >= len(data):
+                return True
+            if len(self._queue) > self.limits.max_pipelined and self.state < DONE:
+                self._stash = bytes(view[start:])
+                self.flow.pause_reading("pipeline")
+                return True
+            if self.state >= DONE:
+                return False
+
+    def _slice_size(self) -> int:
+        """A whole Content-Length body in one go (uploads stay fast); heads a slice at a time."""
+        req = self._req
+        if req is not None and req.body is not None and not self._in_head and not req.chunked \
+                and req.content_length is not None:
+            return max(SLICE, req.content_length - req.body.received)
+        return SLICE
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """One parser call, with its refusals; False if parsing must stop."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            req = self._upgrade_body
+            if req is not None:
+                # llhttp ends a message that asks for an Upgrade before its body (httptools
+                # skips it). We ignore Upgrade, so the body is this request's: parse it.
+                return self._parse_upgrade_body(req, data[exc.args[0]:])
+            # After a request whose Upgrade we ignore (see on_headers_complete) llhttp parses
+            # no more: that request is answered, then the connection closes.
+            self._stop_parsing()
+            return False
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raised in HttpParserCallbackError.
+            cause = exc.__context__
+            if isinstance(cause, _StopParsing):
+                self._stop_parsing()
+            elif isinstance(cause, BadRequest):
+                self._refuse(cause.status, cause.detail, cause.headers)
+            else:
+                self._refuse(400, f"Malformed request: {parser_reason(exc)}.")
+            return False
+        except BadRequest as exc:
+            self._refuse(exc.status, exc.detail, exc.headers)
+            return False
+        return True
+
+    def _stop_parsing(self) -> None:
+        """Read nothing more: what was asked is answered, then the connection closes."""
+        self.state, self.deadline = DONE, 0.0
+        self.flow.pause_reading("upgrade")
+
+    def _parse_upgrade_body(self, req: Request, rest: bytes | memoryview) -> bool:
+        """Read the body of a request whose Upgrade was ignored, with llhttp's own framing.
+
+        A fresh parser is primed with a stand-in head carrying the same framing; its callbacks
+        are ignored until the body starts. The connection closes after this request, so nothing
+        after the body is parsed (see `_StopParsing`).
+        """
+        self._upgrade_body = None
+        self.parser = httptools.HttpRequestParser(self)
+        framing = b"Transfer-Encoding: chunked" if req.chunked else \
+            b"Content-Length: %d" % (req.content_length or 0)
+        self._synthetic = True
+        try:
+            self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
+        finally:
+            self._synthetic = False
+        self._req = req
+        return self._feed(rest) if len(rest) else True
+
+    # -- parser callbacks (per-request state) ---------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._synthetic:
+            return
+        if self._closing:
+            # The last request said the connection ends after it: what follows is not a request
+            # of ours to interpret (and must never reach the origin as one).
+            raise _StopParsing()
+        req = Request()
+        req.peer = self.peer
+        req.client = self.client
+        req.scheme = self.scheme
+        self._req = req
+        self._url.clear()
+        self._header_bytes = 0
+        self._in_head = self._head_new = True
+        self._in_trailers = False
+        # Every head gets its own deadline, also one that starts while an earlier pipelined
+        # request is still being answered (else a slow head behind it would never time out).
+        if self.state != HEAD:
+            self._enter(HEAD)
+
+    def on_url(self, url: bytes) -> None:
+        if self._synthetic:
+            return
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise BadRequest(414, "The request target is too long.")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._synthetic:
+            return
+        req = self._req
+        assert req is not None
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise BadRequest(431, "The request headers are too large.")
+        if self._in_trailers:
+            return  # chunked trailer fields: counted above, never forwarded nor believed
+        if len(req.headers) >= self.limits.max_headers:
+            raise BadRequest(431, "The request has too many header fields.")
+        if b"\x00" in value or b"\r" in value or b"\n" in value:
+            raise BadRequest(400, "A header value contains NUL, CR or LF.")
+        req.headers.append((name, value))
+        lname = name.lower()
+        if lname in NOTED_FIELDS:
+            # llhttp strips the whitespace before a value but keeps the whitespace after it,
+            # which is no part of the value either (RFC 9110 §5.5).
+            note_field(req, lname, value.rstrip(b" \t"))
+
+    def on_headers_complete(self) -> None:
+        if self._synthetic:
+            return
+        req = self._req
+        assert req is not None
+        self._in_head = False
+        self._in_trailers = True
+        parser = self.parser
+        req.method = parser.get_method().decode("ascii")
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        req.started = time.monotonic()
+        target = bytes(self._url)
+        req.target = target
+        check_method(req)
+        check_framing(req, self.limits.max_body_bytes)
+        if req.connection is not None:
+            drop_connection_listed(req)
+        if parser.should_upgrade():
+            # No WebSocket or h2c here. A server may ignore Upgrade (RFC 9110 §7.8): answer as
+            # plain HTTP (the pipeline drops the hop-by-hop fields), then close. llhttp ends the
+            # message here, before any body: `_feed` then reads the body itself.
+            req.keep_alive = False
+            if req.content_length or req.chunked:
+                self._upgrade_body = req
+        parse_target(req, target)
+        trusted = self.server.trusted
+        if trusted and trusted.trusts(self.peer):
+            req.client = trusted.client_from_xff(self.client, req.header_str(b"x-forwarded-for"))
+        if req.content_length or req.chunked:
+            flow = self.flow
+            req.body = BodyStream(lambda: flow.pause_reading("body"),
+                                  lambda: flow.resume_reading("body"))
+            self._enter(BODY)
+            self.body_started = self.clock.mono
+            self.body_base = 0
+            # Ask the origin only once the body has begun and its first bytes framed correctly
+            # (a bad first chunk never reaches it), unless the client waits for 100 Continue.
+            self._body_queued = req.expect_continue
+            if req.expect_continue:
+                self._enqueue(req)
+        else:
+            self.state, self.deadline = ANSWERING, 0.0
+
+    def on_chunk_header(self) -> None:
+        # After the last chunk come trailer fields, which httptools buffers like a head.
+        self._in_head = self._head_new = True
+
+    def on_body(self, body: bytes) -> None:
+        self._in_head = False
+        req = self._req
+        assert req is not None and req.body is not None
+        if req.body.received + len(body) > self.limits.max_body_bytes:
+            raise BadRequest(413, "The request body is larger than this site accepts.")
+        self.deadline = self.clock.mono + self.limits.body_timeout
+        req.body.push(body)
+        if not self._body_queued:
+            self._body_queued = True
+            self._enqueue(req)
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        if req is self._upgrade_body:
+            return  # ended early by llhttp: the body follows (see `_parse_upgrade_body`)
+        if not req.keep_alive:
+            self._closing = True
+        self._req = None
+        self._in_head = False
+        if req.body is not None:
+            req.body.finish()
+            self.state, self.deadline = ANSWERING, 0.0
+            if self._body_queued:
+                return
+        self._enqueue(req)
