@@ -30,7 +30,22 @@ _HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _HOSTS: dict[bytes, tuple[str, int | None]] = {}
 _DEFAULT_PORT = {"http": 80, "https": 443}
 # Fields a Connection header may not make us drop: the edge frames and routes by them itself.
-_NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+_NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                             # the connection options themselves, not fields to remove
+                             b"keep-alive", b"close"})
+# Field names as clients spell them → the lowercase name if the edge notes that field, else b"".
+# Browsers send a few dozen spellings: looked up once each instead of lower-cased per request.
+NOTED_NAMES: dict[bytes, bytes] = {}
+
+
+def noted_name(name: bytes) -> bytes:
+    """The lowercase name of a field the edge notes (NOTED_FIELDS), or b""; memoized."""
+    lname = name.lower()
+    noted = lname if lname in NOTED_FIELDS else b""
+    if len(NOTED_NAMES) >= 4096:
+        NOTED_NAMES.clear()  # any client can invent names: keep the memo bounded
+    NOTED_NAMES[name] = noted
+    return noted
 
 
 def canonical_host(value: bytes) -> tuple[str, int | None]:
@@ -98,12 +113,19 @@ def note_field(req: Request, name: bytes, value: bytes) -> None:
         req.conditional = True
 
 
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
+                               b"Upgrade"})
+
+
 def drop_connection_listed(req: Request) -> None:
     """Remove the fields the Connection header names (RFC 9110 §7.6.1), before anything reads
     them: the origin never sees them, so the cache key, Vary and the session check must not
     either (else a variant fetched without `Accept-Language` is stored as the `ru` one)."""
-    assert req.connection is not None
-    names = {t.strip().lower() for t in req.connection.split(b",")} - _NOT_HOP_BY_HOP
+    connection = req.connection
+    assert connection is not None
+    if connection in _PLAIN_CONNECTION:
+        return  # what nearly every client sends: nothing to remove
+    names = {t.strip().lower() for t in connection.split(b",")} - _NOT_HOP_BY_HOP
     names.discard(b"")
     if not names:
         return
@@ -155,7 +177,7 @@ def check_method(req: Request) -> None:
 
 def parse_target(req: Request, target: bytes) -> None:
     """Split an origin-form target into `req.path` and `req.query`; any other form: 400."""
-    if target[:1] == b"/" and b"#" not in target:
+    if target[:1] == b"/" and target.find(b"#") < 0:
         path, _, query = target.partition(b"?")
         req.path = path.decode("latin-1")
         req.query = query.decode("latin-1")

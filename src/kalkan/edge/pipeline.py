@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from kalkan.config import Config
@@ -66,10 +67,14 @@ class Pipeline:
             from kalkan.defense.engine import Defense  # late: the edge runs without it too
 
             self.defense = Defense(config.defense, config.state_dir, self.metrics)
+        self._defended = config.defense.enabled  # else the null defence: nothing to ask
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
-                                  self.respond_now)
+                                  self.respond_now, self._defended)
         self._tarpitted = 0
-        self._session_cookies = tuple(c.encode() for c in cc.session_cookies)
+        # One search for any session cookie name (a pattern that never matches when there are
+        # none); a loop of `in` tests costs several times more on every hit.
+        self._session_cookies = re.compile(
+            b"|".join(re.escape(c.encode()) for c in cc.session_cookies) or b"(?!)")
         m = self.metrics
         m.gauge("kalkan_cache_bytes", "Bytes held by the cache store.", lambda: self.store.bytes)
         m.gauge("kalkan_cache_objects", "Responses held by the cache store.",
@@ -139,7 +144,7 @@ class Pipeline:
 
     def _session(self, req: Request) -> bool:
         cookie = req.cookie
-        return cookie is not None and any(name in cookie for name in self._session_cookies)
+        return cookie is not None and self._session_cookies.search(cookie) is not None
 
     def _view(self, req: Request) -> RequestView:
         rules = policy.request_rules(req.header_dict()) \
@@ -152,18 +157,19 @@ class Pipeline:
     def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
         """A refusal or a fresh hit, answered without awaiting, as buffers for one vectored
         write; None: the slow path. (A fresh hit is cache_flow's SERVE step, inlined.)"""
-        verdict = req.verdict = self.defense.check(req)
-        req.decision = verdict.decision
-        req.has_pass = verdict.has_pass
-        if verdict.action is not Action.ALLOW:
+        if self._defended:
+            verdict = req.verdict = self.defense.check(req)
+            req.decision = verdict.decision
+            req.has_pass = verdict.has_pass
             if verdict.action is Action.TARPIT:
                 return None
-            refusal = self.responder.verdicts.render(verdict, self.clock.now, req.keep_alive,
-                                                     req.method == "HEAD")
-            self.recorder.answer(self.clock.now, req.client, req.method, req.host, req.path,
-                                 verdict.status, len(refusal), "BYPASS", None, req.started,
-                                 req.decision)
-            return (refusal,)
+            if verdict.action is not Action.ALLOW:
+                refusal = self.responder.verdicts.render(verdict, self.clock.now,
+                                                         req.keep_alive, req.method == "HEAD")
+                self.recorder.answer(self.clock.now, req.client, req.method, req.host, req.path,
+                                     verdict.status, len(refusal), "BYPASS", None, req.started,
+                                     req.decision)
+                return (refusal,)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
         variants = self.store.get(req.key or self._key(req))

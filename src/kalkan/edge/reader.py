@@ -17,12 +17,13 @@ import httptools
 
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.framing import (
-    NOTED_FIELDS,
+    NOTED_NAMES,
     BadRequest,
     check_framing,
     check_method,
     drop_connection_listed,
     note_field,
+    noted_name,
     parse_target,
     parser_reason,
 )
@@ -283,14 +284,15 @@ class RequestReader:
             return  # chunked trailer fields: counted above, never forwarded nor believed
         if len(req.headers) >= self.limits.max_headers:
             raise BadRequest(431, "The request has too many header fields.")
-        if b"\x00" in value or b"\r" in value or b"\n" in value:
-            raise BadRequest(400, "A header value contains NUL, CR or LF.")
+        # (NUL, CR and LF in a value never get here: llhttp refuses them.)
         req.headers.append((name, value))
-        lname = name.lower()
-        if lname in NOTED_FIELDS:
+        noted = NOTED_NAMES.get(name)
+        if noted is None:
+            noted = noted_name(name)
+        if noted:
             # llhttp strips the whitespace before a value but keeps the whitespace after it,
             # which is no part of the value either (RFC 9110 §5.5).
-            note_field(req, lname, value.rstrip(b" \t"))
+            note_field(req, noted, value.rstrip(b" \t"))
 
     def on_headers_complete(self) -> None:
         if self._synthetic:

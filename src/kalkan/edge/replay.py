@@ -67,12 +67,14 @@ class ReplayMemo:
 
     def __init__(self, store: Store, recorder: Recorder, clock: Clock,
                  defense: Defense | NullDefense,
-                 respond_now: Callable[[Request], tuple[bytes, ...] | None]) -> None:
+                 respond_now: Callable[[Request], tuple[bytes, ...] | None],
+                 defended: bool) -> None:
         self.store = store
         self.recorder = recorder
         self.clock = clock
         self.defense = defense
         self.respond_now = respond_now
+        self.defended = defended  # else no verdicts to keep per connection
         self.memo: dict[bytes, Remembered] = {}
         self.bytes = 0
 
@@ -102,16 +104,19 @@ class ReplayMemo:
         memo = self.memo.get(data)
         if memo is None:
             return False
-        standing = conn.standing
-        if standing is None or standing.data != data or self.clock.mono >= standing.until:
-            return self._decide(data, memo, conn)
-        # The same client sent the same bytes a moment ago: same verdict, counted later.
-        standing.pending += 1
-        if standing.refusal is not None:
-            conn.send_now((standing.refusal,))
-            self.recorder.replayed(self.clock.now, conn.client, memo.log, standing.status,
-                                   len(standing.refusal), "BYPASS", 0.0, standing.decision)
-            return True
+        decision = ""
+        if self.defended:
+            standing = conn.standing
+            if standing is None or standing.data != data or self.clock.mono >= standing.until:
+                return self._decide(data, memo, conn)
+            # The same client sent the same bytes a moment ago: same verdict, counted later.
+            standing.pending += 1
+            if standing.refusal is not None:
+                conn.send_now((standing.refusal,))
+                self.recorder.replayed(self.clock.now, conn.client, memo.log, standing.status,
+                                       len(standing.refusal), "BYPASS", 0.0, standing.decision)
+                return True
+            decision = standing.decision
         variants = self.store.get(memo.key)
         if variants is None or len(variants) != 1:
             return False
@@ -123,7 +128,7 @@ class ReplayMemo:
         out = entry.wire(now, memo.head)
         conn.send_now(out)
         self.recorder.replayed(now, conn.client, memo.log, entry.status, wire_len(out), "HIT",
-                               (time.monotonic() - started) * 1000.0, standing.decision)
+                               (time.monotonic() - started) * 1000.0, decision)
         return True
 
     def _decide(self, data: bytes, memo: Remembered, conn: HttpConnection) -> bool:
