@@ -70,6 +70,40 @@ class _Refusal:
         self.headers = headers
 
 
+class _PrimedBody:
+    """Parser callbacks for a parser primed with a stand-in head (an ignored Upgrade's body, see
+    `RequestReader._parse_upgrade_body`): the stand-in head is dropped, the body, its trailers
+    and anything after it go to the reader (which then stops: the connection is closing)."""
+
+    __slots__ = ("reader", "in_body", "begun")
+
+    def __init__(self, reader: RequestReader) -> None:
+        self.reader = reader
+        self.in_body = False
+        self.begun = False
+
+    def on_message_begin(self) -> None:
+        if self.begun:
+            self.reader.on_message_begin()  # a request after the body: refused (closing)
+        self.begun = True
+
+    def on_headers_complete(self) -> None:
+        self.in_body = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_body:
+            self.reader.on_header(name, value)  # chunked trailers: counted there
+
+    def on_chunk_header(self) -> None:
+        self.reader.on_chunk_header()
+
+    def on_body(self, body: bytes) -> None:
+        self.reader.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.reader.on_message_complete()
+
+
 class _StopParsing(Exception):
     """Raised by a parser callback: input after a request that ends the connection is not read."""
 
@@ -83,7 +117,7 @@ class RequestReader:
                  "state", "deadline", "_timeouts", "body_started", "body_base", "_req", "_url",
                  "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
                  "_in_trailers", "_body_queued", "_queue", "_stash", "_upgrade_body",
-                 "_synthetic", "_closing")
+                 "_closing", "_max_headers", "_max_header_bytes")
 
     def __init__(self, server: Listener, scheme: str) -> None:
         self.server = server
@@ -117,7 +151,8 @@ class RequestReader:
         self._stash: bytes | None = None
         # A request that asked for an Upgrade and carries a body: its body is still to come.
         self._upgrade_body: Request | None = None
-        self._synthetic = False  # parser callbacks now see our own stand-in head: ignore them
+        self._max_headers = self.limits.max_headers  # read on every header field
+        self._max_header_bytes = self.limits.max_header_bytes
         self._closing = False  # a request said the connection ends after it
 
     def _enter(self, state: State) -> None:
@@ -232,21 +267,15 @@ class RequestReader:
         after the body is parsed (see `_StopParsing`).
         """
         self._upgrade_body = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = httptools.HttpRequestParser(_PrimedBody(self))
         framing = b"Transfer-Encoding: chunked" if req.chunked else \
             b"Content-Length: %d" % (req.content_length or 0)
-        self._synthetic = True
-        try:
-            self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
-        finally:
-            self._synthetic = False
+        self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
         self._req = req
         return self._feed(rest) if len(rest) else True
 
     # -- parser callbacks (per-request state) ---------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._synthetic:
-            return
         if self._closing:
             # The last request said the connection ends after it: what follows is not a request
             # of ours to interpret (and must never reach the origin as one).
@@ -266,26 +295,23 @@ class RequestReader:
             self._enter(HEAD)
 
     def on_url(self, url: bytes) -> None:
-        if self._synthetic:
-            return
         self._url += url
         if len(self._url) > self.limits.max_request_line:
             raise BadRequest(414, "The request target is too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._synthetic:
-            return
         req = self._req
         assert req is not None
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
+        if self._header_bytes > self._max_header_bytes:
             raise BadRequest(431, "The request headers are too large.")
         if self._in_trailers:
             return  # chunked trailer fields: counted above, never forwarded nor believed
-        if len(req.headers) >= self.limits.max_headers:
+        headers = req.headers
+        if len(headers) >= self._max_headers:
             raise BadRequest(431, "The request has too many header fields.")
         # (NUL, CR and LF in a value never get here: llhttp refuses them.)
-        req.headers.append((name, value))
+        headers.append((name, value))
         noted = NOTED_NAMES.get(name)
         if noted is None:
             noted = noted_name(name)
@@ -295,8 +321,6 @@ class RequestReader:
             note_field(req, noted, value.rstrip(b" \t"))
 
     def on_headers_complete(self) -> None:
-        if self._synthetic:
-            return
         req = self._req
         assert req is not None
         self._in_head = False

@@ -35,6 +35,7 @@ class AccessLog:
         self._stamp = ""
         self._quoted: dict[str, str] = {}  # JSON forms of recent clients and decisions
         self._lines: list[str] = []
+        self._fragments: dict[tuple[str, str, str], str] = {}
 
     def _time(self, now: float) -> str:
         sec = int(now)
@@ -52,8 +53,15 @@ class AccessLog:
               size: int, cache: str, origin_ms: float | None, total_ms: float,
               decision: str, reason: str = "") -> None:
         if self._file is not None:
-            self.write_fragment(now, client, self.fragment(method, host, path), status, size,
-                                cache, origin_ms, total_ms, decision, reason)
+            # Readers ask for the same few pages: their part of the line is formatted once.
+            key = (method, host, path)
+            fragment = self._fragments.get(key)
+            if fragment is None:
+                if len(self._fragments) >= 4096:
+                    self._fragments.clear()  # random URLs in a flood must not grow this
+                fragment = self._fragments[key] = self.fragment(method, host, path)
+            self.write_fragment(now, client, fragment, status, size, cache, origin_ms, total_ms,
+                                decision, reason)
 
     def write_fragment(self, now: float, client: str, request: str, status: int, size: int,
                        cache: str, origin_ms: float | None, total_ms: float,
