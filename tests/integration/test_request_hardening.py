@@ -313,3 +313,29 @@ async def test_replay_memo_stays_bounded_under_unique_requests(origin: Origin,
             assert memo.bytes <= REPLAY_BYTES + 2 * 4096 + 512
     finally:
         await client.close()
+
+
+async def test_replay_memo_samples_while_replays_are_rare_and_recovers_for_a_flood(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    from kalkan.edge.replay import SAMPLE
+
+    edge = await make_edge(origin.url)
+    port = port_of(edge)
+    memo = edge.pipeline.replays
+    await fetch(port, "/bench/20k")
+    client = await Client.connect(port)
+    try:
+        for i in range(400):  # readers: every request different, none ever repeated
+            assert (await client.request("GET", "/bench/20k", {"X-R": str(i)})).status == 200
+        memo.tick()
+        assert memo.sample == SAMPLE
+        memo.forget()
+        flood = b"GET /bench/20k HTTP/1.1\r\nHost: news.example\r\nUser-Agent: flood\r\n\r\n"
+        for _ in range(3 * SAMPLE):  # one URL, identical bytes: remembered within SAMPLE
+            client.send(flood)
+            assert (await client.read_response()).status == 200
+        assert memo._replayed > SAMPLE
+        memo.tick()
+        assert memo.sample == 1
+    finally:
+        await client.close()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 REPLAY_MEMO = 2048
 REPLAY_BYTES = 4 * 1024 * 1024
 STANDING_WINDOW = 0.25   # seconds a per-connection verdict on identical bytes is reused
+SAMPLE = 64              # while replays are rare, one request in SAMPLE is remembered
 
 
 class Remembered:
@@ -77,10 +78,20 @@ class ReplayMemo:
         self.defended = defended  # else no verdicts to keep per connection
         self.memo: dict[bytes, Remembered] = {}
         self.bytes = 0
+        # Adaptive: while remembered bytes are rarely seen again (readers never send identical
+        # requests), only one request in SAMPLE is remembered, so a varied load does not pay for
+        # a memo it never uses; a flood of one URL is still caught within a few requests.
+        self.sample = 1
+        self._seen = 0         # hits offered to `remember` since the last tick
+        self._stored = 0       # ... of which remembered
+        self._replayed = 0     # requests answered from the memo since the last tick
 
     def remember(self, data: bytes, req: Request, credentialed: bool) -> None:
         """After a hot-path hit: if `data` was exactly this one request, memoize what it meant.
         Only plain keep-alive HTTP/1.1 GET/HEAD without a body qualify."""
+        self._seen += 1
+        if self._seen % self.sample:
+            return
         if (len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES
                 or req.version != "1.1" or not req.keep_alive
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
@@ -90,20 +101,28 @@ class ReplayMemo:
                                      AccessLog.fragment(req.method, req.host, req.path), req)
         # The bytes, and about as much again for the parsed request kept with them.
         self.bytes += 2 * len(data) + 512
+        self._stored += 1
 
     def forget(self) -> None:
         self.memo.clear()
         self.bytes = 0
 
     def tick(self) -> None:
+        """About once a second: bound the memo, and sample while it earns nothing."""
         if len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES:
             self.forget()  # a flood of unique URLs must not pin memory or time
+        if self._seen >= 256 and self._replayed * 16 < self._seen:
+            self.sample = SAMPLE
+        elif self._replayed:
+            self.sample = 1
+        self._seen = self._stored = self._replayed = 0
 
     def replay(self, data: bytes, conn: HttpConnection) -> bool:
         """Answer `data` if it is a remembered request whose entry is still fresh; else False."""
         memo = self.memo.get(data)
         if memo is None:
             return False
+        self._replayed += 1
         decision = ""
         if self.defended:
             standing = conn.standing
