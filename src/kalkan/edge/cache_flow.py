@@ -206,8 +206,17 @@ def revalidated(entry: Entry, not_modified: list[tuple[bytes, bytes]], now: floa
 
 
 def pick_variant(variants: list[Entry], headers: Mapping[str, str]) -> Entry | None:
-    """The stored variant whose Vary signature matches the request (RFC 9111 §4.1)."""
+    """The stored variant whose Vary signature matches the request (RFC 9111 §4.1). The
+    variants of one URL nearly always name the same fields: the request's signature for them
+    is computed once, not once per variant."""
+    fields: tuple[str, ...] | None = None
+    sig: tuple[str | None, ...] = ()
     for entry in variants:
-        if not entry.vary or policy.vary_signature(entry.vary, headers) == entry.vary_sig:
+        if not entry.vary:
+            return entry
+        if entry.vary != fields:
+            fields = entry.vary
+            sig = tuple(policy.vary_signature(fields, headers))
+        if sig == entry.vary_sig:
             return entry
     return None
