@@ -296,3 +296,26 @@ def proxy_v2(source: str | None, dest: str | None = None, *, local: bool = False
 # Cache-key query policy that keeps every parameter of the demo's instruments (/_demo/big?bytes=N
 # etc.); the default policy drops unknown parameters before the fetch.
 DEMO_QUERIES: dict[str, Any] = {"query": {"paths": {"/_demo/*": ["*"]}}}
+
+
+class LoopbackServer:
+    """A raw TCP server on 127.0.0.1 for tests' hand-made origins: subclasses define `_serve`."""
+
+    port: int = 0
+    server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError

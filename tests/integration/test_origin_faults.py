@@ -19,7 +19,7 @@ import pytest
 
 from kalkan.edge.app import Edge
 from kalkan.edge.origin import OriginError, OriginTimeout
-from support import EdgeFactory, RawReply, exchange, fetch, port_of, rss_bytes
+from support import EdgeFactory, LoopbackServer, RawReply, exchange, fetch, port_of, rss_bytes
 
 # (request number on this origin, 0-based; its reader and writer) -> writes one response, maybe a
 # broken one
@@ -27,26 +27,11 @@ Script = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[N
 
 
 @dataclass
-class ScriptedOrigin:
+class ScriptedOrigin(LoopbackServer):
     """A raw origin on loopback: one request per connection, answered by `script`, then closed."""
 
     script: Script
-    port: int = 0
     requests: list[bytes] = field(default_factory=list)
-    server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

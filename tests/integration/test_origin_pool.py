@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from support import EdgeFactory, fetch, port_of
+from support import EdgeFactory, LoopbackServer, fetch, port_of
 
 
 @dataclass
-class KeepAliveOrigin:
+class KeepAliveOrigin(LoopbackServer):
     """A raw HTTP/1.1 origin on loopback that closes idle keep-alive connections.
 
     `idle_close`: seconds a connection may wait for its next request before the origin closes it
@@ -26,24 +26,9 @@ class KeepAliveOrigin:
 
     idle_close: float | None = 1.0
     drop_reused: bool = False
-    port: int = 0
     connections: int = 0
     requests: list[str] = field(default_factory=list)
     dropped: int = 0
-    server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

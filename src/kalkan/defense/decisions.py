@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kalkan.statefiles import remove_leftovers
+
 log = logging.getLogger("kalkan.decisions")
 
 ACTIONS = ("allow", "challenge", "tarpit", "block", "drop")
@@ -310,15 +312,7 @@ class Decisions:
     def _remove_temp_files(self) -> None:
         """Temp files of a save cut short (SIGKILL, power loss) are never completed: remove."""
         assert self.path is not None
-        try:
-            leftovers = list(self.path.parent.glob(self._tmp_prefix + "*"))
-        except OSError:
-            return
-        for tmp in leftovers:
-            try:
-                tmp.unlink()
-            except OSError as exc:
-                log.warning("cannot remove leftover temp file %s: %s", tmp, exc.strerror or exc)
+        remove_leftovers(self.path.parent, self._tmp_prefix + "*")
 
 
 def _number(value: object, what: str) -> float:

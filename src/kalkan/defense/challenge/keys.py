@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kalkan.defense.decisions import move_aside
+from kalkan.statefiles import remove_leftovers
 
 try:
     import fcntl
@@ -122,7 +123,8 @@ class KeyRing:
         with contextlib.suppress(OSError):  # a read-only parent is reported below, once
             path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path):
-            _remove_temp_files(path)  # under the lock: no other edge is writing one now
+            # under the lock: no other edge is writing one now
+            remove_leftovers(path.parent, f".{path.name}.*")
             try:
                 keys = _read(path)
             except (OSError, ValueError) as exc:
@@ -280,19 +282,6 @@ def _read_or_none(path: Path) -> list[SigningKey] | None:
         log.error("key file %s unreadable, rewriting it from the keys in memory: %s", path,
                   _one_line(exc))
         return None
-
-
-def _remove_temp_files(path: Path) -> None:
-    """Temp files of a write cut short (SIGKILL, full disk) are never completed: remove."""
-    try:
-        leftovers = list(path.parent.glob(f".{path.name}.*"))
-    except OSError:
-        return
-    for tmp in leftovers:
-        try:
-            tmp.unlink()
-        except OSError as exc:
-            log.warning("cannot remove leftover temp file %s: %s", tmp, exc.strerror or exc)
 
 
 def _read(path: Path) -> list[SigningKey] | None:
