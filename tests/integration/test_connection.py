@@ -221,3 +221,19 @@ async def test_get_with_a_body_does_not_stall_the_origin(origin: Origin,
                            b"Content-Length: 3\r\n\r\nabc", timeout=5.0)
     assert reply.status == 200 and loop.time() - started < 2.0
     assert edge.pipeline.upstream.breaker.failures == 0
+
+
+async def test_an_idle_keep_alive_connection_lets_go_of_its_parser(origin: Origin,
+                                                                   make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url)
+    client = await Client.connect(port_of(edge))
+    try:
+        assert (await client.request("GET", "/bench/20k")).status == 200
+        (conn,) = edge.server.connections
+        assert conn.parser is not None
+        await asyncio.sleep(1.6)  # past a second of quiet, seen by the sweep (every 0.25 s)
+        assert conn.parser is None
+        again = await client.request("GET", "/bench/20k")  # a new parser for the next request
+        assert again.status == 200 and again.header("X-Cache") == "HIT"
+    finally:
+        await client.close()

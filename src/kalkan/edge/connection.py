@@ -201,7 +201,7 @@ class HttpConnection(Endpoint, asyncio.Protocol):
         # Once the connection is closing (lingering after a last answer), nothing queued behind
         # is dispatched: it would reach the origin with nobody to answer.
         while self._queue and not self.busy and not self.closed and self.state != LINGERING:
-            nxt = self._queue.popleft()
+            nxt = self._queue.pop(0)
             if isinstance(nxt, _Refusal):
                 self._answer_and_close(error_response(nxt.status, nxt.detail, self.clock.now,
                                                       extra=nxt.headers))
@@ -229,6 +229,13 @@ class HttpConnection(Endpoint, asyncio.Protocol):
             self._enter(IDLE)
 
     # -- deadlines (checked by the sweep) -------------------------------------------------------
+    def idle_memory(self, mono: float) -> None:
+        """Between requests, after a second of quiet: let go of the parser and the URL buffer
+        (about 1 KB); the next read makes them again."""
+        if self.deadline - mono < self.limits.keepalive_timeout - 1.0:
+            self.parser = None
+            self._url = bytearray()
+
     def check_timers(self, mono: float) -> None:
         if self.write_deadline and mono > self.write_deadline:
             # A client that takes our bytes, however slowly, is reading: only one that took
@@ -257,6 +264,8 @@ class HttpConnection(Endpoint, asyncio.Protocol):
                         self.server.metrics.timeouts["body_rate"] += 1
                         self._timeout(408, "The request body arrived too slowly.")
                         return
+        if state == IDLE and self.parser is not None:
+            self.idle_memory(mono)
         if self.deadline and mono > self.deadline:
             if state == IDLE:
                 self.server.metrics.timeouts["keepalive"] += 1

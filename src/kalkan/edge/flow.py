@@ -21,7 +21,9 @@ class FlowControl:
 
     def __init__(self) -> None:
         self.transport: _Reading | None = None  # None: not yet connected, or closed
-        self.reasons: set[str] = set()
+        # A list, not a set: an idle keep-alive connection holds one, and a handful of
+        # reasons at most are ever present (an empty set costs four times the memory).
+        self.reasons: list[str] = []
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -30,13 +32,17 @@ class FlowControl:
         return bool(self.reasons)
 
     def pause_reading(self, why: str) -> None:
-        if not self.reasons and self.transport is not None:
+        reasons = self.reasons
+        if not reasons and self.transport is not None:
             self.transport.pause_reading()
-        self.reasons.add(why)
+        if why not in reasons:
+            reasons.append(why)
 
     def resume_reading(self, why: str) -> None:
-        self.reasons.discard(why)
-        if not self.reasons and self.transport is not None:
+        reasons = self.reasons
+        if why in reasons:
+            reasons.remove(why)
+        if not reasons and self.transport is not None:
             self.transport.resume_reading()
 
     def read_again(self) -> None:
