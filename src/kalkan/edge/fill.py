@@ -1,0 +1,164 @@
+"""How a miss becomes a stored entry: lead the one origin fetch for a key (others wait on it),
+refresh stale entries in the background, ask the origin with the stale entry's validators, let
+`cache_flow.on_response` decide what the answer becomes, store it, deliver it, and fall back to
+a stale copy or an error when the origin fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kalkan.config import CacheConfig
+from kalkan.edge import cache_flow as flow
+from kalkan.edge import cache_policy as policy
+from kalkan.edge.cache_flow import RequestView, Step
+from kalkan.edge.deliver import Outcome, Responder, discard, set_cookie_fields
+from kalkan.edge.fetch import Misses, OriginClient, failure_status
+from kalkan.edge.forward import upstream_headers
+from kalkan.edge.listener import Clock
+from kalkan.edge.origin import GateFull, OriginError, UpstreamResponse
+from kalkan.edge.request import Request
+from kalkan.edge.store import Entry, Store
+from kalkan.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from kalkan.edge.connection import HttpConnection
+
+
+class Filler:
+    """Fills the cache from the origin for the pipeline's GET/HEAD misses."""
+
+    def __init__(self, cache: CacheConfig, store: Store, upstream: OriginClient, misses: Misses,
+                 responder: Responder, metrics: Metrics, clock: Clock,
+                 threat: Callable[[], int]) -> None:
+        self.cache = cache
+        self.store = store
+        self.upstream = upstream
+        self.misses = misses
+        self.responder = responder
+        self.metrics = metrics
+        self.clock = clock
+        self.threat = threat  # the defence's threat level now (grace grows with it)
+
+    async def lead(self, req: Request, view: RequestView, conn: HttpConnection | None, key: str,
+                    stale: Entry | None, out: Outcome) -> None:
+        """Lead the one origin fetch for this key; others wait on it."""
+        if key in self.misses.inflight:
+            await self.fetch(req, view, conn, key, stale, out)
+            return
+        fut = self.misses.lead(key)
+        stored: Entry | None = None
+        try:
+            stored = await self.fetch(req, view, conn, key, stale, out)
+        finally:
+            self.misses.done(key, fut, stored)
+
+    def refresh_in_background(self, req: Request, view: RequestView, key: str,
+                               entry: Entry) -> None:
+        if key not in self.misses.inflight:
+            self.misses.spawn(self.lead(req, view, None, key, entry, Outcome()))
+
+    async def fetch(self, req: Request, view: RequestView, conn: HttpConnection | None,
+                     key: str, stale: Entry | None, out: Outcome) -> Entry | None:
+        """Ask the origin (through breaker and gate); cache_flow.on_response decides what its
+        answer becomes; deliver it (conn None: a background refresh)."""
+        headers = upstream_headers(req, True, self.upstream.pool.host_header)
+        if stale is not None:
+            if stale.etag is not None:
+                headers.append((b"If-None-Match", stale.etag))
+            if stale.last_modified is not None:
+                headers.append((b"If-Modified-Since", stale.last_modified))
+        try:
+            resp, out.origin_ms = await self.upstream.ask(
+                "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono)
+        except (GateFull, OriginError) as exc:
+            await self._origin_failed(req, view, conn, stale, exc, out)
+            return None
+        try:
+            resp_dict = policy.combine_headers(resp.headers)
+            now = self.clock.now
+            d = flow.on_response(resp.status, resp_dict, stale, view, now, self.cache,
+                                 self.threat())
+            if d.step is not Step.STORE:
+                out.reason = d.reason  # (a stored miss keeps the lookup's reason: why a miss)
+            if d.step is Step.SERVE_STALE and stale is not None:
+                await discard(resp)
+                self.metrics.stale_served[d.reason] += 1
+                if conn is not None:
+                    await self.responder.entry(req, conn, stale, "STALE", out)
+                return None
+            if d.step is Step.REFETCH:
+                await discard(resp)
+                self.store.remove(key)  # the 304 names another representation than ours
+                return await self.fetch(req, view, conn, key, None, out)
+            if d.step is Step.REFRESH and stale is not None:
+                await discard(resp)
+                fresh = flow.revalidated(stale, resp.headers, now, self.cache)
+                self.store.put(fresh)
+                if conn is not None:
+                    await self.responder.entry(req, conn, fresh, "REVALIDATED", out)
+                return fresh
+            entry = None
+            if d.step is Step.STORE:
+                try:
+                    entry = await self._store(req, view, key, resp, resp_dict, out)
+                except OriginError as exc:
+                    # The body broke off before anything reached the reader: 502 or stale.
+                    self.upstream.body_failed(self.clock.mono)
+                    await self._origin_failed(req, view, conn, stale, exc, out)
+                    return None
+            if entry is not None:
+                self.misses.storable(key)
+                if conn is not None:
+                    # The stored copy has no Set-Cookie; the reader it was fetched for gets its own.
+                    await self.responder.entry(req, conn, entry, "MISS", out,
+                                               extra=set_cookie_fields(resp.headers))
+                return entry
+            if d.step is Step.RELAY:
+                self.metrics.not_stored[d.reason] += 1
+            if not view.credentialed:
+                # Only a verdict about the response itself may change how others are served.
+                self.misses.not_storable(key, now)
+            if conn is not None:
+                await self.responder.relay(req, conn, resp, out, "MISS")
+            else:
+                await discard(resp)
+            return None
+        finally:
+            resp.release()
+
+    async def _store(self, req: Request, view: RequestView, key: str, resp: UpstreamResponse,
+                     resp_dict: dict[str, str], out: Outcome) -> Entry | None:
+        """Read a storable response whole (up to the object limit) and put it in the store."""
+        now = self.clock.now
+        plan = flow.plan_store(resp.status, resp_dict, view, now, self.cache, resp.content_length)
+        if not plan.ok:
+            out.reason = plan.reason
+            self.metrics.not_stored[plan.reason] += 1
+            return None
+        limit = self.cache.max_object_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await resp.read():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                resp.unread(chunks)  # too big after all: the streaming path takes it
+                out.reason = "too_large"
+                self.metrics.not_stored["too_large"] += 1
+                return None
+        entry = flow.build_entry(key, resp.status, resp.headers, resp_dict, b"".join(chunks),
+                                 view, plan, now)
+        self.store.put(entry)
+        return entry
+
+    async def _origin_failed(self, req: Request, view: RequestView, conn: HttpConnection | None,
+                             stale: Entry | None, exc: Exception, out: Outcome) -> None:
+        if conn is None:
+            return
+        if flow.stale_usable(stale, view, self.clock.now, self.cache, self.threat()) \
+                and stale is not None:
+            self.metrics.stale_served["shed" if isinstance(exc, GateFull) else "origin_error"] += 1
+            return await self.responder.entry(req, conn, stale, "STALE", out)
+        status, detail, extra = failure_status(exc)
+        self.responder.error(req, conn, out, status, detail, extra)
