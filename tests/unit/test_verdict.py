@@ -32,6 +32,7 @@ class View:
     headers: list[tuple[bytes, bytes]] = dataclasses.field(
         default_factory=lambda: [(b"Host", b"news.example"), (b"User-Agent", b"Mozilla/5.0")])
     cookie: bytes | None = None
+    user_agent: bytes | None = b"Mozilla/5.0"
     prefetched_body: bytes | None = None
 
     def header(self, name: bytes) -> bytes | None:

@@ -145,7 +145,7 @@ class Defense:
             self._addr[view.client] = info
         ip, version, prefix = info
         route, path = self.policy.classifier.classify_target(view.method, view.path, view.query)
-        ua = view.header(b"user-agent")
+        ua = view.user_agent
         return RequestFacts(view.method, view.host, path, view.query, route, view.client, ip,
                             version, prefix, ua.decode("latin-1") if ua else "", view.headers,
                             view.cookie)

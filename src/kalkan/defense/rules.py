@@ -223,7 +223,8 @@ class Crawlers:
                 hints = []
                 break
             hints.extend(words)
-        self._hints = tuple(sorted(set(hints)))
+        self._hints = re.compile("|".join(re.escape(h) for h in sorted(set(hints)))) \
+            if hints else None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -236,7 +237,7 @@ class Crawlers:
             return name
         found = None
         hints = self._hints
-        if hints and not any(h in user_agent for h in hints):
+        if hints is not None and hints.search(user_agent) is None:
             return None  # no crawler's words in it: not memoized, this is cheaper than that
         if self._combined is not None and user_agent:
             m = self._combined.search(user_agent)

@@ -63,6 +63,8 @@ class HttpConnection(Endpoint, asyncio.Protocol):
 
     def _admit(self) -> None:
         """Apply the total and per-client connection limits once the client address is known."""
+        trusted = self.server.trusted
+        self.trusts_peer = bool(trusted) and trusted.trusts(self.peer)  # once per connection
         if not self.server.admit(self.client):
             self.server.metrics.connections_refused += 1
             self.abort()

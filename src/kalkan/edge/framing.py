@@ -21,6 +21,7 @@ class BadRequest(Exception):
 
 # The fields `note_field` looks at, by lowercase name.
 NOTED_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect",
+                          b"user-agent", b"x-forwarded-for",
                           b"if-none-match", b"if-modified-since", b"authorization", b"cookie",
                           b"connection"})
 # unreserved / sub-delims / pct-encoded of a reg-name, plus ":" and "[]" for ports and IPv6.
@@ -107,6 +108,10 @@ def note_field(req: Request, name: bytes, value: bytes) -> None:
         req.authorization = True
     elif name == b"cookie":
         req.cookie = value if req.cookie is None else req.cookie + b"; " + value
+    elif name == b"user-agent":
+        req.user_agent = value if req.user_agent is None else req.user_agent + b", " + value
+    elif name == b"x-forwarded-for":
+        req.xff = value if req.xff is None else req.xff + b", " + value
     elif name == b"connection":
         req.connection = value if req.connection is None else req.connection + b"," + value
     else:
@@ -132,6 +137,10 @@ def drop_connection_listed(req: Request) -> None:
     req.headers = [(k, v) for k, v in req.headers if k.lower() not in names]
     if b"cookie" in names:
         req.cookie = None
+    if b"user-agent" in names:
+        req.user_agent = None
+    if b"x-forwarded-for" in names:
+        req.xff = None
     if b"authorization" in names:
         req.authorization = False
     if names & {b"if-none-match", b"if-modified-since"}:

@@ -116,7 +116,7 @@ class RequestReader:
                  "state", "deadline", "_timeouts", "body_started", "body_base", "_req", "_url",
                  "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
                  "_in_trailers", "_body_queued", "_queue", "_stash", "_upgrade_body",
-                 "_closing", "_max_headers", "_max_header_bytes")
+                 "_closing", "_max_headers", "_max_header_bytes", "trusts_peer")
 
     def __init__(self, server: Listener, scheme: str) -> None:
         self.server = server
@@ -153,6 +153,7 @@ class RequestReader:
         self._stash: bytes | None = None
         # A request that asked for an Upgrade and carries a body: its body is still to come.
         self._upgrade_body: Request | None = None
+        self.trusts_peer = False  # X-Forwarded-For believed: set once the peer is known
         self._max_headers = self.limits.max_headers  # read on every header field
         self._max_header_bytes = self.limits.max_header_bytes
         self._closing = False  # a request said the connection ends after it
@@ -350,9 +351,9 @@ class RequestReader:
             if req.content_length or req.chunked:
                 self._upgrade_body = req
         parse_target(req, target)
-        trusted = self.server.trusted
-        if trusted and trusted.trusts(self.peer):
-            req.client = trusted.client_from_xff(self.client, req.header_str(b"x-forwarded-for"))
+        if self.trusts_peer and req.xff is not None:
+            req.client = self.server.trusted.client_from_xff(self.client,
+                                                             req.xff.decode("latin-1"))
         if req.content_length or req.chunked:
             flow = self.flow
             req.body = BodyStream(lambda: flow.pause_reading("body"),

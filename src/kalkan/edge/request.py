@@ -29,7 +29,8 @@ class Request:
                  "version", "keep_alive", "body", "content_length", "chunked", "started",
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
                  "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
-                 "has_pass", "prefetched_body", "verdict", "connection")
+                 "has_pass", "prefetched_body", "verdict", "connection", "user_agent",
+                 "xff")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -61,13 +62,15 @@ class Request:
         self.prefetched_body: bytes | None = None
         self.verdict: Verdict | None = None   # a decision taken on the hot path (the tarpit)
         self.connection: bytes | None = None  # the Connection field's tokens, comma-joined
+        self.user_agent: bytes | None = None  # noted as parsed: the defence reads it every time
+        self.xff: bytes | None = None         # X-Forwarded-For, noted as parsed
 
     def clone_for(self, client: str, peer: str) -> Request:
         """The same request from another connection (the replay path): parsed fields shared."""
         other = Request()
         for name in ("method", "target", "path", "query", "headers", "host", "version",
                      "keep_alive", "scheme", "key", "cache_target", "conditional",
-                     "authorization", "cookie"):
+                     "authorization", "cookie", "user_agent", "xff"):
             setattr(other, name, getattr(self, name))
         other.client = client
         other.peer = peer
