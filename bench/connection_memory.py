@@ -154,7 +154,10 @@ def close_all(socks: list[socket.socket]) -> None:
 
 
 def _rss(proxy: Proxy) -> int:
-    time.sleep(1.0)  # let the peer finish what the last request started
+    # Let the peer finish what the last request started, and let the connections be idle for
+    # a few seconds, as idle keep-alive readers are (Kalkan lets go of a connection's parser
+    # after a second of quiet).
+    time.sleep(2.5)
     return proxy.memory_kib()["rss_kib"]
 
 
