@@ -85,6 +85,19 @@ def test_credentialed_reader_gets_fresh_shared_copies_only() -> None:
         assert d.step is Step.PASS and d.entry is None
 
 
+def test_authorization_alone_is_fetched_on_its_own_and_never_served_stale() -> None:
+    auth = RequestView(credentialed=True, session=False, headers={"authorization": "Basic eA=="})
+    for stored in (None, entry(age=100)):
+        d = flow.lookup(stored, auth, NOW, CONFIG, threat=0)
+        assert d.step is Step.FETCH and d.entry is None  # no validators: not ours to refresh
+    assert flow.lookup(None, auth, NOW, CONFIG, threat=1).step is Step.CHALLENGE_FIRST
+    # Stored only when the origin marks it for shared caches (RFC 9111 §3.5, stricter).
+    assert flow.plan_store(200, {"cache-control": "public, max-age=60"}, auth, NOW, CONFIG).ok
+    assert not flow.plan_store(200, {"cache-control": "must-revalidate, max-age=60"}, auth,
+                               NOW, CONFIG).ok
+    assert not flow.plan_store(200, {}, auth, NOW, CONFIG).ok
+
+
 # -- the origin's answer ----------------------------------------------------------------------
 
 def test_5xx_with_a_usable_stale_copy_serves_it() -> None:

@@ -93,13 +93,19 @@ def lookup(entry: Entry | None, view: RequestView, now: float, config: CacheConf
            threat: int) -> Decision:
     """Before the origin: what a stored variant (or none) means for this request."""
     if view.credentialed:
-        # A logged-in reader gets its own page from the origin: never stored, coalesced or
-        # served stale. Only fresh shared copies (assets, pages the origin marked cacheable)
-        # come from the cache; microcached pages are the anonymous view, never theirs.
+        # A logged-in reader gets its own page from the origin: never coalesced or served
+        # stale. Only fresh shared copies (assets, pages the origin marked cacheable) come from
+        # the cache; microcached pages are the anonymous view, never theirs. With a session
+        # cookie the request passes; with Authorization alone it is fetched on its own and
+        # stored only if the origin marks the answer for shared caches (public, s-maxage).
         if entry is not None and not entry.micro and \
                 reuse(entry, view, now, config, threat) is policy.Reuse.FRESH:
             return Decision(Step.SERVE, entry, "fresh")
-        return Decision(Step.PASS, None, "credentials")
+        if view.session:
+            return Decision(Step.PASS, None, "credentials")
+        if threat and not view.has_pass:
+            return Decision(Step.CHALLENGE_FIRST, None, "credentials")
+        return Decision(Step.FETCH, None, "credentials")
     if entry is not None:
         match reuse(entry, view, now, config, threat):
             case policy.Reuse.FRESH:

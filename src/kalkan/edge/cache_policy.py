@@ -252,7 +252,9 @@ def storable(
     if "private" in cc and cc["private"] is None:  # qualified private: store minus those fields
         return False, "private"
     shared_ok = "public" in cc or "s-maxage" in cc
-    if "authorization" in req and not (shared_ok or "must-revalidate" in cc):  # RFC 9111 §3.5
+    # RFC 9111 §3.5 also lets must-revalidate make it storable; not here: revalidated by an
+    # anonymous reader, a 304 would hand that reader the authenticated copy.
+    if "authorization" in req and not shared_ok:
         return False, "authorization"
     if session and not shared_ok:
         # Fetched for a logged-in session (the caller's session cookies): the page may be that

@@ -268,6 +268,10 @@ class Pipeline:
             return await self._pass(req, conn, out)
         if step is Step.CHALLENGE_FIRST and self._challenged(req, conn, out):
             return
+        if view.credentialed:
+            # Its own fetch: nobody waits on a request made with someone's credentials.
+            await self.fill.fetch(req, view, conn, key, None, out)
+            return
         if self.misses.skip_coalescing(key, self.clock.now):
             # Recently not storable: fetch without making others wait on us ("hit-for-miss").
             await self.fill.fetch(req, view, conn, key, d.entry, out)
