@@ -48,8 +48,7 @@ class Entry:
 
     __slots__ = ("key", "vary", "vary_sig", "status", "headers", "body", "response_time",
                  "initial_age", "lifetime", "fresh_until", "stale", "micro", "etag",
-                 "last_modified", "size", "file", "_wire_age", "_wire", "_wire_head",
-                 "_head_prefix")
+                 "last_modified", "size", "_wire_age", "_wire", "_wire_head")
 
     def __init__(self, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                  *, response_time: float, initial_age: float, lifetime: float,
@@ -72,10 +71,21 @@ class Entry:
             elif lk == b"last-modified":
                 self.last_modified = v
         self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _ENTRY_OVERHEAD
-        sig = "\x00".join("\x01" if v is None else v for v in vary_sig)
-        self.file = hashlib.sha256(
-            (key + "\x00" + sig).encode("utf-8", "surrogateescape")).hexdigest()
         self.refresh(response_time, initial_age, lifetime)
+
+    @property
+    def file(self) -> str:
+        """The name of this entry's file in the cache directory (made when it is written, not
+        kept: thousands of entries would each hold it for nothing)."""
+        sig = "\x00".join("\x01" if v is None else v for v in self.vary_sig)
+        return hashlib.sha256(
+            (self.key + "\x00" + sig).encode("utf-8", "surrogateescape")).hexdigest()
+
+    @property
+    def _head_prefix(self) -> bytes:
+        """Everything of the head but Age and X-Cache. Serialized when the memoized head is
+        rebuilt (once a second for a hot entry), not kept beside it."""
+        return serialize_head(self.status, self.headers)[:-2]
 
     def refresh(self, response_time: float, initial_age: float, lifetime: float) -> None:
         """Set (or, after a 304, reset) the clock of this response."""
@@ -87,8 +97,6 @@ class Entry:
         self._wire_age = -1
         self._wire: tuple[bytes, ...] = ()
         self._wire_head: tuple[bytes, ...] = ()
-        # Everything but Age and X-Cache, serialized once: the hit path only glues.
-        self._head_prefix = serialize_head(self.status, self.headers)[:-2]
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
