@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -587,3 +587,17 @@ def parse_only(value: str, known: Sequence[str]) -> list[str]:
 def log(message: str) -> None:
     """Progress output on stderr (results go to files)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def guarded(module: str, body: Callable[[], object]) -> int:
+    """Run a benchmark's `main` body: a BenchError is one line and exit 2, Ctrl-C exit 130
+    (every process the benchmark started is stopped by its Stopper either way)."""
+    try:
+        body()
+    except BenchError as err:
+        print(f"{module}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{module}: interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+    return 0

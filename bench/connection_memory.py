@@ -45,6 +45,7 @@ from bench.common import (
     Report,
     Stopper,
     command_line,
+    guarded,
     log,
     machine_info,
     markdown_table,
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", type=int, default=None, help="cached pages (5000)")
     parser.add_argument("--output-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    try:
+    def body() -> None:
         settings = Settings(
             peers=parse_only(args.only, PEERS),
             connections=args.connections or (400 if args.quick else 5000),
@@ -375,15 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if settings.connections < 2:
             raise BenchError("--connections must be at least 2")
-        output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
-        run(settings, output)
-    except BenchError as err:
-        print(f"{MODULE}: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{MODULE}: interrupted; every started process was stopped", file=sys.stderr)
-        return 130
-    return 0
+        run(settings, args.output_dir or (WORK_DIR / "quick-results" if args.quick
+                                          else RESULTS_DIR))
+
+    return guarded(MODULE, body)
 
 
 if __name__ == "__main__":

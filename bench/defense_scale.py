@@ -38,6 +38,7 @@ from bench.common import (
     command_line,
     cpu_count,
     free_port,
+    guarded,
     log,
     machine_info,
     markdown_table,
@@ -284,15 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
     )
     output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
-    try:
-        run(settings, output)
-    except BenchError as err:
-        print(f"{MODULE}: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{MODULE}: interrupted; every started process was stopped", file=sys.stderr)
-        return 130
-    return 0
+    return guarded(MODULE, lambda: run(settings, output))
 
 
 if __name__ == "__main__":
