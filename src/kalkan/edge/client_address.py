@@ -122,12 +122,18 @@ class TrustedProxies:
     def __init__(self, cidrs: list[str]) -> None:
         self.networks = AddressSet.from_texts(cidrs)
         self._any = bool(cidrs)
+        self._peers: dict[str, bool] = {}  # the few balancers in front: asked on every request
 
     def __bool__(self) -> bool:
         return self._any
 
     def trusts(self, address: str) -> bool:
-        return self.networks.contains_text(address)
+        known = self._peers.get(address)
+        if known is None:
+            if len(self._peers) >= 1024:
+                self._peers.clear()  # any client can connect: keep the memo bounded
+            known = self._peers[address] = self.networks.contains_text(address)
+        return known
 
     def client_from_xff(self, peer: str, xff: str | None) -> str:
         """Walk X-Forwarded-For from the right, skipping trusted hops; the first untrusted is it."""
