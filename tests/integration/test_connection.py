@@ -195,6 +195,21 @@ async def test_x_forwarded_for_from_a_trusted_proxy_is_believed(origin: Origin,
         ["203.0.113.9"]
 
 
+async def test_two_x_forwarded_for_fields_are_one_list(origin: Origin,
+                                                      make_edge: EdgeFactory) -> None:
+    """RFC 9110 §5.3: repeated fields are one list; the client is read from its right end and
+    the whole chain goes upstream."""
+    edge = await make_edge(origin.url, client_address={"trusted_proxies": ["127.0.0.0/8"]})
+    reply = await exchange(port_of(edge), get("/_demo/echo", "X-Forwarded-For: 198.51.100.1",
+                                              "X-Forwarded-For: 203.0.113.9, 127.0.0.5",
+                                              "Connection: close"))
+    body = json.loads(reply.data.split(b"\r\n\r\n", 1)[1])
+    forwarded = [v for k, v in body["headers"] if k.lower() == "x-forwarded-for"]
+    assert forwarded == ["198.51.100.1, 203.0.113.9, 127.0.0.5, 127.0.0.1"]
+    assert [e["client"] for e in access_log(edge) if e["path"] == "/_demo/echo"] == \
+        ["203.0.113.9"]
+
+
 async def test_garbled_x_forwarded_for_from_a_trusted_proxy(origin: Origin,
                                                             make_edge: EdgeFactory) -> None:
     """Nothing left of a garbled hop is believed: the client is the last good hop."""

@@ -43,7 +43,7 @@ def upstream_headers(req: Request, cache_fetch: bool, default_host: str) -> list
     # `news.test:80` must not make the origin redirect and have that cached for everyone.
     headers.append((b"Host", req.host.encode("latin-1") if req.host_fields
                     else default_host.encode()))  # HTTP/1.0 without Host
-    prior = req.header(b"x-forwarded-for")
+    prior = req.xff  # every X-Forwarded-For field, in order, as the client address was read
     if prior is not None and req.client != req.peer:  # a trusted proxy's list, extended
         xff = prior + b", " + req.peer.encode()
     else:
