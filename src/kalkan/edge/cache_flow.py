@@ -16,14 +16,14 @@ from enum import Enum
 
 from kalkan.config import CacheConfig
 from kalkan.edge import cache_policy as policy
+from kalkan.edge.forward import VIA
 from kalkan.edge.httpdate import format_http_date
 from kalkan.edge.store import Entry
 
-HOP_BY_HOP = frozenset(name.encode() for name in policy.HOP_BY_HOP)
-# Never stored: hop-by-hop fields and the edge's own per-answer fields.
-_NOT_STORED = HOP_BY_HOP | {b"x-cache", b"age", b"content-length"}
+# Never stored from the origin's answer: the edge's own per-answer fields and its framing (the
+# hop-by-hop and Connection-listed ones are in policy.headers_to_strip_on_store).
+_NOT_STORED = frozenset({b"x-cache", b"age", b"content-length"})
 _STALE_ON_STATUS = frozenset({500, 502, 503, 504})
-VIA = (b"Via", b"1.1 kalkan")
 
 
 class Step(Enum):
@@ -177,10 +177,8 @@ def build_entry(key: str, status: int, raw: list[tuple[bytes, bytes]], resp: Map
                 body: bytes, view: RequestView, plan: StorePlan, now: float) -> Entry:
     """The stored form of an origin response: fields a shared cache must not keep are gone
     (hop-by-hop, Connection-listed, Set-Cookie...), framing is the edge's own."""
-    strip = {s.encode() for s in policy.headers_to_strip_on_store(resp)}
-    strip |= {s.encode() for s in policy.hop_by_hop_fields(resp)}
-    headers = [(k, v) for k, v in raw if (lk := k.lower()) not in _NOT_STORED
-               and lk not in strip]
+    strip = _NOT_STORED.union(s.encode() for s in policy.headers_to_strip_on_store(resp))
+    headers = [(k, v) for k, v in raw if k.lower() not in strip]
     if resp.get("date") is None:
         headers.insert(0, (b"Date", format_http_date(now).encode()))
     headers.append((b"Content-Length", str(len(body)).encode()))

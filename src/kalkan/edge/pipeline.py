@@ -72,7 +72,7 @@ class Pipeline:
         self.fill = Filler(cc, self.store, self.upstream, self.misses, self.responder,
                            self.metrics, self.clock, lambda: self.defense.threat_level)
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
-                                  self.respond_now, self._defended)
+                                  self.respond_now, self._credentialed, self._defended)
         self._tarpitted = 0
         # One search for any session cookie name (a pattern that never matches when there are
         # none); a loop of `in` tests costs several times more on every hit.
@@ -111,7 +111,7 @@ class Pipeline:
 
     # -- the connection's interface -------------------------------------------------------------
     def remember(self, data: bytes, req: Request) -> None:
-        self.replays.remember(data, req, self._credentialed(req))
+        self.replays.remember(data, req)
 
     def replay(self, data: bytes, conn: HttpConnection) -> bool:
         return self.replays.replay(data, conn)

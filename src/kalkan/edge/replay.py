@@ -69,12 +69,13 @@ class ReplayMemo:
     def __init__(self, store: Store, recorder: Recorder, clock: Clock,
                  defense: Defense | NullDefense,
                  respond_now: Callable[[Request], tuple[bytes, ...] | None],
-                 defended: bool) -> None:
+                 credentialed: Callable[[Request], bool], defended: bool) -> None:
         self.store = store
         self.recorder = recorder
         self.clock = clock
         self.defense = defense
         self.respond_now = respond_now
+        self.credentialed = credentialed  # asked only of a request that is remembered
         self.defended = defended  # else no verdicts to keep per connection
         self.memo: dict[bytes, Remembered] = {}
         self.bytes = 0
@@ -86,7 +87,7 @@ class ReplayMemo:
         self._stored = 0       # ... of which remembered
         self._replayed = 0     # requests answered from the memo since the last tick
 
-    def remember(self, data: bytes, req: Request, credentialed: bool) -> None:
+    def remember(self, data: bytes, req: Request) -> None:
         """After a hot-path hit: if `data` was exactly this one request, memoize what it meant.
         Only plain keep-alive HTTP/1.1 GET/HEAD without a body qualify."""
         self._seen += 1
@@ -97,7 +98,7 @@ class ReplayMemo:
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
             return
-        self.memo[data] = Remembered(req.key, req.method == "HEAD", credentialed,
+        self.memo[data] = Remembered(req.key, req.method == "HEAD", self.credentialed(req),
                                      AccessLog.fragment(req.method, req.host, req.path), req)
         # The bytes, and about as much again for the parsed request kept with them.
         self.bytes += 2 * len(data) + 512

@@ -83,10 +83,6 @@ class Request:
                 return v
         return None
 
-    def header_str(self, name: bytes) -> str | None:
-        v = self.header(name)
-        return None if v is None else v.decode("latin-1")
-
     def header_dict(self) -> dict[str, str]:
         """Lowercase names, repeated fields combined with ", " (RFC 9110 §5.3)."""
         out: dict[str, str] = {}

@@ -4,10 +4,10 @@ Connection; plus serializing response heads for stored and relayed responses."""
 
 from __future__ import annotations
 
-from email.utils import formatdate
 from http import HTTPStatus
 
 from kalkan.defense.verdict import REFUSALS, Verdict
+from kalkan.edge.httpdate import format_http_date
 
 Header = tuple[bytes, bytes]
 
@@ -30,7 +30,7 @@ def status_line(status: int) -> bytes:
 
 
 def http_date(ts: float) -> bytes:
-    return formatdate(ts, usegmt=True).encode("ascii")
+    return format_http_date(ts).encode("ascii")
 
 
 def serialize_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
