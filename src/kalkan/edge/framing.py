@@ -3,6 +3,8 @@ canonicalization, as pure functions of a `Request` that raise `BadRequest`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kalkan.edge.request import Request
 
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
@@ -19,11 +21,6 @@ class BadRequest(Exception):
         self.headers = headers
 
 
-# The fields `note_field` looks at, by lowercase name.
-NOTED_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect",
-                          b"user-agent", b"x-forwarded-for",
-                          b"if-none-match", b"if-modified-since", b"authorization", b"cookie",
-                          b"connection"})
 # unreserved / sub-delims / pct-encoded of a reg-name, plus ":" and "[]" for ports and IPv6.
 _HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=%:[]")
@@ -34,21 +31,6 @@ _DEFAULT_PORT = {"http": 80, "https": 443}
 _NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                              # the connection options themselves, not fields to remove
                              b"keep-alive", b"close"})
-# Field names as clients spell them → the lowercase name if the edge notes that field, else b"".
-# Browsers send a few dozen spellings: looked up once each instead of lower-cased per request.
-NOTED_NAMES: dict[bytes, bytes] = {}
-
-
-def noted_name(name: bytes) -> bytes:
-    """The lowercase name of a field the edge notes (NOTED_FIELDS), or b""; memoized."""
-    lname = name.lower()
-    noted = lname if lname in NOTED_FIELDS else b""
-    if len(NOTED_NAMES) >= 4096:
-        NOTED_NAMES.clear()  # any client can invent names: keep the memo bounded
-    NOTED_NAMES[name] = noted
-    return noted
-
-
 def canonical_host(value: bytes) -> tuple[str, int | None]:
     """RFC 3986 host [":" port] → (lowercase name without a trailing dot, port); BadRequest if
     it is not one. The cache key and the Host sent to the origin are both built from this, so
@@ -85,40 +67,101 @@ def canonical_host(value: bytes) -> tuple[str, int | None]:
     return result
 
 
+# -- noting fields as the parser hands them over --------------------------------------------
+# One small function per field the edge decides on (framing, Host, the cache, the defence). The
+# parser's header callback runs for every field of every request: looking a name up in a dict
+# and calling its noter costs less than comparing it against each field name in turn.
+# (llhttp strips the whitespace before a value but keeps what follows it, which is no part of the
+# value either, RFC 9110 §5.5: the noters that compare or parse values strip it.)
+Noter = Callable[[Request, bytes], None]
+
+
+def _content_length(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    req.length_fields += 1
+    if not value.isdigit() or len(value) > 18:
+        raise BadRequest(400, "Invalid Content-Length.")
+    req.content_length = int(value)
+
+
+def _transfer_encoding(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    te = req.transfer_encoding
+    req.transfer_encoding = value if te is None else te + b"," + value
+
+
+def _host(req: Request, value: bytes) -> None:
+    req.host_fields += 1
+    host, port = canonical_host(value.rstrip(b" \t"))
+    req.host = host if port is None or port == _DEFAULT_PORT.get(req.scheme) \
+        else f"{host}:{port}"
+
+
+def _expect(req: Request, value: bytes) -> None:
+    if value.rstrip(b" \t").lower() != b"100-continue":
+        raise BadRequest(417, "Only 'Expect: 100-continue' is understood.")
+    req.expect_continue = True
+
+
+def _authorization(req: Request, value: bytes) -> None:
+    req.authorization = True
+
+
+def _cookie(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    req.cookie = value if req.cookie is None else req.cookie + b"; " + value
+
+
+def _user_agent(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    req.user_agent = value if req.user_agent is None else req.user_agent + b", " + value
+
+
+def _forwarded_for(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    req.xff = value if req.xff is None else req.xff + b", " + value
+
+
+def _connection(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    req.connection = value if req.connection is None else req.connection + b"," + value
+
+
+def _conditional(req: Request, value: bytes) -> None:
+    req.conditional = True
+
+
+# The fields the edge notes, by lowercase name.
+NOTERS: dict[bytes, Noter] = {
+    b"content-length": _content_length, b"transfer-encoding": _transfer_encoding,
+    b"host": _host, b"expect": _expect, b"authorization": _authorization, b"cookie": _cookie,
+    b"user-agent": _user_agent, b"x-forwarded-for": _forwarded_for, b"connection": _connection,
+    b"if-none-match": _conditional, b"if-modified-since": _conditional,
+}
+# Field names as clients spell them → their noter, or False for a field the edge does not note.
+# Browsers send a few dozen spellings: looked up once each instead of lower-cased per request.
+NOTER_BY_SPELLING: dict[bytes, Noter | bool] = {}
+
+
+def learn_field(req: Request, name: bytes, value: bytes) -> None:
+    """Note a field whose spelling `NOTER_BY_SPELLING` does not know yet, and remember it."""
+    noter = NOTERS.get(name.lower())
+    if len(NOTER_BY_SPELLING) >= 4096:
+        NOTER_BY_SPELLING.clear()  # any client can invent names: keep the memo bounded
+    NOTER_BY_SPELLING[name] = noter or False
+    if noter is not None:
+        noter(req, value)
+
+
 def note_field(req: Request, name: bytes, value: bytes) -> None:
-    """Remember the fields that framing and the cache decide on, as the parser hands them over."""
-    if name == b"content-length":
-        req.length_fields += 1
-        if not value.isdigit() or len(value) > 18:
-            raise BadRequest(400, "Invalid Content-Length.")
-        req.content_length = int(value)
-    elif name == b"transfer-encoding":
-        te = req.transfer_encoding
-        req.transfer_encoding = value if te is None else te + b"," + value
-    elif name == b"host":
-        req.host_fields += 1
-        host, port = canonical_host(value)
-        req.host = host if port is None or port == _DEFAULT_PORT.get(req.scheme) \
-            else f"{host}:{port}"
-    elif name == b"expect":
-        if value.lower() != b"100-continue":
-            raise BadRequest(417, "Only 'Expect: 100-continue' is understood.")
-        req.expect_continue = True
-    elif name == b"authorization":
-        req.authorization = True
-    elif name == b"cookie":
-        req.cookie = value if req.cookie is None else req.cookie + b"; " + value
-    elif name == b"user-agent":
-        req.user_agent = value if req.user_agent is None else req.user_agent + b", " + value
-    elif name == b"x-forwarded-for":
-        req.xff = value if req.xff is None else req.xff + b", " + value
-    elif name == b"connection":
-        req.connection = value if req.connection is None else req.connection + b"," + value
-    else:
-        req.conditional = True
+    """Note one field by its lowercase `name` (for callers that have one; the HTTP/1.1 reader
+    goes through `NOTER_BY_SPELLING`)."""
+    noter = NOTERS.get(name)
+    if noter is not None:
+        noter(req, value)
 
 
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
                                b"Upgrade"})
 
 
@@ -128,7 +171,7 @@ def drop_connection_listed(req: Request) -> None:
     either (else a variant fetched without `Accept-Language` is stored as the `ru` one)."""
     connection = req.connection
     assert connection is not None
-    if connection in _PLAIN_CONNECTION:
+    if connection in PLAIN_CONNECTION:
         return  # what nearly every client sends: nothing to remove
     names = {t.strip().lower() for t in connection.split(b",")} - _NOT_HOP_BY_HOP
     names.discard(b"")
@@ -184,12 +227,21 @@ def check_method(req: Request) -> None:
         raise BadRequest(405, "TRACE is not allowed here.", [(b"Allow", ALLOW)])
 
 
+# Origin-form targets seen lately → (path, query); bounded, any client can send any target.
+_TARGETS: dict[bytes, tuple[str, str]] = {}
+
+
 def parse_target(req: Request, target: bytes) -> None:
     """Split an origin-form target into `req.path` and `req.query`; any other form: 400."""
-    if target[:1] == b"/" and target.find(b"#") < 0:
+    known = _TARGETS.get(target)
+    if known is not None:
+        req.path, req.query = known
+    elif target[:1] == b"/" and target.find(b"#") < 0:
         path, _, query = target.partition(b"?")
-        req.path = path.decode("latin-1")
-        req.query = query.decode("latin-1")
+        req.path, req.query = split = (path.decode("latin-1"), query.decode("latin-1"))
+        if len(_TARGETS) >= 4096:
+            _TARGETS.clear()  # random URLs in a flood must not grow this
+        _TARGETS[target] = split
     elif target == b"*" and req.method == "OPTIONS":
         req.path = "*"
     else:

@@ -16,13 +16,13 @@ import httptools
 
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.framing import (
-    NOTED_NAMES,
+    NOTER_BY_SPELLING,
+    PLAIN_CONNECTION,
     BadRequest,
     check_framing,
     check_method,
     drop_connection_listed,
-    note_field,
-    noted_name,
+    learn_field,
     parse_target,
     parser_reason,
 )
@@ -48,6 +48,10 @@ class State(IntEnum):
 
 
 IDLE, HEAD, BODY, ANSWERING, DONE, LINGERING = State  # module names: the hot path's lookups
+# Method names as llhttp hands them over → str, so the common ones are not decoded per request.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+# What nearly every request is: these skip `check_method` (which refuses the others by name).
+_PLAIN_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 
 def timeouts(limits: LimitsConfig) -> tuple[float, ...]:
@@ -115,8 +119,9 @@ class RequestReader:
     __slots__ = ("server", "limits", "clock", "scheme", "parser", "peer", "client", "flow",
                  "state", "deadline", "_timeouts", "body_started", "body_base", "_req", "_url",
                  "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
-                 "_in_trailers", "_body_queued", "_queue", "_stash", "_upgrade_body",
-                 "_closing", "_max_headers", "_max_header_bytes", "trusts_peer")
+                 "_in_trailers", "_careful", "_big_read", "_body_queued", "_queue", "_stash",
+                 "_upgrade_body", "_closing", "_max_headers", "_max_header_bytes",
+                 "trusts_peer")
 
     def __init__(self, server: Listener, scheme: str) -> None:
         self.server = server
@@ -136,7 +141,7 @@ class RequestReader:
         self.body_base = 0
         # Per-request state being parsed right now.
         self._req: Request | None = None
-        self._url = bytearray()
+        self._url = b""
         self._header_bytes = 0
         # httptools buffers a header line until it ends (growing it by concatenation), so the
         # bytes of a head in progress are bounded before they reach it; see `_count_head`.
@@ -145,6 +150,11 @@ class RequestReader:
         self._head_fed = 0
         self._head_limit = server.head_limit
         self._in_trailers = False  # fields now are chunked trailers: counted, never kept
+        # Fields are counted against the limits one by one only while this is set (see
+        # `on_header`): a head that arrives whole in a read no larger than the limit cannot
+        # break it unseen, and nearly every head does.
+        self._careful = False
+        self._big_read = False  # the input being parsed is larger than max_header_bytes
         self._body_queued = False  # the request whose body is arriving was handed on
         # Requests parsed but not yet answered, in order; the first may be in progress.
         # (A list: one per connection, held while idle; an empty deque costs ten times more.)
@@ -190,6 +200,23 @@ class RequestReader:
                 self._head_fed += len(data)
                 if self._head_fed > self._head_limit:
                     self._refuse(431, "The request head is too large.")
+                    return
+            if not self._careful:
+                self._count_fields_so_far()
+
+    def _count_fields_so_far(self) -> None:
+        """A head continues in the next read: from now on its fields are counted one by one,
+        starting with those already parsed."""
+        self._careful = True
+        req = self._req
+        if req is None or self._in_trailers:
+            return
+        headers = req.headers
+        self._header_bytes = sum(len(k) + len(v) + 4 for k, v in headers)
+        if self._header_bytes > self._max_header_bytes:
+            self._refuse(431, "The request headers are too large.")
+        elif len(headers) > self._max_headers:
+            self._refuse(431, "The request has too many header fields.")
 
     def _parse(self, data: bytes | memoryview) -> bool:
         """Feed the parser, in slices while requests pile up; False once the input is refused.
@@ -198,7 +225,12 @@ class RequestReader:
         queue them all. Fed a slice at a time, parsing stops when the queue is full; the rest
         waits in `_stash` (reading paused) until answers drain it.
         """
-        view = memoryview(data) if len(data) > SLICE else None
+        size = len(data)
+        if size > self._max_header_bytes:
+            self._big_read = self._careful = True  # a whole over-long head may be in it
+        else:
+            self._big_read = False
+        view = memoryview(data) if size > SLICE else None
         start = 0
         while True:
             if view is None:
@@ -291,57 +323,74 @@ class RequestReader:
         req.client = self.client
         req.scheme = self.scheme
         self._req = req
-        self._url.clear()
+        self._url = b""
         self._header_bytes = 0
         self._in_head = self._head_new = True
         self._in_trailers = False
+        self._careful = self._big_read
         # Every head gets its own deadline, also one that starts while an earlier pipelined
         # request is still being answered (else a slow head behind it would never time out).
         if self.state != HEAD:
-            self._enter(HEAD)
+            self.state = HEAD  # `_enter(HEAD)`, inlined: once per request
+            self.deadline = self.clock.mono + self._timeouts[HEAD]
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.limits.max_request_line:
+        # Nearly always one call per request; a target split over reads is joined (bounded).
+        url = self._url + url if self._url else url
+        if len(url) > self.limits.max_request_line:
             raise BadRequest(414, "The request target is too long.")
+        self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Runs for every field of every request: the limits are checked per field only when a
+        # head could break them unseen (`_careful`), else once the head is complete.
+        if self._careful and self._counted(name, value):
+            return
         req = self._req
         assert req is not None
+        req.headers.append((name, value))
+        noter = NOTER_BY_SPELLING.get(name)
+        if noter:
+            noter(req, value)  # type: ignore[operator]  # a Noter (False: a field not noted)
+        elif noter is None:
+            learn_field(req, name, value)
+
+    def _counted(self, name: bytes, value: bytes) -> bool:
+        """Count a field against the head limits; True for a chunked trailer field (counted,
+        never forwarded nor believed)."""
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._max_header_bytes:
             raise BadRequest(431, "The request headers are too large.")
         if self._in_trailers:
-            return  # chunked trailer fields: counted above, never forwarded nor believed
-        headers = req.headers
-        if len(headers) >= self._max_headers:
+            return True
+        req = self._req
+        assert req is not None
+        if len(req.headers) >= self._max_headers:
             raise BadRequest(431, "The request has too many header fields.")
-        # (NUL, CR and LF in a value never get here: llhttp refuses them.)
-        headers.append((name, value))
-        noted = NOTED_NAMES.get(name)
-        if noted is None:
-            noted = noted_name(name)
-        if noted:
-            # llhttp strips the whitespace before a value but keeps the whitespace after it,
-            # which is no part of the value either (RFC 9110 §5.5).
-            note_field(req, noted, value.rstrip(b" \t"))
+        return False
 
     def on_headers_complete(self) -> None:
         req = self._req
         assert req is not None
         self._in_head = False
         self._in_trailers = True
+        if len(req.headers) > self._max_headers:
+            raise BadRequest(431, "The request has too many header fields.")
         parser = self.parser
         assert parser is not None  # it is parsing this very head
-        req.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii")
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
         req.started = time.monotonic()
-        target = bytes(self._url)
-        req.target = target
-        check_method(req)
-        check_framing(req, self.limits.max_body_bytes)
-        if req.connection is not None:
+        target = req.target = self._url
+        # The checks below run only for the requests they could refuse.
+        if req.version != "1.1" or req.method not in _PLAIN_METHODS:
+            check_method(req)
+        if req.length_fields or req.transfer_encoding is not None or req.host_fields != 1 \
+                or req.expect_continue:
+            check_framing(req, self.limits.max_body_bytes)
+        if req.connection is not None and req.connection not in PLAIN_CONNECTION:
             drop_connection_listed(req)
         if parser.should_upgrade():
             # No WebSocket or h2c here. A server may ignore Upgrade (RFC 9110 §7.8): answer as
@@ -355,6 +404,8 @@ class RequestReader:
             req.client = self.server.trusted.client_from_xff(self.client,
                                                              req.xff.decode("latin-1"))
         if req.content_length or req.chunked:
+            if req.chunked:
+                self._careful = True  # trailer fields may follow the body: counted, not kept
             flow = self.flow
             req.body = BodyStream(lambda: flow.pause_reading("body"),
                                   lambda: flow.resume_reading("body"))

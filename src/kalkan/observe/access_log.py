@@ -36,6 +36,9 @@ class AccessLog:
         self._quoted: dict[str, str] = {}  # JSON forms of recent clients and decisions
         self._lines: list[str] = []
         self._fragments: dict[tuple[str, str, str], str] = {}
+        # (request fragment, status, bytes, cache) → that part of a line, for answers without
+        # the origin; bounded like the other memos.
+        self._middles: dict[tuple[str, int, int, str], str] = {}
 
     def _time(self, now: float) -> str:
         sec = int(now)
@@ -69,24 +72,39 @@ class AccessLog:
         """One line; `reason` (why a miss, why not stored) only appears when there is one."""
         if self._file is None:
             return
-        origin = "null" if origin_ms is None else f"{origin_ms:.1f}"
+        if origin_ms is None:
+            # Answered without the origin (hits, refusals): the middle of the line repeats.
+            key = (request, status, size, cache)
+            middle = self._middles.get(key)
+            if middle is None:
+                if len(self._middles) >= 4096:
+                    self._middles.clear()
+                middle = self._middles[key] = self._middle(request, status, size, cache, "null")
+        else:
+            middle = self._middle(request, status, size, cache, f"{origin_ms:.1f}")
         memo = self._quoted
         client_js = memo.get(client)
         if client_js is None:
+            if len(memo) > 8192:
+                memo.clear()  # addresses and reasons of a botnet must not grow this
             client_js = memo[client] = _js(client)
         decision_js = memo.get(decision)
         if decision_js is None:
-            if len(memo) > 8192:
-                memo.clear()  # addresses and reasons of a botnet must not grow this
             decision_js = memo[decision] = _js(decision)
-        why = f',"reason":{_js(reason)}' if reason else ""
+        stamp = self._stamp if int(now) == self._second else self._time(now)
         lines = self._lines
-        lines.append(
-            f'{{"time":"{self._time(now)}","client":{client_js},{request},"status":{status},'
-            f'"bytes":{size},"cache":"{cache}","origin_ms":{origin},"total_ms":{total_ms:.2f},'
-            f'"decision":{decision_js}{why}}}\n')
+        if reason:
+            lines.append(f'{{"time":"{stamp}","client":{client_js},{middle},"total_ms":'
+                         f'{total_ms:.2f},"decision":{decision_js},"reason":{_js(reason)}}}\n')
+        else:
+            lines.append(f'{{"time":"{stamp}","client":{client_js},{middle},"total_ms":'
+                         f'{total_ms:.2f},"decision":{decision_js}}}\n')
         if len(lines) >= 4096:
             self.flush()  # bounded between the sweep's flushes, whatever the request rate
+
+    @staticmethod
+    def _middle(request: str, status: int, size: int, cache: str, origin: str) -> str:
+        return f'{request},"status":{status},"bytes":{size},"cache":"{cache}","origin_ms":{origin}'
 
     def flush(self) -> None:
         f = self._file
