@@ -239,7 +239,7 @@ def parse_target(req: Request, target: bytes) -> None:
     elif target[:1] == b"/" and target.find(b"#") < 0:
         path, _, query = target.partition(b"?")
         req.path, req.query = split = (path.decode("latin-1"), query.decode("latin-1"))
-        if len(_TARGETS) >= 4096:
+        if len(_TARGETS) >= 1024:
             _TARGETS.clear()  # random URLs in a flood must not grow this
         _TARGETS[target] = split
     elif target == b"*" and req.method == "OPTIONS":

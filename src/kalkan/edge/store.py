@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kalkan.edge.cache_policy import StaleRules
-from kalkan.edge.responses import serialize_head
+from kalkan.edge.responses import serialize_head, status_line
 
 log = logging.getLogger("kalkan.store")
 
@@ -43,12 +43,27 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")       # CTLs but HTAB: CR,
 _ENTRY_OVERHEAD = 600  # bytes of Python objects per entry beyond headers and body, measured roughly
 
 
+# Distinct StaleRules in use → the one object every entry with those rules shares (nearly all
+# entries have the same few); bounded, the values come from origins' headers.
+_STALE_RULES: dict[StaleRules, StaleRules] = {}
+
+
+def _shared_stale_rules(rules: StaleRules | None) -> StaleRules:
+    rules = rules or StaleRules()
+    shared = _STALE_RULES.get(rules)
+    if shared is None:
+        if len(_STALE_RULES) >= 256:
+            _STALE_RULES.clear()
+        shared = _STALE_RULES[rules] = rules
+    return shared
+
+
 class Entry:
     """One stored response variant and everything needed to serve it without re-parsing."""
 
-    __slots__ = ("key", "vary", "vary_sig", "status", "headers", "body", "response_time",
-                 "initial_age", "lifetime", "fresh_until", "stale", "micro", "etag",
-                 "last_modified", "size", "_wire_age", "_wire", "_wire_head")
+    __slots__ = ("key", "vary", "vary_sig", "status", "body", "response_time", "initial_age",
+                 "lifetime", "fresh_until", "stale", "micro", "size", "_prefix", "_wire_age",
+                 "_wire")
 
     def __init__(self, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                  *, response_time: float, initial_age: float, lifetime: float,
@@ -59,19 +74,63 @@ class Entry:
         self.vary = vary
         self.vary_sig = vary_sig
         self.status = status
-        self.headers = headers
+        fields = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers)
+        n = len(headers)
+        if fields.count(b"\n") != n or fields.count(b"\r") != n or fields.find(b"\0") >= 0:
+            # Never from the origin (its parser refuses these): a bug must not split answers.
+            raise ValueError("a header field with CR, LF or NUL cannot be stored")
         self.body = body
-        self.stale = stale or StaleRules()
-        self.etag: bytes | None = None
-        self.last_modified: bytes | None = None
-        for k, v in headers:
-            lk = k.lower()
-            if lk == b"etag":
-                self.etag = v
-            elif lk == b"last-modified":
-                self.last_modified = v
-        self.size = len(body) + sum(len(k) + len(v) for k, v in headers) + _ENTRY_OVERHEAD
-        self.refresh(response_time, initial_age, lifetime)
+        self.stale = _shared_stale_rules(stale)
+        self.size = len(body) + len(fields) + _ENTRY_OVERHEAD
+        self.response_time = response_time
+        self.initial_age = initial_age
+        self.lifetime = lifetime
+        # The hot path checks only this: a no-cache response is never fresh without revalidation.
+        self.fresh_until = -1.0 if self.stale.no_cache else response_time - initial_age + lifetime
+        # The response as sent for a keep-alive HIT, kept as the one copy of the head: status
+        # line and fields (the first `_prefix` bytes), then Age and X-Cache, remade when the Age
+        # changes (once a second for a hot entry). Fields, validators and the (name, value)
+        # pairs are read back from it on the slow paths, so an entry holds its head only once.
+        prefix = status_line(status) + fields
+        self._prefix = len(prefix)
+        self._wire_age = max(int(initial_age), 0)
+        self._wire = (b"%sAge: %d\r\nX-Cache: HIT\r\n\r\n" % (prefix, self._wire_age), body)
+
+    @property
+    def _head_prefix(self) -> bytes:
+        """The status line and the fields: everything of the head but Age and X-Cache."""
+        return self._wire[0][:self._prefix]
+
+    @property
+    def fields(self) -> bytes:
+        """The stored header fields, serialized ("Name: value\r\n"...)."""
+        head = self._wire[0]
+        return head[head.index(b"\r\n") + 2:self._prefix]
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The stored fields as (name, value) pairs, in order (for the slow paths: 304s,
+        revalidation, the cache file). Names never contain ":", so the first ": " splits."""
+        out: list[tuple[bytes, bytes]] = []
+        for line in self.fields.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                out.append((name, value))
+        return out
+
+    def _field(self, lname: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    @property
+    def etag(self) -> bytes | None:
+        return self._field(b"etag")
+
+    @property
+    def last_modified(self) -> bytes | None:
+        return self._field(b"last-modified")
 
     @property
     def file(self) -> str:
@@ -80,23 +139,6 @@ class Entry:
         sig = "\x00".join("\x01" if v is None else v for v in self.vary_sig)
         return hashlib.sha256(
             (self.key + "\x00" + sig).encode("utf-8", "surrogateescape")).hexdigest()
-
-    @property
-    def _head_prefix(self) -> bytes:
-        """Everything of the head but Age and X-Cache. Serialized when the memoized head is
-        rebuilt (once a second for a hot entry), not kept beside it."""
-        return serialize_head(self.status, self.headers)[:-2]
-
-    def refresh(self, response_time: float, initial_age: float, lifetime: float) -> None:
-        """Set (or, after a 304, reset) the clock of this response."""
-        self.response_time = response_time
-        self.initial_age = initial_age
-        self.lifetime = lifetime
-        # The hot path checks only this: a no-cache response is never fresh without revalidation.
-        self.fresh_until = -1.0 if self.stale.no_cache else response_time - initial_age + lifetime
-        self._wire_age = -1
-        self._wire: tuple[bytes, ...] = ()
-        self._wire_head: tuple[bytes, ...] = ()
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
@@ -107,11 +149,11 @@ class Entry:
         Memoized per whole second of Age."""
         age = int(self.initial_age + now - self.response_time)
         if age != self._wire_age:
-            head = b"%sAge: %d\r\nX-Cache: HIT\r\n\r\n" % (self._head_prefix, max(age, 0))
-            self._wire_head = (head,)
+            head = b"%sAge: %d\r\nX-Cache: HIT\r\n\r\n" % (self._wire[0][:self._prefix],
+                                                              max(age, 0))
             self._wire = (head, self.body)
             self._wire_age = age
-        return self._wire_head if head_only else self._wire
+        return (self._wire[0],) if head_only else self._wire
 
     def render(self, now: float, cache_status: bytes, *, head_only: bool = False,
                connection: bytes | None = None, status: int | None = None,

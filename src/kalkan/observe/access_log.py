@@ -13,6 +13,10 @@ import sys
 import time
 from typing import TextIO
 
+# Entries in each memo of line parts (a news site's readers ask for a few hundred pages at a time;
+# a flood of random URLs only clears them).
+_MEMO_LIMIT = 1024
+
 
 def _js(value: str) -> str:
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
@@ -60,7 +64,7 @@ class AccessLog:
             key = (method, host, path)
             fragment = self._fragments.get(key)
             if fragment is None:
-                if len(self._fragments) >= 4096:
+                if len(self._fragments) >= _MEMO_LIMIT:
                     self._fragments.clear()  # random URLs in a flood must not grow this
                 fragment = self._fragments[key] = self.fragment(method, host, path)
             self.write_fragment(now, client, fragment, status, size, cache, origin_ms, total_ms,
@@ -77,7 +81,7 @@ class AccessLog:
             key = (request, status, size, cache)
             middle = self._middles.get(key)
             if middle is None:
-                if len(self._middles) >= 4096:
+                if len(self._middles) >= _MEMO_LIMIT:
                     self._middles.clear()
                 middle = self._middles[key] = self._middle(request, status, size, cache, "null")
         else:
