@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import json
 
+from kalkan.edge.connection import HttpConnection
+from kalkan.edge.parked import ParkedConnection
 from support import (
     DEMO_QUERIES,
     Client,
@@ -238,17 +240,39 @@ async def test_get_with_a_body_does_not_stall_the_origin(origin: Origin,
     assert edge.pipeline.upstream.breaker.failures == 0
 
 
-async def test_an_idle_keep_alive_connection_lets_go_of_its_parser(origin: Origin,
-                                                                   make_edge: EdgeFactory) -> None:
+async def test_an_idle_keep_alive_connection_is_parked_and_woken(origin: Origin,
+                                                                 make_edge: EdgeFactory) -> None:
     edge = await make_edge(origin.url)
     client = await Client.connect(port_of(edge))
     try:
         assert (await client.request("GET", "/bench/20k")).status == 200
         (conn,) = edge.server.connections
-        assert conn.parser is not None
+        assert isinstance(conn, HttpConnection)
         await asyncio.sleep(1.6)  # past a second of quiet, seen by the sweep (every 0.25 s)
-        assert conn.parser is None
-        again = await client.request("GET", "/bench/20k")  # a new parser for the next request
+        (parked,) = edge.server.connections
+        assert isinstance(parked, ParkedConnection) and edge.server.open == 1
+        again = await client.request("GET", "/bench/20k")  # a new connection object wakes
         assert again.status == 200 and again.header("X-Cache") == "HIT"
+        (woken,) = edge.server.connections
+        assert isinstance(woken, HttpConnection) and woken is not conn
+        assert woken.client == conn.client and edge.server.open == 1
     finally:
         await client.close()
+    await asyncio.sleep(0.1)
+    assert edge.server.open == 0 and not edge.server.per_client
+
+
+async def test_a_parked_connection_still_times_out(origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, limits={"keepalive_timeout": 2.0})
+    client = await Client.connect(port_of(edge))
+    try:
+        assert (await client.request("GET", "/robots.txt")).status == 200
+        await asyncio.sleep(1.5)
+        assert isinstance(next(iter(edge.server.connections)), ParkedConnection)
+        assert await client.closed_by_peer(timeout=5.0)
+    finally:
+        await client.close()
+    assert edge.pipeline.metrics.timeouts["keepalive"] == 1
+    assert edge.server.open == 0 and not edge.server.connections
+
+

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trustme
 
+from kalkan.edge.parked import ParkedConnection
 from support import Client, EdgeFactory, Origin, echo_header, fetch, port_of, read_until_close
 
 A, B = "a.news.example", "b.news.example"
@@ -169,3 +170,15 @@ async def test_handshake_that_never_starts_is_cut_off(tls_edge: Any) -> None:
     finally:
         writer.close()
     assert reply.closed and loop.time() - started < 3.0
+
+
+async def test_an_idle_tls_connection_is_parked_and_woken(tls_edge: Any, ca: trustme.CA) -> None:
+    client, _ = await tls_client(port_of(tls_edge), ca, A)
+    try:
+        assert (await client.request("GET", "/robots.txt", host=A)).status == 200
+        await asyncio.sleep(1.6)  # parked by the sweep after a second of quiet
+        assert any(isinstance(c, ParkedConnection) for c in tls_edge.server.connections)
+        resp = await client.request("GET", "/_demo/echo", host=A)
+        assert resp.status == 200 and echo_header(resp, "X-Forwarded-Proto") == ["https"]
+    finally:
+        await client.close()

@@ -10,7 +10,9 @@ import httptools
 import pytest
 
 from kalkan.config import Config
+from kalkan.edge import connection as connection_module
 from kalkan.edge.connection import BadRequest, Clock, ConnectionGone, HttpConnection, State
+from kalkan.edge.parked import ParkedConnection
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
 from kalkan.observe.metrics import Metrics
@@ -48,10 +50,13 @@ class FakeTransport:
         self.closed = False
         self.aborted = False
         self.eof_written = False
+        self.reads_everything = False  # a client that takes every byte at once
 
     def write(self, data: bytes) -> None:
         assert not self.closed and not self.eof_written
         self.out += data
+        if self.reads_everything:
+            return
         self.buffered += len(data)
         if self.buffered > self.high and not self.writing_paused:
             self.writing_paused = True
@@ -70,6 +75,9 @@ class FakeTransport:
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("192.0.2.7", 40000)}.get(name, default)
@@ -547,3 +555,63 @@ async def test_connection_lost_mid_body_fails_the_body_and_releases_the_client()
     assert body is not None and isinstance(body.error, ConnectionGone)
     assert rig.server.per_client == {}
     assert not rig.server.connections
+
+
+# -- parking idle connections -----------------------------------------------------------------
+async def test_an_idle_connection_is_parked_after_a_second_and_woken_by_its_next_request() -> None:
+    rig = Rig()
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/"))
+    rig.t.take(len(rig.t.out))  # the client read the answer
+    rig.sweep(0.5)
+    assert rig.t.protocol is rig.conn  # not yet
+    rig.sweep(0.6)
+    parked = rig.t.protocol
+    assert isinstance(parked, ParkedConnection)
+    assert rig.server.connections == {parked} and rig.server.open == 1
+    assert rig.conn.transport is None  # the old object can no longer touch the socket
+    parked.data_received(get("/"))
+    woken = rig.t.protocol
+    assert isinstance(woken, HttpConnection) and woken is not rig.conn
+    assert rig.server.connections == {woken} and woken.counted
+    assert [a[0] for a in rig.answers()] == [200, 200]
+
+
+async def test_a_connection_with_work_in_progress_is_never_parked() -> None:
+    rig = Rig()
+    rig.pipeline.gates["/slow"] = gate = asyncio.Event()
+    rig.feed(get("/slow"))
+    await settle()
+    rig.sweep(2.0)
+    assert rig.t.protocol is rig.conn and rig.conn.busy
+    gate.set()
+    await settle()
+    rig.sweep(1.1)
+    assert rig.t.protocol is rig.conn  # the client has not read the answer yet
+    rig.t.take(len(rig.t.out))
+    rig.sweep(0.3)
+    assert isinstance(rig.t.protocol, ParkedConnection)
+
+
+async def test_with_many_connections_open_an_idle_one_is_parked_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection_module, "PARK_AT_ONCE_PAST", 0)
+    rig = Rig()
+    rig.t.reads_everything = True
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/"))
+    assert isinstance(rig.t.protocol, ParkedConnection)
+
+
+async def test_a_parked_connection_releases_its_slot_when_lost_and_times_out() -> None:
+    rig = Rig(keepalive_timeout=3.0)
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/"))
+    rig.t.take(len(rig.t.out))
+    rig.sweep(1.1)
+    parked = rig.t.protocol
+    assert isinstance(parked, ParkedConnection)
+    rig.sweep(2.0)
+    assert rig.t.closed and rig.pipeline.metrics.timeouts["keepalive"] == 1
+    parked.connection_lost(None)
+    assert rig.server.open == 0 and not rig.server.per_client and not rig.server.connections

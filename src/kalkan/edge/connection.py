@@ -16,6 +16,7 @@ from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
 from kalkan.edge.framing import BadRequest
 from kalkan.edge.listener import Clock, Handler, Listener
+from kalkan.edge.parked import ParkedConnection
 from kalkan.edge.reader import (
     ANSWERING,
     BODY,
@@ -31,6 +32,11 @@ from kalkan.edge.request import Request
 from kalkan.edge.responses import error_response
 
 _BODY_RATE_GRACE = 5.0  # seconds of a body before its rate is judged
+# An idle keep-alive connection is parked (edge/parked.py) after PARK_AFTER seconds of quiet, or
+# as soon as it is idle while more than PARK_AT_ONCE_PAST connections are open: memory then
+# matters more than the couple of microseconds it takes to make the connection again.
+PARK_AFTER = 1.0
+PARK_AT_ONCE_PAST = 1024
 
 __all__ = ["BadRequest", "Clock", "ConnectionGone", "Handler", "HttpConnection", "State"]
 
@@ -229,14 +235,61 @@ class HttpConnection(Endpoint, asyncio.Protocol):
                 self.close()
         elif not self.busy and self._req is None and not self._queue and self.state == ANSWERING:
             self._enter(IDLE)
+            if len(self.server.connections) > PARK_AT_ONCE_PAST:
+                self.park()
+
+    # -- parking an idle connection ------------------------------------------------------------
+    def park(self) -> bool:
+        """Hand the transport to a `ParkedConnection` if nothing at all is in progress: no
+        answer, no input held back, no paused reading or writing, nothing left to send."""
+        transport = self.transport
+        if (transport is None or self.closed or self.busy or self._queue or self._stash
+                or self._req is not None or self.state != IDLE or self._eof or self._closing
+                or self.flow.reasons or self.flow.write_paused or self.write_deadline
+                or self._proxy_buf is not None or not self.counted
+                or (self.standing is not None and self.standing.pending)
+                or transport.get_write_buffer_size()):
+            return False
+        parked = ParkedConnection(self.server, transport, self.scheme, self.peer, self.client,
+                                  self.trusts_peer, self.deadline, HttpConnection.unpark)
+        transport.set_protocol(parked)
+        server = self.server
+        server.connections.discard(self)
+        server.connections.add(parked)
+        # This object is finished: its slot in the per-client count goes with the transport.
+        # (The parser's callbacks refer back to it: dropping the parser frees it at once,
+        # without waiting for the cycle collector.)
+        self.counted = False
+        self.closed = True
+        self.transport = None
+        self.flow.transport = None
+        self.parser = None
+        return True
+
+    @classmethod
+    def unpark(cls, parked: ParkedConnection) -> HttpConnection:
+        """The connection made again for a parked one whose client sent bytes."""
+        conn = cls(parked.server, parked.scheme)
+        conn.transport = parked.transport
+        conn.flow.transport = parked.transport
+        conn.peer, conn.client, conn.trusts_peer = parked.peer, parked.client, parked.trusts_peer
+        conn._proxy_buf = None  # read before it was parked
+        conn.counted = True
+        conn.state, conn.deadline = IDLE, parked.deadline
+        conn.server.connections.add(conn)
+        return conn
 
     # -- deadlines (checked by the sweep) -------------------------------------------------------
-    def idle_memory(self, mono: float) -> None:
-        """Between requests, after a second of quiet: let go of the parser and the URL buffer
-        (about 1 KB); the next read makes them again."""
-        if self.deadline - mono < self.limits.keepalive_timeout - 1.0:
-            self.parser = None
-            self._url = b""
+    def idle_memory(self, mono: float) -> bool:
+        """Between requests, after PARK_AFTER seconds of quiet: park (True), or at least let go
+        of the parser (about 1 KB); the next read makes them again."""
+        if self.deadline - mono >= self.limits.keepalive_timeout - PARK_AFTER:
+            return False
+        if self.park():
+            return True
+        self.parser = None
+        self._url = b""
+        return False
 
     def check_timers(self, mono: float) -> None:
         if self.write_deadline and mono > self.write_deadline:
@@ -266,8 +319,8 @@ class HttpConnection(Endpoint, asyncio.Protocol):
                         self.server.metrics.timeouts["body_rate"] += 1
                         self._timeout(408, "The request body arrived too slowly.")
                         return
-        if state == IDLE and self.parser is not None:
-            self.idle_memory(mono)
+        if state == IDLE and self.idle_memory(mono):
+            return  # parked: this object is done
         if self.deadline and mono > self.deadline:
             if state == IDLE:
                 self.server.metrics.timeouts["keepalive"] += 1
