@@ -319,6 +319,36 @@ class AcmeManager:
         return JWKRSA(key=key)
 
 
+def status(config: AcmeConfig, state_dir: str | Path) -> tuple[bool, list[str]]:
+    """`kalkan cert status`: the stored certificate in lines, and whether it serves every
+    configured name now (false: missing, unreadable, expired or lacking a name)."""
+    async def nothing() -> None:
+        return None
+
+    manager = AcmeManager(config, state_dir, nothing)
+    info = manager.stored()
+    if info is None:
+        return False, [f"{manager.cert_path}: no certificate yet (the edge orders one when it "
+                       "starts)"]
+    now = _now()
+    renew = manager.renew_at(info)
+    lines = [f"certificate: {manager.cert_path}",
+             f"names:       {', '.join(info.names)}",
+             f"issuer:      {info.issuer}",
+             f"serial:      {info.serial}",
+             f"valid:       {info.not_before:%Y-%m-%d %H:%M} to {info.not_after:%Y-%m-%d %H:%M} "
+             f"UTC ({info.days_left(now):.1f} days left)",
+             f"renewal:     {'due now' if renew <= now else f'{renew:%Y-%m-%d %H:%M} UTC'} "
+             f"(renew_before_days {config.renew_before_days:g})"]
+    missing = sorted(set(manager.domains) - set(info.names))
+    if missing:
+        lines.append(f"missing:     {', '.join(missing)} (configured, not yet in the "
+                     "certificate)")
+    if info.not_after <= now:
+        lines.append("EXPIRED: HTTPS does not start with it")
+    return info.not_after > now and not missing, lines
+
+
 async def _in_thread(fn: Callable[[], _T]) -> _T:
     """Run `fn` in a daemon thread: an order stuck on the network never holds up the exit the
     way the default executor's joined threads would."""

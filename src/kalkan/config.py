@@ -80,7 +80,8 @@ class TLSConfig:
     redirect_http: bool = _opt(
         "Also listen on `http_listen` and redirect plain HTTP to HTTPS with 308.", False)
     http_listen: str | None = _opt(
-        "Plain-HTTP listener used for the redirect (and ACME's HTTP-01 challenges).", None)
+        "Plain-HTTP listener: it redirects when `redirect_http` is true; with `acme` it also "
+        "answers HTTP-01 challenges and serves the site while it does not redirect.", None)
     acme: AcmeConfig | None = _opt(
         "Get and renew a certificate from an ACME CA (docs/https.md).", None)
 

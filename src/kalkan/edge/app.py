@@ -89,6 +89,7 @@ class Edge:
             log.info("loaded %d cached responses from %s", loaded, self.config.cache.dir)
         tls = self.config.tls
         ssl_context = None
+        plain_at: tuple[str, int] | None = None
         if tls is not None:
             pairs = list(tls.certificates)
             if tls.acme is not None:
@@ -120,14 +121,14 @@ class Edge:
                                 "challenges on port 80, so forward port 80 of %s to it",
                                 tls.http_listen, ", ".join(self.acme.domains))
             self.redirect_server = EdgeServer(self.config, plain)
-            await self.redirect_server.listen(host, port)
+            plain_at = await self.redirect_server.listen(host, port)
         if self.acme is not None:
             if self._pending_tls is not None:
                 log.warning("no certificate yet for %s: HTTPS on %s starts once the CA has "
                             "issued one; until then only plain HTTP on %s is served",
                             ", ".join(self.acme.domains),
                             ", ".join(f"{host}:{port}" for host, port in self.addresses),
-                            tls.http_listen if tls else None)
+                            f"{plain_at[0]}:{plain_at[1]}" if plain_at else "no listener")
             self.acme.start()
         if self.config.admin.listen:
             host, port = parse_hostport(self.config.admin.listen)
