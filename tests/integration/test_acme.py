@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -164,6 +165,23 @@ def plain_port(edge: Edge) -> int:
     return int(edge.redirect_server.servers[0].sockets[0].getsockname()[1])
 
 
+def cert_status(edge: Edge, pebble: Pebble, work: Path) -> tuple[int, str]:
+    """`kalkan cert status` on a config file for this edge: exit code and what it printed."""
+    path = work / "kalkan.yaml"
+    path.write_text(f"""\
+state_dir: {edge.config.state_dir}
+tls:
+  http_listen: 127.0.0.1:{pebble.http_port}
+  acme:
+    directory: {pebble.directory}
+    domains: [{DOMAIN}]
+    renew_before_days: 36500
+""")
+    out = subprocess.run([str(Path(sys.executable).parent / "kalkan"), "cert", "status",
+                          "--config", str(path)], capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout
+
+
 async def test_issue_serve_renew_restart(origin: Origin, make_edge: EdgeFactory,
                                          pebble: Pebble, tmp_path: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
@@ -201,6 +219,8 @@ async def test_issue_serve_renew_restart(origin: Origin, make_edge: EdgeFactory,
     for name in ("certificate.pem", "account.key"):
         assert (stored / name).stat().st_mode & 0o777 == 0o600
     assert "answering the HTTP-01 challenge for localhost" in caplog.text
+    code, text = cert_status(edge, pebble, tmp_path)  # renewals may have begun: any serial
+    assert code == 0 and f"names:       {DOMAIN}\n" in text and "renewal:     due now" in text
 
     # Renewal is always due (renew_before_days > the lifetime), limited by retry_interval:
     # a new certificate reaches new connections; the open one keeps working.
@@ -233,7 +253,7 @@ async def test_issue_serve_renew_restart(origin: Origin, make_edge: EdgeFactory,
 
 
 async def test_failed_validation_names_the_domain(origin: Origin, make_edge: EdgeFactory,
-                                                  pebble: Pebble,
+                                                  pebble: Pebble, tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """pebble validates on a port nothing listens on: the order fails, saying for which name
     and why, and HTTPS stays off."""
@@ -247,3 +267,5 @@ async def test_failed_validation_names_the_domain(origin: Origin, make_edge: Edg
     assert "connection refused" in line.lower() and "HTTPS stays off" in line
     assert await refused(port_of(edge))
     assert not (Path(edge.config.state_dir) / "acme" / "certificate.pem").exists()
+    code, text = cert_status(edge, pebble, tmp_path)
+    assert code == 1 and "no certificate yet" in text
