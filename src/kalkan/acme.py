@@ -178,7 +178,10 @@ class AcmeManager:
         """When the certificate should be replaced: now if it is missing or lacks a domain."""
         if info is None or not info.covers(self.domains):
             return _now()
-        return info.not_after - datetime.timedelta(days=self.config.renew_before_days)
+        try:
+            return info.not_after - datetime.timedelta(days=self.config.renew_before_days)
+        except OverflowError:  # before year 1: due, like any window longer than the lifetime
+            return _now()
 
     # -- the renewal loop -----------------------------------------------------------------------
     def start(self) -> None:
@@ -195,6 +198,15 @@ class AcmeManager:
             self._task = None
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._renewals()
+            except Exception:  # a bug must not end renewals for the life of the process
+                log.exception("ACME: the renewal loop failed; restarting it in %s",
+                              _span(self.config.retry_interval))
+                await asyncio.sleep(self.config.retry_interval)
+
+    async def _renewals(self) -> None:
         retry = delay = self.config.retry_interval
         last_order: float | None = None
         loop = asyncio.get_running_loop()
@@ -213,7 +225,9 @@ class AcmeManager:
             last_order = loop.time()
             try:
                 new = await _in_thread(self.order)
-            except AcmeError as exc:
+            except Exception as exc:  # an AcmeError says why; anything else is a bug, said too
+                if not isinstance(exc, AcmeError):
+                    log.error("ACME: unexpected failure of the order", exc_info=exc)
                 self.last_error = str(exc)
                 keeping = "keeping the current certificate" if info else "HTTPS stays off"
                 log.error("ACME: %s; %s, next try in %s", exc, keeping, _span(retry))
@@ -224,7 +238,10 @@ class AcmeManager:
             self.last_error = None
             log.info("ACME: new certificate for %s (serial %s) valid until %s", ", ".join(
                 new.names), new.serial, new.not_after.isoformat(timespec="seconds"))
-            await self.on_certificate()
+            try:
+                await self.on_certificate()
+            except Exception:  # the renewal loop must outlive a failed swap
+                log.exception("ACME: the new certificate could not be put in use")
 
     # -- one order (in a thread) ----------------------------------------------------------------
     def order(self) -> CertInfo:

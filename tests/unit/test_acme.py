@@ -106,6 +106,9 @@ def test_renewal_falls_due_before_expiry_or_at_once_for_a_new_name(tmp_path: Pat
     info = CertInfo(("news.example",), now, expires, "1", "CN=test")
     assert manager.renew_at(info) == expires - datetime.timedelta(days=30)
     assert manager.renew_at(None) <= datetime.datetime.now(datetime.UTC)
+    manager.config.renew_before_days = 10**6  # longer than the calendar: due, no overflow
+    assert manager.renew_at(info) <= datetime.datetime.now(datetime.UTC)
+    manager.config.renew_before_days = 30
     manager.domains.append("www.news.example")  # a name added to the config
     assert manager.renew_at(info) <= datetime.datetime.now(datetime.UTC)
     # Nothing stored yet: nothing usable, so HTTPS waits for the first certificate.
