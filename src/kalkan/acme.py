@@ -131,18 +131,17 @@ class AcmeManager:
     verified."""
 
     def __init__(self, config: AcmeConfig, state_dir: str | Path,
-                 on_certificate: Callable[[], Awaitable[None]]) -> None:
+                 on_certificate: Callable[[], Awaitable[None]], *, alone: bool = True) -> None:
         self.config = config
         self.dir = Path(state_dir) / "acme"
         self.cert_path = self.dir / CERT_FILE
         self.on_certificate = on_certificate
+        self.alone = alone  # no certificate of the operator's own: HTTPS waits for this one
         self.domains = [d.lower().rstrip(".") for d in config.domains]
         # HTTP-01 token → key authorization, written by the order's thread, read by the
         # plain-HTTP listener (one dict operation each: safe under the GIL).
         self.tokens: dict[str, str] = {}
-        self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
 
     # -- what is stored -------------------------------------------------------------------------
     @property
@@ -185,8 +184,11 @@ class AcmeManager:
 
     # -- the renewal loop -----------------------------------------------------------------------
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.dir, 0o700)  # the keys inside are 0600 too; this hides their names
+        except OSError as exc:  # each order will fail saying so; the edge still serves HTTP
+            log.error("ACME: cannot use %s: %s", self.dir, exc.strerror or exc)
         remove_leftovers(self.dir, ".*.tmp")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="acme")
 
@@ -228,14 +230,13 @@ class AcmeManager:
             except Exception as exc:  # an AcmeError says why; anything else is a bug, said too
                 if not isinstance(exc, AcmeError):
                     log.error("ACME: unexpected failure of the order", exc_info=exc)
-                self.last_error = str(exc)
-                keeping = "keeping the current certificate" if info else "HTTPS stays off"
+                keeping = ("keeping the current certificate" if info else
+                           "HTTPS stays off" if self.alone else "serving the other certificates")
                 log.error("ACME: %s; %s, next try in %s", exc, keeping, _span(retry))
                 last_order, delay = loop.time(), retry
                 retry = min(retry * 2, max(MAX_RETRY, self.config.retry_interval))
                 continue
             retry = delay = self.config.retry_interval
-            self.last_error = None
             log.info("ACME: new certificate for %s (serial %s) valid until %s", ", ".join(
                 new.names), new.serial, new.not_after.isoformat(timespec="seconds"))
             try:

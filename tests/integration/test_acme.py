@@ -136,7 +136,7 @@ async def https_client(port: int, root_pem: str) -> tuple[Client, dict[str, Any]
     return Client(reader, writer), writer.get_extra_info("peercert")
 
 
-async def eventually(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+async def eventually(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -269,3 +269,37 @@ async def test_failed_validation_names_the_domain(origin: Origin, make_edge: Edg
     assert not (Path(edge.config.state_dir) / "acme" / "certificate.pem").exists()
     code, text = cert_status(edge, pebble, tmp_path)
     assert code == 1 and "no certificate yet" in text
+
+
+async def test_acme_next_to_own_certificates(origin: Origin, make_edge: EdgeFactory,
+                                             pebble: Pebble, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """An own certificate serves HTTPS from the start; the ACME one joins it when issued and
+    becomes the default, the own one still picked by its name."""
+    own_ca = trustme.CA()
+    leaf = own_ca.issue_cert("other.example")
+    cert, key = tmp_path / "own.crt", tmp_path / "own.key"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    tls = acme_tls(pebble) | {"certificates": [{"cert": str(cert), "key": str(key)}]}
+    edge = await make_edge(origin.url, tls=tls)
+    port = port_of(edge)
+
+    async def own() -> str:
+        ctx = ssl.create_default_context()
+        own_ca.configure_trust(ctx)
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                  server_hostname="other.example")
+        writer.close()
+        return "ok"
+
+    assert await own() == "ok"  # before any ACME certificate
+    await eventually(lambda: asyncio.sleep(0, "cannot reach the CA" in caplog.text),
+                     "the CA-unreachable error")
+    assert "serving the other certificates" in caplog.text
+    pebble.start()
+    await pebble.wait_ready()
+    root = await pebble.root()
+    client, _ = await eventually(lambda: https_client(port, root), "the ACME certificate")
+    await client.close()
+    assert await own() == "ok"

@@ -93,7 +93,8 @@ class Edge:
         if tls is not None:
             pairs = list(tls.certificates)
             if tls.acme is not None:
-                self.acme = AcmeManager(tls.acme, self.config.state_dir, self._acme_certificate)
+                self.acme = AcmeManager(tls.acme, self.config.state_dir, self._acme_certificate,
+                                        alone=not tls.certificates)
                 if self.acme.usable() is not None:
                     pairs.insert(0, self.acme.pair)
             if pairs:
