@@ -30,6 +30,18 @@ open, for a Prometheus on the same machine, and the other routes need the token.
 address `serve` logs a warning and every route, `/metrics` included, answers 401 without
 `Authorization: Bearer TOKEN` (the token is `admin.token` or the one in `STATE_DIR/admin.token`).
 
+TLS (the whole story is in [https.md](https.md)): with a `tls` section every `listen` address
+speaks HTTPS. Certificates are your own PEM files (`tls.certificates`, picked by SNI, reloaded by
+`kalkan reload` or SIGHUP) or come from an ACME CA (`tls.acme`: Let's Encrypt or a private CA),
+or both. With `tls.acme` the edge orders one certificate for all `tls.acme.domains` over HTTP-01,
+keeps it (key and chain in one 0600 file) and the account key in `STATE_DIR/acme/`, renews it
+`renew_before_days` before expiry and swaps it in without closing connections. `tls.http_listen`
+is then required: the CA fetches `http://NAME/.well-known/acme-challenge/TOKEN` on port 80, and
+the edge answers that path itself, before the redirect, the defence and the cache (unknown tokens
+get a 404 and never reach the origin). Until the first certificate arrives the HTTPS listeners
+are bound but refuse connections and plain HTTP serves the site; `kalkan cert status --config
+FILE` shows the stored certificate and when it renews.
+
 A minimal file:
 
 ```yaml

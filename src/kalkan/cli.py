@@ -1,5 +1,5 @@
 """The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
-demo-site and demo."""
+cert status, demo-site and demo."""
 
 from __future__ import annotations
 
@@ -87,6 +87,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               "every admin route, /metrics included, will require the token", file=sys.stderr)
     print(f"{args.file}: ok")
     return 0
+
+
+def cmd_cert_status(args: argparse.Namespace) -> int:
+    """The ACME certificate in STATE_DIR/acme/, read offline; exit 1 if it does not serve every
+    configured name now (for monitoring)."""
+    from kalkan.acme import status  # late: the ACME client libraries load only when needed
+
+    config = load_config(args.config)
+    if config.tls is None or config.tls.acme is None:
+        print(f"{args.config}: no tls.acme section: certificates are your own files",
+              file=sys.stderr)
+        return 2
+    ok, lines = status(config.tls.acme, config.state_dir)
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 class AdminUnreachable(Exception):
@@ -285,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", nargs="?", choices=("on", "off", "auto"))
     _admin_arguments(p)
     p.set_defaults(func=cmd_attack_mode)
+
+    p = sub.add_parser("cert", help="certificates obtained by ACME (tls.acme)")
+    csub = p.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("status", help="names, expiry and renewal date of the ACME certificate")
+    c.add_argument("--config", required=True, help="the edge's YAML config file")
+    c.set_defaults(func=cmd_cert_status)
 
     p = sub.add_parser("demo-site", help="run the demo newsroom site (an origin to protect)")
     p.add_argument("--listen", default="127.0.0.1:8000")

@@ -49,15 +49,41 @@ def _opt(doc: str, default: Any, **bounds: float) -> Any:
 
 
 @dataclass
+class AcmeConfig:
+    """Certificates issued and renewed by an ACME CA (HTTP-01), kept in STATE_DIR/acme/."""
+
+    directory: str | None = _opt(
+        "The CA's ACME directory URL (https), e.g. Let's Encrypt's "
+        "https://acme-v02.api.letsencrypt.org/directory; required.", None)
+    email: str | None = _opt("Contact address given to the CA for expiry notices.", None)
+    domains: list[str] = _opt(
+        "Names the certificate is for (one certificate, all names); each must reach "
+        "`tls.http_listen` on port 80 for HTTP-01. No wildcards.", [])
+    renew_before_days: float = _opt(
+        "Renew this many days before the certificate expires.", 30.0, above=0)
+    retry_interval: float = _duration(
+        "Shortest time between two orders: a failed one is retried after it (doubling, up to "
+        "1d), and no certificate is ordered again sooner however early renewal is due.", 600.0,
+        min=1)
+    ca_bundle: str | None = _opt(
+        "PEM file of CAs to trust for the ACME server's own HTTPS (a private CA such as "
+        "pebble's); null trusts the system's.", None)
+
+
+@dataclass
 class TLSConfig:
     """TLS termination on a listener: one or more certificates chosen by SNI."""
 
     certificates: list[dict[str, str]] = _opt(
         "List of {cert: PATH, key: PATH}; the first is the default, others are picked by SNI "
-        "from the names in each certificate.", [])
+        "from the names in each certificate (after the ACME one, if `acme` is set).", [])
     redirect_http: bool = _opt(
         "Also listen on `http_listen` and redirect plain HTTP to HTTPS with 308.", False)
-    http_listen: str | None = _opt("Plain-HTTP listener used for the redirect.", None)
+    http_listen: str | None = _opt(
+        "Plain-HTTP listener: it redirects when `redirect_http` is true; with `acme` it also "
+        "answers HTTP-01 challenges and serves the site while it does not redirect.", None)
+    acme: AcmeConfig | None = _opt(
+        "Get and renew a certificate from an ACME CA (docs/https.md).", None)
 
 
 @dataclass
@@ -463,6 +489,47 @@ def _check_bounds(obj: Any, where: Any, prefix: str = "") -> None:
             raise ConfigError(f"{where(key)}: {key}: must be {_bound_text(meta)}, got {value!r}")
 
 
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+                       r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _check_acme(tls: TLSConfig, where: Any) -> None:
+    """The ACME section: a CA to ask, names it can validate over HTTP-01, a listener for it."""
+    acme = tls.acme
+    assert acme is not None
+    if not acme.directory:
+        raise ConfigError(f"{where('tls.acme')}: tls.acme.directory: the CA's ACME directory "
+                          "URL is needed, e.g. https://acme-v02.api.letsencrypt.org/directory")
+    parts = urlsplit(acme.directory)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"{where('tls.acme.directory')}: tls.acme.directory: expected an "
+                          f"https:// URL, got {acme.directory!r}")
+    if not acme.domains:
+        raise ConfigError(f"{where('tls.acme.domains')}: tls.acme.domains: at least one name "
+                          "is needed")
+    for i, name in enumerate(acme.domains):
+        key = f"tls.acme.domains[{i}]"
+        if not isinstance(name, str) or name.startswith("*."):
+            raise ConfigError(f"{where(key)}: {key}: {name!r}: HTTP-01 cannot prove a wildcard "
+                              "name; list each name")
+        if not _DNS_NAME.match(name.lower().rstrip(".")) or _is_ip(name):
+            raise ConfigError(f"{where(key)}: {key}: {name!r} is not a DNS name")
+    if acme.email is not None and "@" not in acme.email:
+        raise ConfigError(f"{where('tls.acme.email')}: tls.acme.email: expected an address, "
+                          f"got {acme.email!r}")
+    if not tls.http_listen:
+        raise ConfigError(f"{where('tls.acme')}: tls.http_listen: needed with tls.acme (the CA "
+                          "checks /.well-known/acme-challenge/ over plain HTTP on port 80)")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_files(config: Config, where: Any) -> None:
     """Load what serve will load, the same way: the policy (compiled) and the TLS pairs."""
     from kalkan.defense.rules import Policy, PolicyError  # late: keeps config importable alone
@@ -480,6 +547,10 @@ def _check_files(config: Config, where: Any) -> None:
                 CertificateSet([pair])
             except TLSConfigError as exc:
                 raise ConfigError(f"{where(key)}: {key}: {exc}") from None
+        bundle = config.tls.acme.ca_bundle if config.tls.acme is not None else None
+        if bundle and not Path(bundle).is_file():
+            raise ConfigError(f"{where('tls.acme.ca_bundle')}: tls.acme.ca_bundle: {bundle}: "
+                              "no such file")
 
 
 def validate(config: Config, source: str = "<config>",
@@ -515,9 +586,9 @@ def validate(config: Config, source: str = "<config>",
               f"defense.allow[{i}]")
     _check_bounds(config, where)
     if config.tls is not None:
-        if not config.tls.certificates:
+        if not config.tls.certificates and config.tls.acme is None:
             raise ConfigError(f"{where('tls.certificates')}: tls.certificates: at least one "
-                              "{cert, key} is needed")
+                              "{cert, key} is needed (or tls.acme)")
         for i, cert in enumerate(config.tls.certificates):
             if not isinstance(cert, dict) or set(cert) != {"cert", "key"}:
                 raise ConfigError(f"{where(f'tls.certificates[{i}]')}: tls.certificates[{i}]: "
@@ -527,6 +598,8 @@ def validate(config: Config, source: str = "<config>",
                               "tls.redirect_http is true")
         if config.tls.http_listen:
             check("tls.http_listen", parse_hostport, config.tls.http_listen)
+        if config.tls.acme is not None:
+            _check_acme(config.tls, where)
     try:
         parse_query_config(config.cache.query)
     except ValueError as exc:

@@ -39,16 +39,27 @@ def _context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
+def pending_listener() -> ssl.SSLContext:
+    """A listener context without a certificate, for a socket bound (not yet accepting) before
+    ACME has issued one; `CertificateSet(..., listener=it)` later picks for every handshake."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 class CertificateSet:
     """The current SNI table; `reload` builds a new one and swaps it in only if all files load."""
 
-    def __init__(self, certificates: list[dict[str, str]]) -> None:
+    def __init__(self, certificates: list[dict[str, str]],
+                 listener: ssl.SSLContext | None = None) -> None:
         self.certificates = certificates
         self.default: ssl.SSLContext
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.wildcards: dict[str, ssl.SSLContext] = {}
         self.reload()
-        self.listener = _context(certificates[0]["cert"], certificates[0]["key"])
+        # `listener` is one made by `pending_listener` for a socket bound before any
+        # certificate existed (ACME); it serves only through `_pick`, like this one.
+        self.listener = listener or _context(certificates[0]["cert"], certificates[0]["key"])
         self.listener.sni_callback = self._pick
 
     def reload(self) -> None:

@@ -10,15 +10,18 @@ import os
 import resource
 import secrets
 import signal
+import ssl
 from pathlib import Path
 
+from kalkan.acme import AcmeManager
 from kalkan.config import Config, is_loopback_host, parse_hostport
+from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.connection import HttpConnection
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
 from kalkan.observe.admin import AdminError, AdminServer
-from kalkan.tls import CertificateSet, TLSConfigError
+from kalkan.tls import CertificateSet, TLSConfigError, pending_listener
 
 log = logging.getLogger("kalkan")
 
@@ -79,6 +82,10 @@ class Edge:
         self.redirect_server: EdgeServer | None = None
         self.admin: AdminServer | None = None
         self.certificates: CertificateSet | None = None
+        self.acme: AcmeManager | None = None
+        self.acme_front: AcmeFront | None = None
+        self._redirect: RedirectToHttps | None = None
+        self._pending_tls: ssl.SSLContext | None = None  # bound, waiting for ACME's first cert
         self.addresses: list[tuple[str, int]] = []
         self.admin_token = config.admin.token or load_or_create_token(
             Path(config.state_dir) / "admin.token")
@@ -94,17 +101,48 @@ class Edge:
         settle_garbage_collector()
         tls = self.config.tls
         ssl_context = None
+        plain_at: tuple[str, int] | None = None
         if tls is not None:
-            self.certificates = CertificateSet(tls.certificates)
-            ssl_context = self.certificates.listener
+            pairs = list(tls.certificates)
+            if tls.acme is not None:
+                self.acme = AcmeManager(tls.acme, self.config.state_dir, self._acme_certificate,
+                                        alone=not tls.certificates)
+                if self.acme.usable() is not None:
+                    pairs.insert(0, self.acme.pair)
+            if pairs:
+                self.certificates = CertificateSet(pairs)
+                ssl_context = self.certificates.listener
+            else:  # bind now (before any privilege drop), accept once a certificate exists
+                ssl_context = self._pending_tls = pending_listener()
         for item in self.config.listen:
             host, port = parse_hostport(item)
-            self.addresses.append(await self.server.listen(host, port, ssl_context))
-        if tls is not None and tls.redirect_http and tls.http_listen:
+            self.addresses.append(await self.server.listen(
+                host, port, ssl_context, start_serving=self._pending_tls is None))
+        if tls is not None and tls.http_listen and (tls.redirect_http or tls.acme is not None):
             host, port = parse_hostport(tls.http_listen)
-            self.redirect_server = EdgeServer(
-                self.config, RedirectToHttps(self.pipeline, self.addresses[0][1]))
-            await self.redirect_server.listen(host, port)
+            plain: RedirectToHttps | Pipeline | AcmeFront = self.pipeline
+            if tls.redirect_http:
+                plain = self._redirect = RedirectToHttps(self.pipeline, self.addresses[0][1])
+            if self.acme is not None:
+                # Until HTTPS serves, plain HTTP serves the site rather than redirecting to
+                # nothing.
+                plain = self.acme_front = AcmeFront(
+                    self.acme.tokens, self.pipeline if self._pending_tls else plain,
+                    self.pipeline.recorder)
+                if port != 80:
+                    log.warning("tls.http_listen %s is not port 80: the CA checks HTTP-01 "
+                                "challenges on port 80, so forward port 80 of %s to it",
+                                tls.http_listen, ", ".join(self.acme.domains))
+            self.redirect_server = EdgeServer(self.config, plain)
+            plain_at = await self.redirect_server.listen(host, port)
+        if self.acme is not None:
+            if self._pending_tls is not None:
+                log.warning("no certificate yet for %s: HTTPS on %s starts once the CA has "
+                            "issued one; until then only plain HTTP on %s is served",
+                            ", ".join(self.acme.domains),
+                            ", ".join(f"{host}:{port}" for host, port in self.addresses),
+                            f"{plain_at[0]}:{plain_at[1]}" if plain_at else "no listener")
+            self.acme.start()
         if self.config.admin.listen:
             host, port = parse_hostport(self.config.admin.listen)
             public = not is_loopback_host(host)
@@ -118,6 +156,34 @@ class Edge:
             for method, path, handler in self.pipeline.defense.admin_routes():
                 self.admin.route(method, path, handler)
             self.admin_address = await self.admin.start(host, port)
+
+    async def _acme_certificate(self) -> None:
+        """A new ACME certificate is in place: the first one starts HTTPS; later ones are
+        swapped in for new handshakes (open connections keep theirs)."""
+        assert self.acme is not None and self.config.tls is not None
+        pair = self.acme.pair
+        if self.certificates is None:
+            try:
+                self.certificates = CertificateSet([pair, *self.config.tls.certificates],
+                                                   listener=self._pending_tls)
+            except TLSConfigError as exc:
+                log.error("cannot use the new certificate, HTTPS stays off: %s", exc)
+                return
+            await self.server.start_serving()
+            self._pending_tls = None
+            if self.acme_front is not None and self._redirect is not None:
+                self.acme_front.serve_behind(self._redirect)
+            log.info("HTTPS now serving on %s",
+                     ", ".join(f"{host}:{port}" for host, port in self.addresses))
+            return
+        if pair not in self.certificates.certificates:
+            self.certificates.certificates.insert(0, pair)
+        try:
+            self.certificates.reload()
+        except TLSConfigError as exc:
+            log.error("keeping the old certificates: %s", exc)
+            return
+        log.info("new certificate in use for new connections")
 
     # -- admin actions --------------------------------------------------------------------------
     def _reload_result(self) -> tuple[int, object]:
@@ -151,6 +217,8 @@ class Edge:
         return ok, messages
 
     async def stop(self) -> None:
+        if self.acme is not None:
+            await self.acme.stop()
         await self.server.close()
         if self.redirect_server is not None:
             await self.redirect_server.close()

@@ -65,7 +65,10 @@ class EdgeServer:
             self.per_client[client] = n
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                     protocol: Callable[[], asyncio.Protocol] | None = None) -> tuple[str, int]:
+                     protocol: Callable[[], asyncio.Protocol] | None = None, *,
+                     start_serving: bool = True) -> tuple[str, int]:
+        """Bind HOST:PORT; with start_serving=False the socket is only bound (a TLS listener
+        waiting for its first certificate) until `start_serving`."""
         loop = asyncio.get_running_loop()
         scheme = "https" if ssl_context is not None else "http"
         factory = protocol or (lambda: HttpConnection(self, scheme))
@@ -87,16 +90,22 @@ class EdgeServer:
                 sock.close()
                 raise
             server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096,
-                                              ssl_handshake_timeout=tls_timeout)
+                                              ssl_handshake_timeout=tls_timeout,
+                                              start_serving=start_serving)
         else:
             server = await loop.create_server(factory, host, port, ssl=ssl_context, backlog=4096,
                                               reuse_address=True,
-                                              ssl_handshake_timeout=tls_timeout)
+                                              ssl_handshake_timeout=tls_timeout,
+                                              start_serving=start_serving)
         self.servers.append(server)
         if self._sweeper is None:
             self._sweep()
         sock = server.sockets[0].getsockname()
         return sock[0], sock[1]
+
+    async def start_serving(self) -> None:
+        for server in self.servers:
+            await server.start_serving()
 
     def _sweep(self) -> None:
         self.clock.tick()
