@@ -100,11 +100,11 @@ class NeverCache:
         if query and self._params:
             for member in query.split("&"):
                 name = normalize_escapes(member.partition("=")[0])
-                why = self._params.get(name)
-                if why is not None:
-                    return why
-        for name, why in self._headers:
-            if name in headers:
+                found = self._params.get(name)
+                if found is not None:
+                    return found
+        for field_name, why in self._headers:
+            if field_name in headers:
                 return why
         return ""
 
