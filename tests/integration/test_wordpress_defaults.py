@@ -247,3 +247,64 @@ async def test_admin_login_cron_previews_and_nonces_are_never_cached(
     assert "never_cache:param=preview" in kalkan.reasons("/")
     assert kalkan.reasons("/wp-json/wp/v2/posts")[-4:] == \
         ["never_cache:header=x-wp-nonce"] * 2 + ["never_cache:param=_wpnonce"] * 2
+
+
+# -- purge on publish: the shipped plugin, run by PHP against the real admin API ---------------
+
+PLUGIN = Path(__file__).parents[2] / "examples" / "wordpress-plugin" / "kalkan-purge.php"
+HARNESS = Path(__file__).parents[1] / "wordpress_plugin_harness.php"
+
+
+async def _plugin(kalkan: Kalkan, tmp: Path, action: str, token: str | None = None
+                  ) -> list[dict[str, object]]:
+    if token is None:
+        token = (tmp / "state" / "admin.token").read_text().strip()
+    env = {**os.environ, "KALKAN_ADMIN_URL": f"http://127.0.0.1:{kalkan.admin}",
+           "KALKAN_ADMIN_TOKEN": token}
+    out = await asyncio.to_thread(subprocess.run, ["php", str(HARNESS), str(PLUGIN), action],
+                                  capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    calls: list[dict[str, object]] = json.loads(out.stdout)
+    return calls
+
+
+async def test_the_purge_plugin_drops_what_a_published_change_shows_on(
+        wordpress: WordPressOrigin, kalkan: Kalkan, tmp_path: Path) -> None:
+    for target in (POST, "/", POSTS[2]):
+        await fetch(kalkan.port, target)
+        assert (await fetch(kalkan.port, target)).header("X-Cache") == "HIT"
+
+    # A draft saved as a draft purges nothing.
+    assert await _plugin(kalkan, tmp_path, "draft") == []
+    assert (await fetch(kalkan.port, POST)).header("X-Cache") == "HIT"
+
+    # An update to the published post: its page, the front page, feeds and archives, both
+    # schemes; the other post keeps its copy.
+    calls = await _plugin(kalkan, tmp_path, "update")
+    assert all(c["code"] == 200 for c in calls), calls
+    purged = {str(c["url"]).split("url=", 1)[1] for c in calls}
+    assert {"http%3A%2F%2Fnews.example%2F2020%2F12%2Fstatement%2F",
+            "https%3A%2F%2Fnews.example%2F2020%2F12%2Fstatement%2F",
+            "http%3A%2F%2Fnews.example%2F", "http%3A%2F%2Fnews.example%2Ffeed%2F",
+            "http%3A%2F%2Fnews.example%2Fcategory%2Fpolitics%2F",
+            "http%3A%2F%2Fnews.example%2Fauthor%2Faida%2F"} <= purged
+    assert sum(json.loads(str(c["body"]))["purged"] for c in calls) == 2  # the post and "/"
+    assert (await fetch(kalkan.port, POST)).header("X-Cache") == "MISS"
+    assert (await fetch(kalkan.port, "/")).header("X-Cache") == "MISS"
+    assert (await fetch(kalkan.port, POSTS[2])).header("X-Cache") == "HIT"
+
+    # A changed slug purges the old URL too; an approved comment purges the post's page.
+    slug = {str(c["url"]) for c in await _plugin(kalkan, tmp_path, "slug")}
+    assert any("statement-updated" in u for u in slug)
+    assert any(u.endswith("statement%2F") for u in slug)
+    await fetch(kalkan.port, POST)
+    assert (await fetch(kalkan.port, POST)).header("X-Cache") == "HIT"
+    await _plugin(kalkan, tmp_path, "comment")
+    assert (await fetch(kalkan.port, POST)).header("X-Cache") == "MISS"
+
+    # A wrong token is refused by Kalkan (and logged by the plugin), nothing purged; no token
+    # at all: the plugin does not even ask.
+    wrong = await _plugin(kalkan, tmp_path, "update", token="guess")
+    assert wrong and all(c["code"] == 401 for c in wrong)
+    assert (await fetch(kalkan.port, POST)).header("X-Cache") == "HIT"
+    assert await _plugin(kalkan, tmp_path, "update", token="") == []

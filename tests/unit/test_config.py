@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,21 @@ def test_defaults_cache_wordpress() -> None:
     # the settings cookies an editor keeps after logging out.
     for cookie in ("wordpress_test_cookie", "wp-settings-1", "wp-settings-time-1"):
         assert not any(name in cookie for name in cache.session_cookies), cookie
+
+
+def test_the_wordpress_example_is_a_valid_config() -> None:
+    example = Path(__file__).parents[2] / "examples" / "wordpress.yaml"
+    config = load_config(str(example))
+    validate(config, str(example))
+    assert config.origin.url == "http://127.0.0.1:8080"
+    assert config.origin.idle_timeout < 5  # below Apache's KeepAliveTimeout
+    assert config.cache.session_cookies == Config().cache.session_cookies  # defaults kept
+    # Its commented-out blocks are valid too, once uncommented.
+    text = example.read_text()
+    yaml_line = re.compile(r"  # (session_cookies|never_cache_paths|query):|  #\s{3,}\S")
+    lines = [line.replace("# ", "", 1) if yaml_line.match(line) else line
+             for line in text.splitlines()]
+    uncommented = load_config_text("\n".join(lines), "wordpress.yaml")
+    assert "/cart/*" in uncommented.cache.never_cache_paths
+    assert "mysite_member_" in uncommented.cache.session_cookies
+    assert uncommented.cache.query["paths"]["/shop/*"][0] == "orderby"
