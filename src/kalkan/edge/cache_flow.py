@@ -81,6 +81,9 @@ class NeverCache:
     def __init__(self, config: CacheConfig) -> None:
         self._paths = tuple((re.compile(fnmatch.translate(g)), f"never_cache:path={g}")
                             for g in config.never_cache_paths)
+        # One match for the common answer (no glob matches); the loop only names the one that did.
+        self._any_path = re.compile("|".join(fnmatch.translate(g)
+                                             for g in config.never_cache_paths) or "(?!)")
         self._params = {normalize_escapes(n): f"never_cache:param={n}"
                         for n in config.never_cache_params}
         self._headers = tuple((name.lower(), f"never_cache:header={name.lower()}")
@@ -92,11 +95,12 @@ class NeverCache:
         removed), so `/x/../wp-admin/` is /wp-admin/."""
         if self._paths:
             path = normalize_escapes(path)
-            if "//" in path or has_dot_segments(path):
+            if "//" in path or ("/." in path and has_dot_segments(path)):
                 path = _resolved(path)
-            for pattern, why in self._paths:
-                if pattern.match(path):
-                    return why
+            if self._any_path.match(path):
+                for pattern, why in self._paths:
+                    if pattern.match(path):
+                        return why
         if query and self._params:
             for member in query.split("&"):
                 name = normalize_escapes(member.partition("=")[0])
