@@ -117,7 +117,8 @@ class WordPressOrigin:
                        "04 Dec 2027 00:00:00 GMT; Max-Age=31536000; path=/"),
                       ("Set-Cookie", f"comment_author_email_{COOKIEHASH}=r%40example.org; "
                        "expires=Sat, 04 Dec 2027 00:00:00 GMT; Max-Age=31536000; path=/"),
-                      ("X-Redirect-By", "WordPress"), ("Location", f"{SITE}{POSTS[1]}#comment-7"),
+                      ("X-Redirect-By", "WordPress"),
+                      ("Location", f"{SITE}{POSTS[1]}?unapproved=7&moderation-hash=ab12#comment-7"),
                       HTML]
             return 302, fields, b"", False
         if path.startswith("/wp-admin"):
@@ -163,7 +164,11 @@ class WordPressOrigin:
                 fields += [("Link", f'<{SITE}/wp-json/wp/v2/posts/{post_id}>; rel="alternate"; '
                                     'title="JSON"; type="application/json"'),
                            ("Link", f"<{SITE}/?p={post_id}>; rel=shortlink")]
-                return 200, fields, self._page(f"Post {post_id}", user), True
+                title = f"Post {post_id}"
+                if "unapproved" in args and "moderation-hash" in args:
+                    # WordPress 5.x+: how a commenter without cookies sees their own comment.
+                    title += " (your comment is awaiting moderation)"
+                return 200, fields, self._page(title, user), True
         return 404, [HTML, *NOCACHE, API_LINK], self._page("Not found", user), True
 
     def _page_fields(self, user: str | None) -> list[tuple[str, str]]:

@@ -162,11 +162,15 @@ class CacheConfig:
         " The default covers WordPress's admin, login, cron, XML-RPC and comment endpoints.",
         ["/wp-admin", "/wp-admin/*", "/wp-login.php", "/wp-cron.php", "/xmlrpc.php",
          "/wp-comments-post.php", "/wp-signup.php", "/wp-activate.php", "/wp-trackback.php"])
+    # Each is a GET that must reach WordPress with its parameters: a dropped parameter would
+    # answer with the cached page instead (a comment awaiting moderation shown to its author,
+    # a newsletter confirmation link, a payment gateway's return).
     never_cache_params: list[str] = _opt(
-        "Query parameters that make a request never cached (previews, nonces, cart actions);"
-        " they are also kept in the cache key, so such a request never matches a stored page.",
-        ["preview", "preview_id", "preview_nonce", "_wpnonce", "add-to-cart", "wc-ajax",
-         "doing_wp_cron"])
+        "Query parameters that make a request never cached (previews, nonces, cart and plugin"
+        " actions); they are also kept in the cache key, so such a request never matches a"
+        " stored page.",
+        ["preview", "preview_id", "preview_nonce", "_wpnonce", "doing_wp_cron", "unapproved",
+         "moderation-hash", "add-to-cart", "wc-ajax", "wc-api", "mailpoet_router", "na"])
     never_cache_headers: list[str] = _opt(
         "Request header fields that make a request never cached (a WordPress REST nonce means a"
         " logged-in editor's request).", ["X-WP-Nonce"])

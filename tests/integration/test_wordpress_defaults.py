@@ -149,6 +149,11 @@ async def test_a_logged_in_reader_never_gets_or_makes_a_shared_copy(
                           {"Content-Type": "application/x-www-form-urlencoded"},
                           b"author=Aida&email=r%40example.org&comment=Thanks&comment_post_ID=1")
     assert comment.status == 302
+    # Where WordPress sends the commenter: their comment awaiting moderation, not the cached page.
+    back = comment.header("Location")
+    assert back is not None and "unapproved=7" in back
+    pending = await fetch(kalkan.port, back.removeprefix("http://news.example").split("#")[0])
+    assert b"awaiting moderation" in pending.body and pending.header("X-Cache") == "BYPASS"
     commenter = {"Cookie": _cookie_pairs(comment.all("Set-Cookie"))}
     assert commenter["Cookie"].startswith(f"comment_author_{COOKIEHASH}=Aida")
     postpass = await fetch(kalkan.port, "/wp-login.php?action=postpass", "POST",
