@@ -124,25 +124,28 @@ class QueryPolicy:
     default_allow: frozenset[str] = DEFAULT_ALLOW
     per_path: tuple[tuple[str, frozenset[str]], ...] = DEFAULT_PATHS
     keep_all: bool = False
-    _compiled: tuple[tuple[re.Pattern[str], frozenset[str] | None], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _matcher: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _lists: dict[str, frozenset[str] | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        compiled = tuple(
-            (re.compile(fnmatch.translate(pattern)), None if _KEEP_ALL_MARK in names else names)
-            for pattern, names in self.per_path
-        )
-        object.__setattr__(self, "_compiled", compiled)
+        # Every glob in one regex (one match per request with a query string, not one per glob):
+        # alternatives are tried in order, so the first glob that matches names the group.
+        # fnmatch's patterns hold no capturing groups of their own (Python 3.11+).
+        alternatives = [f"(?P<g{i}>{fnmatch.translate(pattern)})"
+                        for i, (pattern, _) in enumerate(self.per_path)]
+        object.__setattr__(self, "_matcher", re.compile("|".join(alternatives) or "(?!)"))
+        object.__setattr__(self, "_lists", {
+            f"g{i}": None if _KEEP_ALL_MARK in names else names
+            for i, (_, names) in enumerate(self.per_path)})
 
     def allowed_for(self, path: str) -> frozenset[str] | None:
         """Parameters kept on ``path`` (already normalized); None means keep every parameter."""
         if self.keep_all:
             return None
-        for pattern, names in self._compiled:
-            if pattern.match(path):
-                return names
-        return self.default_allow
+        m = self._matcher.match(path)
+        if m is None:
+            return self.default_allow
+        return self._lists[m.lastgroup or ""]
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, object] | None,
