@@ -49,16 +49,17 @@ class Kalkan:
     def __init__(self, origin_url: str, tmp: Path) -> None:
         self.port, self.admin = _free_port(), _free_port()
         self.log = tmp / "access.log"
-        self.proc = subprocess.Popen(
-            [KALKAN, "serve", "--origin", origin_url, "--listen", f"127.0.0.1:{self.port}",
-             "--admin", f"127.0.0.1:{self.admin}", "--cache-dir", str(tmp / "cache"),
-             "--state-dir", str(tmp / "state"), "--access-log", str(self.log)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp)
+        self.output = tmp / "kalkan.out"  # a file, not a pipe nobody reads (it could fill up)
+        with self.output.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [KALKAN, "serve", "--origin", origin_url, "--listen", f"127.0.0.1:{self.port}",
+                 "--admin", f"127.0.0.1:{self.admin}", "--cache-dir", str(tmp / "cache"),
+                 "--state-dir", str(tmp / "state"), "--access-log", str(self.log)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
         deadline = time.monotonic() + 15
         while True:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else b""
-                raise RuntimeError(f"kalkan exited: {out.decode(errors='replace')}")
+                raise RuntimeError(f"kalkan exited: {self.output.read_text(errors='replace')}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 break
