@@ -183,7 +183,9 @@ class CacheConfig:
     heuristic_max: float = _duration("Cap on heuristic freshness.", 86400.0)
     query: dict[str, Any] = _opt(
         "Query-string normalization of the cache key: {default: [params], paths: {GLOB: [params]},"
-        " keep_all: bool}. Parameters not allowed are dropped before lookup and fetch.", {})
+        " keep_all: bool}. Parameters not allowed are dropped before lookup and fetch. Built in"
+        " after your paths: only `ver` on *.css, *.js, *.mjs; every parameter under /wp-json/.",
+        {})
 
 
 @dataclass
