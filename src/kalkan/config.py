@@ -167,12 +167,39 @@ class CacheConfig:
     grace: float = _duration(
         "How long past expiry a stale copy may be served when the origin errors, times out or is "
         "shed (never for must-revalidate / s-maxage responses).", 6 * 3600.0)
+    # 10 s: a flood of one page costs the origin one request per 10 s (and stale copies cover
+    # the rest of the grace period), while an edit shows within 10 s even without the purge
+    # plugin (examples/wordpress-plugin); a 1 s TTL leaves most pages of a small site uncached.
     microcache_ttl: float = _duration(
-        "Cache anonymous GETs of HTML for this long when the origin sends no freshness; 0 = off.",
-        0.0)
+        "Cache anonymous GETs of HTML for this long when the origin sends no freshness (WordPress"
+        " sends none on pages); 0 = off. Logged-in readers never get or make these copies.",
+        10.0)
+    # Matched as substrings of the Cookie header (one regex search per request with a cookie):
+    # keep the list short. `session` also covers wp_woocommerce_session_ and wp_edd_session_.
     session_cookies: list[str] = _opt(
-        "Cookie-name prefixes that mark a logged-in user (bypass microcaching).",
-        ["wordpress_logged_in", "wp-postpass", "comment_author", "PHPSESSID", "session"])
+        "Cookie names (matched anywhere in the Cookie header) that mark a reader's own session:"
+        " such requests are passed to the origin, never served or stored a shared copy."
+        " WordPress login, post password and comment author, WooCommerce and Easy Digital"
+        " Downloads carts, PHP sessions (docs/wordpress.md).",
+        ["wordpress_logged_in_", "wordpress_sec_", "wp-postpass_", "comment_author_",
+         "woocommerce_", "edd_items_in_cart", "PHPSESSID", "session"])
+    never_cache_paths: list[str] = _opt(
+        "Path globs (`*` matches `/` too) never cached: passed to the origin exactly as sent."
+        " The default covers WordPress's admin, login, cron, XML-RPC and comment endpoints.",
+        ["/wp-admin", "/wp-admin/*", "/wp-login.php", "/wp-cron.php", "/xmlrpc.php",
+         "/wp-comments-post.php", "/wp-signup.php", "/wp-activate.php", "/wp-trackback.php"])
+    # Each is a GET that must reach WordPress with its parameters: a dropped parameter would
+    # answer with the cached page instead (a comment awaiting moderation shown to its author,
+    # a newsletter confirmation link, a payment gateway's return).
+    never_cache_params: list[str] = _opt(
+        "Query parameters that make a request never cached (previews, nonces, cart and plugin"
+        " actions); they are also kept in the cache key, so such a request never matches a"
+        " stored page.",
+        ["preview", "preview_id", "preview_nonce", "_wpnonce", "doing_wp_cron", "unapproved",
+         "moderation-hash", "add-to-cart", "wc-ajax", "wc-api", "mailpoet_router", "na"])
+    never_cache_headers: list[str] = _opt(
+        "Request header fields that make a request never cached (a WordPress REST nonce means a"
+        " logged-in editor's request).", ["X-WP-Nonce"])
     honor_request_cache_control: bool = _opt(
         "Let clients' Cache-Control/Pragma (no-cache, max-age) force revalidation. Off by default,"
         " like Varnish and nginx: during a flood it would let every request reach the origin.",
@@ -182,7 +209,9 @@ class CacheConfig:
     heuristic_max: float = _duration("Cap on heuristic freshness.", 86400.0)
     query: dict[str, Any] = _opt(
         "Query-string normalization of the cache key: {default: [params], paths: {GLOB: [params]},"
-        " keep_all: bool}. Parameters not allowed are dropped before lookup and fetch.", {})
+        " keep_all: bool}. Parameters not allowed are dropped before lookup and fetch. Built in"
+        " after your paths: only `ver` on *.css, *.js, *.mjs; every parameter under /wp-json/.",
+        {})
 
 
 @dataclass
@@ -604,7 +633,31 @@ def validate(config: Config, source: str = "<config>",
         parse_query_config(config.cache.query)
     except ValueError as exc:
         raise ConfigError(f"{where('cache.query')}: cache.query: {exc}") from None
+    _check_never_cache(config.cache, where)
     _check_files(config, where)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_never_cache(cache: CacheConfig, where: Any) -> None:
+    """The never_cache lists: globs that can match a path, names a request can carry."""
+    def bad(key: str, i: int, why: str) -> ConfigError:
+        return ConfigError(f"{where(f'cache.{key}[{i}]')}: cache.{key}[{i}]: {why}")
+
+    for i, glob in enumerate(cache.never_cache_paths):
+        if not glob.startswith(("/", "*")):
+            raise bad("never_cache_paths", i, f"{glob!r} is not a path glob (must start with / "
+                      "or *)")
+    for i, name in enumerate(cache.never_cache_params):
+        if not name or "&" in name or "=" in name:
+            raise bad("never_cache_params", i, f"{name!r} is not a parameter name")
+    for i, name in enumerate(cache.never_cache_headers):
+        if not _TOKEN.fullmatch(name):
+            raise bad("never_cache_headers", i, f"{name!r} is not a header field name")
+    for i, name in enumerate(cache.session_cookies):
+        if not name:
+            raise bad("session_cookies", i, "an empty name would match every Cookie header")
 
 
 def describe(cls: Any = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -194,3 +194,57 @@ def test_pick_variant_matches_the_vary_signature() -> None:
                vary=("accept-language",), vary_sig=("en",))
     assert flow.pick_variant([ru, en], {"accept-language": "en"}) is en
     assert flow.pick_variant([ru, en], {}) is None
+
+
+# -- never cached (cache.never_cache_*) -------------------------------------------------------
+
+NEVER = flow.NeverCache(CONFIG)
+
+
+@pytest.mark.parametrize(("path", "query", "reason"), [
+    ("/wp-admin", "", "never_cache:path=/wp-admin"),
+    ("/wp-admin/admin-ajax.php", "action=x", "never_cache:path=/wp-admin/*"),
+    ("/x/../wp-admin/", "", "never_cache:path=/wp-admin/*"),
+    ("//wp-admin/post.php", "", "never_cache:path=/wp-admin/*"),
+    ("/%77p-login.php", "", "never_cache:path=/wp-login.php"),
+    ("/wp-cron.php", "doing_wp_cron=1", "never_cache:path=/wp-cron.php"),
+    ("/xmlrpc.php", "", "never_cache:path=/xmlrpc.php"),
+    ("/", "p=3&preview=true", "never_cache:param=preview"),
+    ("/2020/12/x/", "%5Fwpnonce=abc", "never_cache:param=_wpnonce"),
+    ("/", "add-to-cart=12", "never_cache:param=add-to-cart"),
+    ("/", "doing_wp_cron=1733270400", "never_cache:param=doing_wp_cron"),
+    ("/2020/12/x/", "unapproved=7&moderation-hash=ab12", "never_cache:param=unapproved"),
+    ("/", "mailpoet_page=subscriptions&mailpoet_router&endpoint=subscription",
+     "never_cache:param=mailpoet_router"),
+    ("/2020/12/statement/", "s=preview", ""),
+    ("/wp-content/uploads/wp-admin.jpg", "", ""),
+    ("/wp-adminx/", "", ""),
+])
+def test_never_cache_reasons(path: str, query: str, reason: str) -> None:
+    assert NEVER.reason(path, query, {}) == reason
+
+
+def test_a_rest_nonce_header_is_never_cached_and_lookup_passes_with_the_reason() -> None:
+    why = NEVER.reason("/wp-json/wp/v2/posts", "", {"x-wp-nonce": "abc"})
+    assert why == "never_cache:header=x-wp-nonce"
+    view = RequestView(credentialed=False, session=False, headers={}, never_cache=why)
+    # Even with a fresh copy stored, and before the attack-mode challenge: the origin answers.
+    d = flow.lookup(entry(age=1), view, NOW, CONFIG, threat=2)
+    assert d.step is Step.PASS and d.entry is None and d.reason == why
+
+
+def test_an_empty_never_cache_config_passes_nothing() -> None:
+    none = flow.NeverCache(CacheConfig(never_cache_paths=[], never_cache_params=[],
+                                       never_cache_headers=[]))
+    assert none.reason("/wp-admin/", "preview=1", {"x-wp-nonce": "1"}) == ""
+
+
+def test_wordpress_pages_are_microcached_by_default() -> None:
+    wp = {"content-type": "text/html; charset=UTF-8",
+          "link": '<http://news.example/wp-json/>; rel="https://api.w.org/"'}
+    plan = flow.plan_store(200, wp, ANON, NOW, CONFIG)
+    assert plan.ok and plan.micro and plan.lifetime == 10.0
+    assert not flow.plan_store(200, wp, SESSION, NOW, CONFIG).ok
+    logged_in = {**wp, "cache-control": "no-cache, must-revalidate, max-age=0, no-store, private",
+                 "expires": "Wed, 11 Jan 1984 05:00:00 GMT"}
+    assert flow.plan_store(200, logged_in, ANON, NOW, CONFIG).reason == "no-store"

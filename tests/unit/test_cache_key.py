@@ -231,3 +231,39 @@ def test_property_allowed_params_always_affect_the_key(
     after = normalize_target("/x", _query([*pairs, (name, value)]), POLICY)
     assert before != after
     assert cache_key("GET", "h", before) != cache_key("GET", "h", after)
+
+
+# ---------------------------------------------------------------------------------------------
+# WordPress: versioned assets, the REST API, never-cached parameters
+
+
+def test_ver_names_a_stylesheet_or_script_but_not_a_page() -> None:
+    css = "/wp-content/themes/twentytwentyfour/style.css"
+    assert normalize_target(css, "ver=6.4.2&utm_source=x") == f"{css}?ver=6.4.2"
+    assert normalize_target("/wp-includes/js/jquery/jquery.min.js", "ver=3.7.1&s=x") == \
+        "/wp-includes/js/jquery/jquery.min.js?ver=3.7.1"  # a static file ignores ?s=
+    assert normalize_target("/2020/12/statement/", "ver=1&p=2") == "/2020/12/statement/?p=2"
+
+
+def test_every_rest_parameter_is_kept_and_plain_permalink_routes_are_known() -> None:
+    assert normalize_target("/wp-json/wp/v2/posts", "per_page=5&_fields=id") == \
+        "/wp-json/wp/v2/posts?_fields=id&per_page=5"  # all kept, sorted like any query
+    assert normalize_target("/", "rest_route=/wp/v2/posts&x=1") == "/?rest_route=/wp/v2/posts"
+    assert normalize_target("/", "sitemap=posts&sitemap-subtype=post&paged=2&r=1") == \
+        "/?paged=2&sitemap=posts&sitemap-subtype=post"
+
+
+def test_configured_paths_come_before_the_built_in_ones() -> None:
+    policy = QueryPolicy.from_mapping({"paths": {"*.css": []}})
+    assert normalize_target("/style.css", "ver=1") == "/style.css?ver=1"
+    assert normalize_target("/style.css", "ver=1", policy) == "/style.css"
+    assert normalize_target("/app.js", "ver=1", policy) == "/app.js?ver=1"
+
+
+def test_always_kept_parameters_key_a_request_apart_on_every_path() -> None:
+    policy = QueryPolicy.from_mapping({"default": ["page"], "paths": {"/shop/*": ["orderby"]}},
+                                      always=["preview", "add-to-cart"])
+    assert normalize_target("/", "p=1&preview=true", policy) == "/?preview=true"
+    assert normalize_target("/shop/x/", "add-to-cart=7&orderby=price&z=1", policy) == \
+        "/shop/x/?add-to-cart=7&orderby=price"
+    assert normalize_target("/a.css", "ver=2&preview=1", policy) == "/a.css?preview=1&ver=2"

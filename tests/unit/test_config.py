@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,50 @@ def test_loopback_hosts() -> None:
         assert is_loopback_host(host), host
     for host in ("0.0.0.0", "::", "192.0.2.1", "2001:db8::1", "admin.example"):
         assert not is_loopback_host(host), host
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("cache:\n  never_cache_paths: [wp-admin]\n",
+     "site.yaml:2: cache.never_cache_paths[0]: 'wp-admin' is not a path glob"),
+    ("cache:\n  never_cache_params: ['a=b']\n", "cache.never_cache_params[0]: 'a=b' is not"),
+    ("cache:\n  never_cache_headers: ['X WP Nonce']\n",
+     "cache.never_cache_headers[0]: 'X WP Nonce' is not a header field name"),
+    ("cache:\n  session_cookies: [wordpress_logged_in_, '']\n",
+     "cache.session_cookies[1]: an empty name would match every Cookie header"),
+])
+def test_bad_never_cache_and_session_entries_are_named(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "site.yaml")
+    assert needle in str(exc.value)
+
+
+def test_defaults_cache_wordpress() -> None:
+    cache = Config().cache
+    assert cache.microcache_ttl == 10.0 and cache.grace == 6 * 3600
+    for cookie in ("wordpress_logged_in_0123", "wordpress_sec_0123", "wp-postpass_0123",
+                   "comment_author_0123", "woocommerce_items_in_cart", "woocommerce_cart_hash",
+                   "wp_woocommerce_session_0123", "edd_items_in_cart", "wp_edd_session_0123"):
+        # The edge searches the Cookie header for any of these names.
+        assert any(name in cookie for name in cache.session_cookies), cookie
+    # Not sessions: the login page's test cookie (set for every visitor of wp-login.php) and
+    # the settings cookies an editor keeps after logging out.
+    for cookie in ("wordpress_test_cookie", "wp-settings-1", "wp-settings-time-1"):
+        assert not any(name in cookie for name in cache.session_cookies), cookie
+
+
+def test_the_wordpress_example_is_a_valid_config() -> None:
+    example = Path(__file__).parents[2] / "examples" / "wordpress.yaml"
+    config = load_config(str(example))
+    validate(config, str(example))
+    assert config.origin.url == "http://127.0.0.1:8080"
+    assert config.origin.idle_timeout < 5  # below Apache's KeepAliveTimeout
+    assert config.cache.session_cookies == Config().cache.session_cookies  # defaults kept
+    # Its commented-out blocks are valid too, once uncommented.
+    text = example.read_text()
+    yaml_line = re.compile(r"  # (session_cookies|never_cache_paths|query):|  #\s{3,}\S")
+    lines = [line.replace("# ", "", 1) if yaml_line.match(line) else line
+             for line in text.splitlines()]
+    uncommented = load_config_text("\n".join(lines), "wordpress.yaml")
+    assert "/cart/*" in uncommented.cache.never_cache_paths
+    assert "mysite_member_" in uncommented.cache.session_cookies
+    assert uncommented.cache.query["paths"]["/shop/*"][0] == "orderby"

@@ -10,12 +10,16 @@ new one). Every "not stored" carries its reason, for the log and the metrics.
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 from kalkan.config import CacheConfig
 from kalkan.edge import cache_policy as policy
+from kalkan.edge.cache_key import has_dot_segments, normalize_escapes
 from kalkan.edge.forward import VIA
 from kalkan.edge.httpdate import format_http_date
 from kalkan.edge.store import Entry
@@ -48,6 +52,7 @@ class RequestView:
     headers: Mapping[str, str]       # lowercase names, combined values (Vary, conditionals)
     rules: policy.RequestRules = policy.NO_PREFERENCES  # the client's Cache-Control, if honoured
     has_pass: bool = False           # a valid challenge pass
+    never_cache: str = ""            # why this request is never cached (NeverCache.reason), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,54 @@ class StorePlan:
     reason: str
     micro: bool = False
     lifetime: float = 0.0
+
+
+class NeverCache:
+    """`cache.never_cache_*`: requests the cache never answers or stores (admin, login, cron,
+    previews, nonces, cart actions), compiled once. Their reason is what the log shows."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self._paths = tuple((re.compile(fnmatch.translate(g)), f"never_cache:path={g}")
+                            for g in config.never_cache_paths)
+        # One match for the common answer (no glob matches); the loop only names the one that did.
+        self._any_path = re.compile("|".join(fnmatch.translate(g)
+                                             for g in config.never_cache_paths) or "(?!)")
+        self._params = {normalize_escapes(n): f"never_cache:param={n}"
+                        for n in config.never_cache_params}
+        self._headers = tuple((name.lower(), f"never_cache:header={name.lower()}")
+                              for name in config.never_cache_headers)
+
+    def reason(self, path: str, query: str, headers: Mapping[str, str]) -> str:
+        """Why a GET/HEAD of `path?query` with these (lowercase) headers must not be cached, or
+        "". The path is matched as the origin will resolve it (escapes decoded, dot-segments
+        removed), so `/x/../wp-admin/` is /wp-admin/."""
+        if self._paths:
+            path = normalize_escapes(path)
+            if "//" in path or ("/." in path and has_dot_segments(path)):
+                path = _resolved(path)
+            if self._any_path.match(path):
+                for pattern, why in self._paths:
+                    if pattern.match(path):
+                        return why
+        if query and self._params:
+            for member in query.split("&"):
+                name = normalize_escapes(member.partition("=")[0])
+                found = self._params.get(name)
+                if found is not None:
+                    return found
+        for field_name, why in self._headers:
+            if field_name in headers:
+                return why
+        return ""
+
+
+def _resolved(path: str) -> str:
+    """The path with dot-segments removed and repeated slashes merged, as Apache and nginx
+    resolve it before routing."""
+    resolved = posixpath.normpath("/" + path.lstrip("/"))
+    if path.endswith(("/", "/.", "/..")) and resolved != "/":
+        resolved += "/"
+    return "/" + resolved.lstrip("/")
 
 
 def grace(config: CacheConfig, threat: int) -> float:
@@ -92,6 +145,9 @@ def stale_usable(entry: Entry | None, view: RequestView, now: float, config: Cac
 def lookup(entry: Entry | None, view: RequestView, now: float, config: CacheConfig,
            threat: int) -> Decision:
     """Before the origin: what a stored variant (or none) means for this request."""
+    if view.never_cache:
+        # Admin, login, cron, previews, nonces: the origin answers each one itself.
+        return Decision(Step.PASS, None, view.never_cache)
     if view.credentialed:
         # A logged-in reader gets its own page from the origin: never coalesced or served
         # stale. Only fresh shared copies (assets, pages the origin marked cacheable) come from

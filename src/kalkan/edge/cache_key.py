@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kalkan.query_config import parse_query_config
 
 __all__ = [
     "DEFAULT_ALLOW",
+    "DEFAULT_PATHS",
     "DEFAULT_POLICY",
     "QueryPolicy",
     "cache_key",
     "has_dot_segments",
+    "normalize_escapes",
     "normalize_target",
 ]
 
@@ -51,7 +53,33 @@ DEFAULT_ALLOW = frozenset(
         "category_name",
         "attachment_id",
         "post_type",
+        # Plain-permalink forms of the REST API, core sitemaps, custom taxonomies, post formats
+        # and embeds, and the AMP plugin's `?amp` view.
+        "rest_route",
+        "sitemap",
+        "sitemap-subtype",
+        "sitemap-stylesheet",
+        "taxonomy",
+        "term",
+        "post_format",
+        "embed",
+        "amp",
     }
+)
+
+# Built-in per-path rules, tried after the configured ones. Every kept parameter lets a flood
+# make distinct misses by varying its value; these are kept only where the content depends on
+# them, and cost no more than a flood of random paths already can:
+# - WordPress appends `?ver=` to the stylesheets and scripts it enqueues; a theme or plugin update
+#   changes it, so it must name a new copy (dropped, the old file was served for up to a day).
+#   On these paths nothing else is kept: a static file ignores `?s=` or `?p=`.
+# - The REST API's parameters (search, per_page, _fields, plugins' own...) all select content:
+#   under /wp-json/ every parameter is kept.
+DEFAULT_PATHS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("/wp-json/*", frozenset({"*"})),
+    ("*.css", frozenset({"ver"})),
+    ("*.js", frozenset({"ver"})),
+    ("*.mjs", frozenset({"ver"})),
 )
 
 _KEEP_ALL_MARK = "*"
@@ -77,6 +105,12 @@ def _normalize_pct(text: str) -> str:
     return _PCT.sub(_fix_escape, text) if "%" in text else text
 
 
+def normalize_escapes(text: str) -> str:
+    """Percent-escapes as the key writes them: unreserved characters decoded, the rest
+    uppercased (RFC 3986 §6.2.2.1-2)."""
+    return _normalize_pct(text)
+
+
 @dataclass(frozen=True)
 class QueryPolicy:
     """Which query parameters take part in the cache key (and reach the origin).
@@ -88,39 +122,48 @@ class QueryPolicy:
     """
 
     default_allow: frozenset[str] = DEFAULT_ALLOW
-    per_path: tuple[tuple[str, frozenset[str]], ...] = ()
+    per_path: tuple[tuple[str, frozenset[str]], ...] = DEFAULT_PATHS
     keep_all: bool = False
-    _compiled: tuple[tuple[re.Pattern[str], frozenset[str] | None], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _matcher: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _lists: dict[str, frozenset[str] | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        compiled = tuple(
-            (re.compile(fnmatch.translate(pattern)), None if _KEEP_ALL_MARK in names else names)
-            for pattern, names in self.per_path
-        )
-        object.__setattr__(self, "_compiled", compiled)
+        # Every glob in one regex (one match per request with a query string, not one per glob):
+        # alternatives are tried in order, so the first glob that matches names the group.
+        # fnmatch's patterns hold no capturing groups of their own (Python 3.11+).
+        alternatives = [f"(?P<g{i}>{fnmatch.translate(pattern)})"
+                        for i, (pattern, _) in enumerate(self.per_path)]
+        object.__setattr__(self, "_matcher", re.compile("|".join(alternatives) or "(?!)"))
+        object.__setattr__(self, "_lists", {
+            f"g{i}": None if _KEEP_ALL_MARK in names else names
+            for i, (_, names) in enumerate(self.per_path)})
 
     def allowed_for(self, path: str) -> frozenset[str] | None:
         """Parameters kept on ``path`` (already normalized); None means keep every parameter."""
         if self.keep_all:
             return None
-        for pattern, names in self._compiled:
-            if pattern.match(path):
-                return names
-        return self.default_allow
+        m = self._matcher.match(path)
+        if m is None:
+            return self.default_allow
+        return self._lists[m.lastgroup or ""]
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, object] | None) -> QueryPolicy:
+    def from_mapping(cls, config: Mapping[str, object] | None,
+                     always: Iterable[str] = ()) -> QueryPolicy:
         """Build from ``{"default": [...], "paths": {glob: [...]}, "keep_all": bool}``.
 
-        Missing keys take the defaults; ``None`` gives the default policy. Raises ValueError
-        naming the bad key.
+        Missing keys take the defaults; ``None`` gives the default policy. The configured
+        ``paths`` are tried before the built-in DEFAULT_PATHS (so ``"*.css": []`` overrides
+        one). ``always``: parameters kept on every path (``cache.never_cache_params``, so a
+        preview or a cart action never matches the stored page). Raises ValueError naming the
+        bad key.
         """
         shape = parse_query_config(config)
+        keep = _normalized(frozenset(always))
         default = DEFAULT_ALLOW if shape.default is None else _normalized(shape.default)
-        per_path = tuple((glob, _normalized(names)) for glob, names in shape.paths)
-        return cls(default_allow=default, per_path=per_path, keep_all=shape.keep_all)
+        per_path = tuple((glob, _normalized(names) | keep)
+                         for glob, names in (*shape.paths, *DEFAULT_PATHS))
+        return cls(default_allow=default | keep, per_path=per_path, keep_all=shape.keep_all)
 
 
 def _normalized(names: frozenset[str]) -> frozenset[str]:

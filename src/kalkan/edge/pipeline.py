@@ -57,7 +57,8 @@ class Pipeline:
         self.cache = cc
         self.cache_enabled = cc.enabled
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
-        self.query_policy = QueryPolicy.from_mapping(cc.query)
+        self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
+        self.never_cache = flow.NeverCache(cc)
         self.upstream = OriginClient(config.origin, self.metrics)
         self.misses = Misses()
         self.responder = Responder(self.clock, self.metrics)
@@ -153,8 +154,10 @@ class Pipeline:
         rules = policy.request_rules(req.header_dict()) \
             if self.cache.honor_request_cache_control else policy.NO_PREFERENCES
         session = self._session(req)
+        headers = vary_view(req)
         return RequestView(credentialed=session or req.authorization, session=session,
-                           headers=vary_view(req), rules=rules, has_pass=req.has_pass)
+                           headers=headers, rules=rules, has_pass=req.has_pass,
+                           never_cache=self.never_cache.reason(req.path, req.query, headers))
 
     # -- the hot path ---------------------------------------------------------------------------
     def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
