@@ -7,6 +7,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,9 +68,19 @@ async def test_reader_solves_the_proof_of_work(origin: Origin, make_edge: EdgeFa
     port = await challenged_edge(origin, make_edge, tmp_path)
     context = await browser.new_context(locale="ru-RU")  # type: ignore[attr-defined]
     page = await context.new_page()
+    # The challenge page solves itself and navigates away, after which the browser no longer
+    # has its body: read it on the way in.
+    bodies: list[str] = []
+
+    async def keep_body(route: Any) -> None:
+        response = await route.fetch()
+        bodies.append(await response.text())
+        await route.fulfill(response=response)
+
+    await page.route(f"**{ARTICLE}", keep_body, times=1)  # type: ignore[attr-defined]
     first = await page.goto(f"http://127.0.0.1:{port}{ARTICLE}")
     assert first is not None and first.status == 403
-    challenge = await first.text()
+    challenge = bodies[0]
     assert 'id="kalkan-progress"' in challenge and '<html lang="ru"' in challenge
     await page.wait_for_url(f"**{ARTICLE}", timeout=60_000)
     await arrived(page)
