@@ -234,7 +234,8 @@ class HttpConnection(Endpoint, asyncio.Protocol):
             else:
                 self.close()
         elif not self.busy and self._req is None and not self._queue and self.state == ANSWERING:
-            self._enter(IDLE)
+            self.state = IDLE  # `_enter(IDLE)`, inlined: once per request
+            self.deadline = self.clock.mono + self._timeouts[IDLE]
             if len(self.server.connections) > PARK_AT_ONCE_PAST:
                 self.park()
 

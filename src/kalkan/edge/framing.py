@@ -92,7 +92,8 @@ def _transfer_encoding(req: Request, value: bytes) -> None:
 
 def _host(req: Request, value: bytes) -> None:
     req.host_fields += 1
-    host, port = canonical_host(value.rstrip(b" \t"))
+    known = _HOSTS.get(value)  # canonical_host's memo, looked at first: one call fewer
+    host, port = known if known is not None else canonical_host(value.rstrip(b" \t"))
     req.host = host if port is None or port == _DEFAULT_PORT.get(req.scheme) \
         else f"{host}:{port}"
 

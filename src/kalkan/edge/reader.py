@@ -111,6 +111,10 @@ class _StopParsing(Exception):
     """Raised by a parser callback: input after a request that ends the connection is not read."""
 
 
+# What a parser call may raise that `RequestReader._feed_failed` handles (anything else is a bug).
+_PARSER_STOPS = (httptools.HttpParserUpgrade, httptools.HttpParserError, BadRequest)
+
+
 class RequestReader:
     """Parser callbacks and the per-request state they fill; subclassed by `HttpConnection`."""
 
@@ -121,7 +125,7 @@ class RequestReader:
                  "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
                  "_in_trailers", "_careful", "_big_read", "_body_queued", "_queue", "_stash",
                  "_upgrade_body", "_closing", "_max_headers", "_max_header_bytes",
-                 "trusts_peer")
+                 "_small_read", "trusts_peer")
 
     def __init__(self, server: Listener, scheme: str) -> None:
         self.server = server
@@ -166,6 +170,8 @@ class RequestReader:
         self.trusts_peer = False  # X-Forwarded-For believed: set once the peer is known
         self._max_headers = self.limits.max_headers  # read on every header field
         self._max_header_bytes = self.limits.max_header_bytes
+        # Reads up to this size are parsed in one call, no slicing, no per-field counting.
+        self._small_read = min(SLICE, self._max_header_bytes)
         self._closing = False  # a request said the connection ends after it
 
     def _enter(self, state: State) -> None:
@@ -188,7 +194,16 @@ class RequestReader:
         if self._stash is not None:
             self._stash += data  # the queue is full: parse in order once it drains
             return
-        if not self._parse(data):
+        parser = self.parser
+        if parser is not None and len(data) <= self._small_read:
+            # What nearly every read is (one request head): `_parse` and `_feed` in one call.
+            self._big_read = False
+            try:
+                parser.feed_data(data)
+            except _PARSER_STOPS as exc:
+                if not self._feed_failed(exc, data):
+                    return
+        elif not self._parse(data):
             return
         if self._in_head:
             # Count whole reads after the one that began this head: at most one read (256 KiB)
@@ -267,7 +282,14 @@ class RequestReader:
             if parser is None:
                 parser = self.parser = httptools.HttpRequestParser(self)
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except _PARSER_STOPS as exc:
+            return self._feed_failed(exc, data)
+        return True
+
+    def _feed_failed(self, exc: Exception, data: bytes | memoryview) -> bool:
+        """What the parser (or a callback) raised: an ignored Upgrade's body to read, or the end
+        of parsing (a refusal, or a request that ends the connection); False if parsing stops."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             req = self._upgrade_body
             if req is not None:
                 # llhttp ends a message that asks for an Upgrade before its body (httptools
@@ -277,20 +299,18 @@ class RequestReader:
             # no more: that request is answered, then the connection closes.
             self._stop_parsing()
             return False
-        except httptools.HttpParserError as exc:
-            # httptools wraps what a callback raised in HttpParserCallbackError.
-            cause = exc.__context__
-            if isinstance(cause, _StopParsing):
-                self._stop_parsing()
-            elif isinstance(cause, BadRequest):
-                self._refuse(cause.status, cause.detail, cause.headers)
-            else:
-                self._refuse(400, f"Malformed request: {parser_reason(exc)}.")
-            return False
-        except BadRequest as exc:
+        if isinstance(exc, BadRequest):
             self._refuse(exc.status, exc.detail, exc.headers)
             return False
-        return True
+        # An HttpParserError; httptools wraps what a callback raised in HttpParserCallbackError.
+        cause = exc.__context__
+        if isinstance(cause, _StopParsing):
+            self._stop_parsing()
+        elif isinstance(cause, BadRequest):
+            self._refuse(cause.status, cause.detail, cause.headers)
+        else:
+            self._refuse(400, f"Malformed request: {parser_reason(exc)}.")
+        return False
 
     def _stop_parsing(self) -> None:
         """Read nothing more: what was asked is answered, then the connection closes."""
