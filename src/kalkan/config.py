@@ -26,7 +26,22 @@ from kalkan.units import parse_duration
 
 
 class ConfigError(ValueError):
-    """A config problem, with the file, line and dotted key in its message."""
+    """Config problems, each with the file, line and dotted key in its message; `problems`
+    holds every one found (check-config lists them all), the message is them one per line."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+# The paths a service gets when nothing sets them (`kalkan --service`, KALKAN_SERVICE=1): a
+# service's working directory is `/`, where the relative defaults would land in /var itself.
+SERVICE_PATHS = {
+    "state_dir": "/var/lib/kalkan",
+    "cache.dir": "/var/cache/kalkan",
+    "access_log.path": "/var/log/kalkan/access.log",
+}
+SERVICE_CONFIG = "/etc/kalkan/kalkan.yaml"
 
 
 # Bounds a numeric key may carry in its field metadata (checked where the value is read, so the
@@ -202,7 +217,9 @@ class DefenseConfig:
 class AccessLogConfig:
     """One JSON line per request."""
 
-    path: str | None = _opt("File for the access log; `-` is stdout, null disables it.", "-")
+    path: str | None = _opt(
+        "File for the access log; `-` is stdout, null disables it. With `--service` the default "
+        "is /var/log/kalkan/access.log (reopened on SIGUSR1, after logrotate).", "-")
 
 
 @dataclass
@@ -234,8 +251,15 @@ class Config:
         default_factory=AccessLogConfig, metadata={"doc": "Access log."})
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"doc": "Admin listener."})
     defense: DefenseConfig = field(default_factory=DefenseConfig, metadata={"doc": "Defence."})
-    state_dir: str = _opt("Directory for state that must survive restarts (pid, decisions).",
-                          "var")
+    state_dir: str = _opt(
+        "Directory for state that must survive restarts (decisions, keys, the admin token); "
+        "relative to the working directory, `/var/lib/kalkan` with `--service`.", "var")
+    user: str | None = _opt(
+        "Started as root: drop to this user after binding the listeners (ports 80/443), before "
+        "any file is opened. null stays who started it (the systemd unit starts as `kalkan` "
+        "with CAP_NET_BIND_SERVICE instead).", None)
+    group: str | None = _opt("Group to drop to with `user`; null is the user's own group.",
+                             None)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -361,20 +385,40 @@ def _convert(tp: Any, node: yaml.Node, value: Any, key: str, source: str, kind: 
 
 
 def _build(cls: Any, node: yaml.MappingNode, source: str, prefix: str = "") -> Any:
+    """The dataclass from a mapping. Every bad key is reported, not just the first: a bad one
+    keeps its default so the rest can still be built and checked."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
+    problems: list[str] = []
     for key_node, value_node in node.value:
         name = str(key_node.value)
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"{_where(key_node, source)}: unknown key {prefix}{name}{hint}")
+            problems.append(f"{_where(key_node, source)}: unknown key {prefix}{name}{hint}")
+            continue
         value = yaml.safe_load(yaml.serialize(value_node))
         f = fields[name]
-        kwargs[name] = _convert(hints[name], value_node, value, prefix + name, source,
-                                f.metadata.get("kind"))
+        try:
+            kwargs[name] = _convert(hints[name], value_node, value, prefix + name, source,
+                                    f.metadata.get("kind"))
+        except _Partial as partial:  # a section with bad keys: keep its good ones
+            kwargs[name] = partial.value
+            problems.extend(partial.problems)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise _Partial(cls(**kwargs), problems)
     return cls(**kwargs)
+
+
+class _Partial(ConfigError):
+    """What _build could make of a mapping with bad keys, and the problems."""
+
+    def __init__(self, value: Any, problems: list[str]) -> None:
+        super().__init__(*problems)
+        self.value = value
 
 
 def _key_lines(node: yaml.Node, source: str, path: str = "",
@@ -402,8 +446,11 @@ def _key_lines(node: yaml.Node, source: str, path: str = "",
     return lines
 
 
-def load_config_text(text: str, source: str = "<config>") -> Config:
-    """Parse YAML text into a checked Config; raise ConfigError naming the file, line and key."""
+def load_config_text(text: str, source: str = "<config>", *, service: bool = False,
+                     files: bool = True) -> Config:
+    """Parse YAML text into a checked Config; raise ConfigError naming the file, line and key of
+    every problem. `service`: paths the text leaves unset get SERVICE_PATHS; `files`: load the
+    policy and certificates it names too (the admin commands only need addresses and paths)."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -412,25 +459,45 @@ def load_config_text(text: str, source: str = "<config>") -> Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
     lines: dict[str, int] = {}
+    problems: list[str] = []
     if node is None:
         config = Config()
     elif not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{_where(node, source)}: the config must be a mapping of keys")
     else:
         lines = _key_lines(node, source)
-        config = _build(Config, node, source)
-    validate(config, source, lines)
+        try:
+            config = _build(Config, node, source)
+        except _Partial as partial:
+            config, problems = partial.value, partial.problems
+    if service:
+        apply_service_paths(config, set(lines))
+    try:
+        validate(config, source, lines, files=files)
+    except ConfigError as exc:
+        problems.extend(p for p in exc.problems if p not in problems)
+    if problems:
+        raise ConfigError(*problems)
     return config
 
 
-def load_config(path: str | Path) -> Config:
+def apply_service_paths(config: Config, given: set[str]) -> None:
+    """SERVICE_PATHS for each path key not in `given` (the dotted keys a file set)."""
+    for key, path in SERVICE_PATHS.items():
+        if key in given:
+            continue
+        section, _, name = key.rpartition(".")
+        setattr(getattr(config, section) if section else config, name, path)
+
+
+def load_config(path: str | Path, *, service: bool = False, files: bool = True) -> Config:
     """Read and check a YAML config file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
-    return load_config_text(text, str(p))
+    return load_config_text(text, str(p), service=service, files=files)
 
 
 def _bound_text(meta: Any) -> str:
@@ -445,25 +512,26 @@ def _bound_text(meta: Any) -> str:
     return " and ".join(parts)
 
 
-def _check_bounds(obj: Any, where: Any, prefix: str = "") -> None:
+def _check_bounds(obj: Any, where: Any, problems: list[str], prefix: str = "") -> None:
     """Every number finite and within its field's bounds, however it was set (file or flag)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
-            _check_bounds(value, where, key + ".")
+            _check_bounds(value, where, problems, key + ".")
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if not math.isfinite(value):
-            raise ConfigError(f"{where(key)}: {key}: must be a finite number, got {value!r}")
+            problems.append(f"{where(key)}: {key}: must be a finite number, got {value!r}")
+            continue
         meta = f.metadata
         if (("min" in meta and value < meta["min"]) or ("above" in meta and value <= meta["above"])
                 or ("max" in meta and value > meta["max"])):
-            raise ConfigError(f"{where(key)}: {key}: must be {_bound_text(meta)}, got {value!r}")
+            problems.append(f"{where(key)}: {key}: must be {_bound_text(meta)}, got {value!r}")
 
 
-def _check_files(config: Config, where: Any) -> None:
+def _check_files(config: Config, where: Any, problems: list[str]) -> None:
     """Load what serve will load, the same way: the policy (compiled) and the TLS pairs."""
     from kalkan.defense.rules import Policy, PolicyError  # late: keeps config importable alone
     from kalkan.tls import CertificateSet, TLSConfigError
@@ -472,66 +540,109 @@ def _check_files(config: Config, where: Any) -> None:
         try:
             Policy.from_file(config.defense.policy)
         except PolicyError as exc:
-            raise ConfigError(f"{where('defense.policy')}: defense.policy: {exc}") from None
+            problems.append(f"{where('defense.policy')}: defense.policy: {exc}")
     if config.tls is not None:
         for i, pair in enumerate(config.tls.certificates):
             key = f"tls.certificates[{i}]"
+            if not isinstance(pair, dict) or set(pair) != {"cert", "key"}:
+                continue  # said by validate
             try:
                 CertificateSet([pair])
             except TLSConfigError as exc:
-                raise ConfigError(f"{where(key)}: {key}: {exc}") from None
+                problems.append(f"{where(key)}: {key}: {exc}")
+
+
+def _check_identity(config: Config, where: Any, problems: list[str]) -> None:
+    """`user` and `group` name accounts this machine has."""
+    import grp  # late: POSIX only, and only needed when they are set
+    import pwd
+
+    if config.user is not None:
+        try:
+            pwd.getpwnam(config.user)
+        except KeyError:
+            problems.append(f"{where('user')}: user: no user {config.user!r} on this machine "
+                            f"(create it: useradd --system {config.user})")
+    if config.group is not None:
+        try:
+            grp.getgrnam(config.group)
+        except KeyError:
+            problems.append(f"{where('group')}: group: no group {config.group!r} on this machine")
+        if config.user is None:
+            problems.append(f"{where('group')}: group: set only together with user")
+
+
+# A bearer token an attacker could guess is no protection for a listener off loopback.
+MIN_TOKEN_LENGTH = 16
 
 
 def validate(config: Config, source: str = "<config>",
-             lines: dict[str, int] | None = None) -> None:
+             lines: dict[str, int] | None = None, *, files: bool = True) -> None:
     """Everything serve would refuse: bounds, cross-field checks and the files the config names
-    (the policy compiles, each TLS pair loads). `lines` maps dotted keys to their line."""
+    (the policy compiles, each TLS pair loads). `lines` maps dotted keys to their line. Raises
+    one ConfigError listing every problem."""
+    problems: list[str] = []
+
     def where(key: str) -> str:
         line = (lines or {}).get(key)
         return f"{source}:{line}" if line else source
 
-    def check(key: str, fn: Any, value: Any, item: str | None = None) -> None:
+    def check(key: str, fn: Any, value: Any, item: str | None = None) -> bool:
         try:
             fn(value)
         except ValueError as exc:
-            raise ConfigError(f"{where(item or key)}: {key}: {exc}") from None
+            problems.append(f"{where(item or key)}: {key}: {exc}")
+            return False
+        return True
 
     if not config.listen:
-        raise ConfigError(f"{where('listen')}: listen: at least one HOST:PORT is needed")
+        problems.append(f"{where('listen')}: listen: at least one HOST:PORT is needed")
     for i, item in enumerate(config.listen):
         check("listen", parse_hostport, item, f"listen[{i}]")
     check("origin.url", parse_origin_url, config.origin.url)
-    if config.admin.listen:
-        check("admin.listen", parse_hostport, config.admin.listen)
+    admin = config.admin
+    if (admin.listen and check("admin.listen", parse_hostport, admin.listen)
+            and not is_loopback_host(parse_hostport(admin.listen)[0]) and not admin.token):
+        problems.append(
+            f"{where('admin.listen')}: admin.listen: {admin.listen} is not on loopback, so "
+            "every admin route needs a token: set admin.token (at least "
+            f"{MIN_TOKEN_LENGTH} characters) or listen on 127.0.0.1")
+    if admin.token is not None and len(admin.token) < MIN_TOKEN_LENGTH:
+        problems.append(f"{where('admin.token')}: admin.token: at least {MIN_TOKEN_LENGTH} "
+                        "characters, so it cannot be guessed (e.g. `openssl rand -hex 24`)")
     for i, item in enumerate(config.client_address.trusted_proxies):
         check("client_address.trusted_proxies",
               lambda v: ipaddress.ip_network(v, strict=False), item,
               f"client_address.trusted_proxies[{i}]")
     if config.defense.attack_mode not in ("auto", "on", "off"):
-        raise ConfigError(f"{where('defense.attack_mode')}: defense.attack_mode: must be auto, "
-                          f"on or off, not {config.defense.attack_mode!r}")
+        problems.append(f"{where('defense.attack_mode')}: defense.attack_mode: must be auto, "
+                        f"on or off, not {config.defense.attack_mode!r}")
     for i, item in enumerate(config.defense.allow):
         check("defense.allow", lambda v: ipaddress.ip_network(v, strict=False), item,
               f"defense.allow[{i}]")
-    _check_bounds(config, where)
+    _check_bounds(config, where, problems)
     if config.tls is not None:
         if not config.tls.certificates:
-            raise ConfigError(f"{where('tls.certificates')}: tls.certificates: at least one "
-                              "{cert, key} is needed")
+            problems.append(f"{where('tls.certificates')}: tls.certificates: at least one "
+                            "{cert, key} is needed")
         for i, cert in enumerate(config.tls.certificates):
             if not isinstance(cert, dict) or set(cert) != {"cert", "key"}:
-                raise ConfigError(f"{where(f'tls.certificates[{i}]')}: tls.certificates[{i}]: "
-                                  "expected {cert: PATH, key: PATH}")
+                problems.append(f"{where(f'tls.certificates[{i}]')}: tls.certificates[{i}]: "
+                                "expected {cert: PATH, key: PATH}")
         if config.tls.redirect_http and not config.tls.http_listen:
-            raise ConfigError(f"{where('tls.redirect_http')}: tls.http_listen: needed when "
-                              "tls.redirect_http is true")
+            problems.append(f"{where('tls.redirect_http')}: tls.http_listen: needed when "
+                            "tls.redirect_http is true")
         if config.tls.http_listen:
             check("tls.http_listen", parse_hostport, config.tls.http_listen)
     try:
         parse_query_config(config.cache.query)
     except ValueError as exc:
-        raise ConfigError(f"{where('cache.query')}: cache.query: {exc}") from None
-    _check_files(config, where)
+        problems.append(f"{where('cache.query')}: cache.query: {exc}")
+    _check_identity(config, where, problems)
+    if files:
+        _check_files(config, where, problems)
+    if problems:
+        raise ConfigError(*problems)
 
 
 def describe(cls: Any = Config, prefix: str = "") -> list[tuple[str, str, str]]:

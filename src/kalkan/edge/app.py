@@ -1,5 +1,5 @@
-"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals,
-and the process's open-files limit."""
+"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals
+(SIGHUP reload, SIGUSR1 reopen the log), systemd notifications, and the open-files limit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import os
 import resource
 import secrets
 import signal
+import socket
+import ssl
+import time
 from pathlib import Path
 
 from kalkan.config import Config, is_loopback_host, parse_hostport
@@ -16,7 +19,9 @@ from kalkan.edge.connection import HttpConnection
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
+from kalkan.notify import notify, watchdog_interval
 from kalkan.observe.admin import AdminError, AdminServer
+from kalkan.startup import bind_listener, bind_problem
 from kalkan.tls import CertificateSet, TLSConfigError
 
 log = logging.getLogger("kalkan")
@@ -58,11 +63,35 @@ class RedirectToHttps:
         pass
 
 
+def public_listeners(config: Config) -> list[tuple[str, str]]:
+    """(config key, HOST:PORT) of every public listener: `listen` and the redirect's."""
+    items = [(f"listen[{i}]", item) for i, item in enumerate(config.listen)]
+    if config.tls is not None and config.tls.redirect_http and config.tls.http_listen:
+        items.append(("tls.http_listen", config.tls.http_listen))
+    return items
+
+
+def bind_public_listeners(config: Config) -> dict[str, socket.socket]:
+    """The public listeners bound now, while the process may still bind ports 80/443 (before
+    `user:` drops root); Edge.start serves on them. Keyed by their HOST:PORT text."""
+    bound: dict[str, socket.socket] = {}
+    try:
+        for key, item in public_listeners(config):
+            host, port = parse_hostport(item)
+            bound[item] = bind_listener(key, host, port)
+    except BaseException:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
 class Edge:
     """One edge process: start() binds everything, stop() drains and persists."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sockets: dict[str, socket.socket] | None = None) -> None:
         self.config = config
+        self._sockets = dict(sockets or {})
         self.pipeline = Pipeline(config)
         self.server = EdgeServer(config, self.pipeline)
         self.redirect_server: EdgeServer | None = None
@@ -85,14 +114,13 @@ class Edge:
         if tls is not None:
             self.certificates = CertificateSet(tls.certificates)
             ssl_context = self.certificates.listener
-        for item in self.config.listen:
-            host, port = parse_hostport(item)
-            self.addresses.append(await self.server.listen(host, port, ssl_context))
+        for i, item in enumerate(self.config.listen):
+            self.addresses.append(await self._listen(self.server, f"listen[{i}]", item,
+                                                     ssl_context))
         if tls is not None and tls.redirect_http and tls.http_listen:
-            host, port = parse_hostport(tls.http_listen)
             self.redirect_server = EdgeServer(
                 self.config, RedirectToHttps(self.pipeline, self.addresses[0][1]))
-            await self.redirect_server.listen(host, port)
+            await self._listen(self.redirect_server, "tls.http_listen", tls.http_listen)
         if self.config.admin.listen:
             host, port = parse_hostport(self.config.admin.listen)
             public = not is_loopback_host(host)
@@ -105,7 +133,20 @@ class Edge:
             self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
             for method, path, handler in self.pipeline.defense.admin_routes():
                 self.admin.route(method, path, handler)
-            self.admin_address = await self.admin.start(host, port)
+            try:
+                self.admin_address = await self.admin.start(host, port)
+            except OSError as exc:
+                raise bind_problem("admin.listen", host, port, exc) from None
+
+    async def _listen(self, server: EdgeServer, key: str, item: str,
+                      ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+        """One public listener, on its socket bound beforehand if there is one; a bind that
+        fails is a StartupError naming the key, the address and the fix."""
+        host, port = parse_hostport(item)
+        try:
+            return await server.listen(host, port, ssl_context, sock=self._sockets.pop(item, None))
+        except OSError as exc:
+            raise bind_problem(key, host, port, exc) from None
 
     # -- admin actions --------------------------------------------------------------------------
     def _reload_result(self) -> tuple[int, object]:
@@ -147,13 +188,46 @@ class Edge:
         await self.pipeline.close()
         self._stopped.set()
 
+    def reopen_log(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): the access log starts a new file at its path."""
+        try:
+            self.pipeline.access_log.reopen()
+            log.info("access log reopened")
+        except OSError as exc:
+            log.error("cannot reopen the access log %s: %s; lines are dropped until the next "
+                      "SIGUSR1", self.config.access_log.path, exc.strerror or exc)
+
+    def _reload_signalled(self) -> None:
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+               "STATUS=reloading the policy and certificates")
+        _, messages = self.reload()
+        notify("READY=1", f"STATUS={'; '.join(messages) or 'reloaded'}")
+
     async def run_until_signalled(self) -> None:
+        """Serve until SIGINT/SIGTERM; tells systemd READY=1 first (Type=notify) and feeds its
+        watchdog from the event loop, so a stuck loop is restarted."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload() and None)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_signalled)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_log)
+        listening = ", ".join(f"{h}:{p}" for h, p in self.addresses)
+        notify("READY=1", f"STATUS=serving on {listening}")
+        interval = watchdog_interval()
+        beat: asyncio.TimerHandle | None = None
+
+        def feed() -> None:
+            nonlocal beat
+            notify("WATCHDOG=1")
+            beat = loop.call_later(interval or 1.0, feed)
+
+        if interval is not None:
+            feed()
         await stop.wait()
+        if beat is not None:
+            beat.cancel()
+        notify("STOPPING=1", "STATUS=finishing requests in progress")
         log.info("stopping: finishing requests in progress")
         await self.stop()
 
