@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -97,6 +98,9 @@ async def _serve(config: Config, sockets: dict[str, socket.socket]) -> None:
               f"for origin {config.origin.url}", flush=True)
     if edge.admin_address:
         print(f"admin: http://{_fmt(*edge.admin_address)}/metrics", flush=True)
+    if os.geteuid() == 0:
+        log.warning("running as root: set `user:` in the config to drop root after the "
+                    "listeners are bound (or run the systemd unit, which never is root)")
     await edge.run_until_signalled()
 
 
@@ -111,9 +115,6 @@ def _become_user(config: Config) -> dict[str, socket.socket]:
     from kalkan.edge.app import bind_public_listeners
 
     if config.user is None:
-        if os.geteuid() == 0:
-            log.warning("running as root: set `user:` in the config to drop root after the "
-                        "listeners are bound (or run the systemd unit, which never is root)")
         return {}
     acct = privileges.account(config.user, config.group)
     if not privileges.needs_drop(acct):
@@ -126,6 +127,11 @@ def _become_user(config: Config) -> dict[str, socket.socket]:
     for d in dirs:
         privileges.prepare_dir(d.absolute(), acct)
     sockets = bind_public_listeners(config)
+    # Everything the edge imports, imported while the install is surely readable: a Python
+    # under a root-only directory (pyenv in /root) cannot be read once root is gone.
+    import kalkan.defense.engine  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
     privileges.drop(acct)
     log.info("listeners bound; now running as %s (uid %d, gid %d)", acct.name, acct.uid,
              acct.gid)
