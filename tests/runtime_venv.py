@@ -29,8 +29,8 @@ class Runtime:
         return [str(self.python), "-m", "kalkan.cli", *args]
 
 
-@pytest.fixture(scope="session")
-def runtime() -> Iterator[Runtime]:
+@pytest.fixture(scope="session", name="runtime")
+def runtime_fixture() -> Iterator[Runtime]:
     system = Path("/usr/bin/python3")
     if not system.exists():
         pytest.skip("needs Debian's /usr/bin/python3 (python3-venv) for a runtime others can read")

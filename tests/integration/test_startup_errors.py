@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trustme
 
-from runtime_venv import Runtime, runtime  # noqa: F401 (a fixture)
+from runtime_venv import Runtime, runtime_fixture  # noqa: F401 (the `runtime` fixture)
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 ROOT = os.geteuid() == 0
