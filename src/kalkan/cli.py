@@ -127,8 +127,9 @@ def _become_user(config: Config) -> dict[str, socket.socket]:
     for d in dirs:
         privileges.prepare_dir(d.absolute(), acct)
     sockets = bind_public_listeners(config)
-    # Everything the edge imports, imported while the install is surely readable: a Python
-    # under a root-only directory (pyenv in /root) cannot be read once root is gone.
+    # The edge's late imports done while root: nothing is read from the install after the
+    # drop (a Python under a root-only directory, such as pyenv in /root, still cannot run as
+    # the user: install Kalkan as docs/install.md does).
     import kalkan.defense.engine  # noqa: F401
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
