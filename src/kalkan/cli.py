@@ -309,6 +309,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config.origin.url = f"http://{args.origin_listen}"
     validate(config, "command line")
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    if config.access_log.path and config.access_log.path != "-":
+        Path(config.access_log.path).parent.mkdir(parents=True, exist_ok=True)
     _, origin_host, origin_port = parse_origin_url(config.origin.url)
 
     async def main() -> None:
