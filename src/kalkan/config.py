@@ -231,9 +231,10 @@ class AdminConfig:
         "is logged at start and every admin route, `/metrics` and `/healthz` included, needs "
         "the token.", "127.0.0.1:9181")
     token: str | None = _opt(
-        "Bearer token (`Authorization: Bearer TOKEN`) for the admin routes; null uses "
-        "STATE_DIR/admin.token, made on first start. On loopback `/metrics` and `/healthz` "
-        "stay open (a local Prometheus scrape); elsewhere they need it too.", None)
+        "Bearer token (`Authorization: Bearer TOKEN`) for the admin routes, at least 16 "
+        "characters; null uses STATE_DIR/admin.token, made on first start. Required when "
+        "`admin.listen` is not on loopback. On loopback `/metrics` and `/healthz` stay open (a "
+        "local Prometheus scrape); elsewhere they need it too.", None)
 
 
 @dataclass
