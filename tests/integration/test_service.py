@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import json
+import logging
 import os
 import re
 import shlex
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from runtime_venv import NOBODY, REPO, Runtime, runtime_fixture  # noqa: F401 (the fixture)
-from support import Origin, fetch
+from support import EdgeFactory, Origin, fetch, port_of
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 ROOT = os.geteuid() == 0
@@ -324,3 +325,24 @@ async def wait_for_lines(path: Path, count: int, timeout: float = 10.0) -> list[
                 return lines
         await asyncio.sleep(0.1)
     raise AssertionError(f"{path} did not get {count} line(s)")
+
+
+async def test_reopen_that_fails_says_so_and_the_next_one_recovers(
+        origin: Origin, make_edge: EdgeFactory, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    edge = await make_edge(origin.url)
+    log = Path(edge.config.access_log.path or "")
+    await fetch(port_of(edge), "/one")
+    log.rename(log.with_name("access.log.1"))
+    log.mkdir()                                  # something that cannot be opened for append
+    with caplog.at_level(logging.ERROR, logger="kalkan"):
+        edge.reopen_log()
+    assert any("cannot reopen the access log" in r.getMessage() for r in caplog.records)
+    await fetch(port_of(edge), "/lost")          # no file to write to: dropped, not a crash
+    log.rmdir()
+    edge.reopen_log()
+    await fetch(port_of(edge), "/two")
+    edge.pipeline.access_log.flush()
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == ["/two"]
+    old = log.with_name("access.log.1").read_text().splitlines()
+    assert [json.loads(line)["path"] for line in old] == ["/one"]
