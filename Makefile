@@ -5,24 +5,36 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two stamps: the runtime alone (`make demo`: what `pip install .` brings) and the runtime with
+# the test and benchmark extras (everything else). Either is redone when pyproject.toml changes.
+RUNTIME_STAMP := $(VENV)/.runtime-$(SUM)
+STAMP         := $(VENV)/.installed-$(SUM)
 
-.PHONY: demo test lint typecheck venv debian-deps bench bench-throughput bench-conformance \
-	bench-defense bench-firewall bench-clients bench-lab bench-fuzz bench-scale \
-	bench-memory clean
+.PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
+	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
+	bench-scale bench-memory clean
+
+$(RUNTIME_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	rm -f $(VENV)/.runtime-*
+	touch $@
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	rm -f $(VENV)/.installed-* $(VENV)/.runtime-*
+	touch $@ $(RUNTIME_STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP)        # runtime + test and benchmark extras
+
+runtime: $(RUNTIME_STAMP)  # the runtime dependencies only
 
 debian-deps:
 	bash scripts/install-debian-deps.sh
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/kalkan demo
 
 lint: $(STAMP)

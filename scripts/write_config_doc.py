@@ -9,13 +9,20 @@ from kalkan.config import describe
 HEAD = """# Configuration reference
 
 `kalkan serve --config kalkan.yaml` reads one YAML file; flags (`--origin`, `--listen`, `--admin`,
-`--access-log`, `--cache-dir`, `--state-dir`) override it. `kalkan check-config FILE` makes the
-same checks `serve` makes before it starts, so a file it passes is one `serve` accepts: every key
+`--access-log`, `--cache-dir`, `--state-dir`) override it; without `--config`, `$KALKAN_CONFIG`
+names the file. `kalkan check-config FILE` makes the same checks `serve` makes before it starts
+and lists every problem at once, so a file it passes is one `serve` accepts: every key
 known and of the right type, no key given twice in one mapping (both lines are named), every number
 finite (`.nan` and `.inf` are refused) and within the bounds the table gives, and the files the
 config names loaded as `serve` loads them (`defense.policy` compiled, each `tls.certificates` pair
-read). Every error names the file, the line and the dotted key (and suggests the key you probably
-meant).
+read, `user` and `group` exist, an admin listener off loopback has an `admin.token` of at least 16
+characters). Every error names the file, the line and the dotted key (and suggests the key you
+probably meant).
+
+Paths (`state_dir`, `cache.dir`, `access_log.path`) are relative to the working directory. As a
+service (`kalkan --service`, or `KALKAN_SERVICE=1`) the ones the file leaves unset are
+`/var/lib/kalkan`, `/var/cache/kalkan` and `/var/log/kalkan/access.log`, and the file defaults to
+`/etc/kalkan/kalkan.yaml`; see [install.md](install.md).
 
 Durations: `500ms`, `10s`, `5m`, `6h`, `1d` or a number of seconds. Sizes: `64KiB`, `256MiB`,
 `1GiB`, `1GB` or a number of bytes.
@@ -27,8 +34,9 @@ the hard limit is lower, one warning says how many connections can actually be h
 
 The admin listener belongs on loopback (`127.0.0.1:9181`): there `/metrics` and `/healthz` are
 open, for a Prometheus on the same machine, and the other routes need the token. On any other
-address `serve` logs a warning and every route, `/metrics` included, answers 401 without
-`Authorization: Bearer TOKEN` (the token is `admin.token` or the one in `STATE_DIR/admin.token`).
+address `admin.token` must be set (`serve` and `check-config` refuse the file without it), `serve`
+logs a warning, and every route, `/metrics` included, answers 401 without
+`Authorization: Bearer TOKEN`.
 
 TLS (the whole story is in [https.md](https.md)): with a `tls` section every `listen` address
 speaks HTTPS. Certificates are your own PEM files (`tls.certificates`, picked by SNI, reloaded by

@@ -1,13 +1,18 @@
 """The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
-cert status, demo-site and demo."""
+cert status, demo-site and demo; which config a command reads, and what a failed start prints
+(one line)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import socket
 import sys
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,8 +21,10 @@ from pathlib import Path
 
 from kalkan import __version__
 from kalkan.config import (
+    SERVICE_CONFIG,
     Config,
     ConfigError,
+    apply_service_paths,
     is_loopback_host,
     load_config,
     load_config_text,
@@ -25,7 +32,11 @@ from kalkan.config import (
     parse_origin_url,
     validate,
 )
+from kalkan.privileges import PrivilegeError
+from kalkan.startup import StartupError
 from kalkan.units import parse_duration
+
+log = logging.getLogger("kalkan")
 
 
 def _install_uvloop() -> None:
@@ -36,8 +47,27 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def config_path(args: argparse.Namespace) -> str | None:
+    """The config file a command reads: --config, else $KALKAN_CONFIG, else (as a service)
+    /etc/kalkan/kalkan.yaml if it exists; None means the built-in defaults."""
+    path = getattr(args, "config", None) or os.environ.get("KALKAN_CONFIG") or None
+    if path is None and args.service and Path(SERVICE_CONFIG).is_file():
+        path = SERVICE_CONFIG
+    return path
+
+
+def _base_config(args: argparse.Namespace, *, files: bool = True) -> Config:
+    path = config_path(args)
+    if path is not None:
+        return load_config(path, service=args.service, files=files)
+    config = Config()
+    if args.service:
+        apply_service_paths(config, set())
+    return config
+
+
 def _config_from_args(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
+    config = _base_config(args)
     if args.origin:
         config.origin.url = args.origin
     if args.listen:
@@ -54,17 +84,24 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, sockets: dict[str, socket.socket]) -> None:
     from kalkan.edge.app import Edge
 
-    edge = Edge(config)
-    await edge.start()
+    try:
+        edge = Edge(config, sockets)
+        await edge.start()
+    except OSError as exc:  # a file the edge opens at start (the access log, say)
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise StartupError(f"{where}{exc.strerror or exc}") from None
     for host, port in edge.addresses:
         scheme = "https" if config.tls else "http"
         print(f"kalkan {__version__}: serving {scheme}://{_fmt(host, port)}/ "
               f"for origin {config.origin.url}", flush=True)
     if edge.admin_address:
         print(f"admin: http://{_fmt(*edge.admin_address)}/metrics", flush=True)
+    if os.geteuid() == 0:
+        log.warning("running as root: set `user:` in the config to drop root after the "
+                    "listeners are bound (or run the systemd unit, which never is root)")
     await edge.run_until_signalled()
 
 
@@ -72,16 +109,61 @@ def _fmt(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _become_user(config: Config) -> dict[str, socket.socket]:
+    """With `user:` and started as root: make the directories the edge writes (owned by the
+    user), bind the public listeners, then drop root. Returns the bound listeners."""
+    from kalkan import privileges
+    from kalkan.edge.app import bind_public_listeners
+
+    if config.user is None:
+        return {}
+    acct = privileges.account(config.user, config.group)
+    if not privileges.needs_drop(acct):
+        return {}
+    dirs = [Path(config.state_dir)]
+    if config.cache.enabled and config.cache.dir:
+        dirs.append(Path(config.cache.dir))
+    if config.access_log.path and config.access_log.path != "-":
+        dirs.append(Path(config.access_log.path).parent)
+    for d in dirs:
+        privileges.prepare_dir(d.absolute(), acct)
+    sockets = bind_public_listeners(config)
+    # The edge's late imports done while root: nothing is read from the install after the
+    # drop (a Python under a root-only directory, such as pyenv in /root, still cannot run as
+    # the user: install Kalkan as docs/install.md does).
+    import kalkan.defense.engine  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    privileges.drop(acct)
+    log.info("listeners bound; now running as %s (uid %d, gid %d)", acct.name, acct.uid,
+             acct.gid)
+    return sockets
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from kalkan.startup import check_working_directory, check_writable
+
     config = _config_from_args(args)
+    if not args.service:
+        check_working_directory(config)
+    sockets = _become_user(config)
+    check_writable(config)
     _install_uvloop()
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, sockets))
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """The same checks serve makes before it starts (files included), and its start warning."""
-    config = load_config(args.file)
+    """The same checks serve makes before it starts (files included), every problem listed,
+    and its start warning."""
+    try:
+        config = load_config(args.file, service=args.service)
+    except ConfigError as exc:
+        count = len(exc.problems)
+        print(f"{args.file}: {count} problem{'s' if count != 1 else ''}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     if config.admin.listen and not is_loopback_host(parse_hostport(config.admin.listen)[0]):
         print(f"{args.file}: warning: admin.listen {config.admin.listen} is not on loopback; "
               "every admin route, /metrics included, will require the token", file=sys.stderr)
@@ -108,15 +190,39 @@ class AdminUnreachable(Exception):
     """The admin listener did not answer or refused; the message says what to check."""
 
 
+def admin_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """The admin HOST:PORT and token of the edge a command talks to: --admin / --token /
+    --state-dir, else the config's (--config, $KALKAN_CONFIG), else the defaults. The third
+    item says why there is no token, if there is none."""
+    config = _base_config(args, files=False)
+    if args.state_dir:
+        config.state_dir = args.state_dir
+    where = config_path(args) or "the default config"
+    admin = args.admin or config.admin.listen
+    if not admin:
+        raise AdminUnreachable(f"admin.listen is off in {where}: the admin commands need it "
+                               "(or pass --admin HOST:PORT)")
+    token, missing = args.token or config.admin.token, None
+    if token is None:
+        token_file = Path(config.state_dir) / "admin.token"
+        try:
+            token = token_file.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            # Said only if the edge wants a token: unreachable is the likelier news.
+            missing = (f"no admin token: {token_file} does not exist; point at the edge's "
+                       "config with --config FILE or KALKAN_CONFIG (its state_dir holds "
+                       "admin.token), or pass --state-dir or --token")
+        except OSError as exc:
+            missing = (f"cannot read the admin token {token_file} ({exc.strerror}); run as "
+                       "the user the edge runs as (or with sudo), or pass --token")
+    return admin, token, missing
+
+
 def admin_call(args: argparse.Namespace, method: str, path: str,
                body: object | None = None) -> object:
-    """One request to a running edge's admin listener, with the token from --token or the
-    state directory's admin.token."""
-    host, port = parse_hostport(args.admin)
-    token = args.token
-    if token is None:
-        token_file = Path(args.state_dir) / "admin.token"
-        token = token_file.read_text().strip() if token_file.exists() else None
+    """One request to a running edge's admin listener, with its token (see admin_target)."""
+    admin, token, missing = admin_target(args)
+    host, port = parse_hostport(admin)
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://{_fmt(host, port)}{path}", data=data, method=method)
     if token:
@@ -128,11 +234,13 @@ def admin_call(args: argparse.Namespace, method: str, path: str,
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
+        if exc.code == 401 and missing:
+            detail += f"; {missing}"
         raise AdminUnreachable(f"the edge refused: {exc.code} {detail}") from None
     except OSError as exc:
         raise AdminUnreachable(
-            f"cannot reach the admin listener at {args.admin} ({exc}); is `kalkan serve` "
-            "running with that --admin address?") from None
+            f"cannot reach the admin listener at {admin} ({exc}); is `kalkan serve` "
+            "running with that admin address?") from None
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -209,7 +317,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     text = resources.files("kalkan").joinpath("data/demo.yaml").read_text(encoding="utf-8")
     config = load_config_text(text, "kalkan/data/demo.yaml")
+    if args.listen:
+        config.listen = [args.listen]
+    if args.admin:
+        config.admin.listen = args.admin
+    if args.origin_listen:
+        config.origin.url = f"http://{args.origin_listen}"
+    validate(config, "command line")
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    if config.access_log.path and config.access_log.path != "-":
+        Path(config.access_log.path).parent.mkdir(parents=True, exist_ok=True)
     _, origin_host, origin_port = parse_origin_url(config.origin.url)
 
     async def main() -> None:
@@ -241,9 +358,13 @@ Press Ctrl-C to stop both.
 
 
 def _admin_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--admin", default="127.0.0.1:9181", help="the edge's admin HOST:PORT")
-    p.add_argument("--token", help="admin token (default: STATE_DIR/admin.token)")
-    p.add_argument("--state-dir", default="var", help="the edge's state_dir (default var)")
+    p.add_argument("--config", help="the edge's config file, for its admin address, token and "
+                   "state_dir (default: $KALKAN_CONFIG)")
+    p.add_argument("--admin", help="the edge's admin HOST:PORT (default: the config's "
+                   "admin.listen, 127.0.0.1:9181)")
+    p.add_argument("--token", help="admin token (default: the config's admin.token, else "
+                   "STATE_DIR/admin.token)")
+    p.add_argument("--state-dir", help="the edge's state_dir (default: the config's, var)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,12 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kalkan", description="A self-hosted shield that keeps a newsroom's site online.")
     parser.add_argument("--version", action="version", version=f"kalkan {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="debug logging, and a failed start shows its traceback")
+    parser.add_argument("--service", action="store_true",
+                        default=os.environ.get("KALKAN_SERVICE", "") not in ("", "0"),
+                        help="run as a system service: config /etc/kalkan/kalkan.yaml, state "
+                        "/var/lib/kalkan, cache /var/cache/kalkan, log /var/log/kalkan "
+                        "(also KALKAN_SERVICE=1; see docs/install.md)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the edge in front of an origin")
     p.add_argument("--origin", help="origin URL, http://HOST:PORT (overrides origin.url)")
     p.add_argument("--listen", help="public HOST:PORT (overrides listen)")
-    p.add_argument("--config", help="YAML config file (see docs/config.md)")
+    p.add_argument("--config", help="YAML config file, see docs/config.md (default: "
+                   "$KALKAN_CONFIG)")
     p.add_argument("--admin", help="admin HOST:PORT for metrics and purge, or 'off'")
     p.add_argument("--access-log", help="access log file, '-' for stdout, or 'off'")
     p.add_argument("--cache-dir", help="where the cache persists, or 'off' for memory only")
@@ -318,24 +447,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_site)
 
     p = sub.add_parser("demo", help="the demo site with Kalkan in front, on the embedded config")
+    p.add_argument("--listen", help="Kalkan's HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--admin", help="the admin HOST:PORT (default 127.0.0.1:9181)")
+    p.add_argument("--origin-listen", help="the demo site's HOST:PORT (default 127.0.0.1:8000)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _one_line(exc: ConfigError, args: argparse.Namespace) -> str:
+    """The first problem; how many more, and where to see them all."""
+    first, more = exc.problems[0] if exc.problems else str(exc), len(exc.problems) - 1
+    if more:
+        path = config_path(args) if args.command == "serve" else None
+        target = path or "FILE"
+        first += (f" (and {more} more problem{'s' if more > 1 else ''}: "
+                  f"`kalkan check-config {target}` lists them)")
+    return first
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"config error: {_one_line(exc, args)}", file=sys.stderr)
         return 2
+    except (StartupError, PrivilegeError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"kalkan: cannot start: {exc}", file=sys.stderr)
+        return 1
     except AdminUnreachable as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # never a traceback for a user, unless asked (--debug)
+        if args.debug:
+            raise
+        print(f"kalkan: {args.command} failed: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,22 @@ from kalkan.units import parse_duration
 
 
 class ConfigError(ValueError):
-    """A config problem, with the file, line and dotted key in its message."""
+    """Config problems, each with the file, line and dotted key in its message; `problems`
+    holds every one found (check-config lists them all), the message is them one per line."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+# The paths a service gets when nothing sets them (`kalkan --service`, KALKAN_SERVICE=1): a
+# service's working directory is `/`, where the relative defaults would land in /var itself.
+SERVICE_PATHS = {
+    "state_dir": "/var/lib/kalkan",
+    "cache.dir": "/var/cache/kalkan",
+    "access_log.path": "/var/log/kalkan/access.log",
+}
+SERVICE_CONFIG = "/etc/kalkan/kalkan.yaml"
 
 
 # Bounds a numeric key may carry in its field metadata (checked where the value is read, so the
@@ -257,7 +272,9 @@ class DefenseConfig:
 class AccessLogConfig:
     """One JSON line per request."""
 
-    path: str | None = _opt("File for the access log; `-` is stdout, null disables it.", "-")
+    path: str | None = _opt(
+        "File for the access log; `-` is stdout, null disables it. With `--service` the default "
+        "is /var/log/kalkan/access.log (reopened on SIGUSR1, after logrotate).", "-")
 
 
 @dataclass
@@ -269,9 +286,10 @@ class AdminConfig:
         "is logged at start and every admin route, `/metrics` and `/healthz` included, needs "
         "the token.", "127.0.0.1:9181")
     token: str | None = _opt(
-        "Bearer token (`Authorization: Bearer TOKEN`) for the admin routes; null uses "
-        "STATE_DIR/admin.token, made on first start. On loopback `/metrics` and `/healthz` "
-        "stay open (a local Prometheus scrape); elsewhere they need it too.", None)
+        "Bearer token (`Authorization: Bearer TOKEN`) for the admin routes, at least 16 "
+        "characters; null uses STATE_DIR/admin.token, made on first start. Required when "
+        "`admin.listen` is not on loopback. On loopback `/metrics` and `/healthz` stay open (a "
+        "local Prometheus scrape); elsewhere they need it too.", None)
 
 
 @dataclass
@@ -289,8 +307,15 @@ class Config:
         default_factory=AccessLogConfig, metadata={"doc": "Access log."})
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"doc": "Admin listener."})
     defense: DefenseConfig = field(default_factory=DefenseConfig, metadata={"doc": "Defence."})
-    state_dir: str = _opt("Directory for state that must survive restarts (pid, decisions).",
-                          "var")
+    state_dir: str = _opt(
+        "Directory for state that must survive restarts (decisions, keys, the admin token); "
+        "relative to the working directory, `/var/lib/kalkan` with `--service`.", "var")
+    user: str | None = _opt(
+        "Started as root: drop to this user after binding the listeners (ports 80/443), before "
+        "any file is opened. null stays who started it (the systemd unit starts as `kalkan` "
+        "with CAP_NET_BIND_SERVICE instead).", None)
+    group: str | None = _opt("Group to drop to with `user`; null is the user's own group.",
+                             None)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -416,20 +441,40 @@ def _convert(tp: Any, node: yaml.Node, value: Any, key: str, source: str, kind: 
 
 
 def _build(cls: Any, node: yaml.MappingNode, source: str, prefix: str = "") -> Any:
+    """The dataclass from a mapping. Every bad key is reported, not just the first: a bad one
+    keeps its default so the rest can still be built and checked."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
+    problems: list[str] = []
     for key_node, value_node in node.value:
         name = str(key_node.value)
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"{_where(key_node, source)}: unknown key {prefix}{name}{hint}")
+            problems.append(f"{_where(key_node, source)}: unknown key {prefix}{name}{hint}")
+            continue
         value = yaml.safe_load(yaml.serialize(value_node))
         f = fields[name]
-        kwargs[name] = _convert(hints[name], value_node, value, prefix + name, source,
-                                f.metadata.get("kind"))
+        try:
+            kwargs[name] = _convert(hints[name], value_node, value, prefix + name, source,
+                                    f.metadata.get("kind"))
+        except _Partial as partial:  # a section with bad keys: keep its good ones
+            kwargs[name] = partial.value
+            problems.extend(partial.problems)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise _Partial(cls(**kwargs), problems)
     return cls(**kwargs)
+
+
+class _Partial(ConfigError):
+    """What _build could make of a mapping with bad keys, and the problems."""
+
+    def __init__(self, value: Any, problems: list[str]) -> None:
+        super().__init__(*problems)
+        self.value = value
 
 
 def _key_lines(node: yaml.Node, source: str, path: str = "",
@@ -457,8 +502,11 @@ def _key_lines(node: yaml.Node, source: str, path: str = "",
     return lines
 
 
-def load_config_text(text: str, source: str = "<config>") -> Config:
-    """Parse YAML text into a checked Config; raise ConfigError naming the file, line and key."""
+def load_config_text(text: str, source: str = "<config>", *, service: bool = False,
+                     files: bool = True) -> Config:
+    """Parse YAML text into a checked Config; raise ConfigError naming the file, line and key of
+    every problem. `service`: paths the text leaves unset get SERVICE_PATHS; `files`: load the
+    policy and certificates it names too (the admin commands only need addresses and paths)."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -467,25 +515,45 @@ def load_config_text(text: str, source: str = "<config>") -> Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
     lines: dict[str, int] = {}
+    problems: list[str] = []
     if node is None:
         config = Config()
     elif not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{_where(node, source)}: the config must be a mapping of keys")
     else:
         lines = _key_lines(node, source)
-        config = _build(Config, node, source)
-    validate(config, source, lines)
+        try:
+            config = _build(Config, node, source)
+        except _Partial as partial:
+            config, problems = partial.value, partial.problems
+    if service:
+        apply_service_paths(config, set(lines))
+    try:
+        validate(config, source, lines, files=files)
+    except ConfigError as exc:
+        problems.extend(p for p in exc.problems if p not in problems)
+    if problems:
+        raise ConfigError(*problems)
     return config
 
 
-def load_config(path: str | Path) -> Config:
+def apply_service_paths(config: Config, given: set[str]) -> None:
+    """SERVICE_PATHS for each path key not in `given` (the dotted keys a file set)."""
+    for key, path in SERVICE_PATHS.items():
+        if key in given:
+            continue
+        section, _, name = key.rpartition(".")
+        setattr(getattr(config, section) if section else config, name, path)
+
+
+def load_config(path: str | Path, *, service: bool = False, files: bool = True) -> Config:
     """Read and check a YAML config file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
-    return load_config_text(text, str(p))
+    return load_config_text(text, str(p), service=service, files=files)
 
 
 def _bound_text(meta: Any) -> str:
@@ -500,55 +568,57 @@ def _bound_text(meta: Any) -> str:
     return " and ".join(parts)
 
 
-def _check_bounds(obj: Any, where: Any, prefix: str = "") -> None:
+def _check_bounds(obj: Any, where: Any, problems: list[str], prefix: str = "") -> None:
     """Every number finite and within its field's bounds, however it was set (file or flag)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
-            _check_bounds(value, where, key + ".")
+            _check_bounds(value, where, problems, key + ".")
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if not math.isfinite(value):
-            raise ConfigError(f"{where(key)}: {key}: must be a finite number, got {value!r}")
+            problems.append(f"{where(key)}: {key}: must be a finite number, got {value!r}")
+            continue
         meta = f.metadata
         if (("min" in meta and value < meta["min"]) or ("above" in meta and value <= meta["above"])
                 or ("max" in meta and value > meta["max"])):
-            raise ConfigError(f"{where(key)}: {key}: must be {_bound_text(meta)}, got {value!r}")
+            problems.append(f"{where(key)}: {key}: must be {_bound_text(meta)}, got {value!r}")
 
 
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
-def _check_acme(tls: TLSConfig, where: Any) -> None:
+def _check_acme(tls: TLSConfig, where: Any, problems: list[str]) -> None:
     """The ACME section: a CA to ask, names it can validate over HTTP-01, a listener for it."""
     acme = tls.acme
     assert acme is not None
     if not acme.directory:
-        raise ConfigError(f"{where('tls.acme')}: tls.acme.directory: the CA's ACME directory "
-                          "URL is needed, e.g. https://acme-v02.api.letsencrypt.org/directory")
-    parts = urlsplit(acme.directory)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"{where('tls.acme.directory')}: tls.acme.directory: expected an "
-                          f"https:// URL, got {acme.directory!r}")
+        problems.append(f"{where('tls.acme')}: tls.acme.directory: the CA's ACME directory "
+                        "URL is needed, e.g. https://acme-v02.api.letsencrypt.org/directory")
+    else:
+        parts = urlsplit(acme.directory)
+        if parts.scheme != "https" or not parts.hostname:
+            problems.append(f"{where('tls.acme.directory')}: tls.acme.directory: expected an "
+                            f"https:// URL, got {acme.directory!r}")
     if not acme.domains:
-        raise ConfigError(f"{where('tls.acme.domains')}: tls.acme.domains: at least one name "
-                          "is needed")
+        problems.append(f"{where('tls.acme.domains')}: tls.acme.domains: at least one name "
+                        "is needed")
     for i, name in enumerate(acme.domains):
         key = f"tls.acme.domains[{i}]"
         if not isinstance(name, str) or name.startswith("*."):
-            raise ConfigError(f"{where(key)}: {key}: {name!r}: HTTP-01 cannot prove a wildcard "
-                              "name; list each name")
-        if not _DNS_NAME.match(name.lower().rstrip(".")) or _is_ip(name):
-            raise ConfigError(f"{where(key)}: {key}: {name!r} is not a DNS name")
+            problems.append(f"{where(key)}: {key}: {name!r}: HTTP-01 cannot prove a wildcard "
+                            "name; list each name")
+        elif not _DNS_NAME.match(name.lower().rstrip(".")) or _is_ip(name):
+            problems.append(f"{where(key)}: {key}: {name!r} is not a DNS name")
     if acme.email is not None and "@" not in acme.email:
-        raise ConfigError(f"{where('tls.acme.email')}: tls.acme.email: expected an address, "
-                          f"got {acme.email!r}")
+        problems.append(f"{where('tls.acme.email')}: tls.acme.email: expected an address, "
+                        f"got {acme.email!r}")
     if not tls.http_listen:
-        raise ConfigError(f"{where('tls.acme')}: tls.http_listen: needed with tls.acme (the CA "
-                          "checks /.well-known/acme-challenge/ over plain HTTP on port 80)")
+        problems.append(f"{where('tls.acme')}: tls.http_listen: needed with tls.acme (the CA "
+                        "checks /.well-known/acme-challenge/ over plain HTTP on port 80)")
 
 
 def _is_ip(text: str) -> bool:
@@ -559,7 +629,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _check_files(config: Config, where: Any) -> None:
+def _check_files(config: Config, where: Any, problems: list[str]) -> None:
     """Load what serve will load, the same way: the policy (compiled) and the TLS pairs."""
     from kalkan.defense.rules import Policy, PolicyError  # late: keeps config importable alone
     from kalkan.tls import CertificateSet, TLSConfigError
@@ -568,73 +638,119 @@ def _check_files(config: Config, where: Any) -> None:
         try:
             Policy.from_file(config.defense.policy)
         except PolicyError as exc:
-            raise ConfigError(f"{where('defense.policy')}: defense.policy: {exc}") from None
+            problems.append(f"{where('defense.policy')}: defense.policy: {exc}")
     if config.tls is not None:
         for i, pair in enumerate(config.tls.certificates):
             key = f"tls.certificates[{i}]"
+            if not isinstance(pair, dict) or set(pair) != {"cert", "key"}:
+                continue  # said by validate
             try:
                 CertificateSet([pair])
             except TLSConfigError as exc:
-                raise ConfigError(f"{where(key)}: {key}: {exc}") from None
+                problems.append(f"{where(key)}: {key}: {exc}")
         bundle = config.tls.acme.ca_bundle if config.tls.acme is not None else None
         if bundle and not Path(bundle).is_file():
-            raise ConfigError(f"{where('tls.acme.ca_bundle')}: tls.acme.ca_bundle: {bundle}: "
-                              "no such file")
+            problems.append(f"{where('tls.acme.ca_bundle')}: tls.acme.ca_bundle: {bundle}: "
+                            "no such file")
+
+
+def _check_identity(config: Config, where: Any, problems: list[str]) -> None:
+    """`user` and `group` name accounts this machine has."""
+    import grp  # late: POSIX only, and only needed when they are set
+    import pwd
+
+    if config.user is not None:
+        try:
+            pwd.getpwnam(config.user)
+        except KeyError:
+            problems.append(f"{where('user')}: user: no user {config.user!r} on this machine "
+                            f"(create it: useradd --system {config.user})")
+    if config.group is not None:
+        try:
+            grp.getgrnam(config.group)
+        except KeyError:
+            problems.append(f"{where('group')}: group: no group {config.group!r} on this machine")
+        if config.user is None:
+            problems.append(f"{where('group')}: group: set only together with user")
+
+
+# A bearer token an attacker could guess is no protection for a listener off loopback.
+MIN_TOKEN_LENGTH = 16
 
 
 def validate(config: Config, source: str = "<config>",
-             lines: dict[str, int] | None = None) -> None:
+             lines: dict[str, int] | None = None, *, files: bool = True) -> None:
     """Everything serve would refuse: bounds, cross-field checks and the files the config names
-    (the policy compiles, each TLS pair loads). `lines` maps dotted keys to their line."""
+    (the policy compiles, each TLS pair loads). `lines` maps dotted keys to their line. Raises
+    one ConfigError listing every problem."""
+    problems: list[str] = []
+
     def where(key: str) -> str:
         line = (lines or {}).get(key)
         return f"{source}:{line}" if line else source
 
-    def check(key: str, fn: Any, value: Any, item: str | None = None) -> None:
+    def check(key: str, fn: Any, value: Any, item: str | None = None) -> bool:
         try:
             fn(value)
         except ValueError as exc:
-            raise ConfigError(f"{where(item or key)}: {key}: {exc}") from None
+            problems.append(f"{where(item or key)}: {key}: {exc}")
+            return False
+        return True
 
     if not config.listen:
-        raise ConfigError(f"{where('listen')}: listen: at least one HOST:PORT is needed")
+        problems.append(f"{where('listen')}: listen: at least one HOST:PORT is needed")
     for i, item in enumerate(config.listen):
         check("listen", parse_hostport, item, f"listen[{i}]")
     check("origin.url", parse_origin_url, config.origin.url)
-    if config.admin.listen:
-        check("admin.listen", parse_hostport, config.admin.listen)
+    admin = config.admin
+    if (admin.listen and check("admin.listen", parse_hostport, admin.listen)
+            and not is_loopback_host(parse_hostport(admin.listen)[0]) and not admin.token):
+        problems.append(
+            f"{where('admin.listen')}: admin.listen: {admin.listen} is not on loopback, so "
+            "every admin route needs a token: set admin.token (at least "
+            f"{MIN_TOKEN_LENGTH} characters) or listen on 127.0.0.1")
+    if admin.token is not None and len(admin.token) < MIN_TOKEN_LENGTH:
+        problems.append(f"{where('admin.token')}: admin.token: at least {MIN_TOKEN_LENGTH} "
+                        "characters, so it cannot be guessed (e.g. `openssl rand -hex 24`)")
     for i, item in enumerate(config.client_address.trusted_proxies):
         check("client_address.trusted_proxies",
               lambda v: ipaddress.ip_network(v, strict=False), item,
               f"client_address.trusted_proxies[{i}]")
     if config.defense.attack_mode not in ("auto", "on", "off"):
-        raise ConfigError(f"{where('defense.attack_mode')}: defense.attack_mode: must be auto, "
-                          f"on or off, not {config.defense.attack_mode!r}")
+        problems.append(f"{where('defense.attack_mode')}: defense.attack_mode: must be auto, "
+                        f"on or off, not {config.defense.attack_mode!r}")
     for i, item in enumerate(config.defense.allow):
         check("defense.allow", lambda v: ipaddress.ip_network(v, strict=False), item,
               f"defense.allow[{i}]")
-    _check_bounds(config, where)
+    _check_bounds(config, where, problems)
     if config.tls is not None:
         if not config.tls.certificates and config.tls.acme is None:
-            raise ConfigError(f"{where('tls.certificates')}: tls.certificates: at least one "
-                              "{cert, key} is needed (or tls.acme)")
+            problems.append(f"{where('tls.certificates')}: tls.certificates: at least one "
+                            "{cert, key} is needed (or tls.acme)")
         for i, cert in enumerate(config.tls.certificates):
             if not isinstance(cert, dict) or set(cert) != {"cert", "key"}:
-                raise ConfigError(f"{where(f'tls.certificates[{i}]')}: tls.certificates[{i}]: "
-                                  "expected {cert: PATH, key: PATH}")
+                problems.append(f"{where(f'tls.certificates[{i}]')}: tls.certificates[{i}]: "
+                                "expected {cert: PATH, key: PATH}")
         if config.tls.redirect_http and not config.tls.http_listen:
-            raise ConfigError(f"{where('tls.redirect_http')}: tls.http_listen: needed when "
-                              "tls.redirect_http is true")
+            problems.append(f"{where('tls.redirect_http')}: tls.http_listen: needed when "
+                            "tls.redirect_http is true")
         if config.tls.http_listen:
             check("tls.http_listen", parse_hostport, config.tls.http_listen)
         if config.tls.acme is not None:
-            _check_acme(config.tls, where)
+            _check_acme(config.tls, where, problems)
     try:
         parse_query_config(config.cache.query)
     except ValueError as exc:
-        raise ConfigError(f"{where('cache.query')}: cache.query: {exc}") from None
-    _check_never_cache(config.cache, where)
-    _check_files(config, where)
+        problems.append(f"{where('cache.query')}: cache.query: {exc}")
+    try:
+        _check_never_cache(config.cache, where)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    _check_identity(config, where, problems)
+    if files:
+        _check_files(config, where, problems)
+    if problems:
+        raise ConfigError(*problems)
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

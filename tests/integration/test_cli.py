@@ -227,6 +227,11 @@ def test_check_config_warns_about_a_public_admin_listener(tmp_path: Path) -> Non
     config = tmp_path / "kalkan.yaml"
     config.write_text("admin:\n  listen: 0.0.0.0:9181\n")
     out = run_cli("check-config", str(config))
+    assert out.returncode == 2
+    assert (f"{config}:2: admin.listen: 0.0.0.0:9181 is not on loopback, so every admin route "
+            "needs a token: set admin.token") in out.stderr
+    config.write_text("admin:\n  listen: 0.0.0.0:9181\n  token: 0123456789abcdef0123\n")
+    out = run_cli("check-config", str(config))
     assert out.returncode == 0 and "ok" in out.stdout
     assert "admin.listen 0.0.0.0:9181 is not on loopback" in out.stderr
 

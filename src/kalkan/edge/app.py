@@ -1,5 +1,5 @@
-"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals,
-and the process's open-files limit."""
+"""Assembles a running edge from a Config: pipeline, listeners (TLS), admin listener, signals
+(SIGHUP reload, SIGUSR1 reopen the log), systemd notifications, and the open-files limit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import os
 import resource
 import secrets
 import signal
+import socket
 import ssl
+import time
 from pathlib import Path
 
 from kalkan.acme import AcmeManager
@@ -20,7 +22,9 @@ from kalkan.edge.connection import HttpConnection
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
+from kalkan.notify import notify, watchdog_interval
 from kalkan.observe.admin import AdminError, AdminServer
+from kalkan.startup import bind_listener, bind_problem
 from kalkan.tls import CertificateSet, TLSConfigError, pending_listener
 
 log = logging.getLogger("kalkan")
@@ -72,11 +76,37 @@ class RedirectToHttps:
         pass
 
 
+def public_listeners(config: Config) -> list[tuple[str, str]]:
+    """(config key, HOST:PORT) of every public listener: `listen` and the plain-HTTP one (the
+    redirect, or ACME's HTTP-01 answers)."""
+    items = [(f"listen[{i}]", item) for i, item in enumerate(config.listen)]
+    tls = config.tls
+    if tls is not None and tls.http_listen and (tls.redirect_http or tls.acme is not None):
+        items.append(("tls.http_listen", tls.http_listen))
+    return items
+
+
+def bind_public_listeners(config: Config) -> dict[str, socket.socket]:
+    """The public listeners bound now, while the process may still bind ports 80/443 (before
+    `user:` drops root); Edge.start serves on them. Keyed by their HOST:PORT text."""
+    bound: dict[str, socket.socket] = {}
+    try:
+        for key, item in public_listeners(config):
+            host, port = parse_hostport(item)
+            bound[item] = bind_listener(key, host, port)
+    except BaseException:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
 class Edge:
     """One edge process: start() binds everything, stop() drains and persists."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sockets: dict[str, socket.socket] | None = None) -> None:
         self.config = config
+        self._sockets = dict(sockets or {})
         self.pipeline = Pipeline(config)
         self.server = EdgeServer(config, self.pipeline)
         self.redirect_server: EdgeServer | None = None
@@ -114,12 +144,11 @@ class Edge:
                 ssl_context = self.certificates.listener
             else:  # bind now (before any privilege drop), accept once a certificate exists
                 ssl_context = self._pending_tls = pending_listener()
-        for item in self.config.listen:
-            host, port = parse_hostport(item)
-            self.addresses.append(await self.server.listen(
-                host, port, ssl_context, start_serving=self._pending_tls is None))
+        for i, item in enumerate(self.config.listen):
+            self.addresses.append(await self._listen(self.server, f"listen[{i}]", item,
+                                                     ssl_context,
+                                                     start_serving=self._pending_tls is None))
         if tls is not None and tls.http_listen and (tls.redirect_http or tls.acme is not None):
-            host, port = parse_hostport(tls.http_listen)
             plain: RedirectToHttps | Pipeline | AcmeFront = self.pipeline
             if tls.redirect_http:
                 plain = self._redirect = RedirectToHttps(self.pipeline, self.addresses[0][1])
@@ -129,12 +158,12 @@ class Edge:
                 plain = self.acme_front = AcmeFront(
                     self.acme.tokens, self.pipeline if self._pending_tls else plain,
                     self.pipeline.recorder)
-                if port != 80:
+                if parse_hostport(tls.http_listen)[1] != 80:
                     log.warning("tls.http_listen %s is not port 80: the CA checks HTTP-01 "
                                 "challenges on port 80, so forward port 80 of %s to it",
                                 tls.http_listen, ", ".join(self.acme.domains))
             self.redirect_server = EdgeServer(self.config, plain)
-            plain_at = await self.redirect_server.listen(host, port)
+            plain_at = await self._listen(self.redirect_server, "tls.http_listen", tls.http_listen)
         if self.acme is not None:
             if self._pending_tls is not None:
                 log.warning("no certificate yet for %s: HTTPS on %s starts once the CA has "
@@ -155,7 +184,22 @@ class Edge:
             self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
             for method, path, handler in self.pipeline.defense.admin_routes():
                 self.admin.route(method, path, handler)
-            self.admin_address = await self.admin.start(host, port)
+            try:
+                self.admin_address = await self.admin.start(host, port)
+            except OSError as exc:
+                raise bind_problem("admin.listen", host, port, exc) from None
+
+    async def _listen(self, server: EdgeServer, key: str, item: str,
+                      ssl_context: ssl.SSLContext | None = None, *,
+                      start_serving: bool = True) -> tuple[str, int]:
+        """One public listener, on its socket bound beforehand if there is one; a bind that
+        fails is a StartupError naming the key, the address and the fix."""
+        host, port = parse_hostport(item)
+        try:
+            return await server.listen(host, port, ssl_context, sock=self._sockets.pop(item, None),
+                                       start_serving=start_serving)
+        except OSError as exc:
+            raise bind_problem(key, host, port, exc) from None
 
     async def _acme_certificate(self) -> None:
         """A new ACME certificate is in place: the first one starts HTTPS; later ones are
@@ -227,13 +271,46 @@ class Edge:
         await self.pipeline.close()
         self._stopped.set()
 
+    def reopen_log(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): the access log starts a new file at its path."""
+        try:
+            self.pipeline.access_log.reopen()
+            log.info("access log reopened")
+        except OSError as exc:
+            log.error("cannot reopen the access log %s: %s; lines are dropped until the next "
+                      "SIGUSR1", self.config.access_log.path, exc.strerror or exc)
+
+    def _reload_signalled(self) -> None:
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+               "STATUS=reloading the policy and certificates")
+        _, messages = self.reload()
+        notify("READY=1", f"STATUS={'; '.join(messages) or 'reloaded'}")
+
     async def run_until_signalled(self) -> None:
+        """Serve until SIGINT/SIGTERM; tells systemd READY=1 first (Type=notify) and feeds its
+        watchdog from the event loop, so a stuck loop is restarted."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload() and None)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_signalled)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_log)
+        listening = ", ".join(f"{h}:{p}" for h, p in self.addresses)
+        notify("READY=1", f"STATUS=serving on {listening}")
+        interval = watchdog_interval()
+        beat: asyncio.TimerHandle | None = None
+
+        def feed() -> None:
+            nonlocal beat
+            notify("WATCHDOG=1")
+            beat = loop.call_later(interval or 1.0, feed)
+
+        if interval is not None:
+            feed()
         await stop.wait()
+        if beat is not None:
+            beat.cancel()
+        notify("STOPPING=1", "STATUS=finishing requests in progress")
         log.info("stopping: finishing requests in progress")
         await self.stop()
 

@@ -5,6 +5,7 @@ connection is `HttpConnection`'s (edge/connection.py)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -65,31 +66,35 @@ class EdgeServer:
             self.per_client[client] = n
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                     protocol: Callable[[], asyncio.Protocol] | None = None, *,
+                     protocol: Callable[[], asyncio.Protocol] | None = None,
+                     sock: socket.socket | None = None, *,
                      start_serving: bool = True) -> tuple[str, int]:
-        """Bind HOST:PORT; with start_serving=False the socket is only bound (a TLS listener
-        waiting for its first certificate) until `start_serving`."""
+        """Serve on host:port, or on `sock` when it was bound already (before dropping root);
+        with start_serving=False the socket is only bound (a TLS listener waiting for its first
+        certificate) until `start_serving`."""
         loop = asyncio.get_running_loop()
         scheme = "https" if ssl_context is not None else "http"
         factory = protocol or (lambda: HttpConnection(self, scheme))
         # A TLS connection reaches our protocol only once its handshake is done, so the header
         # timeout must bound the handshake itself (asyncio's default allows 60 s).
         tls_timeout = self.config.limits.header_timeout if ssl_context is not None else None
-        if host == "::":
-            import socket  # only the dual-stack branch needs it
-
+        if sock is not None:
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096,
+                                              ssl_handshake_timeout=tls_timeout,
+                                              start_serving=start_serving)
+        elif host == "::":
             # `[::]` means every address, IPv4 too; asyncio would make it IPv6-only, so the
             # socket is made here with IPV6_V6ONLY off (IPv4 peers arrive as ::ffff:a.b.c.d).
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            dual = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind(("::", port))
-                sock.setblocking(False)
+                dual.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                dual.bind(("::", port))
+                dual.setblocking(False)
             except OSError:
-                sock.close()
+                dual.close()
                 raise
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096,
+            server = await loop.create_server(factory, sock=dual, ssl=ssl_context, backlog=4096,
                                               ssl_handshake_timeout=tls_timeout,
                                               start_serving=start_serving)
         else:
@@ -100,8 +105,8 @@ class EdgeServer:
         self.servers.append(server)
         if self._sweeper is None:
             self._sweep()
-        sock = server.sockets[0].getsockname()
-        return sock[0], sock[1]
+        bound = server.sockets[0].getsockname()
+        return bound[0], bound[1]
 
     async def start_serving(self) -> None:
         for server in self.servers:

@@ -120,6 +120,17 @@ class AccessLog:
                 f.write("".join(lines))
             f.flush()
 
+    def reopen(self) -> None:
+        """Write the buffered lines, then start again at `path` (a new file once logrotate has
+        moved the old one away). Raises OSError when the path cannot be opened."""
+        if not self.path or self.path == "-" or not self.enabled:
+            return
+        if self._file is not None:
+            self.flush()
+            self._file.close()
+            self._file = None
+        self._file = open(self.path, "a", buffering=256 * 1024, encoding="utf-8")  # noqa: SIM115
+
     def close(self) -> None:
         self.flush()
         if self._file is not None and self._file is not sys.stdout:
