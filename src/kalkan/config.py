@@ -58,6 +58,7 @@ class TLSConfig:
     redirect_http: bool = _opt(
         "Also listen on `http_listen` and redirect plain HTTP to HTTPS with 308.", False)
     http_listen: str | None = _opt("Plain-HTTP listener used for the redirect.", None)
+    http2: bool = _opt("Offer HTTP/2 (ALPN h2) as well as HTTP/1.1 on the TLS listeners.", True)
 
 
 @dataclass

@@ -83,7 +83,7 @@ class Edge:
         tls = self.config.tls
         ssl_context = None
         if tls is not None:
-            self.certificates = CertificateSet(tls.certificates)
+            self.certificates = CertificateSet(tls.certificates, http2=tls.http2)
             ssl_context = self.certificates.listener
         for item in self.config.listen:
             host, port = parse_hostport(item)
