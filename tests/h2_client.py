@@ -59,19 +59,24 @@ class Reply:
 class H2Client:
     """One HTTP/2 connection; `request` sends one request and waits for its whole answer."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 validate: bool = True) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+        # validate=False: the client sends what it is told, malformed or not.
+        self.conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8",
+                                                 validate_outbound_headers=validate,
+                                                 normalize_outbound_headers=validate))
         self.replies: dict[int, Reply] = {}
         self.ended: set[int] = set()
         self.terminated: ConnectionTerminated | None = None
 
     @classmethod
-    async def connect(cls, port: int, ca: trustme.CA, source: str | None = None) -> H2Client:
+    async def connect(cls, port: int, ca: trustme.CA, source: str | None = None,
+                      validate: bool = True) -> H2Client:
         reader, writer = await open_tls(port, ca, source=source)
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-        client = cls(reader, writer)
+        client = cls(reader, writer, validate)
         client.conn.initiate_connection()
         client.flush()
         return client
@@ -89,7 +94,7 @@ class H2Client:
         self.flush()
         async with asyncio.timeout(timeout):
             left = memoryview(body)
-            while left:
+            while left and sid not in self.ended:  # (answered early: the rest is not sent)
                 window = min(self.conn.local_flow_control_window(sid),
                              self.conn.max_outbound_frame_size)
                 if window > 0:

@@ -472,7 +472,7 @@ class H2Connection(asyncio.Protocol):
         if authority is not None:
             host, port = canonical_host(authority)
             site = host if port is None or port == 443 else f"{host}:{port}"
-            if req.host_fields and req.host != site:
+            if req.host_fields and req.host != site:  # (h2 already refuses any raw mismatch)
                 raise BadRequest(400, "Host and :authority name different sites.")
             req.host, req.host_fields = site, 1
         if not req.host_fields:
