@@ -219,3 +219,21 @@ async def test_a_stalled_body_times_out(h2_edge: Any, origin: Origin, ca: trustm
     await raw.close()
     assert statuses(frames).get(1) == 408
     assert h2_edge.pipeline.metrics.timeouts["body"] >= 1
+
+
+@pytest.mark.slow
+async def test_a_trickled_body_is_cut_off_by_its_rate(h2_edge: Any, ca: trustme.CA) -> None:
+    """Slow POST over h2: a few bytes every half second never break body_timeout, but after
+    the grace period the stream's rate is below limits.body_min_rate."""
+    raw = await Raw.connect(port_of(h2_edge), ca)
+    await raw.pump(HeadersFrame(1, raw.block("/_demo/upload", "POST"), flags=["END_HEADERS"]))
+    frames: list[Any] = []
+    for _ in range(20):
+        if not await raw.pump(DataFrame(1, b"x" * 10)):
+            break
+        frames += await raw.frames(timeout=0.5, until_closed=False)
+        if 1 in statuses(frames):
+            break
+    await raw.close()
+    assert statuses(frames).get(1) == 408
+    assert h2_edge.pipeline.metrics.timeouts["body_rate"] >= 1

@@ -56,6 +56,7 @@ MAX_STREAMS = 100           # SETTINGS_MAX_CONCURRENT_STREAMS: more open at once
 STREAM_WINDOW = 64 * 1024   # what one stream may send us before we have read it
 CONNECTION_WINDOW = 1024 * 1024  # ... and all streams of a connection together
 _DRAIN_MARK = 64 * 1024     # a relayed body waits while this much is not yet framed
+_BODY_RATE_GRACE = 5.0      # seconds of a body before its rate is judged (as over HTTP/1.1)
 # Response fields HTTP/2 forbids (RFC 9113 §8.2.2), and those the edge writes for HTTP/1.1.
 _NOT_IN_H2 = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection",
                         b"upgrade", b"te"})
@@ -108,7 +109,7 @@ class Http2Stream:
 
     __slots__ = ("h2c", "sid", "req", "client", "peer", "standing", "_head", "_mode", "_left",
                  "_chunk_line", "pending", "pending_bytes", "finishing", "closed", "started",
-                 "task", "last_data", "_waiter", "end_sent")
+                 "task", "last_data", "_waiter", "end_sent", "body_started", "body_base")
 
     def __init__(self, h2c: H2Connection, sid: int, req: Request) -> None:
         self.h2c = h2c
@@ -128,7 +129,8 @@ class Http2Stream:
         self.started = False      # HEADERS sent
         self.end_sent = False     # END_STREAM sent
         self.task: asyncio.Task[None] | None = None
-        self.last_data = h2c.clock.mono
+        self.last_data = self.body_started = h2c.clock.mono
+        self.body_base = 0  # body_min_rate: bytes received when measuring (re)started
         self._waiter: asyncio.Future[None] | None = None
 
     # -- the pipeline's connection interface ----------------------------------------------------
@@ -726,12 +728,28 @@ class H2Connection(asyncio.Protocol):
             return
         for stream in list(self.streams.values()):
             body = stream.req.body
-            if body is not None and not body.ended and mono - stream.last_data > \
-                    limits.body_timeout:
+            if not isinstance(body, _StreamBody) or body.ended:
+                continue
+            if body.unacked:
+                # Body bytes wait for the pipeline (the origin reads slowly), so the client may
+                # be out of window: it cannot be late. Its clocks start again.
+                stream.last_data = stream.body_started = mono
+                stream.body_base = body.received
+                continue
+            if mono - stream.last_data > limits.body_timeout:
                 metrics.timeouts["body"] += 1
-                body.fail(BadRequest(408, "The request body stopped arriving."))
-                if stream.task is None:
-                    self._reset(stream, ErrorCodes.CANCEL)
+                self._body_timeout(stream, body, "The request body stopped arriving.")
+            elif mono - stream.body_started > _BODY_RATE_GRACE and limits.body_min_rate and \
+                    (body.received - stream.body_base) / (mono - stream.body_started) < \
+                    limits.body_min_rate:
+                metrics.timeouts["body_rate"] += 1
+                self._body_timeout(stream, body, "The request body arrived too slowly.")
+
+    def _body_timeout(self, stream: Http2Stream, body: _StreamBody, detail: str) -> None:
+        """The pipeline reading the body gets the 408 (sent if nothing was yet)."""
+        body.fail(BadRequest(408, detail))
+        if stream.task is None:
+            self._reset(stream, ErrorCodes.CANCEL)
 
 
 class _Negotiating(asyncio.Protocol):
