@@ -188,21 +188,14 @@ class Http2Stream:
             self._dechunk(memoryview(data))
 
     def _start(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        status = int(lines[0][9:12])
-        fields: list[tuple[bytes, bytes]] = [(b":status", lines[0][9:12])]
-        length: int | None = None
-        chunked = False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            value = value.strip()
-            if name in _NOT_IN_H2:
-                chunked = chunked or (name == b"transfer-encoding" and value == b"chunked")
-                continue
-            if name == b"content-length":
-                length = int(value)
-            fields.append((name, value))
+        parsed = _HEADS.get(head)
+        if parsed is None:
+            parsed = _parse_head(head)
+            if len(head) <= 4096:  # bounded: at most 256 × 4 KiB
+                if len(_HEADS) >= 256:
+                    _HEADS.clear()
+                _HEADS[head] = parsed
+        status, fields, length, chunked = parsed
         if self.req.method == "HEAD" or status in (204, 304):
             self._mode = _NONE
         elif chunked:
@@ -254,8 +247,30 @@ class Http2Stream:
             self.pending_bytes += len(view)
 
 
-def _stream_error(status: int) -> ErrorCodes:
-    return ErrorCodes.REFUSED_STREAM if status == 503 else ErrorCodes.CANCEL
+_Head = tuple[int, list[tuple[bytes, bytes]], int | None, bool]
+# Heads the pipeline wrote → (status, HTTP/2 fields, Content-Length, chunked). A hit's head is
+# the same bytes object all second long, so a flood of one page parses it once a second.
+_HEADS: dict[bytes, _Head] = {}
+
+
+def _parse_head(head: bytes) -> _Head:
+    """An HTTP/1.1 response head the edge serialized → what HTTP/2 sends of it."""
+    lines = head.split(b"\r\n")
+    status = int(lines[0][9:12])
+    fields: list[tuple[bytes, bytes]] = [(b":status", lines[0][9:12])]
+    length: int | None = None
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        value = value.strip()
+        if name in _NOT_IN_H2:
+            chunked = chunked or (name == b"transfer-encoding" and value == b"chunked")
+            continue
+        if name == b"content-length":
+            length = int(value)
+        fields.append((name, value))
+    return status, fields, length, chunked
 
 
 class H2Connection(asyncio.Protocol):
@@ -275,8 +290,12 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.streams: dict[int, Http2Stream] = {}
         self.guard = FrameGuard(2 * self.limits.max_header_bytes)
+        # What we send was written by the edge from fields llhttp accepted, lowercased and
+        # stripped in `_parse_head`: h2's outbound checks would only cost time on every answer.
         config = H2Configuration(client_side=False, header_encoding=None,
-                                 validate_inbound_headers=True)
+                                 validate_inbound_headers=True, normalize_inbound_headers=True,
+                                 validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
         self.h2 = _H2State(config=config)
         self.h2.local_settings = type(self.h2.local_settings)(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
