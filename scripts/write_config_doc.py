@@ -30,6 +30,12 @@ open, for a Prometheus on the same machine, and the other routes need the token.
 address `serve` logs a warning and every route, `/metrics` included, answers 401 without
 `Authorization: Bearer TOKEN` (the token is `admin.token` or the one in `STATE_DIR/admin.token`).
 
+TLS listeners offer HTTP/2 (ALPN `h2`) beside HTTP/1.1 unless `tls.http2: false`. HTTP/2 requests
+go through the same defence, cache and `limits` (header sizes, body size and timeouts, send
+timeout, connections per client); per connection at most 100 concurrent streams, and floods of
+resets, SETTINGS, PINGs or CONTINUATION frames end the connection (docs/DESIGN.md, "HTTP/2 over
+TLS").
+
 A minimal file:
 
 ```yaml
