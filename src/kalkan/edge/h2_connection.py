@@ -584,6 +584,8 @@ class H2Connection(asyncio.Protocol):
             with contextlib.suppress(H2Error):
                 self.h2.close_connection()
             self._flush()
+        if self._goaway and not self.streams:
+            self.close()  # the last stream after a GOAWAY (ours or the client's) is answered
 
     def send_headers(self, stream: Http2Stream, fields: list[tuple[bytes, bytes]]) -> None:
         if stream.closed or self.closed:
