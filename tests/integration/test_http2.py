@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from h2_client import NAME, H2Client, open_tls
-from support import EdgeFactory, Origin, access_log, origin_stats, port_of
+from support import EdgeFactory, Origin, access_log, fetch, origin_stats, port_of
 
 
 @pytest.fixture
@@ -87,6 +87,11 @@ async def test_curl_over_h2_gets_a_cached_page_as_a_hit(h2_edge: Any, origin: Or
     assert heads(head)[0]["x-cache"] == "HIT" and int(heads(head)[0]["content-length"]) > 0
     log = [line for line in access_log(h2_edge) if line["path"] == "/"]
     assert [line["cache"] for line in log] == ["MISS", "HIT", "HIT"]
+    metrics = (await fetch(h2_edge.admin_address[1], "/metrics")).body.decode()
+    counts = dict(line.split() for line in metrics.splitlines()
+                  if line.startswith("kalkan_http2_"))
+    assert counts == {"kalkan_http2_connections_total": "3", "kalkan_http2_streams_total": "3",
+                      "kalkan_http2_refused_total": "0"}
 
 
 async def test_h2load_many_streams_are_answered_from_the_cache(h2_edge: Any,
