@@ -140,6 +140,16 @@ async def test_fields_reach_the_origin_as_http1_would_send_them(h2_edge: Any,
         assert (await client.request("GET", "/robots.txt")).header("x-cache") == "MISS"
         again = await client.request("GET", "/robots.txt", authority="NEWS.TEST.:443")
         assert again.status == 200 and again.header("x-cache") == "HIT"
+        # A conditional GET answered from the cache: 304, no body.
+        page = await client.request("GET", "/")
+        etag = page.header("etag")
+        assert etag is not None
+        cached = await client.request("GET", "/", [("if-none-match", etag)])
+        assert cached.status == 304 and cached.body == b"" and cached.header("x-cache") == "HIT"
+        # Expect: 100-continue is answered with a 100 before the body is read.
+        upload = await client.request("POST", "/_demo/upload", [("expect", "100-continue")],
+                                      b"z" * 1000)
+        assert json.loads(upload.body)["bytes"] == 1000
         # Not origin-form, and TRACE: refused as over HTTP/1.1.
         assert (await client.request("GET", "*")).status == 400
         assert (await client.request("TRACE", "/")).status == 405
