@@ -22,9 +22,9 @@ from hyperframe.frame import (
 )
 
 from h2_client import NAME, H2Client, Raw, goaway, statuses
-from kalkan.edge.h2_connection import MAX_STREAMS
+from kalkan.edge.h2_connection import MAX_STREAMS, SLOW_STREAMS
 from kalkan.edge.h2_frames import PINGS_PER_SECOND, RESETS_PER_SECOND, SETTINGS_PER_SECOND
-from support import EdgeFactory, Origin, access_log, origin_stats, port_of
+from support import EdgeFactory, Origin, access_log, fetch, origin_stats, port_of
 
 CALM = ErrorCodes.ENHANCE_YOUR_CALM
 
@@ -237,3 +237,28 @@ async def test_a_trickled_body_is_cut_off_by_its_rate(h2_edge: Any, ca: trustme.
     await raw.close()
     assert statuses(frames).get(1) == 408
     assert h2_edge.pipeline.metrics.timeouts["body_rate"] >= 1
+
+
+async def test_one_connection_has_few_streams_at_the_origin(origin: Origin,
+                                                            make_edge: EdgeFactory,
+                                                            ca: trustme.CA,
+                                                            tmp_path: Path) -> None:
+    """40 slow requests on one connection, all at once: all answered, at most SLOW_STREAMS
+    of them at the origin at a time (over HTTP/1.1 a connection has one in progress)."""
+    pem = tmp_path / "site.pem"
+    ca.issue_cert(NAME).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    edge = await make_edge(origin.url, tls={"certificates": [{"cert": str(pem),
+                                                              "key": str(pem)}]},
+                           origin={"max_concurrency": 64})
+    body = tmp_path / "body"
+    body.write_bytes(b"x")
+    await fetch(origin.port, "/_demo/stats/reset", "POST")
+    proc = await asyncio.create_subprocess_exec(
+        "h2load", "-n", "40", "-c", "1", "-m", "40", "-d", str(body),
+        f"https://127.0.0.1:{port_of(edge)}/_demo/respond?delay_ms=300",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await proc.communicate())[0].decode()
+    assert "40 succeeded" in out and "40 2xx" in out, out
+    stats = await origin_stats(origin)
+    assert stats["requests"] == 40
+    assert stats["max_in_flight"] <= SLOW_STREAMS

@@ -56,6 +56,10 @@ MAX_STREAMS = 100           # SETTINGS_MAX_CONCURRENT_STREAMS: more open at once
 STREAM_WINDOW = 64 * 1024   # what one stream may send us before we have read it
 CONNECTION_WINDOW = 1024 * 1024  # ... and all streams of a connection together
 _DRAIN_MARK = 64 * 1024     # a relayed body waits while this much is not yet framed
+# Streams of one connection on the slow path (misses, bodies, the tarpit) at once; the rest
+# wait their turn. Over HTTP/1.1 a connection has one request in progress: this keeps one
+# HTTP/2 connection from taking 100 places in the origin gate's queue. Hits never wait.
+SLOW_STREAMS = 8
 _BODY_RATE_GRACE = 5.0      # seconds of a body before its rate is judged (as over HTTP/1.1)
 # Response fields HTTP/2 forbids (RFC 9113 §8.2.2), and those the edge writes for HTTP/1.1.
 _NOT_IN_H2 = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection",
@@ -315,6 +319,8 @@ class H2Connection(asyncio.Protocol):
         self._blocked_since = 0.0  # a stream has data but no flow-control window since then
         self._goaway = False       # no new streams: close once the last one is answered
         self._batching = False     # events being handled: one write for all their frames
+        self._running = 0          # streams answered by a task (the pipeline's slow path)
+        self._waiting: deque[Http2Stream] = deque()  # ... and those waiting for their turn
 
     @property
     def busy(self) -> bool:
@@ -458,7 +464,24 @@ class H2Connection(asyncio.Protocol):
             if data is not None:
                 stream.send_all(data)
                 return
+        if self._running < SLOW_STREAMS:
+            self._start_task(stream)
+        else:
+            self._waiting.append(stream)  # behind this connection's other misses
+
+    def _start_task(self, stream: Http2Stream) -> None:
+        self._running += 1
         stream.task = asyncio.get_running_loop().create_task(self._run(stream))
+
+    def _next_task(self) -> None:
+        """A slow-path stream finished: start the next one waiting, if any."""
+        self._running -= 1
+        waiting = self._waiting
+        while waiting and not self.closed:
+            stream = waiting.popleft()
+            if not stream.closed:
+                self._start_task(stream)
+                return
 
     def _read_head(self, sid: int, req: Request, headers: list[tuple[bytes, bytes]],
                    ended: bool) -> None:
@@ -575,6 +598,7 @@ class H2Connection(asyncio.Protocol):
             return
         finally:
             stream.task = None
+            self._next_task()
         if stream.closed:
             return
         self.finish(stream)
