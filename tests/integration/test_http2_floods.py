@@ -22,7 +22,7 @@ from hyperframe.frame import (
 )
 
 from h2_client import NAME, H2Client, Raw, goaway, statuses
-from kalkan.edge.h2_connection import MAX_STREAMS, SLOW_STREAMS
+from kalkan.edge.h2_connection import HPACK_TABLE, MAX_STREAMS, SLOW_STREAMS
 from kalkan.edge.h2_frames import PINGS_PER_SECOND, RESETS_PER_SECOND, SETTINGS_PER_SECOND
 from support import EdgeFactory, Origin, access_log, fetch, origin_stats, port_of
 
@@ -262,3 +262,22 @@ async def test_one_connection_has_few_streams_at_the_origin(origin: Origin,
     stats = await origin_stats(origin)
     assert stats["requests"] == 40
     assert stats["max_in_flight"] <= SLOW_STREAMS
+
+
+async def test_a_huge_hpack_table_offered_by_the_client_is_not_used(h2_edge: Any,
+                                                                     ca: trustme.CA) -> None:
+    """SETTINGS_HEADER_TABLE_SIZE is what the client allows us to keep for it; kept as asked,
+    every distinct field we send (Date, Age, ETag...) would stay in memory for good."""
+    client = await H2Client.connect(port_of(h2_edge), ca)
+    try:
+        client.conn.update_settings({SettingsFrame.HEADER_TABLE_SIZE: 1 << 30})
+        client.flush()
+        for i in range(50):
+            reply = await client.request("POST", f"/_demo/respond?h_x-n={'y' * 100}{i}",
+                                         body=b"x")
+            assert reply.status == 200
+        h2c = next(c for c in h2_edge.server.connections if hasattr(c, "h2"))
+        assert h2c.h2.encoder.header_table_size <= HPACK_TABLE == 4096
+        assert h2c.h2.encoder.header_table._current_size <= 4096
+    finally:
+        await client.close()

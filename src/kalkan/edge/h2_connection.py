@@ -55,6 +55,7 @@ __all__ = ["H2Connection", "Http2Stream", "negotiating_protocol"]
 MAX_STREAMS = 100           # SETTINGS_MAX_CONCURRENT_STREAMS: more open at once is refused
 STREAM_WINDOW = 64 * 1024   # what one stream may send us before we have read it
 CONNECTION_WINDOW = 1024 * 1024  # ... and all streams of a connection together
+HPACK_TABLE = 4096          # bytes of our HPACK encoder's table, whatever the client allows
 _DRAIN_MARK = 64 * 1024     # a relayed body waits while this much is not yet framed
 # Streams of one connection on the slow path (misses, bodies, the tarpit) at once; the rest
 # wait their turn. Over HTTP/1.1 a connection has one request in progress: this keeps one
@@ -431,7 +432,13 @@ class H2Connection(asyncio.Protocol):
                 if stream is not None:
                     self._drop(stream, ConnectionGone())
             elif isinstance(event, RemoteSettingsChanged):
-                if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                changed = event.changed_settings
+                if SettingCodes.HEADER_TABLE_SIZE in changed and \
+                        self.h2.encoder.header_table_size > HPACK_TABLE:
+                    # The client's HEADER_TABLE_SIZE is what it allows, not what we must keep:
+                    # else every distinct field we send would stay in memory (RFC 7541 §4.2).
+                    self.h2.encoder.header_table_size = HPACK_TABLE
+                if SettingCodes.INITIAL_WINDOW_SIZE in changed:
                     self._window_opened(0)
             elif isinstance(event, ConnectionTerminated):
                 self._goaway = True
