@@ -19,6 +19,7 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from h2_client import NAME, H2Client, Raw, goaway, statuses
@@ -168,7 +169,8 @@ async def test_body_past_the_window_is_a_flow_control_error(h2_edge: Any,
 
 async def test_a_client_that_never_opens_its_window_is_cut_off(h2_edge: Any,
                                                                ca: trustme.CA) -> None:
-    """INITIAL_WINDOW_SIZE 0 and no WINDOW_UPDATE: the answer waits at most send_timeout."""
+    """INITIAL_WINDOW_SIZE 0 and no WINDOW_UPDATE: the answer waits at most send_timeout
+    (the stream is reset), then the connection, idle, closes."""
     raw = await Raw.connect(port_of(h2_edge), ca, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
     await raw.pump(SettingsFrame(0, flags=["ACK"]),
                    HeadersFrame(1, raw.block("/_demo/big?bytes=1000000"),
@@ -179,7 +181,27 @@ async def test_a_client_that_never_opens_its_window_is_cut_off(h2_edge: Any,
     await raw.close()
     assert loop.time() - started < 5.0  # closed by the edge, not by our timeout
     assert not any(isinstance(f, DataFrame) and f.data for f in frames)
+    assert any(isinstance(f, RstStreamFrame) and f.stream_id == 1 for f in frames)
     assert h2_edge.pipeline.metrics.timeouts["send"] >= 1
+
+
+async def test_a_stream_kept_without_window_is_reset_whatever_the_others_do(
+        h2_edge: Any, ca: trustme.CA) -> None:
+    """Connection-level WINDOW_UPDATEs and other streams' progress do not keep a stalled
+    stream (and the origin connection relaying it) alive past send_timeout."""
+    raw = await Raw.connect(port_of(h2_edge), ca, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    await raw.pump(SettingsFrame(0, flags=["ACK"]),
+                   HeadersFrame(1, raw.block("/_demo/big"), flags=["END_HEADERS", "END_STREAM"]))
+    frames: list[Any] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 3.0
+    while loop.time() < end:  # 3 s of a client busy with everything but stream 1
+        await raw.pump(WindowUpdateFrame(0, window_increment=1), PingFrame(0, b"12345678"))
+        await asyncio.sleep(0.2)
+        frames += await raw.frames(timeout=0.05, until_closed=False)
+    await raw.close()
+    assert any(isinstance(f, RstStreamFrame) and f.stream_id == 1 for f in frames)
+    assert not any(isinstance(f, DataFrame) and f.data for f in frames)
 
 
 async def test_idle_connections_are_closed(h2_edge: Any, ca: trustme.CA) -> None:

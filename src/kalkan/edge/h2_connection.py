@@ -30,7 +30,7 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
+from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
 from kalkan.edge.endpoint import ConnectionGone
@@ -110,19 +110,19 @@ def _nothing() -> None:
 
 
 class Http2Stream:
-    """One request/response exchange on an HTTP/2 connection, as the pipeline's `conn`."""
+    """One request/response exchange on an HTTP/2 connection, as the pipeline's `conn`: what
+    the slow path writes through (`write`, `drain`, `send_now`). The replay memo, the only
+    user of a connection's `client` and `standing`, is never asked about HTTP/2 streams."""
 
-    __slots__ = ("h2c", "sid", "req", "client", "peer", "standing", "_head", "_mode", "_left",
+    __slots__ = ("h2c", "sid", "req", "_head", "_mode", "_left",
                  "_chunk_line", "pending", "pending_bytes", "finishing", "closed", "started",
-                 "task", "last_data", "_waiter", "end_sent", "body_started", "body_base")
+                 "task", "last_data", "_waiter", "end_sent", "body_started", "body_base",
+                 "blocked_since")
 
     def __init__(self, h2c: H2Connection, sid: int, req: Request) -> None:
         self.h2c = h2c
         self.sid = sid
         self.req = req
-        self.client = req.client
-        self.peer = req.peer
-        self.standing: Any = None  # the replay memo's per-connection state: never used on h2
         self._head: bytes | None = b""  # the head being read back; None once sent
         self._mode = _NONE
         self._left = 0            # body bytes (or bytes of the current chunk) still to come
@@ -136,6 +136,7 @@ class Http2Stream:
         self.task: asyncio.Task[None] | None = None
         self.last_data = self.body_started = h2c.clock.mono
         self.body_base = 0  # body_min_rate: bytes received when measuring (re)started
+        self.blocked_since = 0.0  # data waits for a window this client has not opened since
         self._waiter: asyncio.Future[None] | None = None
 
     # -- the pipeline's connection interface ----------------------------------------------------
@@ -317,7 +318,6 @@ class H2Connection(asyncio.Protocol):
         self._write_mark = 0
         self._idle_since = self.clock.mono
         self._served = False     # a first request came: idle means keepalive_timeout now
-        self._blocked_since = 0.0  # a stream has data but no flow-control window since then
         self._goaway = False       # no new streams: close once the last one is answered
         self._batching = False     # events being handled: one write for all their frames
         self._running = 0          # streams answered by a task (the pipeline's slow path)
@@ -395,8 +395,8 @@ class H2Connection(asyncio.Protocol):
             return
         try:
             events = self.h2.receive_data(data)
-        except ProtocolError as exc:
-            # h2 has already written a GOAWAY with the error's code.
+        except H2Error as exc:
+            # A ProtocolError (all h2 raises for what a client sends): GOAWAY already written.
             self.counters.refused += 1
             self.server.metrics.bad_requests += 1
             self.server.log_refusal(self.client, 400, f"HTTP/2 protocol error: {exc}"[:200])
@@ -649,9 +649,10 @@ class H2Connection(asyncio.Protocol):
             while pending and not self.flow.write_paused:
                 window = h2.local_flow_control_window(stream.sid)
                 if window <= 0:
-                    if not self._blocked_since:
-                        self._blocked_since = self.clock.mono
+                    if not stream.blocked_since:
+                        stream.blocked_since = self.clock.mono
                     break
+                stream.blocked_since = 0.0
                 view = pending[0]
                 n = min(window, h2.max_outbound_frame_size, len(view))
                 last = n == len(view)
@@ -717,10 +718,8 @@ class H2Connection(asyncio.Protocol):
             self._ack(stream.sid, unread)  # the connection's window, for the other streams
         if not self.streams:
             self._idle_since = self.clock.mono
-            self._blocked_since = 0.0
 
     def _window_opened(self, sid: int) -> None:
-        self._blocked_since = 0.0
         if sid:
             stream = self.streams.get(sid)
             if stream is not None and stream.pending:
@@ -767,11 +766,6 @@ class H2Connection(asyncio.Protocol):
                 return
             self._write_mark = left
             self.write_deadline = mono + limits.send_timeout
-        if self._blocked_since and mono - self._blocked_since > limits.send_timeout:
-            # Data waits for a window the client never opens: a slow reader by other means.
-            metrics.timeouts["send"] += 1
-            self.abort()
-            return
         if not self.streams:
             idle = limits.keepalive_timeout if self._served else limits.header_timeout
             if mono - self._idle_since > idle:
@@ -779,6 +773,12 @@ class H2Connection(asyncio.Protocol):
                 self.close()
             return
         for stream in list(self.streams.values()):
+            if stream.blocked_since and mono - stream.blocked_since > limits.send_timeout:
+                # Its answer waits for a window the client does not open (a slow reader by
+                # other means; other streams' progress does not excuse this one).
+                metrics.timeouts["send"] += 1
+                self._reset(stream, ErrorCodes.CANCEL)
+                continue
             body = stream.req.body
             if not isinstance(body, _StreamBody) or body.ended:
                 continue
