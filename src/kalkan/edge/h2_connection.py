@@ -36,13 +36,11 @@ from h2.settings import SettingCodes
 from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.framing import (
-    NOTED_NAMES,
     BadRequest,
     canonical_host,
     check_framing,
     check_method,
     note_field,
-    noted_name,
     parse_target,
 )
 from kalkan.edge.h2_frames import FrameGuard
@@ -65,6 +63,10 @@ _BODY_RATE_GRACE = 5.0      # seconds of a body before its rate is judged (as ov
 # Response fields HTTP/2 forbids (RFC 9113 §8.2.2), and those the edge writes for HTTP/1.1.
 _NOT_IN_H2 = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection",
                         b"upgrade", b"te"})
+# The request fields `framing.note_field` notes (HTTP/2 forbids Connection and Transfer-Encoding:
+# h2 refuses them before they get here).
+_NOTED = frozenset({b"content-length", b"host", b"expect", b"authorization", b"user-agent",
+                    b"x-forwarded-for", b"if-none-match", b"if-modified-since"})
 # How the body after a head the pipeline wrote is framed.
 _LENGTH, _CHUNKED, _RAW, _NONE = range(4)
 
@@ -512,11 +514,8 @@ class H2Connection(asyncio.Protocol):
                 cookies.append(value)  # HTTP/2 may split one Cookie into several fields
                 continue
             fields.append((name, value))
-            noted = NOTED_NAMES.get(name)
-            if noted is None:
-                noted = noted_name(name)
-            if noted:
-                note_field(req, noted, value)
+            if name in _NOTED:  # (h2 has refused names that are not lowercase)
+                note_field(req, name, value)
         if cookies:
             req.cookie = b"; ".join(cookies)
             fields.append((b"cookie", req.cookie))
