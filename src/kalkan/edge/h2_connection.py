@@ -44,6 +44,7 @@ from kalkan.edge.framing import (
     parse_target,
 )
 from kalkan.edge.h2_frames import FrameGuard
+from kalkan.edge.h2_hpack import BlockEncoder
 from kalkan.edge.listener import Listener
 from kalkan.edge.request import BodyStream, Request
 from kalkan.edge.responses import error_response
@@ -313,6 +314,7 @@ class H2Connection(asyncio.Protocol):
         })
         # Decoded header lists beyond this raise in hpack before they are built.
         self.h2.decoder.max_header_list_size = self.limits.max_header_bytes
+        self.h2.encoder = BlockEncoder()
         # The sweep looks at a connection while either is set; HTTP/2 always has a deadline:
         # a connection without streams closes after keepalive_timeout, streams' bodies time out.
         self.deadline = 1.0
@@ -437,8 +439,9 @@ class H2Connection(asyncio.Protocol):
                 changed = event.changed_settings
                 if SettingCodes.HEADER_TABLE_SIZE in changed and \
                         self.h2.encoder.header_table_size > HPACK_TABLE:
-                    # The client's HEADER_TABLE_SIZE is what it allows, not what we must keep:
-                    # else every distinct field we send would stay in memory (RFC 7541 §4.2).
+                    # The client's HEADER_TABLE_SIZE is what it allows, not what we must keep
+                    # (RFC 7541 §4.2); BlockEncoder keeps nothing there anyway, this is the
+                    # bound should another encoder be used.
                     self.h2.encoder.header_table_size = HPACK_TABLE
                 if SettingCodes.INITIAL_WINDOW_SIZE in changed:
                     self._window_opened(0)
