@@ -58,6 +58,12 @@ request per 10 s, and an edit shows within 10 s even without the purge plugin; 1
 pages of a small site uncached between two readers. Every request the cache passes or does not
 store says why in the access log's `reason` (`never_cache:path=/wp-admin/*`, `credentials`...).
 
+TLS listeners offer HTTP/2 (ALPN `h2`) beside HTTP/1.1 unless `tls.http2: false`. HTTP/2 requests
+go through the same defence, cache and `limits` (header sizes, body size and timeouts, send
+timeout, connections per client); per connection at most 100 concurrent streams, and floods of
+resets, SETTINGS, PINGs or CONTINUATION frames end the connection (docs/DESIGN.md, "HTTP/2 over
+TLS").
+
 A minimal file (a complete commented one for WordPress: `examples/wordpress.yaml`):
 
 ```yaml

@@ -99,6 +99,7 @@ class TLSConfig:
         "answers HTTP-01 challenges and serves the site while it does not redirect.", None)
     acme: AcmeConfig | None = _opt(
         "Get and renew a certificate from an ACME CA (docs/https.md).", None)
+    http2: bool = _opt("Offer HTTP/2 (ALPN h2) as well as HTTP/1.1 on the TLS listeners.", True)
 
 
 @dataclass

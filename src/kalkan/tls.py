@@ -28,10 +28,10 @@ def _names_in(cert_path: str) -> list[str]:
     return [n.lower() for n in names]
 
 
-def _context(cert: str, key: str) -> ssl.SSLContext:
+def _context(cert: str, key: str, alpn: list[str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(alpn)
     try:
         ctx.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
@@ -51,15 +51,18 @@ class CertificateSet:
     """The current SNI table; `reload` builds a new one and swaps it in only if all files load."""
 
     def __init__(self, certificates: list[dict[str, str]],
-                 listener: ssl.SSLContext | None = None) -> None:
+                 listener: ssl.SSLContext | None = None, http2: bool = False) -> None:
         self.certificates = certificates
+        # Every context offers the same protocols: the SNI callback may swap in any of them.
+        self.alpn = ["h2", "http/1.1"] if http2 else ["http/1.1"]
         self.default: ssl.SSLContext
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.wildcards: dict[str, ssl.SSLContext] = {}
         self.reload()
         # `listener` is one made by `pending_listener` for a socket bound before any
         # certificate existed (ACME); it serves only through `_pick`, like this one.
-        self.listener = listener or _context(certificates[0]["cert"], certificates[0]["key"])
+        self.listener = listener or _context(certificates[0]["cert"], certificates[0]["key"],
+                                             self.alpn)
         self.listener.sni_callback = self._pick
 
     def reload(self) -> None:
@@ -70,7 +73,7 @@ class CertificateSet:
             for path in (item["cert"], item["key"]):
                 if not Path(path).is_file():
                     raise TLSConfigError(f"{path}: no such file")
-            ctx = _context(item["cert"], item["key"])
+            ctx = _context(item["cert"], item["key"], self.alpn)
             default = default or ctx
             for name in _names_in(item["cert"]):
                 if name.startswith("*."):

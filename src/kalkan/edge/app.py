@@ -140,7 +140,7 @@ class Edge:
                 if self.acme.usable() is not None:
                     pairs.insert(0, self.acme.pair)
             if pairs:
-                self.certificates = CertificateSet(pairs)
+                self.certificates = CertificateSet(pairs, http2=tls.http2)
                 ssl_context = self.certificates.listener
             else:  # bind now (before any privilege drop), accept once a certificate exists
                 ssl_context = self._pending_tls = pending_listener()
@@ -209,7 +209,8 @@ class Edge:
         if self.certificates is None:
             try:
                 self.certificates = CertificateSet([pair, *self.config.tls.certificates],
-                                                   listener=self._pending_tls)
+                                                   listener=self._pending_tls,
+                                                   http2=self.config.tls.http2)
             except TLSConfigError as exc:
                 log.error("cannot use the new certificate, HTTPS stays off: %s", exc)
                 return

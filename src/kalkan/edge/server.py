@@ -13,6 +13,7 @@ from collections.abc import Callable
 from kalkan.config import Config
 from kalkan.edge.client_address import TrustedProxies
 from kalkan.edge.connection import HttpConnection
+from kalkan.edge.h2_connection import H2Connection, H2Counters, negotiating_protocol
 from kalkan.edge.listener import Clock, Handler
 from kalkan.edge.reader import timeouts
 from kalkan.edge.request import Request
@@ -30,11 +31,12 @@ class EdgeServer:
         self.pipeline = pipeline
         self.metrics = pipeline.metrics
         self.clock: Clock = pipeline.clock
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection | H2Connection] = set()
         self.per_client: dict[str, int] = {}
         self.open = 0
         self.trusted = TrustedProxies(config.client_address.trusted_proxies)
         self.servers: list[asyncio.base_events.Server] = []
+        self.h2_counters: H2Counters | None = None  # made with the first HTTP/2 listener
         self._sweeper: asyncio.TimerHandle | None = None
         self.log_refusal: Callable[[str, int, str], None] = pipeline.log_refusal
         self.log_error: Callable[[Request, BaseException], None] = pipeline.log_error
@@ -75,6 +77,12 @@ class EdgeServer:
         loop = asyncio.get_running_loop()
         scheme = "https" if ssl_context is not None else "http"
         factory = protocol or (lambda: HttpConnection(self, scheme))
+        tls = self.config.tls
+        if protocol is None and ssl_context is not None and (tls is None or tls.http2):
+            # ALPN decides after the handshake: h2, or HTTP/1.1 as before.
+            counters = self.h2_counters = self.h2_counters or H2Counters(self.metrics.counter)
+            factory = negotiating_protocol(lambda: HttpConnection(self, scheme),
+                                           lambda: H2Connection(self, counters))
         # A TLS connection reaches our protocol only once its handshake is done, so the header
         # timeout must bound the handshake itself (asyncio's default allows 60 s).
         tls_timeout = self.config.limits.header_timeout if ssl_context is not None else None
