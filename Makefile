@@ -13,7 +13,7 @@ STAMP         := $(VENV)/.installed-$(SUM)
 
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
-	bench-scale bench-memory clean
+	bench-scale bench-memory bench-instructions bench-h2 clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ test: $(STAMP) debian-deps lint typecheck
 	bash scripts/run-tests.sh
 
 bench: bench-throughput bench-conformance bench-defense bench-scale bench-memory bench-clients \
-	bench-firewall
+	bench-firewall bench-instructions bench-h2
 
 bench-defense: $(STAMP) debian-deps
 	$(BIN)/python -m bench.defense_cost
@@ -57,6 +57,12 @@ bench-scale: $(STAMP) debian-deps  # the defence with 100,000 clients vs off, re
 
 bench-memory: $(STAMP) debian-deps  # RSS per idle connection and per cached page
 	$(BIN)/python -m bench.connection_memory
+
+bench-instructions: $(STAMP) debian-deps  # instructions per readers-load hit, under valgrind
+	$(BIN)/python -m bench.hit_instructions
+
+bench-h2: $(STAMP) debian-deps  # HTTP/2 (h2load) against nginx's HTTP/2
+	$(BIN)/python -m bench.h2
 
 bench-clients: $(STAMP)
 	$(BIN)/python -m bench.client_memory
