@@ -105,6 +105,17 @@ def hit_profile(d: dict[str, Any]) -> list[str]:
         f"{top[0]} {top[1]:.0f}%.", ""]
 
 
+def hit_instructions(d: dict[str, Any]) -> list[str]:
+    c = d["cases"]
+    return [
+        f"**CPU instructions per readers-load hit** (valgrind, in-process, no kernel; "
+        f"[bench/results/hit_instructions.md](bench/results/hit_instructions.md), "
+        f"`{d['command']}`): Kalkan **{c['kalkan']['instructions_per_request']:,}** with the "
+        f"access log ({c['kalkan-nolog']['instructions_per_request']:,} without), against "
+        f"{c['bare']['instructions_per_request']:,} for a bare httptools parser that only keeps "
+        f"the fields and writes a fixed answer.", ""]
+
+
 def conformance(d: dict[str, Any]) -> list[str]:
     c = d["counts"]
     return [
@@ -157,7 +168,8 @@ def lab(d: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale),
-            ("connection_memory", connection_memory), ("hit_profile", hit_profile),
+            ("connection_memory", connection_memory), ("hit_instructions", hit_instructions),
+            ("hit_profile", hit_profile),
             ("cache_conformance", conformance),
             ("defense_cost", defense), ("client_memory", clients), ("firewall", firewall),
             ("lab", lab))
