@@ -3,7 +3,10 @@
 # Build: docker build -t kalkan .
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# A C compiler for the build stage only: setup.py compiles the hot path with mypyc.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 RUN python -m venv /opt/kalkan \
     && /opt/kalkan/bin/pip install --no-cache-dir --disable-pip-version-check . \

@@ -10,19 +10,24 @@ SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # the test and benchmark extras (everything else). Either is redone when pyproject.toml changes.
 RUNTIME_STAMP := $(VENV)/.runtime-$(SUM)
 STAMP         := $(VENV)/.installed-$(SUM)
+# The hot path's modules that setup.py compiles with mypyc: editing one rebuilds (the compiled
+# module, not the source, is what Python imports).
+COMPILED := $(shell sed -n 's/^ *"\(src\/kalkan\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
 
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
 	bench-scale bench-memory bench-instructions bench-h2 clean
 
-$(RUNTIME_STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	find src -name '*.so' -delete  # a failed build then leaves the sources, never a stale mix
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	rm -f $(VENV)/.runtime-*
 	touch $@
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	find src -name '*.so' -delete  # a failed build then leaves the sources, never a stale mix
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	rm -f $(VENV)/.installed-* $(VENV)/.runtime-*
 	touch $@ $(RUNTIME_STAMP)
@@ -84,3 +89,4 @@ bench-conformance: $(STAMP) debian-deps
 
 clean:
 	rm -rf $(VENV) var build dist src/*.egg-info
+	find src -name '*.so' -delete

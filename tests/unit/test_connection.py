@@ -10,7 +10,6 @@ import httptools
 import pytest
 
 from kalkan.config import Config
-from kalkan.edge import connection as connection_module
 from kalkan.edge.connection import BadRequest, Clock, ConnectionGone, HttpConnection, State
 from kalkan.edge.parked import ParkedConnection
 from kalkan.edge.request import Request
@@ -593,10 +592,9 @@ async def test_a_connection_with_work_in_progress_is_never_parked() -> None:
     assert isinstance(rig.t.protocol, ParkedConnection)
 
 
-async def test_with_many_connections_open_an_idle_one_is_parked_at_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connection_module, "PARK_AT_ONCE_PAST", 0)
+async def test_with_many_connections_open_an_idle_one_is_parked_at_once() -> None:
     rig = Rig()
+    rig.server.park_at_once_past = 0
     rig.t.reads_everything = True
     rig.pipeline.hits["/"] = b"ok"
     rig.feed(get("/"))

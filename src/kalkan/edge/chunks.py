@@ -20,10 +20,11 @@ class ChunkQueue:
     """
 
     __slots__ = ("_chunks", "_buffered", "_ended", "_waiter", "_pause", "_resume", "_paused",
-                 "high_water", "low_water", "received", "error")
+                 "high_water", "low_water", "received", "error", "_on_take")
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
-                 high_water: int, low_water: int) -> None:
+                 high_water: int, low_water: int,
+                 on_take: Callable[[int], None] | None = None) -> None:
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._ended = False
@@ -35,6 +36,8 @@ class ChunkQueue:
         self.low_water = low_water
         self.received = 0  # bytes pushed in all
         self.error: Exception | None = None
+        # Told the size of every chunk taken (an HTTP/2 stream gives it back as window).
+        self._on_take = on_take
 
     def push(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -81,6 +84,8 @@ class ChunkQueue:
         if self._paused and self._buffered <= self.low_water:
             self._paused = False
             self._resume()
+        if self._on_take is not None and chunk:
+            self._on_take(len(chunk))
         return chunk
 
     def waiter(self) -> asyncio.Future[None]:

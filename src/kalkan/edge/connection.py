@@ -10,7 +10,8 @@ timer per request.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse_proxy_header
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
@@ -41,8 +42,12 @@ PARK_AT_ONCE_PAST = 1024
 __all__ = ["BadRequest", "Clock", "ConnectionGone", "Handler", "HttpConnection", "State"]
 
 
-class HttpConnection(Endpoint, asyncio.Protocol):
-    """Per-connection state (this object) apart from per-request state (`Request`)."""
+class HttpConnection(Endpoint):
+    """Per-connection state (this object) apart from per-request state (`Request`).
+
+    The event loop's protocol for the connection (it calls `connection_made`, `data_received`
+    and the rest by name). Not derived from asyncio.Protocol: mypyc compiles this class, and a
+    compiled class cannot derive from an interpreted one (see `server.http1`)."""
 
     __slots__ = ("pipeline", "_proxy_buf", "_chunk", "standing")
 
@@ -223,9 +228,15 @@ class HttpConnection(Endpoint, asyncio.Protocol):
         stash = self._stash
         if stash is not None:
             self._stash = None
-            if not self._parse(stash) or self._stash is not None:
+            # (`_parse` may hold input back again: asked through a method, because a checker
+            # that narrowed `self._stash` to None above would not see it change, nor would the
+            # code mypyc compiles from that.)
+            if not self._parse(stash) or self._holding_back():
                 return  # refused, or the queue filled again
         self.flow.resume_reading("pipeline")
+
+    def _holding_back(self) -> bool:
+        return self._stash is not None
 
     def _finished(self, req: Request) -> None:
         if not req.keep_alive or (self._eof and not self._queue and self._stash is None):
@@ -236,7 +247,7 @@ class HttpConnection(Endpoint, asyncio.Protocol):
         elif not self.busy and self._req is None and not self._queue and self.state == ANSWERING:
             self.state = IDLE  # `_enter(IDLE)`, inlined: once per request
             self.deadline = self.clock.mono + self._timeouts[IDLE]
-            if len(self.server.connections) > PARK_AT_ONCE_PAST:
+            if len(self.server.connections) > self.server.park_at_once_past:
                 self.park()
 
     # -- parking an idle connection ------------------------------------------------------------
@@ -252,7 +263,9 @@ class HttpConnection(Endpoint, asyncio.Protocol):
                 or transport.get_write_buffer_size()):
             return False
         parked = ParkedConnection(self.server, transport, self.scheme, self.peer, self.client,
-                                  self.trusts_peer, self.deadline, HttpConnection.unpark)
+                                  self.trusts_peer, self.deadline,
+                                  cast("Callable[[ParkedConnection], asyncio.Protocol]",
+                                       HttpConnection.unpark))
         transport.set_protocol(parked)
         server = self.server
         server.connections.discard(self)

@@ -88,26 +88,6 @@ class H2Counters:
                  lambda: self.refused)
 
 
-class _StreamBody(BodyStream):
-    """A request body on one stream; what the pipeline reads is handed back to the client as
-    flow-control window, so a client can never have more unread body here than the windows."""
-
-    __slots__ = ("_ack", "unacked")
-
-    def __init__(self, ack: Callable[[int], None]) -> None:
-        # The socket is never paused for one stream's body: flow control holds the client back.
-        super().__init__(_nothing, _nothing, 1 << 62)
-        self._ack = ack
-        self.unacked = 0
-
-    def take(self) -> bytes | None:
-        chunk = super().take()
-        if chunk:
-            self.unacked -= len(chunk)
-            self._ack(len(chunk))
-        return chunk
-
-
 def _nothing() -> None:
     pass
 
@@ -298,6 +278,11 @@ class H2Connection(asyncio.Protocol):
         self.counted = False
         self.closed = False
         self.streams: dict[int, Http2Stream] = {}
+        # Per stream with a body: bytes pushed to it that the pipeline has not read yet. What it
+        # reads is handed back to the client as window (`_taken`), so a client can never have
+        # more unread body here than its windows. (A dict, not a BodyStream subclass: BodyStream
+        # is compiled by mypyc, which interpreted classes cannot derive from.)
+        self.unacked: dict[int, int] = {}
         self.guard = FrameGuard(2 * self.limits.max_header_bytes)
         # What we send was written by the edge from fields llhttp accepted, lowercased and
         # stripped in `_parse_head`: h2's outbound checks would only cost time on every answer.
@@ -542,14 +527,16 @@ class H2Connection(asyncio.Protocol):
             req.client = self.server.trusted.client_from_xff(self.client,
                                                              req.xff.decode("latin-1"))
         if not ended:
-            req.body = _StreamBody(lambda n: self._ack(sid, n))
+            # The socket is never paused for one stream's body: flow control holds it back.
+            self.unacked[sid] = 0
+            req.body = BodyStream(_nothing, _nothing, 1 << 62, lambda n: self._taken(sid, n))
 
     def _data(self, event: DataReceived) -> None:
         sid = event.stream_id
         size = event.flow_controlled_length
         stream = self.streams.get(sid)
         body = stream.req.body if stream is not None else None
-        if stream is None or body is None or body.ended or not isinstance(body, _StreamBody):
+        if stream is None or body is None or body.ended or sid not in self.unacked:
             self._ack(sid, size)  # a body nobody reads any more: give the window back
             return
         data = event.data
@@ -562,13 +549,19 @@ class H2Connection(asyncio.Protocol):
             self._ack(sid, len(data))
             return
         stream.last_data = self.clock.mono
-        body.unacked += len(data)
+        self.unacked[sid] += len(data)
         body.push(data)
 
     def _body_end(self, sid: int) -> None:
         stream = self.streams.get(sid)
         if stream is not None and stream.req.body is not None and not stream.req.body.ended:
             stream.req.body.finish()
+
+    def _taken(self, sid: int, size: int) -> None:
+        """The pipeline read `size` bytes of a stream's body: window back to the client."""
+        if sid in self.unacked:
+            self.unacked[sid] -= size
+        self._ack(sid, size)
 
     def _ack(self, sid: int, size: int) -> None:
         if size and not self.closed:
@@ -714,9 +707,8 @@ class H2Connection(asyncio.Protocol):
         self._release(stream)
 
     def _release(self, stream: Http2Stream) -> None:
-        body = stream.req.body
-        if isinstance(body, _StreamBody) and body.unacked > 0:
-            unread, body.unacked = body.unacked, 0
+        unread = self.unacked.pop(stream.sid, 0)
+        if unread > 0:
             self._ack(stream.sid, unread)  # the connection's window, for the other streams
         if not self.streams:
             self._idle_since = self.clock.mono
@@ -782,9 +774,9 @@ class H2Connection(asyncio.Protocol):
                 self._reset(stream, ErrorCodes.CANCEL)
                 continue
             body = stream.req.body
-            if not isinstance(body, _StreamBody) or body.ended:
+            if body is None or body.ended or stream.sid not in self.unacked:
                 continue
-            if body.unacked:
+            if self.unacked[stream.sid]:
                 # Body bytes wait for the pipeline (the origin reads slowly), so the client may
                 # be out of window: it cannot be late. Its clocks start again.
                 stream.last_data = stream.body_started = mono
@@ -799,7 +791,7 @@ class H2Connection(asyncio.Protocol):
                 metrics.timeouts["body_rate"] += 1
                 self._body_timeout(stream, body, "The request body arrived too slowly.")
 
-    def _body_timeout(self, stream: Http2Stream, body: _StreamBody, detail: str) -> None:
+    def _body_timeout(self, stream: Http2Stream, body: BodyStream, detail: str) -> None:
         """The pipeline reading the body gets the 408 (sent if nothing was yet)."""
         body.fail(BadRequest(408, detail))
         if stream.task is None:

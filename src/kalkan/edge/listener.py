@@ -52,6 +52,7 @@ class Listener(Protocol):
     pipeline: Handler
     connections: set[Any]
     head_limit: int
+    park_at_once_past: int  # open connections past which an idle one is parked at once
     timeouts: tuple[float, ...]
     trusted: TrustedProxies
     log_refusal: Callable[[str, int, str], None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kalkan.config import Config
 from kalkan.defense.facts import CHALLENGE_PREFIX
@@ -37,9 +37,13 @@ from kalkan.observe.record import Recorder
 
 if TYPE_CHECKING:
     from kalkan.defense.engine import Defense
-    from kalkan.edge.connection import HttpConnection
 
 log = logging.getLogger("kalkan.pipeline")
+
+# The connection an answer goes to: an HttpConnection, or an HTTP/2 stream that offers the same
+# writing methods (edge/h2_connection.py). Any, not a class: this module is compiled (mypyc),
+# and compiled code checks a parameter's declared class at run time.
+Conn = Any
 
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -115,7 +119,7 @@ class Pipeline:
     def remember(self, data: bytes, req: Request) -> None:
         self.replays.remember(data, req)
 
-    def replay(self, data: bytes, conn: HttpConnection) -> bool:
+    def replay(self, data: bytes, conn: Conn) -> bool:
         return self.replays.replay(data, conn)
 
     def forget_replays(self) -> None:
@@ -200,7 +204,7 @@ class Pipeline:
         return data
 
     # -- the slow path --------------------------------------------------------------------------
-    async def respond(self, req: Request, conn: HttpConnection) -> None:
+    async def respond(self, req: Request, conn: Conn) -> None:
         out = Outcome()
         try:
             if await self._defend(req, conn, out):
@@ -214,7 +218,7 @@ class Pipeline:
                                  out.status, out.size, out.cache, out.origin_ms, req.started,
                                  req.decision, out.reason)
 
-    async def _defend(self, req: Request, conn: HttpConnection, out: Outcome) -> bool:
+    async def _defend(self, req: Request, conn: Conn, out: Outcome) -> bool:
         """The decide step for requests that did not come through respond_now (bodies, the
         tarpit); True when the request was answered here."""
         verdict = req.verdict
@@ -232,7 +236,7 @@ class Pipeline:
             self.responder.verdict(req, conn, verdict, out)
         return True
 
-    async def _tarpit(self, req: Request, conn: HttpConnection, verdict: Verdict,
+    async def _tarpit(self, req: Request, conn: Conn, verdict: Verdict,
                       out: Outcome) -> None:
         """Hold the request a while, then a 429 and close: slow for the bot, cheap for us."""
         req.keep_alive = False
@@ -244,7 +248,7 @@ class Pipeline:
                 self._tarpitted -= 1
         self.responder.verdict(req, conn, verdict, out)
 
-    def _challenged(self, req: Request, conn: HttpConnection, out: Outcome) -> bool:
+    def _challenged(self, req: Request, conn: Conn, out: Outcome) -> bool:
         """Under attack, a client without a pass proves itself before it costs the origin."""
         verdict = self.defense.before_origin(req, req.verdict or ALLOWED)
         if verdict.action is Action.ALLOW:
@@ -253,7 +257,7 @@ class Pipeline:
         self.responder.verdict(req, conn, verdict, out)
         return True
 
-    async def _cached(self, req: Request, conn: HttpConnection, out: Outcome) -> None:
+    async def _cached(self, req: Request, conn: Conn, out: Outcome) -> None:
         """GET/HEAD through the cache: cache_flow.lookup decides, this acts."""
         key = req.key or self._key(req)
         view = self._view(req)
@@ -293,7 +297,7 @@ class Pipeline:
         await self.fill.lead(req, view, conn, key, d.entry, out)
 
     # -- pass (no cache) ------------------------------------------------------------------------
-    async def _pass(self, req: Request, conn: HttpConnection, out: Outcome) -> None:
+    async def _pass(self, req: Request, conn: Conn, out: Outcome) -> None:
         """Forward a request the cache does not handle; unsafe methods invalidate on success."""
         out.cache = "BYPASS"
         if self._challenged(req, conn, out):

@@ -18,8 +18,9 @@ class BodyStream(ChunkQueue):
     __slots__ = ()
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
-                 high_water: int = 256 * 1024) -> None:
-        super().__init__(pause, resume, high_water, high_water // 2)
+                 high_water: int = 256 * 1024,
+                 on_take: Callable[[int], None] | None = None) -> None:
+        super().__init__(pause, resume, high_water, high_water // 2, on_take)
 
 
 class Request:

@@ -9,10 +9,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import cast
 
 from kalkan.config import Config
 from kalkan.edge.client_address import TrustedProxies
-from kalkan.edge.connection import HttpConnection
+from kalkan.edge.connection import PARK_AT_ONCE_PAST, HttpConnection
 from kalkan.edge.h2_connection import H2Connection, H2Counters, negotiating_protocol
 from kalkan.edge.listener import Clock, Handler
 from kalkan.edge.reader import timeouts
@@ -21,6 +22,13 @@ from kalkan.edge.request import Request
 __all__ = ["EdgeServer"]
 
 _SWEEP_INTERVAL = 0.25
+
+
+def http1(server: EdgeServer, scheme: str) -> asyncio.Protocol:
+    """An HTTP/1.1 connection as the event loop sees it: an asyncio protocol. (HttpConnection
+    is compiled by mypyc, which cannot derive from the interpreted asyncio.Protocol; the loop
+    only calls its methods.)"""
+    return cast(asyncio.Protocol, HttpConnection(server, scheme))
 
 
 class EdgeServer:
@@ -44,6 +52,7 @@ class EdgeServer:
         self.timeouts = timeouts(limits)  # seconds per connection State
         # Bytes a request head may take before httptools must have handed it over complete.
         self.head_limit = limits.max_request_line + limits.max_header_bytes + 4096
+        self.park_at_once_past = PARK_AT_ONCE_PAST  # see connection.py
         # Every listener of this pipeline (the HTTPS one and the redirect one) adds its own.
         counted = self.metrics.open_connections
         self.metrics.open_connections = lambda: counted() + self.open
@@ -76,12 +85,12 @@ class EdgeServer:
         certificate) until `start_serving`."""
         loop = asyncio.get_running_loop()
         scheme = "https" if ssl_context is not None else "http"
-        factory = protocol or (lambda: HttpConnection(self, scheme))
+        factory = protocol or (lambda: http1(self, scheme))
         tls = self.config.tls
         if protocol is None and ssl_context is not None and (tls is None or tls.http2):
             # ALPN decides after the handshake: h2, or HTTP/1.1 as before.
             counters = self.h2_counters = self.h2_counters or H2Counters(self.metrics.counter)
-            factory = negotiating_protocol(lambda: HttpConnection(self, scheme),
+            factory = negotiating_protocol(lambda: http1(self, scheme),
                                            lambda: H2Connection(self, counters))
         # A TLS connection reaches our protocol only once its handshake is done, so the header
         # timeout must bound the handshake itself (asyncio's default allows 60 s).
