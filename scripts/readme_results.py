@@ -116,6 +116,21 @@ def hit_instructions(d: dict[str, Any]) -> list[str]:
         f"the fields and writes a fixed answer.", ""]
 
 
+def h2(d: dict[str, Any]) -> list[str]:
+    """Cache hits over HTTP/2, Kalkan against nginx, per page and load."""
+    res = d["results"]
+    rows = []
+    for cell, k in res["kalkan"]["cells"].items():
+        n = res.get("nginx", {}).get("cells", {}).get(cell)
+        kr = k["median"]["req_per_s"]
+        nr = n["median"]["req_per_s"] if n else None
+        rows.append(f"{cell} (page/clients x streams): Kalkan {kr:,.0f} req/s"
+                    + (f", nginx {nr:,.0f} ({kr / nr:.2f}x)" if nr else ""))
+    return [f"{_smoke(d)}**HTTP/2 cache hits** (h2load over TLS; [bench/results/h2.md]"
+            f"(bench/results/h2.md), `{d['command']}`): " + "; ".join(rows) + ". The h2 library is "
+            "pure Python: over HTTP/2 a hit costs several times what it costs over HTTP/1.1.", ""]
+
+
 def conformance(d: dict[str, Any]) -> list[str]:
     c = d["counts"]
     return [
@@ -169,7 +184,7 @@ def lab(d: dict[str, Any]) -> list[str]:
 
 SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale),
             ("connection_memory", connection_memory), ("hit_instructions", hit_instructions),
-            ("hit_profile", hit_profile),
+            ("hit_profile", hit_profile), ("h2", h2),
             ("cache_conformance", conformance),
             ("defense_cost", defense), ("client_memory", clients), ("firewall", firewall),
             ("lab", lab))
