@@ -248,50 +248,7 @@ class HttpConnection(Endpoint):
             self.state = IDLE  # `_enter(IDLE)`, inlined: once per request
             self.deadline = self.clock.mono + self._timeouts[IDLE]
             if len(self.server.connections) > self.server.park_at_once_past:
-                self.park()
-
-    # -- parking an idle connection ------------------------------------------------------------
-    def park(self) -> bool:
-        """Hand the transport to a `ParkedConnection` if nothing at all is in progress: no
-        answer, no input held back, no paused reading or writing, nothing left to send."""
-        transport = self.transport
-        if (transport is None or self.closed or self.busy or self._queue or self._stash
-                or self._req is not None or self.state != IDLE or self._eof or self._closing
-                or self.flow.reasons or self.flow.write_paused or self.write_deadline
-                or self._proxy_buf is not None or not self.counted
-                or (self.standing is not None and self.standing.pending)
-                or transport.get_write_buffer_size()):
-            return False
-        parked = ParkedConnection(self.server, transport, self.scheme, self.peer, self.client,
-                                  self.trusts_peer, self.deadline,
-                                  cast("Callable[[ParkedConnection], asyncio.Protocol]",
-                                       HttpConnection.unpark))
-        transport.set_protocol(parked)
-        server = self.server
-        server.connections.discard(self)
-        server.connections.add(parked)
-        # This object is finished: its slot in the per-client count goes with the transport.
-        # (The parser's callbacks refer back to it: dropping the parser frees it at once,
-        # without waiting for the cycle collector.)
-        self.counted = False
-        self.closed = True
-        self.transport = None
-        self.flow.transport = None
-        self.parser = None
-        return True
-
-    @classmethod
-    def unpark(cls, parked: ParkedConnection) -> HttpConnection:
-        """The connection made again for a parked one whose client sent bytes."""
-        conn = cls(parked.server, parked.scheme)
-        conn.transport = parked.transport
-        conn.flow.transport = parked.transport
-        conn.peer, conn.client, conn.trusts_peer = parked.peer, parked.client, parked.trusts_peer
-        conn._proxy_buf = None  # read before it was parked
-        conn.counted = True
-        conn.state, conn.deadline = IDLE, parked.deadline
-        conn.server.connections.add(conn)
-        return conn
+                park(self)
 
     # -- deadlines (checked by the sweep) -------------------------------------------------------
     def idle_memory(self, mono: float) -> bool:
@@ -299,7 +256,7 @@ class HttpConnection(Endpoint):
         of the parser (about 1 KB); the next read makes them again."""
         if self.deadline - mono >= self.limits.keepalive_timeout - PARK_AFTER:
             return False
-        if self.park():
+        if park(self):
             return True
         self.parser = None
         self._url = b""
@@ -361,3 +318,46 @@ class HttpConnection(Endpoint):
         else:
             self.abort()
 
+
+# -- parking an idle connection (edge/parked.py) -------------------------------------------------
+def park(conn: HttpConnection) -> bool:
+    """Hand the transport to a `ParkedConnection` if nothing at all is in progress: no
+    answer, no input held back, no paused reading or writing, nothing left to send."""
+    transport = conn.transport
+    if (transport is None or conn.closed or conn.busy or conn._queue or conn._stash
+            or conn._req is not None or conn.state != IDLE or conn._eof or conn._closing
+            or conn.flow.reasons or conn.flow.write_paused or conn.write_deadline
+            or conn._proxy_buf is not None or not conn.counted
+            or (conn.standing is not None and conn.standing.pending)
+            or transport.get_write_buffer_size()):
+        return False
+    parked = ParkedConnection(conn.server, transport, conn.scheme, conn.peer, conn.client,
+                              conn.trusts_peer, conn.deadline,
+                              cast("Callable[[ParkedConnection], asyncio.Protocol]",
+                                   unpark))
+    transport.set_protocol(parked)
+    server = conn.server
+    server.connections.discard(conn)
+    server.connections.add(parked)
+    # This object is finished: its slot in the per-client count goes with the transport.
+    # (The parser's callbacks refer back to it: dropping the parser frees it at once,
+    # without waiting for the cycle collector.)
+    conn.counted = False
+    conn.closed = True
+    conn.transport = None
+    conn.flow.transport = None
+    conn.parser = None
+    return True
+
+
+def unpark(parked: ParkedConnection) -> HttpConnection:
+    """The connection made again for a parked one whose client sent bytes."""
+    conn = HttpConnection(parked.server, parked.scheme)
+    conn.transport = parked.transport
+    conn.flow.transport = parked.transport
+    conn.peer, conn.client, conn.trusts_peer = parked.peer, parked.client, parked.trusts_peer
+    conn._proxy_buf = None  # read before it was parked
+    conn.counted = True
+    conn.state, conn.deadline = IDLE, parked.deadline
+    conn.server.connections.add(conn)
+    return conn

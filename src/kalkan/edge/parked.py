@@ -38,7 +38,7 @@ class ParkedConnection(asyncio.Protocol):
         self.trusts_peer = trusts_peer
         self.deadline = deadline  # the keep-alive deadline it was parked with
         self.closed = False
-        self.wake = wake  # makes the full connection again (HttpConnection.unpark)
+        self.wake = wake  # makes the full connection again (connection.unpark)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

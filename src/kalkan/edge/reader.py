@@ -75,7 +75,7 @@ class _Refusal:
 
 class _PrimedBody:
     """Parser callbacks for a parser primed with a stand-in head (an ignored Upgrade's body, see
-    `RequestReader._parse_upgrade_body`): the stand-in head is dropped, the body, its trailers
+    `_parse_upgrade_body`): the stand-in head is dropped, the body, its trailers
     and anything after it go to the reader (which then stops: the connection is closing)."""
 
     __slots__ = ("reader", "in_body", "begun")
@@ -111,7 +111,7 @@ class _StopParsing(Exception):
     """Raised by a parser callback: input after a request that ends the connection is not read."""
 
 
-# What a parser call may raise that `RequestReader._feed_failed` handles (anything else is a bug).
+# What a parser call may raise that `_feed_failed` handles (anything else is a bug).
 _PARSER_STOPS = (httptools.HttpParserUpgrade, httptools.HttpParserError, BadRequest)
 
 
@@ -201,7 +201,7 @@ class RequestReader:
             try:
                 parser.feed_data(data)
             except _PARSER_STOPS as exc:
-                if not self._feed_failed(exc, data):
+                if not _feed_failed(self, exc, data):
                     return
         elif not self._parse(data):
             return
@@ -217,21 +217,7 @@ class RequestReader:
                     self._refuse(431, "The request head is too large.")
                     return
             if not self._careful:
-                self._count_fields_so_far()
-
-    def _count_fields_so_far(self) -> None:
-        """A head continues in the next read: from now on its fields are counted one by one,
-        starting with those already parsed."""
-        self._careful = True
-        req = self._req
-        if req is None or self._in_trailers:
-            return
-        headers = req.headers
-        self._header_bytes = sum(len(k) + len(v) + 4 for k, v in headers)
-        if self._header_bytes > self._max_header_bytes:
-            self._refuse(431, "The request headers are too large.")
-        elif len(headers) > self._max_headers:
-            self._refuse(431, "The request has too many header fields.")
+                _count_fields_so_far(self)
 
     def _parse(self, data: bytes | memoryview) -> bool:
         """Feed the parser, in slices while requests pile up; False once the input is refused.
@@ -251,7 +237,7 @@ class RequestReader:
             if view is None:
                 piece: bytes | memoryview = data
             else:
-                end = start + self._slice_size()
+                end = start + _slice_size(self)
                 piece = view[start:end]
             if not self._feed(piece):
                 return False
@@ -267,14 +253,6 @@ class RequestReader:
             if self.state >= DONE:
                 return False
 
-    def _slice_size(self) -> int:
-        """A whole Content-Length body in one go (uploads stay fast); heads a slice at a time."""
-        req = self._req
-        if req is not None and req.body is not None and not self._in_head and not req.chunked \
-                and req.content_length is not None:
-            return max(SLICE, req.content_length - req.body.received)
-        return SLICE
-
     def _feed(self, data: bytes | memoryview) -> bool:
         """One parser call, with its refusals; False if parsing must stop."""
         try:
@@ -283,54 +261,13 @@ class RequestReader:
                 parser = self.parser = httptools.HttpRequestParser(self)
             parser.feed_data(data)
         except _PARSER_STOPS as exc:
-            return self._feed_failed(exc, data)
+            return _feed_failed(self, exc, data)
         return True
-
-    def _feed_failed(self, exc: Exception, data: bytes | memoryview) -> bool:
-        """What the parser (or a callback) raised: an ignored Upgrade's body to read, or the end
-        of parsing (a refusal, or a request that ends the connection); False if parsing stops."""
-        if isinstance(exc, httptools.HttpParserUpgrade):
-            req = self._upgrade_body
-            if req is not None:
-                # llhttp ends a message that asks for an Upgrade before its body (httptools
-                # skips it). We ignore Upgrade, so the body is this request's: parse it.
-                return self._parse_upgrade_body(req, data[exc.args[0]:])
-            # After a request whose Upgrade we ignore (see on_headers_complete) llhttp parses
-            # no more: that request is answered, then the connection closes.
-            self._stop_parsing()
-            return False
-        if isinstance(exc, BadRequest):
-            self._refuse(exc.status, exc.detail, exc.headers)
-            return False
-        # An HttpParserError; httptools wraps what a callback raised in HttpParserCallbackError.
-        cause = exc.__context__
-        if isinstance(cause, _StopParsing):
-            self._stop_parsing()
-        elif isinstance(cause, BadRequest):
-            self._refuse(cause.status, cause.detail, cause.headers)
-        else:
-            self._refuse(400, f"Malformed request: {parser_reason(exc)}.")
-        return False
 
     def _stop_parsing(self) -> None:
         """Read nothing more: what was asked is answered, then the connection closes."""
         self.state, self.deadline = DONE, 0.0
         self.flow.pause_reading("upgrade")
-
-    def _parse_upgrade_body(self, req: Request, rest: bytes | memoryview) -> bool:
-        """Read the body of a request whose Upgrade was ignored, with llhttp's own framing.
-
-        A fresh parser is primed with a stand-in head carrying the same framing; its callbacks
-        are ignored until the body starts. The connection closes after this request, so nothing
-        after the body is parsed (see `_StopParsing`).
-        """
-        self._upgrade_body = None
-        self.parser = httptools.HttpRequestParser(_PrimedBody(self))
-        framing = b"Transfer-Encoding: chunked" if req.chunked else \
-            b"Content-Length: %d" % (req.content_length or 0)
-        self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
-        self._req = req
-        return self._feed(rest) if len(rest) else True
 
     # -- parser callbacks (per-request state) ---------------------------------------------------
     def on_message_begin(self) -> None:
@@ -471,3 +408,71 @@ class RequestReader:
             if self._body_queued:
                 return
         self._enqueue(req)
+
+
+# -- the rare paths of reading, apart from the class that calls them ---------------------------
+def _count_fields_so_far(reader: RequestReader) -> None:
+    """A head continues in the next read: from now on its fields are counted one by one,
+    starting with those already parsed."""
+    reader._careful = True
+    req = reader._req
+    if req is None or reader._in_trailers:
+        return
+    headers = req.headers
+    reader._header_bytes = sum(len(k) + len(v) + 4 for k, v in headers)
+    if reader._header_bytes > reader._max_header_bytes:
+        reader._refuse(431, "The request headers are too large.")
+    elif len(headers) > reader._max_headers:
+        reader._refuse(431, "The request has too many header fields.")
+
+
+def _slice_size(reader: RequestReader) -> int:
+    """A whole Content-Length body in one go (uploads stay fast); heads a slice at a time."""
+    req = reader._req
+    if req is not None and req.body is not None and not reader._in_head and not req.chunked \
+            and req.content_length is not None:
+        return max(SLICE, req.content_length - req.body.received)
+    return SLICE
+
+
+def _feed_failed(reader: RequestReader, exc: Exception, data: bytes | memoryview) -> bool:
+    """What the parser (or a callback) raised: an ignored Upgrade's body to read, or the end
+    of parsing (a refusal, or a request that ends the connection); False if parsing stops."""
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        req = reader._upgrade_body
+        if req is not None:
+            # llhttp ends a message that asks for an Upgrade before its body (httptools
+            # skips it). We ignore Upgrade, so the body is this request's: parse it.
+            return _parse_upgrade_body(reader, req, data[exc.args[0]:])
+        # After a request whose Upgrade we ignore (see on_headers_complete) llhttp parses
+        # no more: that request is answered, then the connection closes.
+        reader._stop_parsing()
+        return False
+    if isinstance(exc, BadRequest):
+        reader._refuse(exc.status, exc.detail, exc.headers)
+        return False
+    # An HttpParserError; httptools wraps what a callback raised in HttpParserCallbackError.
+    cause = exc.__context__
+    if isinstance(cause, _StopParsing):
+        reader._stop_parsing()
+    elif isinstance(cause, BadRequest):
+        reader._refuse(cause.status, cause.detail, cause.headers)
+    else:
+        reader._refuse(400, f"Malformed request: {parser_reason(exc)}.")
+    return False
+
+
+def _parse_upgrade_body(reader: RequestReader, req: Request, rest: bytes | memoryview) -> bool:
+    """Read the body of a request whose Upgrade was ignored, with llhttp's own framing.
+
+    A fresh parser is primed with a stand-in head carrying the same framing; its callbacks
+    are ignored until the body starts. The connection closes after this request, so nothing
+    after the body is parsed (see `_StopParsing`).
+    """
+    reader._upgrade_body = None
+    reader.parser = httptools.HttpRequestParser(_PrimedBody(reader))
+    framing = b"Transfer-Encoding: chunked" if req.chunked else \
+        b"Content-Length: %d" % (req.content_length or 0)
+    reader.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
+    reader._req = req
+    return reader._feed(rest) if len(rest) else True
