@@ -164,6 +164,28 @@ async def start_origin(port: int = 0, **config: Any) -> Origin:
     return Origin(site, bound)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_low_ports(n: int = 1) -> list[int]:
+    """`n` free loopback ports below 1024 (as 80 and 443 are), highest first."""
+    found: list[int] = []
+    for port in range(1023, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == n:
+            return found
+    raise AssertionError(f"fewer than {n} free ports below 1024")
+
+
 def port_of(edge: Edge) -> int:
     """The first public port an in-process edge listens on."""
     return edge.addresses[0][1]

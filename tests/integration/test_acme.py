@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import trustme
 
 from kalkan.config import AcmeConfig
 from kalkan.edge.app import Edge
-from support import Client, EdgeFactory, Origin, fetch, origin_stats, port_of
+from support import Client, EdgeFactory, Origin, fetch, free_port, origin_stats, port_of
 
 pytestmark = pytest.mark.slow
 DOMAIN = "localhost"  # pebble resolves it through /etc/hosts: no DNS needed offline
@@ -36,10 +35,6 @@ if shutil.which("pebble") is None:
                 allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Pebble:

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port
+
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 FITS = "limits:\n  max_connections: 4096\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 15.0) -> None:

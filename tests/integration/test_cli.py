@@ -14,15 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from support import Origin, fetch
+from support import Origin, fetch, free_port
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -14,18 +14,25 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from test_acme import DOMAIN, Pebble
-from test_service import FakeSystemd, stop, unit_lines
+from test_service import (
+    FakeSystemd,
+    make_unit_directories,
+    shared_dir_fixture,  # noqa: F401 (the fixture)
+    stop,
+    unit_command,
+    unit_environment,
+    unit_lines,
+)
+from test_wordpress_defaults import wordpress_fixture  # noqa: F401 (the fixture)
 
 from runtime_venv import NOBODY, REPO, Runtime, runtime_fixture  # noqa: F401 (the fixture)
+from support import free_low_ports
 from wordpress_origin import WordPressOrigin
 
 pytestmark = pytest.mark.slow
@@ -34,22 +41,6 @@ CONFIG = REPO / "packaging" / "kalkan.yaml"
 if os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("pebble") is None \
         or shutil.which("curl") is None:
     pytest.skip("needs root, setpriv, pebble and curl", allow_module_level=True)
-
-
-@pytest.fixture
-def service_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kalkan-deploy-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def wordpress() -> AsyncIterator[WordPressOrigin]:
-    origin = WordPressOrigin()
-    await origin.start()
-    yield origin
-    await origin.stop()
 
 
 def shipped_config_with_acme(where: Path, https: int, http: int, origin_url: str,
@@ -81,21 +72,6 @@ def shipped_config_with_acme(where: Path, https: int, http: int, origin_url: str
     return path
 
 
-def two_low_ports() -> tuple[int, int]:
-    """Two free ports below 1024 (HTTPS and plain HTTP), as 443 and 80 would be."""
-    found: list[int] = []
-    for port in range(1023, 900, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == 2:
-            return found[0], found[1]
-    pytest.fail("no two free ports below 1024")
-
-
 def curl_h2(port: int, root: Path, target: str = "/") -> tuple[str, dict[str, str]]:
     """(HTTP version, response fields) of a verified HTTPS GET for DOMAIN with curl --http2."""
     out = subprocess.run(
@@ -113,41 +89,31 @@ def curl_h2(port: int, root: Path, target: str = "/") -> tuple[str, dict[str, st
 
 
 async def test_from_the_shipped_files_to_https_http2_and_a_cached_page(
-        wordpress: WordPressOrigin, service_dir: Path, runtime: Runtime) -> None:
-    https, http = two_low_ports()
-    pebble = Pebble(service_dir, http)
+        wordpress: WordPressOrigin, shared_dir: Path, runtime: Runtime) -> None:
+    https, http = free_low_ports(2)
+    pebble = Pebble(shared_dir, http)
     pebble.start()
     await pebble.wait_ready()
-    config = shipped_config_with_acme(service_dir, https, http, wordpress.url, pebble)
-    for d in ("state", "cache", "log"):   # what StateDirectory=, CacheDirectory=, LogsDirectory= do
-        (service_dir / d).mkdir()
-        os.chown(service_dir / d, NOBODY, NOBODY)
-    env = dict(runtime.env)
-    for assignment in unit_lines("Environment"):
-        key, _, value = assignment.partition("=")
-        env[key] = value
-    as_unit_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                    "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
-                    "--bounding-set=-all,+net_bind_service", "--no-new-privs"]
+    config = shipped_config_with_acme(shared_dir, https, http, wordpress.url, pebble)
+    make_unit_directories(shared_dir)
+    env = unit_environment(runtime)
 
     def command(line: str) -> list[str]:
-        argv = line.replace("/etc/kalkan/kalkan.yaml", str(config)).split()
-        assert argv[0] == "/opt/kalkan/bin/kalkan", argv
-        return as_unit_user + runtime.kalkan(*argv[1:])
+        return unit_command(line, config, runtime)
 
     pre = subprocess.run(command(unit_lines("ExecStartPre")[0]), env=env, capture_output=True,
                          text=True, timeout=60)
     assert pre.returncode == 0 and "ok" in pre.stdout, pre.stdout + pre.stderr
-    systemd = FakeSystemd(str(service_dir / "notify"))
-    os.chmod(service_dir / "notify", 0o777)
+    systemd = FakeSystemd(str(shared_dir / "notify"))
+    os.chmod(shared_dir / "notify", 0o777)
     env["NOTIFY_SOCKET"] = systemd.address
-    output = service_dir / "kalkan.out"
+    output = shared_dir / "kalkan.out"
     with output.open("wb") as out:
         proc = subprocess.Popen(command(unit_lines("ExecStart")[0]), env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
         await asyncio.to_thread(systemd.expect, "READY=1", 30.0)
-        root = service_dir / "pebble-root.pem"
+        root = shared_dir / "pebble-root.pem"
         root.write_text(await pebble.root())
         version, fields = "", {}
         for _ in range(300):  # the certificate arrives from pebble in about a second

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from runtime_venv import NOBODY, REPO, Runtime, runtime_fixture  # noqa: F401 (the fixture)
-from support import EdgeFactory, Origin, fetch, port_of
+from support import EdgeFactory, Origin, fetch, free_low_ports, free_port, port_of
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 ROOT = os.geteuid() == 0
@@ -35,21 +35,8 @@ LOGROTATE = REPO / "packaging" / "logrotate" / "kalkan"
 FITS = "limits:\n  max_connections: 4096\n"   # under this machine's open-files limit
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def free_low_port() -> int:
-    for port in range(1023, 900, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail("no free port below 1024")
 
 
 class FakeSystemd:
@@ -79,8 +66,8 @@ class FakeSystemd:
         self.sock.close()
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
+@pytest.fixture(name="shared_dir")
+def shared_dir_fixture() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kalkan-service-"))
     path.chmod(0o755)
     yield path
@@ -182,6 +169,35 @@ def unit_lines(key: str) -> list[str]:
     return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{key}=")]
 
 
+def unit_environment(runtime: Runtime) -> dict[str, str]:
+    """The runtime's environment with the unit's Environment= assignments."""
+    env = dict(runtime.env)
+    for assignment in unit_lines("Environment"):
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    return env
+
+
+def make_unit_directories(where: Path) -> None:
+    """What StateDirectory=, CacheDirectory= and LogsDirectory= do, for the unit's user."""
+    for d in ("state", "cache", "log"):
+        (where / d).mkdir()
+        os.chown(where / d, NOBODY, NOBODY)
+
+
+# The unit's user (nobody here) with CAP_NET_BIND_SERVICE as its only (ambient) capability.
+AS_UNIT_USER = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
+                "--bounding-set=-all,+net_bind_service", "--no-new-privs"]
+
+
+def unit_command(line: str, config: Path, runtime: Runtime) -> list[str]:
+    """An Exec*= line of the unit as systemd would run it, on `config` and the runtime venv."""
+    argv = shlex.split(line.replace("/etc/kalkan/kalkan.yaml", str(config)))
+    assert argv[0] == "/opt/kalkan/bin/kalkan", argv
+    return AS_UNIT_USER + runtime.kalkan(*argv[1:])
+
+
 def test_unit_file_verifies_and_is_hardened(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
@@ -212,24 +228,14 @@ def test_unit_execstart_runs_with_its_environment(
     paths under a temporary directory: StateDirectory= and friends are systemd's to create)."""
     if not ROOT or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run as another user with one capability")
-    env = dict(runtime.env)
-    for assignment in unit_lines("Environment"):
-        key, _, value = assignment.partition("=")
-        env[key] = value
+    env = unit_environment(runtime)
     assert env["KALKAN_SERVICE"] == "1"
-    port = free_low_port()
+    port = free_low_ports()[0]
     config = edge_config(shared_dir, port, origin_process)
-    for d in ("state", "cache", "log"):   # what StateDirectory=, CacheDirectory=, LogsDirectory= do
-        (shared_dir / d).mkdir()
-        os.chown(shared_dir / d, NOBODY, NOBODY)
-    as_unit_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                    "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
-                    "--bounding-set=-all,+net_bind_service", "--no-new-privs"]
+    make_unit_directories(shared_dir)
 
     def command(line: str) -> list[str]:
-        argv = shlex.split(line.replace("/etc/kalkan/kalkan.yaml", str(config)))
-        assert argv[0] == "/opt/kalkan/bin/kalkan", argv
-        return as_unit_user + runtime.kalkan(*argv[1:])
+        return unit_command(line, config, runtime)
 
     pre = subprocess.run(command(unit_lines("ExecStartPre")[0]), env=env, capture_output=True,
                          text=True, timeout=60)
@@ -259,7 +265,7 @@ def test_user_drops_root_after_binding_a_low_port(
     for nobody, then runs as nobody for good."""
     if not ROOT:
         pytest.skip("needs root: the point is giving it up")
-    port = free_low_port()
+    port = free_low_ports()[0]
     config = edge_config(shared_dir, port, origin_process, "user: nobody\n")
     proc = subprocess.Popen(runtime.kalkan("serve", "--config", str(config)), env=runtime.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

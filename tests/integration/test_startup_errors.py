@@ -17,16 +17,13 @@ import pytest
 import trustme
 
 from runtime_venv import Runtime, runtime_fixture  # noqa: F401 (the `runtime` fixture)
+from support import free_low_ports, free_port
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 ROOT = os.geteuid() == 0
 NOBODY = 65534
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unprivileged(rt: Runtime) -> dict[str, Any]:
@@ -98,19 +95,10 @@ def test_admin_port_in_use(tmp_path: Path) -> None:
     one_line(out, f"cannot listen on 127.0.0.1:{port} (admin.listen)", "already in use")
 
 
-def _free_low_port() -> int:
-    for port in range(1023, 900, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail("no free port below 1024")
 
 
 def test_no_permission_for_a_low_port(shared_dir: Path, runtime: Runtime) -> None:
-    port = _free_low_port() if ROOT else 1
+    port = free_low_ports()[0] if ROOT else 1
     out = serve(shared_dir, "--listen", f"127.0.0.1:{port}", **unprivileged(runtime))
     one_line(out, f"cannot listen on 127.0.0.1:{port} (listen[0]): permission denied",
              "CAP_NET_BIND_SERVICE", "user:")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Response
+from support import Response, free_port
 from support import fetch as raw_fetch
 from wordpress_origin import COOKIEHASH, LOGGED_IN, POSTS, WordPressOrigin
 
@@ -37,17 +37,13 @@ async def fetch(port: int, target: str, method: str = "GET",
     return await raw_fetch(port, target, method, {**BROWSER, **(headers or {})}, body)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Kalkan:
     """`kalkan serve` with no --config: only where to listen, the origin and where files go."""
 
     def __init__(self, origin_url: str, tmp: Path) -> None:
-        self.port, self.admin = _free_port(), _free_port()
+        self.port, self.admin = free_port(), free_port()
         self.log = tmp / "access.log"
         self.output = tmp / "kalkan.out"  # a file, not a pipe nobody reads (it could fill up)
         with self.output.open("wb") as out:  # the child keeps its own copy of the descriptor
@@ -83,8 +79,8 @@ class Kalkan:
         return [r.get("reason", "") for r in rows if r.get("path") == path]
 
 
-@pytest.fixture
-async def wordpress() -> AsyncIterator[WordPressOrigin]:
+@pytest.fixture(name="wordpress")
+async def wordpress_fixture() -> AsyncIterator[WordPressOrigin]:
     origin = WordPressOrigin()
     await origin.start()
     yield origin
