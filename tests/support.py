@@ -8,6 +8,8 @@ import json
 import re
 import socket
 import struct
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,6 +186,23 @@ def free_low_ports(n: int = 1) -> list[int]:
         if len(found) == n:
             return found
     raise AssertionError(f"fewer than {n} free ports below 1024")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Until something listens on loopback `port`; a process `proc` that exits first fails with
+    what it printed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            said = out.decode(errors="replace") if isinstance(out, bytes) else out
+            raise AssertionError(f"exited early ({proc.returncode}): {said}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
 
 
 def port_of(edge: Edge) -> int:

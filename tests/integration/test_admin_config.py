@@ -6,33 +6,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from support import free_port
+from support import free_port, wait_for_port
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 FITS = "limits:\n  max_connections: 4096\n"
 
 
 
-
-def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def run(*args: str, cwd: Path | None = None,

@@ -5,33 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import Origin, fetch, free_port
+from support import Origin, fetch, free_port, wait_for_port
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 
 
 
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kalkan exited early: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 class Served:
@@ -46,8 +32,8 @@ class Served:
              "--admin", f"127.0.0.1:{self.admin}", "--cache-dir", str(cache_dir),
              "--access-log", "off", "--state-dir", str(cache_dir.parent / "state"), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.proc)
-        wait_for_port(self.admin, self.proc)
+        wait_for_port(self.port, self.proc, 10.0)
+        wait_for_port(self.admin, self.proc, 10.0)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

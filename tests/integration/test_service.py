@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from runtime_venv import NOBODY, REPO, Runtime, runtime_fixture  # noqa: F401 (the fixture)
-from support import EdgeFactory, Origin, fetch, free_low_ports, free_port, port_of
+from support import EdgeFactory, Origin, fetch, free_low_ports, free_port, port_of, wait_for_port
 
 KALKAN = str(Path(sys.executable).with_name("kalkan"))
 ROOT = os.geteuid() == 0
@@ -73,19 +73,6 @@ def shared_dir_fixture() -> Iterator[Path]:
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"kalkan exited early ({proc.returncode}): {out}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
