@@ -4,18 +4,12 @@ with JavaScript off, the no-JS fallback gets them there too."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from e2e.chromium import browser_fixture, needs_chromium, playwright_api  # noqa: F401
 from support import EdgeFactory, Origin, port_of
 
-playwright_api = pytest.importorskip("playwright.async_api")
-
-CHROMIUM = "/usr/bin/chromium"
 ARTICLE = "/news/media-community-statement-ddos/"
 # Every page must be earned: a policy that challenges all page requests without a pass.
 POLICY = """
@@ -26,19 +20,10 @@ rules:
     action: challenge
     reason: e2e test
 """
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="Debian chromium is not installed")
+pytestmark = needs_chromium
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[object]:
-    async with playwright_api.async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        await b.close()
 
 
 async def challenged_edge(origin: Origin, make_edge: EdgeFactory, tmp_path: Path,

@@ -4,33 +4,18 @@ page and its assets arrive over h2, and the challenge a reader meets over h2 is 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import trustme
 
+from e2e.chromium import browser_fixture, needs_chromium, playwright_api  # noqa: F401
 from support import EdgeFactory, Origin, access_log, port_of
 
-playwright_api = pytest.importorskip("playwright.async_api")
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--host-resolver-rules=MAP news.test 127.0.0.1"]
 ARTICLE = "/news/media-community-statement-ddos/"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="Debian chromium is not installed")
+pytestmark = needs_chromium
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[object]:
-    async with playwright_api.async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        await b.close()
 
 
 async def h2_port(origin: Origin, make_edge: EdgeFactory, tmp_path: Path,
