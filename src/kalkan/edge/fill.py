@@ -64,10 +64,11 @@ class Filler:
         answer becomes; deliver it (conn None: a background refresh)."""
         headers = upstream_headers(req, True, self.upstream.pool.host_header)
         if stale is not None:
-            if stale.etag is not None:
-                headers.append((b"If-None-Match", stale.etag))
-            if stale.last_modified is not None:
-                headers.append((b"If-Modified-Since", stale.last_modified))
+            etag, last_modified = stale.validators()
+            if etag is not None:
+                headers.append((b"If-None-Match", etag))
+            if last_modified is not None:
+                headers.append((b"If-Modified-Since", last_modified))
         try:
             resp, out.origin_ms = await self.upstream.ask(
                 "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono)

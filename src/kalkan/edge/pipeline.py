@@ -28,7 +28,7 @@ from kalkan.edge.fill import Filler
 from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
 from kalkan.edge.listener import Clock
 from kalkan.edge.origin import GateFull, OriginError, UpstreamResponse
-from kalkan.edge.replay import ReplayMemo
+from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
 from kalkan.edge.store import Store
 from kalkan.observe.access_log import AccessLog
@@ -61,7 +61,6 @@ class Pipeline:
         self.cache = cc
         self.cache_enabled = cc.enabled
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
-        self._entries = self.store.entries
         self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
         self.never_cache = flow.NeverCache(cc)
         self.upstream = OriginClient(config.origin, self.metrics)
@@ -183,11 +182,9 @@ class Pipeline:
                 return (refusal,)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
-        key = req.key or self._key(req)
-        variants = self._entries.get(key)  # `store.get`, inlined: the hot path's one lookup
+        variants = self.store.get(req.key or self._key(req))
         if variants is None:
             return None
-        self._entries.move_to_end(key)
         entry = variants[0] if len(variants) == 1 and not variants[0].vary else \
             flow.pick_variant(variants, vary_view(req))
         now = self.clock.now
@@ -199,8 +196,7 @@ class Pipeline:
             data = (entry.render(now, b"HIT", head_only=req.method == "HEAD",
                                  connection=b"keep-alive" if req.keep_alive else b"close"),)
         self.recorder.answer(now, req.client, req.method, req.host, req.path, entry.status,
-                             len(data[0]) + len(data[1]) if len(data) == 2 else len(data[0]),
-                             "HIT", None, req.started, req.decision)
+                             wire_len(data), "HIT", None, req.started, req.decision)
         return data
 
     # -- the slow path --------------------------------------------------------------------------

@@ -175,4 +175,11 @@ class ReplayMemo:
 
 
 def wire_len(buffers: tuple[bytes, ...]) -> int:
-    return len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))
+    """Bytes in an answer's buffers: one (a head or a refusal) or two (head and body) nearly
+    always, counted without a generic sum on every hit."""
+    n = len(buffers)
+    if n == 1:
+        return len(buffers[0])
+    if n == 2:
+        return len(buffers[0]) + len(buffers[1])
+    return sum(map(len, buffers))

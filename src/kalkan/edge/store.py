@@ -118,19 +118,20 @@ class Entry:
                 out.append((name, value))
         return out
 
-    def _field(self, lname: bytes) -> bytes | None:
+    def validators(self) -> tuple[bytes | None, bytes | None]:
+        """(ETag, Last-Modified), the first of each, read back from the stored fields at once."""
+        etag = last_modified = None
         for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+            name = k.lower()
+            if name == b"etag" and etag is None:
+                etag = v
+            elif name == b"last-modified" and last_modified is None:
+                last_modified = v
+        return etag, last_modified
 
     @property
     def etag(self) -> bytes | None:
-        return self._field(b"etag")
-
-    @property
-    def last_modified(self) -> bytes | None:
-        return self._field(b"last-modified")
+        return self.validators()[0]
 
     @property
     def file(self) -> str:
