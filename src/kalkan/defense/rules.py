@@ -742,7 +742,6 @@ class Policy:
             (quiet, browser): {route: entries(route, quiet, browser)
                                for route in (*ROUTE_CLASSES, None)}
             for quiet in (False, True) for browser in (False, True)}
-        self._memo = crawlers.memo
 
     def rules_for(self, route: str) -> tuple[Rule, ...]:
         """The rules a request of this route class is checked against, in order."""
@@ -874,9 +873,7 @@ class Policy:
         Call `clients.hit(facts, now)` first, so rate conditions count this request.
         """
         matched: list[Rule] | None = None
-        claimed = self._memo.get(facts.user_agent, "")
-        if claimed == "":
-            claimed = self.crawlers.claimed(facts.user_agent)
+        claimed = self.crawlers.claimed(facts.user_agent)
         table = self._variants[(clients.address_quiet(facts, now), claimed is None)]
         entries = table.get(facts.route)
         if entries is None:
