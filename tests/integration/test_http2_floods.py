@@ -23,8 +23,9 @@ from hyperframe.frame import (
 )
 
 from h2_client import NAME, H2Client, Raw, goaway, statuses
-from kalkan.edge.h2_connection import HPACK_TABLE, MAX_STREAMS, SLOW_STREAMS
+from kalkan.edge.h2_connection import HPACK_TABLE, MAX_STREAMS
 from kalkan.edge.h2_frames import PINGS_PER_SECOND, RESETS_PER_SECOND, SETTINGS_PER_SECOND
+from kalkan.edge.h2_slow_path import SLOW_STREAMS
 from support import EdgeFactory, Origin, access_log, fetch, origin_stats, port_of
 
 CALM = ErrorCodes.ENHANCE_YOUR_CALM
