@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kalkan.pipeline")
 
 # The connection an answer goes to: an HttpConnection, or an HTTP/2 stream that offers the same
-# writing methods (edge/h2_connection.py). Any, not a class: this module is compiled (mypyc),
+# writing methods (edge/h2_stream.py). Any, not a class: this module is compiled (mypyc),
 # and compiled code checks a parameter's declared class at run time.
 Conn = Any
 
