@@ -248,7 +248,7 @@ async def test_an_idle_keep_alive_connection_is_parked_and_woken(origin: Origin,
         assert (await client.request("GET", "/bench/20k")).status == 200
         (conn,) = edge.server.connections
         assert isinstance(conn, HttpConnection)
-        await asyncio.sleep(1.6)  # past a second of quiet, seen by the sweep (every 0.25 s)
+        await asyncio.sleep(1.6)  # well past PARK_AFTER, seen by the sweep (every 0.25 s)
         (parked,) = edge.server.connections
         assert isinstance(parked, ParkedConnection) and edge.server.open == 1
         again = await client.request("GET", "/bench/20k")  # a new connection object wakes

@@ -176,7 +176,7 @@ async def test_an_idle_tls_connection_is_parked_and_woken(tls_edge: Any, ca: tru
     client, _ = await tls_client(port_of(tls_edge), ca, A)
     try:
         assert (await client.request("GET", "/robots.txt", host=A)).status == 200
-        await asyncio.sleep(1.6)  # parked by the sweep after a second of quiet
+        await asyncio.sleep(1.6)  # parked by the sweep after a moment of quiet
         assert any(isinstance(c, ParkedConnection) for c in tls_edge.server.connections)
         resp = await client.request("GET", "/_demo/echo", host=A)
         assert resp.status == 200 and echo_header(resp, "X-Forwarded-Proto") == ["https"]

@@ -10,7 +10,14 @@ import httptools
 import pytest
 
 from kalkan.config import Config
-from kalkan.edge.connection import BadRequest, Clock, ConnectionGone, HttpConnection, State
+from kalkan.edge.connection import (
+    PARK_AFTER,
+    BadRequest,
+    Clock,
+    ConnectionGone,
+    HttpConnection,
+    State,
+)
 from kalkan.edge.parked import ParkedConnection
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
@@ -557,14 +564,15 @@ async def test_connection_lost_mid_body_fails_the_body_and_releases_the_client()
 
 
 # -- parking idle connections -----------------------------------------------------------------
-async def test_an_idle_connection_is_parked_after_a_second_and_woken_by_its_next_request() -> None:
+async def test_an_idle_connection_is_parked_after_a_moment_and_woken_by_its_next_request(
+) -> None:
     rig = Rig()
     rig.pipeline.hits["/"] = b"ok"
     rig.feed(get("/"))
     rig.t.take(len(rig.t.out))  # the client read the answer
-    rig.sweep(0.5)
+    rig.sweep(PARK_AFTER / 2)
     assert rig.t.protocol is rig.conn  # not yet
-    rig.sweep(0.6)
+    rig.sweep(PARK_AFTER)
     parked = rig.t.protocol
     assert isinstance(parked, ParkedConnection)
     assert rig.server.connections == {parked} and rig.server.open == 1
@@ -590,6 +598,21 @@ async def test_a_connection_with_work_in_progress_is_never_parked() -> None:
     rig.t.take(len(rig.t.out))
     rig.sweep(0.3)
     assert isinstance(rig.t.protocol, ParkedConnection)
+
+
+async def test_with_many_connections_open_one_with_an_unread_tail_parks_at_the_next_sweep(
+) -> None:
+    rig = Rig()
+    rig.server.park_at_once_past = 0
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/"))
+    # The client has not read the answer yet: not parkable, but the parser goes at once.
+    assert rig.t.protocol is rig.conn and rig.conn.parser is None
+    rig.t.take(len(rig.t.out))
+    rig.sweep(0.01)  # the first sweep, long before PARK_AFTER
+    assert isinstance(rig.t.protocol, ParkedConnection)
+    rig.t.protocol.data_received(get("/"))
+    assert [a[0] for a in rig.answers()] == [200, 200]
 
 
 async def test_with_many_connections_open_an_idle_one_is_parked_at_once() -> None:

@@ -10,8 +10,8 @@ timer per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, cast
+import sys
+from typing import Any
 
 from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse_proxy_header
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
@@ -36,7 +36,7 @@ _BODY_RATE_GRACE = 5.0  # seconds of a body before its rate is judged
 # An idle keep-alive connection is parked (edge/parked.py) after PARK_AFTER seconds of quiet, or
 # as soon as it is idle while more than PARK_AT_ONCE_PAST connections are open: memory then
 # matters more than the couple of microseconds it takes to make the connection again.
-PARK_AFTER = 1.0
+PARK_AFTER = 0.25
 PARK_AT_ONCE_PAST = 1024
 
 __all__ = ["BadRequest", "Clock", "ConnectionGone", "Handler", "HttpConnection", "State"]
@@ -66,7 +66,10 @@ class HttpConnection(Endpoint):
         self.flow.transport = self.transport
         peer = transport.get_extra_info("peername")
         addr = peer[0] if peer else "unknown"  # an IPv4 reader on a dual-stack [::] listener
-        self.peer = self.client = addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
+        # Interned: a crowd behind one NAT (or a browser's six connections) shares one string,
+        # and it goes when its last connection does.
+        self.peer = self.client = sys.intern(
+            addr[7:] if addr.startswith("::ffff:") and "." in addr else addr)
         self._enter(HEAD)
         self.server.connections.add(self)
         if self._proxy_buf is None:
@@ -247,15 +250,20 @@ class HttpConnection(Endpoint):
         elif not self.busy and self._req is None and not self._queue and self.state == ANSWERING:
             self.state = IDLE  # `_enter(IDLE)`, inlined: once per request
             self.deadline = self.clock.mono + self._timeouts[IDLE]
-            if len(self.server.connections) > self.server.park_at_once_past:
-                park(self)
+            if len(self.server.connections) > self.server.park_at_once_past and not park(self):
+                # Not parkable yet (most often: the answer's tail is still in the transport's
+                # buffer): let go of the parser now, and the sweep parks it within 0.25 s.
+                self.parser = None
+                self._url = b""
 
     # -- deadlines (checked by the sweep) -------------------------------------------------------
     def idle_memory(self, mono: float) -> bool:
         """Between requests, after PARK_AFTER seconds of quiet: park (True), or at least let go
         of the parser (about 1 KB); the next read makes them again."""
-        if self.deadline - mono >= self.limits.keepalive_timeout - PARK_AFTER:
-            return False
+        if (self.deadline - mono >= self.limits.keepalive_timeout - PARK_AFTER
+                and len(self.server.connections) <= self.server.park_at_once_past):
+            return False  # (past the threshold, at the first sweep: bursts of new connections
+                          # would otherwise hold a second's worth of parsers and buffers)
         if park(self):
             return True
         self.parser = None
@@ -332,9 +340,7 @@ def park(conn: HttpConnection) -> bool:
             or transport.get_write_buffer_size()):
         return False
     parked = ParkedConnection(conn.server, transport, conn.scheme, conn.peer, conn.client,
-                              conn.trusts_peer, conn.deadline,
-                              cast("Callable[[ParkedConnection], asyncio.Protocol]",
-                                   unpark))
+                              conn.deadline)
     transport.set_protocol(parked)
     server = conn.server
     server.connections.discard(conn)
@@ -355,9 +361,14 @@ def unpark(parked: ParkedConnection) -> HttpConnection:
     conn = HttpConnection(parked.server, parked.scheme)
     conn.transport = parked.transport
     conn.flow.transport = parked.transport
-    conn.peer, conn.client, conn.trusts_peer = parked.peer, parked.client, parked.trusts_peer
+    conn.peer, conn.client = parked.peer, parked.client
+    trusted = conn.server.trusted
+    conn.trusts_peer = bool(trusted) and trusted.trusts(parked.peer)  # a memo: not kept parked
     conn._proxy_buf = None  # read before it was parked
     conn.counted = True
     conn.state, conn.deadline = IDLE, parked.deadline
     conn.server.connections.add(conn)
     return conn
+
+
+ParkedConnection.wake = unpark  # (parked.py cannot import this module)

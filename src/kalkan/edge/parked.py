@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from kalkan.edge.listener import Listener
@@ -20,32 +20,32 @@ if TYPE_CHECKING:
 class ParkedConnection(asyncio.Protocol):
     """The protocol of an idle keep-alive connection; see the module docstring."""
 
-    __slots__ = ("server", "transport", "scheme", "peer", "client", "trusts_peer", "deadline",
-                 "closed", "wake")
+    # Seven slots: thousands of these are what an idle crowd costs (bench.connection_memory).
+    __slots__ = ("server", "transport", "scheme", "peer", "client", "deadline", "closed")
 
     # What the server's sweep and shutdown read of every connection they hold.
     busy = False
     write_deadline = 0.0
+    # Makes the full connection again: edge/connection.py's `unpark`, set when it is imported
+    # (this module cannot import it: connection.py imports this one).
+    wake: ClassVar[Callable[[ParkedConnection], Any]]
 
     def __init__(self, server: Listener, transport: asyncio.Transport, scheme: str, peer: str,
-                 client: str, trusts_peer: bool, deadline: float,
-                 wake: Callable[[ParkedConnection], asyncio.Protocol]) -> None:
+                 client: str, deadline: float) -> None:
         self.server = server
         self.transport = transport
         self.scheme = scheme
         self.peer = peer
         self.client = client
-        self.trusts_peer = trusts_peer
         self.deadline = deadline  # the keep-alive deadline it was parked with
         self.closed = False
-        self.wake = wake  # makes the full connection again (connection.unpark)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         self.closed = True  # this object is done; the connection lives on in `conn`
         self.server.connections.discard(self)
-        conn = self.wake(self)
+        conn = ParkedConnection.wake(self)
         self.transport.set_protocol(conn)
         conn.data_received(data)
 
