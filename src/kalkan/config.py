@@ -857,7 +857,11 @@ def read_secret(value: str | None, file: str | None, env: str | None, key: str) 
 def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str]) -> None:
     """Each alert channel has what it needs to send, and its secrets can be read."""
     def bad(key: str, why: str) -> None:
-        problems.append(f"{where(key)}: {key}: {why}")
+        # A missing key has no line: name the line of the section that lacks it.
+        near = key
+        while "." in near and where(near) == where(""):
+            near = near.rpartition(".")[0]
+        problems.append(f"{where(near)}: {key}: {why}")
 
     if alerts.language not in ("en", "ru", "ky"):
         bad("alerts.language", f"must be en, ru or ky, not {alerts.language!r}")

@@ -1,20 +1,34 @@
 """Who is attacking right now, for alerts and reports: the harshest standing decisions and the
-recent clients nearest their rate limits, with why. Read-only and off the request path."""
+recent clients nearest their rate limits, with why. Read-only, off the request path, and
+bounded in time: it runs on the event loop once per attack start."""
 
 from __future__ import annotations
 
+import time
+
+from kalkan.defense.clients import Meter
 from kalkan.defense.decisions import SEVERITY
 from kalkan.defense.engine import Defense
 from kalkan.defense.facts import RequestFacts, address_facts
 
-# Recent addresses looked at (the newest of the defence's memo): bounds the time one report
-# takes on the event loop during a flood from many addresses (~20 ms per 10,000 here).
-SCAN = 10_000
+# Longest the scan of recent clients may hold the event loop (a flood from many addresses
+# fills the defence's memo with up to 65,536 of them); the newest are looked at first.
+BUDGET = 0.025
+# A client under a tenth of every limit is a reader, not an attacker.
+MIN_SHARE = 0.1
+
+
+def _meters(defense: Defense) -> list[Meter]:
+    """The meters that count every route (the policy's general limits): one or two lookups per
+    client instead of one per meter; all meters when the policy has no general one."""
+    meters = list(defense.policy.meters)
+    general = [m for m in meters if not m.routes]
+    return general or meters
 
 
 def loudest(defense: Defense, now: float, n: int = 5) -> list[dict[str, str]]:
-    """Up to `n` standing decisions (harshest, then newest) and up to `n` busiest clients (by
-    how full their fullest rate meter is), each {target, why}."""
+    """Up to `n` standing decisions (harshest, then newest) and up to `n` busiest clients or
+    prefixes (by how full their fullest rate meter is), each {target, why}."""
     rows: list[dict[str, str]] = []
     standing = [d for d in defense.decisions.all(now) if d.action != "allow"
                 and not d.target.startswith("token:")]
@@ -23,13 +37,16 @@ def loudest(defense: Defense, now: float, n: int = 5) -> list[dict[str, str]]:
     for d in standing[:n]:
         rows.append({"target": d.target, "why": f"{d.action} ({d.origin}): {d.reason}"})
         named.add(d.target)
-    cfg = defense.config
-    meters = list(defense.policy.meters)
+    meters = _meters(defense)
     if not meters:
         return rows
+    cfg = defense.config
     best: dict[str, tuple[float, str]] = {}
     read: set[tuple[str, str]] = set()   # (prefix, meter): the same for all its addresses
-    for client in defense.recent_clients()[-SCAN:]:
+    stop_at = time.perf_counter() + BUDGET
+    for i, client in enumerate(reversed(defense.recent_clients())):
+        if i & 255 == 255 and time.perf_counter() > stop_at:
+            break
         ip, version, prefix = address_facts(client, cfg.prefix_v4, cfg.prefix_v6)
         if not ip:
             continue
@@ -41,10 +58,8 @@ def loudest(defense: Defense, now: float, n: int = 5) -> list[dict[str, str]]:
                     continue
                 read.add((target, meter.id))
             level = defense.clients.level(meter.id, facts, now)
-            if level <= 0:
-                continue
             share = level / meter.limit
-            if share > best.get(target, (0.0, ""))[0]:
+            if share >= MIN_SHARE and share > best.get(target, (0.0, ""))[0]:
                 routes = f" on {', '.join(sorted(meter.routes))}" if meter.routes else ""
                 best[target] = (share, f"{level:.0f} requests in {meter.period:g} s{routes}, "
                                        f"limit {meter.limit} per {meter.per}")
