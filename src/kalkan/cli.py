@@ -192,8 +192,11 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     from kalkan.alerts.channels import channels, site_name  # late: only this command sends
     from kalkan.alerts.dispatch import Dispatcher
 
-    config = _base_config(args, files=False)
-    made = channels(config.alerts)
+    config = _base_config(args, files=False)  # the policy and TLS files are not needed here
+    try:
+        made = channels(config.alerts)
+    except ValueError as exc:  # a secret that cannot be read now
+        raise ConfigError(str(exc)) from None
     if not made:
         print(f"{config_path(args) or 'the built-in config'}: no alert channel configured "
               "(alerts.telegram, alerts.webhook, alerts.email; see docs/alerts.md)",

@@ -819,20 +819,23 @@ def validate(config: Config, source: str = "<config>",
     except ConfigError as exc:
         problems.extend(exc.problems)
     _check_identity(config, where, problems)
-    _check_alerts(config.alerts, where, problems)
+    _check_alerts(config.alerts, where, problems, files)
     if files:
         _check_files(config, where, problems)
     if problems:
         raise ConfigError(*problems)
 
 
-def read_secret(value: str | None, file: str | None, env: str | None, key: str) -> str | None:
+def read_secret(value: str | None, file: str | None, env: str | None, key: str, *,
+                read: bool = True) -> str | None:
     """A secret given inline, in a file (first line) or in an environment variable; None when
     none is given. ValueError naming `key` when more than one is given or the source is
-    unusable."""
+    unusable. `read=False` only checks that one is given (its text is then `key`)."""
     given = [name for name, v in (("", value), ("_file", file), ("_env", env)) if v]
     if len(given) > 1:
         raise ValueError(f"give only one of {', '.join(key + g for g in given)}")
+    if given and not read:
+        return key
     if value:
         return value
     if file:
@@ -854,8 +857,9 @@ def read_secret(value: str | None, file: str | None, env: str | None, key: str) 
     return None
 
 
-def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str]) -> None:
-    """Each alert channel has what it needs to send, and its secrets can be read."""
+def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str], files: bool) -> None:
+    """Each alert channel has what it needs to send, and (with `files`) its secrets can be
+    read: the admin commands, run by another user, need not read them."""
     def bad(key: str, why: str) -> None:
         # A missing key has no line: name the line of the section that lacks it.
         near = key
@@ -873,7 +877,8 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str]) -> None
             bad("alerts.telegram.chat_id", "the chat to write to is needed (docs/alerts.md "
                 "says how to find it)")
         try:
-            if read_secret(tg.token, tg.token_file, tg.token_env, "alerts.telegram.token") is None:
+            if read_secret(tg.token, tg.token_file, tg.token_env, "alerts.telegram.token",
+                           read=files) is None:
                 bad("alerts.telegram", "the bot's token is needed: token_file, token_env or token")
         except ValueError as exc:
             bad("alerts.telegram.token", str(exc))
@@ -889,7 +894,8 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str]) -> None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             bad("alerts.webhook.url", f"expected an http(s):// URL, got {hook.url!r}")
         try:
-            read_secret(hook.secret, hook.secret_file, hook.secret_env, "alerts.webhook.secret")
+            read_secret(hook.secret, hook.secret_file, hook.secret_env, "alerts.webhook.secret",
+                        read=files)
         except ValueError as exc:
             bad("alerts.webhook.secret", str(exc))
     mail = alerts.email
@@ -907,7 +913,7 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str]) -> None
                 bad(f"alerts.email.to[{i}]", f"expected an address, got {rcpt!r}")
         try:
             password = read_secret(mail.password, mail.password_file, mail.password_env,
-                                   "alerts.email.password")
+                                   "alerts.email.password", read=files)
         except ValueError as exc:
             bad("alerts.email.password", str(exc))
         else:

@@ -338,7 +338,7 @@ async def test_alerts_test_command_reports_each_channel(
         assert out.returncode == 1
         lines = out.stdout.splitlines()
         assert lines[0] == "telegram: sent"
-        assert lines[1].startswith(f"webhook: FAILED: cannot reach http://127.0.0.1:{dead}/x")
+        assert lines[1].startswith(f"webhook: FAILED: cannot reach http://127.0.0.1:{dead}/…: ")
         assert len(telegram.received) == 2
         # No channel at all: said, and a failure.
         config.write_text("alerts:\n  interval: 5s\n")

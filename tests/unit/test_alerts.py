@@ -242,3 +242,14 @@ def test_secret_sources_that_cannot_be_read(tmp_path: Path) -> None:
     assert "alerts.telegram: the bot's token is needed" not in text
     text = "\n".join(problems("alerts:\n  telegram: {chat_id: '1'}\n"))
     assert "alerts.telegram: the bot's token is needed: token_file, token_env or token" in text
+
+
+def test_admin_commands_need_not_read_the_secrets(tmp_path: Path) -> None:
+    """`kalkan purge` and friends load the config without its files: a secret file only the
+    service's user can read must not stop them; serve and check-config read it."""
+    text = (f"alerts:\n  telegram: {{chat_id: '1', token_file: {tmp_path}/unreadable}}\n")
+    load_config_text(text, "k.yaml", files=False)
+    assert any("cannot read" in p for p in problems(text))
+    both = "alerts:\n  telegram: {chat_id: '1', token: a, token_env: B}\n"
+    with pytest.raises(ConfigError, match="give only one of"):
+        load_config_text(both, "k.yaml", files=False)

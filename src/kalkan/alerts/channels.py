@@ -17,6 +17,7 @@ import urllib.request
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
+from urllib.parse import urlsplit
 
 from kalkan import __version__
 from kalkan.alerts.messages import Message
@@ -121,6 +122,9 @@ class Webhook:
         if not config.url:
             raise ValueError("alerts.webhook needs a url")
         self.url = config.url
+        # Logs name the receiver, not its path or query: hook URLs often carry a token there.
+        parts = urlsplit(config.url)
+        self.shown = f"{parts.scheme}://{parts.netloc}/…"
         self.secret = read_secret(config.secret, config.secret_file, config.secret_env,
                                   "alerts.webhook.secret")
         self.timeout = timeout
@@ -133,7 +137,7 @@ class Webhook:
             stamp = str(int(time.time()))
             headers["X-Kalkan-Timestamp"] = stamp
             headers["X-Kalkan-Signature"] = signature(self.secret, stamp, body)
-        _post(self.url, body, headers, self.timeout, self.context, self.url.split("?")[0])
+        _post(self.url, body, headers, self.timeout, self.context, self.shown)
 
 
 class Email:
