@@ -79,9 +79,10 @@ class Served:
 
 
 def threat_change_time(log: str) -> float:
-    """Wall-clock time of the first "threat level peace → ..." line of an edge's log."""
+    """Wall-clock time of the edge's first log line saying the threat level rose to attack or
+    severe (attack_mode.py logs each change)."""
     for line in log.splitlines():
-        if "threat level peace →" in line:
+        if "threat level " in line and ("→ attack:" in line or "→ severe:" in line):
             stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
             return stamp.timestamp()  # logged in local time, as strptime reads it
     raise AssertionError(f"no threat level change in the log:\n{log}")
