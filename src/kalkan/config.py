@@ -867,6 +867,18 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str], files: 
             near = near.rpartition(".")[0]
         problems.append(f"{where(near)}: {key}: {why}")
 
+    def secret(value: str | None, file: str | None, env: str | None, key: str) -> str | None:
+        try:
+            return read_secret(value, file, env, key, read=files)
+        except ValueError as exc:  # "KEY_file: why" names the key given; else the secret's
+            text = str(exc)
+            given, sep, why = text.partition(": ")
+            if sep and given.startswith(key):
+                bad(given, why)
+            else:
+                bad(key, text)
+            return key
+
     if alerts.language not in ("en", "ru", "ky"):
         bad("alerts.language", f"must be en, ru or ky, not {alerts.language!r}")
     if alerts.ca_bundle and not Path(alerts.ca_bundle).is_file():
@@ -876,12 +888,8 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str], files: 
         if not tg.chat_id:
             bad("alerts.telegram.chat_id", "the chat to write to is needed (docs/alerts.md "
                 "says how to find it)")
-        try:
-            if read_secret(tg.token, tg.token_file, tg.token_env, "alerts.telegram.token",
-                           read=files) is None:
-                bad("alerts.telegram", "the bot's token is needed: token_file, token_env or token")
-        except ValueError as exc:
-            bad("alerts.telegram.token", str(exc))
+        if secret(tg.token, tg.token_file, tg.token_env, "alerts.telegram.token") is None:
+            bad("alerts.telegram", "the bot's token is needed: token_file, token_env or token")
         parts = urlsplit(tg.api_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             bad("alerts.telegram.api_url", f"expected an https:// URL, got {tg.api_url!r}")
@@ -893,11 +901,7 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str], files: 
         parts = urlsplit(hook.url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             bad("alerts.webhook.url", f"expected an http(s):// URL, got {hook.url!r}")
-        try:
-            read_secret(hook.secret, hook.secret_file, hook.secret_env, "alerts.webhook.secret",
-                        read=files)
-        except ValueError as exc:
-            bad("alerts.webhook.secret", str(exc))
+        secret(hook.secret, hook.secret_file, hook.secret_env, "alerts.webhook.secret")
     mail = alerts.email
     if mail is not None:
         if not mail.host:
@@ -911,14 +915,10 @@ def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str], files: 
         for i, rcpt in enumerate(mail.to):
             if not isinstance(rcpt, str) or "@" not in rcpt:
                 bad(f"alerts.email.to[{i}]", f"expected an address, got {rcpt!r}")
-        try:
-            password = read_secret(mail.password, mail.password_file, mail.password_env,
-                                   "alerts.email.password", read=files)
-        except ValueError as exc:
-            bad("alerts.email.password", str(exc))
-        else:
-            if password is not None and not mail.username:
-                bad("alerts.email.username", "needed with a password")
+        password = secret(mail.password, mail.password_file, mail.password_env,
+                          "alerts.email.password")
+        if password is not None and not mail.username:
+            bad("alerts.email.username", "needed with a password")
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
