@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 from kalkan.acme import AcmeManager
+from kalkan.alerts.channels import channels, site_name
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Sources, Watcher
 from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.defense.null import NullDefense
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.connection import HttpConnection
+from kalkan.edge.origin import Breaker
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
@@ -197,9 +199,6 @@ class Edge:
 
     def _start_alerts(self) -> None:
         """The alert watcher and one sender per configured channel (none: no tasks at all)."""
-        from kalkan.alerts.channels import channels, site_name
-        from kalkan.edge.origin import Breaker
-
         try:
             made = channels(self.config.alerts)
         except ValueError as exc:  # a secret file gone since the config was checked
