@@ -1,6 +1,6 @@
 """The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
-cert status, demo-site and demo; which config a command reads, and what a failed start prints
-(one line)."""
+cert status, alerts test, demo-site and demo; which config a command reads, and what a failed
+start prints (one line)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,29 @@ def cmd_cert_status(args: argparse.Namespace) -> int:
     ok, lines = status(config.tls.acme, config.state_dir)
     print("\n".join(lines))
     return 0 if ok else 1
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """A test message on every configured alert channel, each result said; exit 1 if any
+    failed or none is configured."""
+    from kalkan.alerts.channels import channels, site_name  # late: only this command sends
+    from kalkan.alerts.dispatch import Dispatcher
+
+    config = _base_config(args, files=False)  # the policy and TLS files are not needed here
+    try:
+        made = channels(config.alerts)
+    except ValueError as exc:  # a secret that cannot be read now
+        raise ConfigError(str(exc)) from None
+    if not made:
+        print(f"{config_path(args) or 'the built-in config'}: no alert channel configured "
+              "(alerts.telegram, alerts.webhook, alerts.email; see docs/alerts.md)",
+              file=sys.stderr)
+        return 1
+    dispatcher = Dispatcher(config.alerts, site_name(config), made)
+    results = asyncio.run(dispatcher.test())
+    for name, problem in results:
+        print(f"{name}: sent" if problem is None else f"{name}: FAILED: {problem}")
+    return 0 if all(problem is None for _, problem in results) else 1
 
 
 class AdminUnreachable(Exception):
@@ -429,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", nargs="?", choices=("on", "off", "auto"))
     _admin_arguments(p)
     p.set_defaults(func=cmd_attack_mode)
+
+    p = sub.add_parser("alerts", help="alert channels (Telegram, webhook, e-mail)")
+    asub = p.add_subparsers(dest="action", required=True)
+    t = asub.add_parser("test", help="send a test message to every configured channel")
+    t.add_argument("--config", help="YAML config file (default: $KALKAN_CONFIG)")
+    t.set_defaults(func=cmd_alerts_test)
 
     p = sub.add_parser("cert", help="certificates obtained by ACME (tls.acme)")
     csub = p.add_subparsers(dest="action", required=True)

@@ -294,6 +294,76 @@ class AdminConfig:
 
 
 @dataclass
+class TelegramAlertConfig:
+    """Alerts as Telegram messages from a bot (docs/alerts.md says how to make one)."""
+
+    chat_id: str | None = _opt(
+        "The chat, group or channel the bot writes to (a number such as -1001234567890, or "
+        "@channelname); required.", None)
+    token: str | None = _opt("The bot's token from @BotFather; prefer token_file or token_env.",
+                             None)
+    token_file: str | None = _opt("File holding the bot's token (one line).", None)
+    token_env: str | None = _opt("Environment variable holding the bot's token.", None)
+    api_url: str = _opt(
+        "Base URL of the Bot API; https, or http only to a loopback address (a local stand-in).",
+        "https://api.telegram.org")
+
+
+@dataclass
+class WebhookAlertConfig:
+    """Alerts POSTed as JSON to a URL (the schema is in docs/alerts.md)."""
+
+    url: str | None = _opt("Where to POST, http(s)://...; required.", None)
+    secret: str | None = _opt(
+        "Shared secret: each POST carries X-Kalkan-Signature, an HMAC-SHA256 of the timestamp "
+        "and body; null sends no signature.", None)
+    secret_file: str | None = _opt("File holding the shared secret (one line).", None)
+    secret_env: str | None = _opt("Environment variable holding the shared secret.", None)
+
+
+@dataclass
+class EmailAlertConfig:
+    """Alerts as e-mail through an SMTP server."""
+
+    host: str | None = _opt("SMTP server name or address; required.", None)
+    port: int = _opt("SMTP port: 587 for starttls, 465 for tls, 25 for none.", 587, min=1,
+                     max=65535)
+    security: str = _opt("`starttls`, `tls` (implicit TLS) or `none`.", "starttls")
+    username: str | None = _opt("Login name; null sends without logging in.", None)
+    password: str | None = _opt("Login password; prefer password_file or password_env.", None)
+    password_file: str | None = _opt("File holding the login password (one line).", None)
+    password_env: str | None = _opt("Environment variable holding the login password.", None)
+    sender: str | None = _opt("From: address; required.", None)
+    to: list[str] = _opt("Recipients; at least one.", [])
+
+
+@dataclass
+class AlertsConfig:
+    """Messages to the newsroom: attack start/end, origin down/up, certificate near expiry."""
+
+    site_name: str | None = _opt("The site's name in every message; null uses the host name.",
+                                 None)
+    language: str = _opt("Language of the messages: en, ru or ky.", "en")
+    interval: float = _duration(
+        "At most one message per channel per interval; events inside it are summarised into "
+        "the next message.", 60.0, min=1)
+    cert_expiry_days: float = _opt(
+        "Warn when a certificate expires within this many days.", 14.0, above=0)
+    timeout: float = _duration("Time allowed for one delivery attempt.", 10.0, above=0)
+    retries: int = _opt("Further attempts after a failed delivery (1 s, 2 s, 4 s... apart).", 3,
+                        max=10)
+    queue_size: int = _opt(
+        "Events held per channel until the next message; beyond it the oldest are counted, "
+        "not listed.", 100, min=1)
+    ca_bundle: str | None = _opt(
+        "PEM file of CAs to trust for the channels' TLS (a private CA); null trusts the "
+        "system's.", None)
+    telegram: TelegramAlertConfig | None = _opt("Telegram bot channel.", None)
+    webhook: WebhookAlertConfig | None = _opt("Webhook channel.", None)
+    email: EmailAlertConfig | None = _opt("E-mail (SMTP) channel.", None)
+
+
+@dataclass
 class Config:
     """The whole edge configuration."""
 
@@ -308,6 +378,7 @@ class Config:
         default_factory=AccessLogConfig, metadata={"doc": "Access log."})
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"doc": "Admin listener."})
     defense: DefenseConfig = field(default_factory=DefenseConfig, metadata={"doc": "Defence."})
+    alerts: AlertsConfig = field(default_factory=AlertsConfig, metadata={"doc": "Alerts."})
     state_dir: str = _opt(
         "Directory for state that must survive restarts (decisions, keys, the admin token); "
         "relative to the working directory, `/var/lib/kalkan` with `--service`.", "var")
@@ -748,10 +819,106 @@ def validate(config: Config, source: str = "<config>",
     except ConfigError as exc:
         problems.extend(exc.problems)
     _check_identity(config, where, problems)
+    _check_alerts(config.alerts, where, problems, files)
     if files:
         _check_files(config, where, problems)
     if problems:
         raise ConfigError(*problems)
+
+
+def read_secret(value: str | None, file: str | None, env: str | None, key: str, *,
+                read: bool = True) -> str | None:
+    """A secret given inline, in a file (first line) or in an environment variable; None when
+    none is given. ValueError naming `key` when more than one is given or the source is
+    unusable. `read=False` only checks that one is given (its text is then `key`)."""
+    given = [name for name, v in (("", value), ("_file", file), ("_env", env)) if v]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {', '.join(key + g for g in given)}")
+    if given and not read:
+        return key
+    if value:
+        return value
+    if file:
+        try:
+            text = Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{key}_file: cannot read {file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not text:
+            raise ValueError(f"{key}_file: {file} is empty")
+        return text
+    if env:
+        import os  # late: only secrets read the environment
+
+        text = os.environ.get(env, "").strip()
+        if not text:
+            raise ValueError(f"{key}_env: the environment variable {env} is not set or empty")
+        return text
+    return None
+
+
+def _check_alerts(alerts: AlertsConfig, where: Any, problems: list[str], files: bool) -> None:
+    """Each alert channel has what it needs to send, and (with `files`) its secrets can be
+    read: the admin commands, run by another user, need not read them."""
+    def bad(key: str, why: str) -> None:
+        # A missing key has no line: name the line of the section that lacks it.
+        near = key
+        while "." in near and where(near) == where(""):
+            near = near.rpartition(".")[0]
+        problems.append(f"{where(near)}: {key}: {why}")
+
+    def secret(value: str | None, file: str | None, env: str | None, key: str) -> str | None:
+        try:
+            return read_secret(value, file, env, key, read=files)
+        except ValueError as exc:  # "KEY_file: why" names the key given; else the secret's
+            text = str(exc)
+            given, sep, why = text.partition(": ")
+            if sep and given.startswith(key):
+                bad(given, why)
+            else:
+                bad(key, text)
+            return key
+
+    if alerts.language not in ("en", "ru", "ky"):
+        bad("alerts.language", f"must be en, ru or ky, not {alerts.language!r}")
+    if alerts.ca_bundle and not Path(alerts.ca_bundle).is_file():
+        bad("alerts.ca_bundle", f"{alerts.ca_bundle}: no such file")
+    tg = alerts.telegram
+    if tg is not None:
+        if not tg.chat_id:
+            bad("alerts.telegram.chat_id", "the chat to write to is needed (docs/alerts.md "
+                "says how to find it)")
+        if secret(tg.token, tg.token_file, tg.token_env, "alerts.telegram.token") is None:
+            bad("alerts.telegram", "the bot's token is needed: token_file, token_env or token")
+        parts = urlsplit(tg.api_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            bad("alerts.telegram.api_url", f"expected an https:// URL, got {tg.api_url!r}")
+        elif parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            bad("alerts.telegram.api_url", "plain http would send the bot's token in clear: "
+                "use https (http is only for a stand-in on loopback)")
+    hook = alerts.webhook
+    if hook is not None:
+        parts = urlsplit(hook.url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            bad("alerts.webhook.url", f"expected an http(s):// URL, got {hook.url!r}")
+        secret(hook.secret, hook.secret_file, hook.secret_env, "alerts.webhook.secret")
+    mail = alerts.email
+    if mail is not None:
+        if not mail.host:
+            bad("alerts.email.host", "the SMTP server is needed")
+        if mail.security not in ("starttls", "tls", "none"):
+            bad("alerts.email.security", f"must be starttls, tls or none, not {mail.security!r}")
+        if not mail.sender or "@" not in mail.sender:
+            bad("alerts.email.sender", f"expected a From: address, got {mail.sender!r}")
+        if not mail.to:
+            bad("alerts.email.to", "at least one recipient is needed")
+        for i, rcpt in enumerate(mail.to):
+            if not isinstance(rcpt, str) or "@" not in rcpt:
+                bad(f"alerts.email.to[{i}]", f"expected an address, got {rcpt!r}")
+        password = secret(mail.password, mail.password_file, mail.password_env,
+                          "alerts.email.password")
+        if password is not None and not mail.username:
+            bad("alerts.email.username", "needed with a password")
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

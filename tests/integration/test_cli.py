@@ -183,6 +183,11 @@ REFUSED = {
                     ":2: limits.send_timeout: a duration must be a finite number"),
     "duplicate key": ("limits:\n  max_headers: 50\n  max_headers: 60\n",
                       ":3: limits.max_headers: duplicate key, already given on line 2"),
+    "alerts language": ("alerts:\n  language: de\n",
+                        ":2: alerts.language: must be en, ru or ky, not 'de'"),
+    "alerts secret file": ("alerts:\n  telegram:\n    chat_id: '1'\n"
+                           "    token_file: {dir}/absent.token\n",
+                           ":4: alerts.telegram.token_file: cannot read {dir}/absent.token"),
 }
 
 

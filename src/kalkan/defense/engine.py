@@ -162,6 +162,10 @@ class Defense:
                             version, prefix, ua.decode("latin-1") if ua else "", view.headers,
                             view.cookie)
 
+    def recent_clients(self) -> list[str]:
+        """Addresses seen lately, oldest first (the facts memo, at most 65,537), for reports."""
+        return list(self._addr)
+
     # -- the request path -----------------------------------------------------------------------
     @property
     def threat_level(self) -> int:

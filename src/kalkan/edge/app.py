@@ -16,9 +16,14 @@ import time
 from pathlib import Path
 
 from kalkan.acme import AcmeManager
+from kalkan.alerts.channels import channels, site_name
+from kalkan.alerts.dispatch import Dispatcher
+from kalkan.alerts.watch import Sources, Watcher
 from kalkan.config import Config, is_loopback_host, parse_hostport
+from kalkan.defense.null import NullDefense
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.connection import HttpConnection
+from kalkan.edge.origin import Breaker
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
@@ -120,6 +125,8 @@ class Edge:
         self.admin_token = config.admin.token or load_or_create_token(
             Path(config.state_dir) / "admin.token")
         self.admin_address: tuple[str, int] | None = None
+        self.alerts: Dispatcher | None = None
+        self.alert_watch: Watcher | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -188,6 +195,39 @@ class Edge:
                 self.admin_address = await self.admin.start(host, port)
             except OSError as exc:
                 raise bind_problem("admin.listen", host, port, exc) from None
+        self._start_alerts()
+
+    def _start_alerts(self) -> None:
+        """The alert watcher and one sender per configured channel (none: no tasks at all)."""
+        try:
+            made = channels(self.config.alerts)
+        except ValueError as exc:  # a secret file gone since the config was checked
+            log.error("alerts are off: %s", exc)
+            return
+        if not made:
+            return
+        self.alerts = Dispatcher(self.config.alerts, site_name(self.config), made,
+                                 self.pipeline.metrics)
+        breaker = self.pipeline.upstream.breaker
+        sources = Sources(origin_failing=lambda: breaker.state != Breaker.CLOSED,
+                          origin=self.config.origin.url, certificates=self._certificate_files)
+        defense = self.pipeline.defense
+        if not isinstance(defense, NullDefense):
+            from kalkan.defense.loudest import loudest
+
+            attack = defense.attack
+            sources.threat = lambda: (attack.level, attack.reason)
+            sources.attackers = lambda: loudest(defense, time.time())
+        self.alerts.start()
+        self.alert_watch = Watcher(sources, self.alerts.notify, self.config.alerts.cert_expiry_days)
+        self.alert_watch.start()
+        log.info("alerts on: %s", ", ".join(ch.name for ch in made))
+
+    def _certificate_files(self) -> list[str]:
+        files = [pair["cert"] for pair in self.config.tls.certificates] if self.config.tls else []
+        if self.acme is not None and Path(self.acme.pair["cert"]).is_file():
+            files.insert(0, self.acme.pair["cert"])
+        return files
 
     async def _listen(self, server: EdgeServer, key: str, item: str,
                       ssl_context: ssl.SSLContext | None = None, *,
@@ -262,6 +302,10 @@ class Edge:
         return ok, messages
 
     async def stop(self) -> None:
+        if self.alert_watch is not None:
+            await self.alert_watch.close()
+        if self.alerts is not None:
+            await self.alerts.close()
         if self.acme is not None:
             await self.acme.stop()
         await self.server.close()
