@@ -270,17 +270,18 @@ class Edge:
                 ok = False
                 messages.append(f"keeping the old certificates: {exc}")
                 log.error("reload failed, keeping the old certificates: %s", exc)
+        pages_message = "pages reloaded"
         try:
-            self.pipeline.pages.load()
-            messages.append("pages reloaded")
+            self.pipeline.pages.load()  # before the defence's reload forgets its block pages
         except PagesError as exc:
             ok = False
-            messages.append(f"keeping the old pages: {exc}")
+            pages_message = f"keeping the old pages: {exc}"
             log.error("pages reload failed, keeping the old pages: %s", exc)
         policy_ok, message = self.pipeline.defense.reload()
         ok = ok and policy_ok
         if message:  # an edge without a defence has no policy to speak of
             messages.append(message if policy_ok else f"keeping the old policy: {message}")
+        messages.append(pages_message)
         self.pipeline.forget_replays()
         return ok, messages
 
