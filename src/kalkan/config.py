@@ -299,7 +299,7 @@ class SiteConfig:
 
     name: str = _opt("The site's name, shown on every page Kalkan itself sends.", "")
     logo: str | None = _opt(
-        "A local image file (png, svg, jpg, webp, gif, ico; at most 256 KiB) shown with the name;"
+        "A local image file (png, svg, jpg, webp, gif, ico; at most 64 KiB) shown with the name;"
         " Kalkan serves it at /.kalkan/logo. Never a URL: the pages load nothing from elsewhere.",
         None)
     language: str = _opt(

@@ -69,6 +69,9 @@ def test_chooser_memo_is_bounded_and_unknown_default_refused() -> None:
     for i in range(5000):
         assert c.choose(b"x%d" % i) == "ky"
     assert len(c._memo) <= Chooser._LIMIT
+    huge = b"de;q=0.1," * 4000 + b"ru"
+    assert c.choose(huge) == "ky" and huge not in c._memo   # parsed from its start, not kept
+    assert c.choose(b"ru;q=0.2," + huge) == "ru"
     assert c.choose(None) == "ky"
     with pytest.raises(ValueError, match="not one of ky, ru, en"):
         Chooser("de")
@@ -171,7 +174,7 @@ def test_logo_is_served_by_kalkan_and_shown(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name,data,problem", [
     ("logo.bmp", b"BM", "must be one of"),
-    ("logo.png", b"\0" * (256 * 1024 + 1), "at most 262144"),
+    ("logo.png", b"\0" * (64 * 1024 + 1), "at most 65536"),
     ("missing.png", None, "cannot read the logo"),
 ])
 def test_bad_logo_is_named(tmp_path: Path, name: str, data: bytes | None, problem: str) -> None:

@@ -27,7 +27,7 @@ Header = tuple[bytes, bytes]
 
 SHIPPED = Path(__file__).resolve().parent / "templates"
 LOGO_PATH = "/.kalkan/logo"      # where the site's logo is served (by the edge itself)
-MAX_LOGO_BYTES = 256 * 1024
+MAX_LOGO_BYTES = 64 * 1024   # sent whole to any reader who asks, blocked ones too
 _LOGO_TYPES = {".png": b"image/png", ".svg": b"image/svg+xml", ".jpg": b"image/jpeg",
                ".jpeg": b"image/jpeg", ".webp": b"image/webp", ".gif": b"image/gif",
                ".ico": b"image/x-icon"}

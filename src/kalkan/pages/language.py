@@ -42,12 +42,15 @@ def _qvalue(text: str) -> float:
 
 
 class Chooser:
-    """negotiate() memoized per header value (bounded: a flood of odd headers cannot grow it),
-    so a refusal's language costs one dict lookup."""
+    """negotiate() memoized per header value, so a refusal's language costs one dict lookup.
+    Bounded in count and in size: a flood of odd or huge headers cannot make it hold more than
+    _LIMIT values of _MEMO_BYTES (longer ones are parsed each time, from their first 512
+    characters)."""
 
     __slots__ = ("default", "_memo")
 
     _LIMIT = 1024
+    _MEMO_BYTES = 128
 
     def __init__(self, default: str = "en") -> None:
         if default not in LANGUAGES:
@@ -60,8 +63,9 @@ class Chooser:
             return self.default
         lang = self._memo.get(accept_language)
         if lang is None:
-            lang = negotiate(accept_language.decode("latin-1"), self.default)
-            if len(self._memo) >= self._LIMIT:
-                self._memo.clear()
-            self._memo[accept_language] = lang
+            lang = negotiate(accept_language[:_MAX_CHARS].decode("latin-1"), self.default)
+            if len(accept_language) <= self._MEMO_BYTES:
+                if len(self._memo) >= self._LIMIT:
+                    self._memo.clear()
+                self._memo[accept_language] = lang
         return lang
