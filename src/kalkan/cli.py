@@ -1,6 +1,6 @@
 """The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
-cert status, alerts test, demo-site and demo; which config a command reads, and what a failed
-start prints (one line)."""
+maintenance, cert status, alerts test, top, demo-site and demo; which config a command reads,
+and what a failed start prints (one line)."""
 
 from __future__ import annotations
 
@@ -318,6 +318,17 @@ def cmd_attack_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    if args.state:
+        result = admin_call(args, "POST", f"/maintenance?on={int(args.state == 'on')}")
+    else:
+        result = admin_call(args, "GET", "/maintenance")
+    on = result["maintenance"]  # type: ignore[index]
+    print("maintenance on: only cached pages are served, the origin is not asked" if on
+          else "maintenance off")
+    return 0
+
+
 def _demo_site_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from kalkan.demo.site import DemoSiteConfig
 
@@ -458,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = asub.add_parser("test", help="send a test message to every configured channel")
     t.add_argument("--config", help="YAML config file (default: $KALKAN_CONFIG)")
     t.set_defaults(func=cmd_alerts_test)
+
+    p = sub.add_parser("maintenance", help="show or switch maintenance mode (cached pages only)")
+    p.add_argument("state", nargs="?", choices=("on", "off"))
+    _admin_arguments(p)
+    p.set_defaults(func=cmd_maintenance)
 
     p = sub.add_parser("cert", help="certificates obtained by ACME (tls.acme)")
     csub = p.add_subparsers(dest="action", required=True)

@@ -341,8 +341,9 @@ class EmailAlertConfig:
 class AlertsConfig:
     """Messages to the newsroom: attack start/end, origin down/up, certificate near expiry."""
 
-    site_name: str | None = _opt("The site's name in every message; null uses the host name.",
-                                 None)
+    site_name: str | None = _opt(
+        "The site's name in every message; null uses site.name, else the ACME domain, else the "
+        "host name.", None)
     language: str = _opt("Language of the messages: en, ru or ky.", "en")
     interval: float = _duration(
         "At most one message per channel per interval; events inside it are summarised into "
@@ -364,6 +365,26 @@ class AlertsConfig:
 
 
 @dataclass
+class SiteConfig:
+    """The site as readers see it on Kalkan's own pages (docs/pages.md)."""
+
+    name: str = _opt("The site's name, shown on every page Kalkan itself sends.", "")
+    logo: str | None = _opt(
+        "A local image file (png, svg, jpg, webp, gif, ico; at most 64 KiB) shown with the name;"
+        " Kalkan serves it at /.kalkan/logo. Never a URL: the pages load nothing from elsewhere.",
+        None)
+    language: str = _opt(
+        "The pages' language when a reader's Accept-Language names none of ky, ru, en.", "en")
+    templates: str | None = _opt(
+        "Directory of Jinja2 templates replacing the shipped ones by file name (docs/pages.md);"
+        " checked at start: a broken one stops the start with its file and line.", None)
+    maintenance: bool = _opt(
+        "Maintenance mode at start: the origin is not asked; cached pages (fresh, or stale within"
+        " the grace) are served, anything else gets the maintenance page (503). Switched at run"
+        " time with the admin route POST /maintenance?on=1|0.", False)
+
+
+@dataclass
 class Config:
     """The whole edge configuration."""
 
@@ -379,6 +400,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"doc": "Admin listener."})
     defense: DefenseConfig = field(default_factory=DefenseConfig, metadata={"doc": "Defence."})
     alerts: AlertsConfig = field(default_factory=AlertsConfig, metadata={"doc": "Alerts."})
+    site: SiteConfig = field(default_factory=SiteConfig, metadata={"doc": "Site (pages)."})
     state_dir: str = _opt(
         "Directory for state that must survive restarts (decisions, keys, the admin token); "
         "relative to the working directory, `/var/lib/kalkan` with `--service`.", "var")
@@ -711,6 +733,7 @@ def _check_files(config: Config, where: Any, problems: list[str]) -> None:
             Policy.from_file(config.defense.policy)
         except PolicyError as exc:
             problems.append(f"{where('defense.policy')}: defense.policy: {exc}")
+    _check_site(config.site, where, problems)
     if config.tls is not None:
         for i, pair in enumerate(config.tls.certificates):
             key = f"tls.certificates[{i}]"
@@ -724,6 +747,21 @@ def _check_files(config: Config, where: Any, problems: list[str]) -> None:
         if bundle and not Path(bundle).is_file():
             problems.append(f"{where('tls.acme.ca_bundle')}: tls.acme.ca_bundle: {bundle}: "
                             "no such file")
+
+
+def _check_site(site: SiteConfig, where: Any, problems: list[str]) -> None:
+    """Render the pages as serve will: a broken template is named with its file and line."""
+    from kalkan.pages import LANGUAGES, Pages, PagesError  # late: jinja2 only when checking
+
+    if site.language not in LANGUAGES:
+        problems.append(f"{where('site.language')}: site.language: {site.language!r} is not one "
+                        f"of {', '.join(LANGUAGES)}")
+        return
+    try:
+        Pages.from_config(site)
+    except PagesError as exc:
+        key = "site.logo" if site.logo and str(exc).startswith(site.logo) else "site.templates"
+        problems.append(f"{where(key)}: {key}: {exc}")
 
 
 def _check_identity(config: Config, where: Any, problems: list[str]) -> None:

@@ -158,6 +158,12 @@ async def test_decisions_reload_and_attack_mode_commands(origin: Origin, tmp_pat
     assert "attack mode on" in out.stdout
     out = await asyncio.to_thread(run_cli, "attack-mode", "auto", *admin)
     assert "attack mode auto" in out.stdout
+    out = await asyncio.to_thread(run_cli, "maintenance", "on", *admin)
+    assert out.returncode == 0 and "maintenance on" in out.stdout
+    out = await asyncio.to_thread(run_cli, "maintenance", *admin)
+    assert "maintenance on" in out.stdout
+    out = await asyncio.to_thread(run_cli, "maintenance", "off", *admin)
+    assert "maintenance off" in out.stdout
 
 
 # What `serve` refuses, `check-config` refuses with the same message (file, line, dotted key).
@@ -188,6 +194,8 @@ REFUSED = {
     "alerts secret file": ("alerts:\n  telegram:\n    chat_id: '1'\n"
                            "    token_file: {dir}/absent.token\n",
                            ":4: alerts.telegram.token_file: cannot read {dir}/absent.token"),
+    "broken page template": ("site:\n  name: Kaktus\n  templates: {dir}/pages\n",
+                             ":3: site.templates: {dir}/pages/block.html:2: unexpected '}}'"),
 }
 
 
@@ -196,6 +204,8 @@ def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str) -> N
     (tmp_path / "broken.yaml").write_text("version: 1\nrules:\n  - name: x\n"
                                           "    action: explode\n")
     (tmp_path / "junk.pem").write_text("not a certificate\n")
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "block.html").write_text('{% extends "message.html" %}\n{{ } }}\n')
     text, needle = REFUSED[case]
     config = tmp_path / "kalkan.yaml"
     config.write_text(text.format(dir=tmp_path))

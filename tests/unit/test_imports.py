@@ -126,3 +126,14 @@ def test_cycle_finder_finds_a_loop_through_three_modules() -> None:
     assert _forbidden({"kalkan.defense.x": {"kalkan.edge.y", "kalkan.config"},
                        "kalkan.edge.y": {"kalkan.defense.x"}}) == {
         ("kalkan.defense.x", "kalkan.edge.y")}
+
+
+def test_the_pages_import_neither_the_edge_nor_the_defence() -> None:
+    """Both send the pages readers see, so the pages may depend on neither."""
+    graph = _graph()
+    pages = {m: deps for m, deps in graph.items() if m.startswith("kalkan.pages")}
+    assert "kalkan.pages.book" in pages
+    for module, deps in pages.items():
+        bad = {d for d in deps if d.startswith(("kalkan.edge", "kalkan.defense"))}
+        assert not bad, (module, bad)
+    assert "kalkan.pages" in graph["kalkan.defense.engine"] | graph["kalkan.edge.deliver"]

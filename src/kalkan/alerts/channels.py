@@ -189,10 +189,12 @@ Channel = Telegram | Webhook | Email
 
 
 def site_name(config: Config) -> str:
-    """The name messages carry: alerts.site_name, else the ACME certificate's first name,
-    else this machine's host name."""
+    """The name messages carry: alerts.site_name, else site.name (the readers' pages' name),
+    else the ACME certificate's first name, else this machine's host name."""
     if config.alerts.site_name:
         return config.alerts.site_name
+    if config.site.name:
+        return config.site.name
     if config.tls is not None and config.tls.acme is not None and config.tls.acme.domains:
         return config.tls.acme.domains[0]
     return socket.gethostname()

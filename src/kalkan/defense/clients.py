@@ -544,6 +544,11 @@ class ClientTable:
             self._forget()
         return removed
 
+    def recent(self) -> list[str]:
+        """Addresses seen lately, oldest first: the keys of the recent-client memo (at most
+        16,384; it is cleared when full, so right after that it holds few)."""
+        return list(self._hot)
+
     def __len__(self) -> int:
         """Addresses tracked."""
         return self._addr.count

@@ -31,6 +31,7 @@ from kalkan.defense.decisions import SEVERITY, Decision, Decisions
 from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, RequestFacts
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
+from kalkan.pages import Pages
 
 if TYPE_CHECKING:
     from kalkan.defense.firewall import Firewall
@@ -45,10 +46,6 @@ _MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operato
 _PREFIX_MEMO = 65536  # network prefixes whose text is remembered
 _V6_KEY = 1 << 129    # keeps IPv6 prefix numbers apart from IPv4 ones
 
-_BLOCK_HEADERS = ((b"Content-Type", b"text/html; charset=utf-8"), (b"Cache-Control", b"no-store"))
-_BLOCK_BODY = (b"<!doctype html><html lang=en><meta charset=utf-8><title>403 Forbidden</title>"
-               b"<p>This address is blocked for a while because of the traffic it sent. If you "
-               b"are a reader, try again later or from another network.</p>\n")
 
 
 def _static_refusal(status: int, retry_after: bytes, text: bytes) -> ChallengeResponse:
@@ -68,8 +65,10 @@ _BUSY = _static_refusal(503, b"120", b"The site is under heavy load and serves o
 class Defense:
     """Who gets through: owns the client table, policy, decisions, challenges, attack mode."""
 
-    def __init__(self, config: DefenseConfig, state_dir: str | Path, metrics: Metrics) -> None:
+    def __init__(self, config: DefenseConfig, state_dir: str | Path, metrics: Metrics,
+                 pages: Pages | None = None) -> None:
         self.config = config
+        self.pages = pages or Pages()
         self.metrics = metrics
         state = Path(state_dir)
         self.policy = self._load_policy()
@@ -80,7 +79,7 @@ class Defense:
         self.keys = KeyRing.load_or_create(Path(config.key_file) if config.key_file
                                            else state / "keys.json")
         self.challenges = Challenges(self.keys, pass_ttl=config.pass_ttl,
-                                     nojs_delay=config.nojs_delay)
+                                     nojs_delay=config.nojs_delay, pages=self.pages)
         self.attack = AttackMode()
         self.attack.set_mode(config.attack_mode, time.time())
         self.allow = AddressSet.from_texts(config.allow)
@@ -90,7 +89,7 @@ class Defense:
         self._prefixes: dict[int, str] = {}   # prefix number -> its CIDR text (bounded)
         self._v4_shift = 32 - config.prefix_v4
         self._v6_shift = 128 - config.prefix_v6
-        self._verdicts: dict[tuple[Action, str, int], Verdict] = {}
+        self._verdicts: dict[tuple[Action, str, int, str], Verdict] = {}
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
         self._save_problem: str | None = None
@@ -163,8 +162,8 @@ class Defense:
                             view.cookie)
 
     def recent_clients(self) -> list[str]:
-        """Addresses seen lately, oldest first (the facts memo, at most 65,537), for reports."""
-        return list(self._addr)
+        """Addresses seen lately, oldest first (at most 16,384), for reports."""
+        return self.clients.recent()
 
     # -- the request path -----------------------------------------------------------------------
     @property
@@ -246,10 +245,12 @@ class Defense:
         return facts.ip != 0 and self.allow.contains(facts.version, facts.ip)
 
     def _shared(self, action: Action, decision: str, has_pass: bool = False, status: int = 0,
-                headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"") -> Verdict:
-        """The one verdict object for a decision that carries nothing per request: a flood's
-        hot path builds no verdict, and the edge's memo of rendered bytes keys on it."""
-        key = (action, decision, status)
+                headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"",
+                lang: str = "") -> Verdict:
+        """The one verdict object for a decision that carries nothing per request (but its
+        page's language): a flood's hot path builds no verdict, and the edge's memo of rendered
+        bytes keys on it."""
+        key = (action, decision, status, lang)
         verdict = self._verdicts.get(key)
         if verdict is None:
             if len(self._verdicts) >= _MEMO_LIMIT:
@@ -277,9 +278,10 @@ class Defense:
             page = self.challenges.page(facts, now, self.attack.level, ret, view.scheme)
             return Verdict(Action.CHALLENGE, decision, False, page.status, tuple(page.headers),
                            page.body)
-        # The tarpit's 429 and the block's 403 say the same thing to a person who reads them.
-        return self._shared(kind, decision, False, 429 if kind is Action.TARPIT else 403,
-                            _BLOCK_HEADERS, _BLOCK_BODY)
+        lang = self.pages.choose(view.header(b"accept-language"))
+        refusal = self.pages.page("tarpit" if kind is Action.TARPIT else "block", lang)
+        return self._shared(kind, decision, False, refusal.status, refusal.headers,
+                            refusal.body, lang)
 
     def _refuse(self, response: ChallengeResponse, reason: str) -> Verdict:
         """A quick 429/503 where a never-challenged route would have met a challenge."""
@@ -357,6 +359,7 @@ class Defense:
 
     def reload(self) -> tuple[bool, str]:
         """Reload the policy; a bad file keeps the old one running and says why."""
+        self._verdicts.clear()  # the pages may have been reloaded too: no old block pages
         try:
             policy = self._load_policy()
         except PolicyError as exc:

@@ -12,7 +12,7 @@ from kalkan.defense.engine import Defense
 from kalkan.defense.facts import RequestFacts, address_facts
 
 # Longest the scan of recent clients may hold the event loop (a flood from many addresses
-# fills the defence's memo with up to 65,536 of them); the newest are looked at first.
+# fills the client table's recent-client memo with up to 16,384 of them); the newest first.
 BUDGET = 0.025
 # A client under a tenth of every limit is a reader, not an attacker.
 MIN_SHARE = 0.1

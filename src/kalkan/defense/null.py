@@ -4,18 +4,26 @@ deciding nothing, so the request path has no "is there a defence" branches."""
 from __future__ import annotations
 
 from kalkan.defense.admin import Route, disabled_routes
-from kalkan.defense.verdict import ALLOWED, RequestView, Verdict
+from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
+from kalkan.pages import LOGO_PATH, Pages
 
 
 class NullDefense:
-    """Lets every request through; tracks, counts and persists nothing."""
+    """Lets every request through; tracks, counts and persists nothing. It still serves the
+    site's logo (the error pages show it), as the defence's endpoint would."""
 
     threat_level = 0   # never under attack: the cache keeps its configured grace
+
+    def __init__(self, pages: Pages | None = None) -> None:
+        self.pages = pages
 
     def start(self) -> None:
         pass
 
-    def check(self, _view: RequestView) -> Verdict:
+    def check(self, view: RequestView) -> Verdict:
+        if view.path == LOGO_PATH and self.pages is not None and self.pages.logo is not None:
+            logo = self.pages.logo
+            return Verdict(Action.RESPOND, "logo", False, 200, logo.headers, logo.data)
         return ALLOWED
 
     def before_origin(self, _view: RequestView, _checked: Verdict) -> Verdict:

@@ -29,6 +29,7 @@ from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
 from kalkan.notify import notify, watchdog_interval
 from kalkan.observe.admin import AdminError, AdminServer
+from kalkan.pages import PagesError
 from kalkan.startup import bind_listener, bind_problem
 from kalkan.tls import CertificateSet, TLSConfigError, pending_listener
 
@@ -113,6 +114,7 @@ class Edge:
         self.config = config
         self._sockets = dict(sockets or {})
         self.pipeline = Pipeline(config)
+        self.pipeline.upstream.maintenance = config.site.maintenance
         self.server = EdgeServer(config, self.pipeline)
         self.redirect_server: EdgeServer | None = None
         self.admin: AdminServer | None = None
@@ -189,6 +191,9 @@ class Edge:
             self.admin = AdminServer(self.pipeline.metrics, self.admin_token, public=public)
             self.admin.route("POST", "/purge", self._purge)
             self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
+            self.admin.route("POST", "/maintenance", self._maintenance)
+            self.admin.route("GET", "/maintenance", lambda q, b: (
+                200, {"maintenance": self.pipeline.upstream.maintenance}))
             for method, path, handler in self.pipeline.defense.admin_routes():
                 self.admin.route(method, path, handler)
             try:
@@ -275,6 +280,17 @@ class Edge:
         ok, messages = self.reload()
         return (200 if ok else 409), {"ok": ok, "messages": messages}
 
+    def _maintenance(self, query: dict[str, str], _body: object) -> tuple[int, object]:
+        """POST ?on=1 or ?on=0 switches maintenance mode (cached pages only); GET says which."""
+        upstream = self.pipeline.upstream
+        if "on" in query:
+            if query["on"] not in ("0", "1"):
+                raise AdminError(400, "maintenance needs ?on=1 or ?on=0")
+            upstream.maintenance = query["on"] == "1"
+            log.warning("maintenance mode %s", "on: the origin is not asked"
+                        if upstream.maintenance else "off")
+        return 200, {"maintenance": upstream.maintenance}
+
     def _purge(self, query: dict[str, str], _body: object) -> tuple[int, object]:
         if query.get("all") == "1":
             return 200, {"purged": self.pipeline.purge(None)}
@@ -283,8 +299,8 @@ class Edge:
         raise AdminError(400, "purge needs ?url=URL or ?all=1")
 
     def reload(self) -> tuple[bool, list[str]]:
-        """SIGHUP or `kalkan reload`: certificates and the policy. A bad file keeps the old
-        one running and says why."""
+        """SIGHUP or `kalkan reload`: certificates, the pages' templates and logo, and the
+        policy. A bad file keeps the old one running and says why."""
         ok, messages = True, []
         if self.certificates is not None:
             try:
@@ -294,10 +310,18 @@ class Edge:
                 ok = False
                 messages.append(f"keeping the old certificates: {exc}")
                 log.error("reload failed, keeping the old certificates: %s", exc)
+        pages_message = "pages reloaded"
+        try:
+            self.pipeline.pages.load()  # before the defence's reload forgets its block pages
+        except PagesError as exc:
+            ok = False
+            pages_message = f"keeping the old pages: {exc}"
+            log.error("pages reload failed, keeping the old pages: %s", exc)
         policy_ok, message = self.pipeline.defense.reload()
         ok = ok and policy_ok
         if message:  # an edge without a defence has no policy to speak of
             messages.append(message if policy_ok else f"keeping the old policy: {message}")
+        messages.append(pages_message)
         self.pipeline.forget_replays()
         return ok, messages
 

@@ -30,10 +30,20 @@ _FAILURES = ("error", "timeout", "5xx", "shed", "breaker_open", "body_error")
 UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalescing
 
 
+class Maintenance(OriginError):
+    """Maintenance mode: the origin is not asked (cached pages are still served)."""
+
+
+MAINTENANCE = "Down for maintenance."   # failure_status's detail for it: the page to show
+
+
 class OriginClient:
-    """Owns the pool, the gate and the breaker; every origin request goes through `ask`."""
+    """Owns the pool, the gate and the breaker; every origin request goes through `ask`.
+    `maintenance`: while true nothing reaches the origin (site.maintenance, POST
+    /maintenance); readers get what is cached, else the maintenance page."""
 
     def __init__(self, config: OriginConfig, metrics: Metrics) -> None:
+        self.maintenance = False
         self.pool = OriginPool(config)
         self.gate = OriginGate(config.max_concurrency, config.queue_size, config.queue_timeout)
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
@@ -51,6 +61,9 @@ class OriginClient:
         """One exchange; returns the response (head read, body to stream) and its latency in
         ms. Raises BreakerOpen, GateFull or OriginError, all counted."""
         metrics = self.metrics
+        if self.maintenance:
+            metrics.origin_requests["maintenance"] += 1
+            raise Maintenance("maintenance mode: the origin is not asked")
         if not self.breaker.allow(mono):
             metrics.origin_requests["breaker_open"] += 1
             raise BreakerOpen("origin circuit breaker is open")
@@ -142,6 +155,8 @@ class Misses:
 
 def failure_status(exc: Exception) -> tuple[int, str, list[tuple[bytes, bytes]]]:
     """The reader's answer when the origin could not be asked or did not answer."""
+    if isinstance(exc, Maintenance):
+        return 503, MAINTENANCE, [(b"Retry-After", b"300")]
     if isinstance(exc, GateFull | BreakerOpen):
         return 503, "The site is very busy right now. Please try again shortly.", \
             [(b"Retry-After", b"10")]

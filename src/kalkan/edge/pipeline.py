@@ -34,6 +34,7 @@ from kalkan.edge.store import Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
 from kalkan.observe.record import Recorder
+from kalkan.pages import Pages
 
 if TYPE_CHECKING:
     from kalkan.defense.engine import Defense
@@ -65,14 +66,15 @@ class Pipeline:
         self.never_cache = flow.NeverCache(cc)
         self.upstream = OriginClient(config.origin, self.metrics)
         self.misses = Misses()
-        self.responder = Responder(self.clock, self.metrics)
+        self.pages = Pages.from_config(config.site)   # reader-facing pages, rendered once
+        self.responder = Responder(self.clock, self.metrics, self.pages)
         self._key_prefixes: dict[tuple[str, str], str] = {}
         self._last_flush = 0.0
-        self.defense: Defense | NullDefense = NullDefense()
+        self.defense: Defense | NullDefense = NullDefense(self.pages)
         if config.defense.enabled:
             from kalkan.defense.engine import Defense  # late: the edge runs without it too
 
-            self.defense = Defense(config.defense, config.state_dir, self.metrics)
+            self.defense = Defense(config.defense, config.state_dir, self.metrics, self.pages)
         self._defended = config.defense.enabled  # else the null defence: nothing to ask
         self.fill = Filler(cc, self.store, self.upstream, self.misses, self.responder,
                            self.metrics, self.clock, lambda: self.defense.threat_level)

@@ -21,14 +21,10 @@ from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.challenge.method import Method, Verdict
 from kalkan.defense.challenge.nojs import NoJs, PrefixBucket, delay_for
 from kalkan.defense.challenge.pages import (
-    CSP,
-    challenge_page,
-    choose_language,
-    message_page,
+    ChallengePages,
     redirect_body,
     return_url_for,
     safe_return,
-    wait_page,
 )
 from kalkan.defense.challenge.pow import DIFFICULTIES, ProofOfWork, difficulty_for
 from kalkan.defense.challenge.tokens import (
@@ -46,21 +42,15 @@ from kalkan.defense.challenge.tokens import (
     verify_ticket,
 )
 from kalkan.defense.facts import CHALLENGE_PREFIX, RequestFacts
+from kalkan.pages import LOGO_PATH, Pages
 
 __all__ = ["ChallengeResponse", "Challenges", "KeyRing", "Pass", "difficulty_for",
            "return_url_for"]
 
-# Every response here is about one reader at one moment: never stored, never indexed.
-_COMMON = [
-    (b"Content-Type", b"text/html; charset=utf-8"),
-    (b"Cache-Control", b"no-store"),
-    (b"Content-Security-Policy", CSP),
-    (b"X-Content-Type-Options", b"nosniff"),
-    (b"X-Robots-Tag", b"noindex, nofollow"),
-    (b"Referrer-Policy", b"same-origin"),
-]
-_CHALLENGE_HEADERS = [*_COMMON, (b"X-Kalkan-Challenge", b"pow")]
-_LANG_HEADERS = {lang: (b"Content-Language", lang.encode()) for lang in ("ky", "ru", "en")}
+# Every response here is about one reader at one moment: never stored, never indexed (the
+# pages' own headers say so, with their language and a CSP pinning their inline script/style).
+_MARKER = (b"X-Kalkan-Challenge", b"pow")
+_LOGO_NAME = LOGO_PATH[len(CHALLENGE_PREFIX):]
 _MAX_BODY = 4096           # an answer is a ticket, a nonce and a return URL
 _LIMITED_RETRY = b"120"
 
@@ -95,7 +85,7 @@ class Challenges:
                  challenge_ttl: float = 300.0, nojs_delay: float = 5.0,
                  difficulties: tuple[int, ...] = DIFFICULTIES, nojs_burst: int = 6,
                  nojs_every: float = 30.0, memo_size: int = 8192,
-                 replay_size: int = 50_000) -> None:
+                 replay_size: int = 50_000, pages: Pages | None = None) -> None:
         if not 0 < nojs_delay < challenge_ttl:
             raise ValueError("nojs_delay must be > 0 and shorter than challenge_ttl")
         if pass_ttl <= 0 or any(not 0 < d <= 30 for d in difficulties) or not difficulties:
@@ -103,6 +93,7 @@ class Challenges:
         # A key rotation must never cut a pass short: old keys verify at least a pass's life.
         keys.overlap = max(keys.overlap, pass_ttl)
         self.keys = keys
+        self.pages = ChallengePages(pages or Pages())
         self.pass_ttl = pass_ttl
         self.challenge_ttl = challenge_ttl
         self.nojs_delay = nojs_delay
@@ -170,15 +161,15 @@ class Challenges:
         becomes "/". Use `return_url_for(...)` to derive it (a POST returns to its form page).
         """
         self.keys.maintain(now)
-        lang = choose_language(facts.header(b"accept-language"))
+        lang = self.pages.choose(facts.header(b"accept-language"))
         ret = safe_return(return_to) or "/"
         difficulty = difficulty_for(threat_level, self.difficulties)
         delay = max(1, round(delay_for(self.nojs_delay, threat_level)))
         ticket = issue_ticket(self.keys, facts.prefix, ua_digest(facts.user_agent), ret, now,
                               self.challenge_ttl, delay, difficulty)
         self.issued += 1
-        body = challenge_page(lang, ticket, difficulty, ret, delay)
-        return ChallengeResponse(403, [*_CHALLENGE_HEADERS, _LANG_HEADERS[lang]], body,
+        body = self.pages.challenge(lang, ticket, difficulty, ret, delay)
+        return ChallengeResponse(403, [*self.pages.headers("challenge", lang), _MARKER], body,
                                  reason="issued")
 
     # -- answers ------------------------------------------------------------------------------
@@ -186,19 +177,22 @@ class Challenges:
                  scheme: str) -> ChallengeResponse:
         """Answer a request for a path under /.kalkan/ (GET or POST form fields)."""
         self.keys.maintain(now)
-        lang = choose_language(facts.header(b"accept-language"))
+        lang = self.pages.choose(facts.header(b"accept-language"))
         name = facts.path[len(CHALLENGE_PREFIX):] if facts.path.startswith(
             CHALLENGE_PREFIX) else ""
         method = self.methods.get(name)
         if method is None:
+            logo = self.pages.pages.logo
+            if name == _LOGO_NAME and logo is not None:
+                return ChallengeResponse(200, list(logo.headers), logo.data, reason="logo")
             return self._message(404, lang, "notfound", "/", "unknown", failed=False)
         try:
             params = _params(query, body if facts.method == "POST" else b"")
         except ValueError:
-            return self._message(403, lang, "fail", "/", f"{name}:malformed")
+            return self._message(403, lang, "failed", "/", f"{name}:malformed")
         ret = safe_return(params.get("r", "/"))
         if ret is None:
-            return self._message(403, lang, "fail", "/", f"{name}:bad-return")
+            return self._message(403, lang, "failed", "/", f"{name}:bad-return")
         if not method.admit(facts.prefix, now):
             resp = self._message(429, lang, "limited", ret, f"{name}:limited")
             resp.headers.append((b"Retry-After", _LIMITED_RETRY))
@@ -210,23 +204,25 @@ class Challenges:
         except TicketError as exc:
             if str(exc) == "expired":
                 # Genuine but stale (a tab left open): back to the page for a fresh challenge.
-                return ChallengeResponse(303, [*_COMMON, _LANG_HEADERS[lang],
+                return ChallengeResponse(303, [*self.pages.headers("challenge-notfound", lang),
                                                (b"Location", ret.encode("ascii"))],
                                          redirect_body(lang, ret), reason=f"{name}:expired")
-            return self._message(403, lang, "fail", ret, f"{name}:{exc}")
+            return self._message(403, lang, "failed", ret, f"{name}:{exc}")
         verdict = method.verify(ticket, params, now)
         if verdict is Verdict.WAIT:
             seconds = max(1, math.ceil(ticket.not_before - now))
-            return ChallengeResponse(403, [*_COMMON, _LANG_HEADERS[lang]],
-                                     wait_page(lang, text, ret, seconds), reason=f"{name}:early")
+            return ChallengeResponse(403, list(self.pages.headers("nojs-wait", lang)),
+                                     self.pages.wait(lang, text, ret, seconds),
+                                     reason=f"{name}:early")
         if verdict is Verdict.FAIL:
-            return self._message(403, lang, "fail", ret, f"{name}:wrong")
+            return self._message(403, lang, "failed", ret, f"{name}:wrong")
         if not self.replays.spend(ticket, now):
-            return self._message(403, lang, "fail", ret, f"{name}:replay")
+            return self._message(403, lang, "failed", ret, f"{name}:replay")
         token = issue_pass(self.keys, facts.prefix, ua, method.kind, now, self.pass_ttl)
         cookie = merge_cookie(token, cookie_value(facts.cookie), now)
         self.passed += 1
-        headers = [*_COMMON, _LANG_HEADERS[lang], (b"Location", ret.encode("ascii")),
+        headers = [*self.pages.headers("challenge-notfound", lang),
+                   (b"Location", ret.encode("ascii")),
                    set_cookie_header(cookie, int(self.pass_ttl), scheme == "https")]
         return ChallengeResponse(303, headers, redirect_body(lang, ret), passed=True,
                                  reason=f"{name}:pass")
@@ -235,8 +231,10 @@ class Challenges:
                  failed: bool = True) -> ChallengeResponse:
         if failed:
             self.failed += 1
-        return ChallengeResponse(status, [*_COMMON, _LANG_HEADERS[lang]],
-                                 message_page(lang, kind, ret), failed=failed, reason=reason)
+        page = f"challenge-{kind}"
+        return ChallengeResponse(status, list(self.pages.headers(page, lang)),
+                                 self.pages.message(lang, page, ret), failed=failed,
+                                 reason=reason)
 
 
 def _params(query: str, body: bytes) -> dict[str, str]:
