@@ -117,6 +117,7 @@ class Challenges:
         self.issued = 0
         self.passed = 0
         self.failed = 0
+        self.expired = 0  # genuine answers that came after their challenge expired
 
     # -- the hot path: does this request carry a pass? ----------------------------------------
     def has_valid_pass(self, facts: RequestFacts, now: float) -> bool:
@@ -210,6 +211,7 @@ class Challenges:
         except TicketError as exc:
             if str(exc) == "expired":
                 # Genuine but stale (a tab left open): back to the page for a fresh challenge.
+                self.expired += 1
                 return ChallengeResponse(303, [*_COMMON, _LANG_HEADERS[lang],
                                                (b"Location", ret.encode("ascii"))],
                                          redirect_body(lang, ret), reason=f"{name}:expired")
