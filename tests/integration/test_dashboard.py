@@ -159,6 +159,7 @@ async def test_metrics_name_rules_routes_challenges_and_origin_busy_share(
     assert (await fetch(port, "/?s=anything")).status == 403
     assert (await fetch(port, "/")).status == 200
     status, _, body = await call(admin_port(edge), "GET", "/metrics")
+    assert status == 200
     text = body.decode()
     assert 'kalkan_rule_decisions_total{action="block",rule="no-search-here"} 1' in text
     assert 'kalkan_decisions_total{action="block",reason="rule"} 1' in text  # kept as it was

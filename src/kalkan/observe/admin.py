@@ -93,6 +93,7 @@ class AdminServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body_read = False
+        extra: Extra = []
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
             method, target, headers = _parse_head(head)
@@ -106,7 +107,6 @@ class AdminServer:
                 raise AdminError(413, f"request body too large (limit {_MAX_BODY} bytes)")
             body = await asyncio.wait_for(reader.readexactly(length), 10.0) if length else b""
             body_read = True
-            extra: Extra = []
             status, ctype, payload = self._dispatch(method, target, headers, body, extra)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ConnectionError):
@@ -119,7 +119,7 @@ class AdminServer:
         more = "".join(f"{name}: {value}\r\n" for name, value in extra).encode("latin-1")
         writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                      b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-                     b"X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
+                     b"X-Frame-Options: DENY\r\nReferrer-Policy: same-origin\r\n"
                      b"%sConnection: close\r\n\r\n%s"
                      % (status, _REASONS.get(status, b"OK"), ctype.encode(), len(payload),
                         more, payload))
