@@ -134,7 +134,10 @@ async def test_rebound_host_names_are_refused(origin: Origin, make_edge: EdgeFac
     # A page on attacker.example whose name now resolves to 127.0.0.1 would send its own Host.
     status, _, body = await call(port, "GET", "/api/live", {"Host": f"attacker.example:{port}"})
     assert status == 403 and b"loopback" in body
-    assert (await call(port, "GET", "/api/live", {"Host": f"localhost:{port}"}))[0] == 200
+    for host in (f"localhost:{port}", f"127.0.0.2:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert (await call(port, "GET", "/api/live", {"Host": host}))[0] == 200, host
+    for host in ("", "localhost.attacker.example", f"[::1].evil:{port}"):
+        assert (await call(port, "GET", "/", {"Host": host}))[0] == 403, host
 
 
 async def test_public_listener_reads_need_a_sign_in(origin: Origin, make_edge: EdgeFactory,

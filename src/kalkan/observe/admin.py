@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from kalkan.config import is_loopback_host
 from kalkan.observe import dashboard
 from kalkan.observe.metrics import Metrics
 
@@ -45,7 +46,6 @@ CSRF_HEADER = "x-kalkan-csrf"
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Read-only views that are open on loopback like /metrics (the token guards them elsewhere).
 _OPEN_ON_LOOPBACK = frozenset({"/metrics", "/healthz", "/api/live"})
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 Extra = list[tuple[str, str]]  # extra response headers
 # The dashboard loads nothing from anywhere: its script and style are inline, it talks only to
@@ -218,7 +218,7 @@ class AdminServer:
             return  # every route there needs the token: a rebound name gains nothing
         host = headers.get("host", "")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name not in _LOOPBACK_HOSTS:
+        if not is_loopback_host(name.strip("[]").rstrip(".")):
             raise AdminError(403, f"Host {host!r} is not a loopback name: open the dashboard "
                                   "at http://127.0.0.1:PORT/")
 
