@@ -112,6 +112,9 @@ async def test_sign_in_sets_a_session_that_allows_changes_with_the_csrf_header(
                                   "Origin": "https://evil.example"})
     assert status == 403 and b"another site" in body
     assert edge.pipeline.defense.attack.mode == "auto"
+    # Bytes outside ASCII in the credentials are a wrong credential, not a crash.
+    for odd in ({"Cookie": "kalkan_admin=9999999999.\xe9"}, {"Authorization": "Bearer \xe9t\xe9"}):
+        assert (await call(port, "GET", "/decisions", odd))[0] == 401
     # A forged or expired cookie is nothing.
     forged = "kalkan_admin=9999999999.00ff"
     assert (await call(port, "GET", "/decisions", {"Cookie": forged}))[0] == 401

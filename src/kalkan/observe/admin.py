@@ -185,7 +185,9 @@ class AdminServer:
             # No token configured: on loopback the address is the boundary; elsewhere nothing is.
             return not self.public
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), self.token)
+        # Bytes: compare_digest refuses str with non-ASCII characters (a header can carry any).
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                  self.token.encode())
 
     def _credentials(self, headers: dict[str, str]) -> str | None:
         """"bearer" (the CLI, scripts), "cookie" (a signed-in browser) or None."""
@@ -244,7 +246,7 @@ def session_valid(token: str, value: str, now: float) -> bool:
     expires_text, _, _ = value.partition(".")
     if not expires_text.isdigit() or int(expires_text) < now:
         return False
-    return hmac.compare_digest(value, session_value(token, int(expires_text)))
+    return hmac.compare_digest(value.encode(), session_value(token, int(expires_text)).encode())
 
 
 def _cookie_value(header: str, name: str) -> str:
