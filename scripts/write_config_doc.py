@@ -33,10 +33,12 @@ the hard limit to fit `limits.max_connections` plus a margin for origin connecti
 the hard limit is lower, one warning says how many connections can actually be held.
 
 The admin listener belongs on loopback (`127.0.0.1:9181`): there `/metrics` and `/healthz` are
-open, for a Prometheus on the same machine, and the other routes need the token. On any other
+open, for a Prometheus on the same machine, as is the dashboard's read-only view (`/`,
+`/api/live`), and the other routes need the token. On any other
 address `admin.token` must be set (`serve` and `check-config` refuse the file without it), `serve`
-logs a warning, and every route, `/metrics` included, answers 401 without
-`Authorization: Bearer TOKEN`.
+logs a warning, and every route but the dashboard's sign-in page, `/metrics` included, answers 401
+without `Authorization: Bearer TOKEN` or the dashboard's session cookie
+([dashboard.md](dashboard.md)).
 
 TLS (the whole story is in [https.md](https.md)): with a `tls` section every `listen` address
 speaks HTTPS. Certificates are your own PEM files (`tls.certificates`, picked by SNI, reloaded by

@@ -10,8 +10,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import time
 import traceback
 import urllib.error
 import urllib.parse
@@ -329,6 +331,32 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """The dashboard's live view in the terminal, redrawn every --interval seconds."""
+    from kalkan.observe.top import frame
+
+    if args.interval <= 0:
+        raise SystemExit("kalkan top: --interval must be more than 0 seconds")
+    colour = not args.no_color and sys.stdout.isatty()
+    if args.once:
+        snapshot = admin_call(args, "GET", "/api/live")
+        sys.stdout.write(frame(snapshot, shutil.get_terminal_size().columns,  # type: ignore[arg-type]
+                               colour=colour))
+        return 0
+    sys.stdout.write("\x1b[2J")
+    try:
+        while True:
+            snapshot = admin_call(args, "GET", "/api/live")
+            text = frame(snapshot, shutil.get_terminal_size().columns,  # type: ignore[arg-type]
+                         colour=colour)
+            # Home, draw, clear what the last frame left below: no flicker, no curses.
+            sys.stdout.write("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[J")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _demo_site_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from kalkan.demo.site import DemoSiteConfig
 
@@ -474,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("state", nargs="?", choices=("on", "off"))
     _admin_arguments(p)
     p.set_defaults(func=cmd_maintenance)
+
+    p = sub.add_parser("top", help="live requests, threat level, top talkers and decisions of "
+                       "a running edge, in the terminal")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    p.add_argument("--no-color", action="store_true", help="no ANSI colours")
+    _admin_arguments(p)
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("cert", help="certificates obtained by ACME (tls.acme)")
     csub = p.add_subparsers(dest="action", required=True)

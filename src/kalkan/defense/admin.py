@@ -32,12 +32,23 @@ class DefenseAdmin:
         return [(m, p, h) for (m, p), h in zip(_PATHS, handlers, strict=True)]
 
     def list_all(self, _q: dict[str, str], _b: object) -> tuple[int, object]:
+        return 200, {"decisions": self.standing()}
+
+    def standing(self) -> list[dict[str, object]]:
+        """The decisions in force, as JSON-able rows."""
         now = time.time()
-        rows = [{"target": d.target, "action": d.action, "reason": d.reason,
+        return [{"target": d.target, "action": d.action, "reason": d.reason,
                  "origin": d.origin, "created": d.created,
                  "expires_in": None if d.expires == float("inf") else round(d.expires - now)}
                 for d in self.decisions.all(now)]
-        return 200, {"decisions": rows}
+
+    def threat(self) -> dict[str, object]:
+        """The threat level, how it is set, and what each signal scored in the last second."""
+        attack = self.attack
+        return {"level": attack.level, "name": LEVEL_NAMES[attack.level], "mode": attack.mode,
+                "reason": attack.reason, "baseline": round(attack.baseline, 1),
+                "signals": [{"score": score, "level": LEVEL_NAMES[score], "what": what}
+                            for score, what in attack.explain()]}
 
     def add(self, _q: dict[str, str], body: Any) -> tuple[int, object]:
         if not isinstance(body, dict) or "target" not in body:

@@ -63,6 +63,7 @@ class AttackMode:
         self._high_since: float | None = None
         self._low_since: float | None = None
         self._candidate = PEACE
+        self.signals: Signals | None = None  # the last second's, kept to explain the level
 
     @property
     def mode(self) -> str:
@@ -77,6 +78,17 @@ class AttackMode:
             self._set(self.override, f"operator set attack mode {mode}")
 
     def scores(self, s: Signals) -> tuple[int, str]:
+        return max(self.candidates(s), key=lambda x: x[0])
+
+    def explain(self) -> list[tuple[int, str]]:
+        """What each signal scored in the last second (score 0–3, what it saw), highest first:
+        the why behind the level, for the dashboard."""
+        if self.signals is None:
+            return []
+        return sorted(self.candidates(self.signals), key=lambda x: -x[0])
+
+    def candidates(self, s: Signals) -> list[tuple[int, str]]:
+        """Each signal's score and a sentence naming what it saw."""
         c = self.config
         candidates: list[tuple[int, str]] = []
         if self.baseline > 0 and s.requests >= c.min_rate:
@@ -99,10 +111,11 @@ class AttackMode:
                            f"origin answers in {s.origin_latency * 1000:.0f} ms"))
         candidates.append((_score(s.origin_errors, c.error_levels),
                            f"{s.origin_errors:.0%} of origin requests fail"))
-        return max(candidates, key=lambda x: x[0])
+        return candidates
 
     def update(self, s: Signals, now: float) -> int:
         """Feed one second of signals; returns the (possibly new) level."""
+        self.signals = s
         score, why = self.scores(s)
         c = self.config
         if self.level == PEACE and score == PEACE and s.requests > 0:

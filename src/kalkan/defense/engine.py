@@ -108,6 +108,12 @@ class Defense:
                   lambda: self.challenges.passed)
         m.counter("kalkan_challenges_failed_total", "Challenge answers that failed.",
                   lambda: self.challenges.failed)
+        m.labeled_counter("kalkan_challenges_total", "Challenges by outcome: issued (pages "
+                          "sent), passed, failed, expired (a genuine answer that came too late).",
+                          "outcome", self._challenge_outcomes)
+        self.routes = m.routes
+        self.talkers = m.talkers
+        self._unsampled = 0  # requests since a user agent was last fed to the talkers sketch
         m.gauge("kalkan_decisions_standing", "Standing decisions.", lambda: len(self.decisions))
         m.gauge("kalkan_clients_tracked", "Client addresses tracked.", lambda: len(self.clients))
         if firewall is not None:
@@ -134,6 +140,10 @@ class Defense:
             now = time.time()
             for d in self.decisions.all(now):
                 self._decision_changed(d, d.target)
+
+    def _challenge_outcomes(self) -> dict[str, float]:
+        c = self.challenges
+        return {"issued": c.issued, "passed": c.passed, "failed": c.failed, "expired": c.expired}
 
     def _load_policy(self) -> Policy:
         return Policy.from_file(self.config.policy) if self.config.policy else Policy.default()
@@ -176,6 +186,11 @@ class Defense:
         now = time.time()
         facts = self.facts(view)
         self.counts["requests"] += 1
+        self.routes[facts.route] += 1
+        self._unsampled += 1
+        if self._unsampled >= self.talkers.every:
+            self._unsampled = self.talkers.restart()
+            self.talkers.agent(facts.user_agent)
         if facts.route == CHALLENGE:
             return self._endpoint(view, facts, now)
         if self.allow and self._allowlisted(facts):
@@ -223,7 +238,9 @@ class Defense:
         """Requests let through by a per-connection standing verdict, counted afterwards."""
         now = time.time()
         self.counts["requests"] += n
-        self.clients.hit(self.facts(view), now, n)
+        facts = self.facts(view)
+        self.routes[facts.route] += n
+        self.clients.hit(facts, now, n)
 
     def before_origin(self, view: RequestView, checked: Verdict) -> Verdict:
         """On a cache miss under attack: unknown clients pass a challenge before the origin.
@@ -267,7 +284,10 @@ class Defense:
                now: float, strike: bool = False) -> Verdict:
         if action == "challenge" and facts.route in _NEVER_CHALLENGED:
             return self._refuse(_SLOW_DOWN, reason)
-        self.decided[(action, reason.split(":", 1)[0])] += 1
+        source, _, name = reason.partition(":")
+        self.decided[(action, source)] += 1
+        if source == "rule":
+            self.metrics.rule_decisions[(action, name)] += 1
         decision = f"{action}:{reason}"
         if strike:
             self.decisions.strike(facts.client, action, now)

@@ -20,6 +20,7 @@ from kalkan.alerts.channels import channels, site_name
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Sources, Watcher
 from kalkan.config import Config, is_loopback_host, parse_hostport
+from kalkan.defense.admin import DefenseAdmin
 from kalkan.defense.null import NullDefense
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.connection import HttpConnection
@@ -29,6 +30,7 @@ from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
 from kalkan.notify import notify, watchdog_interval
 from kalkan.observe.admin import AdminError, AdminServer
+from kalkan.observe.live import LiveView
 from kalkan.pages import PagesError
 from kalkan.startup import bind_listener, bind_problem
 from kalkan.tls import CertificateSet, TLSConfigError, pending_listener
@@ -129,7 +131,14 @@ class Edge:
         self.admin_address: tuple[str, int] | None = None
         self.alerts: Dispatcher | None = None
         self.alert_watch: Watcher | None = None
+        self.live: LiveView | None = None
+        self._live_timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
+        gate, m = self.pipeline.upstream.gate, self.pipeline.metrics
+        m.gauge("kalkan_origin_gate_limit", "Origin requests allowed in flight at once "
+                "(origin.max_concurrency).", lambda: gate.limit)
+        m.gauge("kalkan_origin_busy_share", "Share of the origin's slots in use now (0..1).",
+                lambda: gate.active / gate.limit if gate.limit else 0.0)
 
     async def start(self) -> None:
         raise_open_files_limit(self.config)
@@ -188,7 +197,10 @@ class Edge:
                 log.warning("admin listener %s is not on loopback: anyone who reaches it can try "
                             "the admin routes, so every one (/metrics included) requires the "
                             "bearer token; prefer 127.0.0.1", self.config.admin.listen)
-            self.admin = AdminServer(self.pipeline.metrics, self.admin_token, public=public)
+            self.live = self._live_view()
+            self.admin = AdminServer(self.pipeline.metrics, self.admin_token, public=public,
+                                     live=self.live.snapshot)
+            self._live_timer = asyncio.get_running_loop().call_later(1.0, self._sample_live)
             self.admin.route("POST", "/purge", self._purge)
             self.admin.route("POST", "/reload", lambda q, b: self._reload_result())
             self.admin.route("POST", "/maintenance", self._maintenance)
@@ -233,6 +245,28 @@ class Edge:
         if self.acme is not None and Path(self.acme.pair["cert"]).is_file():
             files.insert(0, self.acme.pair["cert"])
         return files
+
+    def _live_view(self) -> LiveView:
+        """The dashboard's view over the metrics, the origin gate and the defence."""
+        gate = self.pipeline.upstream.gate
+        defense = self.pipeline.defense
+        if isinstance(defense, NullDefense):
+            def threat() -> dict[str, object]:
+                return {"level": 0, "name": "peace", "mode": "off", "reason": "the defence is "
+                        "disabled in this edge's config (defense.enabled)", "signals": []}
+
+            def decisions() -> list[dict[str, object]]:
+                return []
+        else:
+            handles = DefenseAdmin(defense.decisions, defense.attack, defense.save)
+            threat, decisions = handles.threat, handles.standing
+        return LiveView(self.pipeline.metrics, gate=lambda: (gate.active, gate.limit, gate.queued),
+                        threat=threat, decisions=decisions)
+
+    def _sample_live(self) -> None:
+        if self.live is not None:
+            self.live.sample()
+            self._live_timer = asyncio.get_running_loop().call_later(1.0, self._sample_live)
 
     async def _listen(self, server: EdgeServer, key: str, item: str,
                       ssl_context: ssl.SSLContext | None = None, *,
@@ -335,6 +369,9 @@ class Edge:
         await self.server.close()
         if self.redirect_server is not None:
             await self.redirect_server.close()
+        if self._live_timer is not None:
+            self._live_timer.cancel()
+        self.live = None
         if self.admin is not None:
             await self.admin.close()
         await self.pipeline.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
+from kalkan.observe.talkers import Talkers
+
 # Origin latency histogram buckets, in seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -48,6 +50,13 @@ class Metrics:
         self.stale_served: Counter[str] = Counter()
         self.not_stored: Counter[str] = Counter()  # origin responses not stored, by reason
         self.decisions: Counter[tuple[str, str]] = Counter()
+        # Refusals and challenges by the policy rule that made them: (action, rule name). Rule
+        # names come from the policy file, so the label set is as bounded as the policy.
+        self.rule_decisions: Counter[tuple[str, str]] = Counter()
+        self.routes: Counter[str] = Counter()  # requests the defence judged, by route class
+        self.talkers = Talkers()  # top prefixes, paths, user agents, from a sample
+        # Families with one label whose values another part keeps: name → (help, label, read).
+        self.labeled: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
         self.open_connections: Callable[[], int] = lambda: 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -58,6 +67,11 @@ class Metrics:
     def counter(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         """A counter kept by another part (read at scrape time); `name` ends in _total."""
         self.counters[name] = (help_text, fn)
+
+    def labeled_counter(self, name: str, help_text: str, label: str,
+                        fn: Callable[[], dict[str, float]]) -> None:
+        """A counter family with one label, kept by another part (read at scrape time)."""
+        self.labeled[name] = (help_text, label, fn)
 
     def render(self) -> str:
         out: list[str] = []
@@ -95,6 +109,19 @@ class Metrics:
         family("kalkan_decisions_total", "counter", "Defence decisions by action and reason.")
         for (action, why), n in sorted(self.decisions.items()):
             out.append(f'kalkan_decisions_total{{action="{action}",reason="{why}"}} {n}')
+        family("kalkan_rule_decisions_total", "counter",
+               "Policy rule decisions by action and rule name.")
+        for (action, rule), n in sorted(self.rule_decisions.items()):
+            out.append(f'kalkan_rule_decisions_total{{action="{action}",'
+                       f'rule="{_label(rule)}"}} {n}')
+        family("kalkan_route_requests_total", "counter",
+               "Requests judged by the defence, by route class (page, asset, feed, search, ...).")
+        for route, n in sorted(self.routes.items()):
+            out.append(f'kalkan_route_requests_total{{route="{route}"}} {n}')
+        for fam, (fam_help, label, read) in sorted(self.labeled.items()):
+            family(fam, "counter", fam_help)
+            for label_value, count in sorted(read().items()):
+                out.append(f'{fam}{{{label}="{_label(label_value)}"}} {count}')
         for name, help_text, value in (
             ("kalkan_bad_requests_total", "Requests refused as malformed or over limits.",
              self.bad_requests),
@@ -113,3 +140,8 @@ class Metrics:
                 family(name, kind, help_text)
                 out.append(f"{name} {fn()}")
         return "\n".join(out) + "\n"
+
+
+def _label(value: str) -> str:
+    """A label value in the text format: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

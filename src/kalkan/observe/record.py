@@ -13,12 +13,15 @@ from kalkan.observe.metrics import Metrics
 class Recorder:
     """Feeds the metrics and the access log from one call per answered request."""
 
-    __slots__ = ("metrics", "log", "requests")
+    __slots__ = ("metrics", "log", "requests", "talkers", "_every", "_unsampled")
 
     def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
         self.metrics = metrics
         self.log = access_log
         self.requests = metrics.requests
+        self.talkers = metrics.talkers
+        self._every = self.talkers.every  # kept here: a native int for the compiled check
+        self._unsampled = 0  # answers since the last one the top-talkers sketch was fed
 
     def answer(self, now: float, client: str, method: str, host: str, path: str, status: int,
                size: int, cache: str, origin_ms: float | None, started: float, decision: str,
@@ -26,6 +29,10 @@ class Recorder:
         """One answered request. `reason` says why it was a miss, or why the response was not
         stored (cache_flow's reasons; kalkan_cache_not_stored_total counts the latter)."""
         self.requests[(status, cache)] += 1
+        self._unsampled += 1
+        if self._unsampled >= self._every:
+            self._unsampled = self.talkers.restart()
+            self.talkers.request(client, path)
         if self.log.enabled:
             total = (time.monotonic() - started) * 1000.0 if started else 0.0
             self.log.write(now, client, method, host, path, status, size, cache, origin_ms,
@@ -35,6 +42,10 @@ class Recorder:
                  cache: str, total_ms: float, decision: str) -> None:
         """A request answered from the replay memo: its log fragment was formatted once."""
         self.requests[(status, cache)] += 1
+        self._unsampled += 1
+        if self._unsampled >= self._every:
+            self._unsampled = self.talkers.restart()
+            self.talkers.request(client, fragment.rsplit('"path":', 1)[-1].strip('"'))
         if self.log.enabled:
             self.log.write_fragment(now, client, fragment, status, size, cache, None, total_ms,
                                     decision)

@@ -108,6 +108,7 @@ class Challenges:
         self.issued = 0
         self.passed = 0
         self.failed = 0
+        self.expired = 0  # genuine answers that came after their challenge expired
 
     # -- the hot path: does this request carry a pass? ----------------------------------------
     def has_valid_pass(self, facts: RequestFacts, now: float) -> bool:
@@ -204,6 +205,7 @@ class Challenges:
         except TicketError as exc:
             if str(exc) == "expired":
                 # Genuine but stale (a tab left open): back to the page for a fresh challenge.
+                self.expired += 1
                 return ChallengeResponse(303, [*self.pages.headers("challenge-notfound", lang),
                                                (b"Location", ret.encode("ascii"))],
                                          redirect_body(lang, ret), reason=f"{name}:expired")
