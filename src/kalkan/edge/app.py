@@ -16,15 +16,14 @@ import time
 from pathlib import Path
 
 from kalkan.acme import AcmeManager
-from kalkan.alerts.channels import channels, site_name
 from kalkan.alerts.dispatch import Dispatcher
-from kalkan.alerts.watch import Sources, Watcher
+from kalkan.alerts.watch import Watcher
 from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.defense.admin import DefenseAdmin
 from kalkan.defense.null import NullDefense
 from kalkan.edge.acme_challenge import AcmeFront
+from kalkan.edge.alerting import start_alerts
 from kalkan.edge.connection import HttpConnection
-from kalkan.edge.origin import Breaker
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
@@ -215,36 +214,11 @@ class Edge:
         self._start_alerts()
 
     def _start_alerts(self) -> None:
-        """The alert watcher and one sender per configured channel (none: no tasks at all)."""
-        try:
-            made = channels(self.config.alerts)
-        except ValueError as exc:  # a secret file gone since the config was checked
-            log.error("alerts are off: %s", exc)
-            return
-        if not made:
-            return
-        self.alerts = Dispatcher(self.config.alerts, site_name(self.config), made,
-                                 self.pipeline.metrics)
-        breaker = self.pipeline.upstream.breaker
-        sources = Sources(origin_failing=lambda: breaker.state != Breaker.CLOSED,
-                          origin=self.config.origin.url, certificates=self._certificate_files)
-        defense = self.pipeline.defense
-        if not isinstance(defense, NullDefense):
-            from kalkan.defense.loudest import loudest
-
-            attack = defense.attack
-            sources.threat = lambda: (attack.level, attack.reason)
-            sources.attackers = lambda: loudest(defense, time.time())
-        self.alerts.start()
-        self.alert_watch = Watcher(sources, self.alerts.notify, self.config.alerts.cert_expiry_days)
-        self.alert_watch.start()
-        log.info("alerts on: %s", ", ".join(ch.name for ch in made))
-
-    def _certificate_files(self) -> list[str]:
-        files = [pair["cert"] for pair in self.config.tls.certificates] if self.config.tls else []
-        if self.acme is not None and Path(self.acme.pair["cert"]).is_file():
-            files.insert(0, self.acme.pair["cert"])
-        return files
+        acme = self.acme
+        started = start_alerts(self.config, self.pipeline,
+                               lambda: acme.pair["cert"] if acme is not None else None)
+        if started is not None:
+            self.alerts, self.alert_watch = started
 
     def _live_view(self) -> LiveView:
         """The dashboard's view over the metrics, the origin gate and the defence."""
