@@ -94,7 +94,7 @@ class Defense:
         self._last_save = 0.0
         self._save_problem: str | None = None
         self._last_counts: tuple[int, float, int] = (0, 0.0, 0)
-        self.counts: Counter[str] = Counter()   # per-second request count and friends
+        self.requests = 0   # requests decided since the last tick (attack mode's rate signal)
         self.decided: Counter[tuple[str, str]] = metrics.decisions
         self.decisions.on_change.append(self._decision_changed)
         m = metrics
@@ -185,7 +185,7 @@ class Defense:
         """Decide before the cache; an ALLOW verdict lets the request go on to the cache."""
         now = time.time()
         facts = self.facts(view)
-        self.counts["requests"] += 1
+        self.requests += 1
         self.routes[facts.route] += 1
         self._unsampled += 1
         if self._unsampled >= self.talkers.every:
@@ -237,7 +237,7 @@ class Defense:
     def count(self, view: RequestView, n: int) -> None:
         """Requests let through by a per-connection standing verdict, counted afterwards."""
         now = time.time()
-        self.counts["requests"] += n
+        self.requests += n
         facts = self.facts(view)
         self.routes[facts.route] += n
         self.clients.hit(facts, now, n)
@@ -325,7 +325,7 @@ class Defense:
     def tick(self, now: float, gate_active: int, gate_queue: int, gate_limit: int,
              origin_count: int, origin_seconds: float, origin_errors: int) -> None:
         """Once a second: attack-mode signals, expiry, persistence, firewall, client ageing."""
-        requests = self.counts.pop("requests", 0)
+        requests, self.requests = self.requests, 0
         last_n, last_s, last_e = self._last_counts
         n, secs, errs = origin_count - last_n, origin_seconds - last_s, origin_errors - last_e
         self._last_counts = (origin_count, origin_seconds, origin_errors)
