@@ -1,4 +1,5 @@
-"""The access log: one JSON object per line per request, buffered and flushed about once a second.
+"""The access log: one JSON object per line per request, written in batches of 64 lines and at
+least once a second.
 
 Formatting is hand-rolled because it runs on every request, hits included: strings that need no JSON
 escaping (the common case) are inserted as they are, the others go through `json.dumps`. Lines are
@@ -22,6 +23,13 @@ def _js(value: str) -> str:
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return f'"{value}"'
     return json.dumps(value)
+
+
+# Lines buffered before a write (about 13 KB). Joining, encoding and writing a batch holds the
+# event loop, and every request in flight waits for it: 4,096 lines (a megabyte) stalled it for
+# several milliseconds, ten times a second under load: most of a cache hit's p99 (8.2 ms then,
+# 3.2 ms at 64 lines, 2.5-2.9 ms with no log at all; readers load, 64 connections).
+_FLUSH_LINES = 64
 
 
 class AccessLog:
@@ -103,8 +111,8 @@ class AccessLog:
         else:
             lines.append(f'{{"time":"{stamp}","client":{client_js},{middle},"total_ms":'
                          f'{total_ms:.2f},"decision":{decision_js}}}\n')
-        if len(lines) >= 4096:
-            self.flush()  # bounded between the sweep's flushes, whatever the request rate
+        if len(lines) >= _FLUSH_LINES:
+            self.flush()
 
     @staticmethod
     def _middle(request: str, status: int, size: int, cache: str, origin: str) -> str:
