@@ -50,6 +50,15 @@ def test_escalation_after_repeated_strikes() -> None:
     assert made[-1].origin == "escalation"
 
 
+def test_escalation_never_softens_a_harsher_decision_that_stands() -> None:
+    d = Decisions()
+    d.add("192.0.2.1", "block", 120, "rule search-flood", "rule", NOW)
+    made = [r for r in (d.strike("192.0.2.1", "block", NOW + i) for i in range(5))
+            if r is not None]
+    assert [(r.action, r.expires) for r in made] == [("block", NOW + 4 + 600.0)]
+    assert d.lookup("192.0.2.1", "192.0.2.0/24", NOW + 300).action == "block"
+
+
 def test_decisions_survive_a_restart_and_a_damaged_file_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "decisions.json"
     d = Decisions(path)

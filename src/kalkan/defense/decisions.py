@@ -209,10 +209,14 @@ class Decisions:
         for step in reversed(self.escalation):
             if count == step.strikes:
                 current = self.exact.get(address)
-                if current is not None and SEVERITY[current.action] >= SEVERITY[step.action] \
-                        and current.expires >= now + step.ttl:
-                    return None
-                return self.add(address, step.action, step.ttl,
+                action = step.action
+                if current is not None and SEVERITY[current.action] >= SEVERITY[action]:
+                    if current.expires >= now + step.ttl:
+                        return None
+                    # Escalation lengthens what stands, never softens it: a rule's short block
+                    # stays a block for the step's longer time, not a challenge.
+                    action = current.action
+                return self.add(address, action, step.ttl,
                                 f"escalated after {count} strikes: {reason}", "escalation", now)
         return None
 
