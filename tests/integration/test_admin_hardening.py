@@ -46,6 +46,21 @@ async def test_public_admin_listener_needs_the_token_for_metrics(
     assert status == 200 and body == b"ok\n"
 
 
+async def test_an_address_guessing_the_admin_token_is_refused_for_a_while(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url, admin={"listen": "0.0.0.0:0"})
+    assert edge.admin_address is not None
+    port = edge.admin_address[1]
+    for _ in range(25):  # no credentials at all: not a guess, never locked out
+        assert (await asyncio.to_thread(_get, port, "/metrics"))[0] == 401
+    assert (await asyncio.to_thread(_get, port, "/metrics", edge.admin_token))[0] == 200
+    for i in range(20):
+        assert (await asyncio.to_thread(_get, port, "/metrics", f"guess-{i:016d}"))[0] == 401
+    # The twenty-first try is refused before the token is even looked at, the right one too.
+    status, body = await asyncio.to_thread(_get, port, "/metrics", edge.admin_token)
+    assert status == 429 and "too many wrong admin credentials" in json.loads(body)["error"]
+
+
 async def test_loopback_admin_listener_keeps_metrics_open(
         origin: Origin, make_edge: EdgeFactory, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kalkan"):

@@ -55,6 +55,34 @@ _PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsa
                 "frame-ancestors 'none'")
 
 
+class WrongGuesses:
+    """Wrong admin credentials per client address: past `limit` within `window` seconds, that
+    address is refused (429) until the window ends, whatever it sends. A token of 16 or more
+    random characters is not guessable anyway; this keeps a guesser from trying at all, and
+    from filling the log."""
+
+    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._by_address: dict[str, tuple[int, float]] = {}  # address -> (count, window start)
+
+    def locked(self, address: str, now: float) -> float:
+        """Seconds this address stays refused (0: not refused)."""
+        count, start = self._by_address.get(address, (0, now))
+        if now - start >= self.window:
+            self._by_address.pop(address, None)
+            return 0.0
+        return start + self.window - now if count >= self.limit else 0.0
+
+    def failed(self, address: str, now: float) -> None:
+        count, start = self._by_address.get(address, (0, now))
+        if now - start >= self.window:
+            count, start = 0, now
+        if len(self._by_address) >= 4096:
+            self._by_address.clear()  # bounded: many addresses guessing start afresh
+        self._by_address[address] = (count + 1, start)
+
+
 class AdminError(Exception):
     """An operator request the edge cannot carry out; answered with `status` and the message."""
 
@@ -77,6 +105,7 @@ class AdminServer:
         self.server: asyncio.base_events.Server | None = None
         self.live = live  # the dashboard's snapshot (GET /api/live), if there is a dashboard
         self.secure_cookie = secure_cookie  # the session cookie is marked Secure (TLS in front)
+        self.guesses = WrongGuesses()
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         self.routes[(method, path)] = handler
@@ -94,9 +123,19 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body_read = False
         extra: Extra = []
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        presented = False  # did the request carry credentials (to count a wrong one)?
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
             method, target, headers = _parse_head(head)
+            presented = bool(headers.get("authorization")) or SESSION_COOKIE in headers.get(
+                "cookie", "") or (method == "POST" and urlsplit(target).path == "/login")
+            wait = self.guesses.locked(address, time.monotonic())
+            if wait:
+                extra.append(("Retry-After", str(int(wait) + 1)))
+                raise AdminError(429, f"too many wrong admin credentials from {address}; "
+                                      f"retry in {int(wait) + 1} s")
             try:
                 length = int(headers.get("content-length", "0") or 0)
             except ValueError:
@@ -116,6 +155,8 @@ class AdminServer:
             status, ctype, payload = exc.status, "application/json", _json({"error": str(exc)})
         except ValueError as exc:
             status, ctype, payload = 400, "application/json", _json({"error": str(exc)})
+        if status == 401 and presented:
+            self.guesses.failed(address, time.monotonic())
         more = "".join(f"{name}: {value}\r\n" for name, value in extra).encode("latin-1")
         writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                      b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
@@ -295,4 +336,5 @@ def _json(value: Any) -> bytes:
 _REASONS = {200: b"OK", 303: b"See Other", 400: b"Bad Request", 401: b"Unauthorized",
             403: b"Forbidden", 404: b"Not Found",
             405: b"Method Not Allowed", 409: b"Conflict", 413: b"Payload Too Large",
+            429: b"Too Many Requests",
             431: b"Request Header Fields Too Large", 500: b"Internal Server Error"}
