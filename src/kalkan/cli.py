@@ -403,6 +403,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 Kalkan demo is running.
   the newsroom, through Kalkan:  http://{_fmt(host, port)}/
   the origin, unprotected:       {config.origin.url}/
+  dashboard:                     http://{config.admin.listen}/
   metrics:                       http://{config.admin.listen}/metrics
   access log:                    {config.access_log.path}
 Try: curl -sI http://{_fmt(host, port)}/ | grep -i x-cache   (MISS, then HIT)
