@@ -19,7 +19,6 @@ from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.events import ATTACK_ENDED, ATTACK_STARTED, Event
 from kalkan.config import AlertsConfig, DefenseConfig, TelegramAlertConfig
 from kalkan.defense.engine import Defense
-from kalkan.defense.loudest import loudest
 from kalkan.observe.metrics import Metrics
 from unit.test_verdict import View
 
@@ -118,7 +117,7 @@ def test_loudest_names_decisions_and_the_busiest_clients(tmp_path: Path) -> None
         defense.check(View("/", client="198.51.100.7"))
     for _ in range(30):
         defense.check(View("/", client="192.0.2.1"))
-    rows = loudest(defense, time.time())
+    rows = defense.loudest(time.time())
     assert rows[0]["target"] == "203.0.113.66", rows
     assert rows[0]["why"].startswith("block (rule): rule env"), rows
     # A meter drains as time passes: about 300 requests, as the test ran in well under 3 s.

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kalkan.addresses import AddressSet, parse_ip, prefix_text
+from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
@@ -28,7 +28,8 @@ from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_f
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.decisions import SEVERITY, Decision, Decisions
-from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, RequestFacts
+from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, AddressFacts, RequestFacts
+from kalkan.defense.loudest import loudest
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
 from kalkan.pages import Pages
@@ -43,8 +44,6 @@ _NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feed readers and crawlers ca
 _ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT,
             "challenge": Action.CHALLENGE}
 _MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operators' reasons)
-_PREFIX_MEMO = 65536  # network prefixes whose text is remembered
-_V6_KEY = 1 << 129    # keeps IPv6 prefix numbers apart from IPv4 ones
 
 
 
@@ -86,9 +85,8 @@ class Defense:
         self.firewall = self._make_firewall() if config.firewall.enabled else None
         firewall = self.firewall
         self._fw_thread: threading.Thread | None = None
-        self._prefixes: dict[int, str] = {}   # prefix number -> its CIDR text (bounded)
-        self._v4_shift = 32 - config.prefix_v4
-        self._v6_shift = 128 - config.prefix_v6
+        self.addresses = AddressFacts(config.prefix_v4, config.prefix_v6)
+        self.admin = DefenseAdmin(self.decisions, self.attack, self.save)
         self._verdicts: dict[tuple[Action, str, int, str], Verdict] = {}
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
@@ -150,30 +148,26 @@ class Defense:
 
     # -- facts ----------------------------------------------------------------------------------
     def facts(self, view: RequestView) -> RequestFacts:
-        # No memo by address text: at 100,000 clients any bounded one misses nearly always and
-        # costs more than parsing (inet_pton); only the prefix text is remembered, by number.
         client = view.client
-        parsed = parse_ip(client)
-        if parsed is None:
-            ip, version, prefix = 0, 4, "invalid"
-        else:
-            version, ip = parsed
-            key = ip >> self._v4_shift if version == 4 else (ip >> self._v6_shift) | _V6_KEY
-            prefix = self._prefixes.get(key, "")
-            if not prefix:
-                if len(self._prefixes) >= _PREFIX_MEMO:
-                    self._prefixes.clear()  # a botnet from many networks must not grow this
-                prefix = self._prefixes[key] = prefix_text(
-                    version, ip, self.config.prefix_v4 if version == 4 else self.config.prefix_v6)
+        ip, version, prefix = self.addresses(client)
         route, path = self.policy.classifier.classify_target(view.method, view.path, view.query)
         ua = view.user_agent
         return RequestFacts(view.method, view.host, path, view.query, route, client, ip,
                             version, prefix, ua.decode("latin-1") if ua else "", view.headers,
                             view.cookie)
 
-    def recent_clients(self) -> list[str]:
-        """Addresses seen lately, oldest first (at most 16,384), for reports."""
-        return self.clients.recent()
+    # -- what the dashboard and the alerts read (NullDefense answers the same) ----------------
+    def threat_report(self) -> dict[str, object]:
+        """The threat level, how it is set, and what each signal scored in the last second."""
+        return self.admin.threat()
+
+    def standing(self) -> list[dict[str, object]]:
+        """The decisions in force, as JSON-able rows."""
+        return self.admin.standing()
+
+    def loudest(self, now: float, n: int = 5) -> list[dict[str, str]]:
+        """Who is attacking right now, with why (defense/loudest.py)."""
+        return loudest(self.decisions, self.clients, self.policy.meters, self.addresses, now, n)
 
     # -- the request path -----------------------------------------------------------------------
     @property
@@ -392,7 +386,7 @@ class Defense:
 
     def admin_routes(self) -> list[Route]:
         """The operator's routes (decisions, attack mode) for the admin listener."""
-        return DefenseAdmin(self.decisions, self.attack, self.save).routes()
+        return self.admin.routes()
 
     def close(self) -> None:
         self.save(time.time())

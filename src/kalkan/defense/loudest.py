@@ -5,11 +5,11 @@ bounded in time: it runs on the event loop once per attack start."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
-from kalkan.defense.clients import Meter
-from kalkan.defense.decisions import SEVERITY
-from kalkan.defense.engine import Defense
-from kalkan.defense.facts import RequestFacts, address_facts
+from kalkan.defense.clients import ClientTable, Meter
+from kalkan.defense.decisions import SEVERITY, Decisions
+from kalkan.defense.facts import AddressFacts, RequestFacts
 
 # Longest the scan of recent clients may hold the event loop (a flood from many addresses
 # fills the client table's recent-client memo with up to 16,384 of them); the newest first.
@@ -18,36 +18,36 @@ BUDGET = 0.025
 MIN_SHARE = 0.1
 
 
-def _meters(defense: Defense) -> list[Meter]:
+def _general(meters: Iterable[Meter]) -> list[Meter]:
     """The meters that count every route (the policy's general limits): one or two lookups per
     client instead of one per meter; all meters when the policy has no general one."""
-    meters = list(defense.policy.meters)
-    general = [m for m in meters if not m.routes]
-    return general or meters
+    every = list(meters)
+    general = [m for m in every if not m.routes]
+    return general or every
 
 
-def loudest(defense: Defense, now: float, n: int = 5) -> list[dict[str, str]]:
+def loudest(decisions: Decisions, clients: ClientTable, policy_meters: Iterable[Meter],
+            addresses: AddressFacts, now: float, n: int = 5) -> list[dict[str, str]]:
     """Up to `n` standing decisions (harshest, then newest) and up to `n` busiest clients or
     prefixes (by how full their fullest rate meter is), each {target, why}."""
     rows: list[dict[str, str]] = []
-    standing = [d for d in defense.decisions.all(now) if d.action != "allow"
+    standing = [d for d in decisions.all(now) if d.action != "allow"
                 and not d.target.startswith("token:")]
     standing.sort(key=lambda d: (SEVERITY.get(d.action, 0), d.created), reverse=True)
     named = set()
     for d in standing[:n]:
         rows.append({"target": d.target, "why": f"{d.action} ({d.origin}): {d.reason}"})
         named.add(d.target)
-    meters = _meters(defense)
+    meters = _general(policy_meters)
     if not meters:
         return rows
-    cfg = defense.config
     best: dict[str, tuple[float, str]] = {}
     read: set[tuple[str, str]] = set()   # (prefix, meter): the same for all its addresses
     stop_at = time.perf_counter() + BUDGET
-    for i, client in enumerate(reversed(defense.recent_clients())):
+    for i, client in enumerate(reversed(clients.recent())):
         if i & 255 == 255 and time.perf_counter() > stop_at:
             break
-        ip, version, prefix = address_facts(client, cfg.prefix_v4, cfg.prefix_v6)
+        ip, version, prefix = addresses(client)
         if not ip:
             continue
         facts = RequestFacts("GET", "", "/", "", "page", client, ip, version, prefix, "")
@@ -57,7 +57,7 @@ def loudest(defense: Defense, now: float, n: int = 5) -> list[dict[str, str]]:
                 if (target, meter.id) in read:
                     continue
                 read.add((target, meter.id))
-            level = defense.clients.level(meter.id, facts, now)
+            level = clients.level(meter.id, facts, now)
             share = level / meter.limit
             if share >= MIN_SHARE and share > best.get(target, (0.0, ""))[0]:
                 routes = f" on {', '.join(sorted(meter.routes))}" if meter.routes else ""

@@ -39,6 +39,16 @@ class NullDefense:
     def reload(self) -> tuple[bool, str]:
         return True, ""
 
+    def threat_report(self) -> dict[str, object]:
+        return {"level": 0, "name": "peace", "mode": "off", "reason": "the defence is disabled "
+                "in this edge's config (defense.enabled)", "signals": []}
+
+    def standing(self) -> list[dict[str, object]]:
+        return []
+
+    def loudest(self, _now: float, _n: int = 5) -> list[dict[str, str]]:
+        return []
+
     def admin_routes(self) -> list[Route]:
         return disabled_routes()
 

@@ -13,7 +13,6 @@ from kalkan.alerts.channels import channels, site_name
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Sources, Watcher
 from kalkan.config import Config
-from kalkan.defense.null import NullDefense
 from kalkan.edge.origin import Breaker
 from kalkan.edge.pipeline import Pipeline
 
@@ -42,15 +41,12 @@ def start_alerts(config: Config, pipeline: Pipeline, acme_cert: Callable[[], str
             files.insert(0, acme)
         return files
 
-    sources = Sources(origin_failing=lambda: breaker.state != Breaker.CLOSED,
+    defense = pipeline.defense  # the null defence answers too: peace, nobody loud
+    sources = Sources(threat=lambda: (defense.threat_level,
+                                      str(defense.threat_report()["reason"])),
+                      attackers=lambda: defense.loudest(time.time()),
+                      origin_failing=lambda: breaker.state != Breaker.CLOSED,
                       origin=config.origin.url, certificates=certificate_files)
-    defense = pipeline.defense
-    if not isinstance(defense, NullDefense):
-        from kalkan.defense.loudest import loudest
-
-        attack = defense.attack
-        sources.threat = lambda: (attack.level, attack.reason)
-        sources.attackers = lambda: loudest(defense, time.time())
     dispatcher.start()
     watch = Watcher(sources, dispatcher.notify, config.alerts.cert_expiry_days)
     watch.start()

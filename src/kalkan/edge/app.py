@@ -19,8 +19,6 @@ from kalkan.acme import AcmeManager
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Watcher
 from kalkan.config import Config, is_loopback_host, parse_hostport
-from kalkan.defense.admin import DefenseAdmin
-from kalkan.defense.null import NullDefense
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.alerting import start_alerts
 from kalkan.edge.connection import HttpConnection
@@ -224,18 +222,8 @@ class Edge:
         """The dashboard's view over the metrics, the origin gate and the defence."""
         gate = self.pipeline.upstream.gate
         defense = self.pipeline.defense
-        if isinstance(defense, NullDefense):
-            def threat() -> dict[str, object]:
-                return {"level": 0, "name": "peace", "mode": "off", "reason": "the defence is "
-                        "disabled in this edge's config (defense.enabled)", "signals": []}
-
-            def decisions() -> list[dict[str, object]]:
-                return []
-        else:
-            handles = DefenseAdmin(defense.decisions, defense.attack, defense.save)
-            threat, decisions = handles.threat, handles.standing
         return LiveView(self.pipeline.metrics, gate=lambda: (gate.active, gate.limit, gate.queued),
-                        threat=threat, decisions=decisions)
+                        threat=defense.threat_report, decisions=defense.standing)
 
     def _sample_live(self) -> None:
         if self.live is not None:
