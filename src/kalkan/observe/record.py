@@ -29,9 +29,7 @@ class Recorder:
         """One answered request. `reason` says why it was a miss, or why the response was not
         stored (cache_flow's reasons; kalkan_cache_not_stored_total counts the latter)."""
         self.requests[(status, cache)] += 1
-        self._unsampled += 1
-        if self._unsampled >= self._every:
-            self._unsampled = self.talkers.restart()
+        if self._sample_due():
             self.talkers.request(client, path)
         if self.log.enabled:
             total = (time.monotonic() - started) * 1000.0 if started else 0.0
@@ -42,9 +40,7 @@ class Recorder:
                  cache: str, total_ms: float, decision: str) -> None:
         """A request answered from the replay memo: its log fragment was formatted once."""
         self.requests[(status, cache)] += 1
-        self._unsampled += 1
-        if self._unsampled >= self._every:
-            self._unsampled = self.talkers.restart()
+        if self._sample_due():
             self.talkers.request(client, fragment.rsplit('"path":', 1)[-1].strip('"'))
         if self.log.enabled:
             self.log.write_fragment(now, client, fragment, status, size, cache, None, total_ms,
@@ -56,3 +52,11 @@ class Recorder:
         if self.log.enabled:
             self.log.write(now, client, "-", "-", "-", status, 0, "BYPASS", None, 0.0,
                            f"refused: {detail}")
+
+    def _sample_due(self) -> bool:
+        """Is this answer the one in `every` that feeds the top-talkers sketch?"""
+        self._unsampled += 1
+        if self._unsampled < self._every:
+            return False
+        self._unsampled = self.talkers.restart()
+        return True
