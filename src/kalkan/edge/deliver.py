@@ -9,17 +9,10 @@ from typing import TYPE_CHECKING
 from kalkan.defense.verdict import Verdict
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.connection import ConnectionGone
-from kalkan.edge.fetch import MAINTENANCE
 from kalkan.edge.forward import HOP_BY_HOP, VIA
 from kalkan.edge.origin import OriginError, UpstreamResponse
 from kalkan.edge.request import Request
-from kalkan.edge.responses import (
-    VerdictWriter,
-    error_response,
-    http_date,
-    serialize_head,
-    write_response,
-)
+from kalkan.edge.responses import VerdictWriter, http_date, serialize_head, write_response
 from kalkan.edge.store import Entry
 from kalkan.observe.metrics import Metrics
 from kalkan.pages import Pages
@@ -29,8 +22,6 @@ if TYPE_CHECKING:
     from kalkan.edge.listener import Clock
 
 _DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-cache", b"age"}
-# The origin's failures a reader may meet, and their pages (kalkan/pages).
-_ERROR_PAGES = {502: "bad-gateway", 503: "busy", 504: "timeout"}
 
 
 class Outcome:
@@ -121,21 +112,15 @@ class Responder:
             conn.write(b"0\r\n\r\n")
         out.size = size
 
-    def error(self, req: Request, conn: HttpConnection, out: Outcome, status: int, detail: str,
+    def error(self, req: Request, conn: HttpConnection, out: Outcome, kind: str,
               extra: list[tuple[bytes, bytes]]) -> None:
-        """The origin could not answer (502/503/504, maintenance): the reader's page, in their
-        language; any other status gets the plain error page with `detail`."""
-        kind = "maintenance" if detail == MAINTENANCE else _ERROR_PAGES.get(status)
-        if kind is None:
-            data = error_response(status, detail, self.clock.now, keep_alive=req.keep_alive,
-                                  extra=extra, head_only=req.method == "HEAD",
-                                  cache_status=b"ERROR")
-        else:
-            page = self.pages.page(kind, self.pages.choose(req.header(b"accept-language")))
-            data = write_response(page.status, [*page.headers, *extra], page.body,
-                                  self.clock.now, keep_alive=req.keep_alive,
-                                  head_only=req.method == "HEAD", cache_status=b"ERROR")
-        out.status, out.size, out.cache = status, len(data), "ERROR"
+        """The origin could not answer (kalkan/pages' busy, maintenance, bad-gateway, timeout):
+        the reader's page, in their language."""
+        page = self.pages.page(kind, self.pages.choose(req.header(b"accept-language")))
+        data = write_response(page.status, [*page.headers, *extra], page.body, self.clock.now,
+                              keep_alive=req.keep_alive, head_only=req.method == "HEAD",
+                              cache_status=b"ERROR")
+        out.status, out.size, out.cache = page.status, len(data), "ERROR"
         conn.write(data)
 
     def verdict(self, req: Request, conn: HttpConnection, verdict: Verdict,

@@ -34,7 +34,6 @@ class Maintenance(OriginError):
     """Maintenance mode: the origin is not asked (cached pages are still served)."""
 
 
-MAINTENANCE = "Down for maintenance."   # failure_status's detail for it: the page to show
 
 
 class OriginClient:
@@ -153,13 +152,13 @@ class Misses:
             task.cancel()
 
 
-def failure_status(exc: Exception) -> tuple[int, str, list[tuple[bytes, bytes]]]:
-    """The reader's answer when the origin could not be asked or did not answer."""
+def failure_status(exc: Exception) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """The reader's page (kalkan/pages: its status comes with it) and extra header fields when
+    the origin could not be asked or did not answer."""
     if isinstance(exc, Maintenance):
-        return 503, MAINTENANCE, [(b"Retry-After", b"300")]
+        return "maintenance", [(b"Retry-After", b"300")]
     if isinstance(exc, GateFull | BreakerOpen):
-        return 503, "The site is very busy right now. Please try again shortly.", \
-            [(b"Retry-After", b"10")]
+        return "busy", [(b"Retry-After", b"10")]
     if isinstance(exc, OriginTimeout):
-        return 504, "The site did not answer in time.", []
-    return 502, "The site could not be reached.", []
+        return "timeout", []
+    return "bad-gateway", []

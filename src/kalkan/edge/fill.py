@@ -161,5 +161,5 @@ class Filler:
                 and stale is not None:
             self.metrics.stale_served["shed" if isinstance(exc, GateFull) else "origin_error"] += 1
             return await self.responder.entry(req, conn, stale, "STALE", out)
-        status, detail, extra = failure_status(exc)
-        self.responder.error(req, conn, out, status, detail, extra)
+        kind, extra = failure_status(exc)
+        self.responder.error(req, conn, out, kind, extra)

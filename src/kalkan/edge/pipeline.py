@@ -272,7 +272,7 @@ class Pipeline:
             self.metrics.stale_served[d.reason] += 1
             return await self.responder.entry(req, conn, d.entry, "STALE", out)
         if step is Step.UNSERVABLE:
-            return self.responder.error(req, conn, out, 504, "Not in the cache.", [])
+            return self.responder.error(req, conn, out, "timeout", [])  # only-if-cached
         if step is Step.PASS:
             return await self._pass(req, conn, out)
         if step is Step.CHALLENGE_FIRST and self._challenged(req, conn, out):
@@ -305,8 +305,8 @@ class Pipeline:
             resp, out.origin_ms = await self.upstream.ask(req.method, req.target, headers,
                                                           req.body, req.chunked, self.clock.mono)
         except (GateFull, OriginError) as exc:
-            status, detail, extra = failure_status(exc)
-            return self.responder.error(req, conn, out, status, detail, extra)
+            kind, extra = failure_status(exc)
+            return self.responder.error(req, conn, out, kind, extra)
         if not forwarded_as_framed(req):
             resp.keep_alive = False  # the origin may still wait for body bytes: never reuse
         try:
