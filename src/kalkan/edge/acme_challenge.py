@@ -74,8 +74,7 @@ class AcmeFront:
                 status, headers, body = 200, _TEXT, validation.encode("ascii")
         data = write_response(status, headers, body, now, keep_alive=req.keep_alive,
                               head_only=head)
-        self.recorder.answer(now, req.client, req.method, req.host, req.path, status, len(data),
-                             "BYPASS", None, req.started, "acme")
+        self.recorder.answer(now, req, status, len(data), "BYPASS", None, "acme")
         return data
 
     # Every request here is parsed: the pipeline's replay memo holds the bytes of requests

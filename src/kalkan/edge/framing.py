@@ -118,6 +118,11 @@ def _user_agent(req: Request, value: bytes) -> None:
     req.user_agent = value if req.user_agent is None else req.user_agent + b", " + value
 
 
+def _referer(req: Request, value: bytes) -> None:
+    value = value.rstrip(b" \t")
+    req.referer = value if req.referer is None else req.referer + b", " + value
+
+
 def _forwarded_for(req: Request, value: bytes) -> None:
     value = value.rstrip(b" \t")
     req.xff = value if req.xff is None else req.xff + b", " + value
@@ -137,7 +142,7 @@ NOTERS: dict[bytes, Noter] = {
     b"content-length": _content_length, b"transfer-encoding": _transfer_encoding,
     b"host": _host, b"expect": _expect, b"authorization": _authorization, b"cookie": _cookie,
     b"user-agent": _user_agent, b"x-forwarded-for": _forwarded_for, b"connection": _connection,
-    b"if-none-match": _conditional, b"if-modified-since": _conditional,
+    b"if-none-match": _conditional, b"if-modified-since": _conditional, b"referer": _referer,
 }
 # Field names as clients spell them → their noter, or False for a field the edge does not note.
 # Browsers send a few dozen spellings: looked up once each instead of lower-cased per request.
@@ -185,6 +190,8 @@ def drop_connection_listed(req: Request) -> None:
         req.user_agent = None
     if b"x-forwarded-for" in names:
         req.xff = None
+    if b"referer" in names:
+        req.referer = None
     if b"authorization" in names:
         req.authorization = False
     if names & {b"if-none-match", b"if-modified-since"}:

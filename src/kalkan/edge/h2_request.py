@@ -20,7 +20,7 @@ __all__ = ["read_request_head"]
 # The request fields `framing.note_field` notes (HTTP/2 forbids Connection and Transfer-Encoding:
 # h2 refuses them before they get here).
 _NOTED = frozenset({b"content-length", b"host", b"expect", b"authorization", b"user-agent",
-                    b"x-forwarded-for", b"if-none-match", b"if-modified-since"})
+                    b"referer", b"x-forwarded-for", b"if-none-match", b"if-modified-since"})
 
 
 def read_request_head(req: Request, headers: list[tuple[bytes, bytes]], ended: bool,

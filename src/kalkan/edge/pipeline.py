@@ -178,9 +178,8 @@ class Pipeline:
             if verdict.action is not Action.ALLOW:
                 refusal = self.responder.verdicts.render(verdict, self.clock.now,
                                                          req.keep_alive, req.method == "HEAD")
-                self.recorder.answer(self.clock.now, req.client, req.method, req.host, req.path,
-                                     verdict.status, len(refusal), "BYPASS", None, req.started,
-                                     req.decision)
+                self.recorder.answer(self.clock.now, req, verdict.status, len(refusal),
+                                     "BYPASS", None, req.decision)
                 return (refusal,)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
@@ -197,8 +196,7 @@ class Pipeline:
         else:
             data = (entry.render(now, b"HIT", head_only=req.method == "HEAD",
                                  connection=b"keep-alive" if req.keep_alive else b"close"),)
-        self.recorder.answer(now, req.client, req.method, req.host, req.path, entry.status,
-                             wire_len(data), "HIT", None, req.started, req.decision)
+        self.recorder.answer(now, req, entry.status, wire_len(data), "HIT", None, req.decision)
         return data
 
     # -- the slow path --------------------------------------------------------------------------
@@ -212,9 +210,8 @@ class Pipeline:
             else:
                 await self._pass(req, conn, out)
         finally:
-            self.recorder.answer(self.clock.now, req.client, req.method, req.host, req.path,
-                                 out.status, out.size, out.cache, out.origin_ms, req.started,
-                                 req.decision, out.reason)
+            self.recorder.answer(self.clock.now, req, out.status, out.size, out.cache,
+                                 out.origin_ms, req.decision, out.reason)
 
     async def _defend(self, req: Request, conn: Conn, out: Outcome) -> bool:
         """The decide step for requests that did not come through respond_now (bodies, the

@@ -27,17 +27,18 @@ SAMPLE = 64              # while replays are rare, one request in SAMPLE is reme
 
 
 class Remembered:
-    """What a remembered request meant: its cache key, HEAD or not, credentials, log part,
+    """What a remembered request meant: its cache key, HEAD or not, credentials, log parts,
     and the parsed request itself (for the defence, which decides per client)."""
 
-    __slots__ = ("key", "head", "credentialed", "log", "request")
+    __slots__ = ("key", "head", "credentialed", "log", "agent", "request")
 
-    def __init__(self, key: str, head: bool, credentialed: bool, log: str,
+    def __init__(self, key: str, head: bool, credentialed: bool, log: str, agent: str,
                  request: Request) -> None:
         self.key = key
         self.head = head
         self.credentialed = credentialed
         self.log = log
+        self.agent = agent
         self.request = request
 
 
@@ -99,7 +100,8 @@ class ReplayMemo:
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
             return
         self.memo[data] = Remembered(req.key, req.method == "HEAD", self.credentialed(req),
-                                     AccessLog.fragment(req.method, req.host, req.path), req)
+                                     AccessLog.fragment(req.method, req.host, req.path, req.query),
+                                     AccessLog.agent(req.user_agent, req.referer), req)
         # The bytes, and about as much again for the parsed request kept with them.
         self.bytes += 2 * len(data) + 512
         self._stored += 1
@@ -133,7 +135,8 @@ class ReplayMemo:
             standing.pending += 1
             if standing.refusal is not None:
                 conn.send_now((standing.refusal,))
-                self.recorder.replayed(self.clock.now, conn.client, memo.log, standing.status,
+                self.recorder.replayed(self.clock.now, conn.client, memo.request.path, memo.log,
+                                       memo.agent, standing.status,
                                        len(standing.refusal), "BYPASS", 0.0, standing.decision)
                 return True
             decision = standing.decision
@@ -147,7 +150,8 @@ class ReplayMemo:
         started = time.monotonic()
         out = entry.wire(now, memo.head)
         conn.send_now(out)
-        self.recorder.replayed(now, conn.client, memo.log, entry.status, wire_len(out), "HIT",
+        self.recorder.replayed(now, conn.client, memo.request.path, memo.log, memo.agent,
+                               entry.status, wire_len(out), "HIT",
                                (time.monotonic() - started) * 1000.0, decision)
         return True
 

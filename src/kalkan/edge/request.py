@@ -31,7 +31,7 @@ class Request:
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
                  "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
                  "has_pass", "prefetched_body", "verdict", "connection", "user_agent",
-                 "xff")
+                 "xff", "referer")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -65,13 +65,14 @@ class Request:
         self.connection: bytes | None = None  # the Connection field's tokens, comma-joined
         self.user_agent: bytes | None = None  # noted as parsed: the defence reads it every time
         self.xff: bytes | None = None         # X-Forwarded-For, noted as parsed
+        self.referer: bytes | None = None     # noted for the access log
 
     def clone_for(self, client: str, peer: str) -> Request:
         """The same request from another connection (the replay path): parsed fields shared."""
         other = Request()
         for name in ("method", "target", "path", "query", "headers", "host", "version",
                      "keep_alive", "scheme", "key", "cache_target", "conditional",
-                     "authorization", "cookie", "user_agent", "xff"):
+                     "authorization", "cookie", "user_agent", "xff", "referer"):
             setattr(other, name, getattr(self, name))
         other.client = client
         other.peer = peer

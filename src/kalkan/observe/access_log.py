@@ -1,5 +1,5 @@
 """The access log: one JSON object per line per request, written in batches of 64 lines and at
-least once a second.
+least once a second. docs/install.md (Logs) lists the fields.
 
 Formatting is hand-rolled because it runs on every request, hits included: strings that need no JSON
 escaping (the common case) are inserted as they are, the others go through `json.dumps`. Lines are
@@ -25,6 +25,33 @@ def _js(value: str) -> str:
     return json.dumps(value)
 
 
+# What a JSON string cannot hold as it is: control characters, the quote and the backslash.
+_NOT_AS_IS = bytes(range(32)) + b'"\\\x7f'
+
+
+def _js_bytes(value: bytes) -> str:
+    """A field value as a JSON string (bytes beyond ASCII read as Latin-1, as they came).
+    Checked on the bytes: `str.isprintable` costs about ten times as much per character, and a
+    reader's User-Agent is 100-200 of them on every line."""
+    if value.isascii() and len(value.translate(None, _NOT_AS_IS)) == len(value):
+        return '"' + value.decode("ascii") + '"'
+    return json.dumps(value.decode("latin-1"))
+
+
+# "000" to "999": a line's milliseconds and hundredths, looked up. (mypyc turns an f-string with
+# a format spec into a str.format call that parses the whole line's template every time: that
+# was most of a line's cost.)
+_DIGITS3 = tuple(f"{i:03d}" for i in range(1000))
+
+
+def _decimals(value: float, places: int) -> str:
+    """`value` with 1 or 2 decimals, as f"{value:.{places}f}" writes it (below 0 is written as
+    0: durations only)."""
+    scale = 100 if places == 2 else 10
+    n = int(value * scale + 0.5) if value > 0.0 else 0
+    return str(n // scale) + "." + _DIGITS3[n % scale][3 - places:]
+
+
 # Lines buffered before a write (about 13 KB). Joining, encoding and writing a batch holds the
 # event loop, and every request in flight waits for it: 4,096 lines (a megabyte) stalled it for
 # several milliseconds, ten times a second under load: most of a cache hit's p99 (8.2 ms then,
@@ -47,7 +74,7 @@ class AccessLog:
         self._stamp = ""
         self._quoted: dict[str, str] = {}  # JSON forms of recent clients and decisions
         self._lines: list[str] = []
-        self._fragments: dict[tuple[str, str, str], str] = {}
+        self._fragments: dict[tuple[str, str, str, str], str] = {}
         # (request fragment, status, bytes, cache) → that part of a line, for answers without
         # the origin; bounded like the other memos.
         self._middles: dict[tuple[str, int, int, str], str] = {}
@@ -56,32 +83,48 @@ class AccessLog:
         sec = int(now)
         if sec != self._second:
             self._second = sec
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         return self._stamp
 
     @staticmethod
-    def fragment(method: str, host: str, path: str) -> str:
+    def fragment(method: str, host: str, path: str, query: str = "") -> str:
         """The request's part of a line, formatted once and reusable for identical requests."""
+        if query:
+            return (f'"method":{_js(method)},"host":{_js(host)},"path":{_js(path)},'
+                    f'"query":{_js(query)}')
         return f'"method":{_js(method)},"host":{_js(host)},"path":{_js(path)}'
 
-    def write(self, now: float, client: str, method: str, host: str, path: str, status: int,
-              size: int, cache: str, origin_ms: float | None, total_ms: float,
-              decision: str, reason: str = "") -> None:
+    @staticmethod
+    def agent(user_agent: bytes | None, referer: bytes | None) -> str:
+        """The client's part of a line: User-Agent and Referer, each only when sent. Formatted
+        per request (every reader's User-Agent and Referer differ)."""
+        if user_agent is None:
+            if referer is None:
+                return ""
+            return ',"referer":' + _js_bytes(referer)
+        if referer is None:
+            return ',"ua":' + _js_bytes(user_agent)
+        return ',"ua":' + _js_bytes(user_agent) + ',"referer":' + _js_bytes(referer)
+
+    def write(self, now: float, client: str, method: str, host: str, path: str, query: str,
+              status: int, size: int, cache: str, origin_ms: float | None, total_ms: float,
+              decision: str, reason: str = "", agent: str = "") -> None:
         if self._file is not None:
             # Readers ask for the same few pages: their part of the line is formatted once.
-            key = (method, host, path)
+            key = (method, host, path, query)
             fragment = self._fragments.get(key)
             if fragment is None:
                 if len(self._fragments) >= _MEMO_LIMIT:
                     self._fragments.clear()  # random URLs in a flood must not grow this
-                fragment = self._fragments[key] = self.fragment(method, host, path)
+                fragment = self._fragments[key] = self.fragment(method, host, path, query)
             self.write_fragment(now, client, fragment, status, size, cache, origin_ms, total_ms,
-                                decision, reason)
+                                decision, reason, agent)
 
     def write_fragment(self, now: float, client: str, request: str, status: int, size: int,
                        cache: str, origin_ms: float | None, total_ms: float,
-                       decision: str, reason: str = "") -> None:
-        """One line; `reason` (why a miss, why not stored) only appears when there is one."""
+                       decision: str, reason: str = "", agent: str = "") -> None:
+        """One line; `reason` (why a miss, why not stored) only appears when there is one,
+        `agent` is `agent()`'s text."""
         if self._file is None:
             return
         if origin_ms is None:
@@ -93,7 +136,7 @@ class AccessLog:
                     self._middles.clear()
                 middle = self._middles[key] = self._middle(request, status, size, cache, "null")
         else:
-            middle = self._middle(request, status, size, cache, f"{origin_ms:.1f}")
+            middle = self._middle(request, status, size, cache, _decimals(origin_ms, 1))
         memo = self._quoted
         client_js = memo.get(client)
         if client_js is None:
@@ -103,14 +146,19 @@ class AccessLog:
         decision_js = memo.get(decision)
         if decision_js is None:
             decision_js = memo[decision] = _js(decision)
-        stamp = self._stamp if int(now) == self._second else self._time(now)
+        second = int(now)
+        stamp = self._stamp if second == self._second else self._time(now)
+        ms = _DIGITS3[int((now - second) * 1000.0)]
+        total = _decimals(total_ms, 2)
         lines = self._lines
+        # Only str pieces in these f-strings: mypyc joins them without str.format.
         if reason:
-            lines.append(f'{{"time":"{stamp}","client":{client_js},{middle},"total_ms":'
-                         f'{total_ms:.2f},"decision":{decision_js},"reason":{_js(reason)}}}\n')
+            lines.append(f'{{"time":"{stamp}.{ms}Z","client":{client_js},{middle},'
+                         f'"total_ms":{total},"decision":{decision_js},'
+                         f'"reason":{_js(reason)}{agent}}}\n')
         else:
-            lines.append(f'{{"time":"{stamp}","client":{client_js},{middle},"total_ms":'
-                         f'{total_ms:.2f},"decision":{decision_js}}}\n')
+            lines.append(f'{{"time":"{stamp}.{ms}Z","client":{client_js},{middle},'
+                         f'"total_ms":{total},"decision":{decision_js}{agent}}}\n')
         if len(lines) >= _FLUSH_LINES:
             self.flush()
 

@@ -5,9 +5,13 @@ response was a miss or was not stored, so "why is the front page a MISS" is in t
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from kalkan.edge.request import Request
 
 
 class Recorder:
@@ -23,34 +27,36 @@ class Recorder:
         self._every = self.talkers.every  # kept here: a native int for the compiled check
         self._unsampled = 0  # answers since the last one the top-talkers sketch was fed
 
-    def answer(self, now: float, client: str, method: str, host: str, path: str, status: int,
-               size: int, cache: str, origin_ms: float | None, started: float, decision: str,
-               reason: str = "") -> None:
+    def answer(self, now: float, req: Request, status: int, size: int, cache: str,
+               origin_ms: float | None, decision: str, reason: str = "") -> None:
         """One answered request. `reason` says why it was a miss, or why the response was not
         stored (cache_flow's reasons; kalkan_cache_not_stored_total counts the latter)."""
         self.requests[(status, cache)] += 1
         if self._sample_due():
-            self.talkers.request(client, path)
-        if self.log.enabled:
+            self.talkers.request(req.client, req.path)
+        log = self.log
+        if log.enabled:
+            started = req.started
             total = (time.monotonic() - started) * 1000.0 if started else 0.0
-            self.log.write(now, client, method, host, path, status, size, cache, origin_ms,
-                           total, decision, reason)
+            log.write(now, req.client, req.method, req.host, req.path, req.query, status, size,
+                      cache, origin_ms, total, decision, reason,
+                      log.agent(req.user_agent, req.referer))
 
-    def replayed(self, now: float, client: str, fragment: str, status: int, size: int,
-                 cache: str, total_ms: float, decision: str) -> None:
-        """A request answered from the replay memo: its log fragment was formatted once."""
+    def replayed(self, now: float, client: str, path: str, fragment: str, agent: str,
+                 status: int, size: int, cache: str, total_ms: float, decision: str) -> None:
+        """A request answered from the replay memo: its log parts were formatted once."""
         self.requests[(status, cache)] += 1
         if self._sample_due():
-            self.talkers.request(client, fragment.rsplit('"path":', 1)[-1].strip('"'))
+            self.talkers.request(client, path)
         if self.log.enabled:
             self.log.write_fragment(now, client, fragment, status, size, cache, None, total_ms,
-                                    decision)
+                                    decision, "", agent)
 
     def refused(self, now: float, client: str, status: int, detail: str) -> None:
         """A request the connection would not interpret (bad framing, limits, timeouts)."""
         self.requests[(status, "BYPASS")] += 1
         if self.log.enabled:
-            self.log.write(now, client, "-", "-", "-", status, 0, "BYPASS", None, 0.0,
+            self.log.write(now, client, "-", "-", "-", "", status, 0, "BYPASS", None, 0.0,
                            f"refused: {detail}")
 
     def _sample_due(self) -> bool:
