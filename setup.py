@@ -23,6 +23,14 @@ COMPILED = [
     "src/kalkan/edge/pipeline.py",
     "src/kalkan/observe/access_log.py",
     "src/kalkan/observe/record.py",
+    "src/kalkan/addresses.py",
+    "src/kalkan/defense/verdict.py",
+    "src/kalkan/defense/facts.py",
+    "src/kalkan/defense/clients.py",
+    "src/kalkan/defense/rules.py",
+    "src/kalkan/defense/decisions.py",
+    "src/kalkan/defense/attack_mode.py",
+    "src/kalkan/defense/engine.py",
 ]
 
 ext_modules = []

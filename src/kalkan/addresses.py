@@ -9,6 +9,11 @@ import socket
 from collections.abc import Iterable
 
 _V4_MAPPED = 0xFFFF << 32   # ::ffff:0:0/96
+# Bound once: parse_ip runs per request, and socket.AF_INET is an enum member looked up on the
+# module each time.
+_inet_pton = socket.inet_pton
+_AF_INET: int = int(socket.AF_INET)
+_AF_INET6: int = int(socket.AF_INET6)
 
 
 def parse_ip(text: str) -> tuple[int, int] | None:
@@ -16,8 +21,8 @@ def parse_ip(text: str) -> tuple[int, int] | None:
     IPv4-mapped IPv6 address (a dual-stack socket's IPv4 reader) is the IPv4 address."""
     try:
         if ":" not in text:
-            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+            return 4, int.from_bytes(_inet_pton(_AF_INET, text), "big")
+        value = int.from_bytes(_inet_pton(_AF_INET6, text), "big")
     except (OSError, ValueError):
         return None
     if value >> 32 == 0xFFFF:

@@ -223,8 +223,11 @@ class Crawlers:
                 hints = []
                 break
             hints.extend(words)
-        self._hints = re.compile("|".join(re.escape(h) for h in sorted(set(hints)))) \
-            if hints else None
+        # Checked as substrings (`in`), cheaper than one regex alternation of them, which tries
+        # its alternatives at every capital letter of a browser's user agent (9k instructions
+        # per request). Words holding "bot" are checked as "bot": one check for most crawlers.
+        self._hints: tuple[str, ...] | None = tuple(sorted(
+            {"bot" if "bot" in h else h for h in hints})) if hints else None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -232,13 +235,17 @@ class Crawlers:
 
     def claimed(self, user_agent: str) -> str | None:
         """The crawler this user agent claims to be, whatever the address."""
+        hints = self._hints
+        if hints is not None:
+            for word in hints:
+                if word in user_agent:
+                    break
+            else:
+                return None  # no crawler's words in it: not memoized, this is cheaper than that
         name = self.memo.get(user_agent, "")
         if name != "":
             return name
         found = None
-        hints = self._hints
-        if hints is not None and hints.search(user_agent) is None:
-            return None  # no crawler's words in it: not memoized, this is cheaper than that
         if self._combined is not None and user_agent:
             m = self._combined.search(user_agent)
             if m is not None:

@@ -38,10 +38,14 @@ def _js_bytes(value: bytes) -> str:
     return json.dumps(value.decode("latin-1"))
 
 
-# "000" to "999": a line's milliseconds and hundredths, looked up. (mypyc turns an f-string with
-# a format spec into a str.format call that parses the whole line's template every time: that
-# was most of a line's cost.)
+# A line's numbers, looked up: "000" to "999" (milliseconds), "00" to "99" and "0" to "9"
+# (decimals), "0" to "999" (whole milliseconds). (mypyc turns an f-string with a format spec into
+# a str.format call that parses the whole line's template every time: that was most of a line's
+# cost.)
 _DIGITS3 = tuple(f"{i:03d}" for i in range(1000))
+_DIGITS2 = tuple(f"{i:02d}" for i in range(100))
+_DIGITS1 = tuple(str(i) for i in range(10))
+_WHOLE = tuple(str(i) for i in range(1000))
 
 
 def _decimals(value: float, places: int) -> str:
@@ -49,7 +53,9 @@ def _decimals(value: float, places: int) -> str:
     0: durations only)."""
     scale = 100 if places == 2 else 10
     n = int(value * scale + 0.5) if value > 0.0 else 0
-    return str(n // scale) + "." + _DIGITS3[n % scale][3 - places:]
+    whole = n // scale
+    text = _WHOLE[whole] if whole < 1000 else str(whole)
+    return text + "." + (_DIGITS2[n % scale] if places == 2 else _DIGITS1[n % scale])
 
 
 # Lines buffered before a write (about 13 KB). Joining, encoding and writing a batch holds the

@@ -14,7 +14,7 @@ import secrets
 from kalkan.defense.challenge.keys import MAC_BYTES, KeyRing
 
 COOKIE_NAME = "kalkan_pass"
-_COOKIE_KEY = COOKIE_NAME.encode() + b"="
+COOKIE_KEY = COOKIE_NAME.encode() + b"="
 MAX_PASSES = 3          # passes kept in one cookie: one per prefix a reader moves between
 _MAX_COOKIE = 400       # longer values are not ours; do not even parse them
 _MAC_LEN = len(base64.urlsafe_b64encode(bytes(MAC_BYTES)).rstrip(b"="))
@@ -97,16 +97,16 @@ def cookie_value(cookie: bytes | None) -> bytes | None:
     """The value of our cookie in a Cookie header (the first one that looks like ours)."""
     if cookie is None:
         return None
-    start = cookie.find(_COOKIE_KEY)
+    start = cookie.find(COOKIE_KEY)
     while start >= 0:
         # The name must start the header or follow "; " (not end another cookie's name).
         if start == 0 or cookie[start - 1] in b" ;":
-            begin = start + len(_COOKIE_KEY)
+            begin = start + len(COOKIE_KEY)
             end = cookie.find(b";", begin)
             value = (cookie[begin:] if end < 0 else cookie[begin:end]).strip()
             if 0 < len(value) <= _MAX_COOKIE:
                 return value
-        start = cookie.find(_COOKIE_KEY, start + 1)
+        start = cookie.find(COOKIE_KEY, start + 1)
     return None
 
 
