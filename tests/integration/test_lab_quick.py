@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:  # bench/ is not installed; it lives next to src/
     sys.path.insert(0, str(ROOT))
 
 from bench.common import BenchError  # noqa: E402
-from bench.lab import attacks, net  # noqa: E402
+from bench.lab import attacks, net, readers  # noqa: E402
+from bench.lab.__main__ import scenario_plan  # noqa: E402
 
 
 @pytest.mark.parametrize("source", ["10.0.0.1", "192.168.1.7", "::2", "example.org"])
@@ -46,11 +47,75 @@ def test_scenarios_are_named_and_compose() -> None:
     assert search.rate / search.bots <= 20 / 60  # every bot under the 20 searches/min limit
 
 
+def _prefix(address: str) -> str:
+    return address.rsplit(".", 1)[0]
+
+
+def test_flash_crowd_is_ten_times_the_readers_on_a_cold_cache_and_no_attack() -> None:
+    crowd = attacks.scenarios(5000, 3000, 10)["flash-crowd"]
+    assert crowd.waves == ()
+    plan = scenario_plan(readers.ReaderPlan(sessions_per_s=3.0), crowd)
+    assert plan.surge == 10.0 and crowd.peace_s is not None and crowd.peace_s <= 1.0
+    traffic = readers.Traffic("127.0.0.1", 1, plan, 0.0, 1, None, surge_window=(10.0, 20.0))
+    assert traffic.arrival_rate(9.9) == 3.0
+    assert traffic.arrival_rate(10.0) == 30.0 and traffic.arrival_rate(20.0) == 3.0
+
+
+def test_previews_and_apps_come_during_the_search_botnet() -> None:
+    s = attacks.scenarios(5000, 3000, 10)["previews-and-apps"]
+    assert [w.tactic for w in s.waves] == ["search"]
+    plan = scenario_plan(readers.ReaderPlan(), s)
+    assert plan.previews_per_s > 0 and plan.apps >= 8
+    platforms = " ".join(ua for _, ua in readers.PREVIEW_AGENTS)
+    for name in ("TelegramBot", "facebookexternalhit", "Twitterbot", "WhatsApp", "Slackbot",
+                 "Discordbot"):
+        assert name in platforms
+    assert any("Miniflux" in ua for ua in readers.APP_AGENTS)
+
+
+def test_imitators_browse_like_readers_under_every_per_address_limit() -> None:
+    wave = attacks.scenarios(5000, 3000, 10)["imitators"].waves[0]
+    assert wave.tactic == "imitate" and wave.solve_pow and wave.ua_pool == "readers"
+    from bench.lab.imitators import SEARCH_SHARE
+    searches_per_min = wave.rate / wave.bots * SEARCH_SHARE * 60
+    assert searches_per_min < 20 and searches_per_min * wave.per_prefix < 200
+
+
+def test_cgnat_puts_bots_in_the_readers_prefixes_and_on_some_of_their_addresses() -> None:
+    s = attacks.scenarios(5000, 3000, 10)["cgnat"]
+    plan = scenario_plan(readers.ReaderPlan(), s)
+    reader_addrs = {net.spread_address(net.READERS_BASE, i, plan.readers_per_prefix)
+                    for i in range(plan.address_pool)}
+    beside, same = s.waves[1], s.waves[2]
+    beside_addrs = {net.spread_address(beside.base, i, beside.per_prefix, beside.host_offset)
+                    for i in range(beside.bots)}
+    same_addrs = {net.spread_address(same.base, i, same.per_prefix, same.host_offset)
+                  for i in range(same.bots)}
+    assert not beside_addrs & reader_addrs
+    assert {_prefix(a) for a in beside_addrs} == {_prefix(a) for a in reader_addrs}
+    assert same_addrs <= reader_addrs and len(same_addrs) == same.bots
+    # Bots on readers' addresses send user agents no reader sends: the truth can tell them apart.
+    assert same.ua_pool == "others"
+    assert not set(attacks.OTHER_BROWSERS) & {*readers.BROWSERS, readers.TEXT_BROWSER}
+
+
+def test_every_scenario_is_in_the_run_order_and_reader_changes_are_known_fields() -> None:
+    table = attacks.scenarios(800, 400, 5)
+    for scenario in table.values():
+        scenario_plan(readers.ReaderPlan(), scenario)   # raises on an unknown field
+    both = attacks.compose(["flash-crowd", "cgnat"], table)
+    assert dict(both.readers)["surge"] == 10.0 and dict(both.readers)["address_pool"] == 64
+    assert both.peace_s == table["flash-crowd"].peace_s
+    with pytest.raises(BenchError):
+        net.spread_address(net.READERS_BASE, 0, 48, 210)   # hosts past .254
+
+
 @pytest.mark.slow
 def test_quick_mode_produces_sane_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.lab", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench.lab", "--quick", "--out", str(out),
+         "--export-labelled", str(tmp_path / "labelled")],
         cwd=ROOT, capture_output=True, text=True, timeout=150, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -72,6 +137,15 @@ def test_quick_mode_produces_sane_results(tmp_path: Path) -> None:
         by_target["kalkan"]["origin"]["attack_requests"]
     # Peace is peace: no reader is challenged before the attack starts.
     assert by_target["kalkan"]["peace"]["sessions_challenged"] == 0
+    # Kalkan's decisions judged against the lab's ground truth; its log exported with labels.
+    decisions = by_target["kalkan"]["decisions"]
+    assert decisions["clients"]["bots"] > 0 and decisions["clients"]["legitimate"] > 0
+    assert decisions["per_client"]["recall"] is not None
+    labelled = [json.loads(x) for x in
+                (tmp_path / "labelled" / "lab-labelled.cache-bust.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in labelled} >= {"reader", "bot:bust"}
+    assert all(r["bot"] is (r["label"].startswith("bot:")) for r in labelled
+               if r["label"] not in ("shared", "unknown"))
     md = (out / "lab.md").read_text()
     assert "| cache-bust | **kalkan** |" in md
     assert (out / "lab.cache-bust.png").stat().st_size > 1000
