@@ -10,6 +10,7 @@ from typing import Any
 from bench.common import Report, markdown_table
 from bench.lab.attacks import ORIGIN_PAGE_CAPACITY, TACTICS, Scenario
 from bench.lab.metrics import NORMAL_FLOOR_S, UTIL_SAFE, Windows
+from bench.lab.net import BOTS_BASE
 from bench.lab.readers import ReaderPlan
 
 COLORS = {"origin": "#c0392b", "nginx": "#2980b9", "kalkan": "#27ae60"}
@@ -308,8 +309,11 @@ def setup_section(scenarios: list[Scenario], windows: dict[str, Windows], plan: 
             when = "" if wave.duration_s is None and not wave.start_s else \
                 f", from {wave.start_s:g} s" + (f" for {wave.duration_s:g} s"
                                                 if wave.duration_s else "")
+            where = "" if wave.base == BOTS_BASE else \
+                f" in 127.{wave.base}.x.0/24s, hosts .{wave.host_offset + 1} up"
             lines.append(f"  - {wave.tactic}: {what}; {wave.rate:,.0f} {unit} from "
-                         f"{wave.bots:,} addresses ({wave.per_prefix} per /24){extra}{when}")
+                         f"{wave.bots:,} addresses ({wave.per_prefix} per /24{where}){extra}"
+                         f"{when}")
     return lines
 
 
