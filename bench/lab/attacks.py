@@ -132,8 +132,10 @@ def scenarios(rate: float, bots: int, duration_s: float) -> dict[str, Scenario]:
                   Wave("post", rate, max(bots // 4, 50), per_prefix=25, start_s=2 * third)),
         "flash-crowd": (),
         "previews-and-apps": (low_rate_search,),
-        # One request per bot every 3 s (a third of them searches: 10/min, under the limits).
-        "imitators": (Wave("imitate", search_rate, max(bots, int(search_rate * 3)),
+        # One request per bot every 3 s after its page load (half of them searches: 10/min,
+        # under the limits); 12.5x the origin's searches. Each arrival is a page load of 12
+        # requests, so the botnet is a quarter of the others: its arrivals alone are 9,000.
+        "imitators": (Wave("imitate", rate / 20, max(bots // 4, int(rate / 20 * 3)),
                            per_prefix=8, solve_pow=True, timeout_s=10.0),),
         "cgnat": (low_rate_search,
                   Wave("search", 4 * 48 * per_bot, 4 * 48, per_prefix=48, requests_per_conn=1,

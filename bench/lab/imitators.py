@@ -47,9 +47,9 @@ class Imitator:
 
     async def run(self) -> None:
         a, rng = self.attacker, self.attacker.rng
-        # Arrivals spread over the first second: the page load (home page and its assets) comes
+        # Arrivals spread over the first pause: the page load (home page and its assets) comes
         # on top of the wave's offered rate, which is what the visit costs afterwards.
-        await asyncio.sleep(rng.uniform(0.0, min(self.pause_s, 1.0)))
+        await asyncio.sleep(rng.uniform(0.0, self.pause_s))
         try:
             home = await self.get("/")
             if home is not None and home.status == 200:
