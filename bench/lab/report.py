@@ -178,7 +178,7 @@ def readers_table(results: list[dict[str, Any]]) -> str:
         pc, pr = d.get("per_client", {}), d.get("per_request", {})
         lf = d.get("legitimate_flagged_by_phase", {})
         rows.append([
-            r["scenario"], r["target"],
+            r["scenario"], f"**{r['target']}**",
             " / ".join(_pct(x.get("served_unchallenged"), 2) for x in (p, a, rec)),
             " / ".join(str(x.get("readers_challenged", "n/a")) for x in (p, a, rec)),
             f"{_pct(o['utilization_mean'], 0)} / {_pct(o.get('utilization_max'), 0)}",
