@@ -149,3 +149,51 @@ def test_quick_mode_produces_sane_results(tmp_path: Path) -> None:
     md = (out / "lab.md").read_text()
     assert "| cache-bust | **kalkan** |" in md
     assert (out / "lab.cache-bust.png").stat().st_size > 1000
+
+
+async def test_previews_apps_and_nojs_browsers_against_a_real_origin() -> None:
+    """The new reader kinds over real sockets, straight at the demo origin (no edge): link
+    previews fetch one article each, feed apps get 304s for their conditional polls, and every
+    client is in the ground truth with its label."""
+    from support import start_origin
+
+    origin = await start_origin()
+    try:
+        plan = readers.ReaderPlan(sessions_per_s=4.0, think_s=0.2, nojs_share=0.5, feeds=0,
+                                  crawler_per_s=0.0, previews_per_s=6.0, apps=3,
+                                  app_every_s=0.4, timeout_s=3.0)
+        traffic = readers.Traffic("127.0.0.1", origin.port, plan, net.now() + 2.5, 10_000,
+                                  None, seed=3)
+        await traffic.run()
+    finally:
+        await origin.site.stop()
+    kinds = {readers.KINDS[int(r[2])] for r in traffic.records}
+    assert {"page", "preview", "app"} <= kinds
+    apps = [r for r in traffic.records if readers.KINDS[int(r[2])] == "app"]
+    assert any(r[3] == 304 for r in apps) and all(r[4] for r in apps)
+    previews = [r for r in traffic.records if readers.KINDS[int(r[2])] == "preview"]
+    assert previews and all(r[3] == 200 for r in previews)
+    labels = {label for _, _, label in traffic.identities}
+    assert {"reader", "preview", "app"} <= labels
+    preview_sources = {a for a, _, label in traffic.identities if label == "preview"}
+    assert all(a.startswith(f"127.{net.PREVIEWS_BASE}.") for a in preview_sources)
+
+
+async def test_imitators_browse_then_search_against_a_real_origin() -> None:
+    from support import origin_stats, start_origin
+
+    origin = await start_origin()
+    try:
+        bins: attacks.Bins = {}
+        wave = attacks.Wave("imitate", 20.0, 8, per_prefix=4, timeout_s=3.0)
+        t0 = net.now()
+        attacker = attacks.Attacker(wave, "127.0.0.1", origin.port, t0, t0, t0 + 2.5, 1_000,
+                                    bins, None, seed=5)
+        await attacker.run()
+        stats = await origin_stats(origin)
+    finally:
+        await origin.site.stop()
+    sent = sum(row[attacks.COUNTERS.index("sent")] for row in bins.values())
+    assert sent >= 8 * 12   # each bot's page load: the home page and its assets
+    assert attacker.used == {"bot:imitate": {attacker.address(b) for b in range(8)}}
+    assert stats["requests"] > 8   # pages and searches reached the origin (assets are free)
