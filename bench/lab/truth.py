@@ -74,7 +74,11 @@ class GroundTruth:
             truth.table.setdefault(address, {})[ua] = label
         for label, addresses in bot_addresses.items():
             for address in addresses:
-                truth.table.setdefault(address, {})[BOT_ANY_UA] = label
+                by_ua = truth.table.setdefault(address, {})
+                known = by_ua.get(BOT_ANY_UA)
+                # Waves that share addresses (slowloris and slow POST): both labels.
+                by_ua[BOT_ANY_UA] = label if known is None or known == label else \
+                    "|".join(sorted({*known.split("|"), label}))
         return truth
 
     def shared(self) -> set[str]:

@@ -69,6 +69,14 @@ def test_labels_per_address_and_per_user_agent_where_shared() -> None:
     assert t.client_key("127.100.0.1", BOT_UA) == "127.100.0.1"
 
 
+def test_an_address_two_waves_used_carries_both_labels() -> None:
+    t = GroundTruth.build([], {"bot:slowpost": ["127.100.0.1"],
+                               "bot:slowloris": ["127.100.0.1", "127.100.0.2"]})
+    assert t.label("127.100.0.1", None) == "bot:slowloris|bot:slowpost"
+    assert truth.is_bot(t.label("127.100.0.1", None)) is True
+    assert t.label("127.100.0.2", None) == "bot:slowloris"
+
+
 def _line(t: float, client: str, decision: str, ua: str | None = None) -> dict[str, object]:
     row: dict[str, object] = {"time": WALL_T0 + t, "client": client, "method": "GET",
                               "path": "/", "status": 200, "decision": decision}
