@@ -85,7 +85,7 @@ TACTICS = {
     "slowpost": "hold connections open, sending a 100 kB comment body one byte every 2 s",
     "imitate": "browse like a reader (home page, its assets, cookies kept, solves the "
                "proof-of-work, human-like pauses, a reader's browser and header order), but "
-               "half the requests are searches and a third cache-busting page variants "
+               "half its requests are searches and 30% cache-busting page variants "
                "(?paged=N, ?p=N)",
 }
 SLOW_TACTICS = frozenset({"slowloris", "slowpost"})
