@@ -129,6 +129,12 @@ def log_seconds(value: object) -> float | None:
     return None
 
 
+def line_seconds(row: dict[str, Any]) -> float | None:
+    """When a log line was written: its `time`, or a numeric `ts` if the log has one."""
+    when = log_seconds(row.get("time"))
+    return when if when is not None else log_seconds(row.get("ts"))
+
+
 def read_kalkan_log(path: Path) -> Iterator[dict[str, Any]]:
     """Kalkan's access-log lines as dicts (a torn last line is skipped)."""
     if not path.exists():
@@ -222,7 +228,7 @@ def judge(lines: Iterable[dict[str, Any]], truth: GroundTruth, wall_t0: float,
             flagged.add(key)
             label_flagged[label].add(key)
             if not bot:
-                when = log_seconds(row.get("time"))
+                when = line_seconds(row)
                 phase = "attack" if when is None else phase_of(when - wall_t0, attack_start,
                                                                attack_end)
                 legit_flagged[phase].add(key)
@@ -262,7 +268,7 @@ def export_labelled(lines: Iterable[dict[str, Any]], truth: GroundTruth, path: P
             address = str(row.get("client", ""))
             ua = row.get("ua")
             label = truth.label(address, ua if isinstance(ua, str) else None)
-            when = log_seconds(row.get("time"))
+            when = line_seconds(row)
             t = None if when is None else round(when - wall_t0, 3)
             out.write(json.dumps({
                 **row, "label": label, "bot": is_bot(label),

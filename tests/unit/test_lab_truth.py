@@ -141,6 +141,8 @@ def test_log_times_in_every_form_the_log_may_take() -> None:
     assert truth.log_seconds("2027-01-15T08:00:00.250Z") == WALL_T0 + 0.25
     assert truth.log_seconds(WALL_T0 * 1000 + 500) == WALL_T0 + 0.5
     assert truth.log_seconds("yesterday") is None
+    assert truth.line_seconds({"time": "yesterday", "ts": WALL_T0 + 1.5}) == WALL_T0 + 1.5
+    assert truth.line_seconds({}) is None
 
 
 def test_labelled_export_keeps_every_field_and_adds_the_truth(tmp_path: Path) -> None:
