@@ -169,16 +169,31 @@ def clients(d: dict[str, Any]) -> list[str]:
             f"(bench/results/client_memory.md), `{d['command']}`):", "", *verdicts, ""]
 
 
+def _lab_table(md: list[str], header: str) -> list[str]:
+    """The kalkan and nginx rows of the lab.md table whose header starts with *header* (that
+    table only: it ends at the first line that is not a table row)."""
+    starts = [i for i, line in enumerate(md) if line.startswith(header)][:1]
+    if not starts:
+        return []
+    block = []
+    for line in md[starts[0]:]:
+        if not line.startswith("|"):
+            break
+        block.append(line)
+    return block[:2] + [r for r in block[2:] if "**kalkan**" in r or "**nginx**" in r]
+
+
 def lab(d: dict[str, Any]) -> list[str]:
     md = (RESULTS / "lab.md").read_text().splitlines()
-    table = [line for line in md if line.startswith("| scenario | target | attack")][:1]
-    if table:
-        first = md.index(table[0])
-        rows = [line for line in md[first:] if line.startswith("|")]
-        table = rows[:2] + [r for r in rows[2:] if "**kalkan**" in r or "**nginx**" in r]
+    table = _lab_table(md, "| scenario | target | attack")
+    # Issue 9's table (from the run that added the flash crowd, previews, imitators, CGNAT).
+    served = _lab_table(md, "| scenario | target | served")
     return [f"**Traffic lab: what readers get during an attack** ([bench/results/lab.md]"
             f"(bench/results/lab.md), `{d['command']}`; every target per scenario is listed "
             f"there, met or not):", "", *table, "",
+            *(["Readers served without a challenge, and how precisely challenges and blocks "
+               "fell on bots (the lab's ground truth; definitions in bench/lab/README.md):", "",
+               *served, ""] if served else []),
             "![mixed wave timeline](bench/results/lab.mixed.png)", ""]
 
 

@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from bench.lab.net import now
 from bench.lab.readers import ReaderPlan
 from bench.lab.report import write_report
 from bench.lab.targets import HOST, ORIGIN_WORKERS, TARGETS, Sampler, start_target
+from bench.lab.truth import GroundTruth, export_labelled, judge, read_kalkan_log, read_nginx_log
 
 STARTUP_S = 2.5
 """Head start for the agents (interpreter, uvloop, the proof-of-work worker) before t0."""
@@ -66,9 +68,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds per tactic of the mixed scenario (20)")
     p.add_argument("--tail", type=float, default=None, help="seconds after the attack (2)")
     p.add_argument("--sessions", type=float, default=None, help="reader sessions per second (3)")
+    p.add_argument("--nojs-share", type=float, default=0.1,
+                   help="share of readers who never run JavaScript (0.1)")
+    p.add_argument("--export-labelled", type=Path, default=None, metavar="DIR",
+                   help="write Kalkan's access log joined with the ground truth as JSON lines, "
+                        "one file per scenario (DIR/lab-labelled.SCENARIO.jsonl)")
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch directories")
     args = p.parse_args(argv)
+    if not 0.0 <= args.nojs_share <= 1.0:
+        p.error(f"--nojs-share must be between 0 and 1, not {args.nojs_share}")
+    args.peace_given = args.peace is not None
     quick = args.quick
     defaults = {"scenarios": "cache-bust" if quick else ",".join(SCENARIO_ORDER),
                 "rate": 800.0 if quick else 5000.0, "bots": 400 if quick else 3000,
@@ -89,12 +99,24 @@ def agent_command(spec_path: Path, out_path: Path) -> list[str]:
     return [exe, "-m", "bench.lab.agent", str(spec_path), str(out_path)]
 
 
+def scenario_plan(plan: ReaderPlan, scenario: Scenario) -> ReaderPlan:
+    """The readers of *scenario*: the base plan with the scenario's changes (a flash crowd's
+    surge, previews and apps, CGNAT's shared addresses)."""
+    types = {f.name: type(getattr(plan, f.name)) for f in fields(ReaderPlan)}
+    unknown = [k for k, _ in scenario.readers if k not in types]
+    if unknown:
+        raise BenchError(f"scenario {scenario.name} changes unknown reader fields {unknown}")
+    return replace(plan, **{k: types[k](v) for k, v in scenario.readers})
+
+
 def run_one(target: str, scenario: Scenario, windows: Windows, args: argparse.Namespace,
             work: Path, stopper: Stopper, plan: ReaderPlan) -> dict[str, Any]:
     """One target against one scenario: start, load, sample, stop, analyse."""
     run_dir = work / f"{scenario.name}-{target}"
     running = start_target(target, run_dir, stopper)
+    plan = scenario_plan(plan, scenario)
     t0 = now() + STARTUP_S
+    wall_t0 = time.time() + (t0 - now())   # the access logs' clock at t0
     end = t0 + windows.end
     # Mean offered rate over the attack window (the mixed scenario's waves take turns).
     offered = sum(w.rate * min(w.duration_s or windows.attack_s,
@@ -103,7 +125,8 @@ def run_one(target: str, scenario: Scenario, windows: Windows, args: argparse.Na
     specs = {
         "readers": {"role": "readers", "host": HOST, "port": running.port, "t0": t0,
                     "start": t0, "end": end, "max_requests": 200_000, "pow_workers": 1,
-                    "plan": plan.__dict__, "seed": 7},
+                    "plan": plan.__dict__, "seed": 7,
+                    "surge_window": [t0 + windows.attack_start, t0 + windows.attack_end]},
         "attack": {"role": "attack", "host": HOST, "port": running.port, "t0": t0,
                    "start": t0 + windows.attack_start, "end": t0 + windows.attack_end,
                    "max_requests": int(offered * windows.attack_s * 1.2) + 10_000,
@@ -151,7 +174,30 @@ def run_one(target: str, scenario: Scenario, windows: Windows, args: argparse.Na
                                or k.startswith(("kalkan_decisions_total", "kalkan_challenges",
                                                 "kalkan_threat"))}
     result["notes"] = running.notes
+    result["decisions"] = judge_target(target, run_dir, scenario, windows, wall_t0, outputs, args)
     return result
+
+
+def judge_target(target: str, run_dir: Path, scenario: Scenario, windows: Windows,
+                 wall_t0: float, outputs: dict[str, Any], args: argparse.Namespace
+                 ) -> dict[str, Any] | None:
+    """Precision and recall of the edge's challenges and blocks against the lab's ground truth
+    (bench/lab/truth.py), and the labelled export of Kalkan's access log."""
+    if target == "origin":
+        return None
+    truth = GroundTruth.build(outputs["readers"].get("identities", []),
+                              outputs["attack"].get("bot_addresses", {}))
+    log_path = run_dir / "access.log"
+    reader = read_kalkan_log if target == "kalkan" else read_nginx_log
+    verdict = judge(reader(log_path), truth, wall_t0, windows.attack_start, windows.attack_end)
+    verdict["shared_addresses"] = len(truth.shared())
+    if target == "kalkan" and args.export_labelled is not None:
+        out = args.export_labelled / f"lab-labelled.{scenario.name}.jsonl"
+        n = export_labelled(read_kalkan_log(log_path), truth, out, scenario.name, wall_t0,
+                            windows.attack_start, windows.attack_end)
+        log(f"  labelled export: {n:,} lines -> {out}")
+        verdict["export"] = {"path": str(out), "lines": n}
+    return verdict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         log("nginx is not installed: the quick run skips it")
         targets.remove("nginx")
     pin_self(LOAD_CPU)
-    plan = ReaderPlan(sessions_per_s=args.sessions)
+    plan = ReaderPlan(sessions_per_s=args.sessions, nojs_share=args.nojs_share)
     table_for = {}
     chosen: list[Scenario] = []
     for item in args.scenarios.split(","):
@@ -174,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise BenchError(f"unknown scenario(s) {unknown}; choose from {SCENARIO_ORDER}")
         chosen.append(compose(names, table))
-        table_for[chosen[-1].name] = Windows(args.peace, attack_s, args.tail)
+        peace_s = chosen[-1].peace_s
+        table_for[chosen[-1].name] = Windows(
+            args.peace if args.peace_given or peace_s is None else min(args.peace, peace_s),
+            attack_s, args.tail)
     started = time.monotonic()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results: list[dict[str, Any]] = []
@@ -201,9 +250,12 @@ def main(argv: list[str] | None = None) -> int:
                               waited_for_quiet_s=round(waited, 1))
                 results.append(result)
                 a, o = result["attack"], result["origin"]
+                d = (result["decisions"] or {}).get("per_client", {})
                 log(f"  readers {a['success']} p99 {a['p99_ms']} ms, attack "
                     f"{result['attack_traffic']['achieved_per_s']}/s, at origin "
-                    f"{o['attack_requests']}, ttm {result['time_to_mitigate_s']}")
+                    f"{o['attack_requests']}, ttm {result['time_to_mitigate_s']}"
+                    + (f", precision {d.get('precision')} recall {d.get('recall')}"
+                       if d else ""))
     elapsed = time.monotonic() - started
     paths = write_report(args.out, results, chosen, table_for, plan, args,
                          command_line("bench.lab"), machine, elapsed, started_at, errors)

@@ -41,11 +41,14 @@ def _pool(spec: dict[str, Any]) -> Executor | None:
 async def _readers(spec: dict[str, Any], pool: Executor | None) -> dict[str, Any]:
     known = {f.name for f in fields(ReaderPlan)}
     plan = ReaderPlan(**{k: v for k, v in spec["plan"].items() if k in known})
+    surge = spec.get("surge_window")
     traffic = Traffic(spec["host"], spec["port"], plan, spec["end"], spec["max_requests"], pool,
-                      seed=spec.get("seed", 1))
+                      seed=spec.get("seed", 1),
+                      surge_window=(surge[0], surge[1]) if surge else None)
     await asyncio.sleep(max(0.0, spec["start"] - now()))
     await traffic.run()
-    return {"records": traffic.records, "sessions": traffic.sessions}
+    return {"records": traffic.records, "sessions": traffic.sessions,
+            "identities": sorted(traffic.identities)}
 
 
 async def _attack(spec: dict[str, Any], pool: Executor | None) -> dict[str, Any]:
@@ -60,7 +63,13 @@ async def _attack(spec: dict[str, Any], pool: Executor | None) -> dict[str, Any]
         attackers.append(Attacker(wave, spec["host"], spec["port"], spec["t0"], start, end,
                                   budget, bins, pool, seed=spec.get("seed", 1) * 100 + i))
     await asyncio.gather(*(a.run() for a in attackers))
-    return {"counters": list(COUNTERS), "bins": {str(k): v for k, v in sorted(bins.items())}}
+    # The ground truth: every address a bot used, under its wave's label (bench/lab/truth.py).
+    used: dict[str, set[str]] = {}
+    for attacker in attackers:
+        for label, addresses in attacker.used.items():
+            used.setdefault(label, set()).update(addresses)
+    return {"counters": list(COUNTERS), "bins": {str(k): v for k, v in sorted(bins.items())},
+            "bot_addresses": {k: sorted(v) for k, v in sorted(used.items())}}
 
 
 def main(argv: list[str]) -> None:

@@ -13,7 +13,16 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from urllib.parse import quote, urlencode
 
-from bench.lab.net import BOTS_BASE, Connection, build_request, connect, now, spread_address
+from bench.lab.net import (
+    BOTS_BASE,
+    READERS_BASE,
+    Connection,
+    Response,
+    build_request,
+    connect,
+    now,
+    spread_address,
+)
 from bench.lab.readers import BROWSERS, SEARCH_WORDS, hot_article
 from kalkan.defense.challenge.pages import challenge_fields
 from kalkan.defense.challenge.pow import solve
@@ -26,6 +35,17 @@ ORIGIN_PAGE_CAPACITY = 100.0
 COUNTERS = ("sent", "ok", "challenged", "refused", "error_5xx", "failed", "timeout", "missed",
             "pow_solved", "opened", "cut", "open")
 Bins = dict[int, list[int]]
+OTHER_BROWSERS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/123.0.0.0 Safari/537.36 Edg/123.0.2420.81",
+    "Mozilla/5.0 (Linux; Android 13; SM-A536B) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/122.0.6261.119 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:124.0) Gecko/20100101 Firefox/124.0",
+    "Mozilla/5.0 (Linux; Android 12; Redmi Note 11) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/121.0.0.0 Mobile Safari/537.36 YaBrowser/24.1.2.86.00 SA/3",
+)
+"""Real browser user agents that no lab reader uses: bots that share an address with readers
+(cgnat) send these, so the lab's ground truth can tell them apart per (address, user agent)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,14 @@ class Wave:
     timeout_s: float = 2.0          # bots do not wait long for an answer
     start_s: float = 0.0            # offset into the attack window
     duration_s: float | None = None  # None: until the attack window ends
+    base: int = BOTS_BASE           # address plan: 127.BASE.0.0 up (READERS_BASE: CGNAT)
+    host_offset: int = 0            # first host of each /24 is .host_offset+1
+    ua_pool: str = "readers"        # "readers": the readers' browsers; "others": OTHER_BROWSERS
+
+    @property
+    def label(self) -> str:
+        """The ground-truth label of this wave's bots."""
+        return f"bot:{self.tactic}"
 
 
 TACTICS = {
@@ -55,17 +83,25 @@ TACTICS = {
     "random-pages": "GET random article paths (404s) and ?p=N variants: every one a cache miss",
     "slowloris": "hold connections open, sending one header line every 4 s",
     "slowpost": "hold connections open, sending a 100 kB comment body one byte every 2 s",
+    "imitate": "browse like a reader (home page, its assets, cookies kept, solves the "
+               "proof-of-work, human-like pauses, a reader's browser and header order), but "
+               "half its requests are searches and 30% cache-busting page variants "
+               "(?paged=N, ?p=N)",
 }
 SLOW_TACTICS = frozenset({"slowloris", "slowpost"})
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """A named attack made of waves (composable: `a+b` runs both scenarios' waves together)."""
+    """A named attack made of waves (composable: `a+b` runs both scenarios' waves together),
+    with what it changes about the readers (ReaderPlan fields) and, for the flash crowd, a
+    shorter peace so the crowd meets a cold cache."""
 
     name: str
     title: str
     waves: tuple[Wave, ...]
+    readers: tuple[tuple[str, float], ...] = ()
+    peace_s: float | None = None
 
 
 def scenarios(rate: float, bots: int, duration_s: float) -> dict[str, Scenario]:
@@ -74,6 +110,11 @@ def scenarios(rate: float, bots: int, duration_s: float) -> dict[str, Scenario]:
     search_rate = rate / 5            # 50x the origin's 20 searches/s when rate = 5000
     per_bot = 15 / 60                 # under the default policy's 20 searches/min per address
     third = duration_s / 3
+    low_rate_search = Wave("search", search_rate, max(bots, int(search_rate / per_bot)),
+                           per_prefix=8, requests_per_conn=1)
+    # CGNAT: readers come from 64 addresses in four /24s (16 each, 127.10.0-3.1-16); bots sit
+    # beside them in those /24s (hosts .17-.64) and on 16 of the readers' own addresses.
+    cgnat_readers = (("address_pool", 64.0), ("readers_per_prefix", 16.0))
     waves = {
         "hot-url": (Wave("hot", rate, 4, per_prefix=1, workers=512),),
         "cache-bust": (Wave("bust", rate, bots, random_ua=True, requests_per_conn=20),),
@@ -89,6 +130,23 @@ def scenarios(rate: float, bots: int, duration_s: float) -> dict[str, Scenario]:
                   Wave("search", search_rate, max(bots, int(search_rate / per_bot)),
                        per_prefix=8, requests_per_conn=1, start_s=third, duration_s=third),
                   Wave("post", rate, max(bots // 4, 50), per_prefix=25, start_s=2 * third)),
+        "flash-crowd": (),
+        "previews-and-apps": (low_rate_search,),
+        # One request per bot every 3 s after its page load (half of them searches: 10/min,
+        # under the limits); 12.5x the origin's searches. Each arrival is a page load of 12
+        # requests, so the botnet is a quarter of the others: its arrivals alone are 9,000.
+        "imitators": (Wave("imitate", rate / 20, max(bots // 4, int(rate / 20 * 3)),
+                           per_prefix=8, solve_pow=True, timeout_s=10.0),),
+        "cgnat": (low_rate_search,
+                  Wave("search", 4 * 48 * per_bot, 4 * 48, per_prefix=48, requests_per_conn=1,
+                       base=READERS_BASE, host_offset=16),
+                  Wave("random-pages", 16.0, 16, per_prefix=4, workers=16, base=READERS_BASE,
+                       ua_pool="others")),
+    }
+    readers = {
+        "flash-crowd": (("surge", 10.0),),
+        "previews-and-apps": (("previews_per_s", 4.0), ("apps", 16.0)),
+        "cgnat": cgnat_readers,
     }
     titles = {
         "hot-url": "1. flood of one popular URL from 4 addresses",
@@ -101,21 +159,34 @@ def scenarios(rate: float, bots: int, duration_s: float) -> dict[str, Scenario]:
                     "random pages with them",
         "mixed": f"7. mixed wave: cache-bust, low-rate search, POST flood, "
                  f"{third:.0f} s each",
+        "flash-crowd": "8. flash crowd: 10x the usual reader arrivals on a cold cache, no attack",
+        "previews-and-apps": "9. link previews and feed apps keep coming during the low-rate "
+                             "search botnet",
+        "imitators": "10. bots that imitate readers (assets, cookies, proof-of-work, pauses) "
+                     "but search and cache-bust",
+        "cgnat": "11. readers behind CGNAT: bots in the readers' /24s and on 16 of their "
+                 "addresses, beside the low-rate search botnet",
     }
-    return {name: Scenario(name, titles[name], w) for name, w in waves.items()}
+    return {name: Scenario(name, titles[name], w, readers.get(name, ()),
+                           1.0 if name == "flash-crowd" else None)
+            for name, w in waves.items()}
 
 
 SCENARIO_ORDER = ("hot-url", "cache-bust", "low-rate-search", "post-flood", "slow", "pow-bots",
-                  "mixed")
+                  "mixed", "flash-crowd", "previews-and-apps", "imitators", "cgnat")
 
 
 def compose(names: list[str], table: dict[str, Scenario]) -> Scenario:
-    """One scenario from several (`cache-bust+slow`): their waves run side by side."""
+    """One scenario from several (`cache-bust+slow`): their waves run side by side, their
+    reader changes apply together (the later one wins a conflict), the shortest peace holds."""
     parts = [table[n] for n in names]
     if len(parts) == 1:
         return parts[0]
+    readers = dict(kv for p in parts for kv in p.readers)
+    peaces = [p.peace_s for p in parts if p.peace_s is not None]
     return Scenario("+".join(names), " + ".join(p.title for p in parts),
-                    tuple(w for p in parts for w in p.waves))
+                    tuple(w for p in parts for w in p.waves), tuple(readers.items()),
+                    min(peaces) if peaces else None)
 
 
 def wave_to_dict(wave: Wave) -> dict[str, object]:
@@ -146,7 +217,8 @@ class Requests:
         self._hot = hot_article()
         self._counter = rng.getrandbits(32)
         # Bots sharing a pass must look alike: a pass is bound to the prefix and the user agent.
-        agents = [BROWSERS[0]] if wave.farm_passes else list(BROWSERS)
+        pool = OTHER_BROWSERS if wave.ua_pool == "others" else BROWSERS
+        agents = [pool[0]] if wave.farm_passes else list(pool)
         if wave.random_ua:
             agents = []
             for _ in range(self.RANDOM_AGENTS):
@@ -234,6 +306,7 @@ class Attacker:
         self.cookies: dict[int, str] = {}     # pass cookies by the bot's /24 (a pass's scope)
         self._solving: set[int] = set()
         self._open = 0
+        self.used: dict[str, set[str]] = {wave.label: set()}   # ground truth: addresses used
 
     def count(self, name: str, n: int = 1) -> None:
         second = int(now() - self.t0)
@@ -243,7 +316,8 @@ class Attacker:
         row[COUNTERS.index(name)] += n
 
     def address(self, bot: int) -> str:
-        return spread_address(BOTS_BASE, bot % self.wave.bots, self.wave.per_prefix)
+        w = self.wave
+        return spread_address(w.base, bot % w.bots, w.per_prefix, w.host_offset)
 
     def prefix(self, bot: int) -> int:
         return (bot % self.wave.bots) // self.wave.per_prefix
@@ -256,6 +330,10 @@ class Attacker:
             n = int(self.wave.rate)
             tasks = [asyncio.create_task(self._slow(i, n)) for i in range(n)]
             tasks.append(asyncio.create_task(self._gauge()))
+        elif self.wave.tactic == "imitate":
+            from bench.lab.imitators import Imitator  # it builds on this module's Attacker
+            tasks = [asyncio.create_task(Imitator(self, bot).run())
+                     for bot in range(self.wave.bots)]
         else:
             workers = max(1, min(self.wave.workers, int(self.wave.rate) or 1))
             tasks = [asyncio.create_task(self._flood(i, workers)) for i in range(workers)]
@@ -302,8 +380,12 @@ class Attacker:
                 conn.close()
 
     async def _connect(self, bot: int, source: str | None = None) -> Connection | None:
+        source = source or self.address(bot)
+        # Farmers (host .254) earn the passes the bots then share.
+        farmer = self.wave.farm_passes and source.endswith(".254")
+        self.used.setdefault("bot:farmer" if farmer else self.wave.label, set()).add(source)
         try:
-            return await connect(self.host, self.port, source or self.address(bot),
+            return await connect(self.host, self.port, source,
                                  keep_body=self.wave.solve_pow, timeout=self.wave.timeout_s)
         except (OSError, TimeoutError):
             self.count("sent")
@@ -322,19 +404,25 @@ class Attacker:
         except OSError:
             self.count("failed")   # refused, reset or closed before the answer
             return
+        if (self.tally(resp) and self.wave.solve_pow
+                and self.prefix(bot) not in self._solving):
+            await self._solve(conn, bot, resp.body)
+
+    def tally(self, resp: Response) -> bool:
+        """Count an answer by its outcome; True when it was a challenge page."""
         status = resp.status
         if status < 400:
             self.count("ok")
         elif status == 403 and b"x-kalkan-challenge" in resp.headers:
             self.count("challenged")
-            if self.wave.solve_pow and self.prefix(bot) not in self._solving:
-                await self._solve(conn, bot, resp.body)
+            return True
         elif status in (403, 429):
             self.count("refused")
         elif status >= 500:
             self.count("error_5xx")
         else:
             self.count("ok")   # 404s of random pages: answered, at the origin's cost
+        return False
 
     async def _solve(self, conn: Connection, bot: int, page: bytes) -> None:
         """Pass the challenge like a browser would, then flood with the pass cookie."""
@@ -403,6 +491,7 @@ class Attacker:
         await asyncio.sleep(2.0 * index / total)
         bot = index % self.wave.bots
         ua = self.requests.user_agent(bot)
+        self.used[self.wave.label].add(self.address(bot))
         while now() < self.end:
             try:
                 conn = await connect(self.host, self.port, self.address(bot), keep_body=False,

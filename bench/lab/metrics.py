@@ -17,13 +17,15 @@ from typing import Any
 
 from bench.common import percentile
 from bench.lab.attacks import COUNTERS, ORIGIN_PAGE_CAPACITY
-from bench.lab.readers import CACHE_CODES, KINDS, READER_KINDS
+from bench.lab.readers import CACHE_CODES, KINDS, READER_KINDS, READER_LIKE_KINDS
 
 _HIT = frozenset(CACHE_CODES.index(c) for c in ("HIT", "STALE", "UPDATING"))
 _AT_ORIGIN = frozenset(CACHE_CODES.index(c) for c in ("MISS", "BYPASS", "EXPIRED",
                                                        "REVALIDATED"))
 _READER = frozenset(KINDS.index(k) for k in READER_KINDS)
+_READER_LIKE = frozenset(KINDS.index(k) for k in READER_LIKE_KINDS)
 _FEED, _CRAWLER, _PAGE = KINDS.index("feed"), KINDS.index("crawler"), KINDS.index("page")
+_PREVIEW, _APP = KINDS.index("preview"), KINDS.index("app")
 UTIL_SAFE = 0.9
 """An origin more than 90% busy in a second is not safe (its queue is about to grow)."""
 NORMAL_FLOOR_S = 0.25
@@ -71,6 +73,10 @@ def reader_summary(records: list[list[float]], t0: float, lo: float, hi: float
     challenged = {r[7] for r in readers if r[5]}
     feeds = [r for r in rows if r[2] == _FEED]
     crawler = [r for r in rows if r[2] == _CRAWLER]
+    # Everyone who reads: browsers, feed readers, feed apps, link previews (not the crawler).
+    everyone = [r for r in rows if r[2] in _READER_LIKE]
+    previews = [r for r in rows if r[2] == _PREVIEW]
+    apps = [r for r in rows if r[2] == _APP]
     failures: dict[str, int] = defaultdict(int)
     for r in rows:
         if not r[4]:
@@ -83,6 +89,10 @@ def reader_summary(records: list[list[float]], t0: float, lo: float, hi: float
         "sessions": len(sessions), "sessions_challenged": len(challenged),
         "challenged_share": _rate(len(challenged), len(sessions)),
         "requests_challenged": sum(1 for r in readers if r[5]),
+        "served_unchallenged": _rate(sum(1 for r in everyone if r[4] and not r[5]),
+                                     len(everyone)),
+        "reader_like_requests": len(everyone),
+        "readers_challenged": len({r[7] for r in everyone if r[5]}),
         "nojs_challenged": sum(1 for r in readers if r[5] == 2),
         # Slow TCP handshakes (a full accept queue answers with SYN retries after 1 s, 3 s...).
         "connects_over_1s": sum(1 for r in readers if r[8] > 1.0),
@@ -90,6 +100,11 @@ def reader_summary(records: list[list[float]], t0: float, lo: float, hi: float
         "feed_success": _rate(sum(int(r[4]) for r in feeds), len(feeds)),
         "crawler_requests": len(crawler),
         "crawler_success": _rate(sum(int(r[4]) for r in crawler), len(crawler)),
+        "preview_requests": len(previews),
+        "preview_success": _rate(sum(int(r[4]) for r in previews), len(previews)),
+        "app_requests": len(apps),
+        "app_success": _rate(sum(int(r[4]) for r in apps), len(apps)),
+        "app_not_modified": sum(1 for r in apps if r[3] == 304),
         "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])[:8]),
     }
 
@@ -226,6 +241,7 @@ def analyse(target: str, windows: Windows, t0: float, records: list[list[float]]
             "attack_share_after_mitigation": None if at_origin_after is None
             else _rate(round(at_origin_after), sent_after),
             "utilization_mean": round(sum(busy) / len(busy), 3) if busy else None,
+            "utilization_max": round(max(busy), 3) if busy else None,
             "rejected_503_504": round(sum(rejected_ts[a0:seconds])),
         },
         "time_to_mitigate_s": ttm,

@@ -18,6 +18,8 @@ from bench.common import BenchError, require_loopback, require_loopback_ip
 # readers, the crawler and bots never share a /24, so per-prefix rules see them apart.
 READERS_BASE = 10      # readers: 127.10.0.0 - 127.29.255.255
 FEEDS_BASE = 50        # feed readers: 127.50.x.y
+APPS_BASE = 51         # feed apps (conditional polling): 127.51.x.y
+PREVIEWS_BASE = 60     # link-preview bots: 127.60.P.x, one /24 per platform
 CRAWLER_NET = "127.66.249.0/24"
 """Stands in for Googlebot's published 66.249.64.0/19 (a lab crawlers.yaml lists it)."""
 BOTS_BASE = 100        # bots: 127.100.0.0 and up
@@ -29,16 +31,18 @@ def require_loopback_source(address: str) -> str:
     return address
 
 
-def spread_address(base: int, index: int, per_prefix: int) -> str:
+def spread_address(base: int, index: int, per_prefix: int, offset: int = 0) -> str:
     """The *index*-th address of a plan starting at 127.BASE.0.0 with *per_prefix* hosts per /24
-    (hosts .1 up), so a pool of N clients covers N / per_prefix distinct /24 networks."""
-    if not 1 <= per_prefix <= 254:
-        raise BenchError(f"per_prefix must be 1..254, not {per_prefix}")
+    (hosts .1 up, or .OFFSET+1 up), so a pool of N clients covers N / per_prefix distinct /24
+    networks. An offset puts a second plan beside the first in the same /24s (CGNAT: bots next
+    to readers)."""
+    if not 1 <= per_prefix <= 254 or not 0 <= offset <= 254 - per_prefix:
+        raise BenchError(f"per_prefix {per_prefix} with host offset {offset} does not fit a /24")
     prefix, host = divmod(index, per_prefix)
     second, third = divmod(prefix, 256)
     if base + second > 255:
         raise BenchError(f"address plan 127.{base}.x.y overflows 127/8 at client {index}")
-    return f"127.{base + second}.{third}.{host + 1}"
+    return f"127.{base + second}.{third}.{host + 1 + offset}"
 
 
 def crawler_address(index: int) -> str:
@@ -49,8 +53,8 @@ def crawler_address(index: int) -> str:
 
 @dataclass(slots=True)
 class Response:
-    """One HTTP response: status, X-* headers (lower-cased names), Set-Cookie values and the body
-    (if kept)."""
+    """One HTTP response: status, X-* headers and validators (lower-cased names), Set-Cookie
+    values and the body (if kept)."""
 
     status: int
     headers: dict[bytes, bytes]
@@ -59,6 +63,10 @@ class Response:
 
     def header(self, name: bytes) -> str:
         return self.headers.get(name, b"").decode("latin-1")
+
+
+_VALIDATORS = frozenset({b"etag", b"last-modified"})
+_VALIDATOR_INITIALS = frozenset({0x65, 0x6C})   # e, l
 
 
 class Connection(asyncio.Protocol):
@@ -95,13 +103,17 @@ class Connection(asyncio.Protocol):
         self._headers, self._cookies, self._body = {}, [], []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # The lab reads only X-* headers (X-Cache, X-Kalkan-Challenge) and Set-Cookie; skipping
-        # the rest keeps the attackers' per-response cost down.
+        # The lab reads only X-* headers (X-Cache, X-Kalkan-Challenge), Set-Cookie and the
+        # validators feed apps send back (ETag, Last-Modified); skipping the rest keeps the
+        # attackers' per-response cost down.
         first = name[0] | 0x20
         if first == 0x78:      # x
             self._headers[name.lower()] = value
-        elif first == 0x73 and name.lower() == b"set-cookie":
-            self._cookies.append(value)
+        elif first == 0x73:    # s
+            if name.lower() == b"set-cookie":
+                self._cookies.append(value)
+        elif first in _VALIDATOR_INITIALS and name.lower() in _VALIDATORS:
+            self._headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
         if self.keep_body:

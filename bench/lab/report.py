@@ -10,12 +10,14 @@ from typing import Any
 from bench.common import Report, markdown_table
 from bench.lab.attacks import ORIGIN_PAGE_CAPACITY, TACTICS, Scenario
 from bench.lab.metrics import NORMAL_FLOOR_S, UTIL_SAFE, Windows
+from bench.lab.net import BOTS_BASE
 from bench.lab.readers import ReaderPlan
 
 COLORS = {"origin": "#c0392b", "nginx": "#2980b9", "kalkan": "#27ae60"}
 # The issue's targets for Kalkan.
 SUCCESS_MIN, CACHED_P99_MAX_MS, TTM_MAX_S, ORIGIN_SHARE_MAX, X_CAPACITY_MIN = \
     0.999, 250.0, 5.0, 0.005, 50.0
+ORIGIN_BUSY_MAX, PRECISION_MIN, RECALL_MIN = 0.70, 0.99, 0.95
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -93,11 +95,13 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
             continue
         a, o, t = r["attack"], r["origin"], r["attack_traffic"]
         flood = t["outcome"].get("sent", 0) > 0
+        attacked = flood or t["slow_connections_max"] > 0
         checks: list[tuple[str, str, str]] = [
             ("attack >= 50x capacity",
              _mark(t["achieved_x_capacity"] >= X_CAPACITY_MIN) if flood else "n/a",
              f"{t['achieved_x_capacity']:g}x" if flood
-             else f"{t['slow_connections_max']:,} slow connections"),
+             else f"{t['slow_connections_max']:,} slow connections" if attacked
+             else "no attack"),
             ("reader success >= 99.9%", _mark((a["success"] or 0) >= SUCCESS_MIN),
              _pct(a["success"], 2)),
             ("cached page p99 <= 250 ms", _mark(a["cached_page_p99_ms"] is not None
@@ -113,6 +117,8 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
              else f"{o['attack_requests']:,} slow requests reached it"),
             ("no reader challenged in peace", _mark(r["peace"]["sessions_challenged"] == 0),
              f"{r['peace']['sessions_challenged']}"),
+            *served_checks(r, attacked),
+            *decision_checks(r, flood or attacked),
         ]
         nginx = by.get((scenario, "nginx"))
         if nginx is not None:
@@ -124,6 +130,103 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
         marks = "; ".join(f"{name}: {mark} ({value})" for name, mark, value in checks)
         lines.append(f"- **{scenario}**: {marks}")
     return lines
+
+
+def served_checks(r: dict[str, Any], attacked: bool) -> list[tuple[str, str, str]]:
+    """Issue 9's reader targets: served without a challenge in every phase, nobody challenged
+    in a flash crowd (a window with readers and no attack), origin busy under 70%."""
+    phases = [("peace", r["peace"]), ("attack" if attacked else "crowd", r["attack"]),
+              ("after", r["recovery"])]
+    checks = [(f"served without challenge >= 99.9% ({name})",
+               _mark((p.get("served_unchallenged") or 0.0) >= SUCCESS_MIN),
+               _pct(p.get("served_unchallenged"), 2)) for name, p in phases]
+    if not attacked:
+        n = r["attack"].get("readers_challenged", 0)
+        checks.append(("no reader challenged in the flash crowd", _mark(n == 0), f"{n}"))
+    else:
+        busy = r["origin"].get("utilization_max")
+        checks.append(("origin busy <= 70% (max second)",
+                       _mark(busy is not None and busy <= ORIGIN_BUSY_MAX), _pct(busy, 0)))
+    return checks
+
+
+def decision_checks(r: dict[str, Any], attacked: bool) -> list[tuple[str, str, str]]:
+    """Precision and recall of "challenge or block" per client (bench/lab/truth.py)."""
+    d = (r.get("decisions") or {}).get("per_client")
+    if not d or not attacked:
+        return []
+    p, rec = d["precision"], d["recall"]
+    return [("precision >= 0.99", _mark(p is not None and p >= PRECISION_MIN), _num(p)),
+            ("recall >= 0.95", _mark(rec is not None and rec >= RECALL_MIN), _num(rec))]
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def readers_table(results: list[dict[str, Any]]) -> str:
+    """Served without a challenge per phase, readers challenged, origin busy, and how well the
+    edge's challenges and blocks fell on bots (per client and per request)."""
+    header = ["scenario", "target", "served w/o challenge: peace / attack / after",
+              "readers challenged: peace / attack / after", "origin busy mean / max",
+              "precision / recall (clients)", "precision / recall (requests)",
+              "clients: bots / legitimate", "legitimate flagged: peace / attack / after"]
+    rows = []
+    for r in results:
+        p, a, rec, o = r["peace"], r["attack"], r["recovery"], r["origin"]
+        d = r.get("decisions") or {}
+        pc, pr = d.get("per_client", {}), d.get("per_request", {})
+        lf = d.get("legitimate_flagged_by_phase", {})
+        rows.append([
+            r["scenario"], f"**{r['target']}**",
+            " / ".join(_pct(x.get("served_unchallenged"), 2) for x in (p, a, rec)),
+            " / ".join(str(x.get("readers_challenged", "n/a")) for x in (p, a, rec)),
+            f"{_pct(o['utilization_mean'], 0)} / {_pct(o.get('utilization_max'), 0)}",
+            f"{_ratio(pc.get('precision'))} / {_ratio(pc.get('recall'))}" if pc else "n/a",
+            f"{_ratio(pr.get('precision'))} / {_ratio(pr.get('recall'))}" if pr else "n/a",
+            f"{d['clients']['bots']:,} / {d['clients']['legitimate']:,}" if d else "n/a",
+            " / ".join(str(lf.get(k, 0)) for k in ("peace", "attack", "after")) if d else "n/a",
+        ])
+    return markdown_table(header, rows)
+
+
+def previews_table(results: list[dict[str, Any]]) -> str | None:
+    """Link previews and feed apps (their success is part of "served", shown here alone)."""
+    rows = []
+    for r in results:
+        a = r["attack"]
+        if not a.get("preview_requests") and not a.get("app_requests"):
+            continue
+        rows.append([r["scenario"], r["target"],
+                     f"{_pct(a['preview_success'], 2)} of {a['preview_requests']}",
+                     f"{_pct(a['app_success'], 2)} of {a['app_requests']}",
+                     f"{a['app_not_modified']}"])
+    if not rows:
+        return None
+    return markdown_table(["scenario", "target", "link previews served (attack)",
+                           "feed-app polls served (attack)", "... of which 304"], rows)
+
+
+def labels_table(results: list[dict[str, Any]]) -> str | None:
+    """Per true label: how many clients and requests Kalkan challenged, blocked or refused."""
+    rows = []
+    for r in results:
+        d = r.get("decisions")
+        if r["target"] != "kalkan" or not d:
+            continue
+        for label, x in d["by_label"].items():
+            rows.append([r["scenario"], label, f"{x['clients_flagged']:,} / {x['clients']:,}",
+                         f"{x['requests']:,}", f"{x.get('challenge', 0):,}",
+                         f"{x.get('block', 0):,}", f"{x.get('refuse', 0):,}",
+                         f"{x.get('limit', 0):,}", f"{x.get('pass', 0):,}"])
+        for label, n in d.get("lines_left_out", {}).items():
+            rows.append([r["scenario"], f"({label}: left out)", "", f"{n:,}", "", "", "", "",
+                         ""])
+    if not rows:
+        return None
+    return markdown_table(["scenario", "true label", "clients flagged / seen", "requests",
+                           "challenged", "blocked", "refused", "connection limits",
+                           "with a pass"], rows)
 
 
 def plot(results: list[dict[str, Any]], scenario: Scenario, windows: Windows,
@@ -177,7 +280,9 @@ def setup_section(scenarios: list[Scenario], windows: dict[str, Windows], plan: 
              f"- Readers: {plan.sessions_per_s:g} sessions/s, {plan.pages_mean:g} page views "
              f"each on average (home page, then Zipf-popular articles with their assets), "
              f"think time {plan.think_s:g} s (compressed human time), "
-             f"{plan.nojs_share:.0%} without JavaScript, {plan.search_share:.0%} searches, "
+             f"{plan.nojs_share:.0%} without JavaScript ({plan.nojs_browser_share:.0%} of "
+             f"those browsers with it switched off, the rest text browsers), "
+             f"{plan.search_share:.0%} searches, "
              f"{plan.comment_share:.0%} comments; {plan.feeds} feed readers every "
              f"{plan.feed_every_s:g} s; one crawler at {plan.crawler_per_s:g} req/s from the "
              f"stand-in Googlebot range 127.66.249.0/24.",
@@ -193,6 +298,10 @@ def setup_section(scenarios: list[Scenario], windows: dict[str, Windows], plan: 
         w = windows[s.name]
         lines.append(f"- **{s.name}** — {s.title} (peace {w.peace_s:g} s, attack "
                      f"{w.attack_s:g} s, after {w.tail_s:g} s):")
+        if s.readers:
+            lines.append("  - readers: " + ", ".join(f"{k} = {v:g}" for k, v in s.readers))
+        if not s.waves:
+            lines.append("  - no attack")
         for wave in s.waves:
             what = TACTICS[wave.tactic]
             unit = "connections" if wave.tactic.startswith("slow") else "req/s"
@@ -200,8 +309,11 @@ def setup_section(scenarios: list[Scenario], windows: dict[str, Windows], plan: 
             when = "" if wave.duration_s is None and not wave.start_s else \
                 f", from {wave.start_s:g} s" + (f" for {wave.duration_s:g} s"
                                                 if wave.duration_s else "")
+            where = "" if wave.base == BOTS_BASE else \
+                f" in 127.{wave.base}.x.0/24s, hosts .{wave.host_offset + 1} up"
             lines.append(f"  - {wave.tactic}: {what}; {wave.rate:,.0f} {unit} from "
-                         f"{wave.bots:,} addresses ({wave.per_prefix} per /24){extra}{when}")
+                         f"{wave.bots:,} addresses ({wave.per_prefix} per /24{where}){extra}"
+                         f"{when}")
     return lines
 
 
@@ -232,6 +344,19 @@ def write_report(out: Path, results: list[dict[str, Any]], scenarios: list[Scena
         "the legitimate requests that reached it; 'after mitigation' counts the attack seconds "
         "after the time to mitigate (per tactic for the mixed wave; tactics never mitigated "
         "are left out). Origin busy = mean share of the 4 workers in use.", "",
+        "## Readers served without a challenge, and whom the edge challenged or blocked", "",
+        readers_table(results), "",
+        "Served w/o challenge = requests of everyone who reads (browsers, feed readers, feed "
+        "apps, link previews) that succeeded without meeting a challenge page / all their "
+        "requests, by the phase they started in. Readers challenged = reader clients (sessions, "
+        "feed readers, apps, previews) with at least one challenged request. Precision and "
+        "recall of \"challenge or block\" come from the edge's access log joined with the lab's "
+        "ground truth (bench/lab/README.md, Metrics); a client is an address, or an (address, "
+        "user agent) pair where readers and bots share the address.", "",
+        *(["### Link previews and feed apps", "", t, ""]
+          if (t := previews_table(results)) else []),
+        *(["### Kalkan's decisions by true label (whole run)", "", t, ""]
+          if (t := labels_table(results)) else []),
         "## Feeds, crawler, recovery and failures", "", others_table(results), "",
         "## Timelines", "", *[f"![{p.stem}]({p.name})" for p in images], "",
         *setup_section(scenarios, windows, plan, args, elapsed_s),
