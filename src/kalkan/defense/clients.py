@@ -46,6 +46,7 @@ _EVICT_WINDOW = 6           # slots looked at to choose one to evict
 _KNOWN_CREDIT = 600         # seconds of history that count as recency when choosing a victim
 _MAX_FAILURES = 0xFFFF
 _UNRESOLVED = -2            # prefix slot not looked up yet
+_PREFIX_FP_MEMO = 16384     # prefixes whose fingerprint is remembered
 _HOT_MAX = 16384            # recent clients whose slot is remembered by their address text
 
 
@@ -299,7 +300,13 @@ class ClientTable:
         self._by_route: dict[str, tuple[tuple[tuple[int, float, float, float], ...], ...]] = {}
         # client address text -> (ip, slot, fingerprint), checked against the slot when used
         self._hot: dict[str, tuple[int, int, int]] = {}
-        self._last: tuple[RequestFacts | None, int, int, int] = (None, -1, -1, -1)
+        self._prefix_fps: dict[int, int] = {}   # prefix number -> fingerprint (bounded)
+        # What the latest hit() found: its request, address, address slot and prefix slot (or
+        # _UNRESOLVED). Fields, not a tuple: a tuple made per request cost more than reading it.
+        self._last_facts: RequestFacts | None = None
+        self._last_ip = -1
+        self._last_a = -1
+        self._last_p = -1
         self.set_meters(meters)
 
     # -- configuration ----------------------------------------------------------------------
@@ -345,10 +352,19 @@ class ClientTable:
     def _prefix_fp(self, facts: RequestFacts) -> int:
         ip = facts.ip
         key = ((ip >> self._shift4) | _PREFIX_V4_TAG) if facts.version == 4 else ip >> self._shift6
-        return hash((key ^ self._salt).to_bytes(17, "little")) or 1
+        # Remembered by prefix number: a prefix holds many clients, and a lookup by int costs a
+        # seventh of the keyed hash. (Bounded: a botnet from many prefixes only clears it.)
+        memo = self._prefix_fps
+        fp = memo.get(key, 0)
+        if fp == 0:
+            if len(memo) >= _PREFIX_FP_MEMO:
+                memo.clear()
+            fp = memo[key] = hash((key ^ self._salt).to_bytes(17, "little")) or 1
+        return fp
 
     def _forget(self) -> None:
-        self._last = (None, -1, -1, -1)
+        self._last_facts = None
+        self._last_ip = self._last_a = self._last_p = -1
 
     def _slot(self, facts: RequestFacts, per_address: bool) -> int:
         """The address or prefix slot of this request's client, or -1; never inserts.
@@ -356,13 +372,12 @@ class ClientTable:
         Right after `hit()` for the same request the slots it found are reused, so the rate
         checks that follow cost no further lookups.
         """
-        last_facts, last_ip, a, p = self._last
-        if facts is last_facts and facts.ip == last_ip:
+        if facts is self._last_facts and facts.ip == self._last_ip:
             if per_address:
-                return a
+                return self._last_a
+            p = self._last_p
             if p == _UNRESOLVED:
-                p = self._pre.find(self._prefix_fp(facts))
-                self._last = (last_facts, last_ip, a, p)
+                p = self._last_p = self._pre.find(self._prefix_fp(facts))
             return p
         if per_address:
             return self._addr.find(self._address_fp(facts))
@@ -438,7 +453,10 @@ class ClientTable:
                 rows[j] = tat if tat < limit else limit
         else:
             p = _UNRESOLVED                  # no prefix meter counts this route: look up later
-        self._last = (facts, ip, a, p)
+        self._last_facts = facts
+        self._last_ip = ip
+        self._last_a = a
+        self._last_p = p
 
     def over(self, meter_id: str, facts: RequestFacts, now: float) -> bool:
         """Whether this client has sent more than the meter's limit within its period.
@@ -450,9 +468,8 @@ class ClientTable:
             raise KeyError(f"meter {meter_id!r} is not counted by this ClientTable; "
                            "call set_meters(policy.meters) after loading the policy")
         _, per_address, k, beyond = entry
-        last = self._last
-        if per_address and facts is last[0] and facts.ip == last[1]:
-            slot = last[2]                   # the common case: right after hit()
+        if per_address and facts is self._last_facts and facts.ip == self._last_ip:
+            slot = self._last_a              # the common case: right after hit()
         else:
             slot = self._slot(facts, per_address)
         if slot < 0:
@@ -463,9 +480,8 @@ class ClientTable:
     def address_quiet(self, facts: RequestFacts, now: float) -> bool:
         """True when no per-address meter of this client is over: the policy then skips every
         rule that needs one. One array read after `hit()`; False (look closer) otherwise."""
-        last = self._last
-        if facts is last[0] and facts.ip == last[1]:
-            a = last[2]
+        if facts is self._last_facts and facts.ip == self._last_ip:
+            a = self._last_a
         else:
             a = self._slot(facts, True)
             if a < 0:
