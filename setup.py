@@ -30,6 +30,7 @@ COMPILED = [
     "src/kalkan/defense/rules.py",
     "src/kalkan/defense/decisions.py",
     "src/kalkan/defense/attack_mode.py",
+    "src/kalkan/defense/passes.py",
     "src/kalkan/defense/engine.py",
 ]
 

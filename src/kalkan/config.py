@@ -255,6 +255,13 @@ class DefenseConfig:
     allow: list[str] = _opt("Addresses/CIDRs never challenged or blocked (your newsroom).", [])
     pass_ttl: float = _duration("How long a passed challenge lets a reader through.", 86400.0,
                                 above=0)
+    pass_max_addresses: int = _opt(
+        "Most addresses one pass is used from (it is bound to a prefix and a user agent, so a "
+        "botnet in one network could share it); beyond, its holder gets a new challenge.", 8,
+        min=1)
+    pass_max_per_minute: int = _opt(
+        "Most requests a minute made with one pass (a burst of as many is allowed); beyond, "
+        "its holder gets a new challenge.", 600, min=1)
     nojs_delay: float = _duration(
         "The wait of the no-JavaScript challenge (shorter than the 5 min a challenge lives).",
         5.0, above=0, max=299)

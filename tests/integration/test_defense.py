@@ -168,6 +168,46 @@ async def test_pass_cookie_from_the_challenge_endpoint(origin: Origin,
     assert replay.status == 403
 
 
+async def test_a_pass_shared_by_a_network_is_challenged_again(origin: Origin,
+                                                               make_edge: EdgeFactory) -> None:
+    """pow-bots: a pass is bound to a /24 and a user agent, so bots in one network can share
+    it. Past `pass_max_addresses` addresses its token meets a challenge, the decisions list
+    says why, and the reader who earns a new pass reads on."""
+    from kalkan.defense.challenge.pages import challenge_fields
+    from kalkan.defense.challenge.pow import solve
+
+    edge = await make_edge(origin.url, defense={"enabled": True, "pass_max_addresses": 3})
+    port = port_of(edge)
+
+    async def earn(source: str) -> str:
+        await admin(edge, "POST", "/decisions", {"target": source, "action": "challenge",
+                                                 "ttl": 600, "reason": "test"})
+        page = await get(port, "/ru/", source)
+        assert page.status == 403
+        challenge, difficulty, ret = challenge_fields(page.body)
+        nonce = await asyncio.to_thread(solve, challenge, difficulty)
+        answer = await get(port, f"/.kalkan/pow?c={challenge}&n={nonce}&r={ret}", source)
+        return (answer.header("Set-Cookie") or "").split(";")[0]
+
+    cookie = await earn("127.0.15.1")
+    for host in (1, 2, 3):  # the farmer and two more addresses in its /24: within the limit
+        assert (await get(port, "/ru/", f"127.0.15.{host}", {"Cookie": cookie})).status == 200
+    fourth = await get(port, "/ru/", "127.0.15.4", {"Cookie": cookie})
+    assert fourth.status == 403 and fourth.header("X-Kalkan-Challenge") == "pow"
+    # The token itself is challenged now, from the farmer's address too.
+    assert (await get(port, "/ru/", "127.0.15.1", {"Cookie": cookie})).status == 403
+    standing = json.loads((await admin(edge, "GET", "/decisions")).body)["decisions"]
+    pass_id = cookie.split("=", 1)[1].split(".")[4]
+    [row] = [d for d in standing if d["target"] == f"token:{pass_id}"]
+    assert row["action"] == "challenge" and "more than 3 addresses" in row["reason"]
+    # A reader there earns a new pass and reads on.
+    fresh = await earn("127.0.15.9")
+    assert fresh != cookie
+    assert (await get(port, "/ru/", "127.0.15.9", {"Cookie": fresh})).status == 200
+    decisions = [line["decision"] for line in access_log(edge)]
+    assert "challenge:pass_limit" in decisions
+
+
 async def test_defence_metrics(origin: Origin, make_edge: EdgeFactory) -> None:
     edge = await make_edge(origin.url, defense={"enabled": True})
     port = port_of(edge)

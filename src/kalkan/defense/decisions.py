@@ -180,7 +180,9 @@ class Decisions:
             with contextlib.suppress(ValueError):
                 address = str(_unmapped(ipaddress.ip_address(address)))
         if self.exact:
-            keys = (address, prefix) if token is None else (address, prefix, TOKEN_PREFIX + token)
+            # The token first: of two equally harsh decisions, the one about the token wins,
+            # as that token cannot meet it (a challenge on an address is met by a pass).
+            keys = (address, prefix) if token is None else (TOKEN_PREFIX + token, address, prefix)
             for key in keys:
                 d = self.exact.get(key)
                 if d is not None:

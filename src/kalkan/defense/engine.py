@@ -31,6 +31,7 @@ from kalkan.defense.clients import ClientTable
 from kalkan.defense.decisions import SEVERITY, Decision, Decisions
 from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, AddressFacts, RequestFacts
 from kalkan.defense.loudest import loudest
+from kalkan.defense.passes import PassUsage
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
 from kalkan.pages import Pages
@@ -87,6 +88,7 @@ class Defense:
         firewall = self.firewall
         self._fw_thread: threading.Thread | None = None
         self.addresses = AddressFacts(config.prefix_v4, config.prefix_v6)
+        self.passes = PassUsage(config.pass_max_addresses, config.pass_max_per_minute)
         self.admin = DefenseAdmin(self.decisions, self.attack, self.save)
         self._verdicts: dict[tuple[Action, str, int, str], Verdict] = {}
         self._dirty = self.decisions_loaded > 0
@@ -211,6 +213,15 @@ class Defense:
                 return self._apply(standing.action, f"decision:{standing.reason}", view, facts,
                                    now, strike=standing.action in ("block", "drop"))
         has_pass = pass_ is not None
+        if pass_ is not None:
+            over = self.passes.note(pass_.id, facts.ip, now)
+            if over:
+                # The token, wherever it comes from, meets a challenge until the pass would
+                # have expired: whoever shares it must earn a new one.
+                self.passes.forget(pass_.id)
+                self.decisions.add("token:" + pass_.id, "challenge",
+                                   max(pass_.expires - now, 60.0), over, "detector", now)
+                return self._apply("challenge", "pass_limit", view, facts, now)
         # Stricter limits under attack: a client that has not proven itself counts double in
         # every rate meter, so each limit in the policy is halved for it.
         self.clients.hit(facts, now, 2 if not has_pass and self.attack.level >= ATTACK else 1)
