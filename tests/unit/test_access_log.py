@@ -51,7 +51,7 @@ def test_hostile_field_values_stay_inside_their_strings(tmp_path: Path) -> None:
               "block", "", AccessLog.agent(ua, b"\r\n"))
     log.close()
     [line] = lines(tmp_path / "a.log")
-    assert line["ua"] == ua.decode("latin-1")
+    assert line["ua"] == ua.decode("latin-1")  # not UTF-8: one character per byte
     assert line["referer"] == "\r\n" and line["path"] == '/p"\n' and line["query"] == 'q="\\'
     assert line["decision"] == "block"
 
@@ -74,3 +74,11 @@ def test_decimals_are_written_as_format_writes_them() -> None:
         assert len(_decimals(value, 2).split(".")[1]) == 2
         assert len(_decimals(value, 1).split(".")[1]) == 1
     assert _decimals(-3.0, 2) == "0.00" and _decimals(3.25, 1) in ("3.2", "3.3")
+
+
+def test_utf8_in_a_field_is_read_as_utf8(tmp_path: Path) -> None:
+    log = AccessLog(str(tmp_path / "a.log"))
+    log.write(NOW, "::1", "GET", "h", "/", "", 200, 0, "HIT", None, 0.0, "allow", "",
+              AccessLog.agent("Браузер/1.0".encode(), None))
+    log.close()
+    assert lines(tmp_path / "a.log")[0]["ua"] == "Браузер/1.0"
