@@ -1,0 +1,105 @@
+"""Clients that behave alike: each client with enough requests gets a behaviour signature of
+five coarse words, and clients with the same signature form one cluster.
+
+The signature (docs/analyze.md argues the choice):
+- kind: what the client mostly asks for, its route class and query shape ("search s=<word>"),
+  when one of them is at least half its requests, else "mixed";
+- assets: the share of its requests for assets (none / some / most): a browser fetches them;
+- agent: the family of its most frequent User-Agent (Chrome, tool, bot, (none)...);
+- rate: its requests per second while active, in bands a factor of about 4 apart;
+- outcome: what the edge mostly did with it (served, challenge, block, refused).
+
+Exact grouping on coarse words, not a distance-based method: every member of a cluster shares
+every word, so a cluster is explained by its signature alone, and the method is deterministic.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+MIN_REQUESTS = 5  # fewer requests say too little about a client to place it
+
+# Rate bands (requests per second while active: last request − first, at least one second).
+RATE_BANDS = ((0.25, "<0.25/s"), (1.0, "0.25-1/s"), (4.0, "1-4/s"), (16.0, "4-16/s"),
+              (float("inf"), ">16/s"))
+
+
+def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> None:
+    """Creates the tables `kinds` (per client × route × query shape × UA family) and
+    `clients` (one row per client: counts, prefix, signature, `suspect`)."""
+    con.execute("""
+        CREATE OR REPLACE TABLE kinds AS
+        SELECT client, route_class(method, path, qshape) AS route, qshape, sum(n) AS n
+        FROM (SELECT client, method, path, query_shape(query) AS qshape, count(*) AS n
+              FROM log GROUP BY ALL)
+        GROUP BY ALL""")
+    # (The route is told from the query's shape, which keeps the query's keys: classified once
+    # per client, path and shape instead of once per line.)
+    rate_case = " ".join(f"WHEN rate < {edge} THEN '{name}'" for edge, name in RATE_BANDS
+                         if edge != float("inf"))
+    con.execute("""
+        CREATE OR REPLACE TABLE clients AS
+        WITH base AS (
+          SELECT client, count(*) AS n, min(t) AS first, max(t) AS last,
+                 count_if(outcome IN ('challenge', 'block', 'refused')) AS stopped,
+                 count_if(outcome = 'challenge') AS challenged,
+                 count_if(outcome = 'block') AS blocked,
+                 count_if(outcome = 'refused') AS refused,
+                 count_if(origin) AS at_origin, mode(ua) AS ua
+          FROM log GROUP BY client),
+        kind AS (
+          SELECT client, arg_max(route || coalesce(' ' || qshape, ''), kn) AS top_kind,
+                 max(kn) AS top_n
+          FROM (SELECT client, route, qshape, sum(n) AS kn FROM kinds GROUP BY ALL)
+          GROUP BY client),
+        assets AS (
+          SELECT client, sum(n) FILTER (WHERE route = 'asset') AS asset_n
+          FROM kinds GROUP BY client)
+        SELECT b.*, prefix_of(b.client) AS prefix, ua_family(b.ua) AS agent,
+               CASE greatest(b.n - b.stopped, b.challenged, b.blocked, b.refused)
+                    WHEN b.n - b.stopped THEN 'served' WHEN b.challenged THEN 'challenge'
+                    WHEN b.blocked THEN 'block' ELSE 'refused' END AS main_outcome,
+               b.n / greatest(1.0, (b.last - b.first) / 1000.0) AS rate,
+               CASE WHEN kind.top_n * 2 >= b.n THEN kind.top_kind ELSE 'mixed' END AS kind,
+               CASE WHEN coalesce(assets.asset_n, 0) = 0 THEN 'no assets'
+                    WHEN assets.asset_n * 10 < b.n * 3 THEN 'some assets'
+                    ELSE 'mostly assets' END AS assets,
+               b.stopped > 0 AND b.stopped * 2 >= b.n AS suspect
+        FROM base b JOIN kind USING (client)
+             LEFT JOIN assets USING (client)""")
+    con.execute(f"""
+        ALTER TABLE clients ADD COLUMN rate_band VARCHAR;
+        UPDATE clients SET rate_band = CASE {rate_case} ELSE '{RATE_BANDS[-1][1]}' END;
+        ALTER TABLE clients ADD COLUMN signature VARCHAR;
+        UPDATE clients SET signature = CASE WHEN n >= {int(min_requests)} THEN
+          kind || ' | ' || assets || ' | ' || agent || ' | ' || rate_band || ' | ' || main_outcome
+          END""")
+
+
+def clusters(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, object]]:
+    """The largest clusters (by requests), with what describes each."""
+    rows = con.execute(f"""
+        SELECT signature, any_value(kind), any_value(assets), any_value(agent),
+               any_value(rate_band), any_value(main_outcome), count(*) AS members,
+               count(DISTINCT prefix), sum(n) AS requests, sum(stopped), sum(at_origin),
+               min(first), max(last), median(rate),
+               list(client ORDER BY n DESC)[1:3],
+               list(prefix ORDER BY n DESC), count_if(suspect)
+        FROM clients WHERE signature IS NOT NULL
+        GROUP BY signature ORDER BY requests DESC, members DESC LIMIT {int(limit)}""").fetchall()
+    out: list[dict[str, object]] = []
+    for (sig, kind, assets, agent, band, outcome, members, prefixes, requests, stopped,
+         at_origin, first, last, rate, sample, member_prefixes, suspects) in rows:
+        counts: dict[str, int] = {}
+        for p in member_prefixes:
+            counts[p] = counts.get(p, 0) + 1
+        top_prefixes = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        out.append({
+            "signature": sig, "kind": kind, "assets": assets, "agent": agent,
+            "rate_band": band, "outcome": outcome, "clients": int(members),
+            "prefixes": int(prefixes), "requests": int(requests), "stopped": int(stopped),
+            "at_origin": int(at_origin), "first_ms": int(first), "last_ms": int(last),
+            "median_rate": float(rate), "sample": list(sample),
+            "top_prefixes": [{"prefix": p, "clients": c} for p, c in top_prefixes],
+            "suspects": int(suspects)})
+    return out

@@ -1,0 +1,249 @@
+"""The report as plain data (a JSON-ready dict): what was read, the timeline by outcome, the top
+prefixes, addresses, agents, paths, query shapes and statuses, the clusters, and what the
+mitigation did. The renderers (markdown.py, html.py, charts.py) only format it.
+
+"Suspects" are the clients the edge stopped (challenged, blocked or refused) for at least half
+of their requests: the traffic the defence itself judged to be the attack. The mitigation
+section measures how fast and how completely they were stopped, and what the others got.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+from kalkan.analyze import clusters as clustering
+from kalkan.analyze.shapes import OUTCOMES, STOPPED
+
+# Bucket widths the timeline may use: the smallest that keeps it within MAX_BUCKETS.
+BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+MAX_BUCKETS = 720
+_STOPPED_SQL = "(" + ", ".join(f"'{o}'" for o in STOPPED) + ")"
+_MITIGATION_SQL = ("(starts_with(decision, 'challenge:') OR starts_with(decision, 'block:') "
+                   "OR starts_with(decision, 'drop:') OR starts_with(decision, 'tarpit:') "
+                   "OR starts_with(decision, 'refuse:'))")
+
+
+@dataclass
+class Options:
+    bucket: int | None = None        # seconds per timeline bucket; None: chosen from the span
+    top: int = 15                    # rows per top list
+    clusters: int = 12               # clusters shown
+    min_requests: int = clustering.MIN_REQUESTS
+    name_address: Callable[[str], str] = field(default=lambda a: a)  # pseudonymize, or not
+    pseudonymized: bool = False
+
+
+def iso(ms: int | float | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000.0, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def choose_bucket(span_ms: int) -> int:
+    for width in BUCKETS:
+        if span_ms / 1000.0 / width <= MAX_BUCKETS:
+            return width
+    return BUCKETS[-1]
+
+
+def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> dict[str, Any]:
+    """The report from the loaded table `log` (load.load)."""
+    started = time.perf_counter()
+    row = con.execute("SELECT count(*), min(t), max(t), count_if(origin) FROM log").fetchone()
+    assert row is not None
+    lines, t0, t1, at_origin = (int(v) for v in row)
+    bucket = opts.bucket or choose_bucket(t1 - t0)
+    clustering.build(con, opts.min_requests)
+    name = opts.name_address
+    report: dict[str, Any] = {
+        "generator": "kalkan analyze",
+        "inputs": {"files": files, "lines": lines, "first": iso(t0), "last": iso(t1),
+                   "seconds": round((t1 - t0) / 1000.0, 3)},
+        "pseudonymized": opts.pseudonymized,
+    }
+    report["totals"] = _totals(con, lines, at_origin)
+    report["timeline"] = _timeline(con, t0, bucket)
+    report["top"] = _tops(con, opts.top, name)
+    found = clustering.clusters(con, opts.clusters)
+    for c in found:
+        c["sample"] = [name(a) for a in c["sample"]]  # type: ignore[attr-defined]
+        c["first"], c["last"] = iso(c.pop("first_ms")), iso(c.pop("last_ms"))  # type: ignore[arg-type]
+    report["clusters"] = found
+    report["clusters_method"] = {"min_requests": opts.min_requests,
+                                 "clients_placed": _scalar(con, "SELECT count(*) FROM clients "
+                                                           "WHERE signature IS NOT NULL"),
+                                 "clusters": _scalar(con, "SELECT count(DISTINCT signature) "
+                                                          "FROM clients")}
+    report["mitigation"] = _mitigation(con, report["timeline"], name)
+    report["analysis_seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _totals(con: duckdb.DuckDBPyConnection, lines: int, at_origin: int) -> dict[str, Any]:
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    for outcome, n in con.execute("SELECT outcome, count(*) FROM log GROUP BY ALL").fetchall():
+        outcomes[outcome] = int(n)
+    return {"requests": lines, "clients": _scalar(con, "SELECT count(*) FROM clients"),
+            "prefixes": _scalar(con, "SELECT count(DISTINCT prefix) FROM clients"),
+            "origin_requests": at_origin, "outcomes": outcomes}
+
+
+def _timeline(con: duckdb.DuckDBPyConnection, t0: int, bucket: int) -> dict[str, Any]:
+    """Per bucket: requests by outcome, requests that reached the origin, and the suspects'
+    requests (all, and stopped)."""
+    width = bucket * 1000
+    start = t0 - t0 % width
+    rows = con.execute(f"""
+        SELECT (t - {start}) // {width} AS b, outcome, c.suspect, count(*), count_if(origin)
+        FROM log JOIN clients c USING (client) GROUP BY ALL ORDER BY b""").fetchall()
+    n_buckets = max(int(b) for b, *_ in rows) + 1 if rows else 0
+    table: list[dict[str, Any]] = [
+        {"t": iso(start + i * width), **dict.fromkeys(OUTCOMES, 0), "origin": 0, "suspect": 0,
+         "suspect_stopped": 0, "suspect_origin": 0} for i in range(n_buckets)]
+    for b, outcome, suspect, n, origin in rows:
+        row = table[int(b)]
+        row[outcome] += int(n)
+        row["origin"] += int(origin)
+        if suspect:
+            row["suspect"] += int(n)
+            row["suspect_origin"] += int(origin)
+            if outcome in STOPPED:
+                row["suspect_stopped"] += int(n)
+    return {"bucket_seconds": bucket, "start": iso(start), "buckets": table}
+
+
+def _tops(con: duckdb.DuckDBPyConnection, top: int,
+          name: Callable[[str], str]) -> dict[str, list[dict[str, Any]]]:
+    lim = int(top)
+    total = _scalar(con, "SELECT count(*) FROM log") or 1
+
+    def rows(sql: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        out = []
+        for values in con.execute(sql).fetchall():
+            item = dict(zip(keys, values, strict=True))
+            item["share"] = round(item["requests"] / total, 4)
+            out.append(item)
+        return out
+
+    prefixes = rows(f"""
+        SELECT prefix, sum(n)::BIGINT AS requests, count(*) AS clients,
+               sum(stopped)::BIGINT AS stopped, count_if(suspect) AS suspects
+        FROM clients GROUP BY prefix ORDER BY requests DESC, prefix LIMIT {lim}""",
+                    ("prefix", "requests", "clients", "stopped", "suspects"))
+    addresses = rows(f"""
+        SELECT client, prefix, n AS requests, stopped, agent, kind, round(rate, 2), suspect
+        FROM clients ORDER BY n DESC, client LIMIT {lim}""",
+                     ("address", "prefix", "requests", "stopped", "agent", "kind", "rate",
+                      "suspect"))
+    for a in addresses:
+        a["address"] = name(a["address"])
+    agents = rows(f"""
+        SELECT coalesce(ua, '(none)') AS ua, count(*) AS requests,
+               count_if(outcome IN {_STOPPED_SQL}) AS stopped
+        FROM log GROUP BY ALL ORDER BY requests DESC, ua LIMIT {lim}""",
+                  ("user_agent", "requests", "stopped"))
+    paths = rows(f"""
+        SELECT path, count(*) AS requests, count_if(outcome IN {_STOPPED_SQL}) AS stopped,
+               count_if(origin) AS at_origin
+        FROM log GROUP BY ALL ORDER BY requests DESC, path LIMIT {lim}""",
+                 ("path", "requests", "stopped", "at_origin"))
+    queries = rows(f"""
+        SELECT route || ' ' || qshape AS pattern, sum(n)::BIGINT AS requests,
+               count(DISTINCT client) AS clients
+        FROM kinds WHERE qshape IS NOT NULL GROUP BY ALL
+        ORDER BY requests DESC, pattern LIMIT {lim}""", ("pattern", "requests", "clients"))
+    statuses = rows("""
+        SELECT status, count(*) AS requests FROM log GROUP BY ALL ORDER BY requests DESC,
+        status LIMIT 20""", ("status", "requests"))
+    decisions = rows(f"""
+        SELECT decision, count(*) AS requests, count(DISTINCT client) AS clients
+        FROM log WHERE decision <> '' GROUP BY ALL ORDER BY requests DESC, decision
+        LIMIT {lim}""", ("decision", "requests", "clients"))
+    return {"prefixes": prefixes, "addresses": addresses, "user_agents": agents,
+            "paths": paths, "queries": queries, "statuses": statuses, "decisions": decisions}
+
+
+def _first(con: duckdb.DuckDBPyConnection, where: str,
+           name: Callable[[str], str]) -> dict[str, Any] | None:
+    row = con.execute(f"SELECT t, decision, client, path FROM log WHERE {where} "
+                      "ORDER BY t LIMIT 1").fetchone()
+    if row is None:
+        return None
+    return {"time": iso(row[0]), "decision": row[1], "address": name(row[2]), "path": row[3],
+            "ms": int(row[0])}
+
+
+def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
+                name: Callable[[str], str]) -> dict[str, Any]:
+    first = {
+        "mitigation": _first(con, _MITIGATION_SQL, name),
+        "challenge": _first(con, "starts_with(decision, 'challenge:')", name),
+        "block": _first(con, "starts_with(decision, 'block:') OR starts_with(decision, "
+                              "'drop:') OR starts_with(decision, 'tarpit:')", name),
+        "refuse": _first(con, "starts_with(decision, 'refuse:')", name),
+        "attack_mode": _first(con, "strpos(decision, 'attack_mode') > 0", name),
+    }
+    srow = con.execute("""SELECT count(*), sum(n), min(first), sum(at_origin)
+                          FROM clients WHERE suspect""").fetchone()
+    assert srow is not None
+    suspects, suspect_requests, suspect_first, suspect_origin = srow
+    out: dict[str, Any] = {"first": first, "suspects": int(suspects or 0),
+                           "suspect_requests": int(suspect_requests or 0),
+                           "suspect_first": iso(suspect_first),
+                           "suspect_origin_requests": int(suspect_origin or 0)}
+    mitigation = first["mitigation"]
+    if mitigation is not None and suspect_first is not None:
+        out["seconds_to_first_mitigation"] = round((mitigation["ms"] - suspect_first) / 1000, 3)
+    # The first bucket in which at least 90% of the suspects' requests were stopped.
+    width = timeline["bucket_seconds"]
+    for i, b in enumerate(timeline["buckets"]):
+        if b["suspect"] and b["suspect_stopped"] >= 0.9 * b["suspect"]:
+            out["stopped_90_from"] = b["t"]
+            if suspect_first is not None:
+                start_ms = _parse_iso_ms(timeline["start"]) + i * width * 1000
+                out["seconds_to_90_stopped"] = round(max(0, start_ms - suspect_first) / 1000, 3)
+            break
+    if mitigation is not None:
+        since = mitigation["ms"]
+        row = con.execute(f"""
+            SELECT count_if(c.suspect), count_if(c.suspect AND outcome IN {_STOPPED_SQL}),
+                   count_if(c.suspect AND origin), count_if(origin),
+                   count_if(NOT c.suspect), count_if(NOT c.suspect AND outcome IN {_STOPPED_SQL}),
+                   count_if(NOT c.suspect AND outcome = 'challenge')
+            FROM log JOIN clients c USING (client) WHERE t >= {since}""").fetchone()
+        assert row is not None
+        s_all, s_stopped, s_origin, origin, o_all, o_stopped, o_challenged = (int(v) for v in row)
+        out["after_mitigation"] = {
+            "suspect_requests": s_all, "suspect_stopped": s_stopped,
+            "suspect_stopped_share": round(s_stopped / s_all, 4) if s_all else None,
+            "suspect_at_origin": s_origin, "origin_requests": origin,
+            "suspect_share_of_origin": round(s_origin / origin, 4) if origin else None,
+            "other_requests": o_all, "other_stopped": o_stopped,
+            "other_challenged": o_challenged,
+            "other_served_share": round(1 - o_stopped / o_all, 4) if o_all else None}
+    row = con.execute(f"""SELECT count(*), count_if(outcome IN {_STOPPED_SQL}), count(DISTINCT
+                          client) FROM log JOIN clients c USING (client)
+                          WHERE NOT c.suspect""").fetchone()
+    assert row is not None
+    out["others"] = {"requests": int(row[0]), "stopped": int(row[1]), "clients": int(row[2]),
+                     "served_share": round(1 - int(row[1]) / int(row[0]), 4) if row[0] else None}
+    for f in first.values():
+        if f is not None:
+            f.pop("ms")
+    return out
+
+
+def _parse_iso_ms(text: str) -> int:
+    when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return round(when.timestamp() * 1000)
