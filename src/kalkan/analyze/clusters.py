@@ -6,7 +6,7 @@ The signature (docs/analyze.md argues the choice):
   when one of them is at least half its requests, else "mixed";
 - assets: the share of its requests for assets (none / some / most): a browser fetches them;
 - agent: the family of its most frequent User-Agent (Chrome, tool, bot, (none)...);
-- rate: its requests per second while active, in bands a factor of about 4 apart;
+- rate: its requests per second while active, in decades (<0.1, 0.1-1, 1-10, 10-100, >100);
 - outcome: what the edge mostly did with it (served, challenge, block, refused).
 
 Exact grouping on coarse words, not a distance-based method: every member of a cluster shares
@@ -20,8 +20,10 @@ import duckdb
 MIN_REQUESTS = 5  # fewer requests say too little about a client to place it
 
 # Rate bands (requests per second while active: last request − first, at least one second).
-RATE_BANDS = ((0.25, "<0.25/s"), (1.0, "0.25-1/s"), (4.0, "1-4/s"), (16.0, "4-16/s"),
-              (float("inf"), ">16/s"))
+# Decades: wide enough that one botnet's members (same schedule, random jitter) share a band;
+# a client on an edge (3.9 vs 4.1/s) would split a narrower scheme.
+RATE_BANDS = ((0.1, "<0.1/s"), (1.0, "0.1-1/s"), (10.0, "1-10/s"), (100.0, "10-100/s"),
+              (float("inf"), ">100/s"))
 
 
 def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> None:

@@ -111,8 +111,12 @@ def load(con: duckdb.DuckDBPyConnection, files: list[str], since: int | None = N
         if problem:
             raise LogError(problem) from exc
         raise LogError(_engine_message(exc)) from exc
-    row = con.execute("SELECT count(*) FROM log").fetchone()
-    n = int(row[0]) if row else 0
+    row = con.execute("SELECT count(*), count_if(t IS NULL OR client IS NULL OR status IS NULL) "
+                      "FROM log").fetchone()
+    n, incomplete = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+    if incomplete:
+        # JSON objects without the fields every line has: another program's log.
+        raise LogError(find_problem(files) or f"{incomplete} lines lack time, client or status")
     if n == 0:
         if window:
             raise LogError("no requests in the logs between --since and --until")

@@ -223,7 +223,7 @@ def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
                    count_if(NOT c.suspect AND outcome = 'challenge')
             FROM log JOIN clients c USING (client) WHERE t >= {since}""").fetchone()
         assert row is not None
-        s_all, s_stopped, s_origin, origin, o_all, o_stopped, o_challenged = (int(v) for v in row)
+        s_all, s_stopped, s_origin, origin, o_all, o_stopped, o_challenged = _ints(row)
         out["after_mitigation"] = {
             "suspect_requests": s_all, "suspect_stopped": s_stopped,
             "suspect_stopped_share": round(s_stopped / s_all, 4) if s_all else None,
@@ -236,12 +236,18 @@ def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
                           client) FROM log JOIN clients c USING (client)
                           WHERE NOT c.suspect""").fetchone()
     assert row is not None
-    out["others"] = {"requests": int(row[0]), "stopped": int(row[1]), "clients": int(row[2]),
-                     "served_share": round(1 - int(row[1]) / int(row[0]), 4) if row[0] else None}
+    requests, stopped, clients = _ints(row)
+    out["others"] = {"requests": requests, "stopped": stopped, "clients": clients,
+                     "served_share": round(1 - stopped / requests, 4) if requests else None}
     for f in first.values():
         if f is not None:
             f.pop("ms")
     return out
+
+
+def _ints(row: tuple[Any, ...]) -> list[int]:
+    """A row of counts (count_if over no rows is NULL)."""
+    return [int(v or 0) for v in row]
 
 
 def _parse_iso_ms(text: str) -> int:
