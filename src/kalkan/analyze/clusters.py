@@ -1,16 +1,21 @@
-"""Clients that behave alike: each client with enough requests gets a behaviour signature of
-five coarse words, and clients with the same signature form one cluster.
+"""Clients that behave alike: each client with enough requests gets a behaviour signature,
+and clients with the same signature form one cluster.
 
 The signature (docs/analyze.md argues the choice):
 - kind: what the client mostly asks for, its route class and query shape ("search s=<word>"),
   when one of them is at least half its requests, else "mixed";
 - assets: the share of its requests for assets (none / some / most): a browser fetches them;
 - agent: the family of its most frequent User-Agent (Chrome, tool, bot, (none)...);
-- rate: its requests per second while active, in decades (<0.1, 0.1-1, 1-10, 10-100, >100);
-- outcome: what the edge mostly did with it (served, challenge, block, refused).
+- outcome: what the edge mostly did with it (served, challenge, block, refused);
+- rate: its requests per second while active. Among clients alike in the four words above,
+  sorted by rate, a new cluster starts wherever the rate jumps by more than RATE_GAP times
+  from one client to the next: one botnet's members (one schedule, random jitter) stay
+  together however their rates straddle any fixed band edge, and a group at a tenth of
+  another's pace is told apart.
 
-Exact grouping on coarse words, not a distance-based method: every member of a cluster shares
-every word, so a cluster is explained by its signature alone, and the method is deterministic.
+Exact grouping on coarse words and one gap rule, not a trained or distance-weighted method:
+every member of a cluster shares every word, so a cluster is explained by its row alone, and
+the same logs always give the same clusters.
 """
 
 from __future__ import annotations
@@ -19,16 +24,13 @@ import duckdb
 
 MIN_REQUESTS = 5  # fewer requests say too little about a client to place it
 
-# Rate bands (requests per second while active: last request − first, at least one second).
-# Decades: wide enough that one botnet's members (same schedule, random jitter) share a band;
-# a client on an edge (3.9 vs 4.1/s) would split a narrower scheme.
-RATE_BANDS = ((0.1, "<0.1/s"), (1.0, "0.1-1/s"), (10.0, "1-10/s"), (100.0, "10-100/s"),
-              (float("inf"), ">100/s"))
+# A client's rate: its requests over the time from its first to its last (at least a second).
+RATE_GAP = 3.0  # a rate this many times the next slower client's starts a new cluster
 
 
 def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> None:
-    """Creates the tables `kinds` (per client × route × query shape × UA family) and
-    `clients` (one row per client: counts, prefix, signature, `suspect`)."""
+    """Creates the tables `kinds` (requests per client × route class × query shape) and
+    `clients` (one row per client: counts, prefix, rate, signature, `suspect`)."""
     con.execute("""
         CREATE OR REPLACE TABLE kinds AS
         SELECT client, route_class(method, path, qshape) AS route, qshape, sum(n) AS n
@@ -37,8 +39,6 @@ def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> N
         GROUP BY ALL""")
     # (The route is told from the query's shape, which keeps the query's keys: classified once
     # per client, path and shape instead of once per line.)
-    rate_case = " ".join(f"WHEN rate < {edge} THEN '{name}'" for edge, name in RATE_BANDS
-                         if edge != float("inf"))
     con.execute("""
         CREATE OR REPLACE TABLE clients AS
         WITH base AS (
@@ -69,20 +69,26 @@ def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> N
                b.stopped > 0 AND b.stopped * 2 >= b.n AS suspect
         FROM base b JOIN kind USING (client)
              LEFT JOIN assets USING (client)""")
+    # The signature: the four words, then the rate segment among clients with those words.
     con.execute(f"""
-        ALTER TABLE clients ADD COLUMN rate_band VARCHAR;
-        UPDATE clients SET rate_band = CASE {rate_case} ELSE '{RATE_BANDS[-1][1]}' END;
-        ALTER TABLE clients ADD COLUMN signature VARCHAR;
-        UPDATE clients SET signature = CASE WHEN n >= {int(min_requests)} THEN
-          kind || ' | ' || assets || ' | ' || agent || ' | ' || rate_band || ' | ' || main_outcome
-          END""")
+        CREATE OR REPLACE TABLE clients AS
+        SELECT c.*, CASE WHEN c.n >= {int(min_requests)} THEN
+                      words || ' | ' || sum(CASE WHEN prev IS NULL OR rate > prev * {RATE_GAP}
+                                                 THEN 1 ELSE 0 END)
+                        OVER (PARTITION BY words ORDER BY rate, client
+                              ROWS UNBOUNDED PRECEDING) END AS signature
+        FROM (SELECT *, lag(rate) OVER (PARTITION BY words ORDER BY rate, client) AS prev
+              FROM (SELECT *, CASE WHEN n >= {int(min_requests)} THEN
+                                kind || ' | ' || assets || ' | ' || agent || ' | '
+                                || main_outcome END AS words
+                    FROM clients)) c""")
 
 
 def clusters(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, object]]:
     """The largest clusters (by requests), with what describes each."""
     rows = con.execute(f"""
         SELECT signature, any_value(kind), any_value(assets), any_value(agent),
-               any_value(rate_band), any_value(main_outcome), count(*) AS members,
+               min(rate), max(rate), any_value(main_outcome), count(*) AS members,
                count(DISTINCT prefix), sum(n) AS requests, sum(stopped), sum(at_origin),
                min(first), max(last), median(rate),
                list(client ORDER BY n DESC)[1:3],
@@ -90,7 +96,7 @@ def clusters(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, objec
         FROM clients WHERE signature IS NOT NULL
         GROUP BY signature ORDER BY requests DESC, members DESC LIMIT {int(limit)}""").fetchall()
     out: list[dict[str, object]] = []
-    for (sig, kind, assets, agent, band, outcome, members, prefixes, requests, stopped,
+    for (sig, kind, assets, agent, slowest, fastest, outcome, members, prefixes, requests, stopped,
          at_origin, first, last, rate, sample, member_prefixes, suspects) in rows:
         counts: dict[str, int] = {}
         for p in member_prefixes:
@@ -98,10 +104,18 @@ def clusters(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, objec
         top_prefixes = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
         out.append({
             "signature": sig, "kind": kind, "assets": assets, "agent": agent,
-            "rate_band": band, "outcome": outcome, "clients": int(members),
+            "rate": rate_range(slowest, fastest), "outcome": outcome, "clients": int(members),
             "prefixes": int(prefixes), "requests": int(requests), "stopped": int(stopped),
             "at_origin": int(at_origin), "first_ms": int(first), "last_ms": int(last),
             "median_rate": float(rate), "sample": list(sample),
             "top_prefixes": [{"prefix": p, "clients": c} for p, c in top_prefixes],
             "suspects": int(suspects)})
     return out
+
+
+def rate_range(slowest: float, fastest: float) -> str:
+    """"0.05-0.2/s": the cluster's slowest and fastest member (requests per second)."""
+    def fmt(x: float) -> str:
+        return f"{x:.2g}" if x < 10 else f"{x:.0f}"
+    low, high = fmt(slowest), fmt(fastest)
+    return f"{low}/s" if low == high else f"{low}-{high}/s"

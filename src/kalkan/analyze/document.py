@@ -154,8 +154,9 @@ def blocks(report: dict[str, Any], charts: bool = True) -> list[Block]:
         "half of their requests; the others are everyone else, readers among them.",
         "Clusters: addresses with at least "
         f"{report['clusters_method']['min_requests']} requests and the same behaviour "
-        "signature (what they mostly ask for, asset share, User-Agent family, request rate, "
-        "what the edge did); see docs/analyze.md.",
+        "signature (what they mostly ask for, asset share, User-Agent family, what the edge "
+        "did) and request rates that form one run (no jump of more than 3× between "
+        "neighbours); see docs/analyze.md.",
         f"Made by kalkan analyze in {report.get('analysis_seconds', 0)} s of analysis."]))
     return out
 
@@ -217,7 +218,7 @@ def _clusters(report: dict[str, Any]) -> list[Block]:
     rows = []
     for i, c in enumerate(found, 1):
         prefixes = ", ".join(f"{p['prefix']} ({p['clients']})" for p in c["top_prefixes"])
-        rows.append([str(i), Code(c["kind"]), c["assets"], c["agent"], c["rate_band"],
+        rows.append([str(i), Code(c["kind"]), c["assets"], c["agent"], c["rate"],
                      c["outcome"], _n(c["clients"]), _n(c["prefixes"]), Code(prefixes),
                      _n(c["requests"]), _pct(c["stopped"], c["requests"]),
                      f"{_clock(c['first'])[11:19]}–{_clock(c['last'])[11:19]}",
