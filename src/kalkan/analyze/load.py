@@ -161,7 +161,8 @@ def line_problem(line: str) -> str | None:
     try:
         obj = json.loads(line)
     except ValueError as exc:
-        return f"not JSON ({exc.args[0] if exc.args else exc}): {line.strip()[:80]!r}"
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return f"not JSON ({why}): {line.strip()[:80]!r}"
     if not isinstance(obj, dict):
         return f"a JSON {type(obj).__name__}, not an object: {line.strip()[:80]!r}"
     for name in ("time", "client", "status"):
