@@ -13,6 +13,9 @@ from kalkan.analyze.shapes import OUTCOMES
 COLOURS = {"hit": "#2da44e", "stale": "#8fd19e", "miss": "#0969da", "pass": "#8250df",
            "challenge": "#d4a72c", "block": "#cf222e", "refused": "#8c2f39", "error": "#6e7781"}
 _WIDTH, _HEIGHT, _DPI = 9.6, 3.4, 100
+# Fixed margins (inches' share of the figure): matplotlib's automatic layout costs a third of
+# the time of drawing the charts.
+_MARGINS = {"left": 0.08, "right": 0.985, "top": 0.9, "bottom": 0.14}
 
 
 def render(report: dict[str, Any]) -> dict[str, bytes]:
@@ -32,7 +35,8 @@ def render(report: dict[str, Any]) -> dict[str, bytes]:
 
     def finish(fig: Any, name: str) -> None:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=_DPI)
+        # zlib level 6 instead of 9: a third of the time for a few percent more bytes.
+        fig.savefig(buf, format="png", dpi=_DPI, pil_kwargs={"compress_level": 6})
         plt.close(fig)
         out[name] = buf.getvalue()
 
@@ -46,7 +50,8 @@ def render(report: dict[str, Any]) -> dict[str, bytes]:
     first_at = _days(first["time"]) if first else None
 
     if buckets:
-        fig, ax = plt.subplots(figsize=(_WIDTH, _HEIGHT), layout="constrained")
+        fig, ax = plt.subplots(figsize=(_WIDTH, _HEIGHT))
+        fig.subplots_adjust(**_MARGINS)
         present = [o for o in OUTCOMES if any(b[o] for b in buckets)]
         ax.stackplot(times, *[[b[o] / width for b in buckets] for o in present],
                      labels=present, colors=[COLOURS[o] for o in present], step="post")
@@ -63,8 +68,8 @@ def render(report: dict[str, Any]) -> dict[str, bytes]:
         finish(fig, "timeline")
 
     if buckets and report["mitigation"]["suspects"]:
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(_WIDTH, _HEIGHT * 1.5), sharex=True,
-                                          layout="constrained")
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(_WIDTH, _HEIGHT * 1.5), sharex=True)
+        fig.subplots_adjust(**(_MARGINS | {"bottom": 0.1, "top": 0.93, "hspace": 0.12}))
         stopped = [b["suspect_stopped"] / width for b in buckets]
         through = [(b["suspect"] - b["suspect_stopped"]) / width for b in buckets]
         top.stackplot(times, stopped, through, labels=["stopped", "let through"],
@@ -88,8 +93,10 @@ def render(report: dict[str, Any]) -> dict[str, bytes]:
 
     prefixes = report["top"]["prefixes"][:10]
     if prefixes:
-        fig, ax = plt.subplots(figsize=(_WIDTH, 0.6 + 0.3 * len(prefixes)),
-                               layout="constrained")
+        height = 0.9 + 0.3 * len(prefixes)
+        fig, ax = plt.subplots(figsize=(_WIDTH, height))
+        fig.subplots_adjust(left=0.17, right=0.98, top=1 - 0.15 / height,
+                            bottom=0.6 / height)
         names = [p["prefix"] for p in prefixes][::-1]
         stopped_n = [p["stopped"] for p in prefixes][::-1]
         served_n = [p["requests"] - p["stopped"] for p in prefixes][::-1]

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import duckdb
 
+from kalkan.analyze.shapes import shaped
+
 MIN_REQUESTS = 5  # fewer requests say too little about a client to place it
 
 # A client's rate: its requests over the time from its first to its last (at least a second).
@@ -31,11 +33,11 @@ RATE_GAP = 3.0  # a rate this many times the next slower client's starts a new c
 def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> None:
     """Creates the tables `kinds` (requests per client × route class × query shape) and
     `clients` (one row per client: counts, prefix, rate, signature, `suspect`)."""
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TABLE kinds AS
         SELECT client, route_class(method, path, qshape) AS route, qshape, sum(n) AS n
-        FROM (SELECT client, method, path, query_shape(query) AS qshape, count(*) AS n
-              FROM log GROUP BY ALL)
+        FROM (SELECT client, method, path, qshape, count(*) AS n
+              FROM ({shaped("log", "client, method, path")}) GROUP BY ALL)
         GROUP BY ALL""")
     # (The route is told from the query's shape, which keeps the query's keys: classified once
     # per client, path and shape instead of once per line.)

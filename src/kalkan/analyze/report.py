@@ -67,8 +67,20 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> di
                    "seconds": round((t1 - t0) / 1000.0, 3)},
         "pseudonymized": opts.pseudonymized,
     }
-    report["totals"] = _totals(con, lines, at_origin)
-    report["timeline"] = _timeline(con, t0, bucket)
+    first = _firsts(con, name)
+    mitigation = first["mitigation"]
+    since = mitigation["ms"] if mitigation else None
+    width = bucket * 1000
+    start = t0 - t0 % width
+    # One pass over the lines for the totals, the timeline and the mitigation's before/after:
+    # requests by bucket, after-the-first-mitigation, outcome and whether a suspect sent them.
+    after = f"t >= {int(since)}" if since is not None else "false"
+    cells = [(int(b), bool(a), o, bool(s), int(n), int(g)) for b, a, o, s, n, g in con.execute(f"""
+        SELECT (t - {start}) // {width} AS b, {after} AS after, outcome, c.suspect, count(*),
+               count_if(origin)
+        FROM log JOIN clients c USING (client) GROUP BY ALL""").fetchall()]
+    report["totals"] = _totals(con, cells, lines, at_origin)
+    report["timeline"] = _timeline(cells, start, bucket)
     report["top"] = _tops(con, opts.top, name)
     found = clustering.clusters(con, opts.clusters)
     for c in found:
@@ -80,7 +92,7 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> di
                                                            "WHERE signature IS NOT NULL"),
                                  "clusters": _scalar(con, "SELECT count(DISTINCT signature) "
                                                           "FROM clients")}
-    report["mitigation"] = _mitigation(con, report["timeline"], name)
+    report["mitigation"] = _mitigation(con, cells, first, report["timeline"])
     report["analysis_seconds"] = round(time.perf_counter() - started, 3)
     return report
 
@@ -90,36 +102,36 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _totals(con: duckdb.DuckDBPyConnection, lines: int, at_origin: int) -> dict[str, Any]:
+Cell = tuple[int, bool, str, bool, int, int]  # bucket, after, outcome, suspect, n, at origin
+
+
+def _totals(con: duckdb.DuckDBPyConnection, cells: list[Cell], lines: int,
+            at_origin: int) -> dict[str, Any]:
     outcomes = dict.fromkeys(OUTCOMES, 0)
-    for outcome, n in con.execute("SELECT outcome, count(*) FROM log GROUP BY ALL").fetchall():
-        outcomes[outcome] = int(n)
+    for _, _, outcome, _, n, _ in cells:
+        outcomes[outcome] += n
     return {"requests": lines, "clients": _scalar(con, "SELECT count(*) FROM clients"),
             "prefixes": _scalar(con, "SELECT count(DISTINCT prefix) FROM clients"),
             "origin_requests": at_origin, "outcomes": outcomes}
 
 
-def _timeline(con: duckdb.DuckDBPyConnection, t0: int, bucket: int) -> dict[str, Any]:
+def _timeline(cells: list[Cell], start: int, bucket: int) -> dict[str, Any]:
     """Per bucket: requests by outcome, requests that reached the origin, and the suspects'
-    requests (all, and stopped)."""
+    requests (all, stopped, at the origin)."""
     width = bucket * 1000
-    start = t0 - t0 % width
-    rows = con.execute(f"""
-        SELECT (t - {start}) // {width} AS b, outcome, c.suspect, count(*), count_if(origin)
-        FROM log JOIN clients c USING (client) GROUP BY ALL ORDER BY b""").fetchall()
-    n_buckets = max(int(b) for b, *_ in rows) + 1 if rows else 0
+    n_buckets = max(c[0] for c in cells) + 1 if cells else 0
     table: list[dict[str, Any]] = [
         {"t": iso(start + i * width), **dict.fromkeys(OUTCOMES, 0), "origin": 0, "suspect": 0,
          "suspect_stopped": 0, "suspect_origin": 0} for i in range(n_buckets)]
-    for b, outcome, suspect, n, origin in rows:
-        row = table[int(b)]
-        row[outcome] += int(n)
-        row["origin"] += int(origin)
+    for b, _, outcome, suspect, n, origin in cells:
+        row = table[b]
+        row[outcome] += n
+        row["origin"] += origin
         if suspect:
-            row["suspect"] += int(n)
-            row["suspect_origin"] += int(origin)
+            row["suspect"] += n
+            row["suspect_origin"] += origin
             if outcome in STOPPED:
-                row["suspect_stopped"] += int(n)
+                row["suspect_stopped"] += n
     return {"bucket_seconds": bucket, "start": iso(start), "buckets": table}
 
 
@@ -184,9 +196,9 @@ def _first(con: duckdb.DuckDBPyConnection, where: str,
             "ms": int(row[0])}
 
 
-def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
-                name: Callable[[str], str]) -> dict[str, Any]:
-    first = {
+def _firsts(con: duckdb.DuckDBPyConnection,
+            name: Callable[[str], str]) -> dict[str, dict[str, Any] | None]:
+    return {
         "mitigation": _first(con, _MITIGATION_SQL, name),
         "challenge": _first(con, "starts_with(decision, 'challenge:')", name),
         "block": _first(con, "starts_with(decision, 'block:') OR starts_with(decision, "
@@ -194,6 +206,11 @@ def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
         "refuse": _first(con, "starts_with(decision, 'refuse:')", name),
         "attack_mode": _first(con, "strpos(decision, 'attack_mode') > 0", name),
     }
+
+
+def _mitigation(con: duckdb.DuckDBPyConnection, cells: list[Cell],
+                first: dict[str, dict[str, Any] | None],
+                timeline: dict[str, Any]) -> dict[str, Any]:
     srow = con.execute("""SELECT count(*), sum(n), min(first), sum(at_origin)
                           FROM clients WHERE suspect""").fetchone()
     assert srow is not None
@@ -215,15 +232,19 @@ def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
                 out["seconds_to_90_stopped"] = round(max(0, start_ms - suspect_first) / 1000, 3)
             break
     if mitigation is not None:
-        since = mitigation["ms"]
-        row = con.execute(f"""
-            SELECT count_if(c.suspect), count_if(c.suspect AND outcome IN {_STOPPED_SQL}),
-                   count_if(c.suspect AND origin), count_if(origin),
-                   count_if(NOT c.suspect), count_if(NOT c.suspect AND outcome IN {_STOPPED_SQL}),
-                   count_if(NOT c.suspect AND outcome = 'challenge')
-            FROM log JOIN clients c USING (client) WHERE t >= {since}""").fetchone()
-        assert row is not None
-        s_all, s_stopped, s_origin, origin, o_all, o_stopped, o_challenged = _ints(row)
+        s_all = s_stopped = s_origin = origin = o_all = o_stopped = o_challenged = 0
+        for _, after, outcome, suspect, n, at_origin in cells:
+            if not after:
+                continue
+            origin += at_origin
+            if suspect:
+                s_all += n
+                s_origin += at_origin
+                s_stopped += n if outcome in STOPPED else 0
+            else:
+                o_all += n
+                o_stopped += n if outcome in STOPPED else 0
+                o_challenged += n if outcome == "challenge" else 0
         out["after_mitigation"] = {
             "suspect_requests": s_all, "suspect_stopped": s_stopped,
             "suspect_stopped_share": round(s_stopped / s_all, 4) if s_all else None,
@@ -232,16 +253,14 @@ def _mitigation(con: duckdb.DuckDBPyConnection, timeline: dict[str, Any],
             "other_requests": o_all, "other_stopped": o_stopped,
             "other_challenged": o_challenged,
             "other_served_share": round(1 - o_stopped / o_all, 4) if o_all else None}
-    row = con.execute(f"""SELECT count(*), count_if(outcome IN {_STOPPED_SQL}), count(DISTINCT
-                          client) FROM log JOIN clients c USING (client)
-                          WHERE NOT c.suspect""").fetchone()
-    assert row is not None
-    requests, stopped, clients = _ints(row)
+    requests = sum(c[4] for c in cells if not c[3])
+    stopped = sum(c[4] for c in cells if not c[3] and c[2] in STOPPED)
+    clients = _scalar(con, "SELECT count(*) FROM clients WHERE NOT suspect")
     out["others"] = {"requests": requests, "stopped": stopped, "clients": clients,
                      "served_share": round(1 - stopped / requests, 4) if requests else None}
     for f in first.values():
         if f is not None:
-            f.pop("ms")
+            f.pop("ms", None)
     return out
 
 
