@@ -30,7 +30,7 @@ COLUMNS = {"time": "VARCHAR", "client": "VARCHAR", "method": "VARCHAR", "path": 
            "query": "VARCHAR", "status": "INTEGER", "cache": "VARCHAR", "origin_ms": "DOUBLE",
            "decision": "VARCHAR", "ua": "VARCHAR"}
 _TIME_FORMATS = "['%Y-%m-%dT%H:%M:%S.%gZ', '%Y-%m-%dT%H:%M:%SZ']"
-_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z\Z")
+_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z\Z")
 
 
 def expand(inputs: list[str]) -> list[str]:
@@ -97,7 +97,7 @@ def load(con: duckdb.DuckDBPyConnection, files: list[str], since: int | None = N
         SELECT * FROM (
           SELECT epoch_ms(strptime(time, {_TIME_FORMATS})) AS t,
                  client, coalesce(method, '') AS method, coalesce(path, '') AS path,
-                 nullif(query, '') AS query, status::SMALLINT AS status,
+                 nullif(query, '') AS query, status,
                  coalesce(cache, '') AS cache, origin_ms IS NOT NULL AS origin,
                  coalesce(decision, '') AS decision, ua,
                  outcome(coalesce(cache, ''), coalesce(decision, ''), status) AS outcome

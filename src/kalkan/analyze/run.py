@@ -41,6 +41,8 @@ def analyze(req: Request) -> dict[str, Any]:
         raise load.LogError("--until must be later than --since")
     if req.bucket is not None and req.bucket < 1:
         raise load.LogError("--bucket must be at least 1 second")
+    if req.top < 1:
+        raise load.LogError("--top must be at least 1")
     started = time.perf_counter()
     con = load.connect(req.threads)
     try:
