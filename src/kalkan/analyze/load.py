@@ -101,8 +101,7 @@ def load(con: duckdb.DuckDBPyConnection, files: list[str], since: int | None = N
                  coalesce(cache, '') AS cache, origin_ms IS NOT NULL AS origin,
                  coalesce(decision, '') AS decision, ua,
                  outcome(coalesce(cache, ''), coalesce(decision, ''), status) AS outcome
-          FROM read_json({names}, format = 'newline_delimited', columns = {columns},
-                         maximum_object_size = 1048576)
+          FROM read_json({names}, format = 'newline_delimited', columns = {columns})
         ) {where}"""
     try:
         con.execute(sql)
