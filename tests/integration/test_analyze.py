@@ -229,3 +229,16 @@ def test_query_shapes(query: str, shape: str) -> None:
 def test_prefixes(address: str, prefix: str) -> None:
     con = connect()
     assert con.execute("SELECT prefix_of(?)", [address]).fetchone() == (prefix,)
+
+
+def test_without_the_analyze_extra_the_command_says_what_to_install(
+        attack_log, capsys, monkeypatch) -> None:
+    # A Python where duckdb cannot be imported (None in sys.modules makes `import` fail), and
+    # kalkan.analyze not yet imported, as in a runtime-only install.
+    monkeypatch.setitem(sys.modules, "duckdb", None)
+    for name in [m for m in sys.modules if m.startswith("kalkan.analyze")]:
+        monkeypatch.delitem(sys.modules, name)
+    rc, _, err = analyze(capsys, str(attack_log[0]))
+    assert rc == 2
+    assert err.strip() == ("kalkan analyze needs the analyze extra (duckdb is not installed): "
+                           "pip install 'kalkan[analyze]'")
