@@ -21,6 +21,7 @@ from bench.analyze_log import BotGroup, Scenario, write  # noqa: E402
 
 from kalkan.analyze.load import connect  # noqa: E402
 from kalkan.cli import main  # noqa: E402
+from kalkan.observe.pseudonym import pseudonymize  # noqa: E402
 
 BOTS = 60
 BOTNET = BotGroup("search botnet", BOTS, ("127.66.1",), "search", 1.0,
@@ -223,12 +224,17 @@ def test_query_shapes(query: str, shape: str) -> None:
 
 @pytest.mark.parametrize(("address", "prefix"), [
     ("203.0.113.7", "203.0.113.0/24"), ("::ffff:203.0.113.7", "203.0.113.0/24"),
-    ("2001:db8:1:2::7", "2001:db8:1::/48"), ("2001:db8::1", "2001:db8:0::/48"),
-    ("2001:0db8:00aa:0002:0003:0004:0005:0006", "2001:db8:aa::/48"), ("::1", "0:0:0::/48"),
+    ("2001:db8:1:2::7", "2001:db8:1::/48"), ("2001:db8::1", "2001:db8::/48"),
+    ("2001:0db8:00aa:0002:0003:0004:0005:0006", "2001:db8:aa::/48"), ("::1", "::/48"),
+    ("0:db8:1::5", "0:db8:1::/48"), ("2001:0:5::1", "2001:0:5::/48"),
 ])
 def test_prefixes(address: str, prefix: str) -> None:
     con = connect()
     assert con.execute("SELECT prefix_of(?)", [address]).fetchone() == (prefix,)
+    # A pseudonymized address shows the same prefix, in the same spelling.
+    shown = pseudonymize(address, b"sixteen bytes at least").rsplit("x-", 1)[0]
+    assert shown == (prefix.removesuffix("0/24") if prefix.endswith("/24")
+                     else prefix.removesuffix("/48"))
 
 
 def test_without_the_analyze_extra_the_command_says_what_to_install(

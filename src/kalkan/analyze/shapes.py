@@ -125,6 +125,7 @@ CREATE OR REPLACE MACRO ua_family(ua) AS CASE
 
 # An address's network: IPv4 /24 ("203.0.113.0/24"), IPv6 /48 ("2001:db8:1::/48"; the "::" is
 # expanded to find the first three groups), an IPv4-mapped IPv6 address as its IPv4 /24.
+# (v6_48 is created before prefix_of, which uses it.)
 _V6_GROUPS = """
 CREATE OR REPLACE MACRO v6_groups(a) AS CASE WHEN strpos(a, '::') > 0 THEN
   list_concat(
@@ -143,11 +144,21 @@ CREATE OR REPLACE MACRO prefix_of(a) AS CASE
        THEN regexp_replace(substr(a, 8), '\.[0-9]+$', '.0/24')
   WHEN strpos(a, ':') = 0 AND regexp_full_match(a, '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+')
        THEN regexp_replace(a, '\.[0-9]+$', '.0/24')
-  WHEN strpos(a, ':') > 0 THEN
-       array_to_string(list_transform(v6_groups(lower(split_part(a, '%', 1)))[1:3],
-                       lambda g: coalesce(nullif(ltrim(g, '0'), ''), '0')), ':') || '::/48'
+  WHEN strpos(a, ':') > 0 THEN v6_48(list_transform(v6_groups(lower(split_part(a, '%', 1)))[1:3],
+                                                   lambda g: coalesce(nullif(ltrim(g, '0'), ''),
+                                                                      '0')))
   ELSE a END
 """
 
+# The first three groups as Python's ipaddress writes the /48: trailing zero groups fold into
+# the "::" (2001:db8:0:: is 2001:db8::), so prefixes read as the pseudonyms' do.
+_V6_48 = """
+CREATE OR REPLACE MACRO v6_48(g) AS CASE
+  WHEN g[3] <> '0' THEN g[1] || ':' || g[2] || ':' || g[3]
+  WHEN g[2] <> '0' THEN g[1] || ':' || g[2]
+  WHEN g[1] <> '0' THEN g[1]
+  ELSE '' END || '::/48'
+"""
+
 MACROS = (_OUTCOME, _VALUE_SHAPE, _KEY_SHAPE, _PAIR_SHAPE, _QUERY_SHAPE, _ROUTE, _UA_FAMILY,
-          _V6_GROUPS, _PREFIX)
+          _V6_GROUPS, _V6_48, _PREFIX)
