@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Two stamps: the runtime alone (`make demo`: what `pip install .` brings) and the runtime with
-# the test and benchmark extras (everything else). Either is redone when pyproject.toml changes.
+# the test, benchmark and analyze extras (everything else). Either is redone when pyproject.toml changes.
 RUNTIME_STAMP := $(VENV)/.runtime-$(SUM)
 STAMP         := $(VENV)/.installed-$(SUM)
 # The hot path's modules that setup.py compiles with mypyc: editing one rebuilds (the compiled
@@ -28,7 +28,7 @@ $(RUNTIME_STAMP): pyproject.toml setup.py $(COMPILED)
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	find src -name '*.so' -delete  # a failed build then leaves the sources, never a stale mix
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench,analyze]'
 	rm -f $(VENV)/.installed-* $(VENV)/.runtime-*
 	touch $@ $(RUNTIME_STAMP)
 

@@ -1,6 +1,6 @@
 """The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
-maintenance, cert status, alerts test, top, demo-site and demo; which config a command reads,
-and what a failed start prints (one line)."""
+maintenance, cert status, alerts test, top, analyze, demo-site and demo; which config a command
+reads, and what a failed start prints (one line)."""
 
 from __future__ import annotations
 
@@ -357,6 +357,34 @@ def cmd_top(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """A forensic report from access logs (docs/analyze.md); errors name the file and line."""
+    try:
+        from kalkan.analyze import load, run
+    except ImportError as exc:
+        print(f"kalkan analyze needs the analyze extra ({exc.name} is not installed): "
+              "pip install 'kalkan[analyze]'", file=sys.stderr)
+        return 2
+    from kalkan.observe.pseudonym import PseudonymKeyError, load_key
+
+    req = run.Request(inputs=args.logs, out=args.out, format=args.format, since=args.since,
+                      until=args.until, bucket=args.bucket, top=args.top,
+                      charts=not args.no_charts, threads=args.threads)
+    try:
+        if args.pseudonymize or args.pseudonymize_key_env:
+            req.key = load_key(args.pseudonymize, args.pseudonymize_key_env)
+        result = run.analyze(req)
+        written = run.write(req, result)
+    except (load.LogError, PseudonymKeyError) as exc:
+        print(f"kalkan analyze: {exc}", file=sys.stderr)
+        return 2
+    if written:
+        inputs = result["inputs"]
+        print(f"{inputs['lines']:,} lines from {len(inputs['files'])} file(s) → "
+              + ", ".join(written), file=sys.stderr)
+    return 0
+
+
 def _demo_site_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from kalkan.demo.site import DemoSiteConfig
 
@@ -517,6 +545,28 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("status", help="names, expiry and renewal date of the ACME certificate")
     c.add_argument("--config", required=True, help="the edge's YAML config file")
     c.set_defaults(func=cmd_cert_status)
+
+    p = sub.add_parser("analyze", help="a forensic report (Markdown, charts, HTML, JSON) "
+                       "from access logs")
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="access-log files (JSON lines, .gz too) or glob patterns")
+    p.add_argument("--out", metavar="DIR", help="write report.md, report.html, report.json and "
+                   "the PNG charts here (default: the Markdown on stdout)")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown",
+                   help="json: the report as data only")
+    p.add_argument("--since", help="only requests at or after this time (ISO 8601, UTC)")
+    p.add_argument("--until", help="only requests before this time (ISO 8601, UTC)")
+    p.add_argument("--bucket", type=int, metavar="SECONDS",
+                   help="timeline bucket (default: from the span, at most 720 buckets)")
+    p.add_argument("--top", type=int, default=15, help="rows in each top list (default 15)")
+    p.add_argument("--no-charts", action="store_true", help="no PNG charts (faster)")
+    p.add_argument("--threads", type=int, help="engine threads (default: every core)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--pseudonymize", metavar="KEYFILE",
+                     help="replace addresses by prefix + keyed hash, key read from KEYFILE")
+    key.add_argument("--pseudonymize-key-env", metavar="VAR",
+                     help="the same, key read from the environment variable VAR")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo-site", help="run the demo newsroom site (an origin to protect)")
     p.add_argument("--listen", default="127.0.0.1:8000")
