@@ -283,6 +283,13 @@ class AccessLogConfig:
     path: str | None = _opt(
         "File for the access log; `-` is stdout, null disables it. With `--service` the default "
         "is /var/log/kalkan/access.log (reopened on SIGUSR1, after logrotate).", "-")
+    pseudonymize: bool = _opt(
+        "Write client addresses as their network and a keyed hash (`203.0.113.x-1a2b3c4d`, "
+        "IPv6 keeps the /48), for a log that leaves the newsroom; the same address gives the "
+        "same name with the same key (docs/analyze.md).", False)
+    pseudonym_key_file: str | None = _opt(
+        "Key for `pseudonymize` (at least 16 bytes); null = STATE_DIR/log-pseudonym.key, made "
+        "on first start. Keep it to link logs; lose it and no name can be undone.", None)
 
 
 @dataclass
@@ -741,6 +748,13 @@ def _check_files(config: Config, where: Any, problems: list[str]) -> None:
         except PolicyError as exc:
             problems.append(f"{where('defense.policy')}: defense.policy: {exc}")
     _check_site(config.site, where, problems)
+    if config.access_log.pseudonymize and config.access_log.pseudonym_key_file:
+        from kalkan.observe.pseudonym import PseudonymKeyError, load_key
+        try:
+            load_key(config.access_log.pseudonym_key_file)
+        except PseudonymKeyError as exc:
+            key = "access_log.pseudonym_key_file"
+            problems.append(f"{where(key)}: {key}: {exc}")
     if config.tls is not None:
         for i, pair in enumerate(config.tls.certificates):
             key = f"tls.certificates[{i}]"

@@ -3,7 +3,13 @@ on the slow path, on a hit and on a replayed hit (identical bytes answered from 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from kalkan.config import ConfigError, load_config
 from kalkan.edge.app import Edge
+from kalkan.observe.pseudonym import pseudonymize
 from support import Client, EdgeFactory, Origin, access_log, port_of
 
 HEADERS = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
@@ -31,3 +37,32 @@ async def test_query_agent_and_referer_are_logged_on_every_path(origin: Origin,
         assert str(line["time"]).endswith("Z") and str(line["time"])[19] == "."
     assert {line["cache"] for line in lines[:6]} >= {"MISS", "HIT"}
     assert lines[6]["ua"] == "curl/8" and "referer" not in lines[6] and "query" not in lines[6]
+
+
+async def test_pseudonymized_log_names_no_address(origin: Origin, make_edge: EdgeFactory,
+                                                  tmp_path: Path) -> None:
+    edge: Edge = await make_edge(origin.url, access_log={"pseudonymize": True})
+    for source in ("127.0.21.7", "127.0.21.7", "127.0.21.8"):
+        client = await Client.connect(port_of(edge), local_addr=(source, 0))
+        try:
+            assert (await client.request("GET", "/", HEADERS, host="news.example")).status == 200
+        finally:
+            await client.close()
+    clients = [e["client"] for e in access_log(edge)]
+    assert len(clients) == 3 and not any(c.startswith("127.0.21.7") or c == "127.0.21.8"
+                                         for c in clients)
+    assert clients[0] == clients[1] != clients[2]
+    assert all(c.startswith("127.0.21.x-") for c in clients)
+    key = Path(edge.config.state_dir) / "log-pseudonym.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # The same key names the same address the same way: logs stay linkable across restarts.
+    assert clients[0] == pseudonymize("127.0.21.7", key.read_text().strip().encode())
+
+
+def test_a_short_key_file_is_a_config_error(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_text("tooshort\n")
+    config = tmp_path / "k.yaml"
+    config.write_text(f"access_log:\n  pseudonymize: true\n  pseudonym_key_file: {short}\n")
+    with pytest.raises(ConfigError, match=r"access_log\.pseudonym_key_file: .*at least 16"):
+        load_config(config)

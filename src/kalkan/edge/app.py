@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import resource
-import secrets
 import signal
 import socket
 import ssl
@@ -30,6 +28,7 @@ from kalkan.observe.admin import AdminError, AdminServer
 from kalkan.observe.live import LiveView
 from kalkan.pages import PagesError
 from kalkan.startup import bind_listener, bind_problem
+from kalkan.statefiles import load_or_create_secret
 from kalkan.tls import CertificateSet, TLSConfigError, pending_listener
 
 log = logging.getLogger("kalkan")
@@ -123,8 +122,9 @@ class Edge:
         self._redirect: RedirectToHttps | None = None
         self._pending_tls: ssl.SSLContext | None = None  # bound, waiting for ACME's first cert
         self.addresses: list[tuple[str, int]] = []
-        self.admin_token = config.admin.token or load_or_create_token(
-            Path(config.state_dir) / "admin.token")
+        self.admin_token = config.admin.token or load_or_create_secret(
+            Path(config.state_dir) / "admin.token", "admin token",
+            "set admin.token in the config to use the admin API")
         self.admin_address: tuple[str, int] | None = None
         self.alerts: Dispatcher | None = None
         self.alert_watch: Watcher | None = None
@@ -411,33 +411,3 @@ def raise_open_files_limit(config: Config) -> int:
                     soft, "unlimited" if hard == resource.RLIM_INFINITY else hard,
                     max(soft - spare, 0), config.limits.max_connections)
     return soft
-
-
-def load_or_create_token(path: Path) -> str:
-    """The admin token kept in the state directory (0600), made on first start. A damaged or
-    unwritable state directory gives a token for this run only, said in one line."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        log.error("admin token file %s unreadable (%s); using a new token", path,
-                  getattr(exc, "strerror", None) or exc)
-    token = secrets.token_urlsafe(24)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(token + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        log.error("cannot write admin token file %s (%s); the admin token lives in memory only "
-                  "(set admin.token in the config to use the admin API)", path, exc.strerror or exc)
-    return token

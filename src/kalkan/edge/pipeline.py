@@ -33,6 +33,7 @@ from kalkan.edge.request import Request
 from kalkan.edge.store import Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
+from kalkan.observe.pseudonym import log_key
 from kalkan.observe.record import Recorder
 from kalkan.pages import Pages
 
@@ -56,7 +57,10 @@ class Pipeline:
         self.config = config
         self.clock = clock or Clock()
         self.metrics = Metrics()
-        self.access_log = AccessLog(config.access_log.path)
+        logged = config.access_log
+        self.access_log = AccessLog(logged.path, log_key(logged.pseudonym_key_file,
+                                                         config.state_dir)
+                                    if logged.pseudonymize and logged.path else None)
         self.recorder = Recorder(self.metrics, self.access_log)
         cc = config.cache
         self.cache = cc

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import TextIO
 
+from kalkan.observe.pseudonym import pseudonymize
+
 # Entries in each memo of line parts (a news site's readers ask for a few hundred pages at a time;
 # a flood of random URLs only clears them).
 _MEMO_LIMIT = 1024
@@ -73,8 +75,9 @@ _FLUSH_LINES = 64
 class AccessLog:
     """Writes access-log lines to a file, stdout (`-`), or nowhere (path None)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, pseudonym_key: bytes | None = None) -> None:
         self.path = path
+        self.pseudonym_key = pseudonym_key  # addresses written as pseudonyms (pseudonym.py)
         self._file: TextIO | None = None
         if path == "-":
             self._file = sys.stdout
@@ -153,7 +156,9 @@ class AccessLog:
         if client_js is None:
             if len(memo) > 8192:
                 memo.clear()  # addresses and reasons of a botnet must not grow this
-            client_js = memo[client] = _js(client)
+            secret = self.pseudonym_key
+            # Once per client while it is remembered: an HMAC costs a couple of microseconds.
+            client_js = memo[client] = _js(pseudonymize(client, secret) if secret else client)
         decision_js = memo.get(decision)
         if decision_js is None:
             decision_js = memo[decision] = _js(decision)

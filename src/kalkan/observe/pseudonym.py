@@ -11,6 +11,8 @@ import ipaddress
 import os
 from pathlib import Path
 
+from kalkan.statefiles import load_or_create_secret
+
 # Hex digits of the HMAC kept: 32 bits. Within one /24 (256 addresses) or one /48 a collision is
 # unlikely (about n²/2³³ for n addresses shown), and a short tag stays readable in a table.
 TAG_HEX = 8
@@ -71,3 +73,13 @@ def load_key(path: str | None = None, env: str | None = None) -> bytes:
         raise PseudonymKeyError(f"{where} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are "
                                 "needed (e.g. `head -c 32 /dev/urandom | base64 > KEYFILE`)")
     return key
+
+
+def log_key(key_file: str | None, state_dir: str) -> bytes:
+    """The access log's key: the file named (access_log.pseudonym_key_file), else
+    STATE_DIR/log-pseudonym.key, made on first start. Raises PseudonymKeyError for a named
+    file that is missing or too short (check-config says so before a start)."""
+    if key_file:
+        return load_key(key_file)
+    return load_or_create_secret(Path(state_dir) / "log-pseudonym.key", "log pseudonym key",
+                                 "set access_log.pseudonym_key_file").encode("ascii")
