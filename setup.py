@@ -24,6 +24,7 @@ COMPILED = [
     "src/kalkan/observe/access_log.py",
     "src/kalkan/observe/record.py",
     "src/kalkan/addresses.py",
+    "src/kalkan/edge/client_address.py",
     "src/kalkan/defense/verdict.py",
     "src/kalkan/defense/facts.py",
     "src/kalkan/defense/clients.py",

@@ -31,6 +31,7 @@ class View:
     """A RequestView (defense/verdict.py) as plain data."""
 
     client: str
+    client_ip: tuple[int, int] | None = None
     path: str = "/news/1"
     method: str = "GET"
     host: str = "news.test"

@@ -313,6 +313,7 @@ class View:
     def __init__(self, client: str, lang: bytes | None) -> None:
         self.method, self.host, self.path, self.query = "GET", "news.test", "/", ""
         self.client, self.scheme = client, "http"
+        self.client_ip: tuple[int, int] | None = None
         self.headers = [(b"accept-language", lang)] if lang else []
         self.cookie = None
         self.user_agent = b"Mozilla/5.0"

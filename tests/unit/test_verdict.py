@@ -25,6 +25,7 @@ class View:
 
     path: str = "/"
     client: str = "198.51.100.7"
+    client_ip: tuple[int, int] | None = None
     method: str = "GET"
     host: str = "news.example"
     query: str = ""

@@ -152,7 +152,9 @@ class Defense:
     # -- facts ----------------------------------------------------------------------------------
     def facts(self, view: RequestView) -> RequestFacts:
         client = view.client
-        ip, version, prefix = self.addresses(client)
+        parsed = view.client_ip
+        ip, version, prefix = self.addresses.of_parsed(parsed[0], parsed[1]) \
+            if parsed is not None else self.addresses(client)
         route, path = self.policy.classifier.classify_target(view.method, view.path, view.query)
         ua = view.user_agent
         return RequestFacts(view.method, view.host, path, view.query, route, client, ip,

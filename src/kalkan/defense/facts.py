@@ -213,7 +213,10 @@ class AddressFacts:
         parsed = parse_ip(client)
         if parsed is None:
             return 0, 4, "invalid"
-        version, ip = parsed
+        return self.of_parsed(parsed[0], parsed[1])
+
+    def of_parsed(self, version: int, ip: int) -> tuple[int, int, str]:
+        """The same for an address already parsed (the edge hands it over when it has it)."""
         key = ip >> self._v4_shift if version == 4 else (ip >> self._v6_shift) | _V6_KEY
         prefix = self._prefixes.get(key, "")
         if not prefix:

@@ -137,14 +137,21 @@ class TrustedProxies:
 
     def client_from_xff(self, peer: str, xff: str | None) -> str:
         """Walk X-Forwarded-For from the right, skipping trusted hops; the first untrusted is it."""
+        return self.client_and_ip(peer, xff, None)[0]
+
+    def client_and_ip(self, peer: str, xff: str | None, peer_ip: tuple[int, int] | None
+                      ) -> tuple[str, tuple[int, int] | None]:
+        """`client_from_xff` with the client's parsed address ((version, int), as parse_ip
+        gives it; `peer_ip` when the peer is the client): the defence needs it, and every hop
+        is parsed here anyway."""
         if xff is None or not self.trusts(peer):
-            return peer
+            return peer, peer_ip
         for hop in reversed(xff.split(",")):
             hop = hop.strip()
             parsed = parse_ip(hop)
             if parsed is None:
                 break  # a garbled hop: stop believing anything left of it
-            if not self.networks.contains(*parsed):
-                return hop
-            peer = hop
-        return peer
+            if not self.networks.contains(parsed[0], parsed[1]):
+                return hop, parsed
+            peer, peer_ip = hop, parsed
+        return peer, peer_ip

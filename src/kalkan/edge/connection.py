@@ -13,6 +13,7 @@ import asyncio
 import sys
 from typing import Any
 
+from kalkan.addresses import parse_ip
 from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse_proxy_header
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
 from kalkan.edge.framing import BadRequest
@@ -70,6 +71,7 @@ class HttpConnection(Endpoint):
         # and it goes when its last connection does.
         self.peer = self.client = sys.intern(
             addr[7:] if addr.startswith("::ffff:") and "." in addr else addr)
+        self.client_ip = parse_ip(self.client)
         self._enter(HEAD)
         self.server.connections.add(self)
         if self._proxy_buf is None:
@@ -121,6 +123,7 @@ class HttpConnection(Endpoint):
             # The balancer only relays bytes: the address it reports is this connection's peer,
             # both for whose X-Forwarded-For to believe and for what the origin is told.
             self.peer = self.client = header.client
+            self.client_ip = parse_ip(self.client)
         self._admit()
         return b"" if self.closed else buf[header.consumed:]
 

@@ -120,7 +120,8 @@ class RequestReader:
 
     # Slots: the parser callbacks touch these on every request, and past ~30 attributes a plain
     # instance dict stops sharing keys and every access gets slower.
-    __slots__ = ("server", "limits", "clock", "scheme", "parser", "peer", "client", "flow",
+    __slots__ = ("server", "limits", "clock", "scheme", "parser", "peer", "client", "client_ip",
+                 "flow",
                  "state", "deadline", "_timeouts", "body_started", "body_base", "_req", "_url",
                  "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
                  "_in_trailers", "_careful", "_big_read", "_body_queued", "_queue", "_stash",
@@ -137,6 +138,7 @@ class RequestReader:
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer = ""
         self.client = ""
+        self.client_ip: tuple[int, int] | None = None  # parse_ip(client), once per connection
         self.flow = FlowControl()
         self.state = HEAD
         self.deadline = 0.0  # when the current state times out (0: never); see check_timers
@@ -278,6 +280,7 @@ class RequestReader:
         req = Request()
         req.peer = self.peer
         req.client = self.client
+        req.client_ip = self.client_ip
         req.scheme = self.scheme
         self._req = req
         self._url = b""
@@ -358,8 +361,8 @@ class RequestReader:
                 self._upgrade_body = req
         parse_target(req, target)
         if self.trusts_peer and req.xff is not None:
-            req.client = self.server.trusted.client_from_xff(self.client,
-                                                             req.xff.decode("latin-1"))
+            req.client, req.client_ip = self.server.trusted.client_and_ip(
+                self.client, req.xff.decode("latin-1"), self.client_ip)
         if req.content_length or req.chunked:
             if req.chunked:
                 self._careful = True  # trailer fields may follow the body: counted, not kept

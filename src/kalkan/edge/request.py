@@ -31,7 +31,7 @@ class Request:
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
                  "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
                  "has_pass", "prefetched_body", "verdict", "connection", "user_agent",
-                 "xff", "referer")
+                 "xff", "referer", "client_ip")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -66,6 +66,9 @@ class Request:
         self.user_agent: bytes | None = None  # noted as parsed: the defence reads it every time
         self.xff: bytes | None = None         # X-Forwarded-For, noted as parsed
         self.referer: bytes | None = None     # noted for the access log
+        # The client's address parsed ((version, int), addresses.parse_ip) where the edge has
+        # it (per connection, or the X-Forwarded-For hop); None: the defence parses `client`.
+        self.client_ip: tuple[int, int] | None = None
 
     def clone_for(self, client: str, peer: str) -> Request:
         """The same request from another connection (the replay path): parsed fields shared."""
