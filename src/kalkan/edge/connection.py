@@ -365,6 +365,7 @@ def unpark(parked: ParkedConnection) -> HttpConnection:
     conn.transport = parked.transport
     conn.flow.transport = parked.transport
     conn.peer, conn.client = parked.peer, parked.client
+    conn.client_ip = parse_ip(parked.client)  # not kept parked: 8 bytes per idle connection
     trusted = conn.server.trusted
     conn.trusts_peer = bool(trusted) and trusted.trusts(parked.peer)  # a memo: not kept parked
     conn._proxy_buf = None  # read before it was parked
