@@ -157,9 +157,13 @@ def wait_until_quiet(cpus: Sequence[int], threshold_pct: float = 15.0, window_s:
     """Wait until each of *cpus* was less than *threshold_pct* busy over one *window_s*.
 
     The machine may be shared; this keeps other people's work from landing in a measurement.
+    Dirty pages are written out first: the access logs of earlier runs (hundreds of megabytes
+    in a throughput run) are otherwise flushed by the kernel's writeback threads while a later
+    run measures, on its cores (seen: a peer's third repetition at 60% of its first).
     Gives up after *timeout_s*. Returns (seconds waited, whether it got quiet).
     """
     started = time.monotonic()
+    os.sync()
     while True:
         before = cpu_times()
         time.sleep(window_s)

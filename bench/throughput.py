@@ -744,7 +744,9 @@ def markdown_sections(data: dict[str, Any]) -> list[str]:
             "- nginx: `bench/configs/nginx.conf.tmpl` + `nginx-throughput.inc`: 1 worker, "
             "proxy_cache with keys_zone (default key: the cookie is not part of it), "
             "proxy_cache_valid, lock, use_stale, background update, keep-alive upstream "
-            "(HTTP/1.1); access log ON, **buffered** (64 KiB, flush 1 s).",
+            "(HTTP/1.1); access log ON in nginx's combined format (Referer and User-Agent, "
+            "as Kalkan's lines have them) plus request time and cache status, **buffered** "
+            "(64 KiB, flush 1 s).",
             "- Varnish: `bench/configs/throughput.vcl.tmpl`: the built-in VCL plus "
             "`unset req.http.Cookie` in vcl_recv outside logins, admin, comments and search (as "
             "a real site's VCL does; the built-in VCL alone would pass every reader with a "

@@ -3,6 +3,7 @@ on the slow path, on a hit and on a replayed hit (identical bytes answered from 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,46 @@ def test_a_short_key_file_is_a_config_error(tmp_path: Path) -> None:
     config.write_text(f"access_log:\n  pseudonymize: true\n  pseudonym_key_file: {short}\n")
     with pytest.raises(ConfigError, match=r"access_log\.pseudonym_key_file: .*at least 16"):
         load_config(config)
+
+
+async def test_kalkan_analyze_reads_what_the_edge_wrote(origin: Origin, make_edge: EdgeFactory,
+                                                         tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """The writer and the reader agree: a real edge's log, with a blocked /24 searching and
+    readers reading, is read back by `kalkan analyze` (the analyze extra, which `make test`
+    installs), the blocked network on top and the mitigation found."""
+    edge: Edge = await make_edge(origin.url, defense={"enabled": True})
+    admin_client = await Client.connect(edge.admin_address[1])
+    try:
+        body = b'{"target": "127.0.31.0/24", "action": "block", "ttl": 600}'
+        added = await admin_client.request("POST", "/decisions", {
+            "Authorization": f"Bearer {edge.admin_token}",
+            "Content-Type": "application/json"}, body)
+        assert added.status == 200
+    finally:
+        await admin_client.close()
+    for i in range(40):
+        source = f"127.0.31.{1 + i % 20}"
+        client = await Client.connect(port_of(edge), local_addr=(source, 0))
+        try:
+            resp = await client.request("GET", f"/?s=word{i}", {"User-Agent": "bot/1"},
+                                        host="news.example")
+            assert resp.status == 403
+        finally:
+            await client.close()
+    for i in range(10):
+        client = await Client.connect(port_of(edge), local_addr=(f"127.0.32.{1 + i}", 0))
+        try:
+            assert (await client.request("GET", "/", HEADERS, host="news.example")).status == 200
+        finally:
+            await client.close()
+    edge.pipeline.access_log.flush()
+    from kalkan.cli import main
+    assert main(["analyze", str(edge.config.access_log.path), "--format", "json",
+                 "--no-charts"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"]["lines"] >= 50
+    top = report["top"]["prefixes"][0]
+    assert top["prefix"] == "127.0.31.0/24" and top["clients"] == 20
+    assert report["mitigation"]["first"]["mitigation"]["decision"].startswith("block:")
