@@ -12,6 +12,8 @@ from __future__ import annotations
 # Passes whose use is remembered; the oldest is forgotten first. At about 100 bytes each, the
 # bound is a few megabytes.
 _CAPACITY = 65536
+# Seconds of requests a pass may send at once (a minute's worth), then per_minute a minute.
+_BURST_S = 60.0
 
 
 class _Usage:
@@ -26,13 +28,12 @@ class PassUsage:
     """Per pass: distinct addresses (at most `max_addresses`) and a request rate (at most
     `per_minute` a minute, with a burst of as many). `note` says why a pass is over, or ""."""
 
-    __slots__ = ("max_addresses", "per_minute", "_interval", "_burst", "_usage")
+    __slots__ = ("max_addresses", "per_minute", "_interval", "_usage")
 
     def __init__(self, max_addresses: int, per_minute: int) -> None:
         self.max_addresses = max_addresses
         self.per_minute = per_minute
         self._interval = 60.0 / per_minute
-        self._burst = 60.0  # a minute's worth of requests at once, then per_minute a minute
         self._usage: dict[str, _Usage] = {}
 
     def __len__(self) -> int:
@@ -54,8 +55,8 @@ class PassUsage:
             addresses.append(ip)
         tat = usage.tat if usage.tat > now else now
         tat += self._interval
-        if tat - now > self._burst:
-            usage.tat = now + self._burst  # capped: a pass that slows down is forgiven soon
+        if tat - now > _BURST_S:
+            usage.tat = now + _BURST_S  # capped: a pass that slows down is forgiven soon
             return f"pass used for more than {self.per_minute} requests a minute"
         usage.tat = tat
         return ""

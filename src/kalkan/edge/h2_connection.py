@@ -277,8 +277,8 @@ class H2Connection(asyncio.Protocol):
                                             keep_alive=True, extra=exc.headers),))
             return
         if self.trusts_peer and req.xff is not None:
-            req.client = self.server.trusted.client_from_xff(self.client,
-                                                             req.xff.decode("latin-1"))
+            req.client, req.client_ip = self.server.trusted.client_and_ip(
+                self.client, req.xff.decode("latin-1"), None)
         if not ended:
             req.body = self.bodies.open(sid)
         else:

@@ -45,13 +45,12 @@ def _js_bytes(value: bytes) -> str:
     return json.dumps(text)
 
 
-# A line's numbers, looked up: "000" to "999" (milliseconds), "00" to "99" and "0" to "9"
-# (decimals), "0" to "999" (whole milliseconds). (mypyc turns an f-string with a format spec into
+# A line's numbers, looked up: "000" to "999" (milliseconds), "00" to "99" (hundredths), "0" to
+# "999" (whole milliseconds, and tenths below 10). (mypyc turns an f-string with a format spec into
 # a str.format call that parses the whole line's template every time: that was most of a line's
 # cost.)
 _DIGITS3 = tuple(f"{i:03d}" for i in range(1000))
 _DIGITS2 = tuple(f"{i:02d}" for i in range(100))
-_DIGITS1 = tuple(str(i) for i in range(10))
 _WHOLE = tuple(str(i) for i in range(1000))
 
 
@@ -62,7 +61,7 @@ def _decimals(value: float, places: int) -> str:
     n = int(value * scale + 0.5) if value > 0.0 else 0
     whole = n // scale
     text = _WHOLE[whole] if whole < 1000 else str(whole)
-    return text + "." + (_DIGITS2[n % scale] if places == 2 else _DIGITS1[n % scale])
+    return text + "." + (_DIGITS2[n % scale] if places == 2 else _WHOLE[n % scale])
 
 
 # Lines buffered before a write (about 13 KB). Joining, encoding and writing a batch holds the
