@@ -32,6 +32,8 @@ COMPILED = [
     "src/kalkan/defense/decisions.py",
     "src/kalkan/defense/attack_mode.py",
     "src/kalkan/defense/passes.py",
+    "src/kalkan/defense/behaviour.py",
+    "src/kalkan/defense/score.py",
     "src/kalkan/defense/engine.py",
 ]
 

@@ -37,6 +37,7 @@ from kalkan.defense.challenge.pages import challenge_fields
 from kalkan.defense.challenge.pow import solve
 from kalkan.demo import content
 
+_SEARCH_HABITS = (0.0, 0.0, 0.5, 1.0, 1.0, 3.0)
 KINDS = ("page", "asset", "search", "comment", "feed", "crawler", "preview", "app")
 """Record kinds; the first four are readers' own requests (new kinds go at the end: records
 store the index)."""
@@ -143,6 +144,7 @@ class Client:
         self.solves = True       # feed readers and crawlers cannot pass challenges
         self.keeps_cookies = True  # link previews and feed apps send none back
         self.extra: list[tuple[str, str]] = []   # sent with the next request only
+        self.referer = ""        # the page a browser is on: sent with its assets and next link
 
     async def send(self, method: str, target: str, body: bytes = b"") -> Response:
         """One request on the keep-alive connection (reopened once if the server closed it)."""
@@ -150,6 +152,8 @@ class Client:
                    ("Accept-Language", self.language)]
         if self.cookies:
             headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items())))
+        if self.referer:
+            headers.append(("Referer", self.referer))
         if self.extra:
             headers += self.extra
             self.extra = []
@@ -326,19 +330,24 @@ class Traffic:
         self.sessions.append(entry)
         seen_assets: set[str] = set()   # the browser's own cache: each asset once a session
         views = 1 + int(rng.expovariate(1.0 / max(plan.pages_mean - 1, 0.01)))
+        # Readers differ: most never search, some come to dig in the archive (up to 6x the
+        # plan's share); the mean stays near the plan's.
+        search_share = plan.search_share * rng.choice(_SEARCH_HABITS)
         try:
             for view in range(views):
                 if not self._room():
                     break
-                if view and rng.random() < plan.search_share:
+                if view and rng.random() < search_share:
                     q = urlencode({"q": rng.choice(SEARCH_WORDS)})
                     await client.fetch("GET", f"/search?{q}", 2, sid, self.records)
                 else:
                     path = ("/ru/" if lang != "en" else "/") if view == 0 else \
                         rng.choices(content.ARTICLES, self._weights)[0].path
                     page = await client.fetch("GET", path, 0, sid, self.records)
-                    if page is not None and page.status == 200 and loads_assets:
-                        await self._assets(client, page.body, seen_assets, sid)
+                    if page is not None and page.status == 200:
+                        client.referer = f"http://{self.host}:{self.port}{path}"
+                        if loads_assets:
+                            await self._assets(client, page.body, seen_assets, sid)
                     if view and rng.random() < plan.comment_share:
                         await self._comment(client, path, sid)
                 entry[3] = float(client.challenged)

@@ -269,6 +269,17 @@ class DefenseConfig:
         "Signing keys for passes, shared by several edges; null = STATE_DIR/keys.json.", None)
     attack_mode: str = _opt("`auto` follows the signals; `on` / `off` pin the threat level.",
                             "auto")
+    behaviour: bool = _opt(
+        "Score each client by how it behaves (docs/policy.md, \"Behaviour\"): under attack only "
+        "clients that score bad are challenged before a miss, and only bad behaviour, not "
+        "volume, raises the threat level beyond elevated. Off: every client without a pass is "
+        "challenged before a miss under attack, and volume alone may raise any level.", True)
+    behaviour_model: str | None = _opt(
+        "A behaviour model file (bench/lab/train_score.py writes one); null = the shipped one.",
+        None)
+    behaviour_threshold: float | None = _opt(
+        "Score (0-1) at or above which a client counts as behaving like a bot; null = the "
+        "model's own, chosen when it was trained.", None, min=0.01, max=0.99)
     tarpit_delay: float = _duration("How long a tarpitted request waits before its 429.", 10.0)
     max_tarpitted: int = _opt("Most requests held in the tarpit at once; more are refused.",
                               1000)

@@ -27,11 +27,13 @@ def closed_port() -> int:
 @pytest.fixture
 async def acme_edge(origin: Origin, make_edge: EdgeFactory) -> Edge:
     """An edge with tls.acme whose CA never answers (a closed port): no certificate, HTTPS
-    off, the plain-HTTP listener up; the defence on and pinned under attack."""
+    off, the plain-HTTP listener up; the defence on and pinned under attack, challenging every
+    client without a pass."""
     acme = AcmeConfig(directory=f"https://127.0.0.1:{closed_port()}/dir",
                       domains=["news.example"], retry_interval=3600.0)
     return await make_edge(
-        origin.url, defense={"enabled": True, "attack_mode": "on", "tarpit_delay": 0.01},
+        origin.url, defense={"enabled": True, "attack_mode": "on", "tarpit_delay": 0.01,
+                             "behaviour": False},  # every unknown client is challenged
         tls={"certificates": [], "redirect_http": True, "http_listen": "127.0.0.1:0",
              "acme": acme})
 

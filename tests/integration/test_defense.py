@@ -112,7 +112,9 @@ async def test_bad_policy_reload_keeps_the_old_policy(origin: Origin, make_edge:
 
 async def test_attack_mode_challenges_unknown_clients_before_the_origin(
         origin: Origin, make_edge: EdgeFactory) -> None:
-    edge = await make_edge(origin.url, defense={"enabled": True})
+    # Behaviour scoring off: every client without a pass proves itself before a miss (with it,
+    # only clients that score bad: tests/integration/test_behaviour.py).
+    edge = await make_edge(origin.url, defense={"enabled": True, "behaviour": False})
     port = port_of(edge)
     assert (await get(port, "/", "127.0.5.1")).status == 200   # cached now
     resp = await admin(edge, "POST", "/attack-mode?mode=on")
@@ -209,7 +211,7 @@ async def test_a_pass_shared_by_a_network_is_challenged_again(origin: Origin,
 
 
 async def test_defence_metrics(origin: Origin, make_edge: EdgeFactory) -> None:
-    edge = await make_edge(origin.url, defense={"enabled": True})
+    edge = await make_edge(origin.url, defense={"enabled": True, "behaviour": False})
     port = port_of(edge)
     await admin(edge, "POST", "/decisions", {"target": "127.0.9.9", "action": "block",
                                              "ttl": 60, "reason": "metrics"})

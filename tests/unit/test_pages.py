@@ -317,6 +317,7 @@ class View:
         self.headers = [(b"accept-language", lang)] if lang else []
         self.cookie = None
         self.user_agent = b"Mozilla/5.0"
+        self.referer: bytes | None = None
         self.prefetched_body = None
 
     def header(self, name: bytes) -> bytes | None:

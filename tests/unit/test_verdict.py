@@ -34,6 +34,7 @@ class View:
         default_factory=lambda: [(b"Host", b"news.example"), (b"User-Agent", b"Mozilla/5.0")])
     cookie: bytes | None = None
     user_agent: bytes | None = b"Mozilla/5.0"
+    referer: bytes | None = None
     prefetched_body: bytes | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -67,7 +68,10 @@ def test_a_block_is_the_same_immutable_object_for_every_request(defense: Defense
 
 
 def test_under_attack_a_miss_meets_a_challenge_and_a_feed_a_shared_503(
-        defense: Defense) -> None:
+        tmp_path: Path) -> None:
+    # Without behaviour scoring every client without a pass proves itself (with it, only
+    # those that score bad: tests/unit/test_behaviour.py).
+    defense = Defense(DefenseConfig(behaviour=False), tmp_path, Metrics())
     page = View("/news/today", client="203.0.113.9")
     checked = defense.check(page)
     assert defense.before_origin(page, checked) is ALLOWED  # peace: nothing to prove

@@ -1,10 +1,14 @@
 """Under-attack mode: global signals → a threat level 0–3, raised fast, lowered with hysteresis.
 
 Signals, sampled once a second: the request rate against a slowly learned baseline, origin gate
-saturation (queue depth, slots in use), origin latency, and the share of origin errors. Each
-signal scores 0–3; the level rises as soon as a score has held for `raise_after` seconds and falls
-one step at a time only after the scores have stayed lower for `lower_after` seconds. An operator
-override (`kalkan attack-mode on|off|auto`) pins the level. Every change is logged and counted.
+saturation (queue depth, slots in use), origin latency, the share of origin errors, and the
+requests of clients whose behaviour scores bad (defense/score.py). Each signal scores 0–3.
+With behaviour scoring on, volume and origin strain alone raise the level to `elevated` at
+most (the cache stretches its grace): a flash crowd of readers is large, not hostile. Bad
+behaviour raises it further, and once it has, the origin's strain counts in full. The level
+rises as soon as a score has held for `raise_after` seconds and falls one step at a time only
+after the scores have stayed lower for `lower_after` seconds. An operator override
+(`kalkan attack-mode on|off|auto`) pins the level. Every change is logged and counted.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class Signals:
     gate_limit: int          # origin.max_concurrency
     origin_latency: float    # mean seconds to origin headers in the last second (0 if none)
     origin_errors: float     # share of origin requests that failed in the last second
+    bad_requests: float = 0.0   # of `requests`, those from clients whose behaviour scores bad
+    behaviour: bool = False     # behaviour scoring is on (else volume may raise any level)
 
 
 @dataclass(slots=True)
@@ -40,6 +46,11 @@ class AttackModeConfig:
     raise_after: float = 2.0        # seconds a higher score must hold before the level rises
     lower_after: float = 60.0       # seconds of lower scores before the level drops one step
     baseline_halflife: float = 1800.0  # seconds; the baseline learns only while at peace
+    # Requests a second from bad-scored clients for levels 1, 2, 3, and the share of all
+    # requests they must also be for levels 2 and 3 (a few misjudged readers in a crowd of
+    # thousands are not an attack).
+    bad_levels: tuple[float, float, float] = (5.0, 20.0, 200.0)
+    bad_shares: tuple[float, float] = (0.05, 0.25)
 
 
 def _score(value: float, levels: tuple[float, float, float]) -> int:
@@ -80,6 +91,16 @@ class AttackMode:
     def scores(self, s: Signals) -> tuple[int, str]:
         return max(self.candidates(s), key=lambda x: x[0])
 
+    def _behaviour(self, s: Signals) -> tuple[int, str]:
+        c = self.config
+        share = s.bad_requests / s.requests if s.requests > 0 else 0.0
+        score = _score(s.bad_requests, c.bad_levels)
+        if score >= ATTACK and share < c.bad_shares[0]:
+            score = ELEVATED
+        elif score >= SEVERE and share < c.bad_shares[1]:
+            score = ATTACK
+        return score, f"{s.bad_requests:.0f} req/s ({share:.0%}) from clients behaving like bots"
+
     def explain(self) -> list[tuple[int, str]]:
         """What each signal scored in the last second (score 0–3, what it saw), highest first:
         the why behind the level, for the dashboard."""
@@ -111,6 +132,12 @@ class AttackMode:
                            f"origin answers in {s.origin_latency * 1000:.0f} ms"))
         candidates.append((_score(s.origin_errors, c.error_levels),
                            f"{s.origin_errors:.0%} of origin requests fail"))
+        if s.behaviour:
+            behaviour = self._behaviour(s)
+            if behaviour[0] == PEACE:
+                # Volume without bad behaviour: a crowd, not an attack.
+                candidates = [(min(score, ELEVATED), why) for score, why in candidates]
+            candidates.append(behaviour)
         return candidates
 
     def update(self, s: Signals, now: float) -> int:

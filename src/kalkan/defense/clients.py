@@ -83,7 +83,7 @@ class Meter:
 class _Slots:
     """A hash index of 64-bit fingerprints over dense slots, and the columns of those slots."""
 
-    def __init__(self, capacity: int, with_history: bool) -> None:
+    def __init__(self, capacity: int, with_history: bool, trait_width: int = 0) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -102,6 +102,9 @@ class _Slots:
         self.width = 0                              # meters per slot
         self.meters = array("d")                    # row-major: slot * width + meter
         self.zero_row = array("d")
+        self.trait_width = trait_width              # behaviour floats per slot (defense/behaviour)
+        self.traits = array("d")                    # row-major like the meters
+        self.zero_traits = array("d", bytes(8 * trait_width))
         self.n = 0                                  # slots handed out (the ones in use are < n)
         self.count = 0                              # slots holding a client
         self.free: list[int] = []
@@ -125,6 +128,7 @@ class _Slots:
             col.frombytes(bytes(extra * col.itemsize))
         self.last[have:have + extra] = array("I", [_FREE]) * extra
         self.meters.frombytes(bytes(8 * extra * self.width))
+        self.traits.frombytes(bytes(8 * extra * self.trait_width))
 
     def set_width(self, width: int, keep: list[tuple[int, int]]) -> None:
         """Re-lay the meter rows `width` wide; `keep` maps (old offset, new offset)."""
@@ -193,6 +197,9 @@ class _Slots:
         width = self.width
         if width:
             self.meters[slot * width:slot * width + width] = self.zero_row
+        tw = self.trait_width
+        if tw:
+            self.traits[slot * tw:slot * tw + tw] = self.zero_traits
         self.count += 1
         return slot
 
@@ -267,7 +274,8 @@ class _Slots:
 
     def memory_bytes(self) -> int:
         return (sys.getsizeof(self.index) + sum(sys.getsizeof(c) for c in self._columns())
-                + sys.getsizeof(self.meters) + sys.getsizeof(self.free) + sys.getsizeof(self))
+                + sys.getsizeof(self.meters) + sys.getsizeof(self.traits)
+                + sys.getsizeof(self.free) + sys.getsizeof(self))
 
 
 class ClientTable:
@@ -281,7 +289,8 @@ class ClientTable:
     def __init__(self, capacity: int = 1_000_000, meters: Iterable[Meter] = (),
                  prefix_v4: int = 24, prefix_v6: int = 64, *,
                  prefix_capacity: int | None = None, idle_ttl: float = 3600.0,
-                 failure_window: float = 3600.0, seed: int | None = None) -> None:
+                 failure_window: float = 3600.0, seed: int | None = None,
+                 trait_width: int = 0) -> None:
         if not 0 <= prefix_v4 <= 32:
             raise ValueError(f"prefix_v4 must be 0..32, got {prefix_v4}")
         if not 0 <= prefix_v6 <= 128:
@@ -291,7 +300,7 @@ class ClientTable:
         self.idle_ttl, self.failure_window = idle_ttl, failure_window
         salt = random.Random(seed).randbytes(17) if seed is not None else os.urandom(17)
         self._salt = int.from_bytes(salt, "little")
-        self._addr = _Slots(capacity, True)
+        self._addr = _Slots(capacity, True, trait_width)
         self._pre = _Slots(prefix_capacity or capacity, False)
         # meter id -> (meter, counts per address?, offset in its table's rows, TAT - now
         # beyond which the client is over)
@@ -457,6 +466,28 @@ class ClientTable:
         self._last_ip = ip
         self._last_a = a
         self._last_p = p
+
+    @property
+    def traits(self) -> array[float]:
+        """Every address's behaviour row (`trait_width` floats each, by slot: defense/behaviour)."""
+        return self._addr.traits
+
+    @property
+    def last_slot(self) -> int:
+        """The address slot the latest `hit()` counted."""
+        return self._last_a
+
+    def slot_of(self, facts: RequestFacts) -> int:
+        """The address slot of this request's client, or -1 (not tracked); never inserts."""
+        return self._slot(facts, True)
+
+    def recent_slot(self, client: str, ip: int) -> int:
+        """The slot of a client seen lately (by its address text), or -1: one dict lookup,
+        for what comes after the request was decided (its answer, its miss)."""
+        entry = self._hot.get(client)
+        if entry is None or entry[0] != ip or self._addr.fps[entry[1]] != entry[2]:
+            return -1
+        return entry[1]
 
     def over(self, meter_id: str, facts: RequestFacts, now: float) -> bool:
         """Whether this client has sent more than the meter's limit within its period.

@@ -2,12 +2,14 @@
 rules and rates → attack mode, answered as immutable `Verdict`s (defense/verdict.py) that the
 edge renders: the defence reads the request and never writes to it, nor renders HTTP.
 
-The pipeline calls `check` before the cache (a refusal never touches the cache or the origin)
-and `before_origin` on a miss (under attack, unknown clients prove themselves before they may
-cost the origin anything). Feeds, robots.txt, sitemaps, /.well-known/ and icons are never
-challenged, since feed readers and crawlers cannot solve one, but they are not free either:
-rates and standing decisions apply to them, and where a challenge would be due they are
-refused with a cheap 429 or 503 and a Retry-After instead. `tick` runs once a second:
+The pipeline calls `check` before the cache (a refusal never touches the cache or the origin),
+`before_origin` on a miss (under attack, clients whose behaviour scores bad prove themselves
+before they may cost the origin anything; cached pages are served to them all the same) and
+`answered` with what an answer cost (a 4xx, a trip to the origin: behaviour features). Feeds,
+robots.txt, sitemaps, /.well-known/ and icons are never challenged, since feed readers and
+crawlers cannot solve one, but they are not free either: rates and standing decisions apply to
+them, and where a challenge would be due they are refused with a cheap 429 or 503 and a
+Retry-After instead. `tick` runs once a second:
 attack-mode signals, decision expiry and persistence, the firewall, client ageing.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,15 +27,25 @@ from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
+from kalkan.defense.behaviour import WIDTH, Behaviour
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.challenge.tokens import COOKIE_KEY
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.decisions import SEVERITY, Decision, Decisions
-from kalkan.defense.facts import CHALLENGE, FEED, WELLKNOWN, AddressFacts, RequestFacts
+from kalkan.defense.facts import (
+    CHALLENGE,
+    FEED,
+    PAGE,
+    WELLKNOWN,
+    AddressFacts,
+    RequestFacts,
+    link_preview,
+)
 from kalkan.defense.loudest import loudest
 from kalkan.defense.passes import PassUsage
 from kalkan.defense.rules import Policy, PolicyError
+from kalkan.defense.score import BehaviourModel, ModelError
 from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
 from kalkan.pages import Pages
 
@@ -46,6 +59,30 @@ _NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feed readers and crawlers ca
 _ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT,
             "challenge": Action.CHALLENGE}
 _MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operators' reasons)
+_RECENT = 4096       # slots of the latest requests, sampled once a second for the threat level
+_SCORED_PER_TICK = 512  # distinct clients scored per tick at most (the loop must not stall)
+# Misses under attack that link previews may cost the origin, all previews together: real
+# ones are a few a second at most (a person shares a link, the platform reads it once).
+_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST = 5.0, 20.0
+
+
+class Bucket:
+    """A token bucket: `rate` a second, holding at most `burst`."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, 0.0
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 
@@ -73,8 +110,18 @@ class Defense:
         self.metrics = metrics
         state = Path(state_dir)
         self.policy = self._load_policy()
+        self.model = self._load_model() if config.behaviour else None
+        self.threshold = (config.behaviour_threshold or self.model.threshold) \
+            if self.model is not None else 1.0
+        self.behaviour = Behaviour()
         self.clients = ClientTable(config.clients, self.policy.meters, config.prefix_v4,
-                                   config.prefix_v6)
+                                   config.prefix_v6, trait_width=WIDTH if self.model else 0)
+        # Slots of the latest requests (a ring): the tick scores who sent them.
+        self._recent = array("i", [-1]) * _RECENT
+        self._recent_at = 0
+        self._observed = 0        # requests whose behaviour was counted since the last tick
+        self.bad_requests = 0.0   # the last tick's estimate, for the dashboard
+        self._preview_misses = Bucket(_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST)
         self.decisions = Decisions(state / "decisions.json")
         self.decisions_loaded = self.decisions.load(time.time())
         self.keys = KeyRing.load_or_create(Path(config.key_file) if config.key_file
@@ -145,6 +192,12 @@ class Defense:
     def _challenge_outcomes(self) -> dict[str, float]:
         c = self.challenges
         return {"issued": c.issued, "passed": c.passed, "failed": c.failed, "expired": c.expired}
+
+    def _load_model(self) -> BehaviourModel:
+        try:
+            return BehaviourModel.load(self.config.behaviour_model)
+        except ModelError as exc:
+            raise ConfigError(f"defense.behaviour_model: {exc}") from exc
 
     def _load_policy(self) -> Policy:
         return Policy.from_file(self.config.policy) if self.config.policy else Policy.default()
@@ -227,6 +280,8 @@ class Defense:
         # Stricter limits under attack: a client that has not proven itself counts double in
         # every rate meter, so each limit in the policy is halved for it.
         self.clients.hit(facts, now, 2 if not has_pass and self.attack.level >= ATTACK else 1)
+        if self.model is not None:
+            self._observe(view, facts, now, 1)
         verdict = self.policy.evaluate(facts, self.clients, now)
         if verdict is not None and verdict.action not in ("log", "allow"):
             if verdict.action == "challenge" and has_pass:
@@ -253,9 +308,72 @@ class Defense:
         facts = self.facts(view)
         self.routes[facts.route] += n
         self.clients.hit(facts, now, n)
+        if self.model is not None:
+            self._observe(view, facts, now, n)
+
+    def _observe(self, view: RequestView, facts: RequestFacts, now: float, n: int) -> None:
+        """Behaviour features of the request just counted (its client's slot is the last)."""
+        slot = self.clients.last_slot
+        referred = False
+        if facts.route == PAGE:
+            ref = view.referer
+            referred = ref is not None and facts.host.encode("latin-1") in ref
+        self.behaviour.observe(self.clients.traits, slot, now, facts.route, facts.method,
+                               facts.path, facts.query, facts.user_agent, referred, n)
+        self._observed += n
+        at = self._recent_at
+        self._recent[at] = slot
+        self._recent_at = at + 1 if at + 1 < _RECENT else 0
+
+    def answered(self, view: RequestView, status: int, origin: bool) -> None:
+        """What the answer to an allowed request cost: a 4xx, a trip to the origin."""
+        if self.model is None:
+            return
+        parsed = view.client_ip
+        if parsed is None:
+            return
+        slot = self.clients.recent_slot(view.client, parsed[1])
+        if slot >= 0:
+            self.behaviour.outcome(self.clients.traits, slot, status, origin)
+
+    def behaviour_of(self, facts: RequestFacts) -> tuple[float, str] | None:
+        """(score, top reasons when bad) of this client, or None (not tracked, or scoring
+        off)."""
+        model = self.model
+        if model is None:
+            return None
+        slot = self.clients.slot_of(facts)
+        if slot < 0:
+            return None
+        x = self.behaviour.features(self.clients.traits, slot)
+        score = model.score(x)
+        return score, (model.reasons(x) if score >= self.threshold else "")
+
+    def _bad_share(self) -> float:
+        """Of the latest requests (up to _RECENT), the share sent by clients scoring bad; each
+        distinct client scored once (at most _SCORED_PER_TICK of them)."""
+        model = self.model
+        if model is None:
+            return 0.0
+        counts: dict[int, int] = {}
+        for slot in self._recent:
+            if slot >= 0:
+                counts[slot] = counts.get(slot, 0) + 1
+        if not counts:
+            return 0.0
+        traits, features = self.clients.traits, self.behaviour.features
+        bad = total = 0
+        for k, (slot, n) in enumerate(counts.items()):
+            if k >= _SCORED_PER_TICK:
+                break
+            total += n
+            if model.score(features(traits, slot)) >= self.threshold:
+                bad += n
+        return bad / total if total else 0.0
 
     def before_origin(self, view: RequestView, checked: Verdict) -> Verdict:
-        """On a cache miss under attack: unknown clients pass a challenge before the origin.
+        """On a cache miss under attack: clients whose behaviour scores bad (with behaviour
+        scoring off: all clients without a pass) pass a challenge before the origin.
 
         `checked` is what `check` said about this request. Feeds, robots.txt, sitemaps and the
         like are refused instead (503, Retry-After): a real one is served from the cache, fresh
@@ -266,9 +384,26 @@ class Defense:
                 or checked.decision.startswith("allow:")):
             return ALLOWED
         facts = self.facts(view)  # only under attack, on a miss: not worth keeping per request
+        if self.model is not None and self.attack.level < ATTACK:
+            # `elevated` (volume, a struggling origin: no bad behaviour) stretches the
+            # cache's grace and challenges nobody.
+            return ALLOWED
         if facts.route in _NEVER_CHALLENGED:
             return self._refuse(_BUSY, "attack_mode")
-        return self._apply("challenge", "attack_mode", view, facts, time.time())
+        if self.model is None:
+            return self._apply("challenge", "attack_mode", view, facts, time.time())
+        # Only a client behaving like a bot proves itself first; readers read on.
+        judged = self.behaviour_of(facts)
+        if judged is None or judged[0] < self.threshold:
+            return ALLOWED
+        if facts.route == PAGE and link_preview(facts.user_agent):
+            # A shared link's preview cannot solve a challenge: it gets the page (cached or
+            # stale copies were served before this is asked). Anyone can claim to be one, so
+            # all previews together have a small budget of misses; beyond it, a 503.
+            if self._preview_misses.take(time.time()):
+                return self._allowed("allow:link_preview", False)
+            return self._refuse(_BUSY, "link_preview")
+        return self._apply("challenge", f"behaviour:{judged[1]}", view, facts, time.time())
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
         return facts.ip != 0 and self.allow.contains(facts.version, facts.ip)
@@ -338,13 +473,19 @@ class Defense:
              origin_count: int, origin_seconds: float, origin_errors: int) -> None:
         """Once a second: attack-mode signals, expiry, persistence, firewall, client ageing."""
         requests, self.requests = self.requests, 0
+        # Of the requests the rules let through (those refused already cost nothing more).
+        observed, self._observed = self._observed, 0
+        bad = observed * self._bad_share() if self.model is not None else 0.0
+        self.bad_requests = bad
+        self._recent[:] = array("i", [-1]) * _RECENT  # next second's requests only
         last_n, last_s, last_e = self._last_counts
         n, secs, errs = origin_count - last_n, origin_seconds - last_s, origin_errors - last_e
         self._last_counts = (origin_count, origin_seconds, origin_errors)
         self.attack.update(Signals(
             requests=requests, gate_queue=gate_queue, gate_active=gate_active,
             gate_limit=gate_limit, origin_latency=secs / n if n > 0 else 0.0,
-            origin_errors=errs / (n + errs) if n + errs > 0 else 0.0), now)
+            origin_errors=errs / (n + errs) if n + errs > 0 else 0.0, bad_requests=bad,
+            behaviour=self.model is not None), now)
         self.decisions.expire(now)
         self.clients.expire(now)
         if self._dirty and now - self._last_save >= 2.0:

@@ -151,6 +151,20 @@ def _has_param(query: str, name: str) -> bool:
     return any(part.split("=", 1)[0] == name for part in query.split("&"))
 
 
+# What the link-preview fetchers of messengers and social networks put in their User-Agent: a
+# person shared a link, and the platform reads that one page (no JavaScript, no cookies), so it
+# can never pass a challenge. Claiming one is easy: it earns only a plain page on a miss.
+_PREVIEW_MARKS = ("TelegramBot", "facebookexternalhit", "Facebot", "Twitterbot", "WhatsApp/",
+                  "Slackbot-LinkExpanding", "Discordbot", "vkShare", "LinkedInBot",
+                  "Pinterestbot", "redditbot", "Mastodon/", "SkypeUriPreview", "Viber",
+                  "Iframely", "Embedly", "Applebot-Extended", "Google-PageRenderer")
+
+
+def link_preview(user_agent: str) -> bool:
+    """Does this User-Agent say it is a messenger's or social network's link preview?"""
+    return any(mark in user_agent for mark in _PREVIEW_MARKS)
+
+
 class RequestFacts:
     """The request as the defence sees it; `prefix` is the client's /24 (IPv4) or /64 (IPv6).
 

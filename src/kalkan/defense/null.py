@@ -32,6 +32,9 @@ class NullDefense:
     def count(self, _view: RequestView, _n: int) -> None:
         pass
 
+    def answered(self, _view: RequestView, _status: int, _origin: bool) -> None:
+        pass
+
     def tick(self, now: float, gate_active: int, gate_queue: int, gate_limit: int,
              origin_count: int, origin_seconds: float, origin_errors: int) -> None:
         pass

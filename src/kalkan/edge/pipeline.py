@@ -201,6 +201,8 @@ class Pipeline:
             data = (entry.render(now, b"HIT", head_only=req.method == "HEAD",
                                  connection=b"keep-alive" if req.keep_alive else b"close"),)
         self.recorder.answer(now, req, entry.status, wire_len(data), "HIT", None, req.decision)
+        if entry.status >= 400:
+            self.defense.answered(req, entry.status, False)  # a cached 404 to a guessed URL
         return data
 
     # -- the slow path --------------------------------------------------------------------------
@@ -216,6 +218,8 @@ class Pipeline:
         finally:
             self.recorder.answer(self.clock.now, req, out.status, out.size, out.cache,
                                  out.origin_ms, req.decision, out.reason)
+            if out.cache != "BYPASS":  # the defence's own answers tell it nothing new
+                self.defense.answered(req, out.status, out.origin_ms is not None)
 
     async def _defend(self, req: Request, conn: Conn, out: Outcome) -> bool:
         """The decide step for requests that did not come through respond_now (bodies, the
