@@ -8,20 +8,19 @@ Every labelled line is replayed through the edge's own feature code (defense/beh
 log order, one row per client address, so the model learns from exactly what the edge
 computes. Each request is one example (the client's features as they stand when it is
 decided), labelled bot or not by the lab's ground truth (a bot's only where the cache did not
-answer it, see main()); lines whose truth is unknown (an
-address readers and bots shared) are replayed but not used as examples. The model is scikit-
-learn's HistGradientBoostingClassifier with shallow trees and monotonic constraints (why: docs/policy.md, "Behaviour").
+answer it, see main()); lines whose truth is unknown (an address readers and bots shared) are
+replayed but not used as examples. The model is scikit-learn's HistGradientBoostingClassifier
+with shallow trees and monotonic constraints (why: docs/policy.md, "Behaviour").
 
 The scenarios are split: the model is fitted on TRAIN and judged on HELD_OUT, which it never
-saw (see HELD_OUT). The threshold is chosen on the training scenarios only. Writes the model to src/kalkan/data/behaviour-model.json
-and the held-out report to bench/results/behaviour-score.{json,md}.
+saw. The threshold is chosen on the training scenarios only. Writes the model to
+src/kalkan/data/behaviour-model.json and the report to bench/results/behaviour-score.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 from collections import defaultdict
