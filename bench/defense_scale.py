@@ -59,11 +59,14 @@ MODULE = "bench.defense_scale"
 CLIENTS = 100_000
 TARGET = 0.8
 """Issue 8: readers' req/s with the defence on >= this times the same run with it off."""
-VARIANTS = ("defence-off", "defence-on")
+VARIANTS = ("defence-off", "defence-on", "defence-on-no-behaviour")
+"""The third measures what behaviour scoring (issue 9) costs per request: its features are
+updated on every request the defence lets through."""
 CONFIG = """client_address:
   trusted_proxies: ["127.0.0.1/32"]
 defense:
   enabled: {enabled}
+  behaviour: {behaviour}
 """
 
 
@@ -86,7 +89,9 @@ def start_kalkan(variant: str, origin_port: int, work: Path, stopper: Stopper
     port, metrics URL and process."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "kalkan.yaml"
-    config.write_text(CONFIG.format(enabled="true" if variant == "defence-on" else "false"))
+    config.write_text(CONFIG.format(enabled="false" if variant == "defence-off" else "true",
+                                    behaviour="false" if variant.endswith("no-behaviour")
+                                    else "true"))
     port, admin = free_port(), free_port()
     argv = [*taskset(SERVER_CPU), str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
             "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config", str(config),
@@ -202,6 +207,7 @@ def summarize(settings: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "all_hits": all(r["hits"] >= r["requests"] for r in mine),
         }
     on, off = per["defence-on"]["requests_per_s"], per["defence-off"]["requests_per_s"]
+    cpu = {v: per[v]["kalkan_cpu_us_per_request"]["median"] for v in VARIANTS}
     ratio = on["median"] / off["median"]
     valid = per["defence-on"]["all_2xx"] and per["defence-off"]["all_2xx"]
     return {
@@ -210,6 +216,7 @@ def summarize(settings: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "target": {"ratio": ratio, "worst_case": on["min"] / off["max"],
                    "best_case": on["max"] / off["min"], "target": TARGET,
                    "met": valid and ratio >= TARGET, "valid": valid},
+        "behaviour_us_per_request": cpu["defence-on"] - cpu["defence-on-no-behaviour"],
         "runs": runs,
     }
 
@@ -225,6 +232,9 @@ def markdown_sections(data: dict[str, Any]) -> list[str]:
             f"**{t['ratio']:.2f}x** (target >= {t['target']:.1f}x): "
             f"**{'MET' if t['met'] else 'NOT MET'}**; worst case (on min / off max) "
             f"{t['worst_case']:.2f}x, best case {t['best_case']:.2f}x."]
+    out.append(f"- Behaviour scoring's cost: **{data['behaviour_us_per_request']:.1f} µs** of "
+               "Kalkan CPU per request (defence on, minus defence on with `defense.behaviour: "
+               "false`, medians).")
     if not t["valid"]:
         out.append("- **Not valid:** some requests were not answered 2xx (the defence refused or "
                    "challenged readers, or sockets failed): see the runs below.")
@@ -254,7 +264,8 @@ def markdown_sections(data: dict[str, Any]) -> list[str]:
     out += ["", "## Setup", "",
             "- Both variants: `kalkan serve` with `client_address.trusted_proxies: "
             "[\"127.0.0.1/32\"]`, `--access-log FILE`, the admin listener (metrics) on; the only "
-            "difference is `defense.enabled` (the default policy when on).",
+            "difference is `defense.enabled` (the default policy when on), and in the third "
+            "`defense.behaviour: false`.",
             f"- The forwarded addresses are 100.64.0.0/10 (carrier-grade NAT) addresses spread "
             f"over many /24s; they are only header text, all traffic is on loopback. Each run "
             f"starts Kalkan fresh and warms it for {s['warmup_s']} s with the same load.",
