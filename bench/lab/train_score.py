@@ -98,7 +98,7 @@ def replay(path: Path, per_client: int, seed: int = 1) -> Examples:
             k = seen[key]
             # Every early request (where the decision is hardest), then a thinning sample.
             if k <= per_client // 2 or rng.random() < (per_client / 2) / k:
-                out.x.append(Behaviour.features(rows, slot))
+                out.x.append(behaviour.features(rows, slot))
                 out.y.append(1 if bot else 0)
                 out.client.append(client)
                 out.label.append(str(d.get("label")))

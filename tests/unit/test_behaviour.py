@@ -38,7 +38,7 @@ def scores(steps: list[Step], ua: str = UA) -> list[float]:
     for t, method, path, query, referred, status, origin in steps:
         route, npath = CLASSIFY.classify_target(method, path, query)
         behaviour.observe(rows, 0, t, route, method, npath, query, ua, referred)
-        out.append(MODEL.score(Behaviour.features(rows, 0)))
+        out.append(MODEL.score(Behaviour().features(rows, 0)))
         behaviour.outcome(rows, 0, status, origin)
     return out
 
@@ -77,9 +77,9 @@ def bot(kind: str, rng: random.Random) -> list[Step]:
 def test_a_row_is_128_bytes_and_the_vector_is_named() -> None:
     assert WIDTH * 8 == 128  # the budget for behaviour, per client
     behaviour, rows = Behaviour(), new_rows(1)
-    assert Behaviour.features(rows, 0) == [0.0] * len(FEATURES)
+    assert Behaviour().features(rows, 0) == [0.0] * len(FEATURES)
     behaviour.observe(rows, 0, 10.0, "page", "GET", "/", "", UA, False)
-    x = dict(zip(FEATURES, Behaviour.features(rows, 0), strict=True))
+    x = dict(zip(FEATURES, Behaviour().features(rows, 0), strict=True))
     assert x["page_share"] == 1.0 and x["asset_share"] == 0.0 and x["new_paths"] == 1.0
     assert x["gap_mean"] == x["gap_spread"] == -10.0   # one request: no rhythm yet
 
@@ -88,7 +88,7 @@ def test_counts_fade_with_a_one_minute_half_life() -> None:
     behaviour, rows = Behaviour(), new_rows(1)
     behaviour.observe(rows, 0, 1000.0, "search", "GET", "/search", "s=a", UA, False)
     behaviour.observe(rows, 0, 1060.0, "page", "GET", "/a/", "", UA, True)
-    x = dict(zip(FEATURES, Behaviour.features(rows, 0), strict=True))
+    x = dict(zip(FEATURES, Behaviour().features(rows, 0), strict=True))
     # The search, a minute old, weighs half of the page just asked for.
     assert x["costly_share"] == pytest.approx(0.5 / 1.5)
     assert x["referred"] == pytest.approx(1.0)
@@ -99,7 +99,7 @@ def test_a_repeated_query_or_path_is_not_new_and_a_new_user_agent_is_a_change() 
     for t in (1.0, 2.0, 3.0):
         behaviour.observe(rows, 0, t, "page", "GET", "/a/", "page=2", UA, False)
     behaviour.observe(rows, 0, 4.0, "page", "GET", "/a/", "page=2", "curl/8.0", False)
-    x = dict(zip(FEATURES, Behaviour.features(rows, 0), strict=True))
+    x = dict(zip(FEATURES, Behaviour().features(rows, 0), strict=True))
     n = sum(0.5 ** ((4.0 - t) / 60.0) for t in (1.0, 2.0, 3.0, 4.0))
     assert x["new_paths"] == pytest.approx(0.5 ** (3 / 60) / n)
     assert x["new_queries"] == pytest.approx(0.5 ** (3 / 60) / n)
@@ -117,9 +117,9 @@ def test_slots_of_the_client_table_start_with_a_clean_row() -> None:
         assert slot == 0   # one slot: the second client evicted the first
         if i == 0:
             behaviour.observe(table.traits, slot, 100.0, "search", "GET", "/s", "s=x", UA, False)
-            assert Behaviour.features(table.traits, slot)[FEATURES.index("costly_share")] == 1
+            assert Behaviour().features(table.traits, slot)[FEATURES.index("costly_share")] == 1
         else:
-            assert Behaviour.features(table.traits, slot) == [0.0] * len(FEATURES)
+            assert Behaviour().features(table.traits, slot) == [0.0] * len(FEATURES)
 
 
 # -- the score ----------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_each_kind_of_bot_scores_bad_and_says_why(kind: str) -> None:
         route, npath = CLASSIFY.classify_target(method, path, query)
         behaviour.observe(rows, 0, t, route, method, npath, query, UA, referred)
         behaviour.outcome(rows, 0, status, origin)
-    x = Behaviour.features(rows, 0)
+    x = Behaviour().features(rows, 0)
     reasons = MODEL.explain(x)
     assert reasons and all(name in FEATURES and credit > 0 for name, credit in reasons)
     assert MODEL.reasons(x).startswith(reasons[0][0] + "=")
@@ -154,7 +154,7 @@ def test_the_explanation_adds_up_to_the_score() -> None:
         for t, method, path, query, referred, _, _ in steps:
             route, npath = CLASSIFY.classify_target(method, path, query)
             behaviour.observe(rows, 0, t, route, method, npath, query, UA, referred)
-        x = Behaviour.features(rows, 0)
+        x = Behaviour().features(rows, 0)
         total = MODEL.base + roots + sum(MODEL.credits(x))
         assert total == pytest.approx(MODEL.log_odds(x), abs=1e-9)
 

@@ -162,6 +162,9 @@ class Defense:
         self.routes = m.routes
         self.talkers = m.talkers
         self._unsampled = 0  # requests since a user agent was last fed to the talkers sketch
+        m.gauge("kalkan_bad_behaviour_requests", "Requests in the last second from clients whose "
+                "behaviour scores bad (estimated from a sample; 0 when behaviour scoring is off).",
+                lambda: self.bad_requests)
         m.gauge("kalkan_decisions_standing", "Standing decisions.", lambda: len(self.decisions))
         m.gauge("kalkan_clients_tracked", "Client addresses tracked.", lambda: len(self.clients))
         if firewall is not None:
