@@ -72,7 +72,21 @@ def defense_scale(d: dict[str, Any]) -> list[str]:
         f"{d['settings']['clients']:,} addresses (trusted "
         f"X-Forwarded-For), defence on {s['defence-on']['requests_per_s']['median']:,.0f} req/s "
         f"vs off {s['defence-off']['requests_per_s']['median']:,.0f}: **{t['ratio']:.2f}x** "
-        f"(target 0.8x: {_met(t['met'])}).", ""]
+        f"(target 0.8x: {_met(t['met'])})."
+        + (f" Behaviour scoring's share: {d['behaviour_us_per_request']:.1f} µs of CPU per "
+           "request." if "behaviour_us_per_request" in d else ""), ""]
+
+
+def behaviour_score(d: dict[str, Any]) -> list[str]:
+    """The learned score on the scenarios it was not trained on."""
+    md = (RESULTS / "behaviour-score.md").read_text().splitlines()
+    rows = [line for line in md if line.startswith("|") and "| held out |" in line]
+    head = [line for line in md if line.startswith("| scenario")][:1]
+    return [f"**Behaviour score on scenarios it never saw** ([bench/results/behaviour-score.md]"
+            f"(bench/results/behaviour-score.md), `.venv/bin/python -m bench.lab.train_score "
+            f"DIR`; trained on {', '.join(d['trained_on'])}; threshold {d['threshold']}; only "
+            f"requests the cache did not answer, where the edge asks the score):", "",
+            *head, "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def connection_memory(d: dict[str, Any]) -> list[str]:
@@ -202,7 +216,7 @@ SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale),
             ("hit_profile", hit_profile), ("h2", h2),
             ("cache_conformance", conformance),
             ("defense_cost", defense), ("client_memory", clients), ("firewall", firewall),
-            ("lab", lab))
+            ("lab", lab), ("behaviour-score", behaviour_score))
 
 
 def main(argv: list[str] | None = None) -> None:
