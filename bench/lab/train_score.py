@@ -243,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     # Classes weighted to balance (the floods send a hundred times the readers' requests),
     # then a legitimate example weighs LEGIT_COST times a bot's: a reader challenged costs more
     # than a bot let through once, and the boundary moves away from the readers.
-    pos = sum(y) or 1
-    neg = (len(y) - pos) or 1
+    if not 0 < sum(y) < len(y):
+        print("the training scenarios need both bots (at requests the cache did not answer) "
+              "and legitimate clients", file=sys.stderr)
+        return 2
+    pos = sum(y)
+    neg = len(y) - pos
     weights = [1.0 / pos if v else LEGIT_COST / neg for v in y]
     scale = len(y)
     weights = [w * scale for w in weights]
