@@ -22,6 +22,7 @@ from kalkan.edge.origin import (
     _serialize_head,
     budget_slots,
     near_budget,
+    refresh_floor,
 )
 
 
@@ -214,31 +215,43 @@ async def test_a_cancelled_reader_in_the_queue_counts_as_left() -> None:
     assert gate.left == 1 and gate.queued == 0   # a refresh has no client to leave
 
 
-async def test_free_budgeted_slots_are_offered_to_deferred_refreshes() -> None:
-    gate = OriginGate(limit=3, queue_size=5, queue_timeout=5.0, budget=2)
-    offered: list[int] = []
+async def test_free_budget_slots_go_to_deferred_refreshes_misses_first_above_the_floor() -> None:
+    gate = OriginGate(limit=4, queue_size=5, queue_timeout=5.0, budget=3)
+    assert gate.refresh_floor == 1
+    pending = 5  # deferred refreshes waiting for a slot (fill.Filler.start_deferred)
 
     def on_free() -> None:
-        offered.append(gate.active)
-        gate.try_take(REFRESH)
+        nonlocal pending
+        while pending and gate.try_take(REFRESH):
+            pending -= 1
 
     gate.on_free = on_free
     await gate.acquire(MISS)
     gate.release(MISS)
-    assert offered == []            # in peace nobody is deferred
-    gate.set_capped(True)
-    assert offered == [0] and gate.in_use[REFRESH] == 1
-    await gate.acquire(MISS)        # the budget is now full
-    await gate.acquire(PASS)
-    gate.release(PASS)              # a pass slot is no refresh slot
-    assert offered == [0]
-    waiter = asyncio.ensure_future(gate.acquire(MISS))
-    await asyncio.sleep(0)
-    gate.release(REFRESH)           # a queued miss comes before any refresh
-    await waiter
-    assert offered == [0]
+    assert pending == 5                 # in peace nothing is offered
+    gate.set_capped(True)               # the budget's three slots go to refreshes
+    assert gate.in_use[REFRESH] == 3 and pending == 2
+    waiters = [asyncio.ensure_future(gate.acquire(MISS)) for _ in range(3)]
+    await _settle()
+    gate.release(REFRESH)               # above the floor a queued reader comes first
+    gate.release(REFRESH)
+    await _settle()
+    assert [w.done() for w in waiters] == [True, True, False]
+    gate.release(REFRESH)               # below it, a refresh goes before the queued miss
+    await _settle()
+    assert gate.in_use == {MISS: 2, REFRESH: 1, PASS: 0} and pending == 1
+    assert not waiters[2].done()
     gate.release(MISS)
-    assert offered == [0, 1]
+    await waiters[2]
+    gate.release(MISS)                  # nobody waits: the last refresh takes the slot
+    assert pending == 0 and gate.in_use == {MISS: 1, REFRESH: 2, PASS: 0}
+    assert gate.max_cache == 3
+
+
+@pytest.mark.parametrize(("budget", "floor"), [(1, 1), (3, 1), (7, 1), (8, 2), (11, 2),
+                                               (70, 17)])
+def test_refresh_floor_is_a_quarter_of_the_budget_at_least_one(budget: int, floor: int) -> None:
+    assert refresh_floor(budget) == floor
 
 
 def test_breaker_opens_probes_and_closes() -> None:

@@ -65,6 +65,17 @@ KINDS = (MISS, REFRESH, PASS)
 STRETCH_AT = 0.8
 
 
+# Under attack a reader's miss comes before a refresh (the reader waits; the page has a stale
+# copy), except that refreshes may always hold this share of the budget (at least one slot):
+# otherwise a steady stream of misses would leave the hottest pages stale for the whole attack.
+REFRESH_FLOOR = 0.25
+
+
+def refresh_floor(budget: int) -> int:
+    """Budget slots a refresh may take even while misses wait: a quarter, at least one."""
+    return max(1, math.floor(budget * REFRESH_FLOOR + 1e-9))
+
+
 def budget_slots(limit: int, share: float) -> int:
     """Slots misses and refreshes may hold together under attack: `share` of `limit`, rounded
     down (10 at 0.7 is 7), never fewer than one (nothing could be fetched at all)."""
@@ -102,14 +113,17 @@ class OriginGate:
     While `capped` (the edge is under attack), misses and refreshes together hold at most
     `budget` slots; passes may use the others. Waiters are granted in arrival order among those
     a free slot admits. A waiter whose client left (its `gone` says so) is dropped when its turn
-    comes or at the next `purge`, never sent. `on_free`, if set, is called when a budgeted slot
-    is free and nobody waits for it (the deferred refreshes take it).
+    comes or at the next `purge`, never sent. Refreshes never wait here while capped:
+    `on_free`, if set, is called when slots free up, and the deferred refreshes take those
+    `try_take` gives them (budget slots nobody waits for, and up to `refresh_floor` even while
+    misses wait).
     """
 
     def __init__(self, limit: int, queue_size: int, queue_timeout: float,
                  budget: int | None = None) -> None:
         self.limit = limit
         self.budget = limit if budget is None else budget
+        self.refresh_floor = refresh_floor(self.budget)
         self.capped = False
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
@@ -144,7 +158,11 @@ class OriginGate:
             return False
         if kind == PASS:
             return not self._pass_waiters
-        return not self._cache_waiters and self._cache_room()
+        if not self._cache_room():
+            return False
+        if kind == REFRESH and self.capped and self.in_use[REFRESH] < self.refresh_floor:
+            return True  # the refreshes' floor: before queued misses
+        return not self._cache_waiters
 
     def _cache_room(self) -> bool:
         return not self.capped or self.in_use[MISS] + self.in_use[REFRESH] < self.budget
@@ -229,8 +247,12 @@ class OriginGate:
         self._grant()
 
     def _grant(self) -> None:
-        """Give free slots to the oldest admissible waiters; then to the deferred refreshes."""
+        """Give free slots to the deferred refreshes below their floor, then to the oldest
+        admissible waiters, then to the deferred refreshes again."""
         cache, passes = self._cache_waiters, self._pass_waiters
+        offer = self.on_free if self.capped else None
+        if offer is not None and cache:
+            offer()
         while self.active < self.limit:
             head: _Waiter | None = None
             while cache and (cache[0].fut.done() or _left(cache[0])):
@@ -246,9 +268,8 @@ class OriginGate:
             (passes if head.kind == PASS else cache).popleft()
             self._take(head.kind)
             head.fut.set_result(None)
-        if self.on_free is not None and self.capped and not cache and \
-                self.active < self.limit and self._cache_room():
-            self.on_free()
+        if offer is not None and not cache and self.active < self.limit and self._cache_room():
+            offer()
 
     def _skip(self, waiter: _Waiter) -> None:
         """A waiter at the head that cannot take a slot: it gave up, or its client left."""
