@@ -14,9 +14,12 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trustme
 
+from h2_client import NAME, H2Client, Reply
 from kalkan.edge.app import Edge
 from kalkan.edge.cache_key import cache_key
 from support import Client, EdgeFactory, LoopbackServer, Response, access_log, fetch, port_of
@@ -143,7 +146,7 @@ async def test_under_attack_misses_and_refreshes_hold_at_most_the_budget(
     assert edge.pipeline.upstream.gate.max_cache == 7
     assert slow_origin.max_in_flight > 7
     assert sum(p.startswith("/miss") for p in slow_origin.seen) == 25
-    refreshed = {p for p in slow_origin.seen[len(pages):] if p.startswith("/d50/")}
+    refreshed = [p for p in slow_origin.seen[len(pages):] if p.startswith("/d50/")]
     assert refreshed  # the stale pages were refreshed in the slots the budget left
     text = await metrics(edge)
     assert 'kalkan_origin_slots_in_use{kind="refresh"} 0' in text
@@ -206,6 +209,37 @@ async def test_a_reader_who_leaves_while_queued_never_reaches_the_origin(
     line = next(e for e in access_log(edge) if e["path"] == "/left")
     assert line["status"] == 499 and line["reason"] == "client_left"
     assert "kalkan_gate_client_left_total 1" in await metrics(edge)
+
+
+async def test_an_http2_stream_reset_while_queued_never_reaches_the_origin(
+        slow_origin: SlowOrigin, make_edge: EdgeFactory, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "site.pem"
+    ca.issue_cert(NAME).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    edge = await make_edge(slow_origin.url, origin={"max_concurrency": 1},
+                           tls={"certificates": [{"cert": str(pem), "key": str(pem)}]})
+    client = await H2Client.connect(port_of(edge), ca)
+    try:
+        first = asyncio.ensure_future(client.request("GET", "/d700/first"))
+        await until(lambda: slow_origin.seen == ["/d700/first"])
+        sid = client.conn.get_next_available_stream_id()
+        client.replies[sid] = Reply()
+        client.conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
+                                       (":authority", NAME), (":path", "/left")],
+                                 end_stream=True)
+        client.flush()
+        await until(lambda: edge.pipeline.upstream.gate.queued == 1)
+        client.conn.reset_stream(sid)
+        client.flush()
+        await until(lambda: edge.pipeline.upstream.gate.queued == 0)
+        assert (await first).status == 200
+        assert (await client.request("GET", "/after")).status == 200
+    finally:
+        await client.close()
+    assert slow_origin.seen == ["/d700/first", "/after"]
+    assert edge.pipeline.upstream.gate.left == 1
+    line = next(e for e in access_log(edge) if e["path"] == "/left")
+    assert line["status"] == 499 and line["reason"] == "client_left"
 
 
 async def test_a_fetch_others_wait_on_keeps_its_place_when_its_reader_leaves(
