@@ -128,6 +128,20 @@ async def test_capped_gate_holds_misses_and_refreshes_to_the_budget_passes_to_th
     assert gate.in_use == {MISS: 6, REFRESH: 1, PASS: 2} and gate.max_cache == 7
 
 
+async def test_pressure_reads_the_cache_against_its_budget_under_attack() -> None:
+    gate = OriginGate(limit=10, queue_size=50, queue_timeout=5.0, budget=7)
+    await _holding(gate, MISS, 7)
+    await _holding(gate, PASS, 1)
+    assert gate.pressure() == (8, 0, 10)          # in peace: everything against the limit
+    gate.set_capped(True)
+    waiters = [asyncio.ensure_future(gate.acquire(MISS)) for _ in range(2)]
+    await _settle()
+    assert gate.pressure() == (7, 2, 7)           # under attack: saturated at its budget
+    gate.set_capped(False)
+    await asyncio.gather(*waiters)
+    assert gate.pressure() == (10, 0, 10)
+
+
 async def test_a_pass_behind_a_blocked_miss_goes_first_else_arrival_order() -> None:
     gate = OriginGate(limit=2, queue_size=10, queue_timeout=5.0, budget=1)
     gate.set_capped(True)

@@ -152,6 +152,16 @@ class OriginGate:
         """Capped, and the cache's load is near its budget (see `near_budget`)."""
         return self.capped and near_budget(self.cache_load, self.budget)
 
+    def pressure(self) -> tuple[int, int, int]:
+        """In flight, waiting, and the limit that applies to them now, for the attack mode.
+        Under attack that is the cache's share and its budget: a cache held at its budget with
+        readers queued is still a saturated origin gate (read against the whole limit it
+        would look calm, the threat level would fall and the cap would lift itself)."""
+        if self.capped:
+            return (self.in_use[MISS] + self.in_use[REFRESH], len(self._cache_waiters),
+                    self.budget)
+        return self.active, self.queued, self.limit
+
     def admits(self, kind: str) -> bool:
         """Would a slot of this kind be given now (nobody of its class waiting first)?"""
         if self.active >= self.limit:

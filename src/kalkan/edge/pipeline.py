@@ -113,8 +113,9 @@ class Pipeline:
         gate, latency = self.upstream.gate, self.metrics.origin_latency
         gate.purge()  # readers who left while queued: dropped now, not when their turn comes
         self.fill.tick()
-        self.defense.tick(now, gate.active, gate.queued, gate.limit, latency.count,
-                          latency.total, self.upstream.failures())
+        active, queued, limit = gate.pressure()
+        self.defense.tick(now, active, queued, limit, latency.count, latency.total,
+                          self.upstream.failures())
 
     async def close(self) -> None:
         self.misses.cancel()
