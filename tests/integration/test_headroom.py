@@ -276,3 +276,24 @@ async def test_in_peace_the_origin_gets_all_its_slots_and_refreshes_run_at_once(
     text = await metrics(edge)
     assert "kalkan_origin_cache_budget 10" in text
     assert 'kalkan_origin_refreshes_total{outcome="deferred"} 0' in text
+
+
+async def test_stopping_under_attack_starts_no_deferred_refresh(
+        slow_origin: SlowOrigin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(slow_origin.url, defense=ALLOW_LOOPBACK,
+                           origin={"max_concurrency": 2, "headroom": 0.5})
+    port = port_of(edge)
+    await stale_pages(edge, ["/d50/a", "/d50/b"])
+    await attack(edge)
+    del slow_origin.seen[:]
+    busy = asyncio.ensure_future(fetch(port, "/d800/busy"))
+    await until(lambda: slow_origin.seen == ["/d800/busy"])
+    for path in ("/d50/a", "/d50/b"):
+        assert (await fetch(port, path)).header("X-Cache") == "STALE"
+    assert len(edge.pipeline.fill.deferred) == 2
+    await edge.stop()        # the busy fetch finishes (a graceful stop); its slot starts nothing
+    assert (await busy).status == 200
+    await asyncio.sleep(0.3)
+    assert slow_origin.seen == ["/d800/busy"]
+    assert len(edge.pipeline.fill.deferred) == 0
+    assert not edge.pipeline.misses.background

@@ -116,6 +116,11 @@ class Filler:
         self.deferred.expire(self.clock.now)
         self.start_deferred()
 
+    def close(self) -> None:
+        """Start no more deferred refreshes (the edge is stopping)."""
+        self.upstream.gate.on_free = None
+        self.deferred.clear()
+
     async def fetch(self, req: Request, view: RequestView, conn: HttpConnection | None,
                      key: str, stale: Entry | None, out: Outcome,
                      slot_held: bool = False) -> Entry | None:

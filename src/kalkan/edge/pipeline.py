@@ -118,6 +118,7 @@ class Pipeline:
                           self.upstream.failures())
 
     async def close(self) -> None:
+        self.fill.close()  # first: slots freed by the cancelled fetches start no new refresh
         self.misses.cancel()
         self.defense.close()
         self.upstream.close()
