@@ -31,6 +31,9 @@ from kalkan.observe.metrics import Metrics
 _OVERLOAD_STATUS = frozenset({502, 503, 504})
 _FAILURES = ("error", "timeout", "5xx", "shed", "breaker_open", "body_error")
 UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalescing
+# The threat level from which the gate holds misses and refreshes to `origin.headroom` (1:
+# elevated; the defence's levels are 0 peace, 1 elevated, 2 attack, 3 severe).
+CAP_FROM_LEVEL = 1
 
 
 class Maintenance(OriginError):
@@ -91,7 +94,7 @@ class OriginClient:
 
     def follow_threat(self) -> bool:
         """Cap the gate while under attack; whether it is capped now."""
-        capped = self.threat() >= 1
+        capped = self.threat() >= CAP_FROM_LEVEL
         self.gate.set_capped(capped)
         return capped
 
