@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from kalkan.config import OriginConfig
+from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.origin import (
     MISS,
     BadUpstreamRequest,
@@ -98,6 +99,13 @@ class OriginClient:
         self.gate.set_capped(capped)
         return capped
 
+    def tick(self) -> tuple[int, int, int]:
+        """Once a second: follow the threat level, drop queued requests whose client left (at
+        once, not when their turn comes); the gate's pressure for the attack mode."""
+        self.follow_threat()
+        self.gate.purge()
+        return self.gate.pressure()
+
     def strained(self) -> bool:
         """Under attack and the cache's origin load near its budget: serve stale, not fetch."""
         return self.follow_threat() and self.gate.strained
@@ -107,9 +115,9 @@ class OriginClient:
                   gone: Callable[[], bool] | None = None, out: Noted | None = None,
                   slot_held: bool = False) -> tuple[UpstreamResponse, float]:
         """One exchange; returns the response (head read, body to stream) and its latency in
-        ms. Raises BreakerOpen, GateFull or OriginError, all counted; ClientLeft when `gone`
-        said the client left while the request waited for a slot (`out` then notes it, as it
-        does when the waiting request is cancelled). `slot_held`: the caller already holds a
+        ms. Raises BreakerOpen, GateFull or OriginError, all counted; ConnectionGone when
+        `gone` said the client left while the request waited for a slot (`out` then notes it,
+        as it does when the waiting request is cancelled). `slot_held`: the caller already holds a
         slot of this kind (a deferred refresh given one by the gate)."""
         metrics = self.metrics
         gate = self.gate
@@ -133,7 +141,7 @@ class OriginClient:
                 metrics.origin_requests["client_left"] += 1
                 if out is not None:
                     client_left(out)
-                raise
+                raise ConnectionGone() from None  # nobody to answer: the connection ends
             except asyncio.CancelledError:
                 if out is not None:  # a client's request: its connection or stream went away
                     metrics.origin_requests["client_left"] += 1

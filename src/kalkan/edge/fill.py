@@ -15,11 +15,10 @@ from kalkan.edge import cache_flow as flow
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_flow import RequestView, Step
 from kalkan.edge.deliver import Outcome, Responder, discard, set_cookie_fields
-from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.fetch import Misses, OriginClient, failure_status
 from kalkan.edge.forward import upstream_headers
 from kalkan.edge.listener import Clock
-from kalkan.edge.origin import MISS, REFRESH, ClientLeft, GateFull, OriginError, UpstreamResponse
+from kalkan.edge.origin import MISS, REFRESH, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.refresh import HotRefreshes
 from kalkan.edge.request import Request
 from kalkan.edge.store import Entry, Store
@@ -140,8 +139,6 @@ class Filler:
             resp, out.origin_ms = await self.upstream.ask(
                 "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono,
                 MISS if conn is not None else REFRESH, gone, out, slot_held)
-        except ClientLeft:
-            raise ConnectionGone() from None
         except (GateFull, OriginError) as exc:
             await self._origin_failed(req, view, conn, stale, exc, out)
             return None

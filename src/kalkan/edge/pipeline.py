@@ -23,12 +23,11 @@ from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_flow import RequestView, Step
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.deliver import Outcome, Responder
-from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.fetch import Misses, OriginClient, failure_status
 from kalkan.edge.fill import Filler
 from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
 from kalkan.edge.listener import Clock
-from kalkan.edge.origin import PASS, ClientLeft, GateFull, OriginError, UpstreamResponse
+from kalkan.edge.origin import PASS, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
 from kalkan.edge.store import Store
@@ -110,15 +109,13 @@ class Pipeline:
         self.access_log.flush()
         self.replays.tick()
         self.misses.expire(now)
-        gate, latency = self.upstream.gate, self.metrics.origin_latency
-        gate.purge()  # readers who left while queued: dropped now, not when their turn comes
         self.fill.tick()
-        active, queued, limit = gate.pressure()
+        active, queued, limit = self.upstream.tick()
+        latency = self.metrics.origin_latency
         self.defense.tick(now, active, queued, limit, latency.count, latency.total,
                           self.upstream.failures())
 
     async def close(self) -> None:
-        self.fill.close()  # first: slots freed by the cancelled fetches start no new refresh
         self.misses.cancel()
         self.defense.close()
         self.upstream.close()
@@ -269,7 +266,6 @@ class Pipeline:
         variants = self.store.get(key)
         entry = flow.pick_variant(variants, view.headers) if variants else None
         threat = self.defense.threat_level
-        # Under attack, near the origin's headroom budget: stale copies stand in for fetches.
         strained = threat > 0 and entry is not None and self.upstream.strained()
         d = flow.lookup(entry, view, self.clock.now, self.cache, threat, strained)
         out.reason = d.reason
@@ -314,8 +310,6 @@ class Pipeline:
             resp, out.origin_ms = await self.upstream.ask(req.method, req.target, headers,
                                                           req.body, req.chunked, self.clock.mono,
                                                           PASS, conn.client_gone, out)
-        except ClientLeft:
-            raise ConnectionGone() from None
         except (GateFull, OriginError) as exc:
             kind, extra = failure_status(exc)
             return self.responder.error(req, conn, out, kind, extra)
