@@ -152,6 +152,13 @@ class OriginConfig:
     max_concurrency: int = _opt("Most origin requests in flight at once, whatever clients do.", 16,
                               min=1)
     queue_size: int = _opt("Requests that may wait for an origin slot; more are shed.", 256)
+    # 0.7: an origin kept below ~70% busy still answers in about its unloaded time (queueing
+    # delay grows steeply past that), and the rest is left for what only the origin can answer.
+    headroom: float = _opt(
+        "Under attack (threat level 1 or more), the share of `max_concurrency` that cache misses "
+        "and background refreshes may hold together; the other slots stay free for logged-in "
+        "readers, forms and admin. Hottest stale pages are refreshed first.", 0.7, above=0,
+        max=1)
     queue_timeout: float = _duration("Longest wait for an origin slot before shedding.", 5.0,
                                   above=0)
     connect_timeout: float = _duration("Time allowed to connect to the origin.", 3.0, above=0)

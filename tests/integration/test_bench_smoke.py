@@ -319,3 +319,17 @@ def test_readme_block_quotes_readers_first(quick_results: Path, tmp_path: Path) 
     assert text.index("Cache hits for readers") < text.index("identical requests")
     assert text.index("Cache hits for readers") < text.index("Defence at scale")
     assert "Memory" in text
+
+
+@pytest.mark.slow
+def test_headroom_quick_run_keeps_the_cache_within_its_budget() -> None:
+    """bench.headroom's two variants, two seconds each: at headroom 0.7 the origin never works
+    on more than 7 of the cache's requests at once; at 1.0 it may on all 10."""
+    done = subprocess.run([sys.executable, "-m", "bench.headroom", "--quick", "--duration", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()
+            if line.startswith("| 1.0 ") or line.startswith("| 0.7 ")]
+    assert [cells[0].strip() for cells in rows] == ["1.0", "0.7"]
+    most = [int(cells[4]) for cells in rows]
+    assert most[1] <= 7 < most[0]

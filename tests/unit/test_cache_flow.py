@@ -73,6 +73,38 @@ def test_under_attack_a_pass_holder_fetches() -> None:
     assert flow.lookup(entry(age=100), PASS, NOW, CONFIG, threat=2).step is Step.FETCH
 
 
+def test_near_the_origin_budget_a_pass_holder_gets_the_stale_copy_too() -> None:
+    # Under attack with the cache's origin load near its headroom budget, the stale copy
+    # stands in for a fetch for everyone who may share it; the refresh waits for a slot.
+    d = flow.lookup(entry(age=100), PASS, NOW, CONFIG, threat=1, strained=True)
+    assert d.step is Step.SERVE_STALE and d.reason == "origin_busy"
+    unproven = flow.lookup(entry(age=100), ANON, NOW, CONFIG, threat=1, strained=True)
+    assert unproven.step is Step.SERVE_STALE and unproven.reason == "attack_mode"
+    # Nothing stored: nothing to stand in, the miss waits for its slot.
+    assert flow.lookup(None, PASS, NOW, CONFIG, threat=1, strained=True).step is Step.FETCH
+
+
+def test_strain_stretches_nothing_in_peace_nor_for_forbidden_or_private_copies() -> None:
+    assert flow.lookup(entry(age=100), PASS, NOW, CONFIG, threat=0, strained=True).step \
+        is Step.FETCH
+    must = entry(age=100, cc="max-age=60, must-revalidate")
+    assert flow.lookup(must, PASS, NOW, CONFIG, threat=2, strained=True).step is Step.FETCH
+    assert flow.lookup(entry(age=100), SESSION, NOW, CONFIG, threat=2, strained=True).step \
+        is Step.PASS
+
+
+def test_grace_grows_with_the_threat_and_doubles_near_the_budget() -> None:
+    config = CacheConfig(grace=3600.0)
+    assert flow.grace(config, 0) == 3600.0
+    assert flow.grace(config, 2) == 3 * 3600.0
+    assert flow.grace(config, 2, strained=True) == 6 * 3600.0
+    # Stale for 2.5 h: past level 1's grace (2 h), within it doubled (4 h) near the budget.
+    old = entry(age=60 + 2 * 3600.0 + 1800.0)
+    assert flow.lookup(old, ANON, NOW, config, threat=1).step is Step.CHALLENGE_FIRST
+    d = flow.lookup(old, ANON, NOW, config, threat=1, strained=True)
+    assert d.step is Step.SERVE_STALE and d.reason == "attack_mode"
+
+
 def test_must_revalidate_is_never_stale_under_attack() -> None:
     d = flow.lookup(entry(age=100, cc="max-age=60, must-revalidate"), ANON, NOW, CONFIG, threat=2)
     assert d.step is Step.CHALLENGE_FIRST

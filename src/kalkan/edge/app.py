@@ -328,6 +328,7 @@ class Edge:
             await self.alerts.close()
         if self.acme is not None:
             await self.acme.stop()
+        self.pipeline.fill.close()  # requests finishing below start no deferred refresh
         await self.server.close()
         if self.redirect_server is not None:
             await self.redirect_server.close()

@@ -122,29 +122,34 @@ def _resolved(path: str) -> str:
     return "/" + resolved.lstrip("/")
 
 
-def grace(config: CacheConfig, threat: int) -> float:
-    """The grace period, longer under attack (level n: n + 1 times): readers keep getting
-    yesterday's copy while the origin is drowning."""
-    return config.grace * (1 + threat)
+def grace(config: CacheConfig, threat: int, strained: bool = False) -> float:
+    """The grace period, longer under attack (level n: n + 1 times), and twice that while the
+    origin is near its headroom budget (`strained`): readers keep getting yesterday's copy
+    while the origin is drowning. The one place grace is stretched."""
+    return config.grace * (1 + threat) * (2 if strained else 1)
 
 
 def reuse(entry: Entry, view: RequestView, now: float, config: CacheConfig, threat: int,
-          origin_failing: bool = False) -> policy.Reuse:
+          origin_failing: bool = False, strained: bool = False) -> policy.Reuse:
     return policy.reuse_decision(entry.age(now), entry.lifetime, entry.stale, view.rules,
-                                 origin_failing=origin_failing, grace=grace(config, threat))
+                                 origin_failing=origin_failing,
+                                 grace=grace(config, threat, strained))
 
 
 def stale_usable(entry: Entry | None, view: RequestView, now: float, config: CacheConfig,
-                 threat: int) -> bool:
-    """May this stored entry stand in for an origin that just failed (RFC 5861 + grace)?
-    Never for a credentialed reader: the stored copy is someone else's view of the page."""
+                 threat: int, strained: bool = False) -> bool:
+    """May this stored entry stand in for an origin that just failed, or that is near its
+    budget under attack (RFC 5861 + grace)? Never for a credentialed reader: the stored copy
+    is someone else's view of the page."""
     return entry is not None and not view.credentialed and \
-        reuse(entry, view, now, config, threat, origin_failing=True).serves_stored
+        reuse(entry, view, now, config, threat, origin_failing=True,
+              strained=strained).serves_stored
 
 
 def lookup(entry: Entry | None, view: RequestView, now: float, config: CacheConfig,
-           threat: int) -> Decision:
-    """Before the origin: what a stored variant (or none) means for this request."""
+           threat: int, strained: bool = False) -> Decision:
+    """Before the origin: what a stored variant (or none) means for this request. `strained`:
+    under attack, the cache's origin load is near its headroom budget (fetch.OriginClient)."""
     if view.never_cache:
         # Admin, login, cron, previews, nonces: the origin answers each one itself.
         return Decision(Step.PASS, None, view.never_cache)
@@ -172,19 +177,25 @@ def lookup(entry: Entry | None, view: RequestView, now: float, config: CacheConf
                 return Decision(Step.UNSERVABLE, entry, "only_if_cached")
             case _:
                 pass  # REVALIDATE: ask the origin with this entry's validators
-        if threat and not view.has_pass and stale_usable(entry, view, now, config, threat):
+        if threat and not view.has_pass and \
+                stale_usable(entry, view, now, config, threat, strained):
             # Under attack an unproven reader gets the stale copy (within grace) rather than
             # a challenge, and the edge refreshes the page itself.
             return Decision(Step.SERVE_STALE, entry, "attack_mode")
+        if threat and strained and stale_usable(entry, view, now, config, threat, strained):
+            # Near the budget everyone does, proven readers too, before the origin saturates:
+            # the refresh waits for a slot (hottest pages first) instead of this reader.
+            return Decision(Step.SERVE_STALE, entry, "origin_busy")
     if threat and not view.has_pass:
         return Decision(Step.CHALLENGE_FIRST, entry, "attack_mode")
     return Decision(Step.FETCH, entry, "expired" if entry is not None else "miss")
 
 
 def on_response(status: int, resp: Mapping[str, str], stale: Entry | None, view: RequestView,
-                now: float, config: CacheConfig, threat: int) -> Decision:
+                now: float, config: CacheConfig, threat: int,
+                strained: bool = False) -> Decision:
     """Once the origin's head is known: store, refresh, serve stale, fetch again or relay."""
-    if status in _STALE_ON_STATUS and stale_usable(stale, view, now, config, threat):
+    if status in _STALE_ON_STATUS and stale_usable(stale, view, now, config, threat, strained):
         return Decision(Step.SERVE_STALE, stale, "origin_error")
     if status == 304 and stale is not None:
         if not policy.not_modified_updates_stored(policy.combine_headers(stale.headers), resp):

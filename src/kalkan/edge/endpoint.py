@@ -74,6 +74,11 @@ class Endpoint(RequestReader):
             return True  # keep the transport open for the answers (ignored under TLS)
         return None
 
+    def client_gone(self) -> bool:
+        """Has the client closed its connection (or half-closed it: like nginx, a request still
+        waiting for the origin is then taken as abandoned)?"""
+        return self.closed or self._eof
+
     def _answer_and_close(self, data: bytes) -> None:
         """Send a last response and close without losing it to a reset.
 

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from kalkan.config import OriginConfig
+from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.origin import (
+    MISS,
     BadUpstreamRequest,
     Breaker,
     BreakerOpen,
+    ClientLeft,
     GateFull,
     OriginError,
     OriginGate,
     OriginPool,
     OriginTimeout,
     UpstreamResponse,
+    budget_slots,
 )
 from kalkan.edge.request import BodyStream
 from kalkan.edge.store import Entry
@@ -28,50 +32,121 @@ from kalkan.observe.metrics import Metrics
 _OVERLOAD_STATUS = frozenset({502, 503, 504})
 _FAILURES = ("error", "timeout", "5xx", "shed", "breaker_open", "body_error")
 UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalescing
+# The threat level from which the gate holds misses and refreshes to `origin.headroom` (1:
+# elevated; the defence's levels are 0 peace, 1 elevated, 2 attack, 3 severe).
+CAP_FROM_LEVEL = 1
 
 
 class Maintenance(OriginError):
     """Maintenance mode: the origin is not asked (cached pages are still served)."""
 
 
+class Noted(Protocol):
+    """Where a request's outcome is noted for the access log (deliver.Outcome)."""
+
+    status: int
+    reason: str
+
+
+def client_left(out: Noted) -> None:
+    """The access log's word for a request dropped from the gate's queue: 499, as nginx logs
+    a client that closed its connection before the answer."""
+    out.status = 499
+    out.reason = "client_left"
 
 
 class OriginClient:
     """Owns the pool, the gate and the breaker; every origin request goes through `ask`.
     `maintenance`: while true nothing reaches the origin (site.maintenance, POST
-    /maintenance); readers get what is cached, else the maintenance page."""
+    /maintenance); readers get what is cached, else the maintenance page. `threat` is the
+    defence's threat level now: from 1 on, the gate caps misses and refreshes together at
+    `origin.headroom` of its slots."""
 
-    def __init__(self, config: OriginConfig, metrics: Metrics) -> None:
+    def __init__(self, config: OriginConfig, metrics: Metrics,
+                 threat: Callable[[], int] = lambda: 0) -> None:
         self.maintenance = False
+        self.threat = threat
         self.pool = OriginPool(config)
-        self.gate = OriginGate(config.max_concurrency, config.queue_size, config.queue_timeout)
+        self.gate = OriginGate(config.max_concurrency, config.queue_size, config.queue_timeout,
+                               budget_slots(config.max_concurrency, config.headroom))
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
         self.metrics = metrics
+        self.refreshes: dict[str, int] = dict.fromkeys(("started", "deferred", "dropped"), 0)
         m = metrics
-        m.gauge("kalkan_origin_active", "Origin requests in flight.", lambda: self.gate.active)
+        gate = self.gate
+        m.gauge("kalkan_origin_active", "Origin requests in flight.", lambda: gate.active)
+        m.labeled_gauge("kalkan_origin_slots_in_use", "Origin slots in use, by what for: miss,"
+                        " refresh (background) or pass (not cacheable).", "kind",
+                        lambda: dict(gate.in_use))
+        m.gauge("kalkan_origin_cache_budget", "Origin slots misses and refreshes may hold "
+                "together now (origin.headroom of them under attack, all of them in peace).",
+                lambda: gate.budget if gate.capped else gate.limit)
         m.gauge("kalkan_gate_queue_depth", "Requests waiting for an origin slot.",
-                lambda: self.gate.queued)
+                lambda: gate.queued)
+        m.counter("kalkan_gate_client_left_total", "Requests dropped from the origin gate's "
+                  "queue because their client left (they never reached the origin).",
+                  lambda: gate.left)
+        m.labeled_counter("kalkan_origin_refreshes_total", "Background refreshes under the "
+                          "headroom budget: started, deferred (no slot: the stale copy is "
+                          "served meanwhile), dropped (never got a slot).", "outcome",
+                          lambda: dict(self.refreshes))
         m.gauge("kalkan_origin_breaker_open", "1 while the origin circuit breaker is open.",
                 lambda: 0 if self.breaker.state == Breaker.CLOSED else 1)
 
+    def follow_threat(self) -> bool:
+        """Cap the gate while under attack; whether it is capped now."""
+        capped = self.threat() >= CAP_FROM_LEVEL
+        self.gate.set_capped(capped)
+        return capped
+
+    def tick(self) -> tuple[int, int, int]:
+        """Once a second: follow the threat level, drop queued requests whose client left (at
+        once, not when their turn comes); the gate's pressure for the attack mode."""
+        self.follow_threat()
+        self.gate.purge()
+        return self.gate.pressure()
+
+    def strained(self) -> bool:
+        """Under attack and the cache's origin load near its budget: serve stale, not fetch."""
+        return self.follow_threat() and self.gate.strained
+
     async def ask(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
-                  body: BodyStream | None, chunked: bool,
-                  mono: float) -> tuple[UpstreamResponse, float]:
+                  body: BodyStream | None, chunked: bool, mono: float, kind: str = MISS,
+                  gone: Callable[[], bool] | None = None, out: Noted | None = None,
+                  slot_held: bool = False) -> tuple[UpstreamResponse, float]:
         """One exchange; returns the response (head read, body to stream) and its latency in
-        ms. Raises BreakerOpen, GateFull or OriginError, all counted."""
+        ms. Raises BreakerOpen, GateFull or OriginError, all counted; ConnectionGone when
+        `gone` said the client left while the request waited for a slot (`out` then notes it,
+        as it does when the waiting request is cancelled). `slot_held`: the caller already holds a
+        slot of this kind (a deferred refresh given one by the gate)."""
         metrics = self.metrics
-        if self.maintenance:
-            metrics.origin_requests["maintenance"] += 1
-            raise Maintenance("maintenance mode: the origin is not asked")
-        if not self.breaker.allow(mono):
+        gate = self.gate
+        if self.maintenance or not self.breaker.allow(mono):
+            if slot_held:
+                gate.release(kind)
+            if self.maintenance:
+                metrics.origin_requests["maintenance"] += 1
+                raise Maintenance("maintenance mode: the origin is not asked")
             metrics.origin_requests["breaker_open"] += 1
             raise BreakerOpen("origin circuit breaker is open")
-        try:
-            await self.gate.acquire()
-        except GateFull:
-            metrics.gate_shed += 1
-            metrics.origin_requests["shed"] += 1
-            raise
+        if not slot_held:
+            self.follow_threat()
+            try:
+                await gate.acquire(kind, gone)
+            except GateFull:
+                metrics.gate_shed += 1
+                metrics.origin_requests["shed"] += 1
+                raise
+            except ClientLeft:
+                metrics.origin_requests["client_left"] += 1
+                if out is not None:
+                    client_left(out)
+                raise ConnectionGone() from None  # nobody to answer: the connection ends
+            except asyncio.CancelledError:
+                if out is not None:  # a client's request: its connection or stream went away
+                    metrics.origin_requests["client_left"] += 1
+                    client_left(out)
+                raise
         t0 = time.monotonic()
         try:
             resp = await self.pool.request(method, target, headers, body, chunked=chunked)
@@ -83,7 +158,7 @@ class OriginClient:
             metrics.origin_requests["timeout" if isinstance(exc, OriginTimeout) else "error"] += 1
             raise
         finally:
-            self.gate.release()
+            gate.release(kind)
         elapsed = time.monotonic() - t0
         metrics.origin_latency.observe(elapsed)
         if resp.status in _OVERLOAD_STATUS:
@@ -116,6 +191,7 @@ class Misses:
 
     def __init__(self) -> None:
         self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        self.followers: dict[str, int] = {}  # readers waiting on another's fetch, per key
         self.uncacheable: dict[str, float] = {}
         self.background: set[asyncio.Task[None]] = set()
 
@@ -127,6 +203,23 @@ class Misses:
     def done(self, key: str, fut: asyncio.Future[Entry | None], stored: Entry | None) -> None:
         self.inflight.pop(key, None)
         fut.set_result(stored)
+
+    async def follow(self, key: str, fut: asyncio.Future[Entry | None]) -> Entry | None:
+        """Wait on another reader's fetch of `key` (its leader keeps its place in the gate's
+        queue for us even if its own reader leaves)."""
+        followers = self.followers
+        followers[key] = followers.get(key, 0) + 1
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            n = followers.get(key, 0) - 1
+            if n > 0:
+                followers[key] = n
+            else:
+                followers.pop(key, None)
+
+    def followed(self, key: str) -> bool:
+        return key in self.followers
 
     def not_storable(self, key: str, now: float) -> None:
         self.uncacheable[key] = now + UNCACHEABLE_MEMORY

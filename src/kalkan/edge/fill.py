@@ -1,10 +1,12 @@
 """How a miss becomes a stored entry: lead the one origin fetch for a key (others wait on it),
-refresh stale entries in the background, ask the origin with the stale entry's validators, let
+refresh stale entries in the background (under attack only within the headroom budget, hottest
+pages first, `refresh.HotRefreshes`), ask the origin with the stale entry's validators, let
 `cache_flow.on_response` decide what the answer becomes, store it, deliver it, and fall back to
 a stale copy or an error when the origin fails."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,8 @@ from kalkan.edge.deliver import Outcome, Responder, discard, set_cookie_fields
 from kalkan.edge.fetch import Misses, OriginClient, failure_status
 from kalkan.edge.forward import upstream_headers
 from kalkan.edge.listener import Clock
-from kalkan.edge.origin import GateFull, OriginError, UpstreamResponse
+from kalkan.edge.origin import MISS, REFRESH, GateFull, OriginError, UpstreamResponse
+from kalkan.edge.refresh import HotRefreshes
 from kalkan.edge.request import Request
 from kalkan.edge.store import Entry, Store
 from kalkan.observe.metrics import Metrics
@@ -39,6 +42,10 @@ class Filler:
         self.metrics = metrics
         self.clock = clock
         self.threat = threat  # the defence's threat level now (grace grows with it)
+        # Refreshes waiting for an origin slot under attack; the gate offers them its free slots.
+        self.deferred: HotRefreshes[tuple[Request, RequestView]] = \
+            HotRefreshes(upstream.gate.queue_timeout)
+        upstream.gate.on_free = self.start_deferred
 
     async def lead(self, req: Request, view: RequestView, conn: HttpConnection | None, key: str,
                     stale: Entry | None, out: Outcome) -> None:
@@ -55,13 +62,71 @@ class Filler:
 
     def refresh_in_background(self, req: Request, view: RequestView, key: str,
                                entry: Entry) -> None:
-        if key not in self.misses.inflight:
+        """A reader was served this stale entry: refresh it. In peace at once (through the
+        gate's queue like any fetch); under attack only in a free slot within the headroom
+        budget, hottest pages first, else deferred while the stale copy keeps being served."""
+        if key in self.misses.inflight:
+            return
+        if not self.upstream.follow_threat():
             self.misses.spawn(self.lead(req, view, None, key, entry, Outcome()))
+            return
+        new = self.deferred.want(key, (req, view), self.clock.now)
+        self.start_deferred()
+        if new and key in self.deferred:
+            self.upstream.refreshes["deferred"] += 1
+
+    def start_deferred(self) -> None:
+        """Start the hottest deferred refreshes while the gate has slots for them."""
+        gate, deferred, now = self.upstream.gate, self.deferred, self.clock.now
+        while deferred and gate.admits(REFRESH):
+            wanted = deferred.pop_hottest(now)
+            if wanted is None:
+                break
+            req, view = wanted.payload
+            key = wanted.key
+            if key in self.misses.inflight:
+                continue  # a reader's miss is fetching it already
+            variants = self.store.get(key)
+            current = flow.pick_variant(variants, view.headers) if variants else None
+            if current is None or current.fresh_until > now:
+                continue  # purged or evicted meanwhile, or already fresh again
+            gate.try_take(REFRESH)
+            self.upstream.refreshes["started"] += 1
+            fut = self.misses.lead(key)
+            self.misses.spawn(self._refresh_in_slot(req, view, key, current, fut))
+        self.upstream.refreshes["dropped"] = deferred.dropped
+
+    async def _refresh_in_slot(self, req: Request, view: RequestView, key: str, stale: Entry,
+                               fut: asyncio.Future[Entry | None]) -> None:
+        stored: Entry | None = None
+        try:
+            stored = await self.fetch(req, view, None, key, stale, Outcome(), slot_held=True)
+        finally:
+            self.misses.done(key, fut, stored)
+
+    def tick(self) -> None:
+        """Once a second: in peace forget deferred refreshes (they run as they come again);
+        under attack drop the ones nobody asked for lately and start what fits."""
+        if not self.upstream.follow_threat():
+            if self.deferred:
+                self.deferred.clear()
+                self.upstream.refreshes["dropped"] = self.deferred.dropped
+            return
+        self.deferred.expire(self.clock.now)
+        self.start_deferred()
+
+    def close(self) -> None:
+        """Start no more deferred refreshes (the edge is stopping)."""
+        self.upstream.gate.on_free = None
+        self.deferred.clear()
 
     async def fetch(self, req: Request, view: RequestView, conn: HttpConnection | None,
-                     key: str, stale: Entry | None, out: Outcome) -> Entry | None:
+                     key: str, stale: Entry | None, out: Outcome,
+                     slot_held: bool = False) -> Entry | None:
         """Ask the origin (through breaker and gate); cache_flow.on_response decides what its
-        answer becomes; deliver it (conn None: a background refresh)."""
+        answer becomes; deliver it (conn None: a background refresh; `slot_held`: the gate
+        already gave it a refresh slot). A reader who leaves while the request waits for a
+        slot is dropped from the queue (unless others wait on the same fetch)."""
         headers = upstream_headers(req, True, self.upstream.pool.host_header)
         if stale is not None:
             etag, last_modified = stale.validators()
@@ -69,9 +134,11 @@ class Filler:
                 headers.append((b"If-None-Match", etag))
             if last_modified is not None:
                 headers.append((b"If-Modified-Since", last_modified))
+        gone = self._gone(conn, key) if conn is not None else None
         try:
             resp, out.origin_ms = await self.upstream.ask(
-                "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono)
+                "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono,
+                MISS if conn is not None else REFRESH, gone, out, slot_held)
         except (GateFull, OriginError) as exc:
             await self._origin_failed(req, view, conn, stale, exc, out)
             return None
@@ -79,7 +146,7 @@ class Filler:
             resp_dict = policy.combine_headers(resp.headers)
             now = self.clock.now
             d = flow.on_response(resp.status, resp_dict, stale, view, now, self.cache,
-                                 self.threat())
+                                 self.threat(), self.upstream.strained())
             if d.step is not Step.STORE:
                 out.reason = d.reason  # (a stored miss keeps the lookup's reason: why a miss)
             if d.step is Step.SERVE_STALE and stale is not None:
@@ -128,6 +195,15 @@ class Filler:
         finally:
             resp.release()
 
+    def _gone(self, conn: HttpConnection, key: str) -> Callable[[], bool]:
+        """Has this reader left, with nobody else waiting on its fetch (a fetch others wait on
+        keeps its place in the queue: it is theirs too)?"""
+        misses = self.misses
+
+        def gone() -> bool:
+            return conn.client_gone() and not misses.followed(key)
+        return gone
+
     async def _store(self, req: Request, view: RequestView, key: str, resp: UpstreamResponse,
                      resp_dict: dict[str, str], out: Outcome) -> Entry | None:
         """Read a storable response whole (up to the object limit) and put it in the store."""
@@ -157,8 +233,8 @@ class Filler:
                              stale: Entry | None, exc: Exception, out: Outcome) -> None:
         if conn is None:
             return
-        if flow.stale_usable(stale, view, self.clock.now, self.cache, self.threat()) \
-                and stale is not None:
+        if flow.stale_usable(stale, view, self.clock.now, self.cache, self.threat(),
+                             self.upstream.strained()) and stale is not None:
             self.metrics.stale_served["shed" if isinstance(exc, GateFull) else "origin_error"] += 1
             return await self.responder.entry(req, conn, stale, "STALE", out)
         kind, extra = failure_status(exc)

@@ -66,6 +66,10 @@ class Http2Stream:
         self._waiter: asyncio.Future[None] | None = None
 
     # -- the pipeline's connection interface ----------------------------------------------------
+    def client_gone(self) -> bool:
+        """Was the stream reset, or its connection lost?"""
+        return self.closed
+
     def write(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionGone()

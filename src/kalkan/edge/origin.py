@@ -1,7 +1,8 @@
 """The way to the origin: a keep-alive connection pool, the concurrency gate, the circuit breaker.
 
 `OriginGate` guarantees the origin never sees more than N requests at once (a bounded FIFO queue
-with a timeout behind it); `Breaker` fails fast after consecutive failures and lets one probe
+with a timeout behind it; under attack the cache's own misses and refreshes get only a share of
+the N, `origin.headroom`); `Breaker` fails fast after consecutive failures and lets one probe
 through after a cool-down; `OriginPool` speaks HTTP/1.1 to the origin and streams bodies both ways
 with back-pressure.
 
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import httptools
 
@@ -51,64 +53,242 @@ class BreakerOpen(OriginError):
     """The circuit breaker is open: the origin is failing, so we do not ask it."""
 
 
-class OriginGate:
-    """At most `limit` requests in flight; a bounded FIFO of waiters, each with a timeout."""
+# What an origin slot is used for. Misses and refreshes are the cache's own work, which the
+# headroom budget bounds under attack; passes (logged-in readers, forms, admin) are what only
+# the origin can answer, and may use the rest of the slots.
+MISS, REFRESH, PASS = "miss", "refresh", "pass"
+KINDS = (MISS, REFRESH, PASS)
 
-    def __init__(self, limit: int, queue_size: int, queue_timeout: float) -> None:
+# Under attack the cache flow serves stale copies rather than fetching once the cache's load
+# (misses and refreshes in flight or queued) reaches this share of the budget: the origin is
+# then about to be saturated by the cache alone.
+STRETCH_AT = 0.8
+
+
+# Under attack a reader's miss comes before a refresh (the reader waits; the page has a stale
+# copy), except that refreshes may always hold this share of the budget (at least one slot):
+# otherwise a steady stream of misses would leave the hottest pages stale for the whole attack.
+REFRESH_FLOOR = 0.25
+
+
+def refresh_floor(budget: int) -> int:
+    """Budget slots a refresh may take even while misses wait: a quarter, at least one."""
+    return max(1, math.floor(budget * REFRESH_FLOOR + 1e-9))
+
+
+def budget_slots(limit: int, share: float) -> int:
+    """Slots misses and refreshes may hold together under attack: `share` of `limit`, rounded
+    down (10 at 0.7 is 7), never fewer than one (nothing could be fetched at all)."""
+    return max(1, min(limit, math.floor(limit * share + 1e-9)))
+
+
+def near_budget(load: int, budget: int) -> bool:
+    """Is the cache's origin load (in flight + queued) close enough to its budget that stale
+    copies should stand in for fetches? From STRETCH_AT of the budget, rounded up (6 of 7)."""
+    return load >= math.ceil(budget * STRETCH_AT - 1e-9)
+
+
+class ClientLeft(Exception):
+    """The client of a request waiting for an origin slot is gone: dropped from the queue before
+    it cost the origin anything."""
+
+
+class _Waiter:
+    """One request in the gate's queue: its kind, its place (FIFO across kinds) and how to tell
+    its client left."""
+
+    __slots__ = ("fut", "kind", "seq", "gone")
+
+    def __init__(self, fut: asyncio.Future[None], kind: str, seq: int,
+                 gone: Callable[[], bool] | None) -> None:
+        self.fut = fut
+        self.kind = kind
+        self.seq = seq
+        self.gone = gone
+
+
+class OriginGate:
+    """At most `limit` requests in flight; a bounded FIFO of waiters, each with a timeout.
+
+    While `capped` (the edge is under attack), misses and refreshes together hold at most
+    `budget` slots; passes may use the others. Waiters are granted in arrival order among those
+    a free slot admits. A waiter whose client left (its `gone` says so) is dropped when its turn
+    comes or at the next `purge`, never sent. Refreshes never wait here while capped:
+    `on_free`, if set, is called when slots free up, and the deferred refreshes take those
+    `try_take` gives them (budget slots nobody waits for, and up to `refresh_floor` even while
+    misses wait).
+    """
+
+    def __init__(self, limit: int, queue_size: int, queue_timeout: float,
+                 budget: int | None = None) -> None:
         self.limit = limit
+        self.budget = limit if budget is None else budget
+        self.refresh_floor = refresh_floor(self.budget)
+        self.capped = False
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
         self.active = 0
         self.max_active = 0
         self.shed = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.left = 0  # waiters dropped because their client left
+        self.in_use = dict.fromkeys(KINDS, 0)
+        self.max_cache = 0  # most misses + refreshes in flight at once (while capped)
+        self.on_free: Callable[[], None] | None = None
+        self._seq = 0
+        self._cache_waiters: deque[_Waiter] = deque()  # misses (and refreshes at peace)
+        self._pass_waiters: deque[_Waiter] = deque()
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self._cache_waiters) + len(self._pass_waiters)
 
-    async def acquire(self) -> None:
-        if self.active < self.limit and not self._waiters:
-            self._take()
+    @property
+    def cache_load(self) -> int:
+        """Misses and refreshes in flight or waiting."""
+        return self.in_use[MISS] + self.in_use[REFRESH] + len(self._cache_waiters)
+
+    @property
+    def strained(self) -> bool:
+        """Capped, and the cache's load is near its budget (see `near_budget`)."""
+        return self.capped and near_budget(self.cache_load, self.budget)
+
+    def pressure(self) -> tuple[int, int, int]:
+        """In flight, waiting, and the limit that applies to them now, for the attack mode.
+        Under attack that is the cache's share and its budget: a cache held at its budget with
+        readers queued is still a saturated origin gate (read against the whole limit it
+        would look calm, the threat level would fall and the cap would lift itself)."""
+        if self.capped:
+            return (self.in_use[MISS] + self.in_use[REFRESH], len(self._cache_waiters),
+                    self.budget)
+        return self.active, self.queued, self.limit
+
+    def admits(self, kind: str) -> bool:
+        """Would a slot of this kind be given now (nobody of its class waiting first)?"""
+        if self.active >= self.limit:
+            return False
+        if kind == PASS:
+            return not self._pass_waiters
+        if not self._cache_room():
+            return False
+        if kind == REFRESH and self.capped and self.in_use[REFRESH] < self.refresh_floor:
+            return True  # the refreshes' floor: before queued misses
+        return not self._cache_waiters
+
+    def _cache_room(self) -> bool:
+        return not self.capped or self.in_use[MISS] + self.in_use[REFRESH] < self.budget
+
+    def set_capped(self, capped: bool) -> None:
+        if capped != self.capped:
+            self.capped = capped
+            self._grant()
+
+    async def acquire(self, kind: str = MISS, gone: Callable[[], bool] | None = None) -> None:
+        if self.admits(kind):
+            self._take(kind)
             return
-        if len(self._waiters) >= self.queue_size:
+        if self.queued >= self.queue_size:
             self.shed += 1
             raise GateFull("origin queue full")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._seq += 1
+        waiter = _Waiter(fut, kind, self._seq, gone)
+        (self._pass_waiters if kind == PASS else self._cache_waiters).append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout)
         except TimeoutError:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 return  # the slot arrived just as we gave up: keep it
+            self._discard(waiter)
+            if fut.done() and not fut.cancelled():
+                raise ClientLeft("the client left while waiting for the origin") from None
             fut.cancel()
-            self._discard(fut)
             self.shed += 1
             raise GateFull("waited too long for the origin") from None
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(kind)
             else:
-                fut.cancel()
-                self._discard(fut)
+                if not fut.done():
+                    fut.cancel()
+                    if gone is not None:  # a client's request: its connection went away
+                        self.left += 1
+                self._discard(waiter)
             raise
 
-    def _discard(self, fut: asyncio.Future[None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(fut)
+    def try_take(self, kind: str) -> bool:
+        """A slot now or not at all (a deferred refresh never queues)."""
+        if self.admits(kind):
+            self._take(kind)
+            return True
+        return False
 
-    def _take(self) -> None:
+    def purge(self) -> int:
+        """Drop the waiters whose client left; how many were dropped."""
+        dropped = 0
+        for queue in (self._cache_waiters, self._pass_waiters):
+            for waiter in [w for w in queue if w.gone is not None and w.gone()]:
+                queue.remove(waiter)
+                self._drop(waiter)
+                dropped += 1
+        return dropped
+
+    def _drop(self, waiter: _Waiter) -> None:
+        if not waiter.fut.done():
+            waiter.fut.set_exception(ClientLeft("the client left while waiting for the origin"))
+        self.left += 1
+
+    def _discard(self, waiter: _Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            (self._pass_waiters if waiter.kind == PASS else self._cache_waiters).remove(waiter)
+
+    def _take(self, kind: str) -> None:
         self.active += 1
+        self.in_use[kind] += 1
         if self.active > self.max_active:
             self.max_active = self.active
+        if kind != PASS and self.capped:
+            cache = self.in_use[MISS] + self.in_use[REFRESH]
+            if cache > self.max_cache:
+                self.max_cache = cache
 
-    def release(self) -> None:
+    def release(self, kind: str = MISS) -> None:
         self.active -= 1
-        while self._waiters and self.active < self.limit:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self._take()
-                fut.set_result(None)
+        self.in_use[kind] -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        """Give free slots to the deferred refreshes below their floor, then to the oldest
+        admissible waiters, then to the deferred refreshes again."""
+        cache, passes = self._cache_waiters, self._pass_waiters
+        offer = self.on_free if self.capped else None
+        if offer is not None and cache:
+            offer()
+        while self.active < self.limit:
+            head: _Waiter | None = None
+            while cache and (cache[0].fut.done() or _left(cache[0])):
+                self._skip(cache.popleft())
+            while passes and (passes[0].fut.done() or _left(passes[0])):
+                self._skip(passes.popleft())
+            if cache and self._cache_room():
+                head = cache[0]
+            if passes and (head is None or passes[0].seq < head.seq):
+                head = passes[0]
+            if head is None:
+                break
+            (passes if head.kind == PASS else cache).popleft()
+            self._take(head.kind)
+            head.fut.set_result(None)
+        if offer is not None and not cache and self.active < self.limit and self._cache_room():
+            offer()
+
+    def _skip(self, waiter: _Waiter) -> None:
+        """A waiter at the head that cannot take a slot: it gave up, or its client left."""
+        if not waiter.fut.done():
+            self._drop(waiter)
+
+
+def _left(waiter: _Waiter) -> bool:
+    return waiter.gone is not None and waiter.gone()
 
 
 class Breaker:

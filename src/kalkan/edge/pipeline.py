@@ -27,7 +27,7 @@ from kalkan.edge.fetch import Misses, OriginClient, failure_status
 from kalkan.edge.fill import Filler
 from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
 from kalkan.edge.listener import Clock
-from kalkan.edge.origin import GateFull, OriginError, UpstreamResponse
+from kalkan.edge.origin import PASS, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
 from kalkan.edge.store import Store
@@ -68,7 +68,8 @@ class Pipeline:
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
         self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
         self.never_cache = flow.NeverCache(cc)
-        self.upstream = OriginClient(config.origin, self.metrics)
+        self.upstream = OriginClient(config.origin, self.metrics,
+                                     lambda: self.defense.threat_level)  # (made below)
         self.misses = Misses()
         self.pages = Pages.from_config(config.site)   # reader-facing pages, rendered once
         self.responder = Responder(self.clock, self.metrics, self.pages)
@@ -108,9 +109,11 @@ class Pipeline:
         self.access_log.flush()
         self.replays.tick()
         self.misses.expire(now)
-        gate, latency = self.upstream.gate, self.metrics.origin_latency
-        self.defense.tick(now, gate.active, gate.queued, gate.limit, latency.count,
-                          latency.total, self.upstream.failures())
+        self.fill.tick()
+        active, queued, limit = self.upstream.tick()
+        latency = self.metrics.origin_latency
+        self.defense.tick(now, active, queued, limit, latency.count, latency.total,
+                          self.upstream.failures())
 
     async def close(self) -> None:
         self.misses.cancel()
@@ -267,7 +270,8 @@ class Pipeline:
         variants = self.store.get(key)
         entry = flow.pick_variant(variants, view.headers) if variants else None
         threat = self.defense.threat_level
-        d = flow.lookup(entry, view, self.clock.now, self.cache, threat)
+        strained = threat > 0 and entry is not None and self.upstream.strained()
+        d = flow.lookup(entry, view, self.clock.now, self.cache, threat, strained)
         out.reason = d.reason
         step = d.step
         if step is Step.SERVE and d.entry is not None:
@@ -293,7 +297,7 @@ class Pipeline:
         waiting = self.misses.inflight.get(key)
         if waiting is not None:
             self.metrics.coalesced += 1
-            shared = await asyncio.shield(waiting)
+            shared = await self.misses.follow(key, waiting)
             if shared is not None and flow.pick_variant([shared], view.headers) is shared:
                 out.reason = "coalesced"
                 return await self.responder.entry(req, conn, shared, "HIT", out)
@@ -308,7 +312,8 @@ class Pipeline:
         headers = upstream_headers(req, False, self.upstream.pool.host_header)
         try:
             resp, out.origin_ms = await self.upstream.ask(req.method, req.target, headers,
-                                                          req.body, req.chunked, self.clock.mono)
+                                                          req.body, req.chunked, self.clock.mono,
+                                                          PASS, conn.client_gone, out)
         except (GateFull, OriginError) as exc:
             kind, extra = failure_status(exc)
             return self.responder.error(req, conn, out, kind, extra)

@@ -57,6 +57,7 @@ class Metrics:
         self.talkers = Talkers()  # top prefixes, paths, user agents, from a sample
         # Families with one label whose values another part keeps: name → (help, label, read).
         self.labeled: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
+        self.labeled_gauges: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
         self.open_connections: Callable[[], int] = lambda: 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -72,6 +73,11 @@ class Metrics:
                         fn: Callable[[], dict[str, float]]) -> None:
         """A counter family with one label, kept by another part (read at scrape time)."""
         self.labeled[name] = (help_text, label, fn)
+
+    def labeled_gauge(self, name: str, help_text: str, label: str,
+                      fn: Callable[[], dict[str, float]]) -> None:
+        """A gauge family with one label, kept by another part (read at scrape time)."""
+        self.labeled_gauges[name] = (help_text, label, fn)
 
     def render(self) -> str:
         out: list[str] = []
@@ -118,10 +124,11 @@ class Metrics:
                "Requests judged by the defence, by route class (page, asset, feed, search, ...).")
         for route, n in sorted(self.routes.items()):
             out.append(f'kalkan_route_requests_total{{route="{route}"}} {n}')
-        for fam, (fam_help, label, read) in sorted(self.labeled.items()):
-            family(fam, "counter", fam_help)
-            for label_value, count in sorted(read().items()):
-                out.append(f'{fam}{{{label}="{_label(label_value)}"}} {count}')
+        for kind, families in (("counter", self.labeled), ("gauge", self.labeled_gauges)):
+            for fam, (fam_help, label, read) in sorted(families.items()):
+                family(fam, kind, fam_help)
+                for label_value, count in sorted(read().items()):
+                    out.append(f'{fam}{{{label}="{_label(label_value)}"}} {count}')
         for name, help_text, value in (
             ("kalkan_bad_requests_total", "Requests refused as malformed or over limits.",
              self.bad_requests),
