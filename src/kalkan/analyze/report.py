@@ -188,8 +188,9 @@ def _tops(con: duckdb.DuckDBPyConnection, top: int,
 
 def _first(con: duckdb.DuckDBPyConnection, where: str,
            name: Callable[[str], str]) -> dict[str, Any] | None:
+    # (Ties within a millisecond broken by the row's fields, not by the order rows were read.)
     row = con.execute(f"SELECT t, decision, client, path FROM log WHERE {where} "
-                      "ORDER BY t LIMIT 1").fetchone()
+                      "ORDER BY t, client, path, decision LIMIT 1").fetchone()
     if row is None:
         return None
     return {"time": iso(row[0]), "decision": row[1], "address": name(row[2]), "path": row[3],

@@ -43,6 +43,9 @@ def analyze(req: Request) -> dict[str, Any]:
         raise load.LogError("--bucket must be at least 1 second")
     if req.top < 1:
         raise load.LogError("--top must be at least 1")
+    if req.out is not None and req.format != "json" and req.charts:
+        from kalkan.analyze import charts
+        charts.preload()
     started = time.perf_counter()
     con = load.connect(req.threads)
     try:
