@@ -248,3 +248,35 @@ def test_without_the_analyze_extra_the_command_says_what_to_install(
     assert rc == 2
     assert err.strip() == ("kalkan analyze needs the analyze extra (duckdb is not installed): "
                            "pip install 'kalkan[analyze]'")
+
+
+def test_a_failed_analysis_leaves_no_chart_thread_behind(tmp_path, capsys) -> None:
+    # The charts' thread starts before the logs are read (it imports matplotlib meanwhile);
+    # when the analysis fails, it must end rather than wait for a report forever.
+    import threading
+    bad = tmp_path / "bad.log"
+    bad.write_text('{"time":"yesterday","client":"127.0.0.1","status":200}\n')
+    rc, _, err = analyze(capsys, str(bad), "--out", str(tmp_path / "r"))
+    assert rc == 2 and "'time' is 'yesterday'" in err
+    for thread in threading.enumerate():
+        if thread.name == "charts":
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+
+
+def test_the_first_mitigation_of_one_millisecond_does_not_depend_on_line_order(
+        tmp_path, capsys) -> None:
+    def line(client: str, path: str) -> str:
+        return json.dumps({"time": "2026-12-05T04:51:16.123Z", "client": client,
+                           "method": "GET", "path": path, "status": 403, "cache": "BYPASS",
+                           "decision": "block:rule:x"}) + "\n"
+    lines = [line("127.0.0.9", "/b"), line("127.0.0.2", "/z"), line("127.0.0.2", "/a")]
+    firsts = []
+    for order in (lines, lines[::-1]):
+        log = tmp_path / "tie.log"
+        log.write_text("".join(order))
+        rc, out, err = analyze(capsys, str(log), "--format", "json")
+        assert rc == 0, err
+        firsts.append(json.loads(out)["mitigation"]["first"]["mitigation"])
+    assert firsts[0] == firsts[1]
+    assert (firsts[0]["address"], firsts[0]["path"]) == ("127.0.0.2", "/a")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trustme
 
-from kalkan.edge.parked import ParkedConnection
+from kalkan.edge.parked import ParkedTlsConnection
 from support import Client, EdgeFactory, Origin, echo_header, fetch, port_of, read_until_close
 
 A, B = "a.news.example", "b.news.example"
@@ -177,7 +177,7 @@ async def test_an_idle_tls_connection_is_parked_and_woken(tls_edge: Any, ca: tru
     try:
         assert (await client.request("GET", "/robots.txt", host=A)).status == 200
         await asyncio.sleep(1.6)  # parked by the sweep after a moment of quiet
-        assert any(isinstance(c, ParkedConnection) for c in tls_edge.server.connections)
+        assert any(isinstance(c, ParkedTlsConnection) for c in tls_edge.server.connections)
         resp = await client.request("GET", "/_demo/echo", host=A)
         assert resp.status == 200 and echo_header(resp, "X-Forwarded-Proto") == ["https"]
     finally:

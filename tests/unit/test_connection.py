@@ -18,7 +18,7 @@ from kalkan.edge.connection import (
     HttpConnection,
     State,
 )
-from kalkan.edge.parked import ParkedConnection
+from kalkan.edge.parked import ParkedConnection, ParkedTlsConnection, shared_deadline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
 from kalkan.observe.metrics import Metrics
@@ -582,6 +582,31 @@ async def test_an_idle_connection_is_parked_after_a_moment_and_woken_by_its_next
     assert isinstance(woken, HttpConnection) and woken is not rig.conn
     assert rig.server.connections == {woken} and woken.counted
     assert [a[0] for a in rig.answers()] == [200, 200]
+
+
+async def test_a_parked_connection_keeps_four_slots_and_no_bound_method() -> None:
+    rig = Rig()
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/"))
+    rig.t.take(len(rig.t.out))
+    rig.sweep(PARK_AFTER / 2)
+    rig.sweep(PARK_AFTER)
+    parked = rig.t.protocol
+    assert isinstance(parked, ParkedConnection) and not isinstance(parked, ParkedTlsConnection)
+    # uvloop keeps `protocol.data_received` while the protocol is set: no object per socket.
+    assert parked.data_received is parked
+    assert parked.scheme == "http" and parked.client == rig.conn.client
+    assert not hasattr(parked, "__dict__") and len(ParkedConnection.__slots__) == 4
+    # Its deadline: the connection's, rounded down to 1/8 s (never later than it was).
+    assert 0 <= rig.conn.deadline - parked.deadline < 1 / 8
+
+
+def test_parked_deadlines_within_one_step_share_one_float() -> None:
+    a = shared_deadline(1000.0 + 0.01 * 3)
+    b = shared_deadline(1000.0 + 0.01 * 7)
+    assert a == b == 1000.0 and a is b
+    c = shared_deadline(1000.2)
+    assert c == 1000.125 and c is not a
 
 
 async def test_a_connection_with_work_in_progress_is_never_parked() -> None:

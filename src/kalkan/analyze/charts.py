@@ -4,6 +4,7 @@ the mitigation (suspects stopped / let through, requests at the origin) and the 
 from __future__ import annotations
 
 import io
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,50 @@ _WIDTH, _HEIGHT, _DPI = 9.6, 3.4, 100
 # Fixed margins (inches' share of the figure): matplotlib's automatic layout costs a third of
 # the time of drawing the charts.
 _MARGINS = {"left": 0.08, "right": 0.985, "top": 0.9, "bottom": 0.14}
+
+
+class Drawing:
+    """The charts, drawn in a thread of their own: it imports matplotlib at once (about half a
+    second, spent while the engine reads the logs: its threads release the GIL), then draws
+    as soon as `draw` hands it what the charts show, while the engine works on the rest of
+    the report. `images` waits for the PNGs (and raises what drawing raised)."""
+
+    def __init__(self) -> None:
+        self._report: dict[str, Any] | None = None
+        self._given = threading.Event()
+        self._images: dict[str, bytes] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="charts", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.dates
+            import matplotlib.pyplot  # (imported now, used by render)
+            self._given.wait()
+            if self._report is not None:
+                self._images = render(self._report)
+        except BaseException as exc:  # handed to whoever waits for the images
+            self._error = exc
+
+    def draw(self, report: dict[str, Any]) -> None:
+        """Start drawing `report`'s charts (its timeline, mitigation and top prefixes)."""
+        self._report = report
+        self._given.set()
+
+    def cancel(self) -> None:
+        """No charts after all (the analysis failed): let the thread end."""
+        self._given.set()
+
+    def images(self) -> dict[str, bytes]:
+        """Chart name → PNG, once drawn; a chart with nothing to show is left out."""
+        self._given.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._images
 
 
 def render(report: dict[str, Any]) -> dict[str, bytes]:

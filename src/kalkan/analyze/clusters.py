@@ -93,7 +93,7 @@ def clusters(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, objec
                min(rate), max(rate), any_value(main_outcome), count(*) AS members,
                count(DISTINCT prefix), sum(n) AS requests, sum(stopped), sum(at_origin),
                min(first), max(last), median(rate),
-               list(client ORDER BY n DESC)[1:3],
+               list(client ORDER BY n DESC, client)[1:3],
                list(prefix ORDER BY n DESC), count_if(suspect)
         FROM clients WHERE signature IS NOT NULL
         GROUP BY signature ORDER BY requests DESC, members DESC LIMIT {int(limit)}""").fetchall()

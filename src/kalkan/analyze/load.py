@@ -73,6 +73,9 @@ def parse_time(text: str, what: str) -> int:
 
 def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
+    # The table's rows need no order: every query that depends on one says ORDER BY. Without
+    # this the reader keeps the file's order across its threads, a fifth of the load's CPU.
+    con.execute("SET preserve_insertion_order = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     for macro in MACROS:

@@ -52,8 +52,11 @@ def choose_bucket(span_ms: int) -> int:
     return BUCKETS[-1]
 
 
-def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> dict[str, Any]:
-    """The report from the loaded table `log` (load.load)."""
+def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options,
+          charts: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The report from the loaded table `log` (load.load). `charts`, if given, is handed what
+    the charts show (the timeline, the mitigation and the top prefixes) as soon as that is
+    known, so that they can be drawn while the engine works on the rest."""
     started = time.perf_counter()
     row = con.execute("SELECT count(*), min(t), max(t), count_if(origin) FROM log").fetchone()
     assert row is not None
@@ -81,7 +84,12 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> di
         FROM log JOIN clients c USING (client) GROUP BY ALL""").fetchall()]
     report["totals"] = _totals(con, cells, lines, at_origin)
     report["timeline"] = _timeline(cells, start, bucket)
-    report["top"] = _tops(con, opts.top, name)
+    prefixes = _top_prefixes(con, opts.top, lines or 1)
+    mitigation_report = _mitigation(con, cells, first, report["timeline"])
+    if charts is not None:
+        charts({"timeline": report["timeline"], "mitigation": mitigation_report,
+                "top": {"prefixes": prefixes}})
+    report["top"] = _tops(con, opts.top, name, prefixes, lines or 1)
     found = clustering.clusters(con, opts.clusters)
     for c in found:
         c["sample"] = [name(a) for a in c["sample"]]  # type: ignore[attr-defined]
@@ -92,7 +100,7 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> di
                                                            "WHERE signature IS NOT NULL"),
                                  "clusters": _scalar(con, "SELECT count(DISTINCT signature) "
                                                           "FROM clients")}
-    report["mitigation"] = _mitigation(con, cells, first, report["timeline"])
+    report["mitigation"] = mitigation_report
     report["analysis_seconds"] = round(time.perf_counter() - started, 3)
     return report
 
@@ -135,24 +143,33 @@ def _timeline(cells: list[Cell], start: int, bucket: int) -> dict[str, Any]:
     return {"bucket_seconds": bucket, "start": iso(start), "buckets": table}
 
 
-def _tops(con: duckdb.DuckDBPyConnection, top: int,
-          name: Callable[[str], str]) -> dict[str, list[dict[str, Any]]]:
-    lim = int(top)
-    total = _scalar(con, "SELECT count(*) FROM log") or 1
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, keys: tuple[str, ...],
+          total: int) -> list[dict[str, Any]]:
+    """A top list: the rows of `sql` as dicts, each with its share of all `total` requests."""
+    out = []
+    for values in con.execute(sql).fetchall():
+        item = dict(zip(keys, values, strict=True))
+        item["share"] = round(item["requests"] / total, 4)
+        out.append(item)
+    return out
 
-    def rows(sql: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
-        out = []
-        for values in con.execute(sql).fetchall():
-            item = dict(zip(keys, values, strict=True))
-            item["share"] = round(item["requests"] / total, 4)
-            out.append(item)
-        return out
 
-    prefixes = rows(f"""
+def _top_prefixes(con: duckdb.DuckDBPyConnection, top: int,
+                  total: int) -> list[dict[str, Any]]:
+    return _rows(con, f"""
         SELECT prefix, sum(n)::BIGINT AS requests, count(*) AS clients,
                sum(stopped)::BIGINT AS stopped, count_if(suspect) AS suspects
-        FROM clients GROUP BY prefix ORDER BY requests DESC, prefix LIMIT {lim}""",
-                    ("prefix", "requests", "clients", "stopped", "suspects"))
+        FROM clients GROUP BY prefix ORDER BY requests DESC, prefix LIMIT {int(top)}""",
+                 ("prefix", "requests", "clients", "stopped", "suspects"), total)
+
+
+def _tops(con: duckdb.DuckDBPyConnection, top: int, name: Callable[[str], str],
+          prefixes: list[dict[str, Any]], total: int) -> dict[str, list[dict[str, Any]]]:
+    lim = int(top)
+
+    def rows(sql: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        return _rows(con, sql, keys, total)
+
     addresses = rows(f"""
         SELECT client, prefix, n AS requests, stopped, agent, kind, round(rate, 2), suspect
         FROM clients ORDER BY n DESC, client LIMIT {lim}""",
@@ -188,8 +205,9 @@ def _tops(con: duckdb.DuckDBPyConnection, top: int,
 
 def _first(con: duckdb.DuckDBPyConnection, where: str,
            name: Callable[[str], str]) -> dict[str, Any] | None:
+    # (Ties within a millisecond broken by the row's fields, not by the order rows were read.)
     row = con.execute(f"SELECT t, decision, client, path FROM log WHERE {where} "
-                      "ORDER BY t LIMIT 1").fetchone()
+                      "ORDER BY t, client, path, decision LIMIT 1").fetchone()
     if row is None:
         return None
     return {"time": iso(row[0]), "decision": row[1], "address": name(row[2]), "path": row[3],

@@ -18,7 +18,7 @@ from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
 from kalkan.edge.framing import BadRequest
 from kalkan.edge.listener import Clock, Handler, Listener
-from kalkan.edge.parked import ParkedConnection
+from kalkan.edge.parked import ParkedConnection, ParkedTlsConnection
 from kalkan.edge.reader import (
     ANSWERING,
     BODY,
@@ -342,8 +342,8 @@ def park(conn: HttpConnection) -> bool:
             or (conn.standing is not None and conn.standing.pending)
             or transport.get_write_buffer_size()):
         return False
-    parked = ParkedConnection(conn.server, transport, conn.scheme, conn.peer, conn.client,
-                              conn.deadline)
+    kind = ParkedTlsConnection if conn.scheme == "https" else ParkedConnection
+    parked = kind(conn.server, transport, conn.client, conn.deadline)
     transport.set_protocol(parked)
     server = conn.server
     server.connections.discard(conn)
@@ -359,15 +359,15 @@ def park(conn: HttpConnection) -> bool:
     return True
 
 
-def unpark(parked: ParkedConnection) -> HttpConnection:
+def unpark(parked: ParkedConnection, transport: asyncio.Transport) -> HttpConnection:
     """The connection made again for a parked one whose client sent bytes."""
     conn = HttpConnection(parked.server, parked.scheme)
-    conn.transport = parked.transport
-    conn.flow.transport = parked.transport
-    conn.peer, conn.client = parked.peer, parked.client
+    conn.transport = transport
+    conn.flow.transport = transport
+    conn.peer = conn.client = parked.client  # (one address per HTTP/1.1 connection)
     conn.client_ip = parse_ip(parked.client)  # not kept parked: 8 bytes per idle connection
     trusted = conn.server.trusted
-    conn.trusts_peer = bool(trusted) and trusted.trusts(parked.peer)  # a memo: not kept parked
+    conn.trusts_peer = bool(trusted) and trusted.trusts(parked.client)  # a memo: not kept parked
     conn._proxy_buf = None  # read before it was parked
     conn.counted = True
     conn.state, conn.deadline = IDLE, parked.deadline

@@ -10,51 +10,78 @@ the keep-alive deadline) and makes a fresh `HttpConnection` when bytes arrive.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from kalkan.edge.listener import Listener
 
+# Parked deadlines are rounded down to this many steps a second, so that connections parked
+# within one step share one float object (32 bytes each otherwise); the server's sweep checks
+# them only every 0.25 s anyway.
+_DEADLINE_STEPS = 8
+_last_deadline = [0.0]
+
+
+def shared_deadline(deadline: float) -> float:
+    """`deadline` rounded down to the step, as the same object as the last one when equal."""
+    step = math.floor(deadline * _DEADLINE_STEPS) / _DEADLINE_STEPS
+    last = _last_deadline[0]
+    if step == last:
+        return last
+    _last_deadline[0] = step
+    return step
+
 
 class ParkedConnection(asyncio.Protocol):
-    """The protocol of an idle keep-alive connection; see the module docstring."""
+    """The protocol of an idle keep-alive connection; see the module docstring.
 
-    # Seven slots: thousands of these are what an idle crowd costs (bench.connection_memory).
-    __slots__ = ("server", "transport", "scheme", "peer", "client", "deadline", "closed")
+    Four slots and no bound method: thousands of these are what an idle crowd costs
+    (bench.connection_memory). The client address is also the peer's (the two differ only per
+    request, behind a trusted proxy); `transport` is None once the connection was lost or
+    woken; TLS connections are `ParkedTlsConnection`s, so the scheme is the class's."""
 
+    __slots__ = ("server", "transport", "client", "deadline")
+
+    scheme = "http"
     # What the server's sweep and shutdown read of every connection they hold.
     busy = False
     write_deadline = 0.0
     # Makes the full connection again: edge/connection.py's `unpark`, set when it is imported
     # (this module cannot import it: connection.py imports this one).
-    wake: ClassVar[Callable[[ParkedConnection], Any]]
+    wake: ClassVar[Callable[[ParkedConnection, asyncio.Transport], Any]]
 
-    def __init__(self, server: Listener, transport: asyncio.Transport, scheme: str, peer: str,
-                 client: str, deadline: float) -> None:
+    def __init__(self, server: Listener, transport: asyncio.Transport, client: str,
+                 deadline: float) -> None:
         self.server = server
-        self.transport = transport
-        self.scheme = scheme
-        self.peer = peer
+        self.transport: asyncio.Transport | None = transport
         self.client = client
-        self.deadline = deadline  # the keep-alive deadline it was parked with
-        self.closed = False
+        self.deadline = shared_deadline(deadline)  # the keep-alive deadline it was parked with
 
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
+    @property
+    def data_received(self) -> Callable[[bytes], None]:
+        # uvloop keeps `protocol.data_received` while the protocol is set: a bound method would
+        # be one more object (64 bytes) per parked connection; this object is the callable.
+        return self
+
+    def __call__(self, data: bytes) -> None:
+        """`data_received`: the client's next request wakes the connection."""
+        transport = self.transport
+        if transport is None:
             return
-        self.closed = True  # this object is done; the connection lives on in `conn`
+        self.transport = None  # this object is done; the connection lives on in `conn`
         self.server.connections.discard(self)
-        conn = ParkedConnection.wake(self)
-        self.transport.set_protocol(conn)
+        conn = ParkedConnection.wake(self, transport)
+        transport.set_protocol(conn)
         conn.data_received(data)
 
     def eof_received(self) -> bool | None:
         return None  # nothing was asked: let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            self.closed = True
+        if self.transport is not None:
+            self.transport = None
             self.server.connections.discard(self)
             self.server.release(self.client)
 
@@ -64,7 +91,16 @@ class ParkedConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        self.transport.close()  # connection_lost releases the client's slot
+        if self.transport is not None:
+            self.transport.close()  # connection_lost releases the client's slot
 
     def abort(self) -> None:
-        self.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ParkedTlsConnection(ParkedConnection):
+    """A parked connection that speaks TLS (its transport is the TLS layer's)."""
+
+    __slots__ = ()
+    scheme = "https"
