@@ -68,9 +68,13 @@ def test_under_attack_an_unproven_client_is_challenged_before_a_miss() -> None:
     assert flow.lookup(None, ANON, NOW, CONFIG, threat=1).step is Step.CHALLENGE_FIRST
 
 
-def test_under_attack_a_pass_holder_fetches() -> None:
-    assert flow.lookup(None, PASS, NOW, CONFIG, threat=2).step is Step.FETCH
-    assert flow.lookup(entry(age=100), PASS, NOW, CONFIG, threat=2).step is Step.FETCH
+def test_under_attack_a_pass_holders_miss_is_the_defences_to_judge() -> None:
+    # The defence lets it through unless it behaves like a bot (defense/engine.before_origin);
+    # the log's reason stays the miss's own.
+    miss = flow.lookup(None, PASS, NOW, CONFIG, threat=2)
+    assert miss.step is Step.CHALLENGE_FIRST and miss.reason == "miss"
+    expired = flow.lookup(entry(age=100), PASS, NOW, CONFIG, threat=2)
+    assert expired.step is Step.CHALLENGE_FIRST and expired.reason == "expired"
 
 
 def test_near_the_origin_budget_a_pass_holder_gets_the_stale_copy_too() -> None:
@@ -80,15 +84,18 @@ def test_near_the_origin_budget_a_pass_holder_gets_the_stale_copy_too() -> None:
     assert d.step is Step.SERVE_STALE and d.reason == "origin_busy"
     unproven = flow.lookup(entry(age=100), ANON, NOW, CONFIG, threat=1, strained=True)
     assert unproven.step is Step.SERVE_STALE and unproven.reason == "attack_mode"
-    # Nothing stored: nothing to stand in, the miss waits for its slot.
-    assert flow.lookup(None, PASS, NOW, CONFIG, threat=1, strained=True).step is Step.FETCH
+    # Nothing stored: nothing to stand in, the miss waits for its slot (once the defence
+    # has let it through).
+    assert flow.lookup(None, PASS, NOW, CONFIG, threat=1, strained=True).step \
+        is Step.CHALLENGE_FIRST
 
 
 def test_strain_stretches_nothing_in_peace_nor_for_forbidden_or_private_copies() -> None:
     assert flow.lookup(entry(age=100), PASS, NOW, CONFIG, threat=0, strained=True).step \
         is Step.FETCH
     must = entry(age=100, cc="max-age=60, must-revalidate")
-    assert flow.lookup(must, PASS, NOW, CONFIG, threat=2, strained=True).step is Step.FETCH
+    assert flow.lookup(must, PASS, NOW, CONFIG, threat=2, strained=True).step \
+        is Step.CHALLENGE_FIRST
     assert flow.lookup(entry(age=100), SESSION, NOW, CONFIG, threat=2, strained=True).step \
         is Step.PASS
 

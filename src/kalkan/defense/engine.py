@@ -383,18 +383,21 @@ class Defense:
         or stale, before this is asked; a miss there is a URL nobody has fetched lately, which
         is what a random-URL flood is made of.
         """
-        if (self.attack.level == 0 or checked.action is not Action.ALLOW or checked.has_pass
-                or checked.decision.startswith("allow:")):
+        if (self.attack.level == 0 or checked.action is not Action.ALLOW
+                or checked.decision.startswith("allow:")
+                or (checked.has_pass and self.model is None)):
             return ALLOWED
-        facts = self.facts(view)  # only under attack, on a miss: not worth keeping per request
         if self.model is not None and self.attack.level < ATTACK:
             # `elevated` (volume, a struggling origin: no bad behaviour) stretches the
             # cache's grace and challenges nobody.
             return ALLOWED
+        facts = self.facts(view)  # only under attack, on a miss: not worth keeping per request
         if facts.route in _NEVER_CHALLENGED:
-            return self._refuse(_BUSY, "attack_mode")
+            return ALLOWED if checked.has_pass else self._refuse(_BUSY, "attack_mode")
         if self.model is None:
             return self._apply("challenge", "attack_mode", view, facts, time.time())
+        # A pass proves a browser solved a challenge once, not how it behaves since: a bot
+        # that farms passes (or shares one) and floods misses scores bad like any other.
         # Only a client behaving like a bot proves itself first; readers read on.
         judged = self.behaviour_of(facts)
         if judged is None or judged[0] < self.threshold:

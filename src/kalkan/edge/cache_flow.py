@@ -35,7 +35,7 @@ class Step(Enum):
     SERVE_STALE = "serve_stale"      # a stale one now; refresh it in the background
     FETCH = "fetch"                  # ask the origin, with the stale entry's validators if any
     PASS = "pass"                    # the reader's own request: forward, store and share nothing
-    CHALLENGE_FIRST = "challenge"    # an unproven client under attack would cost the origin
+    CHALLENGE_FIRST = "challenge"    # under attack: the defence says who may cost the origin
     UNSERVABLE = "unservable"        # only-if-cached and nothing usable: 504
     STORE = "store"                  # read the body whole, store it, deliver it
     REFRESH = "refresh"              # a 304 refreshed the stale entry: deliver the new one
@@ -186,8 +186,11 @@ def lookup(entry: Entry | None, view: RequestView, now: float, config: CacheConf
             # Near the budget everyone does, proven readers too, before the origin saturates:
             # the refresh waits for a slot (hottest pages first) instead of this reader.
             return Decision(Step.SERVE_STALE, entry, "origin_busy")
-    if threat and not view.has_pass:
-        return Decision(Step.CHALLENGE_FIRST, entry, "attack_mode")
+    if threat:
+        # The defence decides who proves itself before costing the origin (pass holders too:
+        # a pass does not excuse a client that behaves like a bot).
+        return Decision(Step.CHALLENGE_FIRST, entry, "attack_mode" if not view.has_pass else
+                        "expired" if entry is not None else "miss")
     return Decision(Step.FETCH, entry, "expired" if entry is not None else "miss")
 
 
