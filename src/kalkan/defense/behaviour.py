@@ -40,34 +40,42 @@ feature, so what the model was trained on is what the edge computes.
 
 from __future__ import annotations
 
+import struct
 from array import array
 from math import exp, log, log1p, sqrt
+from typing import Final
 
 from kalkan.defense.facts import ASSET, FEED, FORM, LOGIN, PAGE, SEARCH, WELLKNOWN
 
 # The row: offsets of each value in a client's 16 floats (128 bytes).
+# (Final: compiled code reads them as constants, not from the module's dict at each use.)
 T_LAST, T_REF, N, PAGES, ASSETS, COSTLY, NEW_QUERY, NEW_PATH, ERRORS, ORIGIN, UA_CHANGES, \
     REFERRED, GAP_MEAN, GAP_VAR, SKETCHES, UA_MARK = range(16)
-WIDTH = 16
+WIDTH: Final = 16
+_ROW: Final = struct.Struct("16d")   # a row, as the array holds it (native byte order)
+_ROW_BYTES: Final = WIDTH * 8
 _SUMS = (N, PAGES, ASSETS, COSTLY, NEW_QUERY, NEW_PATH, ERRORS, ORIGIN, UA_CHANGES, REFERRED)
 
 FEATURES = ("volume", "page_share", "asset_share", "costly_share", "new_queries", "new_paths",
             "error_share", "origin_share", "ua_changes", "referred", "gap_mean", "gap_spread")
 """The feature vector's names, in order (the model file names them too: a mismatch is refused)."""
 
-HALF_LIFE = 60.0             # seconds: how fast a client's past fades
-_RESCALE_AFTER = 5.0         # half-lives of growth before a row's sums are brought back
-_GAP_ALPHA = 0.25            # weight of the latest gap in the running mean and variance
-_NO_GAP = -10.0              # gap features of a client with one request (no gap yet)
-_BUCKETS = 26                # per sketch: two of them fit a float's 53-bit mantissa
-_SKETCH_FULL = 13            # buckets set before a sketch is emptied (half)
-_PATHS_MASK = (1 << _BUCKETS) - 1
-_COSTLY_ROUTES = frozenset({SEARCH, FORM, LOGIN})
-_SAFE = frozenset({"GET", "HEAD"})
+HALF_LIFE: Final = 60.0             # seconds: how fast a client's past fades
+_GAP_ALPHA: Final = 0.25            # weight of the latest gap in the running mean and variance
+_NO_GAP: Final = -10.0              # gap features of a client with one request (no gap yet)
+_BUCKETS: Final = 26                # per sketch: two of them fit a float's 53-bit mantissa
+_SKETCH_FULL: Final = 13            # buckets set before a sketch is emptied (half)
+_PATHS_MASK: Final = (1 << _BUCKETS) - 1
+_COSTLY_ROUTES: Final = frozenset({SEARCH, FORM, LOGIN})
+_PAGE: Final = PAGE              # (copies as Final: compiled code holds them in statics)
+_ASSET: Final = ASSET
+_FEED: Final = FEED
+_WELLKNOWN: Final = WELLKNOWN
+_SAFE: Final = frozenset({"GET", "HEAD"})
 
 
 def _popcount(bits: int) -> int:
-    return bin(bits).count("1")
+    return bits.bit_count()
 
 
 def _ua_mark(user_agent: str) -> float:
@@ -108,51 +116,67 @@ class Behaviour:
     def observe(self, rows: array[float], slot: int, now: float, route: str, method: str,
                 path: str, query: str, user_agent: str, referred: bool, n: int = 1) -> None:
         """Count one request (or `n` identical ones) of the client in `slot`."""
-        base = slot * WIDTH
-        last = rows[base + T_LAST]
-        if last > 0.0:
+        # The row is read and written whole (struct, two C calls): element by element, each
+        # array access is a generic item lookup plus a float box in compiled code, and those
+        # were 12,000 instructions a request (callgrind), against about 3,000 this way.
+        offset = slot * _ROW_BYTES
+        # Typed, so the arithmetic below is on native floats, not generic objects.
+        row: tuple[float, ...] = _ROW.unpack_from(rows, offset)
+        (t_last, t_ref, total, pages, assets, costly, new_query, new_path, errors, origin,
+         ua_changes, refs, gap_mean, gap_var, sketches_f, ua_mark) = row
+        if t_last > 0.0:
             # The rhythm: running mean and variance of log(gap), a burst's gaps near -7.
-            gap = now - last if now > last else 0.0
-            g = log(gap + 0.001)
-            mean = rows[base + GAP_MEAN]
-            if mean != 0.0:
-                d = g - mean
-                rows[base + GAP_MEAN] = mean + _GAP_ALPHA * d
-                rows[base + GAP_VAR] = (1.0 - _GAP_ALPHA) * (rows[base + GAP_VAR]
-                                                             + _GAP_ALPHA * d * d)
+            g = log((now - t_last if now > t_last else 0.0) + 0.001)
+            if gap_mean != 0.0:
+                d = g - gap_mean
+                gap_mean += _GAP_ALPHA * d
+                gap_var = (1.0 - _GAP_ALPHA) * (gap_var + _GAP_ALPHA * d * d)
             else:
-                rows[base + GAP_MEAN] = g if g != 0.0 else 1e-9
-        rows[base + T_LAST] = now
-        w = self._weight(rows, base, now) * n
-        rows[base + N] += w
-        if route == PAGE:
-            rows[base + PAGES] += w
+                gap_mean = g if g != 0.0 else 1e-9
+        t_last = now
+        # Forward decay: this instant's weight; the sums are rescaled once it passes 2^5.
+        if t_ref == 0.0:
+            t_ref, w = now, 1.0
+        else:
+            w = exp(self._rate * (now - t_ref))
+            if w > 32.0:
+                total, pages, assets, costly = total / w, pages / w, assets / w, costly / w
+                new_query, new_path, errors, origin = (new_query / w, new_path / w,
+                                                       errors / w, origin / w)
+                ua_changes, refs = ua_changes / w, refs / w
+                t_ref, w = now, 1.0
+        w *= n
+        total += w
+        if route == _PAGE:
+            pages += w
             if referred:
-                rows[base + REFERRED] += w
-        elif route == ASSET:
-            rows[base + ASSETS] += w
+                refs += w
+        elif route == _ASSET:
+            assets += w
         if route in _COSTLY_ROUTES or method not in _SAFE:
-            rows[base + COSTLY] += w
-        if query or (route != FEED and route != WELLKNOWN):
-            sketches = int(rows[base + SKETCHES])
+            costly += w
+        if query or (route != _FEED and route != _WELLKNOWN):
+            sketches = int(sketches_f)
             paths, queries = sketches & _PATHS_MASK, sketches >> _BUCKETS
             if query:
                 bit = 1 << (hash(query) % _BUCKETS)
                 if not queries & bit:
-                    rows[base + NEW_QUERY] += w
+                    new_query += w
                     queries = bit if _popcount(queries) >= _SKETCH_FULL else queries | bit
-            if route != FEED and route != WELLKNOWN:
+            if route != _FEED and route != _WELLKNOWN:
                 bit = 1 << (hash(path) % _BUCKETS)
                 if not paths & bit:
-                    rows[base + NEW_PATH] += w
+                    new_path += w
                     paths = bit if _popcount(paths) >= _SKETCH_FULL else paths | bit
-            rows[base + SKETCHES] = float(paths | (queries << _BUCKETS))
+            sketches_f = float(paths | (queries << _BUCKETS))
         mark = _ua_mark(user_agent)
-        seen = rows[base + UA_MARK]
-        if seen != mark:
-            if seen != 0.0:
-                rows[base + UA_CHANGES] += w
-            rows[base + UA_MARK] = mark
+        if ua_mark != mark:
+            if ua_mark != 0.0:
+                ua_changes += w
+            ua_mark = mark
+        _ROW.pack_into(rows, offset, t_last, t_ref, total, pages, assets, costly, new_query,
+                       new_path, errors, origin, ua_changes, refs, gap_mean, gap_var,
+                       sketches_f, ua_mark)
 
     def outcome(self, rows: array[float], slot: int, status: int, origin: bool) -> None:
         """What its latest request cost: a 4xx answer, a trip to the origin."""
