@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.lab.truth import ratio
 from kalkan.defense.behaviour import FEATURES, Behaviour, new_rows
 from kalkan.defense.facts import CHALLENGE, RouteClassifier
 from kalkan.defense.score import FORMAT, BehaviourModel
@@ -179,9 +180,6 @@ def judge(model: BehaviourModel, ex: Examples, threshold: float,
     for c, f in flagged.items():
         labels[label_of[c]]["clients"] += 1
         labels[label_of[c]]["flagged"] += int(f)
-
-    def ratio(a: int, b: int) -> float | None:
-        return round(a / b, 4) if b else None
 
     return {"requests": {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": ratio(tp, tp + fp),
                          "recall": ratio(tp, tp + fn)},

@@ -173,7 +173,8 @@ def read_nginx_log(path: Path) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- judging
 
 
-def _ratio(a: int, b: int) -> float | None:
+def ratio(a: int, b: int) -> float | None:
+    """a / b to four places, or None when b is 0 (precision with nothing flagged)."""
     return round(a / b, 4) if b else None
 
 
@@ -183,7 +184,7 @@ def _confusion(bot: dict[str, bool], flagged: set[str]) -> dict[str, Any]:
     fn = sum(1 for k, b in bot.items() if b and k not in flagged)
     tn = len(bot) - tp - fp - fn
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn)}
+            "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn)}
 
 
 def phase_of(t: float, attack_start: float, attack_end: float) -> str:
@@ -243,8 +244,8 @@ def judge(lines: Iterable[dict[str, Any]], truth: GroundTruth, wall_t0: float,
         "clients": {"bots": sum(client_bot.values()),
                     "legitimate": sum(1 for b in client_bot.values() if not b)},
         "per_client": _confusion(client_bot, flagged),
-        "per_request": {**req, "precision": _ratio(req["tp"], req["tp"] + req["fp"]),
-                        "recall": _ratio(req["tp"], req["tp"] + req["fn"])},
+        "per_request": {**req, "precision": ratio(req["tp"], req["tp"] + req["fp"]),
+                        "recall": ratio(req["tp"], req["tp"] + req["fn"])},
         "legitimate_flagged_by_phase": {p: len(v) for p, v in legit_flagged.items()},
         "by_label": labels,
         "lines_left_out": dict(left_out),

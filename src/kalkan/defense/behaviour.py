@@ -54,7 +54,6 @@ T_LAST, T_REF, N, PAGES, ASSETS, COSTLY, NEW_QUERY, NEW_PATH, ERRORS, ORIGIN, UA
 WIDTH: Final = 16
 _ROW: Final = struct.Struct("16d")   # a row, as the array holds it (native byte order)
 _ROW_BYTES: Final = WIDTH * 8
-_SUMS = (N, PAGES, ASSETS, COSTLY, NEW_QUERY, NEW_PATH, ERRORS, ORIGIN, UA_CHANGES, REFERRED)
 
 FEATURES = ("volume", "page_share", "asset_share", "costly_share", "new_queries", "new_paths",
             "error_share", "origin_share", "ua_changes", "referred", "gap_mean", "gap_spread")
@@ -97,21 +96,6 @@ class Behaviour:
             raise ValueError(f"half_life must be positive, got {half_life!r}")
         self.half_life = half_life
         self._rate = log(2.0) / half_life
-
-    def _weight(self, rows: array[float], base: int, now: float) -> float:
-        """This instant's weight for the row at `base`, rescaling its sums when it grows."""
-        ref = rows[base + T_REF]
-        if ref == 0.0:
-            rows[base + T_REF] = now
-            return 1.0
-        w = exp(self._rate * (now - ref))
-        if w > 32.0:
-            # Bring the sums back to scale: as if the reference were now.
-            for i in _SUMS:
-                rows[base + i] /= w
-            rows[base + T_REF] = now
-            w = 1.0
-        return w
 
     def observe(self, rows: array[float], slot: int, now: float, route: str, method: str,
                 path: str, query: str, user_agent: str, referred: bool, n: int = 1) -> None:
@@ -183,7 +167,9 @@ class Behaviour:
         base = slot * WIDTH
         if not origin and not 400 <= status < 500:
             return
-        w = self._weight(rows, base, rows[base + T_LAST])
+        # Its request's weight: observe() has just run at T_LAST and kept it below 2^5 (an
+        # untouched row has both times 0: weight 1).
+        w = exp(self._rate * (rows[base + T_LAST] - rows[base + T_REF]))
         if 400 <= status < 500:
             rows[base + ERRORS] += w
         if origin:
