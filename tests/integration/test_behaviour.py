@@ -113,3 +113,46 @@ async def test_under_attack_an_imitator_is_challenged_on_search_and_a_reader_rea
         assert "=" in challenges[0]   # names the features that weighed, with their values
     finally:
         await origin.site.stop()
+
+
+async def test_a_flood_of_new_clients_never_holds_the_origin_a_known_reader_needs(
+        make_edge: EdgeFactory) -> None:
+    # In peace, before anything is recognised as an attack: 12 new addresses each POST a slow
+    # form. Clients the edge does not know share origin.headroom of its 4 slots (2); a reader
+    # who has been reading (a page, its assets) takes one of the others at once.
+    from test_headroom import SlowOrigin
+
+    origin = SlowOrigin()
+    await origin.start()
+    try:
+        edge = await make_edge(origin.url, defense={"enabled": True},
+                               origin={"max_concurrency": 4, "headroom": 0.7, "queue_size": 8})
+        port = port_of(edge)
+        reader = await Browser.open(port, "127.0.60.1")
+        for path in ("/d10/", "/assets/site.css", "/assets/site.js", "/assets/logo.png"):
+            await reader.get(path)
+        flood = [Client.connect(port, local_addr=(f"127.0.61.{i + 1}", 0)) for i in range(12)]
+        bots = await asyncio.gather(*flood)
+        looks = {"User-Agent": BROWSER, "Accept": "text/html,*/*;q=0.8",
+                 "Accept-Language": "ru-RU,ru;q=0.9",
+                 "Content-Type": "application/x-www-form-urlencoded"}
+        posts = [asyncio.ensure_future(bot.request("POST", "/d1500/comments", looks, b"x=1"))
+                 for bot in bots]
+        gate = edge.pipeline.upstream.gate
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while gate.open_in_use < 2 or gate.queued < 8:
+            assert asyncio.get_running_loop().time() < deadline, "the flood never queued"
+            await asyncio.sleep(0.02)
+        t0 = asyncio.get_running_loop().time()
+        await reader.get("/d10/news/today")           # a miss, while the flood waits
+        waited = asyncio.get_running_loop().time() - t0
+        answers = await asyncio.gather(*posts)
+        await asyncio.gather(reader.close(), *(bot.close() for bot in bots))
+    finally:
+        await origin.stop()
+    assert reader.statuses == [200] * 5 and waited < 1.0
+    assert gate.max_open == 2 and origin.max_in_flight <= 3
+    # Two found the queue full; the rest were answered two at a time, as long as the queue's
+    # timeout let them wait (503 after it).
+    statuses = [a.status for a in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 6 and gate.shed >= 2

@@ -17,8 +17,9 @@ from kalkan.defense.behaviour import FEATURES, WIDTH, Behaviour, new_rows
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.engine import Defense
 from kalkan.defense.facts import RequestFacts, RouteClassifier, address_facts
+from kalkan.defense.null import NullDefense
 from kalkan.defense.score import BehaviourModel, ModelError
-from kalkan.defense.verdict import ALLOWED, Action
+from kalkan.defense.verdict import ALLOWED, KNOWN, SUSPECT, UNKNOWN, Action
 from kalkan.observe.metrics import Metrics
 
 MODEL = BehaviourModel.load()
@@ -210,6 +211,21 @@ def test_with_behaviour_off_every_client_without_a_pass_is_challenged(tmp_path: 
     view = View("/news/today", client="203.0.113.9")
     verdict = defense.before_origin(view, defense.check(view))
     assert verdict.action is Action.CHALLENGE and verdict.decision == "challenge:attack_mode"
+
+
+def test_the_origin_gate_hears_who_asks_known_unknown_or_suspect(defense: Defense) -> None:
+    rng = random.Random(6)
+    newcomer = View(ARTICLES[1], client="198.51.100.40")
+    assert defense.origin_standing(newcomer, defense.check(newcomer)) == UNKNOWN
+    for path in ("/", *ASSETS, ARTICLES[2]):   # a reader: a page, its assets, a link followed
+        view = View(path, client="198.51.100.41", referer=b"https://news.example/")
+        checked = defense.check(view)
+    assert defense.origin_standing(view, checked) == KNOWN
+    for _ in range(5):                         # a search bot, in peace as under attack
+        view = View("/search", client="198.51.100.42", query=f"s={rng.random()}")
+        checked = defense.check(view)
+    assert defense.origin_standing(view, checked) == SUSPECT
+    assert NullDefense().origin_standing(view, checked) == KNOWN   # nobody judged
 
 
 def test_the_tick_counts_requests_from_bad_scored_clients(defense: Defense) -> None:

@@ -4,10 +4,12 @@ head the pool writes upstream, no sockets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from kalkan.config import OriginConfig
+from kalkan.defense.verdict import KNOWN, SUSPECT, UNKNOWN
 from kalkan.edge.origin import (
     IDLE_TIMEOUT,
     MISS,
@@ -283,6 +285,79 @@ def test_breaker_opens_probes_and_closes() -> None:
     breaker.success()
     assert breaker.state == Breaker.CLOSED and breaker.allow(21.1)
     assert breaker.opens == 2
+
+
+# -- who asks: known readers keep their share of the origin at all times -----------------------
+
+def _asks(standing: int, asked: list[int] | None = None) -> Callable[[], int]:
+    def judge() -> int:
+        if asked is not None:
+            asked.append(standing)
+        return standing
+    return judge
+
+
+async def test_clients_not_known_to_be_good_share_the_budget_even_in_peace() -> None:
+    gate = OriginGate(limit=4, queue_size=10, queue_timeout=5.0, budget=2)
+    asked: list[int] = []
+    assert await gate.acquire(PASS, standing=_asks(UNKNOWN, asked))
+    assert await gate.acquire(PASS, standing=_asks(SUSPECT, asked))
+    assert asked == []                       # room in the open share: nobody is judged
+    flood = asyncio.ensure_future(gate.acquire(PASS, standing=_asks(UNKNOWN, asked)))
+    await _settle()
+    assert asked == [UNKNOWN] and not flood.done() and gate.open_in_use == 2
+    assert not await gate.acquire(MISS, standing=_asks(KNOWN))   # a reader: the kept slots
+    assert not await gate.acquire(PASS, standing=_asks(KNOWN))
+    assert gate.active == 4 and gate.max_open == 2
+    gate.release(PASS, True)                 # an open slot frees: the waiting flood takes it
+    assert await flood and gate.open_in_use == 2
+    for kind, open_slot in ((PASS, True), (PASS, True), (MISS, False), (PASS, False)):
+        gate.release(kind, open_slot)
+    assert gate.active == 0 and gate.open_in_use == 0
+
+
+async def test_known_waiters_are_granted_before_older_unknown_ones() -> None:
+    gate = OriginGate(limit=1, queue_size=10, queue_timeout=5.0, budget=1)
+    await gate.acquire(MISS)                 # the edge's own: known
+    unknown = asyncio.ensure_future(gate.acquire(MISS, standing=_asks(UNKNOWN)))
+    await _settle()
+    known = asyncio.ensure_future(gate.acquire(MISS, standing=_asks(KNOWN)))
+    await _settle()
+    gate.release(MISS)
+    await _settle()
+    assert known.done() and not unknown.done()
+    gate.release(MISS, await known)
+    assert await unknown                     # then the older unknown one
+    gate.release(MISS, True)
+
+
+async def test_a_full_queue_sheds_its_newest_worst_waiter_for_a_better_client() -> None:
+    gate = OriginGate(limit=1, queue_size=3, queue_timeout=5.0, budget=1)
+    await gate.acquire(PASS)
+    suspects = [asyncio.ensure_future(gate.acquire(PASS, standing=_asks(SUSPECT)))
+                for _ in range(2)]
+    unknown = asyncio.ensure_future(gate.acquire(MISS, standing=_asks(UNKNOWN)))
+    await _settle()
+    assert gate.queued == 3
+    with pytest.raises(GateFull):            # a suspect meets a full queue of its equals
+        await gate.acquire(PASS, standing=_asks(SUSPECT))
+    reader = asyncio.ensure_future(gate.acquire(MISS, standing=_asks(KNOWN)))
+    await _settle()
+    assert suspects[1].done() and isinstance(suspects[1].exception(), GateFull)
+    assert not suspects[0].done() and gate.displaced == 1 and gate.queued == 3
+    newcomer = asyncio.ensure_future(gate.acquire(PASS, standing=_asks(UNKNOWN)))
+    await _settle()
+    assert isinstance(suspects[0].exception(), GateFull) and gate.displaced == 2
+    with pytest.raises(GateFull):            # no one worse than an unknown client is left
+        await gate.acquire(PASS, standing=_asks(UNKNOWN))
+    gate.release(PASS)
+    assert not await reader                  # the reader first, then the unknown, in order
+    gate.release(MISS)
+    assert await unknown
+    gate.release(MISS, True)
+    assert await newcomer
+    gate.release(PASS, True)
+    assert gate.active == 0 and gate.queued == 0
 
 
 # -- what may be written upstream ---------------------------------------------------------------

@@ -27,7 +27,7 @@ from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
-from kalkan.defense.behaviour import WIDTH, Behaviour
+from kalkan.defense.behaviour import FEATURES, WIDTH, Behaviour
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.challenge.tokens import COOKIE_KEY
@@ -46,7 +46,7 @@ from kalkan.defense.loudest import loudest
 from kalkan.defense.passes import PassUsage
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.score import BehaviourModel, ModelError
-from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
+from kalkan.defense.verdict import ALLOWED, KNOWN, SUSPECT, UNKNOWN, Action, RequestView, Verdict
 from kalkan.pages import Pages
 
 if TYPE_CHECKING:
@@ -61,6 +61,10 @@ _ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT
 _MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operators' reasons)
 _RECENT = 4096       # slots of the latest requests, sampled once a second for the threat level
 _SCORED_PER_TICK = 512  # distinct clients scored per tick at most (the loop must not stall)
+# The features that say a client reads like a browser: it fetched a page's assets, or followed
+# the site's own links.
+_ASSET_SHARE = FEATURES.index("asset_share")
+_REFERRED = FEATURES.index("referred")
 # Misses under attack that link previews may cost the origin, all previews together: real
 # ones are a few a second at most (a person shares a link, the platform reads it once).
 _PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST = 5.0, 20.0
@@ -351,6 +355,29 @@ class Defense:
         x = self.behaviour.features(self.clients.traits, slot)
         score = model.score(x)
         return score, (model.reasons(x) if score >= self.threshold else "")
+
+    def origin_standing(self, view: RequestView, checked: Verdict) -> int:
+        """Who asks the origin, for its gate (asked only when the gate is contended): KNOWN
+        for the allowlist, verified crawlers and policy allow rules, and for clients whose
+        behaviour scores good and who read like a browser (fetch a page's assets or follow the
+        site's links); SUSPECT when the behaviour scores bad; UNKNOWN for the rest (new
+        clients, pass holders that do not read). Without behaviour scoring, pass holders are
+        known."""
+        if checked.action is not Action.ALLOW:
+            return SUSPECT
+        if checked.decision.startswith("allow:"):
+            return KNOWN
+        model = self.model
+        if model is None:
+            return KNOWN if checked.has_pass else UNKNOWN
+        slot = self.clients.slot_of(self.facts(view))
+        if slot < 0:
+            return UNKNOWN
+        x = self.behaviour.features(self.clients.traits, slot)
+        if model.score(x) >= self.threshold:
+            return SUSPECT
+        # (Not a pass alone: bots farm them. A reader with one reads like one anyway.)
+        return KNOWN if x[_ASSET_SHARE] > 0.0 or x[_REFERRED] > 0.0 else UNKNOWN
 
     def _bad_share(self) -> float:
         """Of the latest requests (up to _RECENT), the share sent by clients scoring bad; each

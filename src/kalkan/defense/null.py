@@ -4,7 +4,7 @@ deciding nothing, so the request path has no "is there a defence" branches."""
 from __future__ import annotations
 
 from kalkan.defense.admin import Route, disabled_routes
-from kalkan.defense.verdict import ALLOWED, Action, RequestView, Verdict
+from kalkan.defense.verdict import ALLOWED, KNOWN, Action, RequestView, Verdict
 from kalkan.pages import LOGO_PATH, Pages
 
 
@@ -28,6 +28,9 @@ class NullDefense:
 
     def before_origin(self, _view: RequestView, _checked: Verdict) -> Verdict:
         return ALLOWED
+
+    def origin_standing(self, _view: RequestView, _checked: Verdict) -> int:
+        return KNOWN   # nobody is judged: every client may use every origin slot
 
     def count(self, _view: RequestView, _n: int) -> None:
         pass

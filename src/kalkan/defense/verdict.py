@@ -52,6 +52,10 @@ class Verdict:
 
 ALLOWED = Verdict(Action.ALLOW)   # nothing to say: the common case, one shared object
 
+# Who asks the origin, as the defence answers the edge's origin gate (`origin_standing`):
+# clients known to be good, clients it knows nothing of yet, clients behaving like bots.
+KNOWN, UNKNOWN, SUSPECT = 0, 1, 2
+
 
 class RequestView(Protocol):
     """What the defence reads from a request; the edge's own request object provides it.

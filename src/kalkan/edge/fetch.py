@@ -81,6 +81,12 @@ class OriginClient:
         m.gauge("kalkan_origin_cache_budget", "Origin slots misses and refreshes may hold "
                 "together now (origin.headroom of them under attack, all of them in peace).",
                 lambda: gate.budget if gate.capped else gate.limit)
+        m.gauge("kalkan_origin_open_slots_in_use", "Origin slots held by clients not known to "
+                "be good (new, or behaving badly): at most origin.headroom of them, at all "
+                "times; the rest is kept for known readers.", lambda: gate.open_in_use)
+        m.counter("kalkan_gate_displaced_total", "Queued origin requests of clients not known "
+                  "to be good shed (503) to make room for a better-standing client's.",
+                  lambda: gate.displaced)
         m.gauge("kalkan_gate_queue_depth", "Requests waiting for an origin slot.",
                 lambda: gate.queued)
         m.counter("kalkan_gate_client_left_total", "Requests dropped from the origin gate's "
@@ -113,12 +119,14 @@ class OriginClient:
     async def ask(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                   body: BodyStream | None, chunked: bool, mono: float, kind: str = MISS,
                   gone: Callable[[], bool] | None = None, out: Noted | None = None,
-                  slot_held: bool = False) -> tuple[UpstreamResponse, float]:
+                  slot_held: bool = False, standing: Callable[[], int] | None = None,
+                  ) -> tuple[UpstreamResponse, float]:
         """One exchange; returns the response (head read, body to stream) and its latency in
         ms. Raises BreakerOpen, GateFull or OriginError, all counted; ConnectionGone when
         `gone` said the client left while the request waited for a slot (`out` then notes it,
         as it does when the waiting request is cancelled). `slot_held`: the caller already holds a
-        slot of this kind (a deferred refresh given one by the gate)."""
+        slot of this kind (a deferred refresh given one by the gate). `standing`: who asks, on
+        the gate's scale (origin.KNOWN ...), asked only when the gate is contended."""
         metrics = self.metrics
         gate = self.gate
         if self.maintenance or not self.breaker.allow(mono):
@@ -129,10 +137,11 @@ class OriginClient:
                 raise Maintenance("maintenance mode: the origin is not asked")
             metrics.origin_requests["breaker_open"] += 1
             raise BreakerOpen("origin circuit breaker is open")
+        open_slot = False
         if not slot_held:
             self.follow_threat()
             try:
-                await gate.acquire(kind, gone)
+                open_slot = await gate.acquire(kind, gone, standing)
             except GateFull:
                 metrics.gate_shed += 1
                 metrics.origin_requests["shed"] += 1
@@ -158,7 +167,7 @@ class OriginClient:
             metrics.origin_requests["timeout" if isinstance(exc, OriginTimeout) else "error"] += 1
             raise
         finally:
-            gate.release(kind)
+            gate.release(kind, open_slot)
         elapsed = time.monotonic() - t0
         metrics.origin_latency.observe(elapsed)
         if resp.status in _OVERLOAD_STATUS:

@@ -33,7 +33,8 @@ class Filler:
 
     def __init__(self, cache: CacheConfig, store: Store, upstream: OriginClient, misses: Misses,
                  responder: Responder, metrics: Metrics, clock: Clock,
-                 threat: Callable[[], int]) -> None:
+                 threat: Callable[[], int],
+                 standing: Callable[[Request], int] | None = None) -> None:
         self.cache = cache
         self.store = store
         self.upstream = upstream
@@ -42,6 +43,7 @@ class Filler:
         self.metrics = metrics
         self.clock = clock
         self.threat = threat  # the defence's threat level now (grace grows with it)
+        self.standing = standing  # who asks, for the origin gate (defence.origin_standing)
         # Refreshes waiting for an origin slot under attack; the gate offers them its free slots.
         self.deferred: HotRefreshes[tuple[Request, RequestView]] = \
             HotRefreshes(upstream.gate.queue_timeout)
@@ -135,10 +137,12 @@ class Filler:
             if last_modified is not None:
                 headers.append((b"If-Modified-Since", last_modified))
         gone = self._gone(conn, key) if conn is not None else None
+        judge = self.standing
+        standing = None if conn is None or judge is None else (lambda: judge(req))
         try:
             resp, out.origin_ms = await self.upstream.ask(
                 "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono,
-                MISS if conn is not None else REFRESH, gone, out, slot_held)
+                MISS if conn is not None else REFRESH, gone, out, slot_held, standing)
         except (GateFull, OriginError) as exc:
             await self._origin_failed(req, view, conn, stale, exc, out)
             return None

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 import httptools
 
 from kalkan.config import OriginConfig, parse_origin_url
+from kalkan.defense.verdict import KNOWN, SUSPECT, UNKNOWN
 from kalkan.edge.chunks import ChunkQueue
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.request import BodyStream
@@ -93,30 +94,44 @@ class ClientLeft(Exception):
     it cost the origin anything."""
 
 
+# Who is asking, as the defence's `origin_standing` tells the gate (KNOWN, UNKNOWN, SUSPECT).
+# Clients the edge does not know to be good (new ones, and those whose behaviour scores bad)
+# share `origin.headroom` of the slots at all times, so a flood never holds the whole origin,
+# not even in the seconds before it is recognised; the rest is kept for known readers. When the
+# queue is full, a better-standing arrival takes the place of the newest worst-standing waiter.
+STANDINGS = (KNOWN, UNKNOWN, SUSPECT)
+
+
 class _Waiter:
-    """One request in the gate's queue: its kind, its place (FIFO across kinds) and how to tell
-    its client left."""
+    """One request in the gate's queue: its kind, who asks, its place (FIFO within a
+    standing) and how to tell its client left."""
 
-    __slots__ = ("fut", "kind", "seq", "gone")
+    __slots__ = ("fut", "kind", "standing", "seq", "gone")
 
-    def __init__(self, fut: asyncio.Future[None], kind: str, seq: int,
+    def __init__(self, fut: asyncio.Future[None], kind: str, standing: int, seq: int,
                  gone: Callable[[], bool] | None) -> None:
         self.fut = fut
         self.kind = kind
+        self.standing = standing
         self.seq = seq
         self.gone = gone
 
 
 class OriginGate:
-    """At most `limit` requests in flight; a bounded FIFO of waiters, each with a timeout.
+    """At most `limit` requests in flight; a bounded queue of waiters, each with a timeout.
 
-    While `capped` (the edge is under attack), misses and refreshes together hold at most
-    `budget` slots; passes may use the others. Waiters are granted in arrival order among those
-    a free slot admits. A waiter whose client left (its `gone` says so) is dropped when its turn
-    comes or at the next `purge`, never sent. Refreshes never wait here while capped:
-    `on_free`, if set, is called when slots free up, and the deferred refreshes take those
-    `try_take` gives them (budget slots nobody waits for, and up to `refresh_floor` even while
-    misses wait).
+    Two shares of the slots, both `budget` of them (`origin.headroom` of `limit`):
+    - at all times, requests from clients not known to be good (`UNKNOWN`, `SUSPECT`) hold at
+      most `budget` slots together; known readers may use them all. Waiters are granted by
+      standing first, then in arrival order; a full queue sheds its newest worst-standing waiter
+      for a better-standing arrival. Standing is asked (a callable: it costs a behaviour score)
+      only when a request cannot simply take a slot.
+    - while `capped` (the edge is under attack), misses and refreshes together hold at most
+      `budget` slots; passes may use the others.
+    A waiter whose client left (its `gone` says so) is dropped when its turn comes or at the
+    next `purge`, never sent. Refreshes never wait here while capped: `on_free`, if set, is
+    called when slots free up, and the deferred refreshes take those `try_take` gives them
+    (budget slots nobody waits for, and up to `refresh_floor` even while misses wait).
     """
 
     def __init__(self, limit: int, queue_size: int, queue_timeout: float,
@@ -130,22 +145,29 @@ class OriginGate:
         self.active = 0
         self.max_active = 0
         self.shed = 0
+        self.displaced = 0  # waiters shed for a better-standing arrival
         self.left = 0  # waiters dropped because their client left
         self.in_use = dict.fromkeys(KINDS, 0)
+        self.open_in_use = 0  # slots held by clients not known to be good
+        self.max_open = 0
         self.max_cache = 0  # most misses + refreshes in flight at once (while capped)
         self.on_free: Callable[[], None] | None = None
         self._seq = 0
-        self._cache_waiters: deque[_Waiter] = deque()  # misses (and refreshes at peace)
-        self._pass_waiters: deque[_Waiter] = deque()
+        # Per standing: misses (and refreshes at peace), then passes.
+        self._waiters: tuple[tuple[deque[_Waiter], deque[_Waiter]], ...] = tuple(
+            (deque(), deque()) for _ in STANDINGS)
 
     @property
     def queued(self) -> int:
-        return len(self._cache_waiters) + len(self._pass_waiters)
+        return sum(len(cache) + len(passes) for cache, passes in self._waiters)
+
+    def _cache_waiting(self) -> int:
+        return sum(len(cache) for cache, _ in self._waiters)
 
     @property
     def cache_load(self) -> int:
         """Misses and refreshes in flight or waiting."""
-        return self.in_use[MISS] + self.in_use[REFRESH] + len(self._cache_waiters)
+        return self.in_use[MISS] + self.in_use[REFRESH] + self._cache_waiting()
 
     @property
     def strained(self) -> bool:
@@ -158,21 +180,24 @@ class OriginGate:
         readers queued is still a saturated origin gate (read against the whole limit it
         would look calm, the threat level would fall and the cap would lift itself)."""
         if self.capped:
-            return (self.in_use[MISS] + self.in_use[REFRESH], len(self._cache_waiters),
+            return (self.in_use[MISS] + self.in_use[REFRESH], self._cache_waiting(),
                     self.budget)
         return self.active, self.queued, self.limit
 
-    def admits(self, kind: str) -> bool:
-        """Would a slot of this kind be given now (nobody of its class waiting first)?"""
+    def admits(self, kind: str, standing: int = KNOWN) -> bool:
+        """Would a slot of this kind be given now to this standing (nobody of its class and
+        of the same or a better standing waiting first)?"""
         if self.active >= self.limit:
             return False
-        if kind == PASS:
-            return not self._pass_waiters
-        if not self._cache_room():
+        if standing != KNOWN and self.open_in_use >= self.budget:
             return False
-        if kind == REFRESH and self.capped and self.in_use[REFRESH] < self.refresh_floor:
-            return True  # the refreshes' floor: before queued misses
-        return not self._cache_waiters
+        waiting = 1 if kind == PASS else 0
+        if kind != PASS:
+            if not self._cache_room():
+                return False
+            if kind == REFRESH and self.capped and self.in_use[REFRESH] < self.refresh_floor:
+                return True  # the refreshes' floor: before queued misses
+        return not any(self._waiters[s][waiting] for s in range(standing + 1))
 
     def _cache_room(self) -> bool:
         return not self.capped or self.in_use[MISS] + self.in_use[REFRESH] < self.budget
@@ -182,31 +207,43 @@ class OriginGate:
             self.capped = capped
             self._grant()
 
-    async def acquire(self, kind: str = MISS, gone: Callable[[], bool] | None = None) -> None:
-        if self.admits(kind):
-            self._take(kind)
-            return
-        if self.queued >= self.queue_size:
+    async def acquire(self, kind: str = MISS, gone: Callable[[], bool] | None = None,
+                      standing: Callable[[], int] | None = None) -> bool:
+        """Wait for a slot; True when it counts among the not-known-good clients' (pass that to
+        `release`). `standing` None: a request of the edge's own (a refresh) or of a client
+        the gate need not judge; it is treated as known."""
+        who = KNOWN
+        if standing is not None:
+            who = UNKNOWN
+            if not self.admits(kind, UNKNOWN):
+                who = standing()  # contention: now it matters who asks
+        if self.admits(kind, who):
+            self._take(kind, who != KNOWN)
+            return who != KNOWN
+        if self.queued >= self.queue_size and not self._displace(who):
             self.shed += 1
             raise GateFull("origin queue full")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._seq += 1
-        waiter = _Waiter(fut, kind, self._seq, gone)
-        (self._pass_waiters if kind == PASS else self._cache_waiters).append(waiter)
+        waiter = _Waiter(fut, kind, who, self._seq, gone)
+        self._queue_of(waiter).append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout)
         except TimeoutError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                return  # the slot arrived just as we gave up: keep it
+                return who != KNOWN  # the slot arrived just as we gave up: keep it
             self._discard(waiter)
             if fut.done() and not fut.cancelled():
+                exc = fut.exception()
+                if isinstance(exc, GateFull):
+                    raise exc from None
                 raise ClientLeft("the client left while waiting for the origin") from None
             fut.cancel()
             self.shed += 1
             raise GateFull("waited too long for the origin") from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(kind)
+                self.release(kind, who != KNOWN)
             else:
                 if not fut.done():
                     fut.cancel()
@@ -214,22 +251,45 @@ class OriginGate:
                         self.left += 1
                 self._discard(waiter)
             raise
+        return who != KNOWN
+
+    def _queue_of(self, waiter: _Waiter) -> deque[_Waiter]:
+        return self._waiters[waiter.standing][1 if waiter.kind == PASS else 0]
+
+    def _displace(self, who: int) -> bool:
+        """Queue full: shed the newest waiter of the worst standing below `who`'s, if any, to
+        make room for it."""
+        for worse in range(SUSPECT, who, -1):
+            cache, passes = self._waiters[worse]
+            if not cache and not passes:
+                continue
+            if not passes or (cache and cache[-1].seq > passes[-1].seq):
+                victim = cache.pop()
+            else:
+                victim = passes.pop()
+            if not victim.fut.done():
+                victim.fut.set_exception(GateFull("shed for a better-standing client"))
+            self.shed += 1
+            self.displaced += 1
+            return True
+        return False
 
     def try_take(self, kind: str) -> bool:
         """A slot now or not at all (a deferred refresh never queues)."""
         if self.admits(kind):
-            self._take(kind)
+            self._take(kind, False)
             return True
         return False
 
     def purge(self) -> int:
         """Drop the waiters whose client left; how many were dropped."""
         dropped = 0
-        for queue in (self._cache_waiters, self._pass_waiters):
-            for waiter in [w for w in queue if w.gone is not None and w.gone()]:
-                queue.remove(waiter)
-                self._drop(waiter)
-                dropped += 1
+        for queues in self._waiters:
+            for queue in queues:
+                for waiter in [w for w in queue if w.gone is not None and w.gone()]:
+                    queue.remove(waiter)
+                    self._drop(waiter)
+                    dropped += 1
         return dropped
 
     def _drop(self, waiter: _Waiter) -> None:
@@ -239,11 +299,15 @@ class OriginGate:
 
     def _discard(self, waiter: _Waiter) -> None:
         with contextlib.suppress(ValueError):
-            (self._pass_waiters if waiter.kind == PASS else self._cache_waiters).remove(waiter)
+            self._queue_of(waiter).remove(waiter)
 
-    def _take(self, kind: str) -> None:
+    def _take(self, kind: str, open_slot: bool) -> None:
         self.active += 1
         self.in_use[kind] += 1
+        if open_slot:
+            self.open_in_use += 1
+            if self.open_in_use > self.max_open:
+                self.max_open = self.open_in_use
         if self.active > self.max_active:
             self.max_active = self.active
         if kind != PASS and self.capped:
@@ -251,34 +315,42 @@ class OriginGate:
             if cache > self.max_cache:
                 self.max_cache = cache
 
-    def release(self, kind: str = MISS) -> None:
+    def release(self, kind: str = MISS, open_slot: bool = False) -> None:
         self.active -= 1
         self.in_use[kind] -= 1
+        if open_slot:
+            self.open_in_use -= 1
         self._grant()
 
     def _grant(self) -> None:
-        """Give free slots to the deferred refreshes below their floor, then to the oldest
-        admissible waiters, then to the deferred refreshes again."""
-        cache, passes = self._cache_waiters, self._pass_waiters
+        """Give free slots to the deferred refreshes below their floor, then to the admissible
+        waiters (best standing first, oldest first within it), then to the deferred refreshes
+        again."""
         offer = self.on_free if self.capped else None
-        if offer is not None and cache:
+        if offer is not None and self._cache_waiting():
             offer()
         while self.active < self.limit:
             head: _Waiter | None = None
-            while cache and (cache[0].fut.done() or _left(cache[0])):
-                self._skip(cache.popleft())
-            while passes and (passes[0].fut.done() or _left(passes[0])):
-                self._skip(passes.popleft())
-            if cache and self._cache_room():
-                head = cache[0]
-            if passes and (head is None or passes[0].seq < head.seq):
-                head = passes[0]
+            for who, (cache, passes) in enumerate(self._waiters):
+                if who != KNOWN and self.open_in_use >= self.budget:
+                    break
+                while cache and (cache[0].fut.done() or _left(cache[0])):
+                    self._skip(cache.popleft())
+                while passes and (passes[0].fut.done() or _left(passes[0])):
+                    self._skip(passes.popleft())
+                if cache and self._cache_room():
+                    head = cache[0]
+                if passes and (head is None or passes[0].seq < head.seq):
+                    head = passes[0]
+                if head is not None:
+                    break
             if head is None:
                 break
-            (passes if head.kind == PASS else cache).popleft()
-            self._take(head.kind)
+            self._queue_of(head).popleft()
+            self._take(head.kind, head.standing != KNOWN)
             head.fut.set_result(None)
-        if offer is not None and not cache and self.active < self.limit and self._cache_room():
+        if (offer is not None and not self._cache_waiting() and self.active < self.limit
+                and self._cache_room()):
             offer()
 
     def _skip(self, waiter: _Waiter) -> None:

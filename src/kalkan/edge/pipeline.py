@@ -82,7 +82,8 @@ class Pipeline:
             self.defense = Defense(config.defense, config.state_dir, self.metrics, self.pages)
         self._defended = config.defense.enabled  # else the null defence: nothing to ask
         self.fill = Filler(cc, self.store, self.upstream, self.misses, self.responder,
-                           self.metrics, self.clock, lambda: self.defense.threat_level)
+                           self.metrics, self.clock, lambda: self.defense.threat_level,
+                           self._standing)
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
                                   self.respond_now, self._credentialed, self._defended)
         self._tarpitted = 0
@@ -254,6 +255,10 @@ class Pipeline:
                 self._tarpitted -= 1
         self.responder.verdict(req, conn, verdict, out)
 
+    def _standing(self, req: Request) -> int:
+        """Who asks the origin, for its gate: known to be good, unknown, or suspect."""
+        return self.defense.origin_standing(req, req.verdict or ALLOWED)
+
     def _challenged(self, req: Request, conn: Conn, out: Outcome) -> bool:
         """Under attack, a client without a pass proves itself before it costs the origin."""
         verdict = self.defense.before_origin(req, req.verdict or ALLOWED)
@@ -313,7 +318,8 @@ class Pipeline:
         try:
             resp, out.origin_ms = await self.upstream.ask(req.method, req.target, headers,
                                                           req.body, req.chunked, self.clock.mono,
-                                                          PASS, conn.client_gone, out)
+                                                          PASS, conn.client_gone, out,
+                                                          standing=lambda: self._standing(req))
         except (GateFull, OriginError) as exc:
             kind, extra = failure_status(exc)
             return self.responder.error(req, conn, out, kind, extra)
