@@ -155,10 +155,12 @@ class OriginConfig:
     # 0.7: an origin kept below ~70% busy still answers in about its unloaded time (queueing
     # delay grows steeply past that), and the rest is left for what only the origin can answer.
     headroom: float = _opt(
-        "Under attack (threat level 1 or more), the share of `max_concurrency` that cache misses "
-        "and background refreshes may hold together; the other slots stay free for logged-in "
-        "readers, forms and admin. Hottest stale pages are refreshed first.", 0.7, above=0,
-        max=1)
+        "The share of `max_concurrency` that clients not known to be good (new ones, and "
+        "those whose behaviour scores bad) may hold together, at all times: the rest is kept "
+        "for known readers. Under attack (threat level 1 or more) it is also the share cache "
+        "misses and background refreshes may hold together, so the other slots stay free for "
+        "logged-in readers, forms and admin; hottest stale pages are refreshed first.", 0.7,
+        above=0, max=1)
     queue_timeout: float = _duration("Longest wait for an origin slot before shedding.", 5.0,
                                   above=0)
     connect_timeout: float = _duration("Time allowed to connect to the origin.", 3.0, above=0)
