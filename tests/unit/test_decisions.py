@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kalkan.defense.attack_mode import ATTACK, ELEVATED, PEACE, AttackMode, Signals
+from kalkan.defense.attack_mode import ATTACK, ELEVATED, PEACE, SEVERE, AttackMode, Signals
 from kalkan.defense.decisions import DecisionError, Decisions
 
 NOW = 1_800_000_000.0
@@ -177,6 +177,38 @@ def test_attack_mode_rises_fast_and_falls_with_hysteresis() -> None:
     for _ in range(61):
         t += 1
         mode.update(signals(100), t)
+    assert mode.level == PEACE
+
+
+def test_the_level_rises_straight_to_what_has_held_not_one_step_at_a_time() -> None:
+    mode = AttackMode()
+    t = NOW
+    for _ in range(300):
+        t += 1
+        mode.update(signals(100), t)
+    t += 1
+    mode.update(signals(400, active=4), t)         # 4x: elevated, for one second
+    assert mode.level == PEACE
+    for _ in range(2):                             # then 40x and a drowning gate: severe
+        t += 1
+        mode.update(signals(4000, queue=40, active=4), t)
+    # Severe has held 1 s (raise_after) since it began: severe now, without first waiting
+    # raise_after again at elevated, which it reached a second ago.
+    assert mode.level == SEVERE and mode.changes == 2
+    t += 1
+    mode.update(signals(400, active=4), t)         # a calmer second changes nothing yet
+    assert mode.level == SEVERE
+
+
+def test_a_score_that_breaks_off_restarts_its_clock() -> None:
+    mode = AttackMode()
+    t = NOW
+    for _ in range(300):
+        t += 1
+        mode.update(signals(100), t)
+    for spike in (True, False, True, False, True):   # spikes of one second, never held
+        t += 1
+        mode.update(signals(4000, queue=40, active=4) if spike else signals(100), t)
     assert mode.level == PEACE
 
 

@@ -43,7 +43,7 @@ class AttackModeConfig:
     min_rate: float = 50.0          # below this many req/s, rate alone never raises the level
     latency_levels: tuple[float, float, float] = (0.5, 1.5, 5.0)   # seconds
     error_levels: tuple[float, float, float] = (0.05, 0.2, 0.5)    # share of origin requests
-    raise_after: float = 2.0        # seconds a higher score must hold before the level rises
+    raise_after: float = 1.0        # seconds a higher score must hold before the level rises
     lower_after: float = 60.0       # seconds of lower scores before the level drops one step
     baseline_halflife: float = 1800.0  # seconds; the baseline learns only while at peace
     # Requests a second from bad-scored clients for levels 1, 2, 3, and the share of all
@@ -71,9 +71,8 @@ class AttackMode:
         self.baseline = 0.0
         self.reason = "quiet"
         self.changes = 0
-        self._high_since: float | None = None
+        self._above_since: dict[int, float | None] = dict.fromkeys((ELEVATED, ATTACK, SEVERE))
         self._low_since: float | None = None
-        self._candidate = PEACE
         self.signals: Signals | None = None  # the last second's, kept to explain the level
 
     @property
@@ -152,23 +151,32 @@ class AttackMode:
                 self.baseline + alpha * (s.requests - self.baseline)
         if self.override is not None:
             return self.level
-        if score > self.level:
+        # Each level above has its own clock: since when the score has been at least that
+        # high without a break. The level rises straight to the highest one held for
+        # `raise_after` (not one step per `raise_after`: a flood that scores 1 for a second,
+        # then 3, is severe after 2 s, not 4).
+        above = self._above_since
+        for k in (ELEVATED, ATTACK, SEVERE):
+            if score < k:
+                above[k] = None
+            elif above[k] is None:
+                above[k] = now
+        held = PEACE
+        for k in (ELEVATED, ATTACK, SEVERE):
+            since = above[k]
+            if since is not None and now - since >= c.raise_after:
+                held = k
+        if held > self.level:
             self._low_since = None
-            if self._high_since is None or score < self._candidate:
-                self._high_since = now
-                self._candidate = score
-            if now - self._high_since >= c.raise_after:
-                self._set(self._candidate, why)
-                self._high_since = None
+            self._set(held, why)
         elif score < self.level:
-            self._high_since = None
             if self._low_since is None:
                 self._low_since = now
             elif now - self._low_since >= c.lower_after:
                 self._set(self.level - 1, f"calmer for {c.lower_after:.0f} s: {why}")
                 self._low_since = now
         else:
-            self._high_since = self._low_since = None
+            self._low_since = None
         return self.level
 
     def _set(self, level: int, why: str) -> None:
