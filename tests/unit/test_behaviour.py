@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tests.unit.test_verdict import View
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.attack_mode import ATTACK, ELEVATED, PEACE, AttackMode, Signals
 from kalkan.defense.behaviour import FEATURES, WIDTH, Behaviour, new_rows
+from kalkan.defense.challenge.tokens import COOKIE_KEY, POW, issue_pass, ua_digest
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.engine import Defense
 from kalkan.defense.facts import RequestFacts, RouteClassifier, address_facts
@@ -203,6 +205,31 @@ def test_under_attack_only_a_bad_scored_client_is_challenged_before_a_miss(
     # Its feed requests meet a 503, never a challenge page.
     feed = View("/feed/", client="198.51.100.21")
     assert defense.before_origin(feed, defense.check(feed)).action is Action.REFUSE
+
+
+def test_a_pass_buys_a_few_misses_when_behaviour_scores_bad_then_the_challenge_again(
+        defense: Defense) -> None:
+    # A reader whose searches brought on the challenge solves it: the page it asked for comes,
+    # not the same challenge in a loop; a bot flooding on one pass gets no more than that.
+    defense.attack.set_mode("on", 1000.0)
+    rng = random.Random(8)
+    client, ua = "198.51.100.50", b"Mozilla/5.0"
+    for _ in range(5):
+        view = View("/search", client=client, query=f"s={rng.random()}")
+        checked = defense.check(view)
+    assert defense.before_origin(view, checked).action is Action.CHALLENGE
+    facts = defense.facts(view)
+    token = issue_pass(defense.challenges.keys, facts.prefix, ua_digest(ua.decode()), POW, time.time(),
+                       3600)
+    verdicts = []
+    for _ in range(6):
+        view = View("/search", client=client, query=f"s={rng.random()}",
+                    cookie=COOKIE_KEY + token.encode(), user_agent=ua)
+        checked = defense.check(view)
+        assert checked.has_pass
+        verdicts.append(defense.before_origin(view, checked))
+    assert [v.decision for v in verdicts[:3]] == ["pass:behaviour_budget"] * 3
+    assert all(v.action is Action.CHALLENGE for v in verdicts[3:])
 
 
 def test_with_behaviour_off_every_client_without_a_pass_is_challenged(tmp_path: Path) -> None:

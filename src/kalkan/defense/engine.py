@@ -68,6 +68,12 @@ _REFERRED = FEATURES.index("referred")
 # Misses under attack that link previews may cost the origin, all previews together: real
 # ones are a few a second at most (a person shares a link, the platform reads it once).
 _PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST = 5.0, 20.0
+# Misses under attack a pass still buys its holder when its behaviour scores bad: a reader whose
+# searches brought on a challenge and who solved it gets the page it asked for (not the same
+# challenge again, in a loop), and a few more; a bot flooding on a farmed or shared pass gets
+# no more than that per pass, then the challenge (a new proof of work) again.
+_PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
+_PASS_BUDGETS = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
 
 
 class Bucket:
@@ -126,6 +132,7 @@ class Defense:
         self._observed = 0        # requests whose behaviour was counted since the last tick
         self.bad_requests = 0.0   # the last tick's estimate, for the dashboard
         self._preview_misses = Bucket(_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST)
+        self._pass_misses: dict[str, Bucket] = {}
         self.decisions = Decisions(state / "decisions.json")
         self.decisions_loaded = self.decisions.load(time.time())
         self.keys = KeyRing.load_or_create(Path(config.key_file) if config.key_file
@@ -436,7 +443,22 @@ class Defense:
             if self._preview_misses.take(time.time()):
                 return self._allowed("allow:link_preview", False)
             return self._refuse(_BUSY, "link_preview")
+        if checked.has_pass and self._pass_buys_miss(facts, time.time()):
+            return self._allowed("pass:behaviour_budget", True)
         return self._apply("challenge", f"behaviour:{judged[1]}", view, facts, time.time())
+
+    def _pass_buys_miss(self, facts: RequestFacts, now: float) -> bool:
+        """Does this request's pass still have a miss in its budget (_PASS_MISSES_*)?"""
+        pass_ = self.challenges.valid_pass(facts, now)
+        if pass_ is None:
+            return False
+        budgets = self._pass_misses
+        bucket = budgets.get(pass_.id)
+        if bucket is None:
+            if len(budgets) >= _PASS_BUDGETS:
+                budgets.clear()
+            bucket = budgets[pass_.id] = Bucket(_PASS_MISSES_PER_S, _PASS_MISSES_BURST)
+        return bucket.take(now)
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
         return facts.ip != 0 and self.allow.contains(facts.version, facts.ip)
