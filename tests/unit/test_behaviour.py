@@ -219,8 +219,8 @@ def test_a_pass_buys_a_few_misses_when_behaviour_scores_bad_then_the_challenge_a
         checked = defense.check(view)
     assert defense.before_origin(view, checked).action is Action.CHALLENGE
     facts = defense.facts(view)
-    token = issue_pass(defense.challenges.keys, facts.prefix, ua_digest(ua.decode()), POW, time.time(),
-                       3600)
+    token = issue_pass(defense.challenges.keys, facts.prefix, ua_digest(ua.decode()), POW,
+                       time.time(), 3600)
     verdicts = []
     for _ in range(6):
         view = View("/search", client=client, query=f"s={rng.random()}",
