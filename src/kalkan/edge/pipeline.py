@@ -83,7 +83,7 @@ class Pipeline:
         self._defended = config.defense.enabled  # else the null defence: nothing to ask
         self.fill = Filler(cc, self.store, self.upstream, self.misses, self.responder,
                            self.metrics, self.clock, lambda: self.defense.threat_level,
-                           self._standing)
+                           lambda r: standing(self.defense, r))
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
                                   self.respond_now, self._credentialed, self._defended)
         self._tarpitted = 0
@@ -255,10 +255,6 @@ class Pipeline:
                 self._tarpitted -= 1
         self.responder.verdict(req, conn, verdict, out)
 
-    def _standing(self, req: Request) -> int:
-        """Who asks the origin, for its gate: known to be good, unknown, or suspect."""
-        return self.defense.origin_standing(req, req.verdict or ALLOWED)
-
     def _challenged(self, req: Request, conn: Conn, out: Outcome) -> bool:
         """Under attack, a client without a pass proves itself before it costs the origin."""
         verdict = self.defense.before_origin(req, req.verdict or ALLOWED)
@@ -316,10 +312,9 @@ class Pipeline:
             return
         headers = upstream_headers(req, False, self.upstream.pool.host_header)
         try:
-            resp, out.origin_ms = await self.upstream.ask(req.method, req.target, headers,
-                                                          req.body, req.chunked, self.clock.mono,
-                                                          PASS, conn.client_gone, out,
-                                                          standing=lambda: self._standing(req))
+            resp, out.origin_ms = await self.upstream.ask(
+                req.method, req.target, headers, req.body, req.chunked, self.clock.mono, PASS,
+                conn.client_gone, out, standing=lambda: standing(self.defense, req))
         except (GateFull, OriginError) as exc:
             kind, extra = failure_status(exc)
             return self.responder.error(req, conn, out, kind, extra)
@@ -368,6 +363,11 @@ async def _read_small(req: Request, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)[:limit]
+
+
+def standing(defense: Defense | NullDefense, req: Request) -> int:
+    """Who asks the origin, for its gate: known to be good, unknown, or suspect."""
+    return defense.origin_standing(req, req.verdict or ALLOWED)
 
 
 __all__ = ["Pipeline"]
