@@ -250,18 +250,14 @@ def test_without_the_analyze_extra_the_command_says_what_to_install(
                            "pip install 'kalkan[analyze]'")
 
 
-def test_a_failed_analysis_leaves_no_chart_thread_behind(tmp_path, capsys) -> None:
-    # The charts' thread starts before the logs are read (it imports matplotlib meanwhile);
-    # when the analysis fails, it must end rather than wait for a report forever.
-    import threading
+def test_a_failed_analysis_writes_nothing(tmp_path, capsys) -> None:
+    # Nothing is written until the whole report is made: no half report, no charts alone.
     bad = tmp_path / "bad.log"
-    bad.write_text('{"time":"yesterday","client":"127.0.0.1","status":200}\n')
+    bad.write_text('{"time":"2026-12-05T04:51:16.000Z","client":"127.0.0.1","status":200}\n'
+                   '{"time":"yesterday","client":"127.0.0.1","status":200}\n')
     rc, _, err = analyze(capsys, str(bad), "--out", str(tmp_path / "r"))
-    assert rc == 2 and "'time' is 'yesterday'" in err
-    for thread in threading.enumerate():
-        if thread.name == "charts":
-            thread.join(timeout=30)
-            assert not thread.is_alive()
+    assert rc == 2 and "bad.log:2: 'time' is 'yesterday'" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_first_mitigation_of_one_millisecond_does_not_depend_on_line_order(
@@ -280,3 +276,25 @@ def test_the_first_mitigation_of_one_millisecond_does_not_depend_on_line_order(
         firsts.append(json.loads(out)["mitigation"]["first"]["mitigation"])
     assert firsts[0] == firsts[1]
     assert (firsts[0]["address"], firsts[0]["path"]) == ("127.0.0.2", "/a")
+
+
+def test_a_clients_agent_and_kind_do_not_depend_on_line_order(tmp_path, capsys) -> None:
+    # A client that sent two User-Agents equally often, and two kinds of request equally
+    # often: the report names the same ones whatever order the lines (and the engine's
+    # threads) come in: the User-Agent it sent first, the kind first in text order.
+    def line(second: int, ua: str, path: str) -> str:
+        return json.dumps({"time": f"2026-12-05T04:51:{second:02d}.000Z", "client": "127.0.0.7",
+                           "method": "GET", "path": path, "status": 200, "cache": "HIT",
+                           "ua": ua}) + "\n"
+    lines = [line(10, "curl/8.5.0", "/feed/"), line(11, "Mozilla/5.0 Firefox/133.0", "/a/"),
+             line(12, "curl/8.5.0", "/b/"), line(13, "Mozilla/5.0 Firefox/133.0", "/rss/"),
+             line(14, "curl/8.5.0", "/c/"), line(15, "Mozilla/5.0 Firefox/133.0", "/atom/")]
+    seen = []
+    for order in (lines, lines[::-1], lines[1::2] + lines[::2]):
+        log = tmp_path / "tie.log"
+        log.write_text("".join(order))
+        rc, out, err = analyze(capsys, str(log), "--format", "json")
+        assert rc == 0, err
+        address = json.loads(out)["top"]["addresses"][0]
+        seen.append((address["agent"], address["kind"]))
+    assert seen == [("tool", "feed")] * 3, seen

@@ -52,11 +52,8 @@ def choose_bucket(span_ms: int) -> int:
     return BUCKETS[-1]
 
 
-def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options,
-          charts: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The report from the loaded table `groups` (load.load). `charts`, if given, is handed what
-    the charts show (the timeline, the mitigation and the top prefixes) as soon as that is
-    known, so that they can be drawn while the engine works on the rest."""
+def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> dict[str, Any]:
+    """The report from the loaded table `groups` (load.load)."""
     started = time.perf_counter()
     row = con.execute("SELECT sum(n), min(first), max(last), "
                       "coalesce(sum(n) FILTER (WHERE origin), 0) FROM groups").fetchone()
@@ -90,9 +87,6 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options,
     report["timeline"] = _timeline(cells, start, bucket)
     prefixes = _top_prefixes(con, opts.top, lines or 1)
     mitigation_report = _mitigation(con, cells, first, report["timeline"])
-    if charts is not None:
-        charts({"timeline": report["timeline"], "mitigation": mitigation_report,
-                "top": {"prefixes": prefixes}})
     report["top"] = _tops(con, opts.top, name, prefixes, lines or 1)
     found = clustering.clusters(con, opts.clusters)
     for c in found:
