@@ -298,3 +298,10 @@ def test_a_clients_agent_and_kind_do_not_depend_on_line_order(tmp_path, capsys) 
         address = json.loads(out)["top"]["addresses"][0]
         seen.append((address["agent"], address["kind"]))
     assert seen == [("tool", "feed")] * 3, seen
+
+
+def test_the_engine_writes_nothing_on_stdout() -> None:
+    # The report goes to stdout without --out; the engine's progress bar (drawn there for a
+    # query of over 2 s, a long log's) must not land in it.
+    con = connect()
+    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)

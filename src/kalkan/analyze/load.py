@@ -77,6 +77,9 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     # Nothing needs the file's order (every query that depends on one says ORDER BY); keeping
     # it across the reader's threads costs CPU.
     con.execute("SET preserve_insertion_order = false")
+    # DuckDB draws a progress bar on stdout for a query that runs over 2 s: it would land in
+    # the JSON or Markdown that `kalkan analyze` writes there.
+    con.execute("SET enable_progress_bar = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     for macro in MACROS:
