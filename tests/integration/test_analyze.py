@@ -305,3 +305,28 @@ def test_the_engine_writes_nothing_on_stdout() -> None:
     # query of over 2 s, a long log's) must not land in it.
     con = connect()
     assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
+
+
+def test_before_and_after_the_first_mitigation_split_at_its_millisecond(tmp_path, capsys) -> None:
+    # The lines are grouped as they are read (one row per client, path, decision...), but the
+    # mitigation's "after" still starts at the first mitigation's millisecond, not its second.
+    def line(ms: int, client: str, decision: str = "", origin: float | None = None) -> str:
+        return json.dumps({"time": f"2026-12-05T04:51:16.{ms:03d}Z", "client": client,
+                           "method": "GET", "path": "/", "status": 403 if decision else 200,
+                           "cache": "BYPASS" if decision else "MISS", "origin_ms": origin,
+                           "decision": decision}) + "\n"
+    reader, bot = "127.0.0.5", "127.0.0.66"
+    lines = [line(100, reader, origin=30.0), line(150, bot, origin=30.0),
+             line(200, bot, "block:rule:x"), line(200, reader, origin=30.0),
+             line(250, reader, origin=30.0), line(300, bot, "block:rule:x"),
+             line(900, reader)]
+    log = tmp_path / "ms.log"
+    log.write_text("".join(lines))
+    rc, out, err = analyze(capsys, str(log), "--format", "json")
+    assert rc == 0, err
+    mit = json.loads(out)["mitigation"]
+    assert mit["first"]["mitigation"]["time"] == "2026-12-05T04:51:16.200Z"
+    after = mit["after_mitigation"]
+    assert (after["suspect_requests"], after["suspect_stopped"]) == (2, 2)
+    assert (after["other_requests"], after["origin_requests"]) == (3, 2)  # 200, 250, 900 ms
+    assert mit["suspect_origin_requests"] == 1 and after["suspect_at_origin"] == 0
