@@ -127,7 +127,7 @@ def _prefixes(prefixes: list[dict[str, Any]]) -> bytes:
     for v in ticks:
         draw.line([(x(v), y0), (x(v), y1)], fill=_GRID)
         _tick_label(draw, x(v), y1, _number(v, ticks))
-    _text(draw, ((x0 + x1) // 2, y1 + 32), "requests", 14, anchor="mt")
+    draw.text(((x0 + x1) // 2, y1 + 32), "requests", font=_font(14), fill=_INK, anchor="mt")
     row = (y1 - y0) / len(prefixes)
     small = _font(11)
     for i, p in enumerate(prefixes):
@@ -195,7 +195,7 @@ def _frame(draw: ImageDraw.ImageDraw, box: Box, span: tuple[float, float], ymax:
         if labels:
             _tick_label(draw, x(t), y1, fmt(t))
     if labels and offset:
-        _text(draw, (x1, y1 + 26), offset, 13, anchor="rt")
+        draw.text((x1, y1 + 26), offset, font=_font(13), fill=_MUTED, anchor="rt")
 
 
 def _stack(draw: ImageDraw.ImageDraw, box: Box, span: tuple[float, float], ymax: float,
@@ -268,11 +268,6 @@ def _legend(draw: ImageDraw.ImageDraw, x: int, y: int,
                 draw.line([(x + dx, y + 6), (x + dx + 4, y + 6)], fill=colour)
         draw.text((x + 26, y + 6), label, font=font, fill=_INK, anchor="lm")
         x += 26 + round(font.getlength(label)) + 14
-
-
-def _text(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, size: int,
-          anchor: str) -> None:
-    draw.text(at, text, font=_font(size), fill=_MUTED if size < 14 else _INK, anchor=anchor)
 
 
 def _tick_label(draw: ImageDraw.ImageDraw, x: int, y1: int, text: str) -> None:
