@@ -250,18 +250,14 @@ def test_without_the_analyze_extra_the_command_says_what_to_install(
                            "pip install 'kalkan[analyze]'")
 
 
-def test_a_failed_analysis_leaves_no_chart_thread_behind(tmp_path, capsys) -> None:
-    # The charts' thread starts before the logs are read (it imports matplotlib meanwhile);
-    # when the analysis fails, it must end rather than wait for a report forever.
-    import threading
+def test_a_failed_analysis_writes_nothing(tmp_path, capsys) -> None:
+    # Nothing is written until the whole report is made: no half report, no charts alone.
     bad = tmp_path / "bad.log"
-    bad.write_text('{"time":"yesterday","client":"127.0.0.1","status":200}\n')
+    bad.write_text('{"time":"2026-12-05T04:51:16.000Z","client":"127.0.0.1","status":200}\n'
+                   '{"time":"yesterday","client":"127.0.0.1","status":200}\n')
     rc, _, err = analyze(capsys, str(bad), "--out", str(tmp_path / "r"))
-    assert rc == 2 and "'time' is 'yesterday'" in err
-    for thread in threading.enumerate():
-        if thread.name == "charts":
-            thread.join(timeout=30)
-            assert not thread.is_alive()
+    assert rc == 2 and "bad.log:2: 'time' is 'yesterday'" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_first_mitigation_of_one_millisecond_does_not_depend_on_line_order(
@@ -280,3 +276,57 @@ def test_the_first_mitigation_of_one_millisecond_does_not_depend_on_line_order(
         firsts.append(json.loads(out)["mitigation"]["first"]["mitigation"])
     assert firsts[0] == firsts[1]
     assert (firsts[0]["address"], firsts[0]["path"]) == ("127.0.0.2", "/a")
+
+
+def test_a_clients_agent_and_kind_do_not_depend_on_line_order(tmp_path, capsys) -> None:
+    # A client that sent two User-Agents equally often, and two kinds of request equally
+    # often: the report names the same ones whatever order the lines (and the engine's
+    # threads) come in: the User-Agent it sent first, the kind first in text order.
+    def line(second: int, ua: str, path: str) -> str:
+        return json.dumps({"time": f"2026-12-05T04:51:{second:02d}.000Z", "client": "127.0.0.7",
+                           "method": "GET", "path": path, "status": 200, "cache": "HIT",
+                           "ua": ua}) + "\n"
+    lines = [line(10, "curl/8.5.0", "/feed/"), line(11, "Mozilla/5.0 Firefox/133.0", "/a/"),
+             line(12, "curl/8.5.0", "/b/"), line(13, "Mozilla/5.0 Firefox/133.0", "/rss/"),
+             line(14, "curl/8.5.0", "/c/"), line(15, "Mozilla/5.0 Firefox/133.0", "/atom/")]
+    seen = []
+    for order in (lines, lines[::-1], lines[1::2] + lines[::2]):
+        log = tmp_path / "tie.log"
+        log.write_text("".join(order))
+        rc, out, err = analyze(capsys, str(log), "--format", "json")
+        assert rc == 0, err
+        address = json.loads(out)["top"]["addresses"][0]
+        seen.append((address["agent"], address["kind"]))
+    assert seen == [("tool", "feed")] * 3, seen
+
+
+def test_the_engine_writes_nothing_on_stdout() -> None:
+    # The report goes to stdout without --out; the engine's progress bar (drawn there for a
+    # query of over 2 s, a long log's) must not land in it.
+    con = connect()
+    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
+
+
+def test_before_and_after_the_first_mitigation_split_at_its_millisecond(tmp_path, capsys) -> None:
+    # The lines are grouped as they are read (one row per client, path, decision...), but the
+    # mitigation's "after" still starts at the first mitigation's millisecond, not its second.
+    def line(ms: int, client: str, decision: str = "", origin: float | None = None) -> str:
+        return json.dumps({"time": f"2026-12-05T04:51:16.{ms:03d}Z", "client": client,
+                           "method": "GET", "path": "/", "status": 403 if decision else 200,
+                           "cache": "BYPASS" if decision else "MISS", "origin_ms": origin,
+                           "decision": decision}) + "\n"
+    reader, bot = "127.0.0.5", "127.0.0.66"
+    lines = [line(100, reader, origin=30.0), line(150, bot, origin=30.0),
+             line(200, bot, "block:rule:x"), line(200, reader, origin=30.0),
+             line(250, reader, origin=30.0), line(300, bot, "block:rule:x"),
+             line(900, reader)]
+    log = tmp_path / "ms.log"
+    log.write_text("".join(lines))
+    rc, out, err = analyze(capsys, str(log), "--format", "json")
+    assert rc == 0, err
+    mit = json.loads(out)["mitigation"]
+    assert mit["first"]["mitigation"]["time"] == "2026-12-05T04:51:16.200Z"
+    after = mit["after_mitigation"]
+    assert (after["suspect_requests"], after["suspect_stopped"]) == (2, 2)
+    assert (after["other_requests"], after["origin_requests"]) == (3, 2)  # 200, 250, 900 ms
+    assert mit["suspect_origin_requests"] == 1 and after["suspect_at_origin"] == 0

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import duckdb
 
-from kalkan.analyze.shapes import shaped
-
 MIN_REQUESTS = 5  # fewer requests say too little about a client to place it
 
 # A client's rate: its requests over the time from its first to its last (at least a second).
@@ -32,34 +30,42 @@ RATE_GAP = 3.0  # a rate this many times the next slower client's starts a new c
 
 def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> None:
     """Creates the tables `kinds` (requests per client × route class × query shape) and
-    `clients` (one row per client: counts, prefix, rate, signature, `suspect`)."""
-    con.execute(f"""
-        CREATE OR REPLACE TABLE kinds AS
-        SELECT client, route_class(method, path, qshape) AS route, qshape, sum(n) AS n
-        FROM (SELECT client, method, path, qshape, count(*) AS n
-              FROM ({shaped("log", "client, method, path")}) GROUP BY ALL)
-        GROUP BY ALL""")
+    `clients` (one row per client: counts, prefix, rate, signature, `suspect`), from the
+    table `groups` (load.py)."""
     # (The route is told from the query's shape, which keeps the query's keys: classified once
     # per client, path and shape instead of once per line.)
     con.execute("""
+        CREATE OR REPLACE TABLE kinds AS
+        SELECT client, route_class(method, path, qshape) AS route, qshape, sum(n) AS n
+        FROM groups GROUP BY ALL""")
+    # A client's User-Agent is its most frequent one; of two as frequent, the one it sent
+    # first, then the first in text order (the report must not depend on the engine's
+    # threads).
+    con.execute("""
         CREATE OR REPLACE TABLE clients AS
         WITH base AS (
-          SELECT client, count(*) AS n, min(t) AS first, max(t) AS last,
-                 count_if(outcome IN ('challenge', 'block', 'refused')) AS stopped,
-                 count_if(outcome = 'challenge') AS challenged,
-                 count_if(outcome = 'block') AS blocked,
-                 count_if(outcome = 'refused') AS refused,
-                 count_if(origin) AS at_origin, mode(ua) AS ua
-          FROM log GROUP BY client),
+          SELECT client, sum(n)::BIGINT AS n, min(first) AS first, max(last) AS last,
+                 coalesce(sum(n) FILTER (WHERE outcome IN ('challenge', 'block', 'refused')),
+                          0)::BIGINT AS stopped,
+                 coalesce(sum(n) FILTER (WHERE outcome = 'challenge'), 0)::BIGINT AS challenged,
+                 coalesce(sum(n) FILTER (WHERE outcome = 'block'), 0)::BIGINT AS blocked,
+                 coalesce(sum(n) FILTER (WHERE outcome = 'refused'), 0)::BIGINT AS refused,
+                 coalesce(sum(n) FILTER (WHERE origin), 0)::BIGINT AS at_origin
+          FROM groups GROUP BY client),
+        agent AS (
+          SELECT client, first(ua ORDER BY un DESC, seen, ua) AS ua
+          FROM (SELECT client, ua, sum(n) AS un, min(first) AS seen FROM groups
+                WHERE ua IS NOT NULL GROUP BY ALL)
+          GROUP BY client),
         kind AS (
-          SELECT client, arg_max(route || coalesce(' ' || qshape, ''), kn) AS top_kind,
-                 max(kn) AS top_n
-          FROM (SELECT client, route, qshape, sum(n) AS kn FROM kinds GROUP BY ALL)
+          SELECT client, first(k ORDER BY kn DESC, k) AS top_kind, max(kn) AS top_n
+          FROM (SELECT client, route || coalesce(' ' || qshape, '') AS k, sum(n) AS kn
+                FROM kinds GROUP BY ALL)
           GROUP BY client),
         assets AS (
           SELECT client, sum(n) FILTER (WHERE route = 'asset') AS asset_n
           FROM kinds GROUP BY client)
-        SELECT b.*, prefix_of(b.client) AS prefix, ua_family(b.ua) AS agent,
+        SELECT b.*, agent.ua, prefix_of(b.client) AS prefix, ua_family(agent.ua) AS agent,
                CASE greatest(b.n - b.stopped, b.challenged, b.blocked, b.refused)
                     WHEN b.n - b.stopped THEN 'served' WHEN b.challenged THEN 'challenge'
                     WHEN b.blocked THEN 'block' ELSE 'refused' END AS main_outcome,
@@ -70,6 +76,7 @@ def build(con: duckdb.DuckDBPyConnection, min_requests: int = MIN_REQUESTS) -> N
                     ELSE 'mostly assets' END AS assets,
                b.stopped > 0 AND b.stopped * 2 >= b.n AS suspect
         FROM base b JOIN kind USING (client)
+             LEFT JOIN agent USING (client)
              LEFT JOIN assets USING (client)""")
     # The signature: the four words, then the rate segment among clients with those words.
     con.execute(f"""

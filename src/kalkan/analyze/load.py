@@ -1,5 +1,6 @@
-"""Access-log files into one DuckDB table, `log`: which files (globs, `.gz`), the time window,
-and an error that names the file and line when a file is not Kalkan's JSON lines.
+"""Access-log files into one DuckDB table, `groups`, in one pass over the lines: which files
+(globs, `.gz`), the time window, and an error that names the file and line when a file is not
+Kalkan's JSON lines.
 
 Both forms of a line are read: seconds-only `time` and the millisecond form, with or without
 the optional `query`, `ua`, `referer` and `reason` fields (absent means none).
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from kalkan.analyze.shapes import MACROS
+from kalkan.analyze.shapes import MACROS, shaped
 
 
 class LogError(Exception):
@@ -73,9 +74,12 @@ def parse_time(text: str, what: str) -> int:
 
 def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
-    # The table's rows need no order: every query that depends on one says ORDER BY. Without
-    # this the reader keeps the file's order across its threads, a fifth of the load's CPU.
+    # Nothing needs the file's order (every query that depends on one says ORDER BY); keeping
+    # it across the reader's threads costs CPU.
     con.execute("SET preserve_insertion_order = false")
+    # DuckDB draws a progress bar on stdout for a query that runs over 2 s: it would land in
+    # the JSON or Markdown that `kalkan analyze` writes there.
+    con.execute("SET enable_progress_bar = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     for macro in MACROS:
@@ -85,8 +89,16 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
 
 def load(con: duckdb.DuckDBPyConnection, files: list[str], since: int | None = None,
          until: int | None = None) -> int:
-    """Reads `files` into the table `log` (t = epoch ms, client, method, path, query, status,
-    cache, origin (bool: the origin was asked), decision, ua, outcome); the number of rows."""
+    """Reads `files` into the table `groups`; the number of requests read.
+
+    One row per distinct (client, method, path, qshape, ua, decision, status, cache, origin)
+    with `outcome` (shapes.py), the number of its requests `n`, the first and last one's time
+    (epoch ms) and `times`, every one of its requests' times: each number of the report is a
+    sum over these rows, or (the timeline, the mitigation's before and after) over their
+    times. A flood is a few thousand rows (its random queries are one shape): the engine
+    never stores a row per line, which cost more CPU than reading the JSON did
+    (bench/analyze_speed.py). `qshape` is the query's shape (shapes.py), computed once per
+    line while it is read; the rest once per row of the table."""
     window = []
     if since is not None:
         window.append(f"t >= {int(since)}")
@@ -95,17 +107,23 @@ def load(con: duckdb.DuckDBPyConnection, files: list[str], since: int | None = N
     where = f"WHERE {' AND '.join(window)}" if window else ""
     names = "[" + ", ".join(_sql_string(f) for f in files) + "]"
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+    # (A line without a time is an error here, in the window or not: '' is no time.)
+    lines = f"""(
+          SELECT * FROM (
+            SELECT epoch_ms(strptime(coalesce(time, ''), {_TIME_FORMATS})) AS t,
+                   client, coalesce(method, '') AS method, coalesce(path, '') AS path,
+                   nullif(query, '') AS query, status, coalesce(cache, '') AS cache,
+                   origin_ms IS NOT NULL AS origin, coalesce(decision, '') AS decision, ua
+            FROM read_json({names}, format = 'newline_delimited', columns = {columns})
+          ) {where})"""
+    keys = "client, method, path, qshape, ua, decision, status, cache, origin"
     sql = f"""
-        CREATE OR REPLACE TABLE log AS
-        SELECT * FROM (
-          SELECT epoch_ms(strptime(time, {_TIME_FORMATS})) AS t,
-                 client, coalesce(method, '') AS method, coalesce(path, '') AS path,
-                 nullif(query, '') AS query, status,
-                 coalesce(cache, '') AS cache, origin_ms IS NOT NULL AS origin,
-                 coalesce(decision, '') AS decision, ua,
-                 outcome(coalesce(cache, ''), coalesce(decision, ''), status) AS outcome
-          FROM read_json({names}, format = 'newline_delimited', columns = {columns})
-        ) {where}"""
+        CREATE OR REPLACE TABLE groups AS
+        SELECT * EXCLUDE (cache), outcome(cache, decision, status) AS outcome, len(times) AS n,
+               list_min(times) AS first, list_max(times) AS last
+        FROM (SELECT {keys}, list(t) AS times
+              FROM ({shaped(lines, "t, client, method, path, status, cache, origin, decision, ua")})
+              GROUP BY {keys})"""
     try:
         con.execute(sql)
     except duckdb.Error as exc:
@@ -113,8 +131,8 @@ def load(con: duckdb.DuckDBPyConnection, files: list[str], since: int | None = N
         if problem:
             raise LogError(problem) from exc
         raise LogError(_engine_message(exc)) from exc
-    row = con.execute("SELECT count(*), count_if(t IS NULL OR client IS NULL OR status IS NULL) "
-                      "FROM log").fetchone()
+    row = con.execute("SELECT sum(n), sum(n) FILTER (WHERE client IS NULL OR status IS NULL) "
+                      "FROM groups").fetchone()
     n, incomplete = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
     if incomplete:
         # JSON objects without the fields every line has: another program's log.

@@ -52,13 +52,11 @@ def choose_bucket(span_ms: int) -> int:
     return BUCKETS[-1]
 
 
-def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options,
-          charts: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The report from the loaded table `log` (load.load). `charts`, if given, is handed what
-    the charts show (the timeline, the mitigation and the top prefixes) as soon as that is
-    known, so that they can be drawn while the engine works on the rest."""
+def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options) -> dict[str, Any]:
+    """The report from the loaded table `groups` (load.load)."""
     started = time.perf_counter()
-    row = con.execute("SELECT count(*), min(t), max(t), count_if(origin) FROM log").fetchone()
+    row = con.execute("SELECT sum(n), min(first), max(last), "
+                      "coalesce(sum(n) FILTER (WHERE origin), 0) FROM groups").fetchone()
     assert row is not None
     lines, t0, t1, at_origin = (int(v) for v in row)
     bucket = opts.bucket or choose_bucket(t1 - t0)
@@ -75,20 +73,20 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options,
     since = mitigation["ms"] if mitigation else None
     width = bucket * 1000
     start = t0 - t0 % width
-    # One pass over the lines for the totals, the timeline and the mitigation's before/after:
-    # requests by bucket, after-the-first-mitigation, outcome and whether a suspect sent them.
+    # One pass over the requests' times for the totals, the timeline and the mitigation's
+    # before/after: requests by bucket, after-the-first-mitigation, outcome and whether a
+    # suspect sent them.
     after = f"t >= {int(since)}" if since is not None else "false"
     cells = [(int(b), bool(a), o, bool(s), int(n), int(g)) for b, a, o, s, n, g in con.execute(f"""
-        SELECT (t - {start}) // {width} AS b, {after} AS after, outcome, c.suspect, count(*),
+        SELECT (t - {start}) // {width} AS b, {after} AS after, outcome, suspect, count(*),
                count_if(origin)
-        FROM log JOIN clients c USING (client) GROUP BY ALL""").fetchall()]
+        FROM (SELECT g.outcome, g.origin, c.suspect, unnest(g.times) AS t
+              FROM groups g JOIN clients c USING (client))
+        GROUP BY ALL""").fetchall()]
     report["totals"] = _totals(con, cells, lines, at_origin)
     report["timeline"] = _timeline(cells, start, bucket)
     prefixes = _top_prefixes(con, opts.top, lines or 1)
     mitigation_report = _mitigation(con, cells, first, report["timeline"])
-    if charts is not None:
-        charts({"timeline": report["timeline"], "mitigation": mitigation_report,
-                "top": {"prefixes": prefixes}})
     report["top"] = _tops(con, opts.top, name, prefixes, lines or 1)
     found = clustering.clusters(con, opts.clusters)
     for c in found:
@@ -103,6 +101,11 @@ def build(con: duckdb.DuckDBPyConnection, files: list[str], opts: Options,
     report["mitigation"] = mitigation_report
     report["analysis_seconds"] = round(time.perf_counter() - started, 3)
     return report
+
+
+def _sum_if(condition: str) -> str:
+    """SQL: the requests of the groups where `condition` holds (0 if none)."""
+    return f"coalesce(sum(n) FILTER (WHERE {condition}), 0)::BIGINT"
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
@@ -178,14 +181,14 @@ def _tops(con: duckdb.DuckDBPyConnection, top: int, name: Callable[[str], str],
     for a in addresses:
         a["address"] = name(a["address"])
     agents = rows(f"""
-        SELECT coalesce(ua, '(none)') AS ua, count(*) AS requests,
-               count_if(outcome IN {_STOPPED_SQL}) AS stopped
-        FROM log GROUP BY ALL ORDER BY requests DESC, ua LIMIT {lim}""",
+        SELECT coalesce(ua, '(none)') AS ua, sum(n)::BIGINT AS requests,
+               {_sum_if(f"outcome IN {_STOPPED_SQL}")} AS stopped
+        FROM groups GROUP BY ALL ORDER BY requests DESC, ua LIMIT {lim}""",
                   ("user_agent", "requests", "stopped"))
     paths = rows(f"""
-        SELECT path, count(*) AS requests, count_if(outcome IN {_STOPPED_SQL}) AS stopped,
-               count_if(origin) AS at_origin
-        FROM log GROUP BY ALL ORDER BY requests DESC, path LIMIT {lim}""",
+        SELECT path, sum(n)::BIGINT AS requests, {_sum_if(f"outcome IN {_STOPPED_SQL}")} AS stopped,
+               {_sum_if("origin")} AS at_origin
+        FROM groups GROUP BY ALL ORDER BY requests DESC, path LIMIT {lim}""",
                  ("path", "requests", "stopped", "at_origin"))
     queries = rows(f"""
         SELECT route || ' ' || qshape AS pattern, sum(n)::BIGINT AS requests,
@@ -193,11 +196,11 @@ def _tops(con: duckdb.DuckDBPyConnection, top: int, name: Callable[[str], str],
         FROM kinds WHERE qshape IS NOT NULL GROUP BY ALL
         ORDER BY requests DESC, pattern LIMIT {lim}""", ("pattern", "requests", "clients"))
     statuses = rows("""
-        SELECT status, count(*) AS requests FROM log GROUP BY ALL ORDER BY requests DESC,
-        status LIMIT 20""", ("status", "requests"))
+        SELECT status, sum(n)::BIGINT AS requests FROM groups GROUP BY ALL
+        ORDER BY requests DESC, status LIMIT 20""", ("status", "requests"))
     decisions = rows(f"""
-        SELECT decision, count(*) AS requests, count(DISTINCT client) AS clients
-        FROM log WHERE decision <> '' GROUP BY ALL ORDER BY requests DESC, decision
+        SELECT decision, sum(n)::BIGINT AS requests, count(DISTINCT client) AS clients
+        FROM groups WHERE decision <> '' GROUP BY ALL ORDER BY requests DESC, decision
         LIMIT {lim}""", ("decision", "requests", "clients"))
     return {"prefixes": prefixes, "addresses": addresses, "user_agents": agents,
             "paths": paths, "queries": queries, "statuses": statuses, "decisions": decisions}
@@ -205,9 +208,11 @@ def _tops(con: duckdb.DuckDBPyConnection, top: int, name: Callable[[str], str],
 
 def _first(con: duckdb.DuckDBPyConnection, where: str,
            name: Callable[[str], str]) -> dict[str, Any] | None:
-    # (Ties within a millisecond broken by the row's fields, not by the order rows were read.)
-    row = con.execute(f"SELECT t, decision, client, path FROM log WHERE {where} "
-                      "ORDER BY t, client, path, decision LIMIT 1").fetchone()
+    # The first request by (time, client, path, decision): ties within a millisecond broken by
+    # the request's fields, not by the order lines were read. Within a group all but the time
+    # are one, so its first request is the group's `first`.
+    row = con.execute(f"SELECT first, decision, client, path FROM groups WHERE {where} "
+                      "ORDER BY first, client, path, decision LIMIT 1").fetchone()
     if row is None:
         return None
     return {"time": iso(row[0]), "decision": row[1], "address": name(row[2]), "path": row[3],

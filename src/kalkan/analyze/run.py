@@ -10,15 +10,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from kalkan.analyze import document, html, load, markdown
 from kalkan.analyze import report as reporting
 from kalkan.observe.pseudonym import pseudonymize
-
-if TYPE_CHECKING:
-    from kalkan.analyze.charts import Drawing
 
 
 @dataclass
@@ -33,8 +30,6 @@ class Request:
     top: int = 15
     charts: bool = True
     threads: int | None = None
-    # The charts being drawn while `analyze` runs (charts.Drawing), for `write` to wait for.
-    drawing: Drawing | None = field(default=None, init=False, repr=False)
 
 
 def analyze(req: Request) -> dict[str, Any]:
@@ -48,10 +43,12 @@ def analyze(req: Request) -> dict[str, Any]:
         raise load.LogError("--bucket must be at least 1 second")
     if req.top < 1:
         raise load.LogError("--top must be at least 1")
-    drawing = None
     if req.out is not None and req.format != "json" and req.charts:
-        from kalkan.analyze import charts  # matplotlib: imported only when charts are made
-        drawing = req.drawing = charts.Drawing()
+        try:  # (said before the logs are read, not after)
+            import PIL  # noqa: F401
+        except ImportError as exc:
+            raise load.LogError("the charts need Pillow, part of the analyze extra: pip install "
+                                "'kalkan[analyze]' (or --no-charts)") from exc
     started = time.perf_counter()
     con = load.connect(req.threads)
     try:
@@ -62,12 +59,7 @@ def analyze(req: Request) -> dict[str, Any]:
             key = req.key
             opts.name_address = lambda a: pseudonymize(a, key)
             opts.pseudonymized = True
-        result = reporting.build(con, files, opts,
-                                 charts=drawing.draw if drawing is not None else None)
-    except BaseException:
-        if drawing is not None:
-            drawing.cancel()
-        raise
+        result = reporting.build(con, files, opts)
     finally:
         con.close()
     result["read_seconds"] = round(read, 3)
@@ -97,11 +89,8 @@ def write(req: Request, result: dict[str, Any]) -> list[str]:
         return written
     images: dict[str, bytes] = {}
     if req.charts:
-        if req.drawing is None:  # (a result made by another `analyze` call)
-            from kalkan.analyze import charts
-            images = charts.render(result)
-        else:
-            images = req.drawing.images()
+        from kalkan.analyze import charts  # Pillow: imported only when charts are made
+        images = charts.render(result)
         for name, png in images.items():
             put(f"{name}.png", png)
     doc = [b for b in document.blocks(result, charts=True)
