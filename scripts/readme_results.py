@@ -216,12 +216,22 @@ def lab(d: dict[str, Any]) -> list[str]:
             "![mixed wave timeline](bench/results/lab.mixed.png)", ""]
 
 
+def analyze_speed(d: dict[str, Any]) -> list[str]:
+    lps = d["lines_per_second"]
+    return [f"**`kalkan analyze` speed** ([bench/results/analyze_speed.md]"
+            f"(bench/results/analyze_speed.md), `{d['command']}`): {d['lines']:,} lines, every "
+            f"output (Markdown, HTML, JSON, charts): **{lps['full']:,} lines/s** (target "
+            f"{d['target_lines_per_second']:,}: {'met' if d['target_met'] else '**not met**'}); "
+            f"JSON only {lps['report']:,}; the engine's pass {lps['scan']:,}.", ""]
+
+
 SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale),
             ("connection_memory", connection_memory), ("hit_instructions", hit_instructions),
             ("hit_profile", hit_profile), ("h2", h2),
             ("cache_conformance", conformance),
             ("defense_cost", defense), ("client_memory", clients), ("firewall", firewall),
-            ("lab", lab), ("behaviour-score", behaviour_score))
+            ("lab", lab), ("behaviour-score", behaviour_score),
+            ("analyze_speed", analyze_speed))
 
 
 def main(argv: list[str] | None = None) -> None:
