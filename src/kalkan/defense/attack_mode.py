@@ -156,15 +156,15 @@ class AttackMode:
         # `raise_after` (not one step per `raise_after`: a flood that scores 1 for a second,
         # then 3, is severe after 2 s, not 4).
         above = self._above_since
-        for k in (ELEVATED, ATTACK, SEVERE):
-            if score < k:
-                above[k] = None
-            elif above[k] is None:
-                above[k] = now
         held = PEACE
         for k in (ELEVATED, ATTACK, SEVERE):
             since = above[k]
-            if since is not None and now - since >= c.raise_after:
+            if score < k:
+                above[k] = None
+                continue
+            if since is None:
+                since = above[k] = now
+            if now - since >= c.raise_after:
                 held = k
         if held > self.level:
             self._low_since = None

@@ -353,6 +353,15 @@ class Defense:
     def behaviour_of(self, facts: RequestFacts) -> tuple[float, str] | None:
         """(score, top reasons when bad) of this client, or None (not tracked, or scoring
         off)."""
+        judged = self._judged(facts)
+        if judged is None:
+            return None
+        model, x, score = judged
+        return score, (model.reasons(x) if score >= self.threshold else "")
+
+    def _judged(self, facts: RequestFacts) -> tuple[BehaviourModel, list[float], float] | None:
+        """The model, this client's feature vector and its score; None when scoring is off or
+        the client is not tracked."""
         model = self.model
         if model is None:
             return None
@@ -360,8 +369,7 @@ class Defense:
         if slot < 0:
             return None
         x = self.behaviour.features(self.clients.traits, slot)
-        score = model.score(x)
-        return score, (model.reasons(x) if score >= self.threshold else "")
+        return model, x, model.score(x)
 
     def origin_standing(self, view: RequestView, checked: Verdict) -> int:
         """Who asks the origin, for its gate (asked only when the gate is contended): KNOWN
@@ -374,14 +382,13 @@ class Defense:
             return SUSPECT
         if checked.decision.startswith("allow:"):
             return KNOWN
-        model = self.model
-        if model is None:
+        if self.model is None:
             return KNOWN if checked.has_pass else UNKNOWN
-        slot = self.clients.slot_of(self.facts(view))
-        if slot < 0:
+        judged = self._judged(self.facts(view))
+        if judged is None:
             return UNKNOWN
-        x = self.behaviour.features(self.clients.traits, slot)
-        if model.score(x) >= self.threshold:
+        _, x, score = judged
+        if score >= self.threshold:
             return SUSPECT
         # (Not a pass alone: bots farm them. A reader with one reads like one anyway.)
         return KNOWN if x[_ASSET_SHARE] > 0.0 or x[_REFERRED] > 0.0 else UNKNOWN

@@ -33,8 +33,7 @@ class Filler:
 
     def __init__(self, cache: CacheConfig, store: Store, upstream: OriginClient, misses: Misses,
                  responder: Responder, metrics: Metrics, clock: Clock,
-                 threat: Callable[[], int],
-                 standing: Callable[[Request], int] | None = None) -> None:
+                 threat: Callable[[], int], standing: Callable[[Request], int]) -> None:
         self.cache = cache
         self.store = store
         self.upstream = upstream
@@ -138,7 +137,7 @@ class Filler:
                 headers.append((b"If-Modified-Since", last_modified))
         gone = self._gone(conn, key) if conn is not None else None
         judge = self.standing
-        standing = None if conn is None or judge is None else (lambda: judge(req))
+        standing = None if conn is None else (lambda: judge(req))  # (a refresh: not judged)
         try:
             resp, out.origin_ms = await self.upstream.ask(
                 "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono,
