@@ -156,6 +156,14 @@ def signals(rate: float, queue: int = 0, active: int = 0) -> Signals:
                    origin_latency=0.04, origin_errors=0.0)
 
 
+def steady(mode: AttackMode, t: float, seconds: int, s: Signals) -> float:
+    """Feed `seconds` seconds of the same signals after `t`; the last second's time."""
+    for _ in range(seconds):
+        t += 1
+        mode.update(s, t)
+    return t
+
+
 def test_attack_mode_rises_fast_and_falls_with_hysteresis() -> None:
     mode = AttackMode()
     t = NOW
@@ -170,42 +178,28 @@ def test_attack_mode_rises_fast_and_falls_with_hysteresis() -> None:
     t += 1
     mode.update(signals(100), t)  # one calm second is not enough to stand down
     assert mode.level == ATTACK
-    for _ in range(61):
-        t += 1
-        mode.update(signals(100), t)
+    t = steady(mode, t, 61, signals(100))
     assert mode.level == ELEVATED
-    for _ in range(61):
-        t += 1
-        mode.update(signals(100), t)
+    t = steady(mode, t, 61, signals(100))
     assert mode.level == PEACE
 
 
 def test_the_level_rises_straight_to_what_has_held_not_one_step_at_a_time() -> None:
     mode = AttackMode()
-    t = NOW
-    for _ in range(300):
-        t += 1
-        mode.update(signals(100), t)
-    t += 1
-    mode.update(signals(400, active=4), t)         # 4x: elevated, for one second
+    t = steady(mode, NOW, 300, signals(100))
+    t = steady(mode, t, 1, signals(400, active=4))          # 4x: elevated, for one second
     assert mode.level == PEACE
-    for _ in range(2):                             # then 40x and a drowning gate: severe
-        t += 1
-        mode.update(signals(4000, queue=40, active=4), t)
+    t = steady(mode, t, 2, signals(4000, queue=40, active=4))  # then 40x, a drowning gate
     # Severe has held 1 s (raise_after) since it began: severe now, without first waiting
     # raise_after again at elevated, which it reached a second ago.
     assert mode.level == SEVERE and mode.changes == 2
-    t += 1
-    mode.update(signals(400, active=4), t)         # a calmer second changes nothing yet
+    steady(mode, t, 1, signals(400, active=4))     # a calmer second changes nothing yet
     assert mode.level == SEVERE
 
 
 def test_a_score_that_breaks_off_restarts_its_clock() -> None:
     mode = AttackMode()
-    t = NOW
-    for _ in range(300):
-        t += 1
-        mode.update(signals(100), t)
+    t = steady(mode, NOW, 300, signals(100))
     for spike in (True, False, True, False, True):   # spikes of one second, never held
         t += 1
         mode.update(signals(4000, queue=40, active=4) if spike else signals(100), t)
