@@ -204,9 +204,8 @@ def _stack(draw: ImageDraw.ImageDraw, box: Box, span: tuple[float, float], ymax:
     if not layers:
         return
     n = len(layers[0][0])
-    x, y = _x_of(box, span), _y_of(box, ymax)
-    first, last = span
-    edges = [x(first + (last - first) * i / n) for i in range(n + 1)]
+    y = _y_of(box, ymax)
+    edges = _edges(box, span, n)
     base = [0.0] * n
     for values, colour in layers:
         for i, v in enumerate(values):
@@ -224,13 +223,20 @@ def _steps(draw: ImageDraw.ImageDraw, box: Box, span: tuple[float, float], ymax:
     n = len(values)
     if not n:
         return
-    x, y = _x_of(box, span), _y_of(box, ymax)
-    first, last = span
+    y = _y_of(box, ymax)
+    edges = _edges(box, span, n)
     points: list[tuple[int, int]] = []
     for i, v in enumerate(values):
-        points.append((x(first + (last - first) * i / n), y(v)))
-        points.append((x(first + (last - first) * (i + 1) / n), y(v)))
+        points.append((edges[i], y(v)))
+        points.append((edges[i + 1], y(v)))
     draw.line(points, fill=colour, width=2)
+
+
+def _edges(box: Box, span: tuple[float, float], n: int) -> list[int]:
+    """The x pixel of each of `n` equal buckets' edges across the span (n + 1 of them)."""
+    x = _x_of(box, span)
+    first, last = span
+    return [x(first + (last - first) * i / n) for i in range(n + 1)]
 
 
 def _dashed_v(draw: ImageDraw.ImageDraw, box: Box, span: tuple[float, float], at: float) -> None:
@@ -250,8 +256,14 @@ def _title(draw: ImageDraw.ImageDraw, box: Box, text: str) -> None:
 
 
 def _legend_width(entries: Sequence[tuple[str, str, str]]) -> int:
-    font = _font(11)
-    return sum(26 + round(font.getlength(label)) + 14 for label, _, _ in entries) - 14
+    return sum(_entry_width(label) for label, _, _ in entries) - _LEGEND_GAP
+
+
+_SWATCH, _LEGEND_GAP = 26, 14   # a legend entry: swatch and its space, then the label, a gap
+
+
+def _entry_width(label: str) -> int:
+    return _SWATCH + round(_font(11).getlength(label)) + _LEGEND_GAP
 
 
 def _legend(draw: ImageDraw.ImageDraw, x: int, y: int,
@@ -266,8 +278,8 @@ def _legend(draw: ImageDraw.ImageDraw, x: int, y: int,
         else:
             for dx in (0, 7, 14):
                 draw.line([(x + dx, y + 6), (x + dx + 4, y + 6)], fill=colour)
-        draw.text((x + 26, y + 6), label, font=font, fill=_INK, anchor="lm")
-        x += 26 + round(font.getlength(label)) + 14
+        draw.text((x + _SWATCH, y + 6), label, font=font, fill=_INK, anchor="lm")
+        x += _entry_width(label)
 
 
 def _tick_label(draw: ImageDraw.ImageDraw, x: int, y1: int, text: str) -> None:
