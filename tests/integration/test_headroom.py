@@ -211,6 +211,30 @@ async def test_a_reader_who_leaves_while_queued_never_reaches_the_origin(
     assert "kalkan_gate_client_left_total 1" in await metrics(edge)
 
 
+async def test_a_request_queued_in_peace_is_judged_when_its_turn_comes_under_attack(
+        slow_origin: SlowOrigin, make_edge: EdgeFactory) -> None:
+    # A flood's first requests queue for the origin before the threat level rises; when their
+    # turn comes the level has risen, and the defence is asked then (here, with behaviour
+    # scoring off, every client without a pass meets the challenge under attack).
+    edge = await make_edge(slow_origin.url, origin={"max_concurrency": 1},
+                           defense={"enabled": True, "behaviour": False})
+    port = port_of(edge)
+    first = asyncio.ensure_future(fetch(port, "/d700/first"))
+    await until(lambda: slow_origin.seen == ["/d700/first"])
+    queued = await _queued_behind(edge, slow_origin, "/queued")
+    await attack(edge)
+    try:
+        resp = await queued.read_response()
+    finally:
+        await queued.close()
+    assert resp.status == 403   # the challenge page
+    assert (await first).status == 200
+    assert slow_origin.seen == ["/d700/first"]   # the queued request never reached it
+    line = next(e for e in access_log(edge) if e["path"] == "/queued")
+    assert line["decision"] == "challenge:attack_mode"
+    assert 'kalkan_origin_requests_total{outcome="rejudged"} 1' in await metrics(edge)
+
+
 async def test_an_http2_stream_reset_while_queued_never_reaches_the_origin(
         slow_origin: SlowOrigin, make_edge: EdgeFactory, tmp_path: Path) -> None:
     ca = trustme.CA()

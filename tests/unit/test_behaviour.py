@@ -17,7 +17,7 @@ from kalkan.defense.attack_mode import ATTACK, ELEVATED, PEACE, AttackMode, Sign
 from kalkan.defense.behaviour import FEATURES, WIDTH, Behaviour, new_rows
 from kalkan.defense.challenge.tokens import COOKIE_KEY, POW, issue_pass, ua_digest
 from kalkan.defense.clients import ClientTable
-from kalkan.defense.engine import Defense
+from kalkan.defense.engine import Bucket, Defense, same_site
 from kalkan.defense.facts import RequestFacts, RouteClassifier, address_facts
 from kalkan.defense.null import NullDefense
 from kalkan.defense.score import BehaviourModel, ModelError
@@ -207,6 +207,87 @@ def test_under_attack_only_a_bad_scored_client_is_challenged_before_a_miss(
     assert defense.before_origin(feed, defense.check(feed)).action is Action.REFUSE
 
 
+def test_a_bad_score_from_a_page_of_the_site_has_a_small_shared_budget(
+        defense: Defense) -> None:
+    # A reader who lands, fetches the assets and searches from that page at once can score
+    # like a bot; with the site's page as Referer it gets a few misses from a budget all such
+    # clients share, then the challenge as before.
+    defense.attack.set_mode("on", 1000.0)
+    rng = random.Random(11)
+    client = "198.51.100.70"
+    for path in ("/", *ASSETS):
+        defense.check(View(path, client=client))
+    verdicts = []
+    for _ in range(16):
+        view = View("/search", client=client, query=f"s={rng.random()}",
+                    referer=b"https://news.example/")
+        checked = defense.check(view)   # (the policy's search rate has its say first)
+        verdicts.append(checked if checked.action is not Action.ALLOW
+                        else defense.before_origin(view, checked))
+    budget = [v.decision for v in verdicts if v.decision == "referred:behaviour_budget"]
+    assert 1 <= len(budget) <= 10   # (the first searches score good: no budget needed)
+    assert verdicts[-1].action is Action.CHALLENGE
+    defense._referred_misses = Bucket(0.0, 0.0)   # spent (say, by bots forging the Referer)
+    view = View("/search", client="198.51.100.71", query="s=1", referer=b"https://news.example/")
+    for path in ("/", *ASSETS, "/search"):
+        defense.check(View(path, client="198.51.100.71", query="s=2" if path == "/search" else ""))
+    for _ in range(8):
+        defense.check(View("/search", client="198.51.100.71", query=f"s={rng.random()}"))
+    verdict = defense.before_origin(view, ALLOWED)
+    assert verdict.action is Action.CHALLENGE
+
+
+def test_a_bot_on_a_readers_address_is_judged_apart_from_the_reader(defense: Defense) -> None:
+    # CGNAT: a reader and a bot share one address. Each agent on a shared address has its own
+    # row (the reader's starts from the address's history), so the bot's searches bring it the
+    # challenge and the reader's next page does not.
+    defense.attack.set_mode("on", 1000.0)
+    rng = random.Random(9)
+    client, reader_ua, bot_ua = "198.51.100.60", b"Mozilla/5.0 (Reader)", b"Mozilla/5.0 (Bot 1)"
+    for path in ("/", *ASSETS, ARTICLES[3], *ASSETS[:2]):
+        defense.check(View(path, client=client, user_agent=reader_ua,
+                           referer=b"https://news.example/"))
+    for _ in range(6):
+        bot_view = View("/search", client=client, query=f"s={rng.random()}", user_agent=bot_ua)
+        checked = defense.check(bot_view)
+    verdict = defense.before_origin(bot_view, checked)
+    assert verdict.action is Action.CHALLENGE and verdict.decision.startswith(
+        "challenge:behaviour:")
+    view = View(ARTICLES[5], client=client, user_agent=reader_ua,
+                referer=b"https://news.example/")
+    assert defense.before_origin(view, defense.check(view)) is ALLOWED
+
+
+def test_a_wave_of_newcomers_costing_the_origin_proves_itself(defense: Defense) -> None:
+    # Bots imitating readers: each new identity reads a page and its assets, then searches once.
+    # One by one they look like readers; together they are a wave: beyond a small budget,
+    # newcomers meet the challenge before their first miss (a pass lets them through).
+    defense.attack.set_mode("on", 1000.0)
+    verdicts = []
+    for i in range(12):
+        client = f"203.0.113.{i + 1}"
+        for path in ("/", *ASSETS):
+            defense.check(View(path, client=client, referer=b"https://news.example/"))
+        view = View("/search", client=client, query="s=som")
+        verdicts.append(defense.before_origin(view, defense.check(view)))
+    assert verdicts[:5] == [ALLOWED] * 5
+    assert all(v.action is Action.CHALLENGE and v.decision == "challenge:newcomer"
+               for v in verdicts[5:])
+    assert defense.newcomers.waves == 1 and defense.newcomers.refused == 7
+    # A newcomer's search sent from the site's own page (its search form) reads on.
+    for path in ("/", *ASSETS):
+        defense.check(View(path, client="203.0.113.40", referer=b"https://news.example/"))
+    view = View("/search", client="203.0.113.40", query="s=som",
+                referer=b"https://news.example/news/story-1/")
+    assert defense.before_origin(view, defense.check(view)) is ALLOWED
+    facts = defense.facts(view)
+    token = issue_pass(defense.challenges.keys, facts.prefix, ua_digest("Mozilla/5.0"), POW,
+                       time.time(), 3600)
+    view = View("/search", client="203.0.113.12", query="s=som",
+                cookie=COOKIE_KEY + token.encode())
+    assert defense.before_origin(view, defense.check(view)) is ALLOWED
+
+
 def test_a_pass_buys_a_few_misses_when_behaviour_scores_bad_then_the_challenge_again(
         defense: Defense) -> None:
     # A reader whose searches brought on the challenge solves it: the page it asked for comes,
@@ -297,3 +378,12 @@ def test_bad_behaviour_raises_it_and_then_the_origin_strain_counts() -> None:
     for t in range(10):
         mode2.update(_second(1000, 8, True), float(t))
     assert mode2.level == ATTACK  # a few bad clients, and the origin is drowning
+
+
+@pytest.mark.parametrize(("referer", "same"), [
+    (b"https://news.example/news/story-1/", True), (b"http://news.example", True),
+    (b"https://news.example:8443/x", True), (b"https://news.example.evil.test/", False),
+    (b"https://evil.test/?news.example", False), (b"news.example/", False), (None, False),
+])
+def test_same_site_reads_the_referers_host(referer: bytes | None, same: bool) -> None:
+    assert same_site(referer, "news.example") is same

@@ -77,7 +77,7 @@ def _popcount(bits: int) -> int:
     return bits.bit_count()
 
 
-def _ua_mark(user_agent: str) -> float:
+def agent_mark(user_agent: str) -> float:
     """A cheap fingerprint of a User-Agent (length and two characters): rotating agents
     differ in it; a collision only hides a change."""
     n = len(user_agent)
@@ -153,7 +153,7 @@ class Behaviour:
                     new_path += w
                     paths = bit if _popcount(paths) >= _SKETCH_FULL else paths | bit
             sketches_f = float(paths | (queries << _BUCKETS))
-        mark = _ua_mark(user_agent)
+        mark = agent_mark(user_agent)
         if ua_mark != mark:
             if ua_mark != 0.0:
                 ua_changes += w

@@ -48,6 +48,7 @@ _MAX_FAILURES = 0xFFFF
 _UNRESOLVED = -2            # prefix slot not looked up yet
 _PREFIX_FP_MEMO = 16384     # prefixes whose fingerprint is remembered
 _HOT_MAX = 16384            # recent clients whose slot is remembered by their address text
+_AGENT_SHARE = 4            # at most one agent row per this many addresses (shared ones are few)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class _Slots:
         self.zero_traits = array("d", bytes(8 * trait_width))
         self.n = 0                                  # slots handed out (the ones in use are < n)
         self.count = 0                              # slots holding a client
+        self.inserted = 0                           # clients added since start
         self.free: list[int] = []
         self.evictions = 0
         self._evict_cursor = 0
@@ -201,6 +203,7 @@ class _Slots:
         if tw:
             self.traits[slot * tw:slot * tw + tw] = self.zero_traits
         self.count += 1
+        self.inserted += 1
         return slot
 
     def _victim(self) -> int:
@@ -302,6 +305,10 @@ class ClientTable:
         self._salt = int.from_bytes(salt, "little")
         self._addr = _Slots(capacity, True, trait_width)
         self._pre = _Slots(prefix_capacity or capacity, False)
+        # Behaviour rows of one User-Agent on an address that several use (CGNAT, a bot on a
+        # reader's address): keyed by the address's fingerprint and the agent's mark.
+        self._agents = _Slots(max(1, capacity // _AGENT_SHARE), False, trait_width) \
+            if trait_width else None
         # meter id -> (meter, counts per address?, offset in its table's rows, TAT - now
         # beyond which the client is over)
         self._meters: dict[str, tuple[Meter, bool, int, float]] = {}
@@ -473,6 +480,26 @@ class ClientTable:
         return self._addr.traits
 
     @property
+    def agent_traits(self) -> array[float]:
+        """The behaviour rows of agents on shared addresses (see `agent_slot`)."""
+        return self._agents.traits if self._agents is not None else array("d")
+
+    def agent_slot(self, slot: int, mark: float, now: float, create: bool) -> tuple[int, bool]:
+        """(row, created) of the agent whose User-Agent mark is `mark` on the address in `slot`;
+        (-1, False) when it has none and `create` is false (or behaviour is not kept)."""
+        agents = self._agents
+        if agents is None:
+            return -1, False
+        fp = hash((self._addr.fps[slot], mark)) or 1   # keyed: the address's fingerprint is
+        g = agents.find(fp)
+        if g >= 0:
+            agents.last[g] = trunc(now)
+            return g, False
+        if not create:
+            return -1, False
+        return agents.get(fp, trunc(now)), True
+
+    @property
     def last_slot(self) -> int:
         """The address slot the latest `hit()` counted."""
         return self._last_a
@@ -587,6 +614,8 @@ class ClientTable:
         if older_than <= 0:
             return 0
         removed = self._addr.expire(older_than, budget) + self._pre.expire(older_than, budget)
+        if self._agents is not None:
+            self._agents.expire(older_than, budget)
         if removed:
             self._forget()
         return removed
@@ -599,6 +628,11 @@ class ClientTable:
     def __len__(self) -> int:
         """Addresses tracked."""
         return self._addr.count
+
+    @property
+    def arrivals(self) -> int:
+        """Addresses added since start (new ones, and returning ones that had been dropped)."""
+        return self._addr.inserted
 
     @property
     def prefixes(self) -> int:
@@ -614,7 +648,9 @@ class ClientTable:
         """Bytes held by both tables' arrays plus the bounded recent-client cache."""
         # ~150 B per cache entry: its share of the dict, the tuple and its three integers
         hot = sys.getsizeof(self._hot) + 150 * len(self._hot)
-        return self._addr.memory_bytes() + self._pre.memory_bytes() + hot + sys.getsizeof(self)
+        agents = self._agents.memory_bytes() if self._agents is not None else 0
+        return self._addr.memory_bytes() + self._pre.memory_bytes() + agents + hot \
+            + sys.getsizeof(self)
 
     def stats(self) -> dict[str, int]:
         """Counts for metrics: addresses, prefixes, evictions, memory."""

@@ -20,6 +20,7 @@ import threading
 import time
 from array import array
 from collections import Counter
+from math import trunc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,13 +28,14 @@ from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
-from kalkan.defense.behaviour import FEATURES, WIDTH, Behaviour
+from kalkan.defense.behaviour import FEATURES, UA_CHANGES, UA_MARK, WIDTH, Behaviour, N, agent_mark
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.challenge.tokens import COOKIE_KEY
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.decisions import SEVERITY, Decision, Decisions
 from kalkan.defense.facts import (
+    ASSET,
     CHALLENGE,
     FEED,
     PAGE,
@@ -43,6 +45,7 @@ from kalkan.defense.facts import (
     link_preview,
 )
 from kalkan.defense.loudest import loudest
+from kalkan.defense.newcomers import NewcomerWave
 from kalkan.defense.passes import PassUsage
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.score import BehaviourModel, ModelError
@@ -63,6 +66,12 @@ _RECENT = 4096       # slots of the latest requests, sampled once a second for t
 _SCORED_PER_TICK = 512  # distinct clients scored per tick at most (the loop must not stall)
 # The features that say a client reads like a browser: it fetched a page's assets, or followed
 # the site's own links.
+# An address is shared (CGNAT, a bot on a reader's address) when more than this share of its
+# recent requests changed User-Agent; then each agent on it gets its own behaviour row, and is
+# judged by it once it holds this many (decayed) requests.
+_SHARED = 0.02
+_AGENT_HISTORY = 3.0
+_YOUNG_AGENT = -2
 _ASSET_SHARE = FEATURES.index("asset_share")
 _REFERRED = FEATURES.index("referred")
 # Misses under attack that link previews may cost the origin, all previews together: real
@@ -73,6 +82,9 @@ _PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST = 5.0, 20.0
 # challenge again, in a loop), and a few more; a bot flooding on a farmed or shared pass gets
 # no more than that per pass, then the challenge (a new proof of work) again.
 _PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
+# Misses under attack for bad-scored clients that read like a browser and ask from one of the
+# site's pages (a search right after landing), all such clients together.
+_REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST = 1.0, 10.0
 _PASS_BUDGETS = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
 
 
@@ -110,6 +122,21 @@ _BUSY = _static_refusal(503, b"120", b"The site is under heavy load and serves o
                                      b"has cached. Please retry in a few minutes.\n")
 
 
+def same_site(referer: bytes | None, host: str) -> bool:
+    """Whether the Referer names a page of this host (scheme://host[:port]/...)."""
+    if not referer:
+        return False
+    rest = referer[8:] if referer.startswith(b"https://") else \
+        referer[7:] if referer.startswith(b"http://") else None
+    if rest is None:
+        return False
+    name = host.encode("latin-1")
+    if not rest.startswith(name):
+        return False
+    end = rest[len(name):len(name) + 1]
+    return end in (b"", b"/", b":", b"?", b"#")
+
+
 class Defense:
     """Who gets through: owns the client table, policy, decisions, challenges, attack mode."""
 
@@ -133,6 +160,9 @@ class Defense:
         self.bad_requests = 0.0   # the last tick's estimate, for the dashboard
         self._preview_misses = Bucket(_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST)
         self._pass_misses: dict[str, Bucket] = {}
+        self._referred_misses = Bucket(_REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST)
+        self.newcomers = NewcomerWave()
+        self._arrivals = 0        # the client table's arrivals at the last tick
         self.decisions = Decisions(state / "decisions.json")
         self.decisions_loaded = self.decisions.load(time.time())
         self.keys = KeyRing.load_or_create(Path(config.key_file) if config.key_file
@@ -176,6 +206,11 @@ class Defense:
         m.gauge("kalkan_bad_behaviour_requests", "Requests in the last second from clients whose "
                 "behaviour scores bad (estimated from a sample; 0 when behaviour scoring is off).",
                 lambda: self.bad_requests)
+        m.counter("kalkan_newcomer_waves_total", "Waves of new clients costing the origin under "
+                  "attack (each made newcomers prove themselves before a miss).",
+                  lambda: self.newcomers.waves)
+        m.counter("kalkan_newcomers_challenged_total", "Misses of new clients challenged during "
+                  "a newcomer wave.", lambda: self.newcomers.refused)
         m.gauge("kalkan_decisions_standing", "Standing decisions.", lambda: len(self.decisions))
         m.gauge("kalkan_clients_tracked", "Client addresses tracked.", lambda: len(self.clients))
         if firewall is not None:
@@ -332,12 +367,47 @@ class Defense:
         if facts.route == PAGE:
             ref = view.referer
             referred = ref is not None and facts.host.encode("latin-1") in ref
-        self.behaviour.observe(self.clients.traits, slot, now, facts.route, facts.method,
-                               facts.path, facts.query, facts.user_agent, referred, n)
+        traits = self.clients.traits
+        ua = facts.user_agent
+        mark = agent_mark(ua)
+        before = traits[slot * WIDTH + UA_MARK]
+        if before != mark and before != 0.0:
+            self._agent_changed(traits, slot, before, now)
+        self.behaviour.observe(traits, slot, now, facts.route, facts.method, facts.path,
+                               facts.query, ua, referred, n)
+        if traits[slot * WIDTH + UA_CHANGES] > _SHARED * traits[slot * WIDTH + N]:
+            # A shared address: each agent on it also has its own row, judged on its own.
+            g, _ = self.clients.agent_slot(slot, mark, now, True)
+            if g >= 0:
+                self.behaviour.observe(self.clients.agent_traits, g, now, facts.route,
+                                       facts.method, facts.path, facts.query, ua, referred, n)
         self._observed += n
         at = self._recent_at
         self._recent[at] = slot
         self._recent_at = at + 1 if at + 1 < _RECENT else 0
+
+    def _agent_changed(self, traits: array[float], slot: int, before: float, now: float) -> None:
+        """Another User-Agent on this address: the address's row so far is the previous
+        agent's history (all of it, the first time), so that agent starts its own row from it
+        rather than from nothing: a reader whose address a bot starts using keeps its past."""
+        g, created = self.clients.agent_slot(slot, before, now, True)
+        if created:
+            rows = self.clients.agent_traits
+            rows[g * WIDTH:(g + 1) * WIDTH] = traits[slot * WIDTH:(slot + 1) * WIDTH]
+
+    def _agent_of(self, slot: int, user_agent: str) -> int:
+        """The agent row of this User-Agent when the address in `slot` is shared and the agent
+        has a row with some history; -1 when the address is not shared (its row speaks for
+        it); _YOUNG_AGENT when it is and this agent is new on it (too young to judge alone: a
+        bot rotating agents is judged by the address's row, and counts as a newcomer)."""
+        traits = self.clients.traits
+        base = slot * WIDTH
+        if not traits[base + UA_CHANGES] > _SHARED * traits[base + N]:
+            return -1
+        g, _ = self.clients.agent_slot(slot, agent_mark(user_agent), 0.0, False)
+        if g < 0 or self.clients.agent_traits[g * WIDTH + N] < _AGENT_HISTORY:
+            return _YOUNG_AGENT
+        return g
 
     def answered(self, view: RequestView, status: int, origin: bool) -> None:
         """What the answer to an allowed request cost: a 4xx, a trip to the origin."""
@@ -349,6 +419,11 @@ class Defense:
         slot = self.clients.recent_slot(view.client, parsed[1])
         if slot >= 0:
             self.behaviour.outcome(self.clients.traits, slot, status, origin)
+            if origin or 400 <= status < 500:
+                ua = view.user_agent
+                g = self._agent_of(slot, ua.decode("latin-1") if ua is not None else "")
+                if g >= 0:
+                    self.behaviour.outcome(self.clients.agent_traits, g, status, origin)
 
     def behaviour_of(self, facts: RequestFacts) -> tuple[float, str] | None:
         """(score, top reasons when bad) of this client, or None (not tracked, or scoring
@@ -368,7 +443,9 @@ class Defense:
         slot = self.clients.slot_of(facts)
         if slot < 0:
             return None
-        x = self.behaviour.features(self.clients.traits, slot)
+        g = self._agent_of(slot, facts.user_agent)
+        x = self.behaviour.features(self.clients.agent_traits, g) if g >= 0 else \
+            self.behaviour.features(self.clients.traits, slot)
         return model, x, model.score(x)
 
     def origin_standing(self, view: RequestView, checked: Verdict) -> int:
@@ -417,7 +494,8 @@ class Defense:
 
     def before_origin(self, view: RequestView, checked: Verdict) -> Verdict:
         """On a cache miss under attack: clients whose behaviour scores bad (with behaviour
-        scoring off: all clients without a pass) pass a challenge before the origin.
+        scoring off: all clients without a pass) pass a challenge before the origin, and so do
+        clients first seen during a wave of newcomers that cost the origin (defense/newcomers.py).
 
         `checked` is what `check` said about this request. Feeds, robots.txt, sitemaps and the
         like are refused instead (503, Retry-After): a real one is served from the cache, fresh
@@ -440,19 +518,45 @@ class Defense:
         # A pass proves a browser solved a challenge once, not how it behaves since: a bot
         # that farms passes (or shares one) and floods misses scores bad like any other.
         # Only a client behaving like a bot proves itself first; readers read on.
-        judged = self.behaviour_of(facts)
-        if judged is None or judged[0] < self.threshold:
-            return ALLOWED
+        judged = self._judged(facts)
+        now = time.time()
+        referred = same_site(view.referer, facts.host)
+        if judged is None or judged[2] < self.threshold:
+            if checked.has_pass or referred or facts.route == ASSET or \
+                    self.newcomers.admit(facts.client, self._first_seen(facts, now), now):
+                # (A request sent from one of the site's pages, a form or a link, is a
+                # reader's: a newcomer's burst of misses is not, and neither are bots so far.
+                # An asset is cheap for the origin, and a query string cannot bust it.)
+                return ALLOWED
+            # A newcomer during a wave of them (defense/newcomers.py): it proves itself once.
+            why = "newcomer"
+        else:
+            model, x, _ = judged
+            why = f"behaviour:{model.reasons(x)}"
+            if referred and x[_ASSET_SHARE] > 0.0 and self._referred_misses.take(now):
+                # A browser that fetched a page's assets and searches from that page at once
+                # can score like an imitating bot; a few such misses for all clients together
+                # spare it the challenge (a bot that forges the Referer only drains them).
+                return self._allowed("referred:behaviour_budget", False)
         if facts.route == PAGE and link_preview(facts.user_agent):
             # A shared link's preview cannot solve a challenge: it gets the page (cached or
             # stale copies were served before this is asked). Anyone can claim to be one, so
             # all previews together have a small budget of misses; beyond it, a 503.
-            if self._preview_misses.take(time.time()):
+            if self._preview_misses.take(now):
                 return self._allowed("allow:link_preview", False)
             return self._refuse(_BUSY, "link_preview")
-        if checked.has_pass and self._pass_buys_miss(facts, time.time()):
+        if checked.has_pass and self._pass_buys_miss(facts, now):
             return self._allowed("pass:behaviour_budget", True)
-        return self._apply("challenge", f"behaviour:{judged[1]}", view, facts, time.time())
+        return self._apply("challenge", why, view, facts, now)
+
+    def _first_seen(self, facts: RequestFacts, now: float) -> int:
+        """When this client was first seen (whole seconds): its address's, or now for an agent
+        new on a shared address (a bot starting on a reader's address is a newcomer there)."""
+        slot = self.clients.slot_of(facts)
+        if slot < 0 or self._agent_of(slot, facts.user_agent) == _YOUNG_AGENT:
+            return trunc(now)
+        seen = self.clients.seen(facts)
+        return seen[0] if seen is not None else trunc(now)
 
     def _pass_buys_miss(self, facts: RequestFacts, now: float) -> bool:
         """Does this request's pass still have a miss in its budget (_PASS_MISSES_*)?"""
@@ -548,6 +652,9 @@ class Defense:
             gate_limit=gate_limit, origin_latency=secs / n if n > 0 else 0.0,
             origin_errors=errs / (n + errs) if n + errs > 0 else 0.0, bad_requests=bad,
             behaviour=self.model is not None), now)
+        arrivals = self.clients.arrivals
+        self.newcomers.tick(now, arrivals - self._arrivals)
+        self._arrivals = arrivals
         self.decisions.expire(now)
         self.clients.expire(now)
         if self._dirty and now - self._last_save >= 2.0:

@@ -37,6 +37,11 @@ UNCACHEABLE_MEMORY = 30.0   # seconds a key that was not storable skips coalesci
 CAP_FROM_LEVEL = 1
 
 
+class Rejudged(Exception):
+    """A request that waited for an origin slot was answered otherwise once it got one (the
+    threat level rose while it waited, and the defence challenged it): nothing to fetch."""
+
+
 class Maintenance(OriginError):
     """Maintenance mode: the origin is not asked (cached pages are still served)."""
 
@@ -120,13 +125,17 @@ class OriginClient:
                   body: BodyStream | None, chunked: bool, mono: float, kind: str = MISS,
                   gone: Callable[[], bool] | None = None, out: Noted | None = None,
                   slot_held: bool = False, standing: Callable[[], int] | None = None,
+                  admit: Callable[[], bool] | None = None,
                   ) -> tuple[UpstreamResponse, float]:
         """One exchange; returns the response (head read, body to stream) and its latency in
         ms. Raises BreakerOpen, GateFull or OriginError, all counted; ConnectionGone when
         `gone` said the client left while the request waited for a slot (`out` then notes it,
         as it does when the waiting request is cancelled). `slot_held`: the caller already holds a
         slot of this kind (a deferred refresh given one by the gate). `standing`: who asks, on
-        the gate's scale (origin.KNOWN ...), asked only when the gate is contended."""
+        the gate's scale (origin.KNOWN ...), asked only when the gate is contended. `admit`:
+        asked once the slot is granted (the wait may have been long, and the threat level may
+        have risen meanwhile); False when the request was answered otherwise (a challenge):
+        Rejudged is raised and the slot goes to the next waiter."""
         metrics = self.metrics
         gate = self.gate
         if self.maintenance or not self.breaker.allow(mono):
@@ -156,6 +165,10 @@ class OriginClient:
                     metrics.origin_requests["client_left"] += 1
                     client_left(out)
                 raise
+        if admit is not None and not admit():
+            gate.release(kind, open_slot)
+            metrics.origin_requests["rejudged"] += 1
+            raise Rejudged()
         t0 = time.monotonic()
         try:
             resp = await self.pool.request(method, target, headers, body, chunked=chunked)

@@ -15,7 +15,7 @@ from kalkan.edge import cache_flow as flow
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_flow import RequestView, Step
 from kalkan.edge.deliver import Outcome, Responder, discard, set_cookie_fields
-from kalkan.edge.fetch import Misses, OriginClient, failure_status
+from kalkan.edge.fetch import Misses, OriginClient, Rejudged, failure_status
 from kalkan.edge.forward import upstream_headers
 from kalkan.edge.listener import Clock
 from kalkan.edge.origin import MISS, REFRESH, GateFull, OriginError, UpstreamResponse
@@ -28,12 +28,26 @@ if TYPE_CHECKING:
     from kalkan.edge.connection import HttpConnection
 
 
+def judged_again(threat: Callable[[], int],
+                 rejudge: Callable[[Request, HttpConnection, Outcome], bool],
+                 req: Request, conn: HttpConnection, out: Outcome) -> Callable[[], bool]:
+    """For OriginClient.ask's `admit`: once a slot is granted, is the request still let
+    through? The defence is asked again only if the threat level rose since now (a flood's
+    first requests queue before the level rises; their turn comes when it has)."""
+    level = threat()
+
+    def admit() -> bool:
+        return threat() <= level or not rejudge(req, conn, out)
+    return admit
+
+
 class Filler:
     """Fills the cache from the origin for the pipeline's GET/HEAD misses."""
 
     def __init__(self, cache: CacheConfig, store: Store, upstream: OriginClient, misses: Misses,
                  responder: Responder, metrics: Metrics, clock: Clock,
-                 threat: Callable[[], int], standing: Callable[[Request], int]) -> None:
+                 threat: Callable[[], int], standing: Callable[[Request], int],
+                 rejudge: Callable[[Request, HttpConnection, Outcome], bool]) -> None:
         self.cache = cache
         self.store = store
         self.upstream = upstream
@@ -43,6 +57,9 @@ class Filler:
         self.clock = clock
         self.threat = threat  # the defence's threat level now (grace grows with it)
         self.standing = standing  # who asks, for the origin gate (defence.origin_standing)
+        # Ask the defence again (True: it answered, a challenge): for a reader whose request
+        # waited for an origin slot while the threat level rose.
+        self.rejudge = rejudge
         # Refreshes waiting for an origin slot under attack; the gate offers them its free slots.
         self.deferred: HotRefreshes[tuple[Request, RequestView]] = \
             HotRefreshes(upstream.gate.queue_timeout)
@@ -137,14 +154,19 @@ class Filler:
                 headers.append((b"If-Modified-Since", last_modified))
         gone = self._gone(conn, key) if conn is not None else None
         judge = self.standing
-        standing = None if conn is None else (lambda: judge(req))  # (a refresh: not judged)
+        standing = admit = None   # (a refresh: not judged)
+        if conn is not None:
+            standing = lambda: judge(req)  # noqa: E731
+            admit = judged_again(self.threat, self.rejudge, req, conn, out)
         try:
             resp, out.origin_ms = await self.upstream.ask(
                 "GET", req.cache_target.encode("latin-1"), headers, None, False, self.clock.mono,
-                MISS if conn is not None else REFRESH, gone, out, slot_held, standing)
+                MISS if conn is not None else REFRESH, gone, out, slot_held, standing, admit)
         except (GateFull, OriginError) as exc:
             await self._origin_failed(req, view, conn, stale, exc, out)
             return None
+        except Rejudged:
+            return None   # the defence answered it (those waiting on it fetch for themselves)
         try:
             resp_dict = policy.combine_headers(resp.headers)
             now = self.clock.now

@@ -23,8 +23,8 @@ from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_flow import RequestView, Step
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.deliver import Outcome, Responder
-from kalkan.edge.fetch import Misses, OriginClient, failure_status
-from kalkan.edge.fill import Filler
+from kalkan.edge.fetch import Misses, OriginClient, Rejudged, failure_status
+from kalkan.edge.fill import Filler, judged_again
 from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
 from kalkan.edge.listener import Clock
 from kalkan.edge.origin import PASS, GateFull, OriginError, UpstreamResponse
@@ -83,7 +83,7 @@ class Pipeline:
         self._defended = config.defense.enabled  # else the null defence: nothing to ask
         self.fill = Filler(cc, self.store, self.upstream, self.misses, self.responder,
                            self.metrics, self.clock, lambda: self.defense.threat_level,
-                           lambda r: standing(self.defense, r))
+                           lambda r: standing(self.defense, r), self._challenged)
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
                                   self.respond_now, self._credentialed, self._defended)
         self._tarpitted = 0
@@ -314,28 +314,22 @@ class Pipeline:
         try:
             resp, out.origin_ms = await self.upstream.ask(
                 req.method, req.target, headers, req.body, req.chunked, self.clock.mono, PASS,
-                conn.client_gone, out, standing=lambda: standing(self.defense, req))
+                conn.client_gone, out, standing=lambda: standing(self.defense, req),
+                admit=judged_again(self.fill.threat, self._challenged, req, conn, out))
         except (GateFull, OriginError) as exc:
             kind, extra = failure_status(exc)
             return self.responder.error(req, conn, out, kind, extra)
+        except Rejudged:  # challenged when its turn came: the threat level rose meanwhile
+            return None
         if not forwarded_as_framed(req):
             resp.keep_alive = False  # the origin may still wait for body bytes: never reuse
         try:
             if req.method not in _CACHEABLE_METHODS and 200 <= resp.status < 300:
                 # Only a change the origin confirmed evicts: anyone can send a POST.
-                self._invalidate(req, resp)
+                _invalidate(self.store, self.query_policy, req, resp)
             await self.responder.relay(req, conn, resp, out, "BYPASS")
         finally:
             resp.release()
-
-    def _invalidate(self, req: Request, resp: UpstreamResponse) -> None:
-        targets = policy.invalidated_targets(req.method, resp.status, req.target.decode("latin-1"),
-                                             policy.combine_headers(resp.headers), req.host)
-        for t in targets:
-            path, _, query = t.partition("?")
-            self.store.remove(cache_key("GET", req.host,
-                                        normalize_target(path, query, self.query_policy),
-                                        scheme=req.scheme))
 
     # -- purge ----------------------------------------------------------------------------------
     def purge(self, url: str | None) -> int:
@@ -349,6 +343,17 @@ class Pipeline:
             raise ValueError(f"purge needs a full URL like http://host/path, got {url!r}")
         target = normalize_target(parts.path or "/", parts.query, self.query_policy)
         return self.store.remove(cache_key("GET", parts.netloc, target, scheme=parts.scheme))
+
+
+def _invalidate(store: Store, query_policy: QueryPolicy, req: Request,
+                resp: UpstreamResponse) -> None:
+    """Evict what a successful unsafe request changed (RFC 9111 §4.4)."""
+    targets = policy.invalidated_targets(req.method, resp.status, req.target.decode("latin-1"),
+                                         policy.combine_headers(resp.headers), req.host)
+    for t in targets:
+        path, _, query = t.partition("?")
+        store.remove(cache_key("GET", req.host, normalize_target(path, query, query_policy),
+                               scheme=req.scheme))
 
 
 async def _read_small(req: Request, limit: int) -> bytes:
