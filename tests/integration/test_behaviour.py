@@ -40,7 +40,7 @@ class Browser:
 
     async def read(self, path: str) -> None:
         body = await self.get(path)
-        self.referer = f"http://127.0.0.1:{self.port}{path}"
+        self.referer = f"http://news.example{path}"   # (the Host it sends)
         for asset in dict.fromkeys(_ASSET.findall(body)):
             await self.get(asset.decode())
 

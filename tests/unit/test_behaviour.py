@@ -210,8 +210,8 @@ def test_under_attack_only_a_bad_scored_client_is_challenged_before_a_miss(
 def test_a_bad_score_from_a_page_of_the_site_has_a_small_shared_budget(
         defense: Defense) -> None:
     # A reader who lands, fetches the assets and searches from that page at once can score
-    # like a bot; with the site's page as Referer it gets a few misses from a budget all such
-    # clients share, then the challenge as before.
+    # like a bot; with the site's page as Referer it gets one miss a minute from a budget all
+    # such clients share, then the challenge as before.
     defense.attack.set_mode("on", 1000.0)
     rng = random.Random(11)
     client = "198.51.100.70"
@@ -225,7 +225,7 @@ def test_a_bad_score_from_a_page_of_the_site_has_a_small_shared_budget(
         verdicts.append(checked if checked.action is not Action.ALLOW
                         else defense.before_origin(view, checked))
     budget = [v.decision for v in verdicts if v.decision == "referred:behaviour_budget"]
-    assert 1 <= len(budget) <= 10   # (the first searches score good: no budget needed)
+    assert len(budget) == 1   # one a minute per client (the first searches score good)
     assert verdicts[-1].action is Action.CHALLENGE
     defense._referred_misses = Bucket(0.0, 0.0)   # spent (say, by bots forging the Referer)
     view = View("/search", client="198.51.100.71", query="s=1", referer=b"https://news.example/")
@@ -235,6 +235,24 @@ def test_a_bad_score_from_a_page_of_the_site_has_a_small_shared_budget(
         defense.check(View("/search", client="198.51.100.71", query=f"s={rng.random()}"))
     verdict = defense.before_origin(view, ALLOWED)
     assert verdict.action is Action.CHALLENGE
+
+
+def test_a_loud_prefix_challenges_its_bots_and_not_a_reader_known_in_it(
+        defense: Defense) -> None:
+    # CGNAT: a botnet's searches push a /24 over the policy's per-prefix search rate. A reader
+    # in the same /24 who reads like a browser and scores good searches on; the bots do not.
+    rng = random.Random(12)
+    reader = "198.51.100.200"
+    for path in ("/", *ASSETS, ARTICLES[2]):
+        defense.check(View(path, client=reader, referer=b"https://news.example/"))
+    for i in range(210):
+        defense.check(View("/search", client=f"198.51.100.{i % 40 + 1}",
+                           query=f"s={rng.random()}"))
+    bot = defense.check(View("/search", client="198.51.100.41", query="s=x"))
+    assert bot.action is Action.CHALLENGE and bot.decision == "challenge:rule:search-prefix"
+    verdict = defense.check(View("/search", client=reader, query="s=election",
+                                 referer=b"https://news.example/"))
+    assert verdict.action is Action.ALLOW and verdict.decision == "known:search-prefix"
 
 
 def test_a_bot_on_a_readers_address_is_judged_apart_from_the_reader(defense: Defense) -> None:
@@ -250,6 +268,9 @@ def test_a_bot_on_a_readers_address_is_judged_apart_from_the_reader(defense: Def
     for _ in range(6):
         bot_view = View("/search", client=client, query=f"s={rng.random()}", user_agent=bot_ua)
         checked = defense.check(bot_view)
+    slot = defense.clients.slot_of(defense.facts(bot_view))
+    assert defense._agent_of(slot, bot_ua.decode()) >= 0      # judged by its own row
+    assert defense._agent_of(slot, reader_ua.decode()) >= 0   # (the reader's: its history)
     verdict = defense.before_origin(bot_view, checked)
     assert verdict.action is Action.CHALLENGE and verdict.decision.startswith(
         "challenge:behaviour:")

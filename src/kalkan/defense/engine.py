@@ -85,6 +85,7 @@ _PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
 # Misses under attack for bad-scored clients that read like a browser and ask from one of the
 # site's pages (a search right after landing), all such clients together.
 _REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST = 1.0, 10.0
+_REFERRED_EVERY = 60.0   # seconds between two such misses of one client
 _PASS_BUDGETS = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
 
 
@@ -120,6 +121,12 @@ _SLOW_DOWN = _static_refusal(429, b"60", b"Too many requests from this address. 
                                          b"in a minute.\n")
 _BUSY = _static_refusal(503, b"120", b"The site is under heavy load and serves only what it "
                                      b"has cached. Please retry in a few minutes.\n")
+
+
+def _reads(x: list[float]) -> bool:
+    """A feature vector of a client that reads like a browser: it fetched a page's assets, or
+    followed the site's links."""
+    return x[_ASSET_SHARE] > 0.0 or x[_REFERRED] > 0.0
 
 
 def same_site(referer: bytes | None, host: str) -> bool:
@@ -161,6 +168,7 @@ class Defense:
         self._preview_misses = Bucket(_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST)
         self._pass_misses: dict[str, Bucket] = {}
         self._referred_misses = Bucket(_REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST)
+        self._referred_last: dict[str, float] = {}   # client + agent -> its last referred miss
         self.newcomers = NewcomerWave()
         self._arrivals = 0        # the client table's arrivals at the last tick
         self.decisions = Decisions(state / "decisions.json")
@@ -335,6 +343,11 @@ class Defense:
         if verdict is not None and verdict.action not in ("log", "allow"):
             if verdict.action == "challenge" and has_pass:
                 return self._allowed(f"pass:{verdict.rule}", True)
+            if verdict.action == "challenge" and verdict.rule in self.policy.prefix_rated \
+                    and self._known_reader(facts):
+                # A loud prefix (CGNAT: readers share it with bots) is no reason to challenge
+                # a client who reads like a browser and scores good.
+                return self._allowed(f"known:{verdict.rule}", False)
             if verdict.ttl:
                 target = facts.client if verdict.scope == "address" else facts.prefix
                 why = f"rule {verdict.rule}: {verdict.reason}"
@@ -464,11 +477,15 @@ class Defense:
         judged = self._judged(self.facts(view))
         if judged is None:
             return UNKNOWN
-        _, x, score = judged
-        if score >= self.threshold:
+        if judged[2] >= self.threshold:
             return SUSPECT
         # (Not a pass alone: bots farm them. A reader with one reads like one anyway.)
-        return KNOWN if x[_ASSET_SHARE] > 0.0 or x[_REFERRED] > 0.0 else UNKNOWN
+        return KNOWN if _reads(judged[1]) else UNKNOWN
+
+    def _known_reader(self, facts: RequestFacts) -> bool:
+        """Does this client score good and read like a browser (see origin_standing)?"""
+        judged = self._judged(facts)
+        return judged is not None and judged[2] < self.threshold and _reads(judged[1])
 
     def _bad_share(self) -> float:
         """Of the latest requests (up to _RECENT), the share sent by clients scoring bad; each
@@ -523,7 +540,7 @@ class Defense:
         referred = same_site(view.referer, facts.host)
         if judged is None or judged[2] < self.threshold:
             if checked.has_pass or referred or facts.route == ASSET or \
-                    self.newcomers.admit(facts.client, self._first_seen(facts, now), now):
+                    self.newcomers.admit(self._first_seen(facts, now), now):
                 # (A request sent from one of the site's pages, a form or a link, is a
                 # reader's: a newcomer's burst of misses is not, and neither are bots so far.
                 # An asset is cheap for the origin, and a query string cannot bust it.)
@@ -533,10 +550,11 @@ class Defense:
         else:
             model, x, _ = judged
             why = f"behaviour:{model.reasons(x)}"
-            if referred and x[_ASSET_SHARE] > 0.0 and self._referred_misses.take(now):
+            if referred and x[_ASSET_SHARE] > 0.0 and self._referred_miss(facts, now):
                 # A browser that fetched a page's assets and searches from that page at once
-                # can score like an imitating bot; a few such misses for all clients together
-                # spare it the challenge (a bot that forges the Referer only drains them).
+                # can score like an imitating bot: one such miss a minute per client, a few
+                # for all together, spare it the challenge (a bot forging the Referer gets
+                # one, then drains the rest).
                 return self._allowed("referred:behaviour_budget", False)
         if facts.route == PAGE and link_preview(facts.user_agent):
             # A shared link's preview cannot solve a challenge: it gets the page (cached or
@@ -548,6 +566,17 @@ class Defense:
         if checked.has_pass and self._pass_buys_miss(facts, now):
             return self._allowed("pass:behaviour_budget", True)
         return self._apply("challenge", why, view, facts, now)
+
+    def _referred_miss(self, facts: RequestFacts, now: float) -> bool:
+        """Does this bad-scored client still have its referred miss (_REFERRED_*)?"""
+        last = self._referred_last
+        key = f"{facts.client} {facts.user_agent}"
+        if now - last.get(key, 0.0) < _REFERRED_EVERY or not self._referred_misses.take(now):
+            return False
+        if len(last) >= _PASS_BUDGETS:
+            last.clear()
+        last[key] = now
+        return True
 
     def _first_seen(self, facts: RequestFacts, now: float) -> int:
         """When this client was first seen (whole seconds): its address's, or now for an agent

@@ -15,8 +15,8 @@ from typing import Final
 
 # A client is a newcomer for this long after it was first seen.
 YOUNG: Final = 60.0
-# Newcomers that may cost the origin before a wave is declared: real readers arriving during an
-# attack and asking for an uncached page at once are a few a minute on a small site.
+# Misses newcomers may cost the origin together before a wave is declared: real readers arriving
+# during an attack land on a page (later pages come by links, with a Referer): a few a minute.
 RATE: Final = 1.0
 BURST: Final = 5.0
 # A wave ends when no newcomer of it has asked for the origin for this long.
@@ -25,16 +25,14 @@ CALM: Final = 60.0
 # times the usual (a moving average of calm seconds).
 SURGE_MIN: Final = 20
 SURGE_FACTOR: Final = 5.0
-_ADMITTED_MAX: Final = 8192   # newcomers remembered as let in
 
 
 class NewcomerWave:
     """A token bucket for newcomers' misses under attack, and the wave it detects.
 
-    `admit(client, first_seen, now)` for a miss of a client whose behaviour does not score bad
-    and who holds no pass: False means it proves itself first. The bucket counts clients, not
-    misses: a newcomer let in once is let in again (a page's uncached images follow it). Once
-    the bucket runs dry, the wave
+    `admit(first_seen, now)` for a miss of a client whose behaviour does not score bad and who
+    holds no pass (nor came from one of the site's pages, nor asks for an asset: the caller
+    lets those through): False means it proves itself first. Once the bucket runs dry, the wave
     has begun: clients first seen since then are refused, those first seen before are let
     through without drawing on the bucket. It began when the surge of new addresses that
     brought it began (`tick` counts arrivals each second), or else in the current second: a
@@ -55,7 +53,6 @@ class NewcomerWave:
         self.surge_since: int | None = None  # start of the current (or latest) surge
         self.surge_end = 0.0                 # when the latest surge ended (0: going on)
         self._last_tick = 0.0
-        self._admitted: dict[str, None] = {}  # newcomers let in (by client), insertion order
 
     def tick(self, now: float, arrivals: int) -> None:
         """Once a second: the new addresses seen since the previous tick."""
@@ -77,7 +74,7 @@ class NewcomerWave:
             return since
         return trunc(now)
 
-    def admit(self, client: str, first_seen: int, now: float) -> bool:
+    def admit(self, first_seen: int, now: float) -> bool:
         if now - first_seen > self.young:
             return True                      # no newcomer: its history speaks for it
         wave = self.wave_since
@@ -85,17 +82,11 @@ class NewcomerWave:
             wave = self.wave_since = None
         if wave is not None and first_seen < wave:
             return True                      # it was reading before the wave began
-        admitted = self._admitted
-        if client in admitted:
-            return True                      # let in once: its page's other misses follow
         if wave is None:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
             if self.tokens >= 1.0:
                 self.tokens -= 1.0
-                if len(admitted) >= _ADMITTED_MAX:
-                    admitted.clear()         # (bounded; the forgotten are past `young` anyway)
-                admitted[client] = None
                 return True
             self.wave_since = self._began(now)
             self.waves += 1

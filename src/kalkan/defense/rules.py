@@ -355,6 +355,7 @@ class Rule:
     routes: frozenset[str] | None  # the rule's `route` condition, used to skip it early
     line: int
     address_rate: bool = False    # needs a per-address rate: cannot match a quiet client
+    prefix_rate: bool = False     # its rates are all per prefix: it judges a neighbourhood
     needs_claim: bool = False     # needs a crawler user agent: cannot match a browser
 
 
@@ -433,9 +434,10 @@ class _Compiler:
         self.meters: dict[str, Meter] = {}
 
     def match(self, node: yaml.Node, key: str
-              ) -> tuple[tuple[Check, ...], frozenset[str] | None, bool, bool]:
+              ) -> tuple[tuple[Check, ...], frozenset[str] | None, bool, bool, bool]:
         """(checks cheapest first, the `route` condition, whether the rule needs a per-address
-        rate to be over, whether it needs a user agent that claims a crawler)."""
+        rate to be over, whether it needs a user agent that claims a crawler, whether its rate
+        conditions are all per prefix)."""
         doc = self.doc
         fields = doc.mapping(node, key, _MATCH_KEYS)
         checks: list[tuple[int, Check]] = []
@@ -459,7 +461,8 @@ class _Compiler:
             if name in fields:
                 want = doc.value(fields[name][1])
                 needs_claim |= want is not False       # true or a list of names
-        return tuple(c for _, c in checks), routes, address_rate, needs_claim
+        return tuple(c for _, c in checks), routes, address_rate, needs_claim, \
+            "rate" in fields and not address_rate
 
     # Each _c_NAME(node, key) returns one check for the match key NAME.
 
@@ -646,7 +649,7 @@ class _Compiler:
         return lambda f, c, now: c.failures(f, now) > limit
 
     def _c_not(self, node: yaml.Node, key: str) -> Check:
-        checks, _, _, _ = self.match(node, key)
+        checks, *_ = self.match(node, key)
         return lambda f, c, now: not all(check(f, c, now) for check in checks)
 
     # -- rules and thresholds ---------------------------------------------------------------
@@ -679,17 +682,17 @@ class _Compiler:
             else ADDRESS
         checks: tuple[Check, ...] = ()
         routes = None
-        address_rate = needs_claim = False
+        address_rate = needs_claim = prefix_rate = False
         if "match" in fields:
-            checks, routes, address_rate, needs_claim = self.match(fields["match"][1],
-                                                                   f"{key}.match")
+            checks, routes, address_rate, needs_claim, prefix_rate = self.match(
+                fields["match"][1], f"{key}.match")
         verdict = None
         if action in TERMINAL:
             verdict = Verdict(action, name, reason, ttl, scope)
         elif action == LOG:
             verdict = Verdict(LOG, name, reason, None, scope)
         return Rule(name, checks, action, weight, verdict, routes, node.start_mark.line + 1,
-                    address_rate, needs_claim)
+                    address_rate=address_rate, prefix_rate=prefix_rate, needs_claim=needs_claim)
 
     def threshold(self, node: yaml.Node, key: str) -> Threshold:
         doc = self.doc
@@ -732,6 +735,8 @@ class Policy:
         self.routes = routes
         self.source = source
         self.classifier = RouteClassifier(routes + DEFAULT_ROUTES)
+        # Rules that judge a network prefix by its rates alone (CGNAT puts readers in it too).
+        self.prefix_rated = frozenset(r.name for r in self.rules if r.prefix_rate)
         # Rules that can apply to each route class, in order; rules with a `route` condition
         # are left out of the other classes, so a page request never looks at login rules.
         # Four variants per class drop what cannot match the common cases: rules needing a
