@@ -10,9 +10,11 @@ Kalkan runs pinned to core 1 with wrk on core 0, in two configurations that diff
 ``defense.enabled``; both trust ``X-Forwarded-For`` from 127.0.0.1 (``client_address.
 trusted_proxies: ["127.0.0.1/32"]``), keep the access log and metrics on, and serve the cached
 20 KB page ``/bench/20k``. wrk sends the readers load (``bench/wrk/readers.lua``: every request
-its own browser User-Agent, headers and cookie) with ``xff=100000``: the forwarded address
-cycles through 100,000 distinct ones, so the defence tracks, meters and checks 100,000 clients
-and a new User-Agent on nearly every request. Every run starts Kalkan fresh (an empty client
+its own cookie, and a browser's User-Agent and headers) with ``xff=100000``: the forwarded
+address cycles through 100,000 distinct ones, so the defence tracks, meters and checks 100,000
+clients, each keeping its browser as a reader does (until 2026-12-05 each request drew a new
+User-Agent, which made every address look shared by many browsers: the defence now keeps a
+behaviour row per agent on such addresses). Every run starts Kalkan fresh (an empty client
 table), warms it up with the same load, and the two configurations are interleaved and
 repeated. A run in which the defence refused or challenged readers (any non-2xx) is reported:
 its req/s would measure refusals, not the defence's cost on readers.

@@ -63,10 +63,13 @@ _UAS = (
 def readers_requests(n: int, xff: bool = False, start: int = 0) -> list[bytes]:
     """`n` requests for /bench/20k, each with its own User-Agent and cookie; with `xff`, each
     also with an X-Forwarded-For address, cycling through CLIENTS of them (in 100.64.0.0/10)
-    from the `start`th request on."""
+    from the `start`th request on, and each client keeps its User-Agent (a reader's browser
+    does: a client whose agent changed at every request would look like one address shared
+    by many browsers, or a bot rotating agents)."""
     out = []
     for i in range(start, start + n):
-        ua = _UAS[i % 3].format(i % 9000, i // 7 % 300)
+        u = i % CLIENTS if xff else i
+        ua = _UAS[u % 3].format(u % 9000, u // 7 % 300)
         fwd = ""
         if xff:
             a = 100 * 2**24 + 64 * 2**16 + (i % CLIENTS) * 37 % 2**22

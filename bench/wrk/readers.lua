@@ -8,7 +8,8 @@
 -- per-request counter goes into the cookie, so no two requests are byte-identical (an edge
 -- that remembers request bytes gets no repeats). With `xff=N` every request also carries an
 -- X-Forwarded-For address, cycling through N distinct ones (in 100.64.0.0/10, the carrier-grade NAT range,
--- spread over many /24s); an edge that trusts 127.0.0.1 sees N clients.
+-- spread over many /24s); an edge that trusts 127.0.0.1 sees N clients, and each client keeps
+-- its browser (User-Agent and the headers that go with it), as a reader does.
 -- wrk does not connect anywhere but the URL; the forwarded addresses are only header text.
 
 -- {prefix, suffix, lowest major, highest major, style}: the version is built between prefix
@@ -132,9 +133,23 @@ local function user_agent(t)
   return t[1] .. major .. "." .. random(0, 9) .. "." .. random(0, 99) .. t[2]
 end
 
+local client_t, client_ua = {}, {}   -- with xff: each client's browser, kept (its template, UA)
+
 request = function()
   n = n + 1
-  local t = templates[random(#templates)]
+  local k = xff and (n % #xff + 1)
+  local t, ua
+  if k then
+    t = client_t[k]
+    if not t then
+      t = templates[random(#templates)]
+      client_t[k], client_ua[k] = t, user_agent(t)
+    end
+    ua = client_ua[k]
+  else
+    t = templates[random(#templates)]
+    ua = user_agent(t)
+  end
   local style = t[5]
   local accept, extra
   if style == "chrome" then
@@ -154,13 +169,13 @@ request = function()
                  (1700000000 + n * 256 + me) .. "; _gid=GA1.2." .. random(100000000, 999999999) ..
                  "." .. random(1700000000, 1799999999) .. "; theme=" .. themes[random(3)] .. "\r\n"
   return head ..
-    "User-Agent: " .. user_agent(t) .. "\r\n" ..
+    "User-Agent: " .. ua .. "\r\n" ..
     "Accept: " .. accept .. "\r\n" ..
     "Accept-Language: " .. languages[random(#languages)] .. "\r\n" ..
     "Accept-Encoding: gzip, deflate, br\r\n" ..
     referers[random(#referers)] ..
     extra ..
     cookie ..
-    (xff and xff[n % #xff + 1] or "") ..
+    (k and xff[k] or "") ..
     "Connection: keep-alive\r\n\r\n"
 end

@@ -60,6 +60,9 @@ FEATURES = ("volume", "page_share", "asset_share", "costly_share", "new_queries"
 """The feature vector's names, in order (the model file names them too: a mismatch is refused)."""
 
 HALF_LIFE: Final = 60.0             # seconds: how fast a client's past fades
+# An address is shared (CGNAT, a bot on a reader's address) when more than this share of its
+# recent requests changed User-Agent (defense/engine.py then keeps a row per agent on it too).
+SHARED: Final = 0.02
 _GAP_ALPHA: Final = 0.25            # weight of the latest gap in the running mean and variance
 _NO_GAP: Final = -10.0              # gap features of a client with one request (no gap yet)
 _BUCKETS: Final = 26                # per sketch: two of them fit a float's 53-bit mantissa
@@ -98,8 +101,14 @@ class Behaviour:
         self._rate = log(2.0) / half_life
 
     def observe(self, rows: array[float], slot: int, now: float, route: str, method: str,
-                path: str, query: str, user_agent: str, referred: bool, n: int = 1) -> None:
-        """Count one request (or `n` identical ones) of the client in `slot`."""
+                path: str, query: str, user_agent: str, referred: bool, n: int = 1,
+                before: array[float] | None = None) -> float:
+        """Count one request (or `n` identical ones) of the client in `slot`.
+
+        Returns what it tells of the address: the previous agent's User-Agent mark when this
+        request's agent is another (and then, if `before` is given, the row as it was before
+        this request is written to it), -1.0 when several agents share it lately (more than
+        SHARED of its requests changed agent), else 0.0."""
         # The row is read and written whole (struct, two C calls): element by element, each
         # array access is a generic item lookup plus a float box in compiled code, and those
         # were 12,000 instructions a request (callgrind), against about 3,000 this way.
@@ -154,13 +163,20 @@ class Behaviour:
                     paths = bit if _popcount(paths) >= _SKETCH_FULL else paths | bit
             sketches_f = float(paths | (queries << _BUCKETS))
         mark = agent_mark(user_agent)
+        said = 0.0
         if ua_mark != mark:
             if ua_mark != 0.0:
                 ua_changes += w
+                said = ua_mark
+                if before is not None:
+                    _ROW.pack_into(before, 0, *row)
             ua_mark = mark
         _ROW.pack_into(rows, offset, t_last, t_ref, total, pages, assets, costly, new_query,
                        new_path, errors, origin, ua_changes, refs, gap_mean, gap_var,
                        sketches_f, ua_mark)
+        if said == 0.0 and ua_changes > SHARED * total:
+            said = -1.0
+        return said
 
     def outcome(self, rows: array[float], slot: int, status: int, origin: bool) -> None:
         """What its latest request cost: a 4xx answer, a trip to the origin."""

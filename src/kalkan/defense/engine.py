@@ -28,7 +28,16 @@ from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
-from kalkan.defense.behaviour import FEATURES, UA_CHANGES, UA_MARK, WIDTH, Behaviour, N, agent_mark
+from kalkan.defense.behaviour import (
+    FEATURES,
+    SHARED,
+    UA_CHANGES,
+    WIDTH,
+    Behaviour,
+    N,
+    agent_mark,
+    new_rows,
+)
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.challenge.tokens import COOKIE_KEY
@@ -66,10 +75,8 @@ _RECENT = 4096       # slots of the latest requests, sampled once a second for t
 _SCORED_PER_TICK = 512  # distinct clients scored per tick at most (the loop must not stall)
 # The features that say a client reads like a browser: it fetched a page's assets, or followed
 # the site's own links.
-# An address is shared (CGNAT, a bot on a reader's address) when more than this share of its
-# recent requests changed User-Agent; then each agent on it gets its own behaviour row, and is
-# judged by it once it holds this many (decayed) requests.
-_SHARED = 0.02
+# On a shared address (behaviour.SHARED) each agent gets its own behaviour row, and is judged
+# by it once it holds this many (decayed) requests.
 _AGENT_HISTORY = 3.0
 _YOUNG_AGENT = -2
 _ASSET_SHARE = FEATURES.index("asset_share")
@@ -163,6 +170,7 @@ class Defense:
         # Slots of the latest requests (a ring): the tick scores who sent them.
         self._recent = array("i", [-1]) * _RECENT
         self._recent_at = 0
+        self._before = new_rows(1)   # a row as it was before its agent changed (see _observe)
         self._observed = 0        # requests whose behaviour was counted since the last tick
         self.bad_requests = 0.0   # the last tick's estimate, for the dashboard
         self._preview_misses = Bucket(_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST)
@@ -380,33 +388,28 @@ class Defense:
         if facts.route == PAGE:
             ref = view.referer
             referred = ref is not None and facts.host.encode("latin-1") in ref
-        traits = self.clients.traits
         ua = facts.user_agent
-        mark = agent_mark(ua)
-        before = traits[slot * WIDTH + UA_MARK]
-        if before != mark and before != 0.0:
-            self._agent_changed(traits, slot, before, now)
-        self.behaviour.observe(traits, slot, now, facts.route, facts.method, facts.path,
-                               facts.query, ua, referred, n)
-        if traits[slot * WIDTH + UA_CHANGES] > _SHARED * traits[slot * WIDTH + N]:
+        said = self.behaviour.observe(self.clients.traits, slot, now, facts.route,
+                                      facts.method, facts.path, facts.query, ua, referred, n,
+                                      self._before)
+        if said != 0.0:
             # A shared address: each agent on it also has its own row, judged on its own.
-            g, _ = self.clients.agent_slot(slot, mark, now, True)
+            clients = self.clients
+            if said > 0.0:
+                # Another agent: the address's row so far is the previous agent's history
+                # (all of it, the first time), so that agent starts its own row from it: a
+                # reader whose address a bot starts using keeps its past.
+                g, created = clients.agent_slot(slot, said, now, True)
+                if created:
+                    clients.agent_traits[g * WIDTH:(g + 1) * WIDTH] = self._before
+            g, _ = clients.agent_slot(slot, agent_mark(ua), now, True)
             if g >= 0:
-                self.behaviour.observe(self.clients.agent_traits, g, now, facts.route,
+                self.behaviour.observe(clients.agent_traits, g, now, facts.route,
                                        facts.method, facts.path, facts.query, ua, referred, n)
         self._observed += n
         at = self._recent_at
         self._recent[at] = slot
         self._recent_at = at + 1 if at + 1 < _RECENT else 0
-
-    def _agent_changed(self, traits: array[float], slot: int, before: float, now: float) -> None:
-        """Another User-Agent on this address: the address's row so far is the previous
-        agent's history (all of it, the first time), so that agent starts its own row from it
-        rather than from nothing: a reader whose address a bot starts using keeps its past."""
-        g, created = self.clients.agent_slot(slot, before, now, True)
-        if created:
-            rows = self.clients.agent_traits
-            rows[g * WIDTH:(g + 1) * WIDTH] = traits[slot * WIDTH:(slot + 1) * WIDTH]
 
     def _agent_of(self, slot: int, user_agent: str) -> int:
         """The agent row of this User-Agent when the address in `slot` is shared and the agent
@@ -415,7 +418,7 @@ class Defense:
         bot rotating agents is judged by the address's row, and counts as a newcomer)."""
         traits = self.clients.traits
         base = slot * WIDTH
-        if not traits[base + UA_CHANGES] > _SHARED * traits[base + N]:
+        if not traits[base + UA_CHANGES] > SHARED * traits[base + N]:
             return -1
         g, _ = self.clients.agent_slot(slot, agent_mark(user_agent), 0.0, False)
         if g < 0 or self.clients.agent_traits[g * WIDTH + N] < _AGENT_HISTORY:
