@@ -4,6 +4,7 @@ canonicalization, as pure functions of a `Request` that raise `BadRequest`."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from kalkan.edge.request import Request
 
@@ -25,8 +26,8 @@ class BadRequest(Exception):
 _HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=%:[]")
 # Host values seen lately → (canonical name, port or None); bounded, any client can send any Host.
-_HOSTS: dict[bytes, tuple[str, int | None]] = {}
-_DEFAULT_PORT = {"http": 80, "https": 443}
+_HOSTS: Final[dict[bytes, tuple[str, int | None]]] = {}
+_DEFAULT_PORT: Final = {"http": 80, "https": 443}
 # Fields a Connection header may not make us drop: the edge frames and routes by them itself.
 _NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                              # the connection options themselves, not fields to remove
@@ -147,18 +148,18 @@ def _conditional(req: Request, value: bytes) -> None:
 
 
 # The fields the edge notes, by lowercase name → a code: the commonest first (`note_coded`).
-_CODES: dict[bytes, int] = {
+_CODES: Final[dict[bytes, int]] = {
     b"host": 1, b"user-agent": 2, b"cookie": 3, b"connection": 4, b"referer": 5,
     b"x-forwarded-for": 6, b"content-length": 7, b"transfer-encoding": 8, b"expect": 9,
     b"authorization": 10, b"if-none-match": 11, b"if-modified-since": 11,
 }
-_BY_CODE: tuple[Noter, ...] = (
+_BY_CODE: Final[tuple[Noter, ...]] = (
     _host, _user_agent, _cookie, _connection, _referer, _forwarded_for, _content_length,
     _transfer_encoding, _expect, _authorization, _conditional)
 NOTERS: dict[bytes, Noter] = {name: _BY_CODE[code - 1] for name, code in _CODES.items()}
 # Field names as clients spell them → their code, or 0 for a field the edge does not note.
 # Browsers send a few dozen spellings: looked up once each instead of lower-cased per request.
-NOTER_BY_SPELLING: dict[bytes, int] = {}
+NOTER_BY_SPELLING: Final[dict[bytes, int]] = {}  # (Final: see reader.py)
 
 
 def note_coded(req: Request, code: int, value: bytes) -> None:
@@ -194,7 +195,7 @@ def note_field(req: Request, name: bytes, value: bytes) -> None:
         noter(req, value)
 
 
-PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
+PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
                                b"Upgrade"})
 
 
@@ -263,7 +264,7 @@ def check_method(req: Request) -> None:
 
 
 # Origin-form targets seen lately → (path, query); bounded, any client can send any target.
-_TARGETS: dict[bytes, tuple[str, str]] = {}
+_TARGETS: Final[dict[bytes, tuple[str, str]]] = {}
 
 
 def parse_target(req: Request, target: bytes) -> None:

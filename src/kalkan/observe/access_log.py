@@ -21,7 +21,7 @@ from kalkan.observe.pseudonym import pseudonymize
 
 # Entries in each memo of line parts (a news site's readers ask for a few hundred pages at a time;
 # a flood of random URLs only clears them).
-_MEMO_LIMIT = 1024
+_MEMO_LIMIT: Final = 1024
 
 
 def _js(value: str) -> str:
@@ -67,13 +67,13 @@ def _js_escaped(value: bytes) -> str:
 # "999" (whole milliseconds, and tenths below 10). (mypyc turns an f-string with a format spec into
 # a str.format call that parses the whole line's template every time: that was most of a line's
 # cost.)
-_DIGITS3 = tuple(f"{i:03d}" for i in range(1000))
-_DIGITS2 = tuple(f"{i:02d}" for i in range(100))
-_WHOLE = tuple(str(i) for i in range(1000))
+_DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
+_DIGITS2: Final = tuple(f"{i:02d}" for i in range(100))
+_WHOLE: Final = tuple(str(i) for i in range(1000))
 
 
 # "0.00" to "9.99": a hit's total_ms, looked up (see `_hundredths`).
-_HUNDREDTHS = tuple(f"{i // 100}.{i % 100:02d}" for i in range(1000))
+_HUNDREDTHS: Final = tuple(f"{i // 100}.{i % 100:02d}" for i in range(1000))
 
 
 def _hundredths(value: float) -> str:
@@ -96,7 +96,7 @@ def _decimals(value: float, places: int) -> str:
 # event loop, and every request in flight waits for it: 4,096 lines (a megabyte) stalled it for
 # several milliseconds, ten times a second under load: most of a cache hit's p99 (8.2 ms then,
 # 3.2 ms at 64 lines, 2.5-2.9 ms with no log at all; readers load, 64 connections).
-_FLUSH_LINES = 64
+_FLUSH_LINES: Final = 64
 
 
 class AccessLog:
