@@ -8,8 +8,8 @@ read, or refused, is `HttpConnection`'s (edge/connection.py).
 
 from __future__ import annotations
 
+import time
 from enum import IntEnum
-from time import monotonic
 from typing import TYPE_CHECKING, Final
 
 import httptools
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from kalkan.config import LimitsConfig
     from kalkan.edge.listener import Clock, Listener
 
+_monotonic: Final = time.monotonic  # called from a C static, compiled: no lookup per request
 SLICE: Final = 4096  # bytes of request heads parsed at a time (see `RequestReader._parse`)
 LINGER_TIME = 2.0  # seconds input is still read (and dropped) after a last error response
 
@@ -356,7 +357,7 @@ class RequestReader:
         target = req.target = self._url
         req.version, self._line = _version(self._line, len(method) + 1 + len(target), parser), None
         req.keep_alive = parser.should_keep_alive()
-        req.started = monotonic()
+        req.started = _monotonic()
         # The checks below run only for the requests they could refuse.
         if req.version != "1.1" or req.method not in _PLAIN_METHODS:
             check_method(req)
