@@ -531,6 +531,29 @@ async def test_http10_keep_alive_stays_open_and_plain_http10_closes() -> None:
     assert len(rig.answers()) == 2 and rig.t.closed
 
 
+async def test_each_request_has_its_own_version_wherever_it_starts() -> None:
+    """The version is read from a request line at the start of a read when there is one (the
+    parser is asked otherwise): pipelined requests of both versions, a line over two reads, a
+    blank line before a request, and a body whose bytes look like a request line all keep the
+    version the parser read."""
+    rig = Rig()
+    hidden = b"GET /x HTTP/1.1\r\n"
+    rig.feed(get("/a") + get("/b", b"Connection: keep-alive\r\n", b"1.0") + get("/c"))
+    rig.feed(get("/d", b"Connection: keep-alive\r\n", b"1.0") + get("/e"))
+    rig.feed(b"GET /f HT")
+    rig.feed(b"TP/1.0\r\nHost: news.test\r\nConnection: keep-alive\r\n\r\n")
+    rig.feed(b"\r\n" + get("/g", b"Connection: keep-alive\r\n", b"1.0"))
+    rig.feed(b"POST /h HTTP/1.1\r\nHost: news.test\r\nContent-Length: %d\r\n\r\n" % len(hidden))
+    rig.feed(hidden + b"GET /x HTTP/1.0\r\nHost: news.test\r\nConnection: keep-alive\r\n\r\n")
+    rig.feed(get("/i"))
+    for _ in range(10):
+        await settle()
+    assert [(r.path, r.version) for r in rig.pipeline.requests] == [
+        ("/a", "1.1"), ("/b", "1.0"), ("/c", "1.1"), ("/d", "1.0"), ("/e", "1.1"),
+        ("/f", "1.0"), ("/g", "1.0"), ("/h", "1.1"), ("/x", "1.0"), ("/i", "1.1")]
+    assert not rig.t.closed
+
+
 async def test_half_close_after_requests_answers_them_then_closes() -> None:
     rig = Rig()
     rig.pipeline.gates["/slow"] = gate = asyncio.Event()

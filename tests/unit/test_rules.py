@@ -819,3 +819,19 @@ def test_comments_at_the_same_pace_are_not_blocked_and_safe_methods_stay_pages()
         assert DEFAULT.classifier.classify(method, "/", "") == "page"
     assert DEFAULT.classifier.classify("POST", "/wp-login.php", "") == "login"
     assert DEFAULT.classifier.classify("PUT", "/wp-admin/post.php", "") == "admin"
+
+
+def test_crawler_hint_words_sharing_a_start_are_checked_as_it() -> None:
+    from kalkan.defense.rules import _fewer_words, load_crawlers
+
+    assert _fewer_words({"GoogleOther", "Google-InspectionTool", "Yandex", "bot", "Duck"}) == (
+        "Duck", "Google", "Yandex", "bot")
+    assert _fewer_words({"Googlebot", "GoogleOther", "Googl"}) == ("Googl", "Google")
+    # Every crawler's user agent still holds one of the words: none is told apart as a browser.
+    crawlers = load_crawlers()
+    hints = crawlers._hints
+    assert hints is not None and len(hints) < 6
+    for ua in ("Mozilla/5.0 (compatible; Google-InspectionTool/1.0)", "GoogleOther",
+               "Mozilla/5.0 (compatible; YandexBot/3.0)", "DuckDuckBot/1.1",
+               "Mozilla/5.0 (compatible; BingPreview/1.0b)"):
+        assert any(h in ua for h in hints), ua

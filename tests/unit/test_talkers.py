@@ -94,3 +94,19 @@ def test_prefix_of(client: str, prefix: str) -> None:
 def test_other_prefix_lengths() -> None:
     assert prefix_of("203.0.113.77", 16, 48) == "203.0.0.0/16"
     assert prefix_of("2001:db8:aa:bb::1", 16, 48) == "2001:db8:aa::/48"
+
+
+def test_a_full_table_evicts_the_first_smallest_counter() -> None:
+    """Ties included, the key that gives up its place is the one min(counts, key=count) names:
+    the first smallest in the table's order."""
+    sketch = SpaceSaving(capacity=4)
+    rng = random.Random(3)
+    for i in range(3_000):
+        key = f"k{rng.randrange(12)}" if i % 3 else f"new-{i}"
+        before = dict(sketch.counts)
+        sketch.add(key, float(rng.choice((1, 1, 2))))
+        if key not in before and len(before) == 4:
+            victim = min(before, key=before.__getitem__)
+            assert victim not in sketch.counts and set(sketch.counts) == \
+                (set(before) - {victim}) | {key}
+            assert sketch.errors[key] == before[victim]

@@ -9,22 +9,32 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Final
 from urllib.parse import unquote, unquote_plus
 
 from kalkan.addresses import parse_ip, prefix_text
 
-# Route classes: the kinds of request the policy and the rate counters tell apart.
-PAGE, ASSET, FEED, SEARCH, FORM, LOGIN, ADMIN, CHALLENGE, WELLKNOWN = (
-    "page", "asset", "feed", "search", "form", "login", "admin", "challenge", "wellknown")
+# Route classes: the kinds of request the policy and the rate counters tell apart. (Final, as
+# the names below: compiled code, here and where they are imported, uses the constants instead
+# of looking a module name up per request.)
+PAGE: Final = "page"
+ASSET: Final = "asset"
+FEED: Final = "feed"
+SEARCH: Final = "search"
+FORM: Final = "form"
+LOGIN: Final = "login"
+ADMIN: Final = "admin"
+CHALLENGE: Final = "challenge"
+WELLKNOWN: Final = "wellknown"
 ROUTE_CLASSES = (PAGE, ASSET, FEED, SEARCH, FORM, LOGIN, ADMIN, CHALLENGE, WELLKNOWN)
 
-CHALLENGE_PREFIX = "/.kalkan/"  # the edge's own endpoints (challenge pages, verification)
+CHALLENGE_PREFIX: Final = "/.kalkan/"  # the edge's own endpoints (challenge pages, verification)
 
 # Methods that change nothing at the origin (RFC 9110 §9.2.1). Every other method may, and a
 # 2xx/3xx answer to it evicts the URL from the cache (RFC 9111 §4.4), so it is a form.
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Classes an unsafe request keeps when its path says so; any other path makes it a form.
-_UNSAFE_KEEPS = frozenset({"login", "form", "admin", "search"})
+_UNSAFE_KEEPS: Final = frozenset({"login", "form", "admin", "search"})
 
 # Default classification for a news site (WordPress-shaped); first match wins. Configurable.
 DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
@@ -204,8 +214,8 @@ class RequestFacts:
         return None
 
 
-_PREFIX_MEMO = 65536   # network prefixes whose text is remembered
-_V6_KEY = 1 << 129     # keeps IPv6 prefix numbers apart from IPv4 ones
+_PREFIX_MEMO: Final = 65536  # network prefixes whose text is remembered
+_V6_KEY: Final = 1 << 129    # keeps IPv6 prefix numbers apart from IPv4 ones
 
 
 class AddressFacts:

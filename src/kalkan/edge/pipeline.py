@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kalkan.config import Config
 from kalkan.defense.facts import CHALLENGE_PREFIX
@@ -47,7 +47,7 @@ log = logging.getLogger("kalkan.pipeline")
 # and compiled code checks a parameter's declared class at run time.
 Conn = Any
 
-_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_CACHEABLE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
 class Pipeline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kalkan.defense.verdict import Action
 from kalkan.edge.request import Request
@@ -20,10 +20,11 @@ if TYPE_CHECKING:
     from kalkan.observe.record import Recorder
 
 # Remembered request byte strings, bounded in count and bytes; cleared every tick when over.
-REPLAY_MEMO = 2048
-REPLAY_BYTES = 4 * 1024 * 1024
-STANDING_WINDOW = 0.25   # seconds a per-connection verdict on identical bytes is reused
-SAMPLE = 64              # while replays are rare, one request in SAMPLE is remembered
+# (Final: compiled code holds them as constants, not names looked up per request.)
+REPLAY_MEMO: Final = 2048
+REPLAY_BYTES: Final = 4 * 1024 * 1024
+STANDING_WINDOW: Final = 0.25   # seconds a per-connection verdict on identical bytes is reused
+SAMPLE: Final = 64              # while replays are rare, one request in SAMPLE is remembered
 
 
 class Remembered:

@@ -5,13 +5,16 @@ response was a miss or was not stored, so "why is the front page a MISS" is in t
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
 
 if TYPE_CHECKING:
     from kalkan.edge.request import Request
+
+# A Final name: compiled code calls it from a C static, with no lookup per answer.
+_monotonic: Final = time.monotonic
 
 
 class Recorder:
@@ -37,7 +40,7 @@ class Recorder:
         log = self.log
         if log.enabled:
             started = req.started
-            total = (time.monotonic() - started) * 1000.0 if started else 0.0
+            total = (_monotonic() - started) * 1000.0 if started else 0.0
             log.write(now, req.client, req.method, req.host, req.path, req.query, status, size,
                       cache, origin_ms, total, decision, reason,
                       log.agent(req.user_agent, req.referer))

@@ -45,8 +45,16 @@ class SpaceSaving:
             counts[key] = weight
             self.errors[key] = 0.0
             return
-        victim = min(counts, key=counts.__getitem__)
-        floor = counts.pop(victim)
+        # The first smallest counter, as min(counts, key=counts.__getitem__) finds it, without
+        # a Python-level key call per counter: at a flood of new keys (every client new) this
+        # runs for nearly every sample, and that was ~10,000 instructions each time.
+        floor = min(counts.values())
+        victim = key
+        for k, c in counts.items():
+            if c == floor:
+                victim = k
+                break
+        counts.pop(victim)
         del self.errors[victim]
         counts[key] = floor + weight
         self.errors[key] = floor
