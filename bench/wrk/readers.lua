@@ -135,6 +135,29 @@ end
 
 local client_t, client_ua = {}, {}   -- with xff: each client's browser, kept (its template, UA)
 
+-- A client's browser, the same in every wrk run (the warm-up's and the measured run's): the
+-- template and the version numbers drawn from a generator seeded by the client's number.
+local function browser_of(k)
+  local state = k * 2654435761 % 4294967296
+  local function draw(lo, hi)
+    state = (state * 1103515245 + 12345) % 2147483648
+    return lo + state % (hi - lo + 1)
+  end
+  local t = templates[draw(1, #templates)]
+  local major, style = draw(t[3], t[4]), t[5]
+  local ua
+  if style == "chrome" then
+    ua = t[1] .. major .. ".0." .. draw(4000, 6999) .. "." .. draw(10, 250) .. t[2]
+  elseif style == "ffdup" then
+    ua = t[1] .. major .. ".0" .. t[2] .. major .. ".0"
+  elseif style == "safari" then
+    ua = t[1] .. major .. "." .. draw(0, 6) .. t[2]
+  else
+    ua = t[1] .. major .. "." .. draw(0, 9) .. "." .. draw(0, 99) .. t[2]
+  end
+  return t, ua
+end
+
 request = function()
   n = n + 1
   local k = xff and (n % #xff + 1)
@@ -142,8 +165,8 @@ request = function()
   if k then
     t = client_t[k]
     if not t then
-      t = templates[random(#templates)]
-      client_t[k], client_ua[k] = t, user_agent(t)
+      client_t[k], client_ua[k] = browser_of(k)
+      t = client_t[k]
     end
     ua = client_ua[k]
   else
