@@ -7,7 +7,7 @@ from kalkan.defense.newcomers import NewcomerWave
 def test_clients_with_history_never_draw_on_the_budget() -> None:
     wave = NewcomerWave(rate=1.0, burst=2.0, young=60.0)
     assert all(wave.admit(1000, 1100.0 + k * 0.01) for k in range(100))
-    assert wave.tokens == 2.0 and not wave.active
+    assert wave.budget.tokens == 2.0 and not wave.active
 
 
 def test_a_few_newcomers_pass_and_a_wave_of_them_proves_itself() -> None:

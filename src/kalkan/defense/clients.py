@@ -490,7 +490,7 @@ class ClientTable:
         agents = self._agents
         if agents is None:
             return -1, False
-        fp = hash((self._addr.fps[slot], mark)) or 1   # keyed: the address's fingerprint is
+        fp = hash((self._addr.fps[slot], mark)) or 1   # keyed: the address's is salted
         g = agents.find(fp)
         if g >= 0:
             agents.last[g] = trunc(now)
@@ -593,6 +593,10 @@ class ClientTable:
         if count and int(now) - addr.fail_at[a] > self.failure_window:
             return 0
         return count
+
+    def first_seen(self, slot: int) -> int:
+        """When the address in `slot` (from `slot_of`) was first seen, in whole seconds."""
+        return self._addr.first[slot]
 
     def seen(self, facts: RequestFacts) -> tuple[int, int] | None:
         """(first seen, last seen) of this address in whole seconds, or None if not tracked."""

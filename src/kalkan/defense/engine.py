@@ -38,6 +38,7 @@ from kalkan.defense.behaviour import (
     agent_mark,
     new_rows,
 )
+from kalkan.defense.bucket import Bucket
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
 from kalkan.defense.challenge.tokens import COOKIE_KEY
@@ -73,12 +74,12 @@ _ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT
 _MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operators' reasons)
 _RECENT = 4096       # slots of the latest requests, sampled once a second for the threat level
 _SCORED_PER_TICK = 512  # distinct clients scored per tick at most (the loop must not stall)
-# The features that say a client reads like a browser: it fetched a page's assets, or followed
-# the site's own links.
 # On a shared address (behaviour.SHARED) each agent gets its own behaviour row, and is judged
 # by it once it holds this many (decayed) requests.
 _AGENT_HISTORY = 3.0
 _YOUNG_AGENT = -2
+# The features that say a client reads like a browser: it fetched a page's assets, or followed
+# the site's own links.
 _ASSET_SHARE = FEATURES.index("asset_share")
 _REFERRED = FEATURES.index("referred")
 # Misses under attack that link previews may cost the origin, all previews together: real
@@ -94,26 +95,6 @@ _PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
 _REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST = 1.0, 10.0
 _REFERRED_EVERY = 60.0   # seconds between two such misses of one client
 _PASS_BUDGETS = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
-
-
-class Bucket:
-    """A token bucket: `rate` a second, holding at most `burst`."""
-
-    __slots__ = ("rate", "burst", "tokens", "at")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = burst, 0.0
-
-    def take(self, now: float) -> bool:
-        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
-
 
 
 def _static_refusal(status: int, retry_after: bytes, text: bytes) -> ChallengeResponse:
@@ -587,8 +568,7 @@ class Defense:
         slot = self.clients.slot_of(facts)
         if slot < 0 or self._agent_of(slot, facts.user_agent) == _YOUNG_AGENT:
             return trunc(now)
-        seen = self.clients.seen(facts)
-        return seen[0] if seen is not None else trunc(now)
+        return self.clients.first_seen(slot)
 
     def _pass_buys_miss(self, facts: RequestFacts, now: float) -> bool:
         """Does this request's pass still have a miss in its budget (_PASS_MISSES_*)?"""

@@ -13,6 +13,8 @@ from __future__ import annotations
 from math import trunc
 from typing import Final
 
+from kalkan.defense.bucket import Bucket
+
 # A client is a newcomer for this long after it was first seen.
 YOUNG: Final = 60.0
 # Misses newcomers may cost the origin together before a wave is declared: real readers arriving
@@ -42,9 +44,8 @@ class NewcomerWave:
 
     def __init__(self, rate: float = RATE, burst: float = BURST, young: float = YOUNG,
                  calm: float = CALM) -> None:
-        self.rate, self.burst, self.young, self.calm = rate, burst, young, calm
-        self.tokens = burst
-        self.stamp = 0.0
+        self.young, self.calm = young, calm
+        self.budget = Bucket(rate, burst)    # drawn on only while no wave is on
         self.wave_since: int | None = None   # whole second the wave began, None in calm
         self.last_refused = 0.0
         self.waves = 0                       # waves declared since start (a metric)
@@ -83,10 +84,7 @@ class NewcomerWave:
         if wave is not None and first_seen < wave:
             return True                      # it was reading before the wave began
         if wave is None:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
+            if self.budget.take(now):
                 return True
             self.wave_since = self._began(now)
             self.waves += 1
