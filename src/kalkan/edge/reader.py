@@ -353,18 +353,25 @@ class RequestReader:
         parser = self.parser
         assert parser is not None  # it is parsing this very head
         method = parser.get_method()
-        req.method = _METHODS.get(method) or method.decode("ascii")
+        if method == b"GET":  # nearly every request: no lookup (it would hash a new object)
+            req.method = "GET"
+            plain = True
+        else:
+            req.method = _METHODS.get(method) or method.decode("ascii")
+            plain = req.method in _PLAIN_METHODS
         target = req.target = self._url
         req.version, self._line = _version(self._line, len(method) + 1 + len(target), parser), None
         req.keep_alive = parser.should_keep_alive()
         req.started = _monotonic()
         # The checks below run only for the requests they could refuse.
-        if req.version != "1.1" or req.method not in _PLAIN_METHODS:
+        if req.version != "1.1" or not plain:
             check_method(req)
         if req.length_fields or req.transfer_encoding is not None or req.host_fields != 1 \
                 or req.expect_continue:
             check_framing(req, self.limits.max_body_bytes)
-        if req.connection is not None and req.connection not in PLAIN_CONNECTION:
+        connection = req.connection
+        if connection is not None and connection != b"keep-alive" \
+                and connection not in PLAIN_CONNECTION:
             drop_connection_listed(req)
         if parser.should_upgrade():
             # No WebSocket or h2c here. A server may ignore Upgrade (RFC 9110 §7.8): answer as

@@ -30,7 +30,7 @@ def outcome_totals(m: Metrics) -> dict[str, int]:
     """
     t = dict.fromkeys(OUTCOMES, 0)
     refused_answers = 0
-    for (status, cache), n in m.requests.items():
+    for (status, cache), n in m.request_counts().items():
         if cache == "HIT":
             t["hit"] += n
         elif cache == "STALE":

@@ -43,6 +43,9 @@ class Metrics:
         # Python (Counter) reaches dict's item methods through slot wrappers, ~1,500 CPU
         # instructions more per `+= 1` (bench/hit_instructions.py).
         self.requests: defaultdict[tuple[int, str], int] = defaultdict(int)
+        # Counts kept elsewhere until read (the recorder's 200 HITs: a native int, ~1,000 CPU
+        # instructions less per hit than the dictionary): called by `request_counts`.
+        self.fold_requests: Callable[[], None] = lambda: None
         self.origin_latency = Histogram()
         self.origin_requests: Counter[str] = Counter()
         self.timeouts: defaultdict[str, int] = defaultdict(int)
@@ -66,6 +69,11 @@ class Metrics:
         self.open_connections: Callable[[], int] = lambda: 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def request_counts(self) -> defaultdict[tuple[int, str], int]:
+        """Answers by (status, cache status), all of them: read this, not `requests`."""
+        self.fold_requests()
+        return self.requests
 
     def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, fn)
@@ -92,7 +100,7 @@ class Metrics:
             out.append(f"# TYPE {name} {kind}")
 
         family("kalkan_requests_total", "counter", "Client requests by status and cache status.")
-        for (status, cache), n in sorted(self.requests.items()):
+        for (status, cache), n in sorted(self.request_counts().items()):
             out.append(f'kalkan_requests_total{{status="{status}",cache="{cache}"}} {n}')
         family("kalkan_origin_requests_total", "counter", "Origin requests by outcome.")
         for outcome, n in sorted(self.origin_requests.items()):

@@ -20,7 +20,7 @@ _monotonic: Final = time.monotonic
 class Recorder:
     """Feeds the metrics and the access log from one call per answered request."""
 
-    __slots__ = ("metrics", "log", "requests", "talkers", "_every", "_unsampled")
+    __slots__ = ("metrics", "log", "requests", "talkers", "_every", "_unsampled", "_hits")
 
     def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
         self.metrics = metrics
@@ -29,12 +29,26 @@ class Recorder:
         self.talkers = metrics.talkers
         self._every = self.talkers.every  # kept here: a native int for the compiled check
         self._unsampled = 0  # answers since the last one the top-talkers sketch was fed
+        self._hits = 0  # 200 HITs not yet in `requests` (see Metrics.fold_requests)
+        metrics.fold_requests = self.fold
+
+    def fold(self) -> None:
+        """Add the 200 HITs counted apart to the metrics' counts by status and cache."""
+        if self._hits:
+            self.requests[(200, "HIT")] += self._hits
+            self._hits = 0
+
+    def _count(self, status: int, cache: str) -> None:
+        if status == 200 and cache == "HIT":
+            self._hits += 1  # nearly every answer under load
+        else:
+            self.requests[(status, cache)] += 1
 
     def answer(self, now: float, req: Request, status: int, size: int, cache: str,
                origin_ms: float | None, decision: str, reason: str = "") -> None:
         """One answered request. `reason` says why it was a miss, or why the response was not
         stored (cache_flow's reasons; kalkan_cache_not_stored_total counts the latter)."""
-        self.requests[(status, cache)] += 1
+        self._count(status, cache)
         if self._sample_due():
             self.talkers.request(req.client, req.path)
         log = self.log
@@ -48,7 +62,7 @@ class Recorder:
     def replayed(self, now: float, client: str, path: str, fragment: str, agent: str,
                  status: int, size: int, cache: str, total_ms: float, decision: str) -> None:
         """A request answered from the replay memo: its log parts were formatted once."""
-        self.requests[(status, cache)] += 1
+        self._count(status, cache)
         if self._sample_due():
             self.talkers.request(client, path)
         if self.log.enabled:
