@@ -157,9 +157,33 @@ _BY_CODE: Final[tuple[Noter, ...]] = (
     _host, _user_agent, _cookie, _connection, _referer, _forwarded_for, _content_length,
     _transfer_encoding, _expect, _authorization, _conditional)
 NOTERS: dict[bytes, Noter] = {name: _BY_CODE[code - 1] for name, code in _CODES.items()}
-# Field names as clients spell them → their code, or 0 for a field the edge does not note.
-# Browsers send a few dozen spellings: looked up once each instead of lower-cased per request.
-NOTER_BY_SPELLING: Final[dict[bytes, int]] = {}  # (Final: see reader.py)
+# Field names as clients spell them, by length: (spelling, code) pairs, code 0 for a field the
+# edge does not note. Browsers send a few dozen spellings; comparing a name with those of its
+# length (bytes equality tests the first byte, then memcmp) costs a fraction of hashing a new
+# bytes object for a dictionary lookup, on every field of every request.
+_LONGEST: Final = max(len(name) for name in _CODES)  # a longer name is never noted
+_SPELLINGS: Final[list[list[tuple[bytes, int]]]] = [[] for _ in range(_LONGEST + 1)]
+_SPELLINGS_PER_LENGTH: Final = 16  # any client can invent names: the lists stay short
+
+
+def field_code(name: bytes) -> int:
+    """The code of the field `name` (any spelling), 0 if the edge does not note it."""
+    n = len(name)
+    if n > _LONGEST:
+        return 0
+    for spelling, code in _SPELLINGS[n]:
+        if name == spelling:
+            return code
+    return _learn_spelling(name)
+
+
+def _learn_spelling(name: bytes) -> int:
+    code = _CODES.get(name.lower(), 0)
+    spellings = _SPELLINGS[len(name)]
+    if len(spellings) >= _SPELLINGS_PER_LENGTH:
+        spellings.clear()  # invented spellings churn this length's list; browsers' come back
+    spellings.append((name, code))
+    return code
 
 
 def note_coded(req: Request, code: int, value: bytes) -> None:
@@ -177,19 +201,9 @@ def note_coded(req: Request, code: int, value: bytes) -> None:
         _BY_CODE[code - 1](req, value)
 
 
-def learn_field(req: Request, name: bytes, value: bytes) -> None:
-    """Note a field whose spelling `NOTER_BY_SPELLING` does not know yet, and remember it."""
-    code = _CODES.get(name.lower(), 0)
-    if len(NOTER_BY_SPELLING) >= 4096:
-        NOTER_BY_SPELLING.clear()  # any client can invent names: keep the memo bounded
-    NOTER_BY_SPELLING[name] = code
-    if code:
-        note_coded(req, code, value)
-
-
 def note_field(req: Request, name: bytes, value: bytes) -> None:
     """Note one field by its lowercase `name` (for callers that have one; the HTTP/1.1 reader
-    goes through `NOTER_BY_SPELLING`)."""
+    goes through `field_code`)."""
     noter = NOTERS.get(name)
     if noter is not None:
         noter(req, value)

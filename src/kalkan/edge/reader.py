@@ -16,13 +16,12 @@ import httptools
 
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.framing import (
-    NOTER_BY_SPELLING,
     PLAIN_CONNECTION,
     BadRequest,
     check_framing,
     check_method,
     drop_connection_listed,
-    learn_field,
+    field_code,
     note_coded,
     parse_target,
     parser_reason,
@@ -323,11 +322,9 @@ class RequestReader:
         req = self._req
         assert req is not None
         req.headers.append((name, value))
-        code = NOTER_BY_SPELLING.get(name)
+        code = field_code(name)
         if code:
             note_coded(req, code, value)
-        elif code is None:
-            learn_field(req, name, value)
 
     def _counted(self, name: bytes, value: bytes) -> bool:
         """Count a field against the head limits; True for a chunked trailer field (counted,
@@ -352,19 +349,13 @@ class RequestReader:
             raise BadRequest(431, "The request has too many header fields.")
         parser = self.parser
         assert parser is not None  # it is parsing this very head
-        method = parser.get_method()
-        if method == b"GET":  # nearly every request: no lookup (it would hash a new object)
-            req.method = "GET"
-            plain = True
-        else:
-            req.method = _METHODS.get(method) or method.decode("ascii")
-            plain = req.method in _PLAIN_METHODS
+        req.method = method = _method_name(parser.get_method())
         target = req.target = self._url
         req.version, self._line = _version(self._line, len(method) + 1 + len(target), parser), None
         req.keep_alive = parser.should_keep_alive()
         req.started = _monotonic()
         # The checks below run only for the requests they could refuse.
-        if req.version != "1.1" or not plain:
+        if req.version != "1.1" or (method != "GET" and method not in _PLAIN_METHODS):
             check_method(req)
         if req.length_fields or req.transfer_encoding is not None or req.host_fields != 1 \
                 or req.expect_continue:
@@ -432,6 +423,12 @@ class RequestReader:
             if self._body_queued:
                 return
         self._enqueue(req)
+
+
+def _method_name(method: bytes) -> str:
+    if method == b"GET":  # nearly every request: no lookup (it would hash a new object)
+        return "GET"
+    return _METHODS.get(method) or method.decode("ascii")
 
 
 def _version(line: bytes | None, after_target: int, parser: httptools.HttpRequestParser) -> str:

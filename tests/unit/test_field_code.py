@@ -1,0 +1,30 @@
+"""How the HTTP/1.1 reader recognises the fields it notes, in any spelling (edge/framing.py)."""
+
+from __future__ import annotations
+
+from kalkan.edge.framing import _SPELLINGS, _SPELLINGS_PER_LENGTH, field_code
+
+
+def test_every_spelling_of_a_noted_field_gets_its_code() -> None:
+    for spelling in (b"Host", b"host", b"HOST", b"hOsT"):
+        assert field_code(spelling) == 1
+        assert field_code(spelling) == 1  # learned, then found: the same answer
+    assert field_code(b"User-Agent") == field_code(b"user-agent") == 2
+    assert field_code(b"X-Forwarded-For") == field_code(b"x-forwarded-FOR") == 6
+    assert field_code(b"If-None-Match") == field_code(b"If-Modified-Since") == 11
+
+
+def test_fields_not_noted_get_zero_even_at_the_length_of_one_that_is() -> None:
+    assert field_code(b"Hose") == 0     # the length of Host
+    assert field_code(b"Accept") == 0   # the length of Cookie
+    assert field_code(b"Accept-Language") == 0  # the length of X-Forwarded-For
+    assert field_code(b"Upgrade-Insecure-Requests") == 0  # longer than any noted field
+    assert field_code(b"") == 0
+
+
+def test_invented_spellings_keep_the_lists_short_and_answers_right() -> None:
+    for i in range(10 * _SPELLINGS_PER_LENGTH):
+        assert field_code(b"X-%02d" % (i % 100)) == 0  # length 4, as Host
+        assert len(_SPELLINGS[4]) <= _SPELLINGS_PER_LENGTH
+    assert field_code(b"Host") == 1  # pushed out, learned again
+    assert all(len(spellings) <= _SPELLINGS_PER_LENGTH for spellings in _SPELLINGS)
