@@ -12,6 +12,7 @@ from setuptools import setup
 
 COMPILED = [
     "src/kalkan/edge/chunks.py",
+    "src/kalkan/edge/clock.py",
     "src/kalkan/edge/request.py",
     "src/kalkan/edge/framing.py",
     "src/kalkan/edge/flow.py",

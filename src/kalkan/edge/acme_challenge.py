@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kalkan.edge.listener import Clock, Handler
+from kalkan.edge.clock import Clock
+from kalkan.edge.listener import Handler
 from kalkan.edge.request import Request
 from kalkan.edge.responses import write_response
 from kalkan.observe.metrics import Metrics

@@ -15,9 +15,10 @@ from typing import Any
 
 from kalkan.addresses import parse_ip
 from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse_proxy_header
+from kalkan.edge.clock import Clock
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
 from kalkan.edge.framing import BadRequest
-from kalkan.edge.listener import Clock, Handler, Listener
+from kalkan.edge.listener import Handler, Listener
 from kalkan.edge.parked import ParkedConnection, ParkedTlsConnection
 from kalkan.edge.reader import (
     ANSWERING,

@@ -18,8 +18,8 @@ from kalkan.observe.metrics import Metrics
 from kalkan.pages import Pages
 
 if TYPE_CHECKING:
+    from kalkan.edge.clock import Clock
     from kalkan.edge.connection import HttpConnection
-    from kalkan.edge.listener import Clock
 
 _DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-cache", b"age"}
 

@@ -14,10 +14,10 @@ from kalkan.config import CacheConfig
 from kalkan.edge import cache_flow as flow
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_flow import RequestView, Step
+from kalkan.edge.clock import Clock
 from kalkan.edge.deliver import Outcome, Responder, discard, set_cookie_fields
 from kalkan.edge.fetch import Misses, OriginClient, Rejudged, failure_status
 from kalkan.edge.forward import upstream_headers
-from kalkan.edge.listener import Clock
 from kalkan.edge.origin import MISS, REFRESH, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.refresh import HotRefreshes
 from kalkan.edge.request import Request

@@ -11,9 +11,9 @@ from h2.events import DataReceived
 from h2.exceptions import H2Error
 
 from kalkan.config import LimitsConfig
+from kalkan.edge.clock import Clock
 from kalkan.edge.framing import BadRequest
 from kalkan.edge.h2_stream import Http2Stream
-from kalkan.edge.listener import Clock
 from kalkan.edge.request import BodyStream
 from kalkan.observe.metrics import Metrics
 

@@ -12,11 +12,11 @@ from h2.connection import H2Connection as H2State
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
+from kalkan.edge.clock import Clock
 from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.h2_bodies import H2Bodies
 from kalkan.edge.h2_stream import DRAIN_MARK, Http2Stream
-from kalkan.edge.listener import Clock
 from kalkan.edge.request import Request
 
 __all__ = ["H2Streams"]

@@ -1,31 +1,17 @@
-"""What a client connection needs from outside itself, as types: the coarse `Clock`, the
-`Handler` it hands requests to (the pipeline, or the HTTPS redirect) and the `Listener` that
-accepted it (the server). Connection modules import these, never the server or the pipeline."""
+"""What a client connection needs from outside itself, as types: the `Handler` it hands requests
+to (the pipeline, or the HTTPS redirect) and the `Listener` that accepted it (the server).
+Connection modules import these, never the server or the pipeline."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from kalkan.config import Config
 from kalkan.edge.client_address import TrustedProxies
+from kalkan.edge.clock import Clock
 from kalkan.edge.request import Request
 from kalkan.observe.metrics import Metrics
-
-
-class Clock:
-    """A coarse wall clock refreshed by the sweep, so the hot path never calls time()."""
-
-    __slots__ = ("now", "mono")
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.mono = time.monotonic()
-
-    def tick(self) -> None:
-        self.now = time.time()
-        self.mono = time.monotonic()
 
 
 class Handler(Protocol):

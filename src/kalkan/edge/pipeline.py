@@ -22,11 +22,11 @@ from kalkan.edge import cache_flow as flow
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.cache_flow import RequestView, Step
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
+from kalkan.edge.clock import Clock
 from kalkan.edge.deliver import Outcome, Responder
 from kalkan.edge.fetch import Misses, OriginClient, Rejudged, failure_status
 from kalkan.edge.fill import Filler, judged_again
 from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
-from kalkan.edge.listener import Clock
 from kalkan.edge.origin import PASS, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request

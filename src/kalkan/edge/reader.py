@@ -30,7 +30,8 @@ from kalkan.edge.request import BodyStream, Request
 
 if TYPE_CHECKING:
     from kalkan.config import LimitsConfig
-    from kalkan.edge.listener import Clock, Listener
+    from kalkan.edge.clock import Clock
+    from kalkan.edge.listener import Listener
 
 _monotonic: Final = time.monotonic  # called from a C static, compiled: no lookup per request
 SLICE: Final = 4096  # bytes of request heads parsed at a time (see `RequestReader._parse`)

@@ -14,8 +14,8 @@ from kalkan.observe.access_log import AccessLog
 if TYPE_CHECKING:
     from kalkan.defense.engine import Defense
     from kalkan.defense.null import NullDefense
+    from kalkan.edge.clock import Clock
     from kalkan.edge.connection import HttpConnection
-    from kalkan.edge.listener import Clock
     from kalkan.edge.store import Store
     from kalkan.observe.record import Recorder
 

@@ -13,9 +13,10 @@ from typing import cast
 
 from kalkan.config import Config
 from kalkan.edge.client_address import TrustedProxies
+from kalkan.edge.clock import Clock
 from kalkan.edge.connection import PARK_AT_ONCE_PAST, HttpConnection
 from kalkan.edge.h2_connection import H2Connection, H2Counters, negotiating_protocol
-from kalkan.edge.listener import Clock, Handler
+from kalkan.edge.listener import Handler
 from kalkan.edge.reader import timeouts
 from kalkan.edge.request import Request
 
