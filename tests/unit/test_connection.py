@@ -27,19 +27,6 @@ if TYPE_CHECKING:
     from kalkan.edge.pipeline import Pipeline
 
 
-class FakeClock(Clock):
-    """Time moves only when a test says so."""
-
-    __slots__ = ()
-
-    def tick(self) -> None:
-        pass
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.mono += seconds
-
-
 class FakeTransport:
     """Records writes and what the connection asked of it; a client that takes nothing unless
     `take()` is called. Pauses the protocol's writing past `high` buffered bytes, as asyncio's."""
@@ -191,7 +178,7 @@ class Rig:
         config = Config()
         for name, value in limits.items():
             setattr(config.limits, name, value)
-        self.clock = FakeClock()
+        self.clock = Clock(manual=True)  # time moves only when a test says so
         self.pipeline = FakePipeline(self.clock)
         self.server = EdgeServer(config, cast("Pipeline", self.pipeline))
         self.conn = HttpConnection(self.server)

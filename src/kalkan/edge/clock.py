@@ -7,14 +7,23 @@ import time
 
 class Clock:
     """A coarse wall clock refreshed by the sweep, so the hot path never calls time().
-    (Compiled: a connection reads it a few times per request, a native attribute each.)"""
+    (Compiled: a connection reads it a few times per request, a native attribute each.)
 
-    __slots__ = ("now", "mono")
+    A `manual` clock ignores the sweep and moves only by `advance`: socket-free tests of the
+    connection's deadlines run in simulated time."""
 
-    def __init__(self) -> None:
+    __slots__ = ("now", "mono", "manual")
+
+    def __init__(self, manual: bool = False) -> None:
         self.now = time.time()
         self.mono = time.monotonic()
+        self.manual = manual
 
     def tick(self) -> None:
-        self.now = time.time()
-        self.mono = time.monotonic()
+        if not self.manual:
+            self.now = time.time()
+            self.mono = time.monotonic()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
