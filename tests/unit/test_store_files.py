@@ -48,3 +48,4 @@ def test_truncated_corrupted_and_old_files_are_refused() -> None:
     for bad in (data[:-1], data[:20], data[:-1] + b"X", b"KLKN1\n" + data[6:], b""):
         with pytest.raises(ValueError):
             Entry.from_bytes(bad)
+

@@ -280,12 +280,16 @@ def _not_modified_head(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class Store:
-    """Variants by cache key, in LRU order within a byte budget, mirrored to disk."""
+    """Variants by cache key within a byte budget, evicted least recently used first (with a
+    second chance, see `_evict`), mirrored to disk."""
 
     def __init__(self, budget: int, directory: str | None = None) -> None:
         self.budget = budget
         self.bytes = 0
-        self.entries: OrderedDict[str, list[Entry]] = OrderedDict()
+        self.entries: OrderedDict[str, list[Entry]] = OrderedDict()  # oldest first
+        # Keys hit since they last came to the end of `entries`: a hit adds its key to a set
+        # (~70 CPU instructions) instead of moving it in the OrderedDict (~450).
+        self._used: set[str] = set()
         self.objects = 0
         self.evictions = 0
         self.dir = Path(directory) if directory else None
@@ -304,7 +308,7 @@ class Store:
     def get(self, key: str) -> list[Entry] | None:
         variants = self.entries.get(key)
         if variants is not None:
-            self.entries.move_to_end(key)
+            self._used.add(key)
         return variants
 
     def put(self, entry: Entry) -> None:
@@ -327,10 +331,18 @@ class Store:
         self.bytes += entry.size
         self.objects += 1
         self._persist(entry)
+        # The page just stored does not make room for itself (it is the newest): marked used
+        # while others are evicted for it, and only then if it was read before.
+        used, key = self._used, entry.key
+        read = key in used
+        used.add(key)
         self._evict()
+        if not read:
+            used.discard(key)
 
     def remove(self, key: str) -> int:
         variants = self.entries.pop(key, None)
+        self._used.discard(key)
         if not variants:
             return 0
         for entry in variants:
@@ -350,8 +362,16 @@ class Store:
             self._writer.submit(self._unlink, entry.file)
 
     def _evict(self) -> None:
+        """Drop the least recently used keys until within budget. A key hit since it last came
+        to the end gets a second chance: it goes to the end, unmarked (the CLOCK approximation
+        of LRU; each key is moved at most once per pass, so this ends)."""
+        used = self._used
         while self.bytes > self.budget and self.entries:
-            _key, variants = self.entries.popitem(last=False)
+            key, variants = self.entries.popitem(last=False)
+            if key in used:
+                used.discard(key)
+                self.entries[key] = variants
+                continue
             for entry in variants:
                 self._forget(entry)
                 self.evictions += 1
