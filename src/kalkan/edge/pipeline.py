@@ -73,7 +73,7 @@ class Pipeline:
         self.misses = Misses()
         self.pages = Pages.from_config(config.site)   # reader-facing pages, rendered once
         self.responder = Responder(self.clock, self.metrics, self.pages)
-        self._key_prefixes: dict[tuple[str, str], str] = {}
+        self._keys: dict[tuple[str, str, str, str], tuple[str, str]] = {}  # see `_key`
         self._last_flush = 0.0
         self.defense: Defense | NullDefense = NullDefense(self.pages)
         if config.defense.enabled:
@@ -142,19 +142,21 @@ class Pipeline:
 
     # -- recv + hash ----------------------------------------------------------------------------
     def _key(self, req: Request) -> str:
-        prefix = self._key_prefixes.get((req.host, req.scheme))
-        if prefix is None:
+        # Readers ask for the same pages: each (site, target)'s key is made once and kept, its
+        # hash with it (the host, path and query strings are the parser's memoized ones).
+        asked = (req.host, req.scheme, req.path, req.query)
+        known = self._keys.get(asked)
+        if known is None:
             prefix = cache_key("GET", req.host, "/", scheme=req.scheme)[:-1]
-            if len(self._key_prefixes) > 1024:
-                self._key_prefixes.clear()  # attackers can send any Host: keep this memo bounded
-            self._key_prefixes[(req.host, req.scheme)] = prefix
-        if not req.query and "%" not in req.path:
-            target = req.path
-        else:
-            target = normalize_target(req.path, req.query, self.query_policy)
-        req.cache_target = target
-        req.key = key = prefix + target
-        return key
+            if not req.query and "%" not in req.path:
+                target = req.path
+            else:
+                target = normalize_target(req.path, req.query, self.query_policy)
+            if len(self._keys) >= 4096:
+                self._keys.clear()  # attackers can send any Host and URL: keep this bounded
+            known = self._keys[asked] = (prefix + target, target)
+        req.key, req.cache_target = known
+        return known[0]
 
     def _credentialed(self, req: Request) -> bool:
         """Was the request sent with credentials (Authorization or a session cookie)?"""
