@@ -16,7 +16,7 @@ COMPILED := $(shell sed -n 's/^ *"\(src\/kalkan\/[a-z_/]*\.py\)",$$/\1/p' setup.
 
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
-	bench-scale bench-memory bench-instructions bench-h2 clean
+	bench-scale bench-memory bench-instructions bench-h2 coverage clean
 
 $(RUNTIME_STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-memory: $(STAMP) debian-deps  # RSS per idle connection and per cached pag
 
 bench-instructions: $(STAMP) debian-deps  # instructions per readers-load hit, under valgrind
 	$(BIN)/python -m bench.hit_instructions
+
+coverage: $(STAMP) debian-deps  # edge/ and defense/ under the whole suite (pure-Python build)
+	bash scripts/coverage.sh
 
 bench-h2: $(STAMP) debian-deps  # HTTP/2 (h2load) against nginx's HTTP/2
 	$(BIN)/python -m bench.h2
