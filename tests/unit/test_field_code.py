@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kalkan.edge.framing import _SPELLINGS, _SPELLINGS_PER_LENGTH, field_code
 
 
@@ -28,3 +30,22 @@ def test_invented_spellings_keep_the_lists_short_and_answers_right() -> None:
         assert len(_SPELLINGS[4]) <= _SPELLINGS_PER_LENGTH
     assert field_code(b"Host") == 1  # pushed out, learned again
     assert all(len(spellings) <= _SPELLINGS_PER_LENGTH for spellings in _SPELLINGS)
+
+
+def test_host_values_are_read_afresh_whatever_came_before() -> None:
+    from kalkan.edge.framing import BadRequest, note_coded
+    from kalkan.edge.request import Request
+
+    def host_of(value: bytes) -> str:
+        req = Request()
+        note_coded(req, 1, value)
+        return req.host
+
+    assert host_of(b"News.Example") == "news.example"
+    assert host_of(b"News.Example") == "news.example"  # the same value again: the same answer
+    assert host_of(b"news.example:8080") == "news.example:8080"
+    assert host_of(b"localhost") == "localhost"
+    for bad in (b"", b"a/b", b"x y", b"news.example:80x"):
+        with pytest.raises(BadRequest):
+            host_of(bad)
+    assert host_of(b"news.example.") == "news.example"

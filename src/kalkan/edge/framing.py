@@ -100,10 +100,30 @@ def _transfer_encoding(req: Request, value: bytes) -> None:
     req.transfer_encoding = value if te is None else te + b"," + value
 
 
+class _LastHost:
+    """The Host value of the last request and what it meant: an edge serves one site or a few,
+    so nearly every request repeats it (a bytes comparison instead of hashing a new object)."""
+
+    __slots__ = ("value", "known")
+
+    def __init__(self) -> None:
+        # A valid value to begin with (b"" would skip canonical_host's refusal of an empty Host).
+        self.value = b"localhost"
+        self.known: tuple[str, int | None] = ("localhost", None)
+
+
+_LAST_HOST: Final = _LastHost()
+
+
 def _host(req: Request, value: bytes) -> None:
     req.host_fields += 1
-    known = _HOSTS.get(value)  # canonical_host's memo, looked at first: one call fewer
-    host, port = known if known is not None else canonical_host(value.rstrip(b" \t"))
+    last = _LAST_HOST
+    if value == last.value:
+        host, port = last.known
+    else:
+        known = _HOSTS.get(value)  # canonical_host's memo, looked at first: one call fewer
+        host, port = known if known is not None else canonical_host(value.rstrip(b" \t"))
+        last.value, last.known = value, (host, port)
     req.host = host if port is None or port == _DEFAULT_PORT.get(req.scheme) \
         else f"{host}:{port}"
 
