@@ -26,6 +26,7 @@ REPLAY_BYTES: Final = 4 * 1024 * 1024
 STANDING_WINDOW: Final = 0.25   # seconds a per-connection verdict on identical bytes is reused
 SAMPLE: Final = 64              # while replays are rare, one request in SAMPLE is remembered
 LOOK: Final = 15                # ... and one read in LOOK + 1 is looked up (a mask)
+SAMPLED_MEMO: Final = 256       # ... and at most this many are kept (see `remember`)
 
 
 class Remembered:
@@ -98,7 +99,11 @@ class ReplayMemo:
         self._seen += 1
         if self._seen % self.sample:
             return
-        if (len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES
+        # While sampling, a few hundred entries are enough to catch a flood (its bytes recur)
+        # and cheap to let go of at the tick: 2,048 remembered requests took milliseconds to
+        # free, a stall every few seconds for every connection in flight.
+        limit = REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO
+        if (len(self.memo) >= limit or self.bytes > REPLAY_BYTES
                 or req.version != "1.1" or not req.keep_alive
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
@@ -116,7 +121,8 @@ class ReplayMemo:
 
     def tick(self) -> None:
         """About once a second: bound the memo, and sample while it earns nothing."""
-        if len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES:
+        if len(self.memo) >= (REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO) \
+                or self.bytes > REPLAY_BYTES:
             self.forget()  # a flood of unique URLs must not pin memory or time
         if self._seen >= 256 and self._replayed * 16 < self._seen:
             self.sample = SAMPLE
