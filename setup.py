@@ -24,6 +24,7 @@ COMPILED = [
     "src/kalkan/edge/pipeline.py",
     "src/kalkan/observe/access_log.py",
     "src/kalkan/observe/record.py",
+    "src/kalkan/observe/talkers.py",
     "src/kalkan/addresses.py",
     "src/kalkan/edge/client_address.py",
     "src/kalkan/defense/verdict.py",

@@ -135,6 +135,15 @@ def hit_instructions(d: dict[str, Any]) -> list[str]:
            " (target 0.8x)." if "xff-on" in c else ""), ""]
 
 
+def coverage(d: dict[str, Any]) -> list[str]:
+    """Line coverage of edge/ and defense/ by the suite (scripts/coverage.sh)."""
+    parts = [f"{name}/ {100 * p['covered'] / max(1, p['statements']):.1f}% of "
+             f"{p['statements']:,} statements" for name, p in d["packages"].items()]
+    return [f"**Test coverage** ([bench/results/coverage.md](bench/results/coverage.md), "
+            f"`make coverage`, commit {d['commit']}): {d['tests'].get('passed', 0):,} tests "
+            f"passed; lines covered: " + ", ".join(parts) + ".", ""]
+
+
 def h2(d: dict[str, Any]) -> list[str]:
     """Cache hits over HTTP/2, Kalkan against nginx, per page and load."""
     res = d["results"]
@@ -231,7 +240,7 @@ SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale),
             ("cache_conformance", conformance),
             ("defense_cost", defense), ("client_memory", clients), ("firewall", firewall),
             ("lab", lab), ("behaviour-score", behaviour_score),
-            ("analyze_speed", analyze_speed))
+            ("analyze_speed", analyze_speed), ("coverage", coverage))
 
 
 def main(argv: list[str] | None = None) -> None:
