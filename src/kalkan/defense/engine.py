@@ -413,7 +413,7 @@ class Defense:
         parsed = view.client_ip
         if parsed is None:
             return
-        slot = self.clients.recent_slot(view.client, parsed[1])
+        slot = self.clients.recent_slot(parsed[0], parsed[1])
         if slot >= 0:
             self.behaviour.outcome(self.clients.traits, slot, status, origin)
             if origin or 400 <= status < 500:
