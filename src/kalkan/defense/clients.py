@@ -100,6 +100,7 @@ class _Slots:
         self.fail_count = array("H")                # recent challenge failures
         self.fail_at = array("I")                   # time of the latest failure
         self.over_until = array("d")                # no per-address meter is over after this
+        self.agent = array("q")                     # a User-Agent that claims no crawler (key)
         self.width = 0                              # meters per slot
         self.meters = array("d")                    # row-major: slot * width + meter
         self.zero_row = array("d")
@@ -119,7 +120,7 @@ class _Slots:
     def _columns(self) -> list[array[Any]]:
         cols: list[array[Any]] = [self.fps, self.last]
         if self.with_history:
-            cols += [self.over_until, self.first, self.fail_count, self.fail_at]
+            cols += [self.over_until, self.first, self.fail_count, self.fail_at, self.agent]
         return cols
 
     def _grow(self) -> None:
@@ -196,6 +197,7 @@ class _Slots:
             self.first[slot] = t
             self.fail_count[slot] = 0
             self.fail_at[slot] = 0
+            self.agent[slot] = 0
         width = self.width
         if width:
             self.meters[slot * width:slot * width + width] = self.zero_row
@@ -533,6 +535,19 @@ class ClientTable:
             return False
         table = self._addr if per_address else self._pre
         return table.meters[slot * table.width + k] - now > beyond
+
+    def plain_agent(self, facts: RequestFacts, key: int) -> bool:
+        """Is `key` (the policy's keyed hash of this request's User-Agent) the one kept by
+        `note_plain_agent` for this client? Asked right after `hit()` for the same request;
+        False otherwise."""
+        if facts is self._last_facts and facts.ip == self._last_ip:
+            return self._addr.agent[self._last_a] == key
+        return False
+
+    def note_plain_agent(self, facts: RequestFacts, key: int) -> None:
+        """Keep `key` for this client: its User-Agent claims no crawler (right after `hit()`)."""
+        if facts is self._last_facts and facts.ip == self._last_ip:
+            self._addr.agent[self._last_a] = key
 
     def address_quiet(self, facts: RequestFacts, now: float) -> bool:
         """True when no per-address meter of this client is over: the policy then skips every

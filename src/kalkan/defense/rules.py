@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -775,6 +776,9 @@ class Policy:
         self.routes = routes
         self.source = source
         self.classifier = RouteClassifier(routes + DEFAULT_ROUTES)
+        # Salts the User-Agent keys kept in the client table (see evaluate): per policy, so
+        # what one policy's crawlers list found is not believed under another's.
+        self._agent_salt = random.getrandbits(62)
         # Rules that judge a network prefix by its rates alone (CGNAT puts readers in it too).
         self.prefix_rated = frozenset(r.name for r in self.rules if r.prefix_rate)
         # Rules that can apply to each route class, in order; rules with a `route` condition
@@ -925,7 +929,17 @@ class Policy:
         Call `clients.hit(facts, now)` first, so rate conditions count this request.
         """
         matched: list[Rule] | None = None
-        claimed = self.crawlers.claimed(facts.user_agent)
+        # A client's User-Agent rarely changes: one found to claim no crawler is kept with the
+        # client (a keyed hash: a collision is as unlikely as guessing the key), which costs
+        # less than scanning a browser's 100-odd characters for every crawler's words again.
+        ua = facts.user_agent
+        key = ((hash(ua) >> 2) ^ self._agent_salt) or 1   # 62 bits: a machine word compiled
+        if clients.plain_agent(facts, key):
+            claimed = None
+        else:
+            claimed = self.crawlers.claimed(ua)
+            if claimed is None:
+                clients.note_plain_agent(facts, key)
         table = self._variants[2 * clients.address_quiet(facts, now) + (claimed is None)]
         entries = table.get(facts.route)
         if entries is None:
