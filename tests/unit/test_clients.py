@@ -392,3 +392,23 @@ def test_hit_with_a_count_equals_that_many_hits() -> None:
     assert not many.over(meter.id, facts, 1000.0)
     many.hit(facts, 1000.0, 5)
     assert many.over(meter.id, facts, 1000.0)
+
+
+def test_recent_clients_and_their_slots_after_the_answer() -> None:
+    table = ClientTable(1000, [PER_ADDRESS])
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.1", "2001:db8::5"]:
+        send(table, facts(client), 1.0)
+    # Each once, oldest first by the latest request: .2, then .1 (sent again), then the IPv6.
+    assert table.recent() == ["203.0.113.2", "203.0.113.1", "2001:db8::5"]
+    v6 = facts("2001:db8::5")
+    assert table.recent_slot(v6.version, v6.ip) == table.slot_of(v6) >= 0
+    other = facts("203.0.113.2")      # not the request just counted: looked up by address
+    assert table.recent_slot(other.version, other.ip) == table.slot_of(other) >= 0
+    unknown = facts("198.51.100.9")
+    assert table.recent_slot(unknown.version, unknown.ip) == -1
+    # An IPv4 reader on a dual-stack socket is the same client as its IPv4 form.
+    assert table.slot_of(facts("::ffff:203.0.113.1")) == table.slot_of(facts("203.0.113.1"))
+    # The ring holds the latest 16,384 requests: older clients leave it, not the table.
+    send(table, facts("198.51.100.7"), 2.0, 16_384)
+    assert table.recent() == ["198.51.100.7"]
+    assert table.slot_of(facts("203.0.113.1")) >= 0

@@ -635,6 +635,29 @@ def test_default_allows_verified_crawlers_and_treats_impostors_like_anyone() -> 
     assert v is not None and (v.action, v.rule) == ("log", "unverified-crawler")
 
 
+def test_a_clients_plain_user_agent_is_remembered_but_never_hides_a_crawler_claim() -> None:
+    # The policy keeps, per client, a keyed hash of a User-Agent that claims no crawler, so a
+    # browser's agent is not scanned again at every request. A switch to a crawler's agent on
+    # the same address (or the same agent under a reloaded policy) must be seen at once.
+    site = Site(DEFAULT)
+    browser = req("/article", client="203.0.113.66")
+    assert site.send(browser, 1.0) is None
+    assert site.clients.plain_agent(browser, 0) is False   # what is kept is a keyed hash
+    assert site.send(req("/article", client="203.0.113.66"), 2.0) is None
+    claim = site.send(req("/article", client="203.0.113.66", ua=GOOGLEBOT), 3.0)
+    assert claim is not None and (claim.action, claim.rule) == ("log", "unverified-crawler")
+    assert site.send(req("/article", client="203.0.113.66"), 4.0) is None
+    google = req("/article", client="66.249.66.1", ua=GOOGLEBOT)
+    assert Site(DEFAULT).action(google) == "allow"
+    # Another policy over the same client table does not believe the first one's keys.
+    other = Policy.default()
+    f = req("/article", client="203.0.113.67", ua=GOOGLEBOT)
+    site.clients.hit(f, 5.0)
+    site.clients.note_plain_agent(f, 12345)     # whatever the first policy kept
+    v = other.evaluate(f, site.clients, 5.0)
+    assert v is not None and v.rule == "unverified-crawler"
+
+
 def test_default_tarpits_secret_scanners() -> None:
     verdict = Site(DEFAULT).send(req("/.env"), 1.0)
     assert verdict is not None and (verdict.action, verdict.ttl) == ("tarpit", 3600.0)

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final
 
 log = logging.getLogger("kalkan.attack_mode")
 
-PEACE, ELEVATED, ATTACK, SEVERE = 0, 1, 2, 3
+# (Final: compiled code, here and where they are imported, uses the constants.)
+PEACE: Final = 0
+ELEVATED: Final = 1
+ATTACK: Final = 2
+SEVERE: Final = 3
 LEVEL_NAMES = ("peace", "elevated", "attack", "severe")
 
 

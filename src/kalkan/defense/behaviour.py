@@ -49,8 +49,22 @@ from kalkan.defense.facts import ASSET, FEED, FORM, LOGIN, PAGE, SEARCH, WELLKNO
 
 # The row: offsets of each value in a client's 16 floats (128 bytes).
 # (Final: compiled code reads them as constants, not from the module's dict at each use.)
-T_LAST, T_REF, N, PAGES, ASSETS, COSTLY, NEW_QUERY, NEW_PATH, ERRORS, ORIGIN, UA_CHANGES, \
-    REFERRED, GAP_MEAN, GAP_VAR, SKETCHES, UA_MARK = range(16)
+T_LAST: Final = 0
+T_REF: Final = 1
+N: Final = 2
+PAGES: Final = 3
+ASSETS: Final = 4
+COSTLY: Final = 5
+NEW_QUERY: Final = 6
+NEW_PATH: Final = 7
+ERRORS: Final = 8
+ORIGIN: Final = 9
+UA_CHANGES: Final = 10
+REFERRED: Final = 11
+GAP_MEAN: Final = 12
+GAP_VAR: Final = 13
+SKETCHES: Final = 14
+UA_MARK: Final = 15
 WIDTH: Final = 16
 _ROW: Final = struct.Struct("16d")   # a row, as the array holds it (native byte order)
 _ROW_BYTES: Final = WIDTH * 8
@@ -72,16 +86,23 @@ _NO_GAP: Final = -10.0              # gap features of a client with one request 
 _BUCKETS: Final = 26                # per sketch: two of them fit a float's 53-bit mantissa
 _SKETCH_FULL: Final = 13            # buckets set before a sketch is emptied (half)
 _PATHS_MASK: Final = (1 << _BUCKETS) - 1
-_COSTLY_ROUTES: Final = frozenset({SEARCH, FORM, LOGIN})
+_SEARCH: Final = SEARCH           # the costly routes: searches, forms, logins
+_FORM: Final = FORM
+_LOGIN: Final = LOGIN
 _PAGE: Final = PAGE              # (copies as Final: compiled code holds them in statics)
 _ASSET: Final = ASSET
 _FEED: Final = FEED
 _WELLKNOWN: Final = WELLKNOWN
-_SAFE: Final = frozenset({"GET", "HEAD"})
 
 
 def _popcount(bits: int) -> int:
     return bits.bit_count()
+
+
+def _bucket(text: str) -> int:
+    """The sketch bucket of a path or query: from hash()'s high 32 bits, which fit a machine
+    word, where the whole 64-bit hash is a boxed integer whose modulo costs ten times more."""
+    return (hash(text) >> 32) % _BUCKETS
 
 
 def agent_mark(user_agent: str) -> float:
@@ -115,7 +136,8 @@ class Behaviour:
         SHARED of its requests changed agent), else 0.0."""
         # The row is read and written whole (struct, two C calls): element by element, each
         # array access is a generic item lookup plus a float box in compiled code, and those
-        # were 12,000 instructions a request (callgrind), against about 3,000 this way.
+        # were 12,000 instructions a request (callgrind), against about 3,000 this way. (Writing
+        # back only the values that changed, one by one, cost more than the one pack_into.)
         offset = slot * _ROW_BYTES
         # Typed, so the arithmetic below is on native floats, not generic objects.
         row: tuple[float, ...] = _UNPACK_ROW(rows, offset)
@@ -150,18 +172,19 @@ class Behaviour:
                 refs += w
         elif route == _ASSET:
             assets += w
-        if route in _COSTLY_ROUTES or method not in _SAFE:
+        # (A tuple display, not a set: compiled, `in` it is a few comparisons, identity first.)
+        if route in (_SEARCH, _FORM, _LOGIN) or method not in ("GET", "HEAD"):
             costly += w
         if query or (route != _FEED and route != _WELLKNOWN):
             sketches = int(sketches_f)
             paths, queries = sketches & _PATHS_MASK, sketches >> _BUCKETS
             if query:
-                bit = 1 << (hash(query) % _BUCKETS)
+                bit = 1 << _bucket(query)
                 if not queries & bit:
                     new_query += w
                     queries = bit if _popcount(queries) >= _SKETCH_FULL else queries | bit
             if route != _FEED and route != _WELLKNOWN:
-                bit = 1 << (hash(path) % _BUCKETS)
+                bit = 1 << _bucket(path)
                 if not paths & bit:
                     new_path += w
                     paths = bit if _popcount(paths) >= _SKETCH_FULL else paths | bit

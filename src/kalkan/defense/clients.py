@@ -30,25 +30,25 @@ import sys
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from math import trunc
-from typing import Any
+from typing import Any, Final
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
 
 ADDRESS, PREFIX = "address", "prefix"
 PER = (ADDRESS, PREFIX)
 
-_EMPTY = 0                  # index cell holding no slot (cells store slot + 1)
-_FREE = 0xFFFFFFFF          # `last` of a slot that holds no client
-_V4_TAG = 0xFFFF << 32      # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
-_PREFIX_V4_TAG = 1 << 130   # keeps IPv4 and IPv6 prefix keys apart
-_EVICT_WINDOW = 6           # slots looked at to choose one to evict
-_KNOWN_CREDIT = 600         # seconds of history that count as recency when choosing a victim
-_MAX_FAILURES = 0xFFFF
-_UNRESOLVED = -2            # prefix slot not looked up yet
-_PREFIX_FP_MEMO = 16384     # prefixes whose fingerprint is remembered
-_HOT_MAX = 16384            # recent clients whose slot is remembered by their address text
-_AGENT_SHARE = 4            # at most one agent row per this many addresses (shared ones are few)
+# (Final: compiled code reads them as constants, not from the module's dict at each use.)
+_EMPTY: Final = 0           # index cell holding no slot (cells store slot + 1)
+_FREE: Final = 0xFFFFFFFF   # `last` of a slot that holds no client
+_V4_TAG: Final = 0xFFFF << 32     # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
+_PREFIX_V4_TAG: Final = 1 << 130  # keeps IPv4 and IPv6 prefix keys apart
+_EVICT_WINDOW: Final = 6    # slots looked at to choose one to evict
+_KNOWN_CREDIT: Final = 600  # seconds of history that count as recency when choosing a victim
+_MAX_FAILURES: Final = 0xFFFF
+_UNRESOLVED: Final = -2     # prefix slot not looked up yet
+_PREFIX_FP_MEMO: Final = 16384  # prefixes whose fingerprint is remembered
+_RECENT: Final = 16384      # latest requests' client addresses remembered (for `recent()`)
+_AGENT_SHARE: Final = 4     # at most one agent row per this many addresses (shared ones are few)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,7 @@ class _Slots:
         self.fail_count = array("H")                # recent challenge failures
         self.fail_at = array("I")                   # time of the latest failure
         self.over_until = array("d")                # no per-address meter is over after this
+        self.agent = array("q")                     # a User-Agent that claims no crawler (key)
         self.width = 0                              # meters per slot
         self.meters = array("d")                    # row-major: slot * width + meter
         self.zero_row = array("d")
@@ -119,7 +120,7 @@ class _Slots:
     def _columns(self) -> list[array[Any]]:
         cols: list[array[Any]] = [self.fps, self.last]
         if self.with_history:
-            cols += [self.over_until, self.first, self.fail_count, self.fail_at]
+            cols += [self.over_until, self.first, self.fail_count, self.fail_at, self.agent]
         return cols
 
     def _grow(self) -> None:
@@ -196,6 +197,7 @@ class _Slots:
             self.first[slot] = t
             self.fail_count[slot] = 0
             self.fail_at[slot] = 0
+            self.agent[slot] = 0
         width = self.width
         if width:
             self.meters[slot * width:slot * width + width] = self.zero_row
@@ -314,8 +316,11 @@ class ClientTable:
         self._meters: dict[str, tuple[Meter, bool, int, float]] = {}
         # route class -> ((offset, T/N, cap, beyond) per address meter, the same per prefix)
         self._by_route: dict[str, tuple[tuple[tuple[int, float, float, float], ...], ...]] = {}
-        # client address text -> (ip, slot, fingerprint), checked against the slot when used
-        self._hot: dict[str, tuple[int, int, int]] = {}
+        # The latest requests' client address texts, a ring (for `recent()`). No memo from the
+        # text to the slot: at 100,000 clients any bounded one missed nearly always, and a miss
+        # plus its insert cost more than the keyed hash and the probe it was to save.
+        self._recent: list[str] = [""] * _RECENT
+        self._recent_at = 0
         self._prefix_fps: dict[int, int] = {}   # prefix number -> fingerprint (bounded)
         # What the latest hit() found: its request, address, address slot and prefix slot (or
         # _UNRESOLVED). Fields, not a tuple: a tuple made per request cost more than reading it.
@@ -361,9 +366,13 @@ class ClientTable:
     # -- keys -------------------------------------------------------------------------------
 
     def _address_fp(self, facts: RequestFacts) -> int:
-        ip = facts.ip
-        key = ip | _V4_TAG if facts.version == 4 else ip
-        return hash((key ^ self._salt).to_bytes(17, "little")) or 1
+        return self._ip_fp(facts.version, facts.ip)
+
+    def _ip_fp(self, version: int, ip: int) -> int:
+        key = ip | _V4_TAG if version == 4 else ip
+        # 62 bits, not hash()'s 64: compiled code keeps such an int unboxed (a tagged machine
+        # word) through the probe's masks and comparisons. Never 0 (0 marks a free slot).
+        return (hash((key ^ self._salt).to_bytes(17, "little")) >> 2) or 1
 
     def _prefix_fp(self, facts: RequestFacts) -> int:
         ip = facts.ip
@@ -375,7 +384,7 @@ class ClientTable:
         if fp == 0:
             if len(memo) >= _PREFIX_FP_MEMO:
                 memo.clear()
-            fp = memo[key] = hash((key ^ self._salt).to_bytes(17, "little")) or 1
+            fp = memo[key] = (hash((key ^ self._salt).to_bytes(17, "little")) >> 2) or 1
         return fp
 
     def _forget(self) -> None:
@@ -406,33 +415,25 @@ class ClientTable:
         to its route class."""
         # Written out flat: this runs for every request that is not a replayed cache hit.
         ip = facts.ip
-        t = trunc(now)                       # math.trunc: a third of int()'s cost here
+        t = int(now)                         # compiled: a native conversion
         a_meters, p_meters = self._by_route.get(facts.route) or self._by_route["page"]
         addr = self._addr
-        fps = addr.fps
-        hot = self._hot
-        entry = hot.get(facts.client)
-        if entry is not None and entry[0] == ip and fps[entry[1]] == entry[2]:
-            a = entry[1]                     # a recent client: no fingerprint, no probing
-            addr.last[a] = t
-        else:
-            key = ip | _V4_TAG if facts.version == 4 else ip
-            fp = hash((key ^ self._salt).to_bytes(17, "little")) or 1
-            index, mask = addr.index, addr.mask
-            i = fp & mask
-            while True:
-                s = index[i]
-                if s == _EMPTY:
-                    a = addr.insert(fp, i, t)
-                    break
-                if fps[s - 1] == fp:
-                    a = s - 1
-                    addr.last[a] = t
-                    break
-                i = (i + 1) & mask
-            if len(hot) >= _HOT_MAX:
-                hot.clear()                  # a flood of new addresses must not grow this
-            hot[facts.client] = (ip, a, fp)
+        fp = self._ip_fp(facts.version, ip)
+        index, fps, mask = addr.index, addr.fps, addr.mask
+        i = fp & mask
+        while True:
+            s = index[i]
+            if s == _EMPTY:
+                a = addr.insert(fp, i, t)
+                break
+            if fps[s - 1] == fp:
+                a = s - 1
+                addr.last[a] = t
+                break
+            i = (i + 1) & mask
+        at = self._recent_at
+        self._recent[at] = facts.client
+        self._recent_at = (at + 1) & (_RECENT - 1)
         if a_meters:
             rows = addr.meters
             base = a * addr.width
@@ -493,11 +494,11 @@ class ClientTable:
         fp = hash((self._addr.fps[slot], mark)) or 1   # keyed: the address's is salted
         g = agents.find(fp)
         if g >= 0:
-            agents.last[g] = trunc(now)
+            agents.last[g] = int(now)
             return g, False
         if not create:
             return -1, False
-        return agents.get(fp, trunc(now)), True
+        return agents.get(fp, int(now)), True
 
     @property
     def last_slot(self) -> int:
@@ -508,13 +509,13 @@ class ClientTable:
         """The address slot of this request's client, or -1 (not tracked); never inserts."""
         return self._slot(facts, True)
 
-    def recent_slot(self, client: str, ip: int) -> int:
-        """The slot of a client seen lately (by its address text), or -1: one dict lookup,
-        for what comes after the request was decided (its answer, its miss)."""
-        entry = self._hot.get(client)
-        if entry is None or entry[0] != ip or self._addr.fps[entry[1]] != entry[2]:
-            return -1
-        return entry[1]
+    def recent_slot(self, version: int, ip: int) -> int:
+        """The address slot of a client (its parsed address), or -1; never inserts: for what
+        comes after the request was decided (its answer, its miss)."""
+        last = self._last_facts
+        if last is not None and self._last_ip == ip and last.version == version:
+            return self._last_a              # the request just counted: no lookup
+        return self._addr.find(self._ip_fp(version, ip))
 
     def over(self, meter_id: str, facts: RequestFacts, now: float) -> bool:
         """Whether this client has sent more than the meter's limit within its period.
@@ -534,6 +535,19 @@ class ClientTable:
             return False
         table = self._addr if per_address else self._pre
         return table.meters[slot * table.width + k] - now > beyond
+
+    def plain_agent(self, facts: RequestFacts, key: int) -> bool:
+        """Is `key` (the policy's keyed hash of this request's User-Agent) the one kept by
+        `note_plain_agent` for this client? Asked right after `hit()` for the same request;
+        False otherwise."""
+        if facts is self._last_facts and facts.ip == self._last_ip:
+            return self._addr.agent[self._last_a] == key
+        return False
+
+    def note_plain_agent(self, facts: RequestFacts, key: int) -> None:
+        """Keep `key` for this client: its User-Agent claims no crawler (right after `hit()`)."""
+        if facts is self._last_facts and facts.ip == self._last_ip:
+            self._addr.agent[self._last_a] = key
 
     def address_quiet(self, facts: RequestFacts, now: float) -> bool:
         """True when no per-address meter of this client is over: the policy then skips every
@@ -625,9 +639,11 @@ class ClientTable:
         return removed
 
     def recent(self) -> list[str]:
-        """Addresses seen lately, oldest first: the keys of the recent-client memo (at most
-        16,384; it is cleared when full, so right after that it holds few)."""
-        return list(self._hot)
+        """Addresses seen lately, each once, oldest first: the clients of the latest 16,384
+        requests counted."""
+        at = self._recent_at
+        ring = self._recent[at:] + self._recent[:at]
+        return [c for c in dict.fromkeys(reversed(ring)) if c][::-1]
 
     def __len__(self) -> int:
         """Addresses tracked."""
@@ -649,9 +665,9 @@ class ClientTable:
         return self._addr.evictions + self._pre.evictions
 
     def memory_bytes(self) -> int:
-        """Bytes held by both tables' arrays plus the bounded recent-client cache."""
-        # ~150 B per cache entry: its share of the dict, the tuple and its three integers
-        hot = sys.getsizeof(self._hot) + 150 * len(self._hot)
+        """Bytes held by both tables' arrays plus the ring of recent clients."""
+        # ~60 B per address text the ring keeps alive (its pointers are in getsizeof)
+        hot = sys.getsizeof(self._recent) + 60 * _RECENT
         agents = self._agents.memory_bytes() if self._agents is not None else 0
         return self._addr.memory_bytes() + self._pre.memory_bytes() + agents + hot \
             + sys.getsizeof(self)

@@ -18,11 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from array import array
 from collections import Counter
 from math import trunc
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
@@ -68,20 +67,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kalkan.defense")
 
-_NEVER_CHALLENGED = frozenset({FEED, WELLKNOWN})  # feed readers and crawlers cannot solve one
+# (Final, as the names below: compiled code reads them as constants, not from the module's
+# dict at each use.)
+# Feed readers and crawlers cannot solve a challenge.
+_NEVER_CHALLENGED: Final = frozenset({FEED, WELLKNOWN})
+_COOKIE_KEY: Final = COOKIE_KEY  # (tokens.py is not compiled: a copy held in a static)
+_now: Final = time.time  # called from a C static, compiled: no module lookup per request
 _ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT,
             "challenge": Action.CHALLENGE}
-_MEMO_LIMIT = 4096   # distinct decision strings remembered (rule names, operators' reasons)
-_RECENT = 4096       # slots of the latest requests, sampled once a second for the threat level
-_SCORED_PER_TICK = 512  # distinct clients scored per tick at most (the loop must not stall)
+_MEMO_LIMIT: Final = 4096  # distinct decision strings remembered (rule names, operators' reasons)
+_RECENT: Final = 4096  # slots of the latest requests, sampled once a second for the threat level
+_SCORED_PER_TICK: Final = 512  # distinct clients scored per tick at most (the loop must not stall)
 # On a shared address (behaviour.SHARED) each agent gets its own behaviour row, and is judged
 # by it once it holds this many (decayed) requests.
-_AGENT_HISTORY = 3.0
-_YOUNG_AGENT = -2
+_AGENT_HISTORY: Final = 3.0
+_YOUNG_AGENT: Final = -2
 # The features that say a client reads like a browser: it fetched a page's assets, or followed
 # the site's own links.
-_ASSET_SHARE = FEATURES.index("asset_share")
-_REFERRED = FEATURES.index("referred")
+_ASSET_SHARE: Final = FEATURES.index("asset_share")
+_REFERRED: Final = FEATURES.index("referred")
 # Misses under attack that link previews may cost the origin, all previews together: real
 # ones are a few a second at most (a person shares a link, the platform reads it once).
 _PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST = 5.0, 20.0
@@ -93,8 +97,8 @@ _PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
 # Misses under attack for bad-scored clients that read like a browser and ask from one of the
 # site's pages (a search right after landing), all such clients together.
 _REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST = 1.0, 10.0
-_REFERRED_EVERY = 60.0   # seconds between two such misses of one client
-_PASS_BUDGETS = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
+_REFERRED_EVERY: Final = 60.0   # seconds between two such misses of one client
+_PASS_BUDGETS: Final = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
 
 
 def _static_refusal(status: int, retry_after: bytes, text: bytes) -> ChallengeResponse:
@@ -149,7 +153,8 @@ class Defense:
         self.clients = ClientTable(config.clients, self.policy.meters, config.prefix_v4,
                                    config.prefix_v6, trait_width=WIDTH if self.model else 0)
         # Slots of the latest requests (a ring): the tick scores who sent them.
-        self._recent = array("i", [-1]) * _RECENT
+        # (A list, not an array: compiled, a list item is written without a generic call.)
+        self._recent: list[int] = [-1] * _RECENT
         self._recent_at = 0
         self._before = new_rows(1)   # a row as it was before its agent changed (see _observe)
         self._observed = 0        # requests whose behaviour was counted since the last tick
@@ -200,6 +205,7 @@ class Defense:
         self.routes = m.routes
         self.talkers = m.talkers
         self._unsampled = 0  # requests since a user agent was last fed to the talkers sketch
+        self._talkers_every = self.talkers.every  # kept here: a native int for the check
         m.gauge("kalkan_bad_behaviour_requests", "Requests in the last second from clients whose "
                 "behaviour scores bad (estimated from a sample; 0 when behaviour scoring is off).",
                 lambda: self.bad_requests)
@@ -250,13 +256,16 @@ class Defense:
 
     # -- facts ----------------------------------------------------------------------------------
     def facts(self, view: RequestView) -> RequestFacts:
+        # Each member read once: on the edge's request, each read is a generic attribute
+        # lookup (the defence knows it only as a RequestView).
         client = view.client
         parsed = view.client_ip
         ip, version, prefix = self.addresses.of_parsed(parsed[0], parsed[1]) \
             if parsed is not None else self.addresses(client)
-        route, path = self.policy.classifier.classify_target(view.method, view.path, view.query)
+        method, query = view.method, view.query
+        route, path = self.policy.classifier.classify_target(method, view.path, query)
         ua = view.user_agent
-        return RequestFacts(view.method, view.host, path, view.query, route, client, ip,
+        return RequestFacts(method, view.host, path, query, route, client, ip,
                             version, prefix, ua.decode("latin-1") if ua else "", view.headers,
                             view.cookie)
 
@@ -281,12 +290,12 @@ class Defense:
 
     def check(self, view: RequestView) -> Verdict:
         """Decide before the cache; an ALLOW verdict lets the request go on to the cache."""
-        now = time.time()
+        now = _now()
         facts = self.facts(view)
         self.requests += 1
         self.routes[facts.route] += 1
         self._unsampled += 1
-        if self._unsampled >= self.talkers.every:
+        if self._unsampled >= self._talkers_every:
             self._unsampled = self.talkers.restart()
             self.talkers.agent(facts.user_agent)
         if facts.route == CHALLENGE:
@@ -294,10 +303,11 @@ class Defense:
         if self.allow and self._allowlisted(facts):
             return self._allowed("allow:allowlist", False)
         # Most readers hold no pass: told by one substring check here (compiled), without a
-        # call into the interpreted challenge code.
+        # call into the interpreted challenge code. (find, not `in`: bytes `in` tries the
+        # argument as an int first, and raises and clears a TypeError, on every request.)
         cookie = facts.cookie
         pass_ = self.challenges.valid_pass(facts, now) \
-            if cookie is not None and COOKIE_KEY in cookie else None
+            if cookie is not None and cookie.find(_COOKIE_KEY) >= 0 else None
         standing = self.decisions.lookup(facts.client, facts.prefix, now,
                                          pass_.id if pass_ is not None else None)
         if standing is not None and standing.action != "allow" and not (
@@ -354,7 +364,7 @@ class Defense:
 
     def count(self, view: RequestView, n: int) -> None:
         """Requests let through by a per-connection standing verdict, counted afterwards."""
-        now = time.time()
+        now = _now()
         self.requests += n
         facts = self.facts(view)
         self.routes[facts.route] += n
@@ -368,7 +378,8 @@ class Defense:
         referred = False
         if facts.route == PAGE:
             ref = view.referer
-            referred = ref is not None and facts.host.encode("latin-1") in ref
+            # (find, not `in`: bytes `in` tries an int first, raising and clearing a TypeError)
+            referred = ref is not None and ref.find(facts.host.encode("latin-1")) >= 0
         ua = facts.user_agent
         said = self.behaviour.observe(self.clients.traits, slot, now, facts.route,
                                       facts.method, facts.path, facts.query, ua, referred, n,
@@ -413,7 +424,7 @@ class Defense:
         parsed = view.client_ip
         if parsed is None:
             return
-        slot = self.clients.recent_slot(view.client, parsed[1])
+        slot = self.clients.recent_slot(parsed[0], parsed[1])
         if slot >= 0:
             self.behaviour.outcome(self.clients.traits, slot, status, origin)
             if origin or 400 <= status < 500:
@@ -655,7 +666,7 @@ class Defense:
         observed, self._observed = self._observed, 0
         bad = observed * self._bad_share() if self.model is not None else 0.0
         self.bad_requests = bad
-        self._recent[:] = array("i", [-1]) * _RECENT  # next second's requests only
+        self._recent[:] = [-1] * _RECENT  # next second's requests only
         last_n, last_s, last_e = self._last_counts
         n, secs, errs = origin_count - last_n, origin_seconds - last_s, origin_errors - last_e
         self._last_counts = (origin_count, origin_seconds, origin_errors)

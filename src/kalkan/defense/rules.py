@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -401,7 +402,7 @@ class GlobSet:
     a set lookup or one startswith/endswith call; only the rest go through a regex.
     """
 
-    __slots__ = ("exact", "prefixes", "suffixes", "regex")
+    __slots__ = ("exact", "prefixes", "suffixes", "regex", "seconds", "lasts")
 
     def __init__(self, globs: Iterable[str]) -> None:
         exact: set[str] = set()
@@ -421,13 +422,34 @@ class GlobSet:
                 exact.add(g)
         self.exact, self.prefixes, self.suffixes = frozenset(exact), tuple(prefixes), \
             tuple(suffixes)
+        # The prefixes' second characters and the suffixes' last ones: a text whose own is not
+        # among them matches none, told by a one-character test instead of a scan per prefix
+        # (every prefix starts with "/": the first tells nothing). Empty when some prefix (or
+        # suffix) is too short to have one: then no text is ruled out that way.
+        self.seconds = "".join(sorted({p[1] for p in prefixes})) \
+            if all(len(p) >= 2 for p in prefixes) else ""
+        self.lasts = "".join(sorted({x[-1] for x in suffixes})) if all(suffixes) else ""
         self.regex = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in other)) \
             if other else None
 
     def match(self, text: str) -> bool:
-        return (text in self.exact or text.startswith(self.prefixes)
-                or text.endswith(self.suffixes)
+        return (text in self.exact or self.starts(text) or self.ends(text)
                 or (self.regex is not None and self.regex.match(text) is not None))
+
+    def starts(self, text: str) -> bool:
+        """Does `text` start with one of the prefixes?"""
+        seconds = self.seconds
+        # (A slice, not text[1]: "" for a short text, and "" is in every string.)
+        if seconds and text[1:2] not in seconds:
+            return False
+        return text.startswith(self.prefixes)
+
+    def ends(self, text: str) -> bool:
+        """Does `text` end with one of the suffixes?"""
+        lasts = self.lasts
+        if lasts and text[-1:] not in lasts:
+            return False
+        return text.endswith(self.suffixes)
 
 
 def _host_only(host: str) -> str:
@@ -505,17 +527,18 @@ class _Compiler:
             if not g.startswith(("/", "*")):
                 raise self.doc.error(node, key, f"path glob {g!r} must start with / or *")
         gs = GlobSet(globs)
-        e, st, en = gs.exact, gs.prefixes, gs.suffixes
+        e = gs.exact
         rx = gs.regex.match if gs.regex is not None else None
-        # Spelled out (no call into GlobSet): path globs are on the page route's hot path.
+        # Spelled out but for the prefix and suffix tests (native calls into GlobSet): path
+        # globs are on the page route's hot path.
         if rx is None:
             def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
                 path = f.path
-                return path in e or path.startswith(st) or path.endswith(en)
+                return path in e or gs.starts(path) or gs.ends(path)
         else:
             def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
                 path = f.path
-                return (path in e or path.startswith(st) or path.endswith(en)
+                return (path in e or gs.starts(path) or gs.ends(path)
                         or rx(path) is not None)
         return check
 
@@ -753,6 +776,9 @@ class Policy:
         self.routes = routes
         self.source = source
         self.classifier = RouteClassifier(routes + DEFAULT_ROUTES)
+        # Salts the User-Agent keys kept in the client table (see evaluate): per policy, so
+        # what one policy's crawlers list found is not believed under another's.
+        self._agent_salt = random.getrandbits(62)
         # Rules that judge a network prefix by its rates alone (CGNAT puts readers in it too).
         self.prefix_rated = frozenset(r.name for r in self.rules if r.prefix_rate)
         # Rules that can apply to each route class, in order; rules with a `route` condition
@@ -903,7 +929,17 @@ class Policy:
         Call `clients.hit(facts, now)` first, so rate conditions count this request.
         """
         matched: list[Rule] | None = None
-        claimed = self.crawlers.claimed(facts.user_agent)
+        # A client's User-Agent rarely changes: one found to claim no crawler is kept with the
+        # client (a keyed hash: a collision is as unlikely as guessing the key), which costs
+        # less than scanning a browser's 100-odd characters for every crawler's words again.
+        ua = facts.user_agent
+        key = ((hash(ua) >> 2) ^ self._agent_salt) or 1   # 62 bits: a machine word compiled
+        if clients.plain_agent(facts, key):
+            claimed = None
+        else:
+            claimed = self.crawlers.claimed(ua)
+            if claimed is None:
+                clients.note_plain_agent(facts, key)
         table = self._variants[2 * clients.address_quiet(facts, now) + (claimed is None)]
         entries = table.get(facts.route)
         if entries is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 Header = tuple[bytes, bytes]
 
@@ -50,7 +50,8 @@ class Verdict:
     body: bytes = b""
 
 
-ALLOWED = Verdict(Action.ALLOW)   # nothing to say: the common case, one shared object
+# Nothing to say: the common case, one shared object (Final: a constant in compiled code).
+ALLOWED: Final = Verdict(Action.ALLOW)
 
 # Who asks the origin, as the defence answers the edge's origin gate (`origin_standing`):
 # clients known to be good, clients it knows nothing of yet, clients behaving like bots.
