@@ -121,9 +121,8 @@ class FakePipeline:
         self.body_errors: list[Exception] = []
         self.refusals: list[tuple[int, str]] = []
         self.errors: list[BaseException] = []
-        self.remembered = 0
 
-    def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
+    def respond_now(self, req: Request, read: bytes | None = None) -> tuple[bytes, ...] | None:
         body = self.hits.get(req.path)
         return None if body is None else (_answer(200, req.path, body),)
 
@@ -151,9 +150,6 @@ class FakePipeline:
 
     def replay(self, data: bytes, conn: HttpConnection) -> bool:
         return False
-
-    def remember(self, data: bytes, req: Request) -> None:
-        self.remembered += 1
 
     def log_refusal(self, client: str, status: int, detail: str) -> None:
         self.refusals.append((status, detail))

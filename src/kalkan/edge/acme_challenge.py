@@ -46,9 +46,9 @@ class AcmeFront:
         """What answers the other requests from now on (HTTPS is up: the redirect)."""
         self.behind = handler
 
-    def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
+    def respond_now(self, req: Request, _read: bytes | None = None) -> tuple[bytes, ...] | None:
         if not req.path.startswith(CHALLENGE_PREFIX):
-            return self.behind.respond_now(req)
+            return self.behind.respond_now(req)  # (no replay memo on this listener)
         if req.body is not None:
             return None  # drained in `respond` first, so the connection stays in step
         return (self._answer(req),)
@@ -82,9 +82,6 @@ class AcmeFront:
     # answered on the HTTPS listener too, and identical bytes there mean an https cache key.
     def replay(self, _data: bytes, _conn: Any) -> bool:
         return False
-
-    def remember(self, _data: bytes, _req: Request) -> None:
-        pass
 
     def tick(self) -> None:
         pass  # the pipeline is ticked by its own listener's sweep

@@ -55,7 +55,7 @@ class RedirectToHttps:
         self.log_error = pipeline.log_error
         self.port_suffix = "" if https_port == 443 else f":{https_port}"
 
-    def respond_now(self, req: Request) -> tuple[bytes]:
+    def respond_now(self, req: Request, _read: bytes | None = None) -> tuple[bytes]:
         host = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
         location = f"https://{host}{self.port_suffix}{req.target.decode('latin-1')}"
         if any(c in location for c in "\r\n\x00"):
@@ -75,9 +75,6 @@ class RedirectToHttps:
 
     def replay(self, _data: bytes, _conn: HttpConnection) -> bool:
         return False  # every request is parsed: a redirect is cheap anyway
-
-    def remember(self, _data: bytes, _req: Request) -> None:
-        pass
 
 
 def public_listeners(config: Config) -> list[tuple[str, str]]:

@@ -165,16 +165,13 @@ class HttpConnection(Endpoint):
     def _dispatch(self, req: Request) -> None:
         # While the client is not taking what we send, even hits wait their turn in `_run`:
         # answering pipelined hits at once would pile them all up in our send buffer.
-        data = self.pipeline.respond_now(req) if req.body is None and not self.flow.write_paused \
-            else None
+        read, self._chunk = self._chunk, None  # offered to the replay memo once, with the first
+        data = self.pipeline.respond_now(req, read) if req.body is None \
+            and not self.flow.write_paused else None
         if data is not None:
             self.transport.writelines(data)  # type: ignore[union-attr]  # send_now, inlined: hot
-            if self._chunk is not None:
-                self.pipeline.remember(self._chunk, req)
-                self._chunk = None
             self._finished(req)
             return
-        self._chunk = None
         self.busy = True
         if self.state == IDLE:
             self.state, self.deadline = ANSWERING, 0.0

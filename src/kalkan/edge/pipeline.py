@@ -125,9 +125,6 @@ class Pipeline:
         self.access_log.close()
 
     # -- the connection's interface -------------------------------------------------------------
-    def remember(self, data: bytes, req: Request) -> None:
-        self.replays.remember(data, req)
-
     def replay(self, data: bytes, conn: Conn) -> bool:
         return self.replays.replay(data, conn)
 
@@ -176,9 +173,11 @@ class Pipeline:
                            never_cache=self.never_cache.reason(req.path, req.query, headers))
 
     # -- the hot path ---------------------------------------------------------------------------
-    def respond_now(self, req: Request) -> tuple[bytes, ...] | None:
+    def respond_now(self, req: Request, read: bytes | None = None) -> tuple[bytes, ...] | None:
         """A refusal or a fresh hit, answered without awaiting, as buffers for one vectored
-        write; None: the slow path. (A fresh hit is cache_flow's SERVE step, inlined.)"""
+        write; None: the slow path. (A fresh hit is cache_flow's SERVE step, inlined.) `read`:
+        the connection's read this request came in, offered to the replay memo when answered
+        here (one call from the connection instead of two)."""
         if self._defended:
             verdict = req.verdict = self.defense.check(req)
             req.decision = verdict.decision
@@ -190,6 +189,8 @@ class Pipeline:
                                                          req.keep_alive, req.method == "HEAD")
                 self.recorder.answer(self.clock.now, req, verdict.status, len(refusal),
                                      "BYPASS", None, req.decision)
+                if read is not None:
+                    self.replays.remember(read, req)
                 return (refusal,)
         if req.method not in _CACHEABLE_METHODS or not self.cache_enabled or req.conditional:
             return None
@@ -209,6 +210,8 @@ class Pipeline:
         self.recorder.answer(now, req, entry.status, wire_len(data), "HIT", None, req.decision)
         if entry.status >= 400:
             self.defense.answered(req, entry.status, False)  # a cached 404 to a guessed URL
+        if read is not None:
+            self.replays.remember(read, req)
         return data
 
     # -- the slow path --------------------------------------------------------------------------
