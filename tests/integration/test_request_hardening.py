@@ -6,7 +6,10 @@ cookie."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import pytest
@@ -23,6 +26,9 @@ from support import (
     port_of,
     start_origin,
 )
+
+if TYPE_CHECKING:
+    from kalkan.edge.replay import ReplayMemo
 
 SMUGGLED = b"GET /smuggled-page HTTP/1.1\r\nHost: news.example\r\n\r\n"
 
@@ -296,36 +302,38 @@ async def test_a_hit_writes_the_stored_body_itself_not_a_copy(origin: Origin,
     assert body is entry.body and len(head) < 1024
 
 
-async def test_replay_memo_stays_bounded_under_unique_requests(origin: Origin,
-                                                               make_edge: EdgeFactory) -> None:
-    from kalkan.edge.replay import REPLAY_BYTES, REPLAY_MEMO
-
+@contextlib.asynccontextmanager
+async def page_cached(origin: Origin, make_edge: EdgeFactory
+                      ) -> AsyncIterator[tuple[ReplayMemo, Client]]:
+    """An edge with /bench/20k cached, its replay memo, and a client connected to it."""
     edge = await make_edge(origin.url)
     port = port_of(edge)
     await fetch(port, "/bench/20k")
     client = await Client.connect(port)
     try:
+        yield edge.pipeline.replays, client
+    finally:
+        await client.close()
+
+
+async def test_replay_memo_stays_bounded_under_unique_requests(origin: Origin,
+                                                               make_edge: EdgeFactory) -> None:
+    from kalkan.edge.replay import REPLAY_BYTES, REPLAY_MEMO
+
+    async with page_cached(origin, make_edge) as (memo, client):
         pad = "x" * 3000  # big requests: the byte bound, not the count, must hold
         for i in range(3000):
             resp = await client.request("GET", "/bench/20k", {"User-Agent": f"r{i} {pad}"})
             assert resp.status == 200
-            memo = edge.pipeline.replays
             assert len(memo.memo) <= REPLAY_MEMO
             assert memo.bytes <= REPLAY_BYTES + 2 * 4096 + 512
-    finally:
-        await client.close()
 
 
 async def test_replay_memo_samples_while_replays_are_rare_and_recovers_for_a_flood(
         origin: Origin, make_edge: EdgeFactory) -> None:
     from kalkan.edge.replay import SAMPLE
 
-    edge = await make_edge(origin.url)
-    port = port_of(edge)
-    memo = edge.pipeline.replays
-    await fetch(port, "/bench/20k")
-    client = await Client.connect(port)
-    try:
+    async with page_cached(origin, make_edge) as (memo, client):
         for i in range(400):  # readers: every request different, none ever repeated
             assert (await client.request("GET", "/bench/20k", {"X-R": str(i)})).status == 200
         memo.tick()
@@ -338,25 +346,16 @@ async def test_replay_memo_samples_while_replays_are_rare_and_recovers_for_a_flo
         assert memo._replayed > SAMPLE
         memo.tick()
         assert memo.sample == 1
-    finally:
-        await client.close()
 
 
 async def test_replay_memo_keeps_few_entries_while_sampling(origin: Origin,
                                                             make_edge: EdgeFactory) -> None:
     from kalkan.edge.replay import SAMPLED_MEMO
 
-    edge = await make_edge(origin.url)
-    port = port_of(edge)
-    memo = edge.pipeline.replays
-    await fetch(port, "/bench/20k")
-    client = await Client.connect(port)
-    try:
+    async with page_cached(origin, make_edge) as (memo, client):
         memo.sample = 2  # sampling (as after a second of readers): every other hit remembered
         for i in range(2 * SAMPLED_MEMO + 100):
             assert (await client.request("GET", "/bench/20k", {"X-R": str(i)})).status == 200
         assert len(memo.memo) == SAMPLED_MEMO  # a few hundred, cheap to let go of
         memo.tick()
         assert not memo.memo
-    finally:
-        await client.close()
