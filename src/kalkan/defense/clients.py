@@ -369,9 +369,12 @@ class ClientTable:
         return self._ip_fp(facts.version, facts.ip)
 
     def _ip_fp(self, version: int, ip: int) -> int:
-        key = ip | _V4_TAG if version == 4 else ip
-        # 62 bits, not hash()'s 64: compiled code keeps such an int unboxed (a tagged machine
-        # word) through the probe's masks and comparisons. Never 0 (0 marks a free slot).
+        return self._keyed(ip | _V4_TAG if version == 4 else ip)
+
+    def _keyed(self, key: int) -> int:
+        """The fingerprint of an address or prefix key: a keyed hash (the salt), 62 bits, not
+        hash()'s 64: compiled code keeps such an int unboxed (a tagged machine word) through
+        the probe's masks and comparisons. Never 0 (0 marks a free slot)."""
         return (hash((key ^ self._salt).to_bytes(17, "little")) >> 2) or 1
 
     def _prefix_fp(self, facts: RequestFacts) -> int:
@@ -384,7 +387,7 @@ class ClientTable:
         if fp == 0:
             if len(memo) >= _PREFIX_FP_MEMO:
                 memo.clear()
-            fp = memo[key] = (hash((key ^ self._salt).to_bytes(17, "little")) >> 2) or 1
+            fp = memo[key] = self._keyed(key)
         return fp
 
     def _forget(self) -> None:

@@ -99,12 +99,7 @@ class ReplayMemo:
         self._seen += 1
         if self._seen % self.sample:
             return
-        # While sampling, a few hundred entries are enough to catch a flood (its bytes recur)
-        # and cheap to let go of at the tick: 2,048 remembered requests took milliseconds to
-        # free, a stall every few seconds for every connection in flight.
-        limit = REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO
-        if (len(self.memo) >= limit or self.bytes > REPLAY_BYTES
-                or req.version != "1.1" or not req.keep_alive
+        if (self._full() or req.version != "1.1" or not req.keep_alive
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
             return
@@ -115,14 +110,20 @@ class ReplayMemo:
         self.bytes += 2 * len(data) + 512
         self._stored += 1
 
+    def _full(self) -> bool:
+        # While sampling, a few hundred entries are enough to catch a flood (its bytes recur)
+        # and cheap to let go of at the tick: 2,048 remembered requests took milliseconds to
+        # free, a stall every few seconds for every connection in flight.
+        return len(self.memo) >= (REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO) \
+            or self.bytes > REPLAY_BYTES
+
     def forget(self) -> None:
         self.memo.clear()
         self.bytes = 0
 
     def tick(self) -> None:
         """About once a second: bound the memo, and sample while it earns nothing."""
-        if len(self.memo) >= (REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO) \
-                or self.bytes > REPLAY_BYTES:
+        if self._full():
             self.forget()  # a flood of unique URLs must not pin memory or time
         if self._seen >= 256 and self._replayed * 16 < self._seen:
             self.sample = SAMPLE
