@@ -86,13 +86,6 @@ _NO_GAP: Final = -10.0              # gap features of a client with one request 
 _BUCKETS: Final = 26                # per sketch: two of them fit a float's 53-bit mantissa
 _SKETCH_FULL: Final = 13            # buckets set before a sketch is emptied (half)
 _PATHS_MASK: Final = (1 << _BUCKETS) - 1
-_SEARCH: Final = SEARCH           # the costly routes: searches, forms, logins
-_FORM: Final = FORM
-_LOGIN: Final = LOGIN
-_PAGE: Final = PAGE              # (copies as Final: compiled code holds them in statics)
-_ASSET: Final = ASSET
-_FEED: Final = FEED
-_WELLKNOWN: Final = WELLKNOWN
 
 
 def _popcount(bits: int) -> int:
@@ -166,16 +159,16 @@ class Behaviour:
                 t_ref, w = now, 1.0
         w *= n
         total += w
-        if route == _PAGE:
+        if route == PAGE:
             pages += w
             if referred:
                 refs += w
-        elif route == _ASSET:
+        elif route == ASSET:
             assets += w
         # (A tuple display, not a set: compiled, `in` it is a few comparisons, identity first.)
-        if route in (_SEARCH, _FORM, _LOGIN) or method not in ("GET", "HEAD"):
+        if route in (SEARCH, FORM, LOGIN) or method not in ("GET", "HEAD"):
             costly += w
-        if query or (route != _FEED and route != _WELLKNOWN):
+        if query or (route != FEED and route != WELLKNOWN):
             sketches = int(sketches_f)
             paths, queries = sketches & _PATHS_MASK, sketches >> _BUCKETS
             if query:
@@ -183,7 +176,7 @@ class Behaviour:
                 if not queries & bit:
                     new_query += w
                     queries = bit if _popcount(queries) >= _SKETCH_FULL else queries | bit
-            if route != _FEED and route != _WELLKNOWN:
+            if route != FEED and route != WELLKNOWN:
                 bit = 1 << _bucket(path)
                 if not paths & bit:
                     new_path += w
