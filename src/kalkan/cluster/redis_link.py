@@ -1,0 +1,313 @@
+"""The cluster's transport: Redis (or Valkey), never on a request's path. Every `interval` the
+link sends what changed in one pipelined round trip (the shared table keeps each target's latest
+change, a channel tells the other edges at once); once a second it reports this edge's threat
+level and looks after the pass-signing keys. When Redis goes away the edge goes on with its
+local state (logged once, shown by `kalkan_cluster_up`), keeps every change in its outbox, and
+at reconnection merges both ways (a resync), so nothing decided meanwhile is lost.
+
+Redis keys, all with one hash tag so a Redis Cluster keeps them on one node:
+`kalkan:{NS}:decisions` (hash: target -> latest record), `kalkan:{NS}:threat` (hash: edge ->
+record), `kalkan:{NS}:keys` (hash: current key id, ring document) and the channel
+`kalkan:{NS}:events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from kalkan.cluster.state import ClusterState, Record
+from kalkan.defense.challenge.keys import KeyRing, keys_from_document
+
+log = logging.getLogger("kalkan.cluster")
+
+# Store a record only when it is newer than the one the table holds (last writer wins there as
+# everywhere): ARGV = target, at, record, target, at, record, ...
+_SET_NEWER = """
+local n = 0
+for i = 1, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not cur) or cjson.decode(cur).at < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+return n
+"""
+# Replace the shared key ring only if its current key is still the one this edge saw (or there
+# is none yet): two edges rotating at once must not lose each other's key silently.
+_SWAP_RING = """
+local cur = redis.call('HGET', KEYS[1], 'current')
+if (not cur and ARGV[1] == '') or cur == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'current', ARGV[2], 'ring', ARGV[3])
+  return 1
+end
+return 0
+"""
+_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def connect(url: str) -> Any:
+    """A redis.asyncio client for `url`: redis://, rediss://, unix://, or
+    redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] (the master Sentinel names)."""
+    import redis.asyncio as aioredis
+
+    parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        hosts = []
+        for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = item.rpartition(":")
+            hosts.append((host or item, int(port) if port else 26379))
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("a redis+sentinel URL names the master: "
+                             "redis+sentinel://HOST:PORT/MASTER")
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(hosts, socket_timeout=1.0, password=parts.password,  # type: ignore[no-untyped-call]
+                            db=db)
+        return sentinel.master_for(path[0], socket_timeout=1.0)
+    return aioredis.from_url(url, socket_timeout=1.0,  # type: ignore[no-untyped-call]
+                             socket_connect_timeout=1.0)
+
+
+def check_url(url: str) -> None:
+    """ValueError naming what is wrong with a `cluster.redis` URL (config validation)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+        raise ValueError(f"expected redis://HOST:PORT, rediss://, unix:// or "
+                         f"redis+sentinel://HOST:PORT/MASTER, got {url!r}")
+    if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
+        raise ValueError(f"a redis+sentinel URL names the master after the hosts: {url!r}")
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+
+
+class RedisLink:
+    """Runs the cluster's traffic for one edge (`start` / `close`)."""
+
+    def __init__(self, url: str, namespace: str, state: ClusterState, keys: KeyRing, *,
+                 interval: float = 0.02) -> None:
+        self.url = url
+        self.state = state
+        self.keys = keys
+        self.interval = interval
+        base = f"kalkan:{{{namespace}}}"
+        self.decisions_key, self.threat_key = f"{base}:decisions", f"{base}:threat"
+        self.keys_key, self.channel = f"{base}:keys", f"{base}:events"
+        self.up = False
+        self.ops = 0              # Redis commands sent (a pipeline counts each)
+        self.sent = 0             # records sent
+        self.outages = 0
+        self._shared_key = ""     # the cluster's current key id as last seen
+        self._reload_keys = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Send what is left (best effort, bounded), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if self.state.outbox or self.state.events:
+            client = connect(self.url)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(client), 1.0)
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            client = connect(self.url)
+            try:
+                await self._session(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # redis errors, OSError, timeouts: all mean "away"
+                if self.up or failures == 0:
+                    self.outages += 1
+                    log.error("cluster: Redis at %s unreachable (%s); this edge goes on with "
+                              "its own state and resyncs when it is back", _safe(self.url),
+                              " ".join(str(exc).split()) or type(exc).__name__)
+                self.up = False
+                failures += 1
+            else:
+                failures = 0
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(_BACKOFF[min(failures, len(_BACKOFF) - 1)])
+
+    async def _session(self, client: Any) -> None:
+        pubsub = client.pubsub()
+        await pubsub.subscribe(self.channel)   # first: nothing published during the resync
+        self.ops += 1                          # is missed
+        try:
+            await self._resync(client)
+            if not self.up:
+                log.warning("cluster: connected to Redis at %s (%d decisions standing here)",
+                            _safe(self.url), len(self.state.decisions))
+            self.up = True
+            reader = asyncio.get_running_loop().create_task(self._read(pubsub))
+            try:
+                next_second = 0.0
+                while not reader.done():
+                    await self._flush(client)
+                    now = time.time()
+                    if now >= next_second:
+                        next_second = now + 1.0
+                        await self._every_second(client, now)
+                    await asyncio.sleep(self.interval)
+                reader.result()   # raises what ended the reader
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                records = json.loads(message["data"])["records"]
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("cluster: ignored an unreadable message: %s", exc)
+                continue
+            self.state.apply(records, time.time())
+            if any(r.get("t") == "keys" and r.get("edge") != self.state.edge_id
+                   for r in records):
+                self._reload_keys = True
+
+    # -- what goes out ----------------------------------------------------------------------
+    async def _flush(self, client: Any) -> None:
+        records, events = self.state.take()
+        if not records and not events:
+            return
+        try:
+            pipe = client.pipeline(transaction=False)
+            if records:
+                pipe.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
+            pipe.publish(self.channel, json.dumps({"records": records + events}))
+            await pipe.execute()
+        except BaseException:
+            self.state.requeue(records, events)
+            raise
+        self.ops += 2 if records else 1
+        self.sent += len(records) + len(events)
+
+    async def _every_second(self, client: Any, now: float) -> None:
+        self.state.tick(now)
+        record = self.state.threat_record(now)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(self.threat_key, self.state.edge_id, json.dumps(record))
+        pipe.publish(self.channel, json.dumps({"records": [record]}))
+        await pipe.execute()
+        self.ops += 2
+        if self._reload_keys or self.keys.current.id != self._shared_key:
+            self._reload_keys = False
+            await self._sync_keys(client, now)
+
+    # -- resync -----------------------------------------------------------------------------
+    async def _resync(self, client: Any) -> None:
+        """Both ways: what the table holds that is newer applies here, and what this edge
+        decided (while away, or before the others started) goes to the table."""
+        now = time.time()
+        table = await client.hgetall(self.decisions_key)
+        threats = await client.hgetall(self.threat_key)
+        self.ops += 2
+        records = [_loads(v) for v in table.values()] + [_loads(v) for v in threats.values()]
+        self.state.apply([r for r in records if r is not None], now, own=True)
+        mine = self.state.all_records(now)
+        for i in range(0, len(mine), 500):
+            await client.eval(_SET_NEWER, 1, self.decisions_key, *_flat(mine[i:i + 500]))
+            self.ops += 1
+        await self._sync_keys(client, now)
+
+    async def _sync_keys(self, client: Any, now: float) -> None:
+        """The cluster signs passes with one ring: the first edge's, then whoever rotates it
+        first; an edge whose own ring differs merges it in (its keys verify as retired)."""
+        shared = await client.hgetall(self.keys_key)
+        self.ops += 1
+        current = shared.get(b"current", b"").decode()
+        mine = self.keys.current.id
+        if current == mine:
+            self._shared_key = current
+            return
+        if current and current == self._shared_key:
+            # The cluster's key is the one this edge last saw: this edge rotated since.
+            doc = json.dumps(self.keys.document())
+            swapped = await client.eval(_SWAP_RING, 1, self.keys_key, current, mine, doc)
+            self.ops += 1
+            if swapped:
+                self._shared_key = mine
+                self.state.keys_rotated()
+                return
+            shared = await client.hgetall(self.keys_key)
+            self.ops += 1
+            current = shared.get(b"current", b"").decode()
+        if not current:
+            swapped = await client.eval(_SWAP_RING, 1, self.keys_key, "", mine,
+                                        json.dumps(self.keys.document()))
+            self.ops += 1
+            if swapped:
+                self._shared_key = mine
+                return
+            shared = await client.hgetall(self.keys_key)
+            self.ops += 1
+        try:
+            theirs = keys_from_document(json.loads(shared[b"ring"]))
+        except (KeyError, ValueError) as exc:
+            log.error("cluster: the shared key ring is unreadable (%s); signing with this "
+                      "edge's own keys", exc)
+            return
+        merged = self.keys.merged(theirs, now)
+        if self.keys.adopt(merged):
+            log.warning("cluster: signing passes with the cluster's key %s", theirs[0].id)
+        self._shared_key = theirs[0].id
+        if len(merged) > len(theirs):
+            # Passes this edge signed before it joined verify everywhere, not only here.
+            swapped = await client.eval(_SWAP_RING, 1, self.keys_key, self._shared_key,
+                                        self._shared_key, json.dumps(self.keys.document()))
+            self.ops += 1
+            if swapped:
+                self.state.keys_rotated()
+
+
+def _flat(records: list[Record]) -> list[Any]:
+    out: list[Any] = []
+    for r in records:
+        out += [r["target"], repr(float(r["at"])), json.dumps(r)]
+    return out
+
+
+def _loads(raw: bytes) -> Record | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for the log."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
