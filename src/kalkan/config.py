@@ -429,7 +429,8 @@ class ClusterConfig:
                           "use another.", "site")
     edge_id: str | None = _opt("This edge's name in the cluster (logs, threat reports); null = "
                                "host name and first listen port.", None)
-    interval: float = _duration("How often changes are sent (one round trip each time).", 0.02,
+    interval: float = _duration("A lone change is sent at once; under a flood of changes, one "
+                                "batch (one round trip) per this interval.", 0.02,
                                 min=0.005, max=1)
 
 

@@ -1,9 +1,10 @@
-"""The cluster's transport: Redis (or Valkey), never on a request's path. Every `interval` the
-link sends what changed in one pipelined round trip (the shared table keeps each target's latest
-change, a channel tells the other edges at once); once a second it reports this edge's threat
-level and looks after the pass-signing keys. When Redis goes away the edge goes on with its
-local state (logged once, shown by `kalkan_cluster_up`), keeps every change in its outbox, and
-at reconnection merges both ways (a resync), so nothing decided meanwhile is lost.
+"""The cluster's transport: Redis (or Valkey), never on a request's path. A change is sent at
+once, and under a flood of changes at most once per `interval`, each time in one pipelined round
+trip (the shared table keeps each target's latest change, a channel tells the other edges at
+once); once a second it reports this edge's threat level and looks after the pass-signing
+keys. When Redis goes away the edge goes on with its local state (logged once, shown by
+`kalkan_cluster_up`), keeps every change in its outbox, and at reconnection merges both ways (a
+resync), so nothing decided meanwhile is lost.
 
 Redis keys, all with one hash tag so a Redis Cluster keeps them on one node:
 `kalkan:{NS}:decisions` (hash: target -> latest record), `kalkan:{NS}:threat` (hash: edge ->
@@ -108,6 +109,8 @@ class RedisLink:
         self._shared_key = ""     # the cluster's current key id as last seen
         self._reload_keys = False
         self._task: asyncio.Task[None] | None = None
+        self._pending = asyncio.Event()
+        state.wake = self._pending.set
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -165,12 +168,17 @@ class RedisLink:
             try:
                 next_second = 0.0
                 while not reader.done():
+                    # A change goes out at once; under a flood of them, one batch per interval.
+                    self._pending.clear()
                     await self._flush(client)
                     now = time.time()
                     if now >= next_second:
                         next_second = now + 1.0
                         await self._every_second(client, now)
                     await asyncio.sleep(self.interval)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._pending.wait(),
+                                               max(0.0, next_second - time.time()))
                 reader.result()   # raises what ended the reader
             finally:
                 reader.cancel()

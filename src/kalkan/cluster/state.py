@@ -49,6 +49,7 @@ class ClusterState:
         self.events: list[Record] = []          # purges and key rotations, in order
         self.peers: dict[str, tuple[int, str, float]] = {}  # edge -> (level, why, at)
         self.applied = 0
+        self.wake: Callable[[], object] = lambda: None   # the link: something to send
         self._applying = False
         decisions.on_change.append(self._changed)
 
@@ -61,6 +62,7 @@ class ClusterState:
             self._expires[target] = decision.expires
             self.tombstones.pop(target, None)
             self.outbox[target] = decision_record(decision, self.edge_id)
+            self.wake()
             return
         expires = self._expires.pop(target, math.inf)
         at = self._at.pop(target, 0.0)
@@ -70,10 +72,12 @@ class ClusterState:
             return
         self.tombstones[target] = now
         self.outbox[target] = {"t": "removed", "target": target, "at": now, "edge": self.edge_id}
+        self.wake()
 
     def purged(self, url: str | None) -> None:
         """The operator purged `url` (None: everything) here: the other edges purge it too."""
         self.events.append({"t": "purge", "url": url, "edge": self.edge_id})
+        self.wake()
 
     def keys_rotated(self) -> None:
         self.events.append({"t": "keys", "edge": self.edge_id})
