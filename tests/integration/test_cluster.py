@@ -173,8 +173,11 @@ async def test_a_pass_earned_on_one_edge_is_accepted_by_the_others(cluster: obje
     assert (await get(port_of(b), "/ru/", "127.0.41.1")).status == 403   # no pass: challenged
 
 
-async def test_the_threat_level_and_purges_are_shared(cluster: object) -> None:
-    a, b, c = await cluster()  # type: ignore[operator]
+async def test_the_threat_level_purges_and_reloads_are_shared(cluster: object,
+                                                             tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules: []\n")
+    a, b, c = await cluster(policy=str(policy))  # type: ignore[operator]
     assert (await admin(a, "POST", "/attack-mode?mode=on")).status == 200
     await until(lambda: b.pipeline.defense.threat_level == ATTACK
                 and c.pipeline.defense.threat_level == ATTACK, timeout=5)
@@ -188,6 +191,14 @@ async def test_the_threat_level_and_purges_are_shared(cluster: object) -> None:
     assert all(e.pipeline.store.objects > 0 for e in (a, b, c))
     assert (await admin(a, "POST", "/purge?all=1")).status == 200
     await until(lambda: b.pipeline.store.objects == 0 and c.pipeline.store.objects == 0)
+
+    # The operator changes the policy (the same file on every edge) and reloads one edge.
+    policy.write_text("version: 1\nrules:\n  - name: all\n    match: {route: page}\n"
+                      "    action: challenge\n")
+    assert (await get(port_of(c), "/ru/", "127.0.42.2")).status == 200
+    assert (await admin(a, "POST", "/reload")).status == 200
+    await until(lambda: len(c.pipeline.defense.policy.rules) > 0, timeout=5)  # type: ignore[union-attr]
+    assert (await get(port_of(c), "/ru/", "127.0.42.3")).status == 403
 
 
 async def test_redis_killed_mid_attack_then_back_loses_nothing(

@@ -4,6 +4,7 @@ edge's defence and cache, the Redis link, and the link's metrics."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from kalkan.cluster.redis_link import RedisLink
 from kalkan.cluster.state import ClusterState
@@ -22,8 +23,10 @@ def edge_name(config: Config) -> str:
     return f"{socket.gethostname()}:{parse_hostport(config.listen[0])[1]}"
 
 
-def start_cluster(config: Config, pipeline: Pipeline) -> RedisLink | None:
-    """The started link, or None when this edge runs alone."""
+def start_cluster(config: Config, pipeline: Pipeline,
+                  reload: Callable[[], object] | None = None) -> RedisLink | None:
+    """The started link, or None when this edge runs alone; `reload` reloads this edge when
+    another edge's operator reloaded theirs."""
     url = config.cluster.redis
     if url is None:
         return None
@@ -36,7 +39,8 @@ def start_cluster(config: Config, pipeline: Pipeline) -> RedisLink | None:
     attack = AttackMode() if attack is None else attack
     keys = getattr(defense, "keys", None)
     keys = KeyRing.generate() if keys is None else keys
-    state = ClusterState(edge_name(config), decisions, attack, purge=pipeline.purge)
+    state = ClusterState(edge_name(config), decisions, attack, purge=pipeline.purge,
+                         reload=reload)
     link = RedisLink(url, config.cluster.namespace, state, keys,
                      interval=config.cluster.interval)
     m = pipeline.metrics

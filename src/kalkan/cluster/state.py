@@ -9,6 +9,7 @@ A record is a JSON object; `t` names its kind:
 - `removed`: target, at, edge (a decision taken away by the operator or the admin API)
 - `threat`: level, reason, at, edge (sent every second; stale after THREAT_FRESH seconds)
 - `purge`: url (null = everything), edge
+- `reload`: edge (the operator reloaded the policy, pages and certificates there: reload here)
 - `keys`: the edge rotated the pass-signing keys (the ring itself is in the shared table)
 """
 
@@ -36,11 +37,13 @@ class ClusterState:
     """The local side of the shared state: the outbox, and how a remote record applies."""
 
     def __init__(self, edge_id: str, decisions: Decisions, attack: AttackMode,
-                 purge: Callable[[str | None], object] | None = None) -> None:
+                 purge: Callable[[str | None], object] | None = None,
+                 reload: Callable[[], object] | None = None) -> None:
         self.edge_id = edge_id
         self.decisions = decisions
         self.attack = attack
         self.purge = purge
+        self.reload = reload
         # Per target: the newest change this edge knows of (local or remote), by its time.
         self._at: dict[str, float] = {}
         self._expires: dict[str, float] = {}
@@ -77,6 +80,12 @@ class ClusterState:
     def purged(self, url: str | None) -> None:
         """The operator purged `url` (None: everything) here: the other edges purge it too."""
         self.events.append({"t": "purge", "url": url, "edge": self.edge_id})
+        self.wake()
+
+    def reloaded(self) -> None:
+        """The operator reloaded this edge (SIGHUP, `kalkan reload`): the others reload too,
+        each from its own files (keep the policy the same on every edge)."""
+        self.events.append({"t": "reload", "edge": self.edge_id})
         self.wake()
 
     def keys_rotated(self) -> None:
@@ -138,6 +147,10 @@ class ClusterState:
         elif kind == "purge":
             if self.purge is not None:
                 self.purge(r["url"])
+            self.applied += 1
+        elif kind == "reload":
+            if self.reload is not None:
+                self.reload()
             self.applied += 1
         elif kind != "keys":   # keys: the link reloads the ring from the table
             raise ValueError(f"unknown record kind {kind!r}")

@@ -210,7 +210,7 @@ class Edge:
             except OSError as exc:
                 raise bind_problem("admin.listen", host, port, exc) from None
         self._start_alerts()
-        self.cluster = start_cluster(self.config, self.pipeline)
+        self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster)
 
     def _start_alerts(self) -> None:
         acme = self.acme
@@ -300,9 +300,16 @@ class Edge:
             self.cluster.state.purged(url)   # the other edges purge it too
         return 200, {"purged": purged}
 
-    def reload(self) -> tuple[bool, list[str]]:
+    def _reload_from_cluster(self) -> None:
+        _, messages = self.reload(share=False)
+        log.warning("reloaded as another edge of the cluster did: %s", "; ".join(messages))
+
+    def reload(self, *, share: bool = True) -> tuple[bool, list[str]]:
         """SIGHUP or `kalkan reload`: certificates, the pages' templates and logo, and the
-        policy. A bad file keeps the old one running and says why."""
+        policy. A bad file keeps the old one running and says why. In a cluster, the other
+        edges reload too (`share`)."""
+        if share and self.cluster is not None:
+            self.cluster.state.reloaded()
         ok, messages = True, []
         if self.certificates is not None:
             try:
