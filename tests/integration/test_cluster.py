@@ -224,3 +224,19 @@ async def test_redis_killed_mid_attack_then_back_loses_nothing(
                 and standing(c, "127.0.43.2") == "block", timeout=5)
     assert all(standing(e, "127.0.43.1") == "block" for e in (a, b, c))
     assert (await get(port_of(c), "/", "127.0.43.2")).status == 403
+
+
+async def test_a_flood_spread_over_the_edges_meets_the_limit_of_all_together(
+        cluster: object) -> None:
+    """The default policy challenges more than 20 searches a minute from one address: 12 on
+    each of two edges stays under it at each edge alone, not in total."""
+    a, b = await cluster(2)  # type: ignore[operator]
+    source = "127.0.44.1"
+    on_a = [(await get(port_of(a), f"/search?q=a{i}", source)).status for i in range(12)]
+    assert on_a == [200] * 12
+    await until(lambda: b.cluster.state.credited > 0, timeout=5)  # type: ignore[union-attr]
+    on_b = [(await get(port_of(b), f"/search?q=b{i}", source)).status for i in range(12)]
+    assert on_b[:6] == [200] * 6      # 18 in all so far: under the limit
+    assert 403 in on_b[6:]            # past 20 in all: challenged on b, which alone saw 12
+    # A reader searching on both edges is not affected.
+    assert (await get(port_of(b), "/search?q=reader", "127.0.44.2")).status == 200

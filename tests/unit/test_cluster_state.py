@@ -126,3 +126,21 @@ def test_a_resync_hands_over_what_this_edge_decided_while_cut_off() -> None:
     unlimited = edge("b")
     unlimited.apply([{**rows["192.0.2.13"], "expires": None}], now)
     assert unlimited.decisions.lookup("192.0.2.13", "192.0.2.0/24", now).expires == math.inf
+
+
+def test_busy_clients_counts_go_to_the_others_meters() -> None:
+    credited: list[tuple[list[tuple[str, str, int]], float]] = []
+
+    def credit(rows: list[tuple[str, str, int]], now: float) -> int:
+        credited.append((rows, now))
+        return len(rows)
+
+    a = ClusterState("a", Decisions(), AttackMode(),
+                     counts=lambda: [("192.0.2.20", "search", 12)])
+    b = ClusterState("b", Decisions(), AttackMode(), credit=credit)
+    now = time.time()
+    record = a.hits_record(now)
+    assert record is not None and record["rows"] == [["192.0.2.20", "search", 12]]
+    b.apply([record], now)
+    assert credited == [([("192.0.2.20", "search", 12)], now)] and b.credited == 1
+    assert ClusterState("c", Decisions(), AttackMode(), counts=list).hits_record(now) is None

@@ -40,7 +40,8 @@ def start_cluster(config: Config, pipeline: Pipeline,
     keys = getattr(defense, "keys", None)
     keys = KeyRing.generate() if keys is None else keys
     state = ClusterState(edge_name(config), decisions, attack, purge=pipeline.purge,
-                         reload=reload)
+                         reload=reload, counts=getattr(defense, "counts_to_share", None),
+                         credit=getattr(defense, "credit", None))
     link = RedisLink(url, config.cluster.namespace, state, keys,
                      interval=config.cluster.interval)
     m = pipeline.metrics
@@ -54,6 +55,9 @@ def start_cluster(config: Config, pipeline: Pipeline,
               lambda: state.applied)
     m.counter("kalkan_cluster_outages_total", "Times Redis became unreachable.",
               lambda: link.outages)
+    m.counter("kalkan_cluster_clients_credited_total", "Busy clients' requests at other edges "
+              "counted in this edge's meters (rows, one per client and route class).",
+              lambda: state.credited)
     m.gauge("kalkan_cluster_outbox", "Changes waiting to be sent (grows while Redis is away).",
             lambda: len(state.outbox) + len(state.events))
     link.start()

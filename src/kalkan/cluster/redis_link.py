@@ -1,10 +1,10 @@
 """The cluster's transport: Redis (or Valkey), never on a request's path. A change is sent at
 once, and under a flood of changes at most once per `interval`, each time in one pipelined round
 trip (the shared table keeps each target's latest change, a channel tells the other edges at
-once); once a second it reports this edge's threat level and looks after the pass-signing
-keys. When Redis goes away the edge goes on with its local state (logged once, shown by
-`kalkan_cluster_up`), keeps every change in its outbox, and at reconnection merges both ways (a
-resync), so nothing decided meanwhile is lost.
+once); once a second it reports this edge's threat level and its busiest clients' request
+counts, and looks after the pass-signing keys. When Redis goes away the edge goes on with its
+local state (logged once, shown by `kalkan_cluster_up`), keeps every change in its outbox, and
+at reconnection merges both ways (a resync), so nothing decided meanwhile is lost.
 
 Redis keys, all with one hash tag so a Redis Cluster keeps them on one node:
 `kalkan:{NS}:decisions` (hash: target -> latest record), `kalkan:{NS}:threat` (hash: edge ->
@@ -223,9 +223,11 @@ class RedisLink:
     async def _every_second(self, client: Any, now: float) -> None:
         self.state.tick(now)
         record = self.state.threat_record(now)
+        hits = self.state.hits_record(now)
         pipe = client.pipeline(transaction=False)
         pipe.hset(self.threat_key, self.state.edge_id, json.dumps(record))
-        pipe.publish(self.channel, json.dumps({"records": [record]}))
+        pipe.publish(self.channel, json.dumps(
+            {"records": [record] if hits is None else [record, hits]}))
         await pipe.execute()
         self.ops += 2
         if self._reload_keys or self.keys.current.id != self._shared_key:

@@ -10,6 +10,9 @@ A record is a JSON object; `t` names its kind:
 - `threat`: level, reason, at, edge (sent every second; stale after THREAT_FRESH seconds)
 - `purge`: url (null = everything), edge
 - `reload`: edge (the operator reloaded the policy, pages and certificates there: reload here)
+- `hits`: rows of [client, route class, requests] the edge served in the last second, its
+  busiest clients: the others count them in their meters, so a client's limits hold over all
+  the edges together (within a second's requests per edge, for the busiest 1,000 per edge)
 - `keys`: the edge rotated the pass-signing keys (the ring itself is in the shared table)
 """
 
@@ -38,8 +41,14 @@ class ClusterState:
 
     def __init__(self, edge_id: str, decisions: Decisions, attack: AttackMode,
                  purge: Callable[[str | None], object] | None = None,
-                 reload: Callable[[], object] | None = None) -> None:
+                 reload: Callable[[], object] | None = None,
+                 counts: Callable[[], list[tuple[str, str, int]]] | None = None,
+                 credit: Callable[[list[tuple[str, str, int]], float], int] | None = None
+                 ) -> None:
         self.edge_id = edge_id
+        self.counts = counts
+        self.credit = credit
+        self.credited = 0       # rows of other edges' requests counted in this edge's meters
         self.decisions = decisions
         self.attack = attack
         self.purge = purge
@@ -113,6 +122,13 @@ class ClusterState:
         return {"t": "threat", "level": a.own_level, "reason": a.own_reason, "at": now,
                 "edge": self.edge_id}
 
+    def hits_record(self, now: float) -> Record | None:
+        """This edge's busiest clients since the last call (None when there were none)."""
+        rows = self.counts() if self.counts is not None else []
+        if not rows:
+            return None
+        return {"t": "hits", "rows": [list(r) for r in rows], "at": now, "edge": self.edge_id}
+
     def all_records(self, now: float) -> list[Record]:
         """Every live decision and remembered removal: what this edge tells a resync."""
         out = [decision_record(d, self.edge_id) for d in self.decisions.all(now)]
@@ -148,6 +164,10 @@ class ClusterState:
             if self.purge is not None:
                 self.purge(r["url"])
             self.applied += 1
+        elif kind == "hits":
+            if self.credit is not None:
+                rows = [(str(c), str(route), int(n)) for c, route, n in r["rows"]]
+                self.credited += self.credit(rows, now)
         elif kind == "reload":
             if self.reload is not None:
                 self.reload()
