@@ -53,6 +53,33 @@ class RedisServer:
         self.proc = None
 
 
+class Sentinel:
+    """A Redis Sentinel (the same binary, --sentinel) watching one master as `main`."""
+
+    def __init__(self, master: RedisServer, home: Path) -> None:
+        self.port = free_port()
+        conf = home / "sentinel.conf"
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\n"
+                        f"sentinel monitor main 127.0.0.1 {master.port} 1\n")
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/main"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done = subprocess.run(["redis-cli", "-p", str(self.port), "sentinel",
+                                   "get-master-addr-by-name", "main"],
+                                  capture_output=True, text=True, check=False)
+            if str(master.port) in done.stdout:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis sentinel did not start")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(free_port())
@@ -69,7 +96,8 @@ async def cluster(tmp_path: Path, redis_server: RedisServer, origin: Origin
                   ) -> AsyncIterator[Callable[..., object]]:
     edges: list[Edge] = []
 
-    async def start(n: int = 3, policy: str | None = None) -> list[Edge]:
+    async def start(n: int = 3, policy: str | None = None, url: str | None = None
+                    ) -> list[Edge]:
         for name in "abc"[:n]:
             config = Config()
             config.listen = ["127.0.0.1:0"]
@@ -80,7 +108,7 @@ async def cluster(tmp_path: Path, redis_server: RedisServer, origin: Origin
             config.cache.dir = None
             config.defense.enabled = True
             config.defense.policy = policy
-            config.cluster.redis = redis_server.url
+            config.cluster.redis = url or redis_server.url
             config.cluster.edge_id = name
             edge = Edge(config)
             await edge.start()
@@ -240,3 +268,15 @@ async def test_a_flood_spread_over_the_edges_meets_the_limit_of_all_together(
     assert 403 in on_b[6:]            # past 20 in all: challenged on b, which alone saw 12
     # A reader searching on both edges is not affected.
     assert (await get(port_of(b), "/search?q=reader", "127.0.44.2")).status == 200
+
+
+async def test_edges_find_redis_through_sentinel(cluster: object, redis_server: RedisServer,
+                                                 tmp_path: Path) -> None:
+    sentinel = Sentinel(redis_server, tmp_path)
+    try:
+        a, b = await cluster(2, url=sentinel.url)  # type: ignore[operator]
+        await admin(a, "POST", "/decisions", {"target": "127.0.45.1", "action": "block"})
+        await until(lambda: standing(b, "127.0.45.1") == "block")
+        assert (await get(port_of(b), "/", "127.0.45.1")).status == 403
+    finally:
+        sentinel.kill()
