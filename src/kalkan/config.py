@@ -423,8 +423,9 @@ class ClusterConfig:
     """Several edges of one site sharing their state through Redis (docs/cluster.md)."""
 
     redis: str | None = _opt(
-        "Redis (or Valkey) URL: redis://HOST:PORT/DB, rediss://, unix:///PATH, or "
-        "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER; null = this edge alone.", None)
+        "Redis (or Valkey) URL: redis://HOST:PORT/DB, rediss://, unix:///PATH, "
+        "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER, or redis+cluster://HOST:PORT[,HOST:PORT]"
+        " (a Redis Cluster's nodes); null = this edge alone.", None)
     namespace: str = _opt("Name shared by the edges of one site; other sites on the same Redis "
                           "use another.", "site")
     edge_id: str | None = _opt("This edge's name in the cluster (logs, threat reports); null = "

@@ -37,6 +37,9 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait()
+
+    def wait(self) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             done = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
@@ -280,3 +283,49 @@ async def test_edges_find_redis_through_sentinel(cluster: object, redis_server: 
         assert (await get(port_of(b), "/", "127.0.45.1")).status == 403
     finally:
         sentinel.kill()
+
+
+class RedisCluster:
+    """Three redis-server nodes made one Redis Cluster (redis-cli --cluster create)."""
+
+    def __init__(self, home: Path) -> None:
+        self.ports = [free_port() for _ in range(3)]
+        self.procs = [subprocess.Popen(
+            ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file",
+             f"nodes-{p}.conf", "--dir", str(home)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in self.ports]
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+        for p in self.ports:
+            RedisServer(p).wait()
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+                       capture_output=True, check=True, timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            states = [subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
+                                     capture_output=True, text=True, check=False).stdout
+                      for p in self.ports]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not come up")
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+async def test_edges_share_through_a_redis_cluster(cluster: object, tmp_path: Path) -> None:
+    nodes = RedisCluster(tmp_path)
+    try:
+        a, b = await cluster(2, url=nodes.url)  # type: ignore[operator]
+        assert a.pipeline.defense.keys.current.id == \
+            b.pipeline.defense.keys.current.id  # type: ignore[union-attr]
+        await admin(a, "POST", "/decisions", {"target": "127.0.46.1", "action": "block"})
+        await until(lambda: standing(b, "127.0.46.1") == "block")
+        assert (await get(port_of(b), "/", "127.0.46.1")).status == 403
+    finally:
+        nodes.kill()

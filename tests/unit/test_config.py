@@ -228,5 +228,6 @@ def test_cluster_settings_are_checked(text: str, message: str) -> None:
 
 def test_a_cluster_url_is_accepted_as_written() -> None:
     for url in ("redis://10.0.0.5:6379/2", "rediss://:secret@redis.example:6380/0",
-                "unix:///run/redis/redis.sock", "redis+sentinel://10.0.0.1:26379,10.0.0.2/main"):
+                "unix:///run/redis/redis.sock", "redis+sentinel://10.0.0.1:26379,10.0.0.2/main",
+                "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"):
         assert load_config_text(f"cluster:\n  redis: {url}\n").cluster.redis == url

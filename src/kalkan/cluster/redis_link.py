@@ -53,41 +53,75 @@ return 0
 _BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-def connect(url: str) -> Any:
-    """A redis.asyncio client for `url`: redis://, rediss://, unix://, or
-    redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] (the master Sentinel names)."""
+class Connection:
+    """The commands the link sends: hashes and scripts on `data`, the channel on `bus`. One
+    client for a single server or Sentinel's master; for a Redis Cluster, the cluster client
+    (every key has one hash tag, so one node answers) and a plain client to one of its nodes
+    for the channel (a cluster relays PUBLISH to every node)."""
+
+    def __init__(self, data: Any, bus: Any) -> None:
+        self.data, self.bus = data, bus
+        self.one = data is bus   # then a batch goes in one pipelined round trip
+
+    async def aclose(self) -> None:
+        await self.data.aclose()
+        if not self.one:
+            await self.bus.aclose()
+
+
+def connect(url: str, attempt: int = 0) -> Connection:
+    """A connection for `url`: redis://, rediss://, unix://,
+    redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] (the master Sentinel names), or
+    redis+cluster://HOST:PORT[,HOST:PORT...] (a Redis Cluster's nodes; `attempt` picks the
+    node that carries the channel, so a reconnection tries the next one)."""
     import redis.asyncio as aioredis
 
     parts = urlsplit(url)
-    if parts.scheme == "redis+sentinel":
-        from redis.asyncio.sentinel import Sentinel
-
-        hosts = []
+    if parts.scheme in ("redis+sentinel", "redis+cluster"):
+        nodes = []
         for item in parts.netloc.rsplit("@", 1)[-1].split(","):
             host, _, port = item.rpartition(":")
-            hosts.append((host or item, int(port) if port else 26379))
+            default = 26379 if parts.scheme == "redis+sentinel" else 6379
+            nodes.append((host or item, int(port) if port else default))
         path = [p for p in parts.path.split("/") if p]
+        if parts.scheme == "redis+cluster":
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            data = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                                password=parts.password, socket_timeout=1.0,
+                                socket_connect_timeout=1.0)
+            bus_host, bus_port = nodes[attempt % len(nodes)]
+            bus = aioredis.Redis(host=bus_host, port=bus_port, password=parts.password,
+                                 socket_timeout=1.0, socket_connect_timeout=1.0)
+            return Connection(data, bus)
+        from redis.asyncio.sentinel import Sentinel
+
         if not path:
             raise ValueError("a redis+sentinel URL names the master: "
                              "redis+sentinel://HOST:PORT/MASTER")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(hosts, socket_timeout=1.0, password=parts.password,  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(nodes, socket_timeout=1.0, password=parts.password,  # type: ignore[no-untyped-call]
                             db=db)
-        return sentinel.master_for(path[0], socket_timeout=1.0)
-    return aioredis.from_url(url, socket_timeout=1.0,  # type: ignore[no-untyped-call]
-                             socket_connect_timeout=1.0)
+        master = sentinel.master_for(path[0], socket_timeout=1.0)
+        return Connection(master, master)
+    client = aioredis.from_url(url, socket_timeout=1.0,  # type: ignore[no-untyped-call]
+                               socket_connect_timeout=1.0)
+    return Connection(client, client)
 
 
 def check_url(url: str) -> None:
     """ValueError naming what is wrong with a `cluster.redis` URL (config validation)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-        raise ValueError(f"expected redis://HOST:PORT, rediss://, unix:// or "
-                         f"redis+sentinel://HOST:PORT/MASTER, got {url!r}")
+    if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        raise ValueError(f"expected redis://HOST:PORT, rediss://, unix://, "
+                         f"redis+sentinel://HOST:PORT/MASTER or redis+cluster://HOST:PORT, "
+                         f"got {url!r}")
     if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
         raise ValueError(f"a redis+sentinel URL names the master after the hosts: {url!r}")
     if parts.scheme in ("redis", "rediss") and not parts.hostname:
         raise ValueError(f"no host in {url!r}")
+    if parts.scheme == "redis+cluster" and not parts.netloc.rsplit("@", 1)[-1]:
+        raise ValueError(f"no node in {url!r}")
 
 
 class RedisLink:
@@ -124,19 +158,20 @@ class RedisLink:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         if self.state.outbox or self.state.events:
-            client = connect(self.url)
+            conn = connect(self.url)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(client), 1.0)
+                await asyncio.wait_for(self._flush(conn), 1.0)
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await conn.aclose()
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        failures = 0
+        failures = attempts = 0
         while True:
-            client = connect(self.url)
+            attempts += 1
             try:
-                await self._session(client)
+                conn = connect(self.url, attempts)
+                await self._session(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # redis errors, OSError, timeouts: all mean "away"
@@ -151,15 +186,15 @@ class RedisLink:
                 failures = 0
             finally:
                 with contextlib.suppress(Exception):
-                    await client.aclose()
+                    await conn.aclose()
             await asyncio.sleep(_BACKOFF[min(failures, len(_BACKOFF) - 1)])
 
-    async def _session(self, client: Any) -> None:
-        pubsub = client.pubsub()
+    async def _session(self, conn: Connection) -> None:
+        pubsub = conn.bus.pubsub()
         await pubsub.subscribe(self.channel)   # first: nothing published during the resync
         self.ops += 1                          # is missed
         try:
-            await self._resync(client)
+            await self._resync(conn)
             if not self.up:
                 log.warning("cluster: connected to Redis at %s (%d decisions standing here)",
                             _safe(self.url), len(self.state.decisions))
@@ -170,11 +205,11 @@ class RedisLink:
                 while not reader.done():
                     # A change goes out at once; under a flood of them, one batch per interval.
                     self._pending.clear()
-                    await self._flush(client)
+                    await self._flush(conn)
                     now = time.time()
                     if now >= next_second:
                         next_second = now + 1.0
-                        await self._every_second(client, now)
+                        await self._every_second(conn, now)
                     await asyncio.sleep(self.interval)
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._pending.wait(),
@@ -204,41 +239,52 @@ class RedisLink:
                 self._reload_keys = True
 
     # -- what goes out ----------------------------------------------------------------------
-    async def _flush(self, client: Any) -> None:
+    async def _flush(self, conn: Connection) -> None:
         records, events = self.state.take()
         if not records and not events:
             return
+        message = json.dumps({"records": records + events})
         try:
-            pipe = client.pipeline(transaction=False)
-            if records:
-                pipe.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
-            pipe.publish(self.channel, json.dumps({"records": records + events}))
-            await pipe.execute()
+            if conn.one:
+                pipe = conn.data.pipeline(transaction=False)
+                if records:
+                    pipe.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
+                pipe.publish(self.channel, message)
+                await pipe.execute()
+            else:
+                if records:
+                    await conn.data.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
+                await conn.bus.publish(self.channel, message)
         except BaseException:
             self.state.requeue(records, events)
             raise
         self.ops += 2 if records else 1
         self.sent += len(records) + len(events)
 
-    async def _every_second(self, client: Any, now: float) -> None:
+    async def _every_second(self, conn: Connection, now: float) -> None:
         self.state.tick(now)
         record = self.state.threat_record(now)
         hits = self.state.hits_record(now)
-        pipe = client.pipeline(transaction=False)
-        pipe.hset(self.threat_key, self.state.edge_id, json.dumps(record))
-        pipe.publish(self.channel, json.dumps(
-            {"records": [record] if hits is None else [record, hits]}))
-        await pipe.execute()
+        message = json.dumps({"records": [record] if hits is None else [record, hits]})
+        if conn.one:
+            pipe = conn.data.pipeline(transaction=False)
+            pipe.hset(self.threat_key, self.state.edge_id, json.dumps(record))
+            pipe.publish(self.channel, message)
+            await pipe.execute()
+        else:
+            await conn.data.hset(self.threat_key, self.state.edge_id, json.dumps(record))
+            await conn.bus.publish(self.channel, message)
         self.ops += 2
         if self._reload_keys or self.keys.current.id != self._shared_key:
             self._reload_keys = False
-            await self._sync_keys(client, now)
+            await self._sync_keys(conn.data, now)
 
     # -- resync -----------------------------------------------------------------------------
-    async def _resync(self, client: Any) -> None:
+    async def _resync(self, conn: Connection) -> None:
         """Both ways: what the table holds that is newer applies here, and what this edge
         decided (while away, or before the others started) goes to the table."""
         now = time.time()
+        client = conn.data
         table = await client.hgetall(self.decisions_key)
         threats = await client.hgetall(self.threat_key)
         self.ops += 2
