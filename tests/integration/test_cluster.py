@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -67,6 +68,13 @@ class Sentinel:
         self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis+sentinel://127.0.0.1:{self.port}/main"
+        try:
+            self._wait(master)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait(self, master: RedisServer) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             done = subprocess.run(["redis-cli", "-p", str(self.port), "sentinel",
@@ -292,17 +300,38 @@ async def test_edges_find_redis_through_sentinel(cluster: object, redis_server: 
         sentinel.kill()
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000, which a cluster node also binds) is free."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisCluster:
     """Three redis-server nodes made one Redis Cluster (redis-cli --cluster create)."""
 
     def __init__(self, home: Path) -> None:
-        self.ports = [free_port() for _ in range(3)]
+        self.ports = [cluster_port() for _ in range(3)]
         self.procs = [subprocess.Popen(
             ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file",
              f"nodes-{p}.conf", "--dir", str(home)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in self.ports]
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+        try:
+            self._create()
+        except BaseException:
+            self.kill()   # the test never gets the object to clean up
+            raise
+
+    def _create(self) -> None:
         for p in self.ports:
             RedisServer(p).wait()
         subprocess.run(["redis-cli", "--cluster", "create",
