@@ -1,10 +1,7 @@
-"""The cluster's transport: Redis (or Valkey), never on a request's path. A change is sent at
-once, and under a flood of changes at most once per `interval`, each time in one pipelined round
-trip (the shared table keeps each target's latest change, a channel tells the other edges at
-once); once a second it reports this edge's threat level and its busiest clients' request
-counts, and looks after the pass-signing keys. When Redis goes away the edge goes on with its
-local state (logged once, shown by `kalkan_cluster_up`), keeps every change in its outbox, and
-at reconnection merges both ways (a resync), so nothing decided meanwhile is lost.
+"""The cluster's Redis (or Valkey) transport (the loop is kalkan.cluster.link's): a batch of
+changes goes in one pipelined round trip, where a Lua script keeps each target's newest record
+in a hash and a channel tells the other edges at once; the threat reports go to a hash; the
+pass-signing key ring is shared with a compare-and-swap on its current key id.
 
 Redis keys, all with one hash tag so a Redis Cluster keeps them on one node:
 `kalkan:{NS}:decisions` (hash: target -> latest record), `kalkan:{NS}:threat` (hash: edge ->
@@ -14,14 +11,13 @@ record), `kalkan:{NS}:keys` (hash: current key id, ring document) and the channe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from kalkan.cluster.link import Link
 from kalkan.cluster.state import ClusterState, Record
 from kalkan.defense.challenge.keys import KeyRing, keys_from_document
 
@@ -50,7 +46,6 @@ if (not cur and ARGV[1] == '') or cur == ARGV[1] then
 end
 return 0
 """
-_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Connection:
@@ -124,170 +119,50 @@ def check_url(url: str) -> None:
         raise ValueError(f"no node in {url!r}")
 
 
-class RedisLink:
-    """Runs the cluster's traffic for one edge (`start` / `close`)."""
+class RedisLink(Link):
+    """The cluster's traffic through Redis for one edge."""
 
     def __init__(self, url: str, namespace: str, state: ClusterState, keys: KeyRing, *,
                  interval: float = 0.02) -> None:
+        super().__init__(state, f"Redis at {_safe(url)}", interval=interval)
         self.url = url
-        self.state = state
         self.keys = keys
-        self.interval = interval
         base = f"kalkan:{{{namespace}}}"
         self.decisions_key, self.threat_key = f"{base}:decisions", f"{base}:threat"
         self.keys_key, self.channel = f"{base}:keys", f"{base}:events"
-        self.up = False
-        self.ops = 0              # Redis commands sent (a pipeline counts each)
-        self.sent = 0             # records sent
-        self.outages = 0
         self._shared_key = ""     # the cluster's current key id as last seen
         self._reload_keys = False
-        self._task: asyncio.Task[None] | None = None
-        self._pending = asyncio.Event()
-        state.wake = self._pending.set
+        self._conn: Connection | None = None
+        self._pubsub: Any = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            raise ConnectionError("not connected")
+        return self._conn
 
-    async def close(self) -> None:
-        """Send what is left (best effort, bounded), then stop."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        if self.state.outbox or self.state.events:
-            conn = connect(self.url)
+    async def _open(self, attempt: int) -> None:
+        self._conn = connect(self.url, attempt)
+
+    async def _shut(self) -> None:
+        conn, pubsub, self._conn, self._pubsub = self._conn, self._pubsub, None, None
+        if pubsub is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(conn), 1.0)
+                await pubsub.aclose()
+        if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.aclose()
 
-    # -- the loop ---------------------------------------------------------------------------
-    async def _run(self) -> None:
-        failures = attempts = 0
-        while True:
-            attempts += 1
-            try:
-                conn = connect(self.url, attempts)
-                await self._session(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # redis errors, OSError, timeouts: all mean "away"
-                if self.up or failures == 0:
-                    self.outages += 1
-                    log.error("cluster: Redis at %s unreachable (%s); this edge goes on with "
-                              "its own state and resyncs when it is back", _safe(self.url),
-                              " ".join(str(exc).split()) or type(exc).__name__)
-                self.up = False
-                failures += 1
-            else:
-                failures = 0
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.aclose()
-            await asyncio.sleep(_BACKOFF[min(failures, len(_BACKOFF) - 1)])
-
-    async def _session(self, conn: Connection) -> None:
-        pubsub = conn.bus.pubsub()
-        await pubsub.subscribe(self.channel)   # first: nothing published during the resync
-        self.ops += 1                          # is missed
-        try:
-            await self._resync(conn)
-            if not self.up:
-                log.warning("cluster: connected to Redis at %s (%d decisions standing here)",
-                            _safe(self.url), len(self.state.decisions))
-            self.up = True
-            reader = asyncio.get_running_loop().create_task(self._read(pubsub))
-            try:
-                next_second = 0.0
-                while not reader.done():
-                    # A change goes out at once; under a flood of them, one batch per interval.
-                    self._pending.clear()
-                    await self._flush(conn)
-                    now = time.time()
-                    if now >= next_second:
-                        next_second = now + 1.0
-                        await self._every_second(conn, now)
-                    await asyncio.sleep(self.interval)
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._pending.wait(),
-                                               max(0.0, next_second - time.time()))
-                reader.result()   # raises what ended the reader
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-
-    async def _read(self, pubsub: Any) -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None or message.get("type") != "message":
-                continue
-            try:
-                records = json.loads(message["data"])["records"]
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("cluster: ignored an unreadable message: %s", exc)
-                continue
-            self.state.apply(records, time.time())
-            if any(r.get("t") == "keys" and r.get("edge") != self.state.edge_id
-                   for r in records):
-                self._reload_keys = True
-
-    # -- what goes out ----------------------------------------------------------------------
-    async def _flush(self, conn: Connection) -> None:
-        records, events = self.state.take()
-        if not records and not events:
-            return
-        message = json.dumps({"records": records + events})
-        try:
-            if conn.one:
-                pipe = conn.data.pipeline(transaction=False)
-                if records:
-                    pipe.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
-                pipe.publish(self.channel, message)
-                await pipe.execute()
-            else:
-                if records:
-                    await conn.data.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
-                await conn.bus.publish(self.channel, message)
-        except BaseException:
-            self.state.requeue(records, events)
-            raise
-        self.ops += 2 if records else 1
-        self.sent += len(records) + len(events)
-
-    async def _every_second(self, conn: Connection, now: float) -> None:
-        self.state.tick(now)
-        record = self.state.threat_record(now)
-        hits = self.state.hits_record(now)
-        message = json.dumps({"records": [record] if hits is None else [record, hits]})
-        if conn.one:
-            pipe = conn.data.pipeline(transaction=False)
-            pipe.hset(self.threat_key, self.state.edge_id, json.dumps(record))
-            pipe.publish(self.channel, message)
-            await pipe.execute()
-        else:
-            await conn.data.hset(self.threat_key, self.state.edge_id, json.dumps(record))
-            await conn.bus.publish(self.channel, message)
-        self.ops += 2
-        if self._reload_keys or self.keys.current.id != self._shared_key:
-            self._reload_keys = False
-            await self._sync_keys(conn.data, now)
-
-    # -- resync -----------------------------------------------------------------------------
-    async def _resync(self, conn: Connection) -> None:
-        """Both ways: what the table holds that is newer applies here, and what this edge
-        decided (while away, or before the others started) goes to the table."""
-        now = time.time()
-        client = conn.data
+    async def _resync(self, now: float) -> None:
+        """Subscribe first (nothing published meanwhile is missed), then both ways: what the
+        table holds that is newer applies here, and what this edge decided (while away, or
+        before the others started) goes to the table."""
+        self._pubsub = self.conn.bus.pubsub()
+        await self._pubsub.subscribe(self.channel)
+        client = self.conn.data
         table = await client.hgetall(self.decisions_key)
         threats = await client.hgetall(self.threat_key)
-        self.ops += 2
+        self.ops += 3
         records = [_loads(v) for v in table.values()] + [_loads(v) for v in threats.values()]
         self.state.apply([r for r in records if r is not None], now, own=True)
         mine = self.state.all_records(now)
@@ -295,6 +170,52 @@ class RedisLink:
             await client.eval(_SET_NEWER, 1, self.decisions_key, *_flat(mine[i:i + 500]))
             self.ops += 1
         await self._sync_keys(client, now)
+
+    async def _receive(self) -> list[Record] | None:
+        message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if message is None or message.get("type") != "message":
+            return None
+        try:
+            records = json.loads(message["data"])["records"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cluster: ignored an unreadable message: %s", exc)
+            return None
+        return records if isinstance(records, list) else None
+
+    def _received(self, records: list[Record]) -> None:
+        if any(r.get("t") == "keys" and r.get("edge") != self.state.edge_id for r in records):
+            self._reload_keys = True
+
+    async def _send(self, records: list[Record], events: list[Record]) -> None:
+        conn = self.conn
+        message = json.dumps({"records": records + events})
+        if conn.one:
+            pipe = conn.data.pipeline(transaction=False)
+            if records:
+                pipe.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
+            pipe.publish(self.channel, message)
+            await pipe.execute()
+        else:
+            if records:
+                await conn.data.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
+            await conn.bus.publish(self.channel, message)
+        self.ops += 2 if records else 1
+
+    async def _report(self, now: float, threat: Record, hits: Record | None) -> None:
+        conn = self.conn
+        message = json.dumps({"records": [threat] if hits is None else [threat, hits]})
+        if conn.one:
+            pipe = conn.data.pipeline(transaction=False)
+            pipe.hset(self.threat_key, self.state.edge_id, json.dumps(threat))
+            pipe.publish(self.channel, message)
+            await pipe.execute()
+        else:
+            await conn.data.hset(self.threat_key, self.state.edge_id, json.dumps(threat))
+            await conn.bus.publish(self.channel, message)
+        self.ops += 2
+        if self._reload_keys or self.keys.current.id != self._shared_key:
+            self._reload_keys = False
+            await self._sync_keys(conn.data, now)
 
     async def _sync_keys(self, client: Any, now: float) -> None:
         """The cluster signs passes with one ring: the first edge's, then whoever rotates it
