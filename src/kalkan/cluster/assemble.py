@@ -1,12 +1,15 @@
-"""Joins a running edge to its cluster when `cluster.redis` is set: the shared state over the
-edge's defence and cache, the Redis link, and the link's metrics."""
+"""Joins a running edge to its cluster when `cluster.redis` is set (or to the other workers of
+its machine through their relay): the shared state over the edge's defence and cache, the link,
+and the link's metrics."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
 
+from kalkan.cluster.link import Link
 from kalkan.cluster.redis_link import RedisLink
+from kalkan.cluster.relay import RelayLink
 from kalkan.cluster.state import ClusterState
 from kalkan.config import Config, parse_hostport
 from kalkan.defense.attack_mode import AttackMode
@@ -24,11 +27,14 @@ def edge_name(config: Config) -> str:
 
 
 def start_cluster(config: Config, pipeline: Pipeline,
-                  reload: Callable[[], object] | None = None) -> RedisLink | None:
+                  reload: Callable[[], object] | None = None, *,
+                  relay: str | None = None, worker: str | None = None) -> Link | None:
     """The started link, or None when this edge runs alone; `reload` reloads this edge when
-    another edge's operator reloaded theirs."""
+    another edge's operator reloaded theirs. A worker of several on one machine (`worker`,
+    its name) without `cluster.redis` shares through the workers' relay at `relay` (which one
+    worker runs: `kalkan.cluster.relay`)."""
     url = config.cluster.redis
-    if url is None:
+    if url is None and relay is None:
         return None
     defense = pipeline.defense
     # An edge without a defence still shares purges (and keeps the others' decisions, unused).
@@ -39,16 +45,23 @@ def start_cluster(config: Config, pipeline: Pipeline,
     attack = AttackMode() if attack is None else attack
     keys = getattr(defense, "keys", None)
     keys = KeyRing.generate() if keys is None else keys
-    state = ClusterState(edge_name(config), decisions, attack, purge=pipeline.purge,
+    name = edge_name(config) if worker is None else f"{edge_name(config)}/{worker}"
+    state = ClusterState(name, decisions, attack, purge=pipeline.purge,
                          reload=reload, counts=getattr(defense, "counts_to_share", None),
                          credit=getattr(defense, "credit", None))
-    link = RedisLink(url, config.cluster.namespace, state, keys,
-                     interval=config.cluster.interval)
+    link: Link
+    if url is not None:
+        link = RedisLink(url, config.cluster.namespace, state, keys,
+                         interval=config.cluster.interval)
+    else:
+        assert relay is not None
+        link = RelayLink(relay, state, interval=config.cluster.interval)
     m = pipeline.metrics
-    m.gauge("kalkan_cluster_up", "1 while the cluster's Redis is reachable, else 0 (the edge "
-            "then runs on its own state and resyncs when it is back).", lambda: float(link.up))
-    m.counter("kalkan_cluster_redis_ops_total", "Redis commands sent (pipelined in batches).",
-              lambda: link.ops)
+    m.gauge("kalkan_cluster_up", "1 while the cluster's Redis (or the workers' relay) is "
+            "reachable, else 0 (the edge then runs on its own state and resyncs when it is "
+            "back).", lambda: float(link.up))
+    m.counter("kalkan_cluster_redis_ops_total", "Commands sent to Redis (or batches to the "
+              "workers' relay), pipelined in batches.", lambda: link.ops)
     m.counter("kalkan_cluster_records_sent_total", "Changes sent to the other edges.",
               lambda: link.sent)
     m.counter("kalkan_cluster_records_applied_total", "Changes from other edges applied here.",

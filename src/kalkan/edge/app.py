@@ -17,7 +17,7 @@ from kalkan.acme import AcmeManager
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Watcher
 from kalkan.cluster.assemble import start_cluster
-from kalkan.cluster.redis_link import RedisLink
+from kalkan.cluster.link import Link
 from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.alerting import start_alerts
@@ -129,7 +129,7 @@ class Edge:
         self.alert_watch: Watcher | None = None
         self.live: LiveView | None = None
         self._live_timer: asyncio.TimerHandle | None = None
-        self.cluster: RedisLink | None = None
+        self.cluster: Link | None = None
         self._stopped = asyncio.Event()
         gate, m = self.pipeline.upstream.gate, self.pipeline.metrics
         m.gauge("kalkan_origin_gate_limit", "Origin requests allowed in flight at once "
