@@ -216,3 +216,18 @@ def test_operator_override() -> None:
     assert mode.mode == "auto"
     with pytest.raises(ValueError):
         mode.set_mode("maybe", NOW)
+
+
+def test_a_network_decision_holds_whatever_prefix_length_the_defence_groups_by() -> None:
+    """With prefix_v4: 16, a /16 decision is found by the client's own prefix and a /24 one by
+    the network scan (until 2026-12-05 a /24 was filed as a client prefix and never found)."""
+    table = Decisions(client_prefix_len=(16, 48))
+    now = 1000.0
+    table.add("10.1.2.0/24", "block", 60, "a /24", "manual", now)
+    table.add("10.2.0.0/16", "challenge", 60, "a /16", "manual", now)
+    table.add("2001:db8:1::/48", "block", 60, "a /48", "manual", now)
+    assert table.lookup("10.1.2.3", "10.1.0.0/16", now).reason == "a /24"
+    assert table.lookup("10.1.3.3", "10.1.0.0/16", now) is None
+    assert table.lookup("10.2.9.9", "10.2.0.0/16", now).reason == "a /16"
+    assert "10.2.0.0/16" in table.exact
+    assert table.lookup("2001:db8:1::5", "2001:db8:1::/48", now).reason == "a /48"

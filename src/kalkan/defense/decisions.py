@@ -105,8 +105,12 @@ class Decisions:
 
     def __init__(self, path: str | Path | None = None,
                  escalation: tuple[EscalationStep, ...] = DEFAULT_ESCALATION,
-                 strike_window: float = 3600.0) -> None:
+                 strike_window: float = 3600.0,
+                 client_prefix_len: tuple[int, int] = (24, 64)) -> None:
         self.path = Path(path) if path else None
+        # The defence's prefix lengths (IPv4, IPv6): a decision on a network of exactly that
+        # size is found by the client's own prefix text; any other size is scanned for.
+        self.client_prefix_len = client_prefix_len
         self.escalation = tuple(sorted(escalation, key=lambda s: s.strikes))
         self.strike_window = strike_window
         self.exact: dict[str, Decision] = {}       # single addresses and client-sized prefixes
@@ -118,7 +122,7 @@ class Decisions:
 
     # -- changes --------------------------------------------------------------------------------
     def add(self, target: str, action: str, ttl: float | None, reason: str, origin: str,
-            now: float, *, client_prefix_len: tuple[int, int] = (24, 64)) -> Decision:
+            now: float) -> Decision:
         """Store a decision (replacing one for the same target); ttl None means until removed."""
         if action not in ACTIONS:
             raise DecisionError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
@@ -132,7 +136,7 @@ class Decisions:
         self._remove(key)
         if "/" in key:
             net = ipaddress.ip_network(key)
-            if net.prefixlen == client_prefix_len[0 if net.version == 4 else 1]:
+            if net.prefixlen == self.client_prefix_len[0 if net.version == 4 else 1]:
                 self.exact[key] = decision   # found by the client's own prefix string
             else:
                 self.networks.append((net, decision))

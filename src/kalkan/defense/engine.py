@@ -170,7 +170,8 @@ class Defense:
         self._referred_last: dict[str, float] = {}   # client + agent -> its last referred miss
         self.newcomers = NewcomerWave()
         self._arrivals = 0        # the client table's arrivals at the last tick
-        self.decisions = Decisions(state / "decisions.json")
+        self.decisions = Decisions(state / "decisions.json",
+                                   client_prefix_len=(config.prefix_v4, config.prefix_v6))
         self.decisions_loaded = self.decisions.load(time.time())
         self.keys = KeyRing.load_or_create(Path(config.key_file) if config.key_file
                                            else state / "keys.json")
