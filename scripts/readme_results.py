@@ -77,6 +77,16 @@ def defense_scale(d: dict[str, Any]) -> list[str]:
            "request." if "behaviour_us_per_request" in d else ""), ""]
 
 
+def cluster(d: dict[str, Any]) -> list[str]:
+    p, ops, t = d["propagation_ms"], d["ops"], d["targets"]
+    return [
+        f"{_smoke(d)}**Several edges** ([bench/results/cluster.md](bench/results/cluster.md), "
+        f"`{d['command']}`): a decision added on one of three edges is enforced on the other "
+        f"two within {p['p50']:.1f} ms (p50), {p['p99']:.1f} ms (p99; target 100 ms: "
+        f"{_met(t['propagation_met'])}); {ops['ops_per_request']:.4f} Redis operations per "
+        f"request served (target < 0.01: {_met(t['ops_met'])}).", ""]
+
+
 def behaviour_score(d: dict[str, Any]) -> list[str]:
     """The learned score on the scenarios it was not trained on."""
     md = (RESULTS / "behaviour-score.md").read_text().splitlines()
@@ -234,7 +244,7 @@ def analyze_speed(d: dict[str, Any]) -> list[str]:
             f"JSON only {lps['report']:,}; the engine's pass {lps['scan']:,}.", ""]
 
 
-SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale),
+SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale), ("cluster", cluster),
             ("connection_memory", connection_memory), ("hit_instructions", hit_instructions),
             ("hit_profile", hit_profile), ("h2", h2),
             ("cache_conformance", conformance),
