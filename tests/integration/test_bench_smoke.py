@@ -352,3 +352,11 @@ def test_cluster_quick_run_measures_propagation_and_redis_load(tmp_path: Path) -
     assert 0 < data["propagation_ms"]["p50"] < 1000
     assert data["ops"]["requests"] > 0 and data["ops"]["non_2xx"] == 0
     assert "Redis operations per request" in (tmp_path / "cluster.md").read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text("# Kalkan\n")
+    done = subprocess.run([sys.executable, "scripts/readme_results.py", "--results",
+                           str(tmp_path), "--readme", str(readme)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert "**Several edges**" in text and "unexpected shape" not in text
