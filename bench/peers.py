@@ -123,9 +123,11 @@ def nginx_log_counts(log_path: Path) -> dict[str, float]:
 
 
 def start_nginx(
-    origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None
+    origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None,
+    workers: int = 1, cpus: str | None = None,
 ) -> Proxy:
-    """nginx ``proxy_cache`` with one worker, logs and state inside *workdir*."""
+    """nginx ``proxy_cache`` with *workers* worker processes (one unless a benchmark says),
+    logs and state inside *workdir*; pinned to *cpu*, or to the list *cpus* ("0,1")."""
     if shutil.which("nginx") is None:
         raise BenchError("nginx is not installed (bash scripts/install-debian-deps.sh)")
     port = free_port()
@@ -138,8 +140,10 @@ def start_nginx(
         listen=f"{HOST}:{port}",
         origin=f"{HOST}:{origin_port}",
         policy=CONFIG_DIR / f"nginx-{profile}.inc",
+        workers=workers,
     )
-    argv = [*taskset(cpu), "nginx", "-p", str(workdir), "-c", str(conf), "-e",
+    pin = ["taskset", "-c", cpus] if cpus else taskset(cpu)
+    argv = [*pin, "nginx", "-p", str(workdir), "-c", str(conf), "-e",
             str(workdir / "error.log")]
     proc = stopper.add(start_process("nginx", argv, workdir))
     wait_for_port(HOST, port, proc=proc)
@@ -274,7 +278,8 @@ def kalkan_installed() -> bool:
 
 def start_kalkan(
     origin_port: int, workdir: Path, stopper: Stopper, profile: Profile, cpu: int | None,
-    config: str = "defense:\n  enabled: false\n",
+    config: str = "defense:\n  enabled: false\n", extra_args: list[str] | None = None,
+    cpus: str | None = None,
 ) -> Proxy:
     """``kalkan serve`` in front of the origin, with its working directory in *workdir* (its
     default ``var/`` state and cache land there).
@@ -295,9 +300,10 @@ def start_kalkan(
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "kalkan-bench.yaml"
     config_path.write_text(config)
-    argv = [*taskset(cpu), str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
+    pin = ["taskset", "-c", cpus] if cpus else taskset(cpu)
+    argv = [*pin, str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
             "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config",
-            str(config_path)]
+            str(config_path), *(extra_args or [])]
     extra: dict[str, object] = {"metrics_url": metrics_url}
     if profile == "throughput":
         access_log = workdir / "access.log"

@@ -1,0 +1,171 @@
+"""Every core (issue 12): Kalkan with 1 and 2 workers against nginx with 1 and 2 worker
+processes, on the readers load, on this machine's two cores.
+
+Run from the project root::
+
+    .venv/bin/python -m bench.workers            # results in bench/results/workers.*
+    .venv/bin/python -m bench.workers --quick    # smoke test, results in bench/.work/
+
+With one worker a server runs pinned to core 1 and wrk to core 0 (as bench.throughput); with
+two, the server may use both cores (`taskset -c 0,1`) and wrk still runs on core 0, so the
+load generator shares a core with one worker: both servers meet the same conditions, and the
+question is the ratio: Kalkan / nginx with 2 workers should be no worse than with 1. The
+readers load (every request its own User-Agent, cookie and browser headers) on the cached 20 KB
+page, access logs on, Kalkan's defence off (one wrk address is a flood to it; bench.throughput
+says why). Configurations interleaved, repeated; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LOAD_CPU,
+    RESULTS_DIR,
+    SERVER_CPU,
+    WORK_DIR,
+    BenchError,
+    HttpClient,
+    Report,
+    Stopper,
+    command_line,
+    cpu_count,
+    guarded,
+    log,
+    machine_info,
+    markdown_table,
+    pin_self,
+    scratch_dir,
+    spread,
+    wait_until_quiet,
+)
+from bench.peers import HOST, Proxy, start_kalkan, start_nginx, start_origin
+from bench.throughput import BENCH_PATH, BODY_SIZE, check_origin, load_args, run_wrk
+
+MODULE = "bench.workers"
+PEERS = ("kalkan", "nginx")
+WORKERS = (1, 2)
+
+
+@dataclass
+class Settings:
+    duration_s: int = 10
+    warmup_s: int = 2
+    repetitions: int = 3
+    connections: int = 64
+    quiet_timeout_s: float = 60.0
+    quick: bool = False
+
+
+def start(peer: str, workers: int, origin_port: int, work: Path, stopper: Stopper) -> Proxy:
+    cpus = "0,1" if workers > 1 else None
+    if peer == "kalkan":
+        return start_kalkan(origin_port, work, stopper, "throughput", SERVER_CPU,
+                            extra_args=["--workers", str(workers)], cpus=cpus)
+    return start_nginx(origin_port, work, stopper, "throughput", SERVER_CPU, workers=workers,
+                       cpus=cpus)
+
+
+def one_run(peer: str, workers: int, origin_port: int, work: Path, stopper: Stopper,
+            settings: Settings) -> dict[str, Any]:
+    proxy = start(peer, workers, origin_port, work, stopper)
+    try:
+        client = HttpClient(HOST, proxy.port)
+        for _ in range(4 * workers):   # each worker (its own memory cache) fills and hits
+            status, _, length = client.get(BENCH_PATH)
+            client.close()             # a new connection: the kernel may pick another worker
+            if (status, length) != (200, BODY_SIZE):
+                raise BenchError(f"{peer} x{workers}: GET {BENCH_PATH} gave {status}, "
+                                 f"{length} bytes")
+        extra, script = load_args("readers")
+        url = f"http://{HOST}:{proxy.port}{BENCH_PATH}"
+        if settings.warmup_s:
+            run_wrk(url, settings.warmup_s, settings.connections, None, extra, script)
+        waited, quiet = (0.0, True)
+        if settings.quiet_timeout_s:
+            waited, quiet = wait_until_quiet((LOAD_CPU, SERVER_CPU),
+                                             timeout_s=settings.quiet_timeout_s)
+        result = run_wrk(url, settings.duration_s, settings.connections, proxy.proc.pid, extra,
+                         script)
+    finally:
+        proxy.stop(stopper)
+    return {"peer": peer, "workers": workers, "requests_per_s": result.requests_per_s,
+            "requests": result.requests, "latency_ms": result.latency_ms,
+            "non_2xx_3xx": result.non_2xx_3xx, "socket_errors": result.socket_errors,
+            "cpu_busy_pct": result.cpu_busy_pct, "machine_was_quiet": quiet,
+            "waited_for_quiet_s": round(waited, 1), "command": result.command}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    for w in WORKERS:
+        for peer in PEERS:
+            mine = [r["requests_per_s"] for r in runs if r["peer"] == peer and r["workers"] == w]
+            cells[f"{peer}/{w}"] = spread(mine)
+    ratios = {w: cells[f"kalkan/{w}"]["median"] / cells[f"nginx/{w}"]["median"]
+              for w in WORKERS}
+    return {"cells": cells, "ratio_1": ratios[1], "ratio_2": ratios[2],
+            "met": ratios[2] >= ratios[1],
+            "clean": all(r["non_2xx_3xx"] == 0 and r["socket_errors"] == 0 for r in runs)}
+
+
+def run(settings: Settings, output_dir: Path) -> Path:
+    if cpu_count() < 2:
+        raise BenchError("needs 2 usable cores")
+    report = Report(name="workers", command=command_line(MODULE), machine=machine_info())
+    pin_self(LOAD_CPU)
+    runs: list[dict[str, Any]] = []
+    with Stopper() as stopper, scratch_dir("workers") as work:
+        origin = start_origin(work / "origin", stopper, False, LOAD_CPU)
+        check_origin(origin)
+        for rep in range(settings.repetitions):
+            for w in WORKERS:
+                for peer in PEERS:
+                    log(f"{peer} with {w} worker(s), repetition {rep + 1}/{settings.repetitions}")
+                    sample = one_run(peer, w, origin.port, work / f"{peer}-{w}-{rep}", stopper,
+                                     settings)
+                    sample["repetition"] = rep + 1
+                    runs.append(sample)
+                    log(f"  {sample['requests_per_s']:,.0f} req/s")
+    s = summarize(runs)
+    report.data = {"settings": vars(settings), "summary": s, "runs": runs}
+    rows = [[f"{peer}, {w} worker{'s' if w > 1 else ''}",
+             f"{s['cells'][f'{peer}/{w}']['median']:,.0f}",
+             f"{s['cells'][f'{peer}/{w}']['min']:,.0f} - {s['cells'][f'{peer}/{w}']['max']:,.0f}"]
+            for w in WORKERS for peer in PEERS]
+    report.sections = [
+        "## Verdict (issue 12 target)", "",
+        f"- Kalkan / nginx, readers load: **{s['ratio_1']:.2f}x** with 1 worker each, "
+        f"**{s['ratio_2']:.2f}x** with 2 (target: no worse with 2 than with 1: "
+        f"**{'MET' if s['met'] else 'NOT MET'}**)"
+        + ("" if s["clean"] else " — **some runs had errors or non-2xx answers**"), "",
+        markdown_table(["server", "req/s (median)", "min - max"], rows), "",
+        f"All runs: `wrk -t1 -c{settings.connections} -d{settings.duration_s}s --latency -s "
+        f"bench/wrk/readers.lua`, pinned to core {LOAD_CPU}; one worker pinned to core "
+        f"{SERVER_CPU}, two on cores 0,1 (sharing core {LOAD_CPU} with wrk); "
+        f"{settings.repetitions} repetition(s), interleaved.",
+    ]
+    json_path, md_path = report.write("Every core: 1 and 2 workers, Kalkan and nginx",
+                                      output_dir)
+    log(f"wrote {json_path} and {md_path}")
+    return md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition")
+    parser.add_argument("--output-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    settings = Settings(duration_s=2, warmup_s=1, repetitions=1, quiet_timeout_s=0,
+                        quick=True) if args.quick else Settings()
+    output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
+    return guarded(MODULE, lambda: run(settings, output))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
