@@ -5,6 +5,7 @@ coming back loses nothing (the workers resync into the new, empty relay)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,17 +30,19 @@ def action(state: ClusterState, target: str) -> str | None:
     return None if d is None else d.action
 
 
-@pytest.fixture
-async def workers(tmp_path: Path) -> AsyncIterator[tuple[Relay, list[ClusterState],
-                                                       list[RelayLink]]]:
-    relay = Relay(tmp_path / "relay.sock")
+@pytest.fixture(params=["file", "abstract"])
+async def workers(request: pytest.FixtureRequest, tmp_path: Path
+                  ) -> AsyncIterator[tuple[Relay, list[ClusterState], list[RelayLink]]]:
+    where: str | Path = tmp_path / "relay.sock" if request.param == "file" \
+        else f"@kalkan-test-relay-{os.getpid()}-{id(tmp_path)}"
+    relay = Relay(where)
     await relay.start()
     credited: list[list[tuple[str, str, int]]] = []
     states = [ClusterState(f"w{i}", Decisions(), AttackMode(),
                            counts=(lambda: [("192.0.2.50", "search", 7)]) if i == 0 else None,
                            credit=lambda rows, now: credited.append(rows) or len(rows))
               for i in range(3)]
-    links = [RelayLink(relay.path, s) for s in states]
+    links = [RelayLink(where, s) for s in states]
     for link in links:
         link.start()
     await until(lambda: all(link.up for link in links))
@@ -74,7 +77,7 @@ async def test_the_relay_dying_and_back_loses_nothing(workers: tuple, tmp_path: 
     w1.decisions.add("192.0.2.42", "challenge", 600, "while the relay was away", "rule",
                      time.time())
     assert action(w0, "192.0.2.42") is None
-    again = Relay(tmp_path / "relay.sock")       # the relay's worker restarted: empty
+    again = Relay(relay.path)                    # the relay's worker restarted: empty
     await again.start()
     try:
         await until(lambda: all(link.up for link in links), timeout=10)
@@ -84,3 +87,40 @@ async def test_the_relay_dying_and_back_loses_nothing(workers: tuple, tmp_path: 
         assert set(again.decisions) == {"192.0.2.41", "192.0.2.42"}
     finally:
         await again.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another user")
+async def test_another_user_cannot_join_the_relay(workers: tuple) -> None:
+    """An abstract socket has no file mode: the relay checks who connects (SO_PEERCRED)."""
+    import pwd
+    import shutil
+    import subprocess
+
+    relay, _, _ = workers
+    address = relay.path if isinstance(relay.path, str) else str(relay.path)
+    if isinstance(relay.path, Path):
+        os.chmod(relay.path, 0o666)   # even a socket file opened to all: refused by the check
+    probe = ("import socket,sys\n"
+             "a=sys.argv[1]\n"
+             "s=socket.socket(socket.AF_UNIX)\n"
+             "s.connect('\\0'+a[1:] if a.startswith('@') else a)\n"
+             "s.settimeout(5)\n"
+             "print(repr(s.recv(100)))\n")
+    nobody = pwd.getpwnam("nobody")
+    python = shutil.which("python3", path="/usr/bin:/bin")   # one `nobody` may run
+    if python is None:
+        pytest.skip("no system python3 for the other user")
+
+    def become_nobody() -> None:
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+
+    done = await asyncio.to_thread(
+        subprocess.run, [python, "-c", probe, address], capture_output=True, text=True,
+        timeout=20, preexec_fn=become_nobody, check=False, cwd="/")
+    # Kept out by the file system (a socket file in the edge's private directory), or let in
+    # and closed at once, no snapshot sent (an abstract socket).
+    refused = done.returncode == 0 and done.stdout.strip() == "b''"
+    assert refused or "PermissionError" in done.stderr, (done.stdout, done.stderr)
+    if isinstance(relay.path, str):
+        assert refused

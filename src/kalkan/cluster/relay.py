@@ -6,7 +6,9 @@ workers. If the relay's worker dies, the others go on with their own state and r
 is back (the same as Redis going away); it starts empty and the workers' resyncs refill it.
 The pass-signing keys need no relay: the workers share the key file in the state directory.
 
-The protocol, one JSON object per line. Worker to relay: `{"put": [records], "pub": [records]}`
+The socket is a file (mode 0600) or a Linux abstract name (`@NAME`, no path length limit); either
+way the relay serves only peers running as its own user (SO_PEERCRED). The protocol, one JSON
+object per line. Worker to relay: `{"put": [records], "pub": [records]}`
 (`put` records are kept, newest per target, and passed on; `pub` only passed on). Relay to
 worker: first `{"snapshot": [records]}`, then `{"records": [records]}` per batch of the others.
 """
@@ -18,6 +20,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,9 @@ class Relay:
     """The relay server (in one worker's event loop)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        # A file path, or "@NAME" for a Linux abstract socket (no file, no path length limit:
+        # only a peer running as this process's user is served).
+        self.path = path if isinstance(path, str) and path.startswith("@") else Path(path)
         self.decisions: dict[str, Record] = {}
         self.threats: dict[str, Record] = {}
         self.relayed = 0
@@ -42,6 +48,10 @@ class Relay:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        if isinstance(self.path, str):
+            self._server = await asyncio.start_unix_server(
+                self._client, path="\0" + self.path[1:], limit=LINE_LIMIT)
+            return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()      # a dead relay's socket file
         self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
@@ -55,8 +65,9 @@ class Relay:
                 w.close()
             await self._server.wait_closed()
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if isinstance(self.path, Path):
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     def keep(self, records: list[Record], now: float) -> None:
         """What a worker `put`: the newest record per target, each worker's latest report."""
@@ -82,6 +93,10 @@ class Relay:
             del self.decisions[t]
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not _same_user(writer):
+            log.warning("relay: refused a connection from another user")
+            writer.close()
+            return
         snapshot = [*self.decisions.values(), *self.threats.values()]
         writer.write(json.dumps({"snapshot": snapshot}).encode() + b"\n")
         self._writers.add(writer)
@@ -109,18 +124,34 @@ class Relay:
             writer.close()
 
 
+def _same_user(writer: asyncio.StreamWriter) -> bool:
+    """Whether the peer runs as this process's user (SO_PEERCRED): an abstract socket has no
+    file mode to keep others out, and a file socket's mode is checked twice this way."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
+
+
 class RelayLink(Link):
     """A worker's link to the relay."""
 
     def __init__(self, path: str | Path, state: ClusterState, *,
                  interval: float = 0.02) -> None:
         super().__init__(state, f"the workers' relay at {path}", interval=interval)
-        self.path = Path(path)
+        # "@NAME": an abstract socket (see Relay)
+        self.address = "\0" + path[1:] if isinstance(path, str) and path.startswith("@") \
+            else str(path)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def _open(self, attempt: int) -> None:
-        self._reader, self._writer = await asyncio.open_unix_connection(str(self.path),
+        self._reader, self._writer = await asyncio.open_unix_connection(self.address,
                                                                         limit=LINE_LIMIT)
 
     async def _shut(self) -> None:
