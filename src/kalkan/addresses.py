@@ -84,6 +84,12 @@ class AddressSet:
         i = bisect.bisect_right(starts, ip)
         return i > 0 and ip <= ends[i - 1]
 
+    def overlaps(self, version: int, first: int, last: int) -> bool:
+        """Whether any address from `first` to `last` (a network's span) is in the set."""
+        starts, ends = self._v4 if version == 4 else self._v6
+        i = bisect.bisect_right(starts, last)
+        return i > 0 and ends[i - 1] >= first
+
     def contains_text(self, address: str) -> bool:
         parsed = parse_ip(address)
         return parsed is not None and self.contains(*parsed)

@@ -17,7 +17,8 @@ key (the first 16 hex digits of SHA-256 of its raw public key). The document::
 and each entry::
 
     {"target": "203.0.113.0/24", "action": "block" | "challenge", "reason": TEXT,
-     "first_seen": UNIX_TIME, "hits": N, "until": UNIX_TIME}
+     "origin": "rule" | "escalation" | ..., "first_seen": UNIX_TIME, "hits": N,
+     "until": UNIX_TIME}
 
 An ally accepts a document only if it is signed by the key it trusts for that publisher (or the
 `next_key` a document signed by that key announced: rotation), its sequence is higher than the
@@ -91,10 +92,12 @@ class Entry:
     first_seen: float
     hits: int
     until: float
+    origin: str = "rule"   # what decided it there: rule, escalation, attack_mode, manual, ...
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "action": self.action, "reason": self.reason,
-                "first_seen": self.first_seen, "hits": self.hits, "until": self.until}
+                "origin": self.origin, "first_seen": self.first_seen, "hits": self.hits,
+                "until": self.until}
 
 
 def publish(private: Ed25519PrivateKey, publisher: str, sequence: int, entries: list[Entry],
@@ -217,7 +220,8 @@ def _entries(rows: list[Any], name: str) -> list[Entry]:
                 raise ValueError("until must be a time")
             out.append(Entry(normalize_target(str(row["target"])), action,
                              str(row.get("reason", ""))[:200], float(row.get("first_seen", 0)),
-                             int(row.get("hits", 0)), until))
+                             int(row.get("hits", 0)), until,
+                             str(row.get("origin", "rule"))[:20]))
         except (KeyError, TypeError, ValueError, DecisionError) as exc:
             raise FeedError(f"{name}: entry {i}: {exc}") from None
     return out
