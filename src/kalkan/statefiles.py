@@ -41,16 +41,22 @@ def load_or_create_secret(path: Path, what: str, otherwise: str) -> str:
     secret = secrets.token_urlsafe(24)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(secret + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomically(path, (secret + "\n").encode())
     except OSError as exc:
         log.error("cannot write %s file %s (%s); it lives in memory only (%s)", what, path,
                   exc.strerror or exc, otherwise)
     return secret
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """`data` to `path` through a temp file (created with `mode`) and a rename: a reader sees
+    the old file or the new one, never half of one; a failed write leaves no temp file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
