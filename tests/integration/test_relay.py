@@ -124,3 +124,32 @@ async def test_another_user_cannot_join_the_relay(workers: tuple) -> None:
     assert refused or "PermissionError" in done.stderr, (done.stdout, done.stderr)
     if isinstance(relay.path, str):
         assert refused
+
+
+async def test_two_edges_joined_by_a_relay_share_decisions(tmp_path: Path, origin: object
+                                                           ) -> None:
+    """What the supervisor sets up for two workers without cluster.redis (RelayPlan)."""
+    from kalkan.cluster.relay import RelayPlan
+    from kalkan.config import Config
+    from kalkan.edge.app import Edge
+
+    address = f"@kalkan-test-edges-{os.getpid()}"
+    edges = []
+    for slot in (0, 1):
+        config = Config()
+        config.listen, config.admin.listen = ["127.0.0.1:0"], None
+        config.access_log.path, config.cache.dir = None, None
+        config.origin.url = origin.url  # type: ignore[attr-defined]
+        config.state_dir = str(tmp_path / f"w{slot}")
+        edge = Edge(config)
+        edge.relay_plan = RelayPlan(address, f"w{slot}", serve=slot == 0)
+        await edge.start()
+        edges.append(edge)
+    try:
+        await until(lambda: all(e.cluster is not None and e.cluster.up for e in edges))
+        w0, w1 = (e.pipeline.defense.decisions for e in edges)  # type: ignore[union-attr]
+        w1.add("192.0.2.60", "block", 600, "seen on worker 1", "rule", time.time())
+        await until(lambda: w0.lookup("192.0.2.60", "192.0.2.0/24", time.time()) is not None)
+    finally:
+        for edge in edges:
+            await edge.stop()

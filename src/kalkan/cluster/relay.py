@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,15 @@ from kalkan.cluster.state import TOMBSTONE_KEEP, ClusterState, Record
 log = logging.getLogger("kalkan.cluster")
 
 LINE_LIMIT = 32 * 1024 * 1024   # one batch (a resync of many decisions fits)
+
+
+@dataclass(frozen=True)
+class RelayPlan:
+    """A worker's part in the relay: where it is, this worker's name, whether it runs it."""
+
+    address: str   # "@NAME" (abstract socket) or a file path
+    name: str      # "w0", "w1", ...
+    serve: bool
 
 
 class Relay:

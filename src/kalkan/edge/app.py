@@ -18,6 +18,7 @@ from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Watcher
 from kalkan.cluster.assemble import start_cluster
 from kalkan.cluster.link import Link
+from kalkan.cluster.relay import Relay, RelayPlan
 from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.alerting import start_alerts
@@ -130,6 +131,11 @@ class Edge:
         self.live: LiveView | None = None
         self._live_timer: asyncio.TimerHandle | None = None
         self.cluster: Link | None = None
+        # Set by the supervisor before start() for a worker of several without cluster.redis:
+        # the workers' relay (kalkan.cluster.relay) to join, and whether this worker runs it.
+        self.relay_plan: RelayPlan | None = None
+        self.relay: Relay | None = None
+        self.shares_reloads = True   # False for a worker: the supervisor passes SIGHUP on
         self._stopped = asyncio.Event()
         gate, m = self.pipeline.upstream.gate, self.pipeline.metrics
         m.gauge("kalkan_origin_gate_limit", "Origin requests allowed in flight at once "
@@ -210,7 +216,15 @@ class Edge:
             except OSError as exc:
                 raise bind_problem("admin.listen", host, port, exc) from None
         self._start_alerts()
-        self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster)
+        plan = self.relay_plan
+        if plan is not None and self.config.cluster.redis is None:
+            if plan.serve:
+                self.relay = Relay(plan.address)
+                await self.relay.start()
+            self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster,
+                                         relay=plan.address, worker=plan.name)
+        else:
+            self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster)
 
     def _start_alerts(self) -> None:
         acme = self.acme
@@ -308,7 +322,7 @@ class Edge:
         """SIGHUP or `kalkan reload`: certificates, the pages' templates and logo, and the
         policy. A bad file keeps the old one running and says why. In a cluster, the other
         edges reload too (`share`)."""
-        if share and self.cluster is not None:
+        if share and self.shares_reloads and self.cluster is not None:
             self.cluster.state.reloaded()
         ok, messages = True, []
         if self.certificates is not None:
@@ -352,6 +366,8 @@ class Edge:
             await self.admin.close()
         if self.cluster is not None:
             await self.cluster.close()
+        if self.relay is not None:
+            await self.relay.close()
         await self.pipeline.close()
         self._stopped.set()
 
