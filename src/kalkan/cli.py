@@ -299,6 +299,90 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_config(args: argparse.Namespace) -> Config:
+    """The config a local command reads (its state_dir, cache.dir): --config, $KALKAN_CONFIG,
+    --state-dir."""
+    config = _base_config(args, files=False)
+    if getattr(args, "state_dir", None):
+        config.state_dir = args.state_dir
+    return config
+
+
+def cmd_alliance(args: argparse.Namespace) -> int:
+    from kalkan.alliance.identity import Identity, IdentityError
+    from kalkan.alliance.poller import AllyConfig, load_allies, save_allies
+    from kalkan.alliance.service import FEED_PATH, alliance_dir, default_name
+
+    config = _local_config(args)
+    where = alliance_dir(config)
+    try:
+        if args.action == "init":
+            identity = Identity.create(where / "identity.json", args.name or default_name(config))
+            print(f"alliance identity of {identity.name}: {where / 'identity.json'}\n"
+                  f"public key (give it to your allies): {identity.public_text}\n"
+                  f"your feed, once the edge is (re)started: https://YOUR-SITE{FEED_PATH}")
+        elif args.action == "key":
+            identity = Identity.load(where / "identity.json")
+            print(identity.public_text)
+        elif args.action in ("add", "remove", "list"):
+            path = where / "allies.json"
+            allies = load_allies(path)
+            if args.action == "list":
+                if not allies:
+                    print("no allies")
+                for a in allies:
+                    print(f"{a.name:<24} {a.trust:<10} {a.url}")
+                return 0
+            if args.action == "add":
+                ally = AllyConfig(args.ally, args.url, args.key, args.trust)
+                ally.check()
+                allies = [a for a in allies if a.name != ally.name] + [ally]
+            else:
+                if not any(a.name == args.ally for a in allies):
+                    print(f"kalkan alliance: no ally named {args.ally!r}", file=sys.stderr)
+                    return 1
+                allies = [a for a in allies if a.name != args.ally]
+            save_allies(path, allies)
+            print(f"{path}: {len(allies)} ally(s); `kalkan reload` makes a running edge use it")
+    except (IdentityError, ValueError) as exc:
+        print(f"kalkan alliance: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from kalkan.config import parse_hostport
+    from kalkan.mirror.export import export
+    from kalkan.mirror.serve import make_server
+
+    out = Path(args.dir)
+    if args.action == "export":
+        config = _local_config(args)
+        cache_dir = Path(args.cache_dir or config.cache.dir or "")
+        if not (args.cache_dir or config.cache.dir) or not cache_dir.is_dir():
+            print(f"kalkan mirror: no cache directory {cache_dir} (cache.dir in the config, "
+                  "or --cache-dir)", file=sys.stderr)
+            return 1
+        result = export(cache_dir, out)
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
+        print(f"{out}: {result.written} file(s) written, {result.unchanged} unchanged"
+              + (f"; not mirrored: {skipped}" if skipped else ""))
+        return 0
+    if not out.is_dir():
+        print(f"kalkan mirror: {out} is not a directory", file=sys.stderr)
+        return 1
+    host, port = parse_hostport(args.listen)
+    server = make_server(out, host, port)
+    print(f"kalkan mirror: serving {out} on http://{_fmt(host, port)}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     try:
         result = admin_call(args, "POST", "/reload")
@@ -511,6 +595,39 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("clear", help="remove every decision")
     _admin_arguments(d)
     p.set_defaults(func=cmd_decisions)
+
+    p = sub.add_parser("alliance", help="allied newsrooms: this edge's identity and its allies")
+    asub = p.add_subparsers(dest="action", required=True)
+    a = asub.add_parser("init", help="make this edge's alliance identity (an Ed25519 key)")
+    a.add_argument("--name", help="this newsroom's name in its feed (default: alliance.name, "
+                   "site.name, the host name)")
+    a = asub.add_parser("key", help="print this edge's public key (what allies add)")
+    a = asub.add_parser("add", help="listen to an ally's feed")
+    a.add_argument("ally", help="a name for the ally, e.g. kloop")
+    a.add_argument("url", help="its feed, e.g. https://kloop.kg/.well-known/kalkan/feed")
+    a.add_argument("key", help="its public key, as `kalkan alliance key` prints it there")
+    a.add_argument("--trust", required=True, choices=("observe", "challenge", "block"),
+                   help="observe: only count; challenge: challenge what it names; block: do "
+                   "what it did")
+    a = asub.add_parser("remove", help="stop listening to an ally")
+    a.add_argument("ally")
+    a = asub.add_parser("list", help="the allies this edge listens to")
+    for a in asub.choices.values():
+        a.add_argument("--config", help="the edge's config file (default: $KALKAN_CONFIG)")
+        a.add_argument("--state-dir", help="the edge's state_dir (default: the config's)")
+    p.set_defaults(func=cmd_alliance)
+
+    p = sub.add_parser("mirror", help="the cached site as a static mirror")
+    msub = p.add_subparsers(dest="action", required=True)
+    m = msub.add_parser("export", help="write the cached pages, assets and feeds to DIR")
+    m.add_argument("dir")
+    m.add_argument("--cache-dir", help="the edge's cache directory (default: cache.dir)")
+    m.add_argument("--config", help="the edge's config file (default: $KALKAN_CONFIG)")
+    m.add_argument("--state-dir", help=argparse.SUPPRESS)
+    m = msub.add_parser("serve", help="serve an exported mirror")
+    m.add_argument("dir")
+    m.add_argument("--listen", default="127.0.0.1:8088", help="HOST:PORT (127.0.0.1:8088)")
+    p.set_defaults(func=cmd_mirror)
 
     p = sub.add_parser("reload", help="reload the policy and certificates of a running edge")
     _admin_arguments(p)

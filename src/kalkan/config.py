@@ -436,6 +436,22 @@ class ClusterConfig:
 
 
 @dataclass
+class AllianceConfig:
+    """Newsrooms that defend together (docs/alliance.md): this edge's signed feed, its allies'."""
+
+    name: str | None = _opt("This newsroom's name in its feed; null uses site.name, else the "
+                            "host name.", None)
+    publish: bool = _opt("Serve the signed feed at /.well-known/kalkan/feed once `kalkan "
+                         "alliance init` has made an identity.", True)
+    prefixes_only: bool = _opt("Share prefixes (IPv4 /24, IPv6 /64) only, never one address.",
+                               False)
+    poll_interval: float = _duration("How often the allies' feeds are fetched (and this edge's "
+                                     "is remade when its decisions changed).", 10.0, min=1)
+    feed_lifetime: float = _duration("How long an ally may act on this edge's feed without "
+                                     "fetching it again.", 600.0, min=30)
+
+
+@dataclass
 class Config:
     """The whole edge configuration."""
 
@@ -454,6 +470,8 @@ class Config:
     site: SiteConfig = field(default_factory=SiteConfig, metadata={"doc": "Site (pages)."})
     cluster: ClusterConfig = field(default_factory=ClusterConfig,
                                    metadata={"doc": "Cluster (shared state)."})
+    alliance: AllianceConfig = field(default_factory=AllianceConfig,
+                                     metadata={"doc": "Alliance (allied newsrooms)."})
     state_dir: str = _opt(
         "Directory for state that must survive restarts (decisions, keys, the admin token); "
         "relative to the working directory, `/var/lib/kalkan` with `--service`.", "var")

@@ -27,13 +27,13 @@ async def make_edge(tmp_path: Path) -> AsyncIterator[EdgeFactory]:
     edges: list[Edge] = []
 
     async def factory(origin_url: str, *, cache_dir: str | None = "default",
-                      **sections: dict[str, Any]) -> Edge:
+                      state_dir: str | None = None, **sections: dict[str, Any]) -> Edge:
         config = Config()
         config.listen = ["127.0.0.1:0"]
         config.admin.listen = "127.0.0.1:0"
         config.access_log.path = str(tmp_path / "access.log")
         config.origin.url = origin_url
-        config.state_dir = str(tmp_path / "state")
+        config.state_dir = state_dir or str(tmp_path / "state")  # several edges: one each
         config.defense.enabled = False  # cache and connection tests; defence tests turn it on
         # Fits under this machine's open-files hard limit, so no edge warns about it.
         config.limits.max_connections = 4096

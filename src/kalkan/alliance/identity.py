@@ -95,11 +95,16 @@ class Publisher:
         self._entries: list[Entry] | None = None
         self._expires = 0.0
 
+    @property
+    def expires_soon(self) -> float:
+        """When the document served now should be remade though nothing changed."""
+        return self._expires - self.lifetime / 2
+
     def current(self, entries: list[Entry], now: float | None = None) -> tuple[bytes, str]:
         """The document to serve for `entries`: the same bytes while they are unchanged and
         the document is far from its expiry (an ally polling gets 304), else a new one."""
         now = time.time() if now is None else now
-        if entries != self._entries or now > self._expires - self.lifetime / 2:
+        if entries != self._entries or now > self.expires_soon:
             sequence = self.identity.next_sequence(now)
             self.body = publish(self.identity.private, self.identity.name, sequence, entries,
                                 now, self.lifetime)

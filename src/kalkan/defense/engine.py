@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from math import trunc
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -82,6 +83,7 @@ _SCORED_PER_TICK: Final = 512  # distinct clients scored per tick at most (the l
 # Shared with the other edges of a cluster each second: the busiest clients (crediting one costs
 # the receiver about as much as a request's meters), and at most this many requests per row.
 _SHARED_CLIENTS: Final = 1000
+_PASSED_KEPT: Final = 65536   # addresses remembered as having passed a challenge lately
 _MAX_CREDIT: Final = 1_000_000
 # On a shared address (behaviour.SHARED) each agent gets its own behaviour row, and is judged
 # by it once it holds this many (decayed) requests.
@@ -185,6 +187,10 @@ class Defense:
         self._fw_thread: threading.Thread | None = None
         self.addresses = AddressFacts(config.prefix_v4, config.prefix_v6)
         self.passes = PassUsage(config.pass_max_addresses, config.pass_max_per_minute)
+        # Documents served at a path under /.well-known/ (the alliance feed): path -> its
+        # current body and ETag. And who passed a challenge lately (never shared with allies).
+        self.published: dict[str, Callable[[], tuple[bytes, str]]] = {}
+        self.passed_recently: dict[str, float] = {}
         self.admin = DefenseAdmin(self.decisions, self.attack, self.save)
         self._verdicts: dict[tuple[Action, str, int, str], Verdict] = {}
         self._dirty = self.decisions_loaded > 0
@@ -326,6 +332,10 @@ class Defense:
             self.talkers.agent(facts.user_agent)
         if facts.route == CHALLENGE:
             return self._endpoint(view, facts, now)
+        if facts.route == WELLKNOWN and self.published:
+            document = self.published.get(facts.path)
+            if document is not None:
+                return self._publish(document, facts)
         if self.allow and self._allowlisted(facts):
             return self._allowed("allow:allowlist", False)
         # Most readers hold no pass: told by one substring check here (compiled), without a
@@ -680,8 +690,24 @@ class Defense:
             self.decided[("challenge_failed", resp.reason.split(":", 1)[0])] += 1
         elif resp.passed:
             self.clients.note_challenge_pass(facts)
+            passed = self.passed_recently
+            if len(passed) >= _PASSED_KEPT:
+                del passed[next(iter(passed))]   # the oldest
+            passed[facts.client] = now
         return Verdict(Action.RESPOND, f"challenge-endpoint:{resp.reason}", False, resp.status,
                        tuple(resp.headers), resp.body)
+
+    def _publish(self, document: Callable[[], tuple[bytes, str]],
+                 facts: RequestFacts) -> Verdict:
+        """A document this edge publishes (the alliance feed), with its ETag: an unchanged one
+        costs its poller a 304. Made elsewhere, now and then; here only handed out."""
+        body, etag = document()
+        headers: tuple[tuple[bytes, bytes], ...] = (
+            (b"Content-Type", b"application/json"), (b"ETag", etag.encode()),
+            (b"Cache-Control", b"no-cache"))
+        if etag and facts.header(b"if-none-match") == etag.encode():
+            return Verdict(Action.RESPOND, "published:not-modified", False, 304, headers, b"")
+        return Verdict(Action.RESPOND, "published", False, 200 if body else 404, headers, body)
 
     # -- housekeeping ---------------------------------------------------------------------------
     def tick(self, now: float, gate_active: int, gate_queue: int, gate_limit: int,

@@ -16,6 +16,7 @@ from pathlib import Path
 from kalkan.acme import AcmeManager
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Watcher
+from kalkan.alliance.service import AllianceService
 from kalkan.cluster.assemble import start_cluster
 from kalkan.cluster.link import Link
 from kalkan.cluster.relay import Relay, RelayPlan
@@ -136,6 +137,8 @@ class Edge:
         self.relay_plan: RelayPlan | None = None
         self.relay: Relay | None = None
         self.shares_reloads = True   # False for a worker: the supervisor passes SIGHUP on
+        self.alliance: AllianceService | None = None
+        self._alliance_reload: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         gate, m = self.pipeline.upstream.gate, self.pipeline.metrics
         m.gauge("kalkan_origin_gate_limit", "Origin requests allowed in flight at once "
@@ -225,6 +228,9 @@ class Edge:
                                          relay=plan.address, worker=plan.name)
         else:
             self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster)
+        if getattr(self.pipeline.defense, "decisions", None) is not None:  # the defence is on
+            self.alliance = AllianceService(self.config, self.pipeline.defense)
+            self.alliance.start()
 
     def _start_alerts(self) -> None:
         acme = self.acme
@@ -345,6 +351,9 @@ class Edge:
         if message:  # an edge without a defence has no policy to speak of
             messages.append(message if policy_ok else f"keeping the old policy: {message}")
         messages.append(pages_message)
+        if self.alliance is not None:   # the allies file, read again
+            self._alliance_reload = asyncio.get_running_loop().create_task(
+                self.alliance.reload())
         self.pipeline.forget_replays()
         return ok, messages
 
@@ -368,6 +377,8 @@ class Edge:
             await self.cluster.close()
         if self.relay is not None:
             await self.relay.close()
+        if self.alliance is not None:
+            await self.alliance.close()
         await self.pipeline.close()
         self._stopped.set()
 
