@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import ipaddress
 import math
+import os
 import re
 import types
 import typing
@@ -444,6 +445,12 @@ class Config:
         "with CAP_NET_BIND_SERVICE instead).", None)
     group: str | None = _opt("Group to drop to with `user`; null is the user's own group.",
                              None)
+    workers: int | None = _opt(
+        "Worker processes serving the listeners (each a whole edge on every core it gets, "
+        "under one supervisor that restarts them; docs/workers.md). null = the cores this "
+        "process may use; 1 = one process, no supervisor. Each worker holds its share of "
+        "`origin.max_concurrency`, `origin.queue_size`, `origin.idle_connections` and "
+        "`limits.max_connections`, so the machine never exceeds them.", None, min=1, max=256)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -825,6 +832,37 @@ def _check_identity(config: Config, where: Any, problems: list[str]) -> None:
             problems.append(f"{where('group')}: group: set only together with user")
 
 
+def _check_workers(config: Config, where: Any, problems: list[str]) -> None:
+    """Several workers share the origin's slots (each needs one) and cannot share an ACME
+    account's HTTP-01 answers (the CA's request may reach any worker)."""
+    n = config.workers
+    if n is None or n == 1 or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return
+    if config.origin.max_concurrency < n:
+        problems.append(f"{where('workers')}: workers: {n} workers need origin.max_concurrency "
+                        f"of at least {n} (each worker holds at least one origin slot, and "
+                        f"together they hold {config.origin.max_concurrency}); lower workers "
+                        "or raise origin.max_concurrency")
+    if config.tls is not None and config.tls.acme is not None:
+        problems.append(f"{where('workers')}: workers: tls.acme needs workers: 1 (one process "
+                        "answers the CA's HTTP-01 requests); use your own tls.certificates "
+                        "with several workers")
+
+
+def resolve_workers(config: Config) -> int:
+    """How many workers `serve` runs: the configured number, else the cores this process may
+    use, bounded so each worker keeps an origin slot (and 1 with tls.acme)."""
+    if config.workers is not None:
+        return config.workers
+    if config.tls is not None and config.tls.acme is not None:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, config.origin.max_concurrency))
+
+
 # A bearer token an attacker could guess is no protection for a listener off loopback.
 MIN_TOKEN_LENGTH = 16
 
@@ -898,6 +936,7 @@ def validate(config: Config, source: str = "<config>",
     except ConfigError as exc:
         problems.extend(exc.problems)
     _check_identity(config, where, problems)
+    _check_workers(config, where, problems)
     _check_alerts(config.alerts, where, problems, files)
     if files:
         _check_files(config, where, problems)

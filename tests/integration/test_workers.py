@@ -1,0 +1,328 @@
+"""`kalkan serve` with several workers (docs/workers.md): real processes, real sockets, a real
+origin. Which worker answered is read from worker 0's /metrics (every worker's, labelled
+`worker`), never from anything on the public path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import Client, Origin, fetch, free_port
+
+KALKAN = str(Path(sys.executable).with_name("kalkan"))
+
+
+class Supervised:
+    """A `kalkan serve` with `workers` workers on free loopback ports, ended by its PID."""
+
+    def __init__(self, tmp: Path, origin_url: str, *, workers: int = 2,
+                 extra: str = "") -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.admin = free_port()
+        self.state = tmp / "state"
+        self.log = tmp / "access.log"
+        self.out = tmp / "serve.out"
+        config = tmp / "kalkan.yaml"
+        config.write_text(
+            f"workers: {workers}\n"
+            f"listen: ['127.0.0.1:{self.port}']\n"
+            f"admin: {{listen: '127.0.0.1:{self.admin}'}}\n"
+            f"access_log: {{path: '{self.log}'}}\n"
+            f"state_dir: '{self.state}'\n"
+            f"cache: {{dir: '{tmp / 'cache'}'}}\n"
+            f"limits: {{max_connections: 2048}}\n" + extra, encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [KALKAN, "serve", "--config", str(config), "--origin", origin_url],
+            stdout=self.out.open("wb"), stderr=subprocess.STDOUT)
+
+    def said(self) -> str:
+        return self.out.read_text(encoding="utf-8", errors="replace")
+
+    async def serving(self, timeout: float = 8.0) -> None:
+        """Until the supervisor says every worker serves."""
+        deadline = time.monotonic() + timeout
+        while "workers (pids" not in self.said():
+            assert self.proc.poll() is None, f"exited early: {self.said()}"
+            assert time.monotonic() < deadline, f"not serving after {timeout} s: {self.said()}"
+            await asyncio.sleep(0.05)
+
+    async def metrics(self) -> dict[str, float]:
+        """Worker 0's /metrics (every worker's samples) as {sample with labels: value}."""
+        reply = await fetch(self.admin, "/metrics", host="127.0.0.1")
+        assert reply.status == 200
+        out = {}
+        for line in reply.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    async def pids(self, n: int = 2, timeout: float = 5.0) -> dict[int, int]:
+        """{worker slot: pid} once all `n` workers' metrics are in (others write every second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {int(m.group(1)): int(v) for k, v in (await self.metrics()).items()
+                     if (m := re.fullmatch(r'kalkan_worker_pid\{worker="(\d+)"\}', k))}
+            if len(found) == n or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def supervised() -> Iterator[list[Supervised]]:
+    started: list[Supervised] = []
+    yield started
+    for s in started:
+        if s.proc.poll() is None:
+            for pid in _children(s.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            s.stop(signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def per_worker(metrics: dict[str, float], family: str) -> dict[str, float]:
+    """A family's samples summed per `worker` label."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        m = re.fullmatch(rf'{family}\{{worker="(\d+)"[,}}].*', key)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + value
+    return out
+
+
+async def test_two_workers_serve_one_port_and_both_get_connections(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: false}\n")
+    supervised.append(s)
+    await s.serving()
+    pids = await s.pids()
+    assert len(pids) == 2 and pids[0] != pids[1] and s.proc.pid not in pids.values()
+    assert sorted(_children(s.proc.pid)) == sorted(pids.values())
+    for _ in range(40):  # a new connection each: the kernel spreads them over both sockets
+        assert (await fetch(s.port, "/")).status == 200
+    await asyncio.sleep(1.3)  # worker 1 writes its metrics every second
+    served = per_worker(await s.metrics(), "kalkan_requests_total")
+    assert set(served) == {"0", "1"} and sum(served.values()) == 40, served
+    assert all(n > 0 for n in served.values()), served
+    # Each worker holds its share of the origin's slots: 16 in all.
+    limits = per_worker(await s.metrics(), "kalkan_origin_gate_limit")
+    assert limits == {"0": 8.0, "1": 8.0}
+    assert s.stop() == 0
+
+
+async def test_a_killed_worker_comes_back_and_clients_retrying_succeed(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: false}\n")
+    supervised.append(s)
+    await s.serving()
+    before = await s.pids()
+    os.kill(before[1], signal.SIGKILL)
+    failed = 0
+    for i in range(60):  # a client that retries a failed request once succeeds
+        try:
+            reply = await fetch(s.port, f"/?n={i}")
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            failed += 1
+            reply = await fetch(s.port, f"/?n={i}")
+        assert reply.status == 200
+    deadline = time.monotonic() + 5.0
+    after = await s.pids()
+    while after.get(1) in (None, before[1]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        after = await s.pids()
+    assert after[1] != before[1] and after[0] == before[0]
+    assert (await s.metrics())['kalkan_worker_restarts{worker="1"}'] == 1
+    assert f"worker 1 (pid {before[1]}) was killed by SIGKILL" in s.said()
+    assert failed <= 1, failed  # nothing was in flight on the killed worker
+    assert s.stop() == 0
+
+
+async def test_sighup_under_load_drops_no_connection(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    supervised.append(s)
+    await s.serving()
+    clients = [await Client.connect(s.port) for _ in range(6)]
+    answered = 0
+
+    async def keep_asking(client: Client) -> None:
+        nonlocal answered
+        for i in range(60):  # keep-alive: one connection for all of them
+            reply = await client.request("GET", "/" if i % 2 else "/feed/")
+            assert reply.status == 200 and reply.keep_alive
+            answered += 1
+
+    async def reload_repeatedly() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0.15)
+            os.kill(s.proc.pid, signal.SIGHUP)
+
+    await asyncio.gather(*(keep_asking(c) for c in clients), reload_repeatedly())
+    assert answered == 360
+    for c in clients:  # still open after the reloads
+        assert (await c.request("GET", "/")).status == 200
+        await c.close()
+    out = s.said()
+    assert out.count("reload passed to 2 workers") == 3, out
+    # The admin's POST /reload reaches the other worker through the same path.
+    reply = await fetch(s.admin, "/reload", "POST", host="127.0.0.1",
+                        headers={"Authorization": "Bearer " + (s.state / "admin.token")
+                                 .read_text().strip()})
+    assert reply.status == 200, reply.body
+    assert "reload passed to the other 1 worker(s)" in json.loads(reply.body)["messages"]
+    deadline = time.monotonic() + 3
+    while "reload passed to 1 workers" not in s.said() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "reload passed to 1 workers" in s.said()
+    assert s.stop() == 0
+
+
+class CountingOrigin:
+    """A slow origin that counts its requests in flight (the most at once is what matters)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.now = 0
+        self.most = 0
+        self.served = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                self.now += 1
+                self.most = max(self.most, self.now)
+                await asyncio.sleep(self.delay)
+                self.now -= 1
+                self.served += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+                             b"Content-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def counting_origin() -> AsyncIterator[CountingOrigin]:
+    o = CountingOrigin(0.15)
+    yield o
+    await o.stop()
+
+
+async def test_the_origin_never_sees_more_than_max_concurrency_from_all_workers(
+        counting_origin: CountingOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    port = await counting_origin.start()
+    s = Supervised(tmp_path, f"http://127.0.0.1:{port}",
+                   extra="defense: {enabled: false}\norigin: {max_concurrency: 3}\n")
+    supervised.append(s)
+    await s.serving()
+
+    async def one(i: int) -> int:
+        return (await fetch(s.port, f"/page/{i}")).status
+
+    statuses = await asyncio.gather(*(one(i) for i in range(40)))
+    assert statuses == [200] * 40
+    assert counting_origin.served == 40
+    assert 2 <= counting_origin.most <= 3, counting_origin.most
+    limits = per_worker(await s.metrics(), "kalkan_origin_gate_limit")
+    assert limits == {"0": 2.0, "1": 1.0}
+    assert s.stop() == 0
+
+
+async def test_access_log_lines_of_two_workers_never_tear(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: false}\n")
+    supervised.append(s)
+    await s.serving()
+    long = "x" * 1500  # long lines: a batch of them is several pages of the file
+    total = 0
+
+    async def ask(n: int) -> None:
+        nonlocal total
+        client = await Client.connect(s.port)
+        for i in range(50):
+            assert (await client.request("GET", f"/?q={long}{n}-{i}")).status == 200
+            total += 1
+        await client.close()
+
+    await asyncio.gather(*(ask(n) for n in range(12)))
+    await asyncio.sleep(1.3)
+    served = per_worker(await s.metrics(), "kalkan_requests_total")
+    assert all(served.get(w, 0) > 0 for w in ("0", "1")), served  # both wrote the one log
+    assert s.stop() == 0  # stopping flushes what each worker holds
+    lines = s.log.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    records = [json.loads(line) for line in lines[:-1]]  # every line whole
+    assert sum(1 for r in records if long in r.get("query", "") + r.get("path", "")) == total
+
+
+async def test_sigterm_exits_0_within_the_grace_and_state_files_are_intact(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    supervised.append(s)
+    await s.serving()
+    token = (s.state / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    reply = await fetch(s.admin, "/decisions", "POST", host="127.0.0.1", headers=auth,
+                        body=b'{"target": "203.0.113.7", "action": "block", "ttl": 3600}')
+    assert reply.status == 200, reply.body
+    for i in range(20):
+        assert (await fetch(s.port, f"/?n={i}")).status == 200
+    workers = _children(s.proc.pid)
+    started = time.monotonic()
+    assert s.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 8.0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    saved = json.loads((s.state / "decisions.json").read_text())
+    assert [d["target"] for d in saved["decisions"]] == ["203.0.113.7"]
+    leftovers = [p.name for p in s.state.rglob("*") if p.name.endswith(".tmp")]
+    leftovers += [p.name for p in (tmp_path / "cache").rglob("*.tmp")]
+    assert leftovers == []
+    # One process on the same state: the decision is still there, and the cache serves.
+    again = Supervised(tmp_path, origin.url, workers=1, extra="defense: {enabled: true}\n")
+    supervised.append(again)
+    deadline = time.monotonic() + 8
+    while "serving http" not in again.said():
+        assert again.proc.poll() is None and time.monotonic() < deadline, again.said()
+        await asyncio.sleep(0.05)
+    listed: Any = json.loads((await fetch(again.admin, "/decisions", host="127.0.0.1",
+                                          headers=auth)).body)
+    assert [d["target"] for d in listed["decisions"]] == ["203.0.113.7"]
+    assert (await fetch(again.port, "/?n=1")).header("X-Cache") == "HIT"
+    assert again.stop() == 0
