@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kalkan.config import AlertsConfig, Config, parse_hostport
 from kalkan.notify import notify, watchdog_interval
@@ -36,6 +36,7 @@ from kalkan.statefiles import load_or_create_secret
 
 if TYPE_CHECKING:
     from kalkan.edge.app import Edge
+    from kalkan.observe.admin import Handler
 
 log = logging.getLogger("kalkan.supervisor")
 
@@ -67,7 +68,9 @@ def worker_config(config: Config, slot: int, n: int) -> Config:
     c.origin.idle_connections = share(config.origin.idle_connections, slot, n)
     c.limits.max_connections = max(1, share(config.limits.max_connections, slot, n))
     if slot:
-        c.admin.listen = None
+        # A private admin listener (loopback, a port of its own): worker 0 passes the operator's
+        # changes (purge, decisions, attack mode, maintenance) on to it.
+        c.admin.listen = "127.0.0.1:0" if config.admin.listen else None
         c.alerts = AlertsConfig()  # one sender, not N
     return c
 
@@ -200,6 +203,63 @@ def _attach(edge: Edge, place: WorkerPlace, config: Config) -> None:
     adopt_decisions(edge, place.slot)
 
 
+# The admin routes that change a worker's own state: worker 0 does it, then every other worker.
+FANNED_OUT = (("POST", "/purge"), ("POST", "/maintenance"), ("POST", "/decisions"),
+              ("DELETE", "/decisions"), ("POST", "/decisions/clear"), ("POST", "/attack-mode"))
+# How long worker 0 waits for one sibling to apply an admin change (loopback: milliseconds).
+_FAN_OUT_TIMEOUT = 2.0
+
+
+def _sibling_ports(directory: Path, place: WorkerPlace) -> dict[int, int]:
+    ports = {}
+    for slot in range(1, place.count):
+        with contextlib.suppress(OSError, ValueError):
+            ports[slot] = int((directory / f"admin-{slot}.port").read_text(encoding="ascii"))
+    return ports
+
+
+def _fan_out(handler: Handler, method: str, path: str, token: str, directory: Path,
+             place: WorkerPlace) -> Handler:
+    """`handler` on worker 0, then the same request to every other worker's private admin
+    listener, so a purge or a decision holds on every worker when the operator gets the answer.
+    (Blocking, on loopback, and rare: an operator's command, not a request path.)"""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def everywhere(query: dict[str, str], body: Any) -> tuple[int, Any]:
+        status, result = handler(query, body)
+        if status >= 400:
+            return status, result
+        told: dict[str, str] = {}
+        data = None if body is None else json.dumps(body).encode()
+        ports = _sibling_ports(directory, place)
+        for slot in range(1, place.count):
+            if slot not in ports:
+                told[str(slot)] = "not running (restarting)"
+                continue
+            target = f"http://127.0.0.1:{ports[slot]}{path}"
+            if query:
+                target += "?" + urllib.parse.urlencode(query)
+            request = urllib.request.Request(target, data=data, method=method, headers={
+                "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=_FAN_OUT_TIMEOUT) as reply:
+                    told[str(slot)] = f"ok ({reply.status})"
+            except urllib.error.HTTPError as exc:
+                told[str(slot)] = f"answered {exc.code}"
+            except OSError as exc:
+                told[str(slot)] = f"unreachable ({exc})"
+        if any(not t.startswith("ok") for t in told.values()):
+            log.error("%s %s did not reach every worker: %s", method, path, told)
+        if isinstance(result, dict):
+            result = {**result, "workers": told}
+        return status, result
+
+    return everywhere
+
+
 async def _share_metrics(edge: Edge, place: WorkerPlace, directory: Path) -> None:
     """Workers other than 0 write their metrics every second; worker 0 serves them all."""
     path = directory / f"metrics-{place.slot}.prom"
@@ -230,8 +290,15 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
         raise StartupError(f"{where}{exc.strerror or exc}") from None
     directory = workers_dir(config)
     sharing: asyncio.Task[None] | None = None
-    if edge.admin is not None:
+    if edge.admin is not None and place.slot:
+        _write_atomically(directory / f"admin-{place.slot}.port", str(edge.admin_address[1])
+                          if edge.admin_address else "")
+    if edge.admin is not None and not place.slot:
         admin = edge.admin
+        for method, path in FANNED_OUT:
+            if (method, path) in admin.routes:
+                admin.routes[(method, path)] = _fan_out(admin.routes[(method, path)], method,
+                                                        path, edge.admin_token, directory, place)
         admin.render_metrics = lambda: _all_metrics(edge, place, directory)
 
         def reload_all(_q: dict[str, str], _b: object) -> tuple[int, object]:
@@ -243,7 +310,7 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
         admin.route("POST", "/reload", reload_all)
     else:
         sharing = asyncio.create_task(_share_metrics(edge, place, directory))
-    admin_at = edge.admin_address
+    admin_at = edge.admin_address if not place.slot else None
     os.write(place.ready_fd, (f"{admin_at[0]} {admin_at[1]}" if admin_at else "-").encode())
     os.close(place.ready_fd)
     try:
@@ -369,8 +436,9 @@ class Supervisor:
             _BACKOFF_FIRST * 2 ** (slot.quick_deaths - 1), _BACKOFF_MAX)
         slot.restarts += 1
         slot.due = now + delay
-        with contextlib.suppress(OSError):
-            (workers_dir(self.config) / f"metrics-{slot.index}.prom").unlink(missing_ok=True)
+        for name in (f"metrics-{slot.index}.prom", f"admin-{slot.index}.port"):
+            with contextlib.suppress(OSError):
+                (workers_dir(self.config) / name).unlink(missing_ok=True)
         log.error("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s (restart %d "
                   "of this slot)", slot.index, pid, _exit_words(status), lived, delay,
                   slot.restarts)
@@ -394,8 +462,9 @@ class Supervisor:
             log_key(logged.pseudonym_key_file, self.config.state_dir)
         directory = workers_dir(self.config)
         directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("metrics-*.prom"):
-            old.unlink(missing_ok=True)
+        for pattern in ("metrics-*.prom", "admin-*.port"):
+            for old in directory.glob(pattern):
+                old.unlink(missing_ok=True)
 
     def run(self) -> int:
         """Start the workers, watch them until SIGTERM/SIGINT; the exit status."""

@@ -326,3 +326,36 @@ async def test_sigterm_exits_0_within_the_grace_and_state_files_are_intact(
     assert [d["target"] for d in listed["decisions"]] == ["203.0.113.7"]
     assert (await fetch(again.port, "/?n=1")).header("X-Cache") == "HIT"
     assert again.stop() == 0
+
+
+async def test_an_operators_decision_and_purge_reach_every_worker(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    supervised.append(s)
+    await s.serving()
+    await s.pids()  # every worker's private admin listener is up
+    token = (s.state / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    reply = await fetch(s.admin, "/decisions", "POST", host="127.0.0.1", headers=auth,
+                        body=b'{"target": "127.0.0.1", "action": "block", "ttl": 600}')
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body)["workers"] == {"1": "ok (200)"}
+    statuses = {(await fetch(s.port, "/")).status for _ in range(30)}  # over both workers
+    assert statuses == {403}, statuses
+    reply = await fetch(s.admin, "/decisions?target=127.0.0.1", "DELETE", host="127.0.0.1",
+                        headers=auth)
+    assert reply.status == 200 and json.loads(reply.body)["workers"] == {"1": "ok (200)"}
+    assert {(await fetch(s.port, "/")).status for _ in range(30)} == {200}
+    await asyncio.sleep(1.3)
+    before = per_worker(await s.metrics(), 'kalkan_requests_total')
+    assert all(before.get(w, 0) > 0 for w in ("0", "1")), before
+    reply = await fetch(s.admin, "/purge?all=1", "POST", host="127.0.0.1", headers=auth)
+    assert reply.status == 200 and json.loads(reply.body)["workers"] == {"1": "ok (200)"}
+    for _ in range(30):
+        await fetch(s.port, "/")
+    await asyncio.sleep(1.3)
+    misses = {k: v for k, v in (await s.metrics()).items()
+              if k.startswith("kalkan_requests_total") and 'cache="MISS"' in k}
+    # One miss per worker before the purge and one after it: both caches were emptied.
+    assert sorted(misses.values()) == [2.0, 2.0], misses
+    assert s.stop() == 0
