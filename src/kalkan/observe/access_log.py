@@ -296,9 +296,9 @@ def _write_whole_lines(fd: int, lines: list[str]) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # a short write (a signal) continues, nothing is lost
-        view = view[os.write(fd, view):]
+    done = 0
+    while done < len(data):  # a short write (a signal) continues, nothing is lost
+        done += os.write(fd, data[done:] if done else data)
 
 
 def _open_file(path: str) -> io.FileIO:
