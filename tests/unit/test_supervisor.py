@@ -71,7 +71,7 @@ def test_the_worker_count_defaults_to_the_usable_cores_within_the_origins_slots(
     assert resolve_workers(load_config_text("")) == min(cores, 16)
     assert resolve_workers(load_config_text("origin: {max_concurrency: 1}\n")) == 1
     assert resolve_workers(load_config_text("workers: 1\n")) == 1
-    with pytest.raises(ConfigError, match="k.yaml:1: workers: 3 workers need origin"):
+    with pytest.raises(ConfigError, match=r"k\.yaml:1: workers: 3 workers need origin"):
         load_config_text("workers: 3\norigin: {max_concurrency: 2}\n", "k.yaml", files=False)
     with pytest.raises(ConfigError, match="workers: must be at least 1"):
         load_config_text("workers: 0\n", "k.yaml", files=False)
