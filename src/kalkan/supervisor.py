@@ -48,6 +48,10 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 10.0
 # How long the workers get to drain and persist on SIGTERM (the edge's own grace is 5 s, plus
 # saving the cache index and decisions) before they are killed.
 _STOP_GRACE = 20.0
+# A worker beats once a second from its event loop; one silent this long is stuck and killed
+# (then restarted). Under systemd it is the unit's WatchdogSec, which one edge was held to.
+_STUCK_AFTER = 30.0
+_BEAT_EVERY = 1.0
 # How often a worker other than 0 writes its metrics for worker 0's /metrics.
 METRICS_INTERVAL = 1.0
 
@@ -311,8 +315,16 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
     else:
         sharing = asyncio.create_task(_share_metrics(edge, place, directory))
     admin_at = edge.admin_address if not place.slot else None
-    os.write(place.ready_fd, (f"{admin_at[0]} {admin_at[1]}" if admin_at else "-").encode())
-    os.close(place.ready_fd)
+    os.write(place.ready_fd, (f"{admin_at[0]} {admin_at[1]}\n" if admin_at else "-\n").encode())
+    os.set_blocking(place.ready_fd, False)
+    loop = asyncio.get_running_loop()
+
+    def beat() -> None:  # the supervisor's watchdog: this event loop still runs
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(place.ready_fd, b".")
+        loop.call_later(_BEAT_EVERY, beat)
+
+    beat()
     try:
         await edge.run_until_signalled()
     finally:
@@ -358,7 +370,8 @@ class Slot:
     due: float = 0.0        # when to start it again (monotonic), 0 when running
     ready_fd: int = -1
     ready: bool = False
-    said: str = field(default="")
+    said: str = field(default="")   # what it said when ready: its admin address, or "-"
+    heard: float = 0.0              # its last heartbeat (monotonic)
 
 
 class Supervisor:
@@ -391,22 +404,39 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         slot.pid, slot.started, slot.due, slot.ready, slot.said = pid, time.monotonic(), 0.0, \
             False, ""
+        slot.heard = slot.started
         slot.ready_fd = read_fd
         log.debug("worker %d started (pid %d)", slot.index, pid)
 
     def _check_ready(self, slot: Slot) -> None:
-        if slot.ready or slot.ready_fd < 0:
+        """What a worker wrote on its pipe: a line when it serves, then a byte a second."""
+        if slot.ready_fd < 0:
             return
         try:
-            data = os.read(slot.ready_fd, 200)
+            data = os.read(slot.ready_fd, 4096)
         except BlockingIOError:
             return
         except OSError:
             data = b""
-        if data:
-            slot.ready, slot.said = True, data.decode(errors="replace")
-        os.close(slot.ready_fd)
-        slot.ready_fd = -1
+        if not data:  # it closed the pipe: it is exiting
+            os.close(slot.ready_fd)
+            slot.ready_fd = -1
+            return
+        slot.heard = time.monotonic()
+        if not slot.ready:
+            slot.said += data.decode(errors="replace")
+            if "\n" in slot.said:
+                slot.ready, slot.said = True, slot.said.split("\n", 1)[0]
+
+    def _kill_stuck(self, stuck_after: float) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid and slot.ready and now - slot.heard > stuck_after:
+                log.error("worker %d (pid %d) has not beaten for %.0f s: its event loop is "
+                          "stuck; killing it", slot.index, slot.pid, now - slot.heard)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
+                slot.heard = now  # once; the reaper restarts it
 
     def _reap(self) -> list[tuple[Slot, int, int]]:
         """The workers that exited since the last look, with their pid and wait status."""
@@ -475,6 +505,7 @@ class Supervisor:
             self._fork(slot)
         all_ready = False
         interval = watchdog_interval()
+        stuck_after = 2 * interval if interval is not None else _STUCK_AFTER
         next_beat = time.monotonic()
         while True:
             now = time.monotonic()
@@ -497,8 +528,9 @@ class Supervisor:
                     self._reload(info.si_pid)
                 elif info.si_signo == signal.SIGUSR1:
                     self._signal_all(signal.SIGUSR1)
+            self._kill_stuck(stuck_after)
             for slot, pid, status in self._reap():
-                if not all_ready and not slot.said:
+                if not all_ready and not slot.ready:
                     log.error("worker %d %s before it could serve; stopping", slot.index,
                               _exit_words(status))
                     self._stop()
@@ -547,6 +579,9 @@ class Supervisor:
         log.info("stopping %d workers: finishing requests in progress", self.n)
         self.stopping = True
         self._signal_all(signal.SIGTERM)
+        for slot in self.slots:  # the listeners close as soon as the workers close theirs
+            for sock in slot.sockets.values():
+                sock.close()
         deadline = time.monotonic() + _STOP_GRACE
         code = 0
         while any(s.pid for s in self.slots):
@@ -563,9 +598,6 @@ class Supervisor:
                 continue
             if any(s.pid for s in self.slots):
                 signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.5))
-        for slot in self.slots:
-            for sock in slot.sockets.values():
-                sock.close()
         return code
 
 

@@ -28,7 +28,7 @@ class Supervised:
     """A `kalkan serve` with `workers` workers on free loopback ports, ended by its PID."""
 
     def __init__(self, tmp: Path, origin_url: str, *, workers: int = 2,
-                 extra: str = "") -> None:
+                 extra: str = "", env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.admin = free_port()
@@ -46,7 +46,7 @@ class Supervised:
             f"limits: {{max_connections: 2048}}\n" + extra, encoding="utf-8")
         self.proc = subprocess.Popen(
             [KALKAN, "serve", "--config", str(config), "--origin", origin_url],
-            stdout=self.out.open("wb"), stderr=subprocess.STDOUT)
+            stdout=self.out.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def said(self) -> str:
         return self.out.read_text(encoding="utf-8", errors="replace")
@@ -358,4 +358,26 @@ async def test_an_operators_decision_and_purge_reach_every_worker(
               if k.startswith("kalkan_requests_total") and 'cache="MISS"' in k}
     # One miss per worker before the purge and one after it: both caches were emptied.
     assert sorted(misses.values()) == [2.0, 2.0], misses
+    assert s.stop() == 0
+
+
+async def test_a_worker_whose_event_loop_is_stuck_is_killed_and_replaced(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    # WatchdogSec=3s as systemd would set it: a worker silent for 3 s is stuck.
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: false}\n",
+                   env={"WATCHDOG_USEC": "3000000"})
+    supervised.append(s)
+    await s.serving()
+    before = await s.pids()
+    os.kill(before[1], signal.SIGSTOP)  # its loop stops beating (as an endless loop would)
+    deadline = time.monotonic() + 8.0
+    while f"worker 1 (pid {before[1]}) has not beaten" not in s.said():
+        assert time.monotonic() < deadline, s.said()
+        await asyncio.sleep(0.1)
+    after = await s.pids()
+    while after.get(1) in (None, before[1]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        after = await s.pids()
+    assert after[1] != before[1]
+    assert {(await fetch(s.port, "/")).status for _ in range(10)} == {200}
     assert s.stop() == 0
