@@ -381,3 +381,30 @@ async def test_a_worker_whose_event_loop_is_stuck_is_killed_and_replaced(
     assert after[1] != before[1]
     assert {(await fetch(s.port, "/")).status for _ in range(10)} == {200}
     assert s.stop() == 0
+
+
+async def test_sigusr1_makes_every_worker_reopen_the_access_log(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: false}\n")
+    supervised.append(s)
+    await s.serving()
+    for i in range(20):
+        assert (await fetch(s.port, f"/?before={i}")).status == 200
+    await asyncio.sleep(1.2)  # each worker writes its lines at least once a second
+    s.log.rename(tmp_path / "access.log.1")  # as logrotate does, then its postrotate:
+    os.kill(s.proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while not s.log.exists():  # worker 0 and 1 both reopen; wait for the file to appear
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    for i in range(30):
+        assert (await fetch(s.port, f"/?after={i}")).status == 200
+    await asyncio.sleep(1.3)
+    served = per_worker(await s.metrics(), "kalkan_requests_total")
+    assert all(served.get(w, 0) > 0 for w in ("0", "1")), served
+    assert s.stop() == 0
+    old = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
+    new = [json.loads(line) for line in s.log.read_text().splitlines()]
+    assert len(old) == 20 and all("before" in r["query"] for r in old)
+    assert len(new) == 30 and all("after" in r["query"] for r in new)
