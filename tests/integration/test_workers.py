@@ -28,10 +28,11 @@ class Supervised:
     """A `kalkan serve` with `workers` workers on free loopback ports, ended by its PID."""
 
     def __init__(self, tmp: Path, origin_url: str, *, workers: int = 2,
-                 extra: str = "", env: dict[str, str] | None = None) -> None:
+                 extra: str = "", env: dict[str, str] | None = None,
+                 admin: int | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
-        self.admin = free_port()
+        self.admin = admin or free_port()
         self.state = tmp / "state"
         self.log = tmp / "access.log"
         self.out = tmp / "serve.out"
@@ -408,3 +409,35 @@ async def test_sigusr1_makes_every_worker_reopen_the_access_log(
     new = [json.loads(line) for line in s.log.read_text().splitlines()]
     assert len(old) == 20 and all("before" in r["query"] for r in old)
     assert len(new) == 30 and all("after" in r["query"] for r in new)
+
+
+async def test_a_worker_that_cannot_start_stops_serve_with_its_reason(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    import socket
+
+    with socket.socket() as taken:  # the admin port, held by something else
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        s = Supervised(tmp_path, origin.url, admin=taken.getsockname()[1],
+                       extra="defense: {enabled: false}\n")
+        supervised.append(s)
+        assert s.proc.wait(timeout=10) == 1
+    said = s.said()
+    assert f"kalkan: worker 0 cannot start: cannot listen on 127.0.0.1:{s.admin} " \
+           "(admin.listen): the address is already in use" in said, said
+    assert "worker 0 exited with status 1 before it could serve; stopping" in said
+    assert not _children(s.proc.pid)
+
+
+def test_workers_errors_name_the_key(tmp_path: Path) -> None:
+    out = subprocess.run([KALKAN, "serve", "--workers", "0"], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 2
+    assert "config error: command line: workers: must be at least 1" in out.stderr
+    config = tmp_path / "k.yaml"
+    config.write_text("workers: 3\norigin:\n  max_concurrency: 2\n")
+    out = subprocess.run([KALKAN, "check-config", str(config)], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode != 0
+    assert f"{config}:1: workers: 3 workers need origin.max_concurrency of at least 3" in \
+        out.stdout + out.stderr
