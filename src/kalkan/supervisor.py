@@ -168,6 +168,7 @@ class WorkerPlace:
     count: int
     restarts: int
     ready_fd: int
+    supervisor: int  # its pid: a worker orphaned by its death must not signal whoever adopted it
 
 
 def adopt_decisions(edge: Edge, slot: int | None) -> None:
@@ -307,12 +308,13 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
 
         def reload_all(_q: dict[str, str], _b: object) -> tuple[int, object]:
             ok, messages = edge.reload()
-            os.kill(os.getppid(), signal.SIGHUP)  # the supervisor passes it to the others
-            messages.append(f"reload passed to the other {place.count - 1} worker(s)")
+            if os.getppid() == place.supervisor:  # it passes the signal to the others
+                os.kill(place.supervisor, signal.SIGHUP)
+                messages.append(f"reload passed to the other {place.count - 1} worker(s)")
             return (200 if ok else 409), {"ok": ok, "messages": messages}
 
         admin.route("POST", "/reload", reload_all)
-    else:
+    elif edge.admin is not None:
         sharing = asyncio.create_task(_share_metrics(edge, place, directory))
     admin_at = edge.admin_address if not place.slot else None
     os.write(place.ready_fd, (f"{admin_at[0]} {admin_at[1]}\n" if admin_at else "-\n").encode())
@@ -332,12 +334,27 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
             sharing.cancel()
 
 
+def _stop_with_parent(supervisor: int) -> None:
+    """SIGTERM when the supervisor dies (even by SIGKILL): a worker left alone would hold the
+    port with nobody to restart or stop it. Linux's PR_SET_PDEATHSIG."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the prctl: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(config: Config, sockets: dict[str, socket.socket], place: WorkerPlace) -> NoReturn:
     """The forked child: serve until told to stop; never returns into the supervisor's code."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        _stop_with_parent(place.supervisor)
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             os.environ.pop(name, None)  # systemd hears the supervisor only
         with contextlib.suppress(ImportError):
@@ -385,7 +402,7 @@ class Supervisor:
 
     def _fork(self, slot: Slot) -> None:
         read_fd, write_fd = os.pipe()
-        place = WorkerPlace(slot.index, self.n, slot.restarts, write_fd)
+        place = WorkerPlace(slot.index, self.n, slot.restarts, write_fd, os.getpid())
         config = worker_config(self.config, slot.index, self.n)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -107,6 +107,14 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a worker whose parent died is reaped by whoever adopts it)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def per_worker(metrics: dict[str, float], family: str) -> dict[str, float]:
     """A family's samples summed per `worker` label."""
     out: dict[str, float] = {}
@@ -309,7 +317,7 @@ async def test_sigterm_exits_0_within_the_grace_and_state_files_are_intact(
     started = time.monotonic()
     assert s.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 8.0
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not any(_running(pid) for pid in workers)
     saved = json.loads((s.state / "decisions.json").read_text())
     assert [d["target"] for d in saved["decisions"]] == ["203.0.113.7"]
     leftovers = [p.name for p in s.state.rglob("*") if p.name.endswith(".tmp")]
@@ -441,3 +449,17 @@ def test_workers_errors_name_the_key(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert f"{config}:1: workers: 3 workers need origin.max_concurrency of at least 3" in \
         out.stdout + out.stderr
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: false}\n")
+    supervised.append(s)
+    await s.serving()
+    workers = _children(s.proc.pid)
+    assert len(workers) == 2
+    assert s.stop(signal.SIGKILL) == -signal.SIGKILL
+    deadline = time.monotonic() + 8.0  # SIGTERM: they drain (5 s at most) and exit
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        await asyncio.sleep(0.1)
