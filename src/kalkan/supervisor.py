@@ -191,7 +191,12 @@ def adopt_decisions(edge: Edge, slot: int | None) -> None:
         decisions.load(now)
     decisions.path = own
     if slot is None and others:
-        decisions.save(now)  # raises OSError: then the workers' files stay, nothing lost
+        try:
+            decisions.save(now)
+        except OSError as exc:  # the workers' files stay, and are read again next start
+            log.error("cannot fold the workers' decision files into %s (%s); they are kept",
+                      base, exc.strerror or exc)
+            return
         for path in others:
             path.unlink(missing_ok=True)
         log.info("folded %d worker decision files into %s", len(others), base)
