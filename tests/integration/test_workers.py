@@ -463,3 +463,30 @@ async def test_workers_stop_when_the_supervisor_is_killed(
     while any(_running(pid) for pid in workers):
         assert time.monotonic() < deadline, "workers outlived their supervisor"
         await asyncio.sleep(0.1)
+
+
+async def test_every_worker_loads_every_workers_decisions_and_one_process_folds_them(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    saved = {"version": 1, "decisions": [{
+        "target": "127.0.0.1", "action": "block", "reason": "by worker 1", "origin": "manual",
+        "created": time.time(), "expires": time.time() + 600}]}
+    (state / "decisions.w1.json").write_text(json.dumps(saved))  # as worker 1 left it
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    supervised.append(s)
+    await s.serving()
+    assert {(await fetch(s.port, "/")).status for _ in range(20)} == {403}  # both workers
+    assert s.stop() == 0
+    one = Supervised(tmp_path, origin.url, workers=1, extra="defense: {enabled: true}\n")
+    supervised.append(one)
+    deadline = time.monotonic() + 8
+    while "serving http" not in one.said():
+        assert one.proc.poll() is None and time.monotonic() < deadline, one.said()
+        await asyncio.sleep(0.05)
+    assert (await fetch(one.port, "/")).status == 403
+    assert one.stop() == 0
+    assert not (state / "decisions.w1.json").exists()
+    folded = json.loads((state / "decisions.json").read_text())["decisions"]
+    # (Its reason may have become "escalated after N strikes": the client kept asking.)
+    assert [(d["target"], d["action"]) for d in folded] == [("127.0.0.1", "block")]
