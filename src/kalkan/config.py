@@ -446,11 +446,12 @@ class Config:
     group: str | None = _opt("Group to drop to with `user`; null is the user's own group.",
                              None)
     workers: int | None = _opt(
-        "Worker processes serving the listeners (each a whole edge on every core it gets, "
-        "under one supervisor that restarts them; docs/workers.md). null = the cores this "
-        "process may use; 1 = one process, no supervisor. Each worker holds its share of "
-        "`origin.max_concurrency`, `origin.queue_size`, `origin.idle_connections` and "
-        "`limits.max_connections`, so the machine never exceeds them.", None, min=1, max=256)
+        "Worker processes serving the listeners, each a whole edge, under one supervisor that "
+        "restarts them (docs/workers.md). null = the cores this process may use (at most "
+        "`origin.max_concurrency`, and 1 with `tls.acme`); 1 = one process, no supervisor. "
+        "Each worker holds its share of `origin.max_concurrency`, `origin.queue_size`, "
+        "`origin.idle_connections` and `limits.max_connections`, so the machine never exceeds "
+        "them; `cache.memory_bytes` is per worker.", None, min=1, max=256)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
