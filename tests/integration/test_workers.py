@@ -490,3 +490,31 @@ async def test_every_worker_loads_every_workers_decisions_and_one_process_folds_
     folded = json.loads((state / "decisions.json").read_text())["decisions"]
     # (Its reason may have become "escalated after N strikes": the client kept asking.)
     assert [(d["target"], d["action"]) for d in folded] == [("127.0.0.1", "block")]
+
+
+async def test_the_admin_commands_work_against_several_workers(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    supervised.append(s)
+    await s.serving()
+    await s.pids()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([KALKAN, *args, "--admin", f"127.0.0.1:{s.admin}", "--state-dir",
+                               str(s.state)], capture_output=True, text=True, timeout=20)
+
+    out = await asyncio.to_thread(run, "decisions", "add", "203.0.113.0/24", "--ttl", "2h")
+    assert out.returncode == 0 and "203.0.113.0/24" in out.stdout, out.stderr
+    out = await asyncio.to_thread(run, "attack-mode", "on")
+    assert out.returncode == 0 and out.stdout.startswith("attack mode on"), out.stderr
+    out = await asyncio.to_thread(run, "purge", "--all")
+    assert out.returncode == 0 and "purged" in out.stdout, out.stderr
+    out = await asyncio.to_thread(run, "reload")
+    assert out.returncode == 0, out.stderr
+    await asyncio.sleep(1.3)
+    levels = per_worker(await s.metrics(), "kalkan_threat_level")
+    assert levels.keys() == {"0", "1"} and len(set(levels.values())) == 1 and \
+        min(levels.values()) >= 1, levels  # attack mode on in both
+    standing = per_worker(await s.metrics(), "kalkan_decisions_standing")
+    assert standing == {"0": 1.0, "1": 1.0}, standing
+    assert s.stop() == 0
