@@ -29,9 +29,9 @@ class Supervised:
 
     def __init__(self, tmp: Path, origin_url: str, *, workers: int = 2,
                  extra: str = "", env: dict[str, str] | None = None,
-                 admin: int | None = None) -> None:
+                 admin: int | None = None, port: int | None = None) -> None:
         self.tmp = tmp
-        self.port = free_port()
+        self.port = port or free_port()
         self.admin = admin or free_port()
         self.state = tmp / "state"
         self.log = tmp / "access.log"
@@ -327,7 +327,9 @@ async def test_sigterm_exits_0_within_the_grace_and_state_files_are_intact(
     leftovers += [p.name for p in (tmp_path / "cache").rglob("*.tmp")]
     assert leftovers == []
     # One process on the same state: the decision is still there, and the cache serves.
-    again = Supervised(tmp_path, origin.url, workers=1, extra="defense: {enabled: true}\n")
+    # On the same ports (free_port() again could race with another process for a new one).
+    again = Supervised(tmp_path, origin.url, workers=1, extra="defense: {enabled: true}\n",
+                       port=s.port, admin=s.admin)
     supervised.append(again)
     deadline = time.monotonic() + 8
     while "serving http" not in again.said():
@@ -481,7 +483,8 @@ async def test_every_worker_loads_every_workers_decisions_and_one_process_folds_
     await s.serving()
     assert {(await fetch(s.port, "/")).status for _ in range(20)} == {403}  # both workers
     assert s.stop() == 0
-    one = Supervised(tmp_path, origin.url, workers=1, extra="defense: {enabled: true}\n")
+    one = Supervised(tmp_path, origin.url, workers=1, extra="defense: {enabled: true}\n",
+                     port=s.port, admin=s.admin)
     supervised.append(one)
     deadline = time.monotonic() + 8
     while "serving http" not in one.said():
