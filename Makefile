@@ -16,7 +16,7 @@ COMPILED := $(shell sed -n 's/^ *"\(src\/kalkan\/[a-z_/]*\.py\)",$$/\1/p' setup.
 
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
-	bench-scale bench-memory bench-instructions bench-h2 coverage clean
+	bench-scale bench-memory bench-instructions bench-h2 bench-cluster coverage clean
 
 $(RUNTIME_STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,13 +52,16 @@ test: $(STAMP) debian-deps lint typecheck
 	bash scripts/run-tests.sh
 
 bench: bench-throughput bench-conformance bench-defense bench-scale bench-memory bench-clients \
-	bench-firewall bench-instructions bench-h2
+	bench-firewall bench-instructions bench-h2 bench-cluster
 
 bench-defense: $(STAMP) debian-deps
 	$(BIN)/python -m bench.defense_cost
 
 bench-scale: $(STAMP) debian-deps  # the defence with 100,000 clients vs off, readers load
 	$(BIN)/python -m bench.defense_scale
+
+bench-cluster: $(STAMP) debian-deps  # three edges and Redis: propagation, Redis ops per request
+	$(BIN)/python -m bench.cluster
 
 bench-memory: $(STAMP) debian-deps  # RSS per idle connection and per cached page
 	$(BIN)/python -m bench.connection_memory

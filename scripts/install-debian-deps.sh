@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that Kalkan's tests and benchmarks drive, only when missing.
 set -euo pipefail
-packages=(nginx-light varnish wrk slowhttptest chromium nftables iproute2 pebble php-cli logrotate valgrind
+packages=(nginx-light varnish wrk slowhttptest chromium nftables iproute2 pebble php-cli logrotate valgrind redis-server
           nghttp2-client)
 missing=()
 # The machine image ships Node.js with npm (for the HTTP caching test suite); add Debian's only if absent.

@@ -420,6 +420,23 @@ class SiteConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Several edges of one site sharing their state through Redis (docs/cluster.md)."""
+
+    redis: str | None = _opt(
+        "Redis (or Valkey) URL: redis://HOST:PORT/DB, rediss://, unix:///PATH, "
+        "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER, or redis+cluster://HOST:PORT[,HOST:PORT]"
+        " (a Redis Cluster's nodes); null = this edge alone.", None)
+    namespace: str = _opt("Name shared by the edges of one site; other sites on the same Redis "
+                          "use another.", "site")
+    edge_id: str | None = _opt("This edge's name in the cluster (logs, threat reports); null = "
+                               "host name and first listen port.", None)
+    interval: float = _duration("A lone change is sent at once; under a flood of changes, one "
+                                "batch (one round trip) per this interval.", 0.02,
+                                min=0.005, max=1)
+
+
+@dataclass
 class Config:
     """The whole edge configuration."""
 
@@ -436,6 +453,8 @@ class Config:
     defense: DefenseConfig = field(default_factory=DefenseConfig, metadata={"doc": "Defence."})
     alerts: AlertsConfig = field(default_factory=AlertsConfig, metadata={"doc": "Alerts."})
     site: SiteConfig = field(default_factory=SiteConfig, metadata={"doc": "Site (pages)."})
+    cluster: ClusterConfig = field(default_factory=ClusterConfig,
+                                   metadata={"doc": "Cluster (shared state)."})
     state_dir: str = _opt(
         "Directory for state that must survive restarts (decisions, keys, the admin token); "
         "relative to the working directory, `/var/lib/kalkan` with `--service`.", "var")
@@ -938,6 +957,14 @@ def validate(config: Config, source: str = "<config>",
         problems.extend(exc.problems)
     _check_identity(config, where, problems)
     _check_workers(config, where, problems)
+    if config.cluster.redis is not None:
+        from kalkan.cluster.redis_link import check_url  # late: redis is imported only then
+
+        check("cluster.redis", check_url, config.cluster.redis)
+    if not config.cluster.namespace or not config.cluster.namespace.replace("-", "").replace(
+            "_", "").replace(".", "").isalnum():
+        problems.append(f"{where('cluster.namespace')}: cluster.namespace: letters, digits, "
+                        f"'-', '_' and '.' only, got {config.cluster.namespace!r}")
     _check_alerts(config.alerts, where, problems, files)
     if files:
         _check_files(config, where, problems)

@@ -71,6 +71,12 @@ def worker_config(config: Config, slot: int, n: int) -> Config:
         c.origin.queue_size = max(1, share(config.origin.queue_size, slot, n))
     c.origin.idle_connections = share(config.origin.idle_connections, slot, n)
     c.limits.max_connections = max(1, share(config.limits.max_connections, slot, n))
+    if config.cluster.redis is not None:
+        # Each worker is an edge of the cluster with a name of its own: an edge skips records
+        # with its own name, so workers sharing one would never hear each other through Redis.
+        from kalkan.cluster.assemble import edge_name
+
+        c.cluster.edge_id = f"{edge_name(config)}/w{slot}"
     if slot:
         # A private admin listener (loopback, a port of its own): worker 0 passes the operator's
         # changes (purge, decisions, attack mode, maintenance) on to it.

@@ -339,3 +339,16 @@ def test_headroom_quick_run_keeps_the_cache_within_its_budget() -> None:
     assert [cells[0].strip() for cells in rows] == ["1.0", "0.7"]
     most = [int(cells[4]) for cells in rows]
     assert most[1] <= 7 < most[0]
+
+
+@pytest.mark.slow
+def test_cluster_quick_run_measures_propagation_and_redis_load(tmp_path: Path) -> None:
+    _tools_for_quick_runs()
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    _run("bench.cluster", "--quick", "--output-dir", str(tmp_path))
+    data = json.loads((tmp_path / "cluster.json").read_text())
+    assert data["propagation_ms"]["samples"] == 40          # 20 decisions, seen on b and c
+    assert 0 < data["propagation_ms"]["p50"] < 1000
+    assert data["ops"]["requests"] > 0 and data["ops"]["non_2xx"] == 0
+    assert "Redis operations per request" in (tmp_path / "cluster.md").read_text()

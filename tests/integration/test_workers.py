@@ -524,3 +524,39 @@ async def test_the_admin_commands_work_against_several_workers(
     standing = per_worker(await s.metrics(), "kalkan_decisions_standing")
     assert standing == {"0": 1.0, "1": 1.0}, standing
     assert s.stop() == 0
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A redis-server on loopback (as tests/integration/test_cluster.py starts it)."""
+    from test_cluster import RedisServer
+
+    server = RedisServer(free_port())
+    server.start()
+    yield server.url
+    server.kill()
+
+
+async def test_workers_in_a_cluster_are_edges_of_their_own_to_each_other(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised], redis_url: str) -> None:
+    s = Supervised(tmp_path, origin.url,
+                   extra=f"defense: {{enabled: true}}\ncluster: {{redis: '{redis_url}'}}\n")
+    supervised.append(s)
+    await s.serving()
+    await s.pids()
+    deadline = time.monotonic() + 5
+    while per_worker(await s.metrics(), "kalkan_cluster_up") != {"0": 1.0, "1": 1.0}:
+        assert time.monotonic() < deadline, per_worker(await s.metrics(), "kalkan_cluster_up")
+        await asyncio.sleep(0.1)
+    # A decision taken on worker 1 alone (its private admin listener, not worker 0's fan-out)
+    # reaches worker 0 through Redis: the workers have names of their own in the cluster.
+    token = (s.state / "admin.token").read_text().strip()
+    port = int((s.state / "workers" / "admin-1.port").read_text())
+    reply = await fetch(port, "/decisions", "POST", host="127.0.0.1", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        body=b'{"target": "198.51.100.9", "action": "block", "ttl": 600}')
+    assert reply.status == 200, reply.body
+    while per_worker(await s.metrics(), "kalkan_decisions_standing").get("0") != 1.0:
+        assert time.monotonic() < deadline + 5, await s.metrics()
+        await asyncio.sleep(0.1)
+    assert s.stop() == 0

@@ -412,3 +412,33 @@ def test_recent_clients_and_their_slots_after_the_answer() -> None:
     send(table, facts("198.51.100.7"), 2.0, 16_384)
     assert table.recent() == ["198.51.100.7"]
     assert table.slot_of(facts("203.0.113.1")) >= 0
+
+
+# --------------------------------------------------------------------------- a cluster's share
+
+
+def test_counts_to_share_are_the_busiest_since_the_last_call() -> None:
+    table = ClientTable(100, [PER_ADDRESS, SEARCH_ONLY], seed=1)
+    send(table, facts("203.0.113.1", "search"), 1.0, 5)
+    send(table, facts("203.0.113.2"), 1.0, 2)
+    send(table, facts("203.0.113.3"), 1.0, 1)
+    assert table.counts_to_share(2) == [("203.0.113.1", "search", 5), ("203.0.113.2", "page", 2)]
+    assert table.counts_to_share(10) == []          # nothing new since
+    send(table, facts("203.0.113.3"), 2.0)
+    assert table.counts_to_share(10) == [("203.0.113.3", "page", 1)]
+
+
+def test_counts_past_the_ring_are_scaled_up_from_it() -> None:
+    table = ClientTable(100, [PER_ADDRESS], seed=1)
+    send(table, facts("203.0.113.4"), 1.0, 3 * 16384)
+    assert table.counts_to_share(10) == [("203.0.113.4", "page", 3 * 16384)]
+
+
+def test_credited_requests_count_in_the_meters_but_are_not_shared_again() -> None:
+    table = ClientTable(100, [SEARCH_ONLY], seed=1)
+    f = facts("203.0.113.5", "search")
+    send(table, f, 10.0, 2)
+    table.counts_to_share(10)
+    table.credit(f, 10.0, 2)                        # two more at another edge
+    assert table.over(SEARCH_ONLY.id, f, 10.0)      # 4 in all: over "3 a minute"
+    assert table.counts_to_share(10) == []

@@ -210,3 +210,24 @@ def test_the_wordpress_example_is_a_valid_config() -> None:
     assert "/cart/*" in uncommented.cache.never_cache_paths
     assert "mysite_member_" in uncommented.cache.session_cookies
     assert uncommented.cache.query["paths"]["/shop/*"][0] == "orderby"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("cluster:\n  redis: http://127.0.0.1:6379\n", "cluster.redis: expected redis://"),
+    ("cluster:\n  redis: redis+sentinel://10.0.0.1:26379\n", "names the master"),
+    ("cluster:\n  redis: redis://\n", "cluster.redis: no host"),
+    ("cluster:\n  namespace: 'a b'\n", "cluster.namespace: letters, digits"),
+    ("cluster:\n  interval: 5s\n", "cluster.interval"),
+])
+def test_cluster_settings_are_checked(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text, "site.yaml")
+    assert message in str(err.value)
+    assert "site.yaml:2" in str(err.value)
+
+
+def test_a_cluster_url_is_accepted_as_written() -> None:
+    for url in ("redis://10.0.0.5:6379/2", "rediss://:secret@redis.example:6380/0",
+                "unix:///run/redis/redis.sock", "redis+sentinel://10.0.0.1:26379,10.0.0.2/main",
+                "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"):
+        assert load_config_text(f"cluster:\n  redis: {url}\n").cluster.redis == url

@@ -71,7 +71,11 @@ class AttackMode:
 
     def __init__(self, config: AttackModeConfig | None = None) -> None:
         self.config = config or AttackModeConfig()
-        self.level = PEACE
+        self.level = PEACE        # what the edge acts on: max(own_level, peer_level) in auto
+        self.own_level = PEACE    # what this edge's own signals say
+        self.own_reason = "quiet"
+        self.peer_level = PEACE   # the highest level other edges of the cluster report
+        self.peer_reason = ""
         self.override: int | None = None
         self.baseline = 0.0
         self.reason = "quiet"
@@ -91,6 +95,15 @@ class AttackMode:
         self.override = {"on": ATTACK, "off": PEACE, "auto": None}[mode]
         if self.override is not None:
             self._set(self.override, f"operator set attack mode {mode}")
+        else:
+            self._settle()
+
+    def set_peer_level(self, level: int, why: str) -> None:
+        """Another edge of the cluster is at `level` (kalkan.cluster): in auto mode this edge
+        goes at least as high, since an attacker blocked there moves here next. A pinned mode
+        (the operator's) stays pinned."""
+        self.peer_level, self.peer_reason = level, why
+        self._settle()
 
     def scores(self, s: Signals) -> tuple[int, str]:
         return max(self.candidates(s), key=lambda x: x[0])
@@ -171,18 +184,32 @@ class AttackMode:
                 since = above[k] = now
             if now - since >= c.raise_after:
                 held = k
-        if held > self.level:
+        own = self.own_level
+        if held > own:
             self._low_since = None
-            self._set(held, why)
-        elif score < self.level:
+            self._own(held, why)
+        elif score < own:
             if self._low_since is None:
                 self._low_since = now
             elif now - self._low_since >= c.lower_after:
-                self._set(self.level - 1, f"calmer for {c.lower_after:.0f} s: {why}")
+                self._own(own - 1, f"calmer for {c.lower_after:.0f} s: {why}")
                 self._low_since = now
         else:
             self._low_since = None
         return self.level
+
+    def _own(self, level: int, why: str) -> None:
+        self.own_level, self.own_reason = level, why
+        self._settle()
+
+    def _settle(self) -> None:
+        """The level acted on: this edge's own, or a higher one reported by another edge."""
+        if self.override is not None:
+            return
+        if self.peer_level > self.own_level:
+            self._set(self.peer_level, f"another edge of the cluster: {self.peer_reason}")
+        else:
+            self._set(self.own_level, self.own_reason)
 
     def _set(self, level: int, why: str) -> None:
         if level == self.level:

@@ -320,7 +320,11 @@ class ClientTable:
         # text to the slot: at 100,000 clients any bounded one missed nearly always, and a miss
         # plus its insert cost more than the keyed hash and the probe it was to save.
         self._recent: list[str] = [""] * _RECENT
+        self._recent_routes: list[str] = [""] * _RECENT   # their route classes
         self._recent_at = 0
+        self.counted = 0          # requests counted since start (not those credited)
+        self._shared_upto = 0     # `counted` when `counts_to_share` last looked
+        self._crediting = False   # inside `credit`: counts that came from elsewhere
         self._prefix_fps: dict[int, int] = {}   # prefix number -> fingerprint (bounded)
         # What the latest hit() found: its request, address, address slot and prefix slot (or
         # _UNRESOLVED). Fields, not a tuple: a tuple made per request cost more than reading it.
@@ -434,9 +438,12 @@ class ClientTable:
                 addr.last[a] = t
                 break
             i = (i + 1) & mask
-        at = self._recent_at
-        self._recent[at] = facts.client
-        self._recent_at = (at + 1) & (_RECENT - 1)
+        if not self._crediting:
+            at = self._recent_at
+            self._recent[at] = facts.client
+            self._recent_routes[at] = facts.route
+            self._recent_at = (at + 1) & (_RECENT - 1)
+            self.counted += 1
         if a_meters:
             rows = addr.meters
             base = a * addr.width
@@ -477,6 +484,34 @@ class ClientTable:
         self._last_ip = ip
         self._last_a = a
         self._last_p = p
+
+    def credit(self, facts: RequestFacts, now: float, n: int) -> None:
+        """Count `n` requests of this client that another edge served (kalkan.cluster), in the
+        meters of its route class, without offering them to be shared again."""
+        self._crediting = True
+        try:
+            self.hit(facts, now, n)
+        finally:
+            self._crediting = False
+
+    def counts_to_share(self, limit: int) -> list[tuple[str, str, int]]:
+        """(client, route class, requests) counted here since the last call, the busiest
+        `limit` of them, for the other edges to credit. From the ring of the latest 16,384
+        requests: past that many since the last call, the counts are scaled up from it."""
+        new = self.counted - self._shared_upto
+        self._shared_upto = self.counted
+        seen = min(new, _RECENT)
+        if seen <= 0:
+            return []
+        clients, routes, mask = self._recent, self._recent_routes, _RECENT - 1
+        counts: dict[tuple[str, str], int] = {}
+        end = self._recent_at + _RECENT
+        for i in range(end - seen, end):
+            key = (clients[i & mask], routes[i & mask])
+            counts[key] = counts.get(key, 0) + 1
+        scale = new / seen
+        busiest = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+        return [(c, r, max(1, round(k * scale))) for (c, r), k in busiest if c]
 
     @property
     def traits(self) -> array[float]:
@@ -669,8 +704,9 @@ class ClientTable:
 
     def memory_bytes(self) -> int:
         """Bytes held by both tables' arrays plus the ring of recent clients."""
-        # ~60 B per address text the ring keeps alive (its pointers are in getsizeof)
-        hot = sys.getsizeof(self._recent) + 60 * _RECENT
+        # ~60 B per address text the ring keeps alive (its pointers are in getsizeof); the
+        # route ring holds pointers to the few interned route names
+        hot = sys.getsizeof(self._recent) + sys.getsizeof(self._recent_routes) + 60 * _RECENT
         agents = self._agents.memory_bytes() if self._agents is not None else 0
         return self._addr.memory_bytes() + self._pre.memory_bytes() + agents + hot \
             + sys.getsizeof(self)

@@ -48,6 +48,7 @@ from kalkan.defense.facts import (
     CHALLENGE,
     FEED,
     PAGE,
+    ROUTE_CLASSES,
     WELLKNOWN,
     AddressFacts,
     RequestFacts,
@@ -78,6 +79,10 @@ _ACTIONS = {"block": Action.BLOCK, "drop": Action.BLOCK, "tarpit": Action.TARPIT
 _MEMO_LIMIT: Final = 4096  # distinct decision strings remembered (rule names, operators' reasons)
 _RECENT: Final = 4096  # slots of the latest requests, sampled once a second for the threat level
 _SCORED_PER_TICK: Final = 512  # distinct clients scored per tick at most (the loop must not stall)
+# Shared with the other edges of a cluster each second: the busiest clients (crediting one costs
+# the receiver about as much as a request's meters), and at most this many requests per row.
+_SHARED_CLIENTS: Final = 1000
+_MAX_CREDIT: Final = 1_000_000
 # On a shared address (behaviour.SHARED) each agent gets its own behaviour row, and is judged
 # by it once it holds this many (decayed) requests.
 _AGENT_HISTORY: Final = 3.0
@@ -268,6 +273,26 @@ class Defense:
         return RequestFacts(method, view.host, path, query, route, client, ip,
                             version, prefix, ua.decode("latin-1") if ua else "", view.headers,
                             view.cookie)
+
+    # -- what the edges of a cluster share (kalkan.cluster) ------------------------------------
+    def counts_to_share(self, limit: int = _SHARED_CLIENTS) -> list[tuple[str, str, int]]:
+        """The busiest clients since the last call: (address, route class, requests)."""
+        return self.clients.counts_to_share(limit)
+
+    def credit(self, rows: list[tuple[str, str, int]], now: float) -> int:
+        """Count requests other edges served (`counts_to_share` there) in this edge's meters,
+        so a client's limits hold over all the edges together; returns the rows counted."""
+        counted = 0
+        for client, route, n in rows:
+            if route not in ROUTE_CLASSES or not 0 < n <= _MAX_CREDIT:
+                continue
+            ip, version, prefix = self.addresses(client)
+            if prefix == "invalid":
+                continue
+            self.clients.credit(RequestFacts("GET", "", "", "", route, client, ip, version,
+                                             prefix, ""), now, n)
+            counted += 1
+        return counted
 
     # -- what the dashboard and the alerts read (NullDefense answers the same) ----------------
     def threat_report(self) -> dict[str, object]:

@@ -16,6 +16,8 @@ from pathlib import Path
 from kalkan.acme import AcmeManager
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Watcher
+from kalkan.cluster.assemble import start_cluster
+from kalkan.cluster.redis_link import RedisLink
 from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.alerting import start_alerts
@@ -127,6 +129,7 @@ class Edge:
         self.alert_watch: Watcher | None = None
         self.live: LiveView | None = None
         self._live_timer: asyncio.TimerHandle | None = None
+        self.cluster: RedisLink | None = None
         self._stopped = asyncio.Event()
         gate, m = self.pipeline.upstream.gate, self.pipeline.metrics
         m.gauge("kalkan_origin_gate_limit", "Origin requests allowed in flight at once "
@@ -207,6 +210,7 @@ class Edge:
             except OSError as exc:
                 raise bind_problem("admin.listen", host, port, exc) from None
         self._start_alerts()
+        self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster)
 
     def _start_alerts(self) -> None:
         acme = self.acme
@@ -286,14 +290,26 @@ class Edge:
 
     def _purge(self, query: dict[str, str], _body: object) -> tuple[int, object]:
         if query.get("all") == "1":
-            return 200, {"purged": self.pipeline.purge(None)}
-        if "url" in query:
-            return 200, {"purged": self.pipeline.purge(query["url"])}
-        raise AdminError(400, "purge needs ?url=URL or ?all=1")
+            url = None
+        elif "url" in query:
+            url = query["url"]
+        else:
+            raise AdminError(400, "purge needs ?url=URL or ?all=1")
+        purged = self.pipeline.purge(url)
+        if self.cluster is not None:
+            self.cluster.state.purged(url)   # the other edges purge it too
+        return 200, {"purged": purged}
 
-    def reload(self) -> tuple[bool, list[str]]:
+    def _reload_from_cluster(self) -> None:
+        _, messages = self.reload(share=False)
+        log.warning("reloaded as another edge of the cluster did: %s", "; ".join(messages))
+
+    def reload(self, *, share: bool = True) -> tuple[bool, list[str]]:
         """SIGHUP or `kalkan reload`: certificates, the pages' templates and logo, and the
-        policy. A bad file keeps the old one running and says why."""
+        policy. A bad file keeps the old one running and says why. In a cluster, the other
+        edges reload too (`share`)."""
+        if share and self.cluster is not None:
+            self.cluster.state.reloaded()
         ok, messages = True, []
         if self.certificates is not None:
             try:
@@ -334,6 +350,8 @@ class Edge:
         self.live = None
         if self.admin is not None:
             await self.admin.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.pipeline.close()
         self._stopped.set()
 

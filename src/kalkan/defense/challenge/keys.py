@@ -246,6 +246,30 @@ class KeyRing:
                 kept.append(SigningKey(k.id, k.secret, k.created, retired))
         return [new, *kept]
 
+    # -- sharing with other edges (kalkan.cluster) ---------------------------------------------
+    def document(self) -> dict[str, object]:
+        """The ring in the key file's format: what a cluster of edges shares."""
+        return {"format": FORMAT, "keys": [k.to_json() for k in self._keys]}
+
+    def merged(self, shared: list[SigningKey], now: float) -> list[SigningKey]:
+        """`shared` (another edge's ring) with this ring's keys that it lacks kept as retired
+        ones: the cluster signs with the shared current key, and passes this edge signed
+        before it joined still verify within the overlap."""
+        have = {k.id for k in shared}
+        extra = [SigningKey(k.id, k.secret, k.created, now if k.retired is None else k.retired)
+                 for k in self._keys if k.id not in have]
+        return [*shared, *(k for k in extra if now < (k.retired or now) + self.overlap)]
+
+    def adopt(self, keys: list[SigningKey]) -> bool:
+        """Take the cluster's ring (current key first); False when nothing changed."""
+        if [(k.id, k.retired) for k in keys] == [(k.id, k.retired) for k in self._keys]:
+            return False
+        self._set(keys)
+        if self.path is not None:
+            with _locked(self.path):
+                self._save()  # a restart without the cluster keeps verifying its passes
+        return True
+
     def _set(self, keys: list[SigningKey]) -> None:
         if not keys or keys[0].retired is not None:
             raise ValueError("a key ring needs a current (not retired) key first")
@@ -295,21 +319,30 @@ def _read(path: Path) -> list[SigningKey] | None:
         log.warning("key file %s is readable by others (mode %o); it should be 0600",
                     path, stat.S_IMODE(mode))
     try:
-        doc = json.loads(raw)
-        if doc.get("format") != FORMAT:
-            raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
-        keys = [SigningKey(str(k["id"]), _unb64(k["secret"]), float(k["created"]),
-                           None if k.get("retired") is None else float(k["retired"]))
-                for k in doc["keys"]]
-        current = [k for k in keys if k.retired is None]
-        if len(current) != 1:
-            raise ValueError(f"{len(current)} current keys, expected exactly one")
-        return current + sorted((k for k in keys if k.retired is not None),
-                                key=lambda k: -(k.retired or 0.0))
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        return keys_from_document(json.loads(raw))
+    except json.JSONDecodeError as exc:
         raise ValueError(f"key file {path}: malformed ({exc})") from exc
     except ValueError as exc:
         raise ValueError(f"key file {path}: {exc}") from exc
+
+
+def keys_from_document(doc: object) -> list[SigningKey]:
+    """The keys of a ring document (`KeyRing.document`), current first; ValueError names what
+    is wrong with it."""
+    try:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise ValueError(f"format is {found!r}, expected {FORMAT!r}")
+        keys = [SigningKey(str(k["id"]), _unb64(k["secret"]), float(k["created"]),
+                           None if k.get("retired") is None else float(k["retired"]))
+                for k in doc["keys"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed ({exc})") from exc
+    current = [k for k in keys if k.retired is None]
+    if len(current) != 1:
+        raise ValueError(f"{len(current)} current keys, expected exactly one")
+    return current + sorted((k for k in keys if k.retired is not None),
+                            key=lambda k: -(k.retired or 0.0))
 
 
 def _write(path: Path, keys: list[SigningKey]) -> None:
