@@ -11,8 +11,8 @@ HEAD = """# Configuration reference
 `kalkan serve --config kalkan.yaml` reads one YAML file; flags (`--origin`, `--listen`, `--admin`,
 `--access-log`, `--cache-dir`, `--state-dir`, `--workers`) override it; without `--config`,
 `$KALKAN_CONFIG` names the file (and `$KALKAN_WORKERS` the number of workers when neither the flag
-nor the file does: [workers.md](workers.md)). `kalkan check-config FILE` makes the same checks `serve` makes before it starts
-and lists every problem at once, so a file it passes is one `serve` accepts: every key
+nor the file does: [workers.md](workers.md)). `kalkan check-config FILE` makes the same checks
+`serve` makes before it starts and lists every problem at once, so a file it passes is one `serve` accepts: every key
 known and of the right type, no key given twice in one mapping (both lines are named), every number
 finite (`.nan` and `.inf` are refused) and within the bounds the table gives, and the files the
 config names loaded as `serve` loads them (`defense.policy` compiled, each `tls.certificates` pair
