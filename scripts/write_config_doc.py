@@ -9,15 +9,16 @@ from kalkan.config import describe
 HEAD = """# Configuration reference
 
 `kalkan serve --config kalkan.yaml` reads one YAML file; flags (`--origin`, `--listen`, `--admin`,
-`--access-log`, `--cache-dir`, `--state-dir`) override it; without `--config`, `$KALKAN_CONFIG`
-names the file. `kalkan check-config FILE` makes the same checks `serve` makes before it starts
-and lists every problem at once, so a file it passes is one `serve` accepts: every key
-known and of the right type, no key given twice in one mapping (both lines are named), every number
-finite (`.nan` and `.inf` are refused) and within the bounds the table gives, and the files the
-config names loaded as `serve` loads them (`defense.policy` compiled, each `tls.certificates` pair
-read, `user` and `group` exist, an admin listener off loopback has an `admin.token` of at least 16
-characters). Every error names the file, the line and the dotted key (and suggests the key you
-probably meant).
+`--access-log`, `--cache-dir`, `--state-dir`, `--workers`) override it; without `--config`,
+`$KALKAN_CONFIG` names the file (and `$KALKAN_WORKERS` the number of workers when neither the flag
+nor the file does: [workers.md](workers.md)). `kalkan check-config FILE` makes the same checks
+`serve` makes before it starts and lists every problem at once, so a file it passes is one `serve`
+accepts: every key known and of the right type, no key given twice in one mapping (both lines are
+named), every number finite (`.nan` and `.inf` are refused) and within the bounds the table gives,
+and the files the config names loaded as `serve` loads them (`defense.policy` compiled, each
+`tls.certificates` pair read, `user` and `group` exist, an admin listener off loopback has an
+`admin.token` of at least 16 characters). Every error names the file, the line and the dotted key
+(and suggests the key you probably meant).
 
 Paths (`state_dir`, `cache.dir`, `access_log.path`) are relative to the working directory. As a
 service (`kalkan --service`, or `KALKAN_SERVICE=1`) the ones the file leaves unset are

@@ -4,11 +4,16 @@ sources as they are now, or the tests would run yesterday's code."""
 from __future__ import annotations
 
 import importlib.machinery
+import os
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Every `kalkan serve` a test starts is one process (workers: 1, today's path) unless the test is
+# about workers: it sets `workers` in its config or passes --workers (both override this).
+os.environ["KALKAN_WORKERS"] = "1"
 
 
 def stale_compiled_modules() -> list[str]:

@@ -18,8 +18,10 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from kalkan import __version__
 from kalkan.config import (
@@ -39,6 +41,8 @@ from kalkan.startup import StartupError
 from kalkan.units import parse_duration
 
 log = logging.getLogger("kalkan")
+
+T = TypeVar("T")
 
 
 def _install_uvloop() -> None:
@@ -82,15 +86,25 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         config.cache.dir = None if args.cache_dir == "off" else args.cache_dir
     if args.state_dir:
         config.state_dir = args.state_dir
+    # --workers, else the file's `workers`, else $KALKAN_WORKERS, else the cores (config.py).
+    workers = args.workers or (None if config.workers is not None
+                               else os.environ.get("KALKAN_WORKERS") or None)
+    if workers is not None:
+        try:
+            config.workers = int(workers)
+        except ValueError:
+            raise ConfigError(f"command line: workers: {workers!r} is not a number") from None
     validate(config, "command line")
     return config
 
 
 async def _serve(config: Config, sockets: dict[str, socket.socket]) -> None:
     from kalkan.edge.app import Edge
+    from kalkan.supervisor import adopt_decisions
 
     try:
         edge = Edge(config, sockets)
+        adopt_decisions(edge, None)  # decisions saved by workers, if it ran with several
         await edge.start()
     except OSError as exc:  # a file the edge opens at start (the access log, say)
         where = f"{exc.filename}: " if exc.filename else ""
@@ -114,14 +128,20 @@ def _fmt(host: str, port: int) -> str:
 def _become_user(config: Config) -> dict[str, socket.socket]:
     """With `user:` and started as root: make the directories the edge writes (owned by the
     user), bind the public listeners, then drop root. Returns the bound listeners."""
-    from kalkan import privileges
     from kalkan.edge.app import bind_public_listeners
 
+    return _bind_then_drop(config, lambda: bind_public_listeners(config)) or {}
+
+
+def _bind_then_drop(config: Config, bind: Callable[[], T]) -> T | None:
+    """`bind` while root, when `user:` asks to drop root (None when it does not)."""
+    from kalkan import privileges
+
     if config.user is None:
-        return {}
+        return None
     acct = privileges.account(config.user, config.group)
     if not privileges.needs_drop(acct):
-        return {}
+        return None
     dirs = [Path(config.state_dir)]
     if config.cache.enabled and config.cache.dir:
         dirs.append(Path(config.cache.dir))
@@ -129,7 +149,7 @@ def _become_user(config: Config) -> dict[str, socket.socket]:
         dirs.append(Path(config.access_log.path).parent)
     for d in dirs:
         privileges.prepare_dir(d.absolute(), acct)
-    sockets = bind_public_listeners(config)
+    sockets = bind()
     # The edge's late imports done while root: nothing is read from the install after the
     # drop (a Python under a root-only directory, such as pyenv in /root, still cannot run as
     # the user: install Kalkan as docs/install.md does).
@@ -148,11 +168,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     if not args.service:
         check_working_directory(config)
+    from kalkan.config import resolve_workers
+
+    workers = resolve_workers(config)
+    if workers > 1:
+        return _serve_workers(config, workers)
     sockets = _become_user(config)
     check_writable(config)
     _install_uvloop()
     asyncio.run(_serve(config, sockets))
     return 0
+
+
+def _serve_workers(config: Config, n: int) -> int:
+    """`workers` > 1: the supervisor binds a socket per worker and listener (before any drop of
+    root), then forks the workers and watches them (docs/workers.md)."""
+    from kalkan.startup import check_writable
+    from kalkan.supervisor import Supervisor, bind_slots
+
+    slots = _bind_then_drop(config, lambda: bind_slots(config, n))
+    if slots is None:
+        slots = bind_slots(config, n)
+    check_writable(config)
+    return Supervisor(config, n, slots).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -565,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", help="access log file, '-' for stdout, or 'off'")
     p.add_argument("--cache-dir", help="where the cache persists, or 'off' for memory only")
     p.add_argument("--state-dir", help="where decisions, keys and the admin token are kept")
+    p.add_argument("--workers", help="worker processes (overrides workers; without either: "
+                   "$KALKAN_WORKERS, else the cores this process may use; 1 = no supervisor)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config file and name any bad key")

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import ipaddress
 import math
+import os
 import re
 import types
 import typing
@@ -481,6 +482,13 @@ class Config:
         "with CAP_NET_BIND_SERVICE instead).", None)
     group: str | None = _opt("Group to drop to with `user`; null is the user's own group.",
                              None)
+    workers: int | None = _opt(
+        "Worker processes serving the listeners, each a whole edge, under one supervisor that "
+        "restarts them (docs/workers.md). null = the cores this process may use (at most "
+        "`origin.max_concurrency`, and 1 with `tls.acme`); 1 = one process, no supervisor. "
+        "Each worker holds its share of `origin.max_concurrency`, `origin.queue_size`, "
+        "`origin.idle_connections` and `limits.max_connections`, so the machine never exceeds "
+        "them; `cache.memory_bytes` is per worker.", None, min=1, max=256)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -862,6 +870,37 @@ def _check_identity(config: Config, where: Any, problems: list[str]) -> None:
             problems.append(f"{where('group')}: group: set only together with user")
 
 
+def _check_workers(config: Config, where: Any, problems: list[str]) -> None:
+    """Several workers share the origin's slots (each needs one) and cannot share an ACME
+    account's HTTP-01 answers (the CA's request may reach any worker)."""
+    n = config.workers
+    if n is None or n == 1 or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return
+    if config.origin.max_concurrency < n:
+        problems.append(f"{where('workers')}: workers: {n} workers need origin.max_concurrency "
+                        f"of at least {n} (each worker holds at least one origin slot, and "
+                        f"together they hold {config.origin.max_concurrency}); lower workers "
+                        "or raise origin.max_concurrency")
+    if config.tls is not None and config.tls.acme is not None:
+        problems.append(f"{where('workers')}: workers: tls.acme needs workers: 1 (one process "
+                        "answers the CA's HTTP-01 requests); use your own tls.certificates "
+                        "with several workers")
+
+
+def resolve_workers(config: Config) -> int:
+    """How many workers `serve` runs: the configured number, else the cores this process may
+    use, bounded so each worker keeps an origin slot (and 1 with tls.acme)."""
+    if config.workers is not None:
+        return config.workers
+    if config.tls is not None and config.tls.acme is not None:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, config.origin.max_concurrency))
+
+
 # A bearer token an attacker could guess is no protection for a listener off loopback.
 MIN_TOKEN_LENGTH = 16
 
@@ -935,6 +974,7 @@ def validate(config: Config, source: str = "<config>",
     except ConfigError as exc:
         problems.extend(exc.problems)
     _check_identity(config, where, problems)
+    _check_workers(config, where, problems)
     if config.cluster.redis is not None:
         from kalkan.cluster.redis_link import check_url  # late: redis is imported only then
 

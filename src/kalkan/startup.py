@@ -39,9 +39,10 @@ def bind_problem(key: str, host: str, port: int, exc: OSError) -> StartupError:
     return StartupError(f"{where}: {exc.strerror or exc}")
 
 
-def bind_listener(key: str, host: str, port: int) -> socket.socket:
+def bind_listener(key: str, host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening-ready bound socket, made before privileges are dropped (ports 80/443).
-    `::` takes IPv4 too, as the edge's own listeners do."""
+    `::` takes IPv4 too, as the edge's own listeners do. `reuse_port`: one of several sockets
+    on the port (one per worker), the kernel spreading connections over them."""
     try:
         addr: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
         if host == "::":
@@ -55,6 +56,8 @@ def bind_listener(key: str, host: str, port: int) -> socket.socket:
         raise bind_problem(key, host, port, exc) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind(addr)

@@ -387,7 +387,9 @@ class Store:
 
     def _write(self, name: str, unsealed: bytes) -> None:
         path = self._path(name)
-        tmp = path.with_suffix(".tmp")
+        # The writer's pid in the temp name: workers mirror into one directory, and two writing
+        # the same entry must not write into one temp file.
+        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(exist_ok=True)
             data = _seal(unsealed)  # here, off the event loop
@@ -440,7 +442,8 @@ class Store:
                 continue
             for path in names:
                 if path.suffix == ".tmp":
-                    _delete(path)  # a write cut short by a crash or a full disk
+                    if not _written_now(path):
+                        _delete(path)  # a write cut short by a crash or a full disk
                     continue
                 if not _FILE_NAME.fullmatch(path.name) or path.name[:2] != sub.name:
                     dropped.append((path, "not a cache file name"))
@@ -490,6 +493,20 @@ class Store:
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
+
+
+def _written_now(tmp: Path) -> bool:
+    """A temp file another live worker is writing (NAME.PID.tmp): not a leftover."""
+    pid = tmp.stem.rpartition(".")[2]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, someone else's
+    return True
 
 
 def _delete(path: Path) -> None:

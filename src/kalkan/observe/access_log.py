@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 from typing import Final, TextIO
@@ -243,9 +244,15 @@ class AccessLog:
                     while data:  # a short write (a pipe, a signal) continues, nothing is lost
                         data = data[f.write(data) or 0:]
             elif self._stdout is not None:
+                self._stdout.flush()  # what was printed before goes first
                 if lines:
-                    self._stdout.write("".join(lines))
-                self._stdout.flush()
+                    try:
+                        fd = self._stdout.fileno()
+                    except (OSError, ValueError):  # not a file (a test's capture)
+                        self._stdout.write("".join(lines))
+                        self._stdout.flush()
+                    else:
+                        _write_whole_lines(fd, lines)
 
     def reopen(self) -> None:
         """Write the buffered lines, then start again at `path` (a new file once logrotate has
@@ -266,6 +273,32 @@ class AccessLog:
             self._file.close()
         self._file = self._stdout = None
         self.enabled = self._open = False
+
+
+# Writes to a pipe of at most this many bytes are never interleaved with another writer's.
+_PIPE_BUF: Final = 4096
+
+
+def _write_whole_lines(fd: int, lines: list[str]) -> None:
+    """Lines to stdout in writes of whole lines, each at most PIPE_BUF bytes when they fit:
+    several workers share one stdout (a pipe, the journal), and their lines must not tear.
+    (A file is opened O_APPEND: one write per batch is never torn there.)"""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > _PIPE_BUF:  # ASCII: characters are bytes
+            _write_all(fd, "".join(batch).encode("utf-8"))
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    if batch:
+        _write_all(fd, "".join(batch).encode("utf-8"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):  # a short write (a signal) continues, nothing is lost
+        done += os.write(fd, data[done:] if done else data)
 
 
 def _open_file(path: str) -> io.FileIO:

@@ -97,6 +97,8 @@ class AdminServer:
     def __init__(self, metrics: Metrics, token: str | None, *, public: bool = False,
                  live: Callable[[], Any] | None = None, secure_cookie: bool = False) -> None:
         self.metrics = metrics
+        # What GET /metrics answers: these metrics, or (with several workers) every worker's.
+        self.render_metrics: Callable[[], str] = metrics.render
         self.token = token
         # Not on loopback: anyone who can reach the port could read metrics, so every route
         # needs the token.
@@ -199,7 +201,7 @@ class AdminServer:
             if path == "/healthz":
                 return 200, "text/plain", b"ok\n"
             if path == "/metrics":
-                return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
+                return 200, "text/plain; version=0.0.4", self.render_metrics().encode()
             if self.live is not None:
                 return 200, "application/json", _json(self.live())
         handler = self.routes.get((method, path))

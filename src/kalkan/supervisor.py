@@ -1,0 +1,640 @@
+"""The supervisor of `workers: N` (N > 1): the one process that owns the worker processes.
+
+It binds every public listener once per worker slot (SO_REUSEPORT, before any privilege drop),
+forks one worker per slot, each running today's Edge on its slot's sockets, and then only
+watches: a worker that dies is restarted on the same sockets (backoff, logged, counted); SIGHUP
+and SIGUSR1 are passed on to every worker (each reloads in place, as one edge does); SIGTERM and
+SIGINT stop the workers (they stop accepting, drain and persist) and it exits 0. It is the one
+voice to systemd (READY, RELOADING, STOPPING, WATCHDOG). It never serves a request.
+
+What the workers must not share blindly is settled here too (docs/workers.md): each gets its
+share of the origin's slots and of the connection limit, only worker 0 binds the admin listener
+(its /metrics shows every worker's, labelled `worker`) and sends alerts, and each keeps its
+standing decisions in its own file (all of them are loaded at start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from kalkan.config import AlertsConfig, Config, parse_hostport
+from kalkan.notify import notify, watchdog_interval
+from kalkan.startup import StartupError, bind_listener
+from kalkan.statefiles import load_or_create_secret
+
+if TYPE_CHECKING:
+    from kalkan.edge.app import Edge
+    from kalkan.observe.admin import Handler
+
+log = logging.getLogger("kalkan.supervisor")
+
+# What the supervisor waits for with sigtimedwait (blocked, so none is lost between two waits).
+_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+# A worker that lived this long before dying is restarted at once; quicker deaths back off.
+_STEADY_AFTER = 10.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 10.0
+# How long the workers get to drain and persist on SIGTERM (the edge's own grace is 5 s, plus
+# saving the cache index and decisions) before they are killed.
+_STOP_GRACE = 20.0
+# A worker beats once a second from its event loop; one silent this long is stuck and killed
+# (then restarted). Under systemd it is the unit's WatchdogSec, which one edge was held to.
+_STUCK_AFTER = 30.0
+_BEAT_EVERY = 1.0
+# How often a worker other than 0 writes its metrics for worker 0's /metrics.
+METRICS_INTERVAL = 1.0
+
+
+def share(total: int, slot: int, n: int) -> int:
+    """Slot `slot`'s part of `total` split over `n` workers (the parts add up to `total`)."""
+    return total // n + (1 if slot < total % n else 0)
+
+
+def worker_config(config: Config, slot: int, n: int) -> Config:
+    """The config worker `slot` of `n` runs: its share of every machine-wide limit, the admin
+    listener and the alerts only on worker 0."""
+    c = copy.deepcopy(config)
+    c.workers = 1
+    c.origin.max_concurrency = max(1, share(config.origin.max_concurrency, slot, n))
+    if config.origin.queue_size:
+        c.origin.queue_size = max(1, share(config.origin.queue_size, slot, n))
+    c.origin.idle_connections = share(config.origin.idle_connections, slot, n)
+    c.limits.max_connections = max(1, share(config.limits.max_connections, slot, n))
+    if config.cluster.redis is not None:
+        # Each worker is an edge of the cluster with a name of its own: an edge skips records
+        # with its own name, so workers sharing one would never hear each other through Redis.
+        from kalkan.cluster.assemble import edge_name
+
+        c.cluster.edge_id = f"{edge_name(config)}/w{slot}"
+    if slot:
+        # A private admin listener (loopback, a port of its own): worker 0 passes the operator's
+        # changes (purge, decisions, attack mode, maintenance) on to it.
+        c.admin.listen = "127.0.0.1:0" if config.admin.listen else None
+        c.alerts = AlertsConfig()  # one sender, not N
+    return c
+
+
+def workers_dir(config: Config) -> Path:
+    """Where workers leave what their siblings read (metrics)."""
+    return Path(config.state_dir) / "workers"
+
+
+# -- sockets ------------------------------------------------------------------------------------
+def bind_slots(config: Config, n: int) -> list[dict[str, socket.socket]]:
+    """Every public listener bound `n` times on one port with SO_REUSEPORT (the kernel spreads
+    connections over them), listening already: connections that reach a slot whose worker is
+    being replaced wait in its queue. Port 0 is resolved by the first slot."""
+    from kalkan.edge.app import public_listeners
+
+    slots: list[dict[str, socket.socket]] = []
+    try:
+        for i in range(n):
+            bound: dict[str, socket.socket] = {}
+            slots.append(bound)
+            for key, item in public_listeners(config):
+                host, port = parse_hostport(item)
+                if i:
+                    port = slots[0][item].getsockname()[1]
+                sock = bound[item] = bind_listener(key, host, port, reuse_port=True)
+                sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        for bound in slots:
+            for sock in bound.values():
+                sock.close()
+        raise
+    return slots
+
+
+# -- metrics of every worker --------------------------------------------------------------------
+def _labelled(line: str, label: str) -> str:
+    """A sample line with `label` (`worker="1"`) first among its labels."""
+    space = line.find(" ")
+    brace = line.find("{")
+    if 0 <= brace < space:
+        rest = line[brace + 1:]
+        return f"{line[:brace + 1]}{label}{'' if rest.startswith('}') else ','}{rest}"
+    return f"{line[:space]}{{{label}}}{line[space:]}"
+
+
+def merge_metrics(texts: dict[int, str]) -> str:
+    """Several workers' Prometheus texts as one: each family once (HELP, TYPE), its samples
+    from every worker with a `worker` label; `sum without (worker)` aggregates them."""
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for slot, text in sorted(texts.items()):
+        label = f'worker="{slot}"'
+        current: tuple[list[str], list[str]] | None = None
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                name = line.split(" ", 3)[2]
+                current = families.setdefault(name, ([], []))
+                if line not in current[0]:
+                    current[0].append(line)
+                continue
+            if line.startswith("#"):
+                continue
+            if current is None:
+                current = families.setdefault(line.split("{", 1)[0].split(" ", 1)[0], ([], []))
+            current[1].append(_labelled(line, label))
+    out: list[str] = []
+    for head, samples in families.values():
+        out.extend(head)
+        out.extend(samples)
+    return "\n".join(out) + "\n"
+
+
+def _write_atomically(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+# -- inside a worker ----------------------------------------------------------------------------
+@dataclass
+class WorkerPlace:
+    """Who a worker is: its slot, how many there are, how often its slot was restarted."""
+
+    slot: int
+    count: int
+    restarts: int
+    ready_fd: int
+    supervisor: int  # its pid: a worker orphaned by its death must not signal whoever adopted it
+
+
+def adopt_decisions(edge: Edge, slot: int | None) -> None:
+    """Standing decisions: each worker saves its own file (`decisions.json` for worker 0,
+    `decisions.wK.json` for worker K), so two never overwrite each other's, and every worker
+    loads them all at start. One process (`slot` None) folds the workers' files into
+    `decisions.json` and removes them, so going back to one worker loses nothing."""
+    from kalkan.defense.decisions import Decisions
+
+    defense = edge.pipeline.defense
+    decisions = getattr(defense, "decisions", None)
+    if not isinstance(decisions, Decisions) or decisions.path is None:
+        return
+    base = decisions.path
+    own = base if not slot else base.with_name(f"{base.stem}.w{slot}{base.suffix}")
+    others = sorted(base.parent.glob(f"{base.stem}.w*{base.suffix}"))
+    now = time.time()
+    for path in others:
+        decisions.path = path
+        decisions.load(now)
+    decisions.path = own
+    if slot is None and others:
+        try:
+            decisions.save(now)
+        except OSError as exc:  # the workers' files stay, and are read again next start
+            log.error("cannot fold the workers' decision files into %s (%s); they are kept",
+                      base, exc.strerror or exc)
+            return
+        for path in others:
+            path.unlink(missing_ok=True)
+        log.info("folded %d worker decision files into %s", len(others), base)
+
+
+def _attach(edge: Edge, place: WorkerPlace, config: Config) -> None:
+    """What makes an Edge one worker among several: counted, its metrics shared, its admin
+    reload passed on to the siblings."""
+    metrics = edge.pipeline.metrics
+    metrics.gauge("kalkan_worker_restarts", "Times this worker slot was restarted after its "
+                  "worker died.", lambda: place.restarts)
+    pid = os.getpid()
+    metrics.gauge("kalkan_worker_pid", "Process id of this worker.", lambda: pid)
+    adopt_decisions(edge, place.slot)
+
+
+# The admin routes that change a worker's own state: worker 0 does it, then every other worker.
+FANNED_OUT = (("POST", "/purge"), ("POST", "/maintenance"), ("POST", "/decisions"),
+              ("DELETE", "/decisions"), ("POST", "/decisions/clear"), ("POST", "/attack-mode"))
+# How long worker 0 waits for one sibling to apply an admin change (loopback: milliseconds).
+_FAN_OUT_TIMEOUT = 2.0
+
+
+def _sibling_ports(directory: Path, place: WorkerPlace) -> dict[int, int]:
+    ports = {}
+    for slot in range(1, place.count):
+        with contextlib.suppress(OSError, ValueError):
+            ports[slot] = int((directory / f"admin-{slot}.port").read_text(encoding="ascii"))
+    return ports
+
+
+def _fan_out(handler: Handler, method: str, path: str, token: str, directory: Path,
+             place: WorkerPlace) -> Handler:
+    """`handler` on worker 0, then the same request to every other worker's private admin
+    listener, so a purge or a decision holds on every worker when the operator gets the answer.
+    (Blocking, on loopback, and rare: an operator's command, not a request path.)"""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def everywhere(query: dict[str, str], body: Any) -> tuple[int, Any]:
+        status, result = handler(query, body)
+        if status >= 400:
+            return status, result
+        told: dict[str, str] = {}
+        data = None if body is None else json.dumps(body).encode()
+        ports = _sibling_ports(directory, place)
+        for slot in range(1, place.count):
+            if slot not in ports:
+                told[str(slot)] = "not running (restarting)"
+                continue
+            target = f"http://127.0.0.1:{ports[slot]}{path}"
+            if query:
+                target += "?" + urllib.parse.urlencode(query)
+            request = urllib.request.Request(target, data=data, method=method, headers={
+                "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=_FAN_OUT_TIMEOUT) as reply:
+                    told[str(slot)] = f"ok ({reply.status})"
+            except urllib.error.HTTPError as exc:
+                told[str(slot)] = f"answered {exc.code}"
+            except OSError as exc:
+                told[str(slot)] = f"unreachable ({exc})"
+        if any(not t.startswith("ok") for t in told.values()):
+            log.error("%s %s did not reach every worker: %s", method, path, told)
+        if isinstance(result, dict):
+            result = {**result, "workers": told}
+        return status, result
+
+    return everywhere
+
+
+async def _share_metrics(edge: Edge, place: WorkerPlace, directory: Path) -> None:
+    """Workers other than 0 write their metrics every second; worker 0 serves them all."""
+    path = directory / f"metrics-{place.slot}.prom"
+    render = edge.pipeline.metrics.render
+    while True:
+        await asyncio.to_thread(_write_atomically, path, render())
+        await asyncio.sleep(METRICS_INTERVAL)
+
+
+def _all_metrics(own: Edge, place: WorkerPlace, directory: Path) -> str:
+    texts = {0: own.pipeline.metrics.render()}
+    for slot in range(1, place.count):
+        with contextlib.suppress(OSError):
+            texts[slot] = (directory / f"metrics-{slot}.prom").read_text(encoding="utf-8")
+    return merge_metrics(texts)
+
+
+async def _run_worker(config: Config, sockets: dict[str, socket.socket],
+                      place: WorkerPlace) -> None:
+    from kalkan.edge.app import Edge
+
+    edge = Edge(config, sockets)
+    _attach(edge, place, config)
+    try:
+        await edge.start()
+    except OSError as exc:  # a file the edge opens at start (the access log, say)
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise StartupError(f"{where}{exc.strerror or exc}") from None
+    directory = workers_dir(config)
+    sharing: asyncio.Task[None] | None = None
+    if edge.admin is not None and place.slot:
+        _write_atomically(directory / f"admin-{place.slot}.port", str(edge.admin_address[1])
+                          if edge.admin_address else "")
+    if edge.admin is not None and not place.slot:
+        admin = edge.admin
+        for method, path in FANNED_OUT:
+            if (method, path) in admin.routes:
+                admin.routes[(method, path)] = _fan_out(admin.routes[(method, path)], method,
+                                                        path, edge.admin_token, directory, place)
+        admin.render_metrics = lambda: _all_metrics(edge, place, directory)
+
+        def reload_all(_q: dict[str, str], _b: object) -> tuple[int, object]:
+            ok, messages = edge.reload()
+            if os.getppid() == place.supervisor:  # it passes the signal to the others
+                os.kill(place.supervisor, signal.SIGHUP)
+                messages.append(f"reload passed to the other {place.count - 1} worker(s)")
+            return (200 if ok else 409), {"ok": ok, "messages": messages}
+
+        admin.route("POST", "/reload", reload_all)
+    elif edge.admin is not None:
+        sharing = asyncio.create_task(_share_metrics(edge, place, directory))
+    admin_at = edge.admin_address if not place.slot else None
+    os.write(place.ready_fd, (f"{admin_at[0]} {admin_at[1]}\n" if admin_at else "-\n").encode())
+    os.set_blocking(place.ready_fd, False)
+    loop = asyncio.get_running_loop()
+
+    def beat() -> None:  # the supervisor's watchdog: this event loop still runs
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(place.ready_fd, b".")
+        loop.call_later(_BEAT_EVERY, beat)
+
+    beat()
+    try:
+        await edge.run_until_signalled()
+    finally:
+        if sharing is not None:
+            sharing.cancel()
+
+
+def _stop_with_parent(supervisor: int) -> None:
+    """SIGTERM when the supervisor dies (even by SIGKILL): a worker left alone would hold the
+    port with nobody to restart or stop it. Linux's PR_SET_PDEATHSIG."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the prctl: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(config: Config, sockets: dict[str, socket.socket], place: WorkerPlace) -> NoReturn:
+    """The forked child: serve until told to stop; never returns into the supervisor's code."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        _stop_with_parent(place.supervisor)
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            os.environ.pop(name, None)  # systemd hears the supervisor only
+        with contextlib.suppress(ImportError):
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.run(_run_worker(config, sockets, place))
+        code = 0
+    except StartupError as exc:
+        print(f"kalkan: worker {place.slot} cannot start: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+# -- the supervisor -----------------------------------------------------------------------------
+@dataclass
+class Slot:
+    index: int
+    sockets: dict[str, socket.socket]
+    pid: int = 0
+    started: float = 0.0
+    restarts: int = 0
+    quick_deaths: int = 0   # deaths in a row soon after start: the backoff grows with them
+    due: float = 0.0        # when to start it again (monotonic), 0 when running
+    ready_fd: int = -1
+    ready: bool = False
+    said: str = field(default="")   # what it said when ready: its admin address, or "-"
+    heard: float = 0.0              # its last heartbeat (monotonic)
+
+
+class Supervisor:
+    """Forks, watches and stops the workers (see the module's docstring)."""
+
+    def __init__(self, config: Config, n: int, slots: list[dict[str, socket.socket]]) -> None:
+        self.config = config
+        self.n = n
+        self.slots = [Slot(i, s) for i, s in enumerate(slots)]
+        self.stopping = False
+
+    def _fork(self, slot: Slot) -> None:
+        read_fd, write_fd = os.pipe()
+        place = WorkerPlace(slot.index, self.n, slot.restarts, write_fd, os.getpid())
+        config = worker_config(self.config, slot.index, self.n)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            for other in self.slots:  # only its own slot's sockets
+                if other is not slot:
+                    for sock in other.sockets.values():
+                        sock.close()
+                if other.ready_fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(other.ready_fd)
+            _worker_main(config, dict(slot.sockets), place)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        slot.pid, slot.started, slot.due, slot.ready, slot.said = pid, time.monotonic(), 0.0, \
+            False, ""
+        slot.heard = slot.started
+        slot.ready_fd = read_fd
+        log.debug("worker %d started (pid %d)", slot.index, pid)
+
+    def _check_ready(self, slot: Slot) -> None:
+        """What a worker wrote on its pipe: a line when it serves, then a byte a second."""
+        if slot.ready_fd < 0:
+            return
+        try:
+            data = os.read(slot.ready_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # it closed the pipe: it is exiting
+            os.close(slot.ready_fd)
+            slot.ready_fd = -1
+            return
+        slot.heard = time.monotonic()
+        if not slot.ready:
+            slot.said += data.decode(errors="replace")
+            if "\n" in slot.said:
+                slot.ready, slot.said = True, slot.said.split("\n", 1)[0]
+
+    def _kill_stuck(self, stuck_after: float) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid and slot.ready and now - slot.heard > stuck_after:
+                log.error("worker %d (pid %d) has not beaten for %.0f s: its event loop is "
+                          "stuck; killing it", slot.index, slot.pid, now - slot.heard)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
+                slot.heard = now  # once; the reaper restarts it
+
+    def _reap(self) -> list[tuple[Slot, int, int]]:
+        """The workers that exited since the last look, with their pid and wait status."""
+        dead: list[tuple[Slot, int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            for slot in self.slots:
+                if slot.pid == pid:
+                    self._check_ready(slot)
+                    slot.pid = 0
+                    if slot.ready_fd >= 0:
+                        os.close(slot.ready_fd)
+                        slot.ready_fd = -1
+                    dead.append((slot, pid, status))
+        return dead
+
+    def _schedule_restart(self, slot: Slot, pid: int, status: int) -> None:
+        now = time.monotonic()
+        lived = now - slot.started
+        slot.quick_deaths = 0 if lived >= _STEADY_AFTER else slot.quick_deaths + 1
+        delay = 0.0 if not slot.quick_deaths else min(
+            _BACKOFF_FIRST * 2 ** (slot.quick_deaths - 1), _BACKOFF_MAX)
+        slot.restarts += 1
+        slot.due = now + delay
+        for name in (f"metrics-{slot.index}.prom", f"admin-{slot.index}.port"):
+            with contextlib.suppress(OSError):
+                (workers_dir(self.config) / name).unlink(missing_ok=True)
+        log.error("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s (restart %d "
+                  "of this slot)", slot.index, pid, _exit_words(status), lived, delay,
+                  slot.restarts)
+
+    def _signal_all(self, sig: int, but: int = 0) -> None:
+        for slot in self.slots:
+            if slot.pid and slot.pid != but:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, sig)
+
+    def _prepare_state(self) -> None:
+        """The secrets every worker reads, made once here: N workers making them at the same
+        moment would each write their own."""
+        state = Path(self.config.state_dir)
+        if not self.config.admin.token:
+            load_or_create_secret(state / "admin.token", "admin token",
+                                  "set admin.token in the config to use the admin API")
+        logged = self.config.access_log
+        if logged.pseudonymize and logged.path:
+            from kalkan.observe.pseudonym import log_key
+            log_key(logged.pseudonym_key_file, self.config.state_dir)
+        directory = workers_dir(self.config)
+        directory.mkdir(parents=True, exist_ok=True)
+        for pattern in ("metrics-*.prom", "admin-*.port"):
+            for old in directory.glob(pattern):
+                old.unlink(missing_ok=True)
+
+    def run(self) -> int:
+        """Start the workers, watch them until SIGTERM/SIGINT; the exit status."""
+        self._prepare_state()
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # delivered (not discarded) while blocked
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        for slot in self.slots:
+            self._fork(slot)
+        all_ready = False
+        interval = watchdog_interval()
+        stuck_after = 2 * interval if interval is not None else _STUCK_AFTER
+        next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if interval is not None and now >= next_beat:
+                notify("WATCHDOG=1")
+                next_beat = now + interval
+            due = [s.due for s in self.slots if s.due]
+            wait = 0.05 if not all_ready else 1.0
+            if due:
+                wait = max(0.0, min(wait, min(due) - now))
+            if interval is not None:
+                wait = max(0.0, min(wait, next_beat - now))
+            info = signal.sigtimedwait(_SIGNALS, wait)
+            for slot in self.slots:
+                self._check_ready(slot)
+            if info is not None:
+                if info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                    return self._stop()
+                if info.si_signo == signal.SIGHUP:
+                    self._reload(info.si_pid)
+                elif info.si_signo == signal.SIGUSR1:
+                    self._signal_all(signal.SIGUSR1)
+            self._kill_stuck(stuck_after)
+            for slot, pid, status in self._reap():
+                if not all_ready and not slot.ready:
+                    log.error("worker %d %s before it could serve; stopping", slot.index,
+                              _exit_words(status))
+                    self._stop()
+                    return 1
+                self._schedule_restart(slot, pid, status)
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.due and slot.due <= now and not slot.pid:
+                    self._fork(slot)
+            if not all_ready and all(s.ready for s in self.slots):
+                all_ready = True
+                self._announce()
+
+    def _announce(self) -> None:
+        from kalkan import __version__
+
+        scheme = "https" if self.config.tls else "http"
+        for item, sock in self.slots[0].sockets.items():
+            host, port = sock.getsockname()[:2]
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if self.config.tls and self.config.tls.http_listen == item:
+                scheme = "http"
+            pids = " ".join(str(s.pid) for s in self.slots)
+            print(f"kalkan {__version__}: serving {scheme}://{where}/ for origin "
+                  f"{self.config.origin.url} with {self.n} workers (pids {pids})", flush=True)
+        admin = self.slots[0].said
+        if admin and admin != "-":
+            host, port = admin.split(" ")
+            print(f"admin: http://{f'[{host}]' if ':' in host else host}:{port}/metrics "
+                  "(every worker's)", flush=True)
+        notify("READY=1", f"STATUS=serving with {self.n} workers")
+
+    def _reload(self, sender: int) -> None:
+        """SIGHUP: every worker reloads in place (a worker's admin POST /reload has already
+        reloaded itself, so it is not told twice)."""
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+               "STATUS=reloading the policy and certificates")
+        ours = any(s.pid == sender for s in self.slots)
+        self._signal_all(signal.SIGHUP, but=sender if ours else 0)
+        log.info("reload passed to %d workers", self.n - (1 if ours else 0))
+        notify("READY=1", f"STATUS=serving with {self.n} workers")
+
+    def _stop(self) -> int:
+        """Each worker stops accepting, drains and persists; killed after the grace."""
+        notify("STOPPING=1", "STATUS=finishing requests in progress")
+        log.info("stopping %d workers: finishing requests in progress", self.n)
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+        for slot in self.slots:  # the listeners close as soon as the workers close theirs
+            for sock in slot.sockets.values():
+                sock.close()
+        deadline = time.monotonic() + _STOP_GRACE
+        code = 0
+        while any(s.pid for s in self.slots):
+            for slot, _pid, status in self._reap():
+                if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                    log.error("worker %d %s while stopping", slot.index, _exit_words(status))
+                    code = 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("workers still running after %.0f s: killing them", _STOP_GRACE)
+                self._signal_all(signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+                code = 1
+                continue
+            if any(s.pid for s in self.slots):
+                signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.5))
+        return code
+
+
+def _exit_words(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
