@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from kalkan.cluster.relay import RelayPlan
 from kalkan.config import AlertsConfig, Config, parse_hostport
 from kalkan.notify import notify, watchdog_interval
 from kalkan.startup import StartupError, bind_listener
@@ -299,6 +300,14 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
 
     edge = Edge(config, sockets)
     _attach(edge, place, config)
+    if place.count > 1 and config.cluster.redis is None:
+        # Without Redis the workers share their state through a relay worker 0 runs (an
+        # abstract socket named after the supervisor: no file, only this user's processes).
+        edge.together.relay_plan = RelayPlan(f"@kalkan-relay-{place.supervisor}",
+                                             f"w{place.slot}", serve=place.slot == 0)
+    # The supervisor passes a reload to every worker; only worker 0 tells the cluster's other
+    # edges (each worker telling them would reload them once per worker).
+    edge.together.shares_reloads = config.cluster.redis is not None and place.slot == 0
     try:
         await edge.start()
     except OSError as exc:  # a file the edge opens at start (the access log, say)

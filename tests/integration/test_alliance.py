@@ -81,7 +81,7 @@ async def test_a_botnet_blocked_at_one_newsroom_is_refused_by_its_allies(
     # C only observes: the botnet's first request there is served.
     await asyncio.sleep(2.5)
     assert (await get(port_of(c), "/search?q=c", bots[1])).status == 200
-    assert c.alliance.poller.allies[0].accepted >= 1  # type: ignore[union-attr]
+    assert c.together.alliance.poller.allies[0].accepted >= 1  # type: ignore[union-attr]
     # A refuses 127.0.62.9 too, but B has it on its allowlist: never refused at B.
     assert b.pipeline.defense.decisions.lookup(  # type: ignore[union-attr]
         "127.0.62.9", "127.0.62.0/24", time.time()) is None
@@ -110,7 +110,7 @@ async def test_a_forged_feed_changes_nothing_and_is_logged(
             b = await make_edge(origin.url, defense={"enabled": True},
                                 alliance={"poll_interval": 1.0}, state_dir=str(state_b),
                                 cache_dir=None)
-            await until(lambda: b.alliance.poller.allies[0].refused > 0)  # type: ignore[union-attr]
+            await until(lambda: b.together.alliance.poller.allies[0].refused > 0)  # type: ignore[union-attr]
         assert "unknown key" in caplog.text
         assert (await get(port_of(b), "/", "127.0.61.5")).status == 200
         assert json.loads(forged)["format"] == "kalkan-feed/1"

@@ -124,7 +124,8 @@ async def cluster(tmp_path: Path, redis_server: RedisServer, origin: Origin
             edge = Edge(config)
             await edge.start()
             edges.append(edge)
-        await until(lambda: all(e.cluster is not None and e.cluster.up for e in edges))
+        await until(lambda: all(e.together.cluster is not None and e.together.cluster.up
+                                for e in edges))
         return edges
 
     yield start
@@ -253,7 +254,7 @@ async def test_redis_killed_mid_attack_then_back_loses_nothing(
     await admin(a, "POST", "/decisions", {"target": "127.0.43.1", "action": "block"})
     await until(lambda: standing(c, "127.0.43.1") == "block")
     redis_server.kill()
-    await until(lambda: not any(e.cluster.up for e in (a, b, c)))  # type: ignore[union-attr]
+    await until(lambda: not any(e.together.cluster.up for e in (a, b, c)))  # type: ignore[union-attr]
     # Cut off, every edge serves and defends on its own, and keeps deciding.
     await admin(b, "POST", "/decisions", {"target": "127.0.43.2", "action": "block"})
     for e in (a, b, c):
@@ -265,7 +266,7 @@ async def test_redis_killed_mid_attack_then_back_loses_nothing(
     assert "kalkan_cluster_up 0" in up
     # Back (empty: it kept nothing): the edges hand over what they hold and converge.
     redis_server.start()
-    await until(lambda: all(e.cluster.up for e in (a, b, c)), timeout=10)  # type: ignore[union-attr]
+    await until(lambda: all(e.together.cluster.up for e in (a, b, c)), timeout=10)  # type: ignore[union-attr]
     await until(lambda: standing(a, "127.0.43.2") == "block"
                 and standing(c, "127.0.43.2") == "block", timeout=5)
     assert all(standing(e, "127.0.43.1") == "block" for e in (a, b, c))
@@ -280,7 +281,7 @@ async def test_a_flood_spread_over_the_edges_meets_the_limit_of_all_together(
     source = "127.0.44.1"
     on_a = [(await get(port_of(a), f"/search?q=a{i}", source)).status for i in range(12)]
     assert on_a == [200] * 12
-    await until(lambda: b.cluster.state.credited > 0, timeout=5)  # type: ignore[union-attr]
+    await until(lambda: b.together.cluster.state.credited > 0, timeout=5)  # type: ignore[union-attr]
     on_b = [(await get(port_of(b), f"/search?q=b{i}", source)).status for i in range(12)]
     assert on_b[:6] == [200] * 6      # 18 in all so far: under the limit
     assert 403 in on_b[6:]            # past 20 in all: challenged on b, which alone saw 12

@@ -142,11 +142,12 @@ async def test_two_edges_joined_by_a_relay_share_decisions(tmp_path: Path, origi
         config.origin.url = origin.url  # type: ignore[attr-defined]
         config.state_dir = str(tmp_path / f"w{slot}")
         edge = Edge(config)
-        edge.relay_plan = RelayPlan(address, f"w{slot}", serve=slot == 0)
+        edge.together.relay_plan = RelayPlan(address, f"w{slot}", serve=slot == 0)
         await edge.start()
         edges.append(edge)
     try:
-        await until(lambda: all(e.cluster is not None and e.cluster.up for e in edges))
+        await until(lambda: all(e.together.cluster is not None and e.together.cluster.up
+                                for e in edges))
         w0, w1 = (e.pipeline.defense.decisions for e in edges)  # type: ignore[union-attr]
         w1.add("192.0.2.60", "block", 600, "seen on worker 1", "rule", time.time())
         await until(lambda: w0.lookup("192.0.2.60", "192.0.2.0/24", time.time()) is not None)

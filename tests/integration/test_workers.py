@@ -560,3 +560,35 @@ async def test_workers_in_a_cluster_are_edges_of_their_own_to_each_other(
         assert time.monotonic() < deadline + 5, await s.metrics()
         await asyncio.sleep(0.1)
     assert s.stop() == 0
+
+
+async def test_a_flood_spread_over_the_workers_meets_the_limit_of_all_together(
+        origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    """No Redis: the workers share through their relay. The default policy challenges more
+    than 20 searches a minute from one address; the kernel spreads one client's connections
+    over both workers, so neither alone sees more than about half of them."""
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    supervised.append(s)
+    await s.serving()
+    await s.pids()
+    deadline = time.monotonic() + 5
+    while per_worker(await s.metrics(), "kalkan_cluster_up") != {"0": 1.0, "1": 1.0}:
+        assert time.monotonic() < deadline, per_worker(await s.metrics(), "kalkan_cluster_up")
+        await asyncio.sleep(0.1)
+
+    async def search(i: int) -> int:
+        client = await Client.connect(s.port, local_addr=("127.0.70.1", 0))
+        try:
+            return (await client.request("GET", f"/search?q=spread{i}", {
+                "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) reader"})).status
+        finally:
+            await client.close()
+
+    first = [await search(i) for i in range(16)]
+    assert first == [200] * 16
+    await asyncio.sleep(2.5)   # the workers tell each other their busiest clients each second
+    later = [await search(100 + i) for i in range(10)]
+    assert 403 in later        # past 20 in all: challenged, though no worker saw 20 itself
+    served = per_worker(await s.metrics(), "kalkan_cluster_clients_credited_total")
+    assert served.get("0", 0) > 0 and served.get("1", 0) > 0
+    assert s.stop() == 0

@@ -59,8 +59,17 @@ class Relay:
 
     async def start(self) -> None:
         if isinstance(self.path, str):
-            self._server = await asyncio.start_unix_server(
-                self._client, path="\0" + self.path[1:], limit=LINE_LIMIT)
+            # The socket made here: uvloop takes no abstract name as a path, only as a socket.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind("\0" + self.path[1:])
+                sock.listen(64)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            self._server = await asyncio.start_unix_server(self._client, sock=sock,
+                                                           limit=LINE_LIMIT)
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()      # a dead relay's socket file
@@ -161,7 +170,14 @@ class RelayLink(Link):
         self._writer: asyncio.StreamWriter | None = None
 
     async def _open(self, attempt: int) -> None:
-        self._reader, self._writer = await asyncio.open_unix_connection(self.address,
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:   # (a socket of our own: uvloop takes no abstract name as a path)
+            await asyncio.get_running_loop().sock_connect(sock, self.address)
+        except OSError:
+            sock.close()
+            raise
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=sock,
                                                                         limit=LINE_LIMIT)
 
     async def _shut(self) -> None:

@@ -16,10 +16,6 @@ from pathlib import Path
 from kalkan.acme import AcmeManager
 from kalkan.alerts.dispatch import Dispatcher
 from kalkan.alerts.watch import Watcher
-from kalkan.alliance.service import AllianceService
-from kalkan.cluster.assemble import start_cluster
-from kalkan.cluster.link import Link
-from kalkan.cluster.relay import Relay, RelayPlan
 from kalkan.config import Config, is_loopback_host, parse_hostport
 from kalkan.edge.acme_challenge import AcmeFront
 from kalkan.edge.alerting import start_alerts
@@ -27,6 +23,7 @@ from kalkan.edge.connection import HttpConnection
 from kalkan.edge.pipeline import Pipeline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
+from kalkan.edge.together import Together
 from kalkan.notify import notify, watchdog_interval
 from kalkan.observe.admin import AdminError, AdminServer
 from kalkan.observe.live import LiveView
@@ -131,14 +128,7 @@ class Edge:
         self.alert_watch: Watcher | None = None
         self.live: LiveView | None = None
         self._live_timer: asyncio.TimerHandle | None = None
-        self.cluster: Link | None = None
-        # Set by the supervisor before start() for a worker of several without cluster.redis:
-        # the workers' relay (kalkan.cluster.relay) to join, and whether this worker runs it.
-        self.relay_plan: RelayPlan | None = None
-        self.relay: Relay | None = None
-        self.shares_reloads = True   # False for a worker: the supervisor passes SIGHUP on
-        self.alliance: AllianceService | None = None
-        self._alliance_reload: asyncio.Task[None] | None = None
+        self.together = Together()   # the cluster link, the workers' relay, the alliance
         self._stopped = asyncio.Event()
         gate, m = self.pipeline.upstream.gate, self.pipeline.metrics
         m.gauge("kalkan_origin_gate_limit", "Origin requests allowed in flight at once "
@@ -219,18 +209,7 @@ class Edge:
             except OSError as exc:
                 raise bind_problem("admin.listen", host, port, exc) from None
         self._start_alerts()
-        plan = self.relay_plan
-        if plan is not None and self.config.cluster.redis is None:
-            if plan.serve:
-                self.relay = Relay(plan.address)
-                await self.relay.start()
-            self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster,
-                                         relay=plan.address, worker=plan.name)
-        else:
-            self.cluster = start_cluster(self.config, self.pipeline, self._reload_from_cluster)
-        if getattr(self.pipeline.defense, "decisions", None) is not None:  # the defence is on
-            self.alliance = AllianceService(self.config, self.pipeline.defense)
-            self.alliance.start()
+        await self.together.start(self.config, self.pipeline, self._reload_from_cluster)
 
     def _start_alerts(self) -> None:
         acme = self.acme
@@ -316,8 +295,7 @@ class Edge:
         else:
             raise AdminError(400, "purge needs ?url=URL or ?all=1")
         purged = self.pipeline.purge(url)
-        if self.cluster is not None:
-            self.cluster.state.purged(url)   # the other edges purge it too
+        self.together.purged(url)
         return 200, {"purged": purged}
 
     def _reload_from_cluster(self) -> None:
@@ -328,8 +306,7 @@ class Edge:
         """SIGHUP or `kalkan reload`: certificates, the pages' templates and logo, and the
         policy. A bad file keeps the old one running and says why. In a cluster, the other
         edges reload too (`share`)."""
-        if share and self.shares_reloads and self.cluster is not None:
-            self.cluster.state.reloaded()
+        self.together.reloaded(share)
         ok, messages = True, []
         if self.certificates is not None:
             try:
@@ -351,9 +328,6 @@ class Edge:
         if message:  # an edge without a defence has no policy to speak of
             messages.append(message if policy_ok else f"keeping the old policy: {message}")
         messages.append(pages_message)
-        if self.alliance is not None:   # the allies file, read again
-            self._alliance_reload = asyncio.get_running_loop().create_task(
-                self.alliance.reload())
         self.pipeline.forget_replays()
         return ok, messages
 
@@ -373,12 +347,7 @@ class Edge:
         self.live = None
         if self.admin is not None:
             await self.admin.close()
-        if self.cluster is not None:
-            await self.cluster.close()
-        if self.relay is not None:
-            await self.relay.close()
-        if self.alliance is not None:
-            await self.alliance.close()
+        await self.together.close()
         await self.pipeline.close()
         self._stopped.set()
 
