@@ -211,7 +211,8 @@ def parse_wrk(output: str, command: str) -> WrkResult:
 
 def run_wrk(url: str, duration_s: int, connections: int, proxy_pid: int | None = None,
             extra_args: list[str] | None = None,
-            script_args: list[str] | None = None) -> WrkResult:
+            script_args: list[str] | None = None, *, threads: int = 1,
+            cpus: str | None = None) -> WrkResult:
     """``taskset -c 0 wrk -t1 -cN -dDs --latency [EXTRA] URL [SCRIPT_ARGS]``, bounded by a hard
     timeout (*script_args*, e.g. ``["--", "xff=100000"]``, go to a ``-s`` script's ``init``).
 
@@ -220,7 +221,8 @@ def run_wrk(url: str, duration_s: int, connections: int, proxy_pid: int | None =
     the machine interfered.
     """
     require_loopback(url)
-    argv = [*taskset(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
+    pin = ["taskset", "-c", cpus] if cpus else taskset(LOAD_CPU)
+    argv = [*pin, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s",
             "--latency", *(extra_args or []), url, *(script_args or [])]
     before, wrk_before = cpu_times(), children_cpu_seconds()
     proxy_before = tree_cpu_seconds(proxy_pid) if proxy_pid else 0.0
