@@ -17,7 +17,7 @@ COMPILED := $(shell sed -n 's/^ *"\(src\/kalkan\/[a-z_/]*\.py\)",$$/\1/p' setup.
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
 	bench-scale bench-memory bench-instructions bench-h2 bench-cluster bench-workers \
-	coverage clean
+	bench-alliance coverage clean
 
 $(RUNTIME_STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,7 @@ test: $(STAMP) debian-deps lint typecheck
 	bash scripts/run-tests.sh
 
 bench: bench-throughput bench-conformance bench-defense bench-scale bench-memory bench-clients \
-	bench-firewall bench-instructions bench-h2 bench-cluster bench-workers
+	bench-firewall bench-instructions bench-h2 bench-cluster bench-workers bench-alliance
 
 bench-defense: $(STAMP) debian-deps
 	$(BIN)/python -m bench.defense_cost
@@ -63,6 +63,9 @@ bench-scale: $(STAMP) debian-deps  # the defence with 100,000 clients vs off, re
 
 bench-workers: $(STAMP) debian-deps  # 1 and 2 workers, Kalkan and nginx, readers load
 	$(BIN)/python -m bench.workers
+
+bench-alliance: $(STAMP) debian-deps  # a botnet hops from newsroom A to B: B alone vs allied
+	$(BIN)/python -m bench.alliance_hop
 
 bench-cluster: $(STAMP) debian-deps  # three edges and Redis: propagation, Redis ops per request
 	$(BIN)/python -m bench.cluster

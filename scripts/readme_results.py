@@ -90,6 +90,16 @@ def workers(d: dict[str, Any]) -> list[str]:
         "Kalkan worker nearly saturates already.", ""]
 
 
+def alliance_hop(d: dict[str, Any]) -> list[str]:
+    alone, allied = d["runs"]
+    return [
+        f"{_smoke(d)}**Allied newsrooms** ([bench/results/alliance_hop.md]"
+        f"(bench/results/alliance_hop.md), `{d['command']}`): a botnet of "
+        f"{d['settings']['bots']} addresses floods newsroom A, then hops to B: "
+        f"{alone['reached_b_origin']} of its requests reached B's origin with B alone, "
+        f"**{allied['reached_b_origin']}** with B allied to A.", ""]
+
+
 def cluster(d: dict[str, Any]) -> list[str]:
     p, ops, t = d["propagation_ms"], d["ops"], d["targets"]
     return [
@@ -258,7 +268,7 @@ def analyze_speed(d: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = (("throughput", throughput), ("defense_scale", defense_scale), ("workers", workers),
-            ("cluster", cluster),
+            ("cluster", cluster), ("alliance_hop", alliance_hop),
             ("connection_memory", connection_memory), ("hit_instructions", hit_instructions),
             ("hit_profile", hit_profile), ("h2", h2),
             ("cache_conformance", conformance),

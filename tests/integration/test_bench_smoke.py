@@ -360,3 +360,14 @@ def test_cluster_quick_run_measures_propagation_and_redis_load(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     text = readme.read_text()
     assert "**Several edges**" in text and "unexpected shape" not in text
+
+
+@pytest.mark.slow
+def test_alliance_hop_quick_run_counts_what_reaches_the_next_newsroom(tmp_path: Path) -> None:
+    _tools_for_quick_runs()
+    _run("bench.alliance_hop", "--quick", "--output-dir", str(tmp_path))
+    data = json.loads((tmp_path / "alliance_hop.json").read_text())
+    alone, allied = data["runs"]
+    assert not alone["allied"] and allied["allied"]
+    assert allied["sent_to_b"] > 100 and allied["reached_b_origin"] <= alone["reached_b_origin"]
+    assert "hops" in (tmp_path / "alliance_hop.md").read_text()
