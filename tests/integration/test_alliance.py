@@ -112,6 +112,7 @@ async def test_a_forged_feed_changes_nothing_and_is_logged(
                                 cache_dir=None)
             await until(lambda: b.together.alliance.poller.allies[0].refused > 0)  # type: ignore[union-attr]
         assert "unknown key" in caplog.text
+        assert 'kalkan_alliance_feeds_total{outcome="refused"}' in b.pipeline.metrics.render()
         assert (await get(port_of(b), "/", "127.0.61.5")).status == 200
         assert json.loads(forged)["format"] == "kalkan-feed/1"
     finally:

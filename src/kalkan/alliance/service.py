@@ -30,13 +30,15 @@ def alliance_dir(config: Config) -> Path:
 class AllianceService:
     """Publishing and polling for one edge (`start`, `reload`, `close`)."""
 
-    def __init__(self, config: Config, defense: Any) -> None:
+    def __init__(self, config: Config, defense: Any, metrics: Any = None) -> None:
         self.config = config
         self.defense = defense
+        self.metrics = metrics
         self.publisher: Publisher | None = None
         self.poller: Poller | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._changes = -1
+        self._counted = False
 
     def start(self) -> None:
         a = self.config.alliance
@@ -61,9 +63,20 @@ class AllianceService:
             log.error("alliance: allies not polled: %s", exc)
             return
         if allies:
-            self.poller = Poller(allies, self.defense.decisions, never=self._never(),
-                                 interval=self.config.alliance.poll_interval)
-            self.poller.start()
+            poller = self.poller = Poller(allies, self.defense.decisions, never=self._never(),
+                                          interval=self.config.alliance.poll_interval)
+            poller.start()
+            if self.metrics is not None and not self._counted:
+                self._counted = True   # (registered once: a reload makes a new poller)
+                self.metrics.labeled_counter(
+                    "kalkan_alliance_feeds_total", "Allies' feeds fetched and believed "
+                    "(accepted) or refused (forged, tampered, replayed, unknown key, expired).",
+                    "outcome", lambda: self._outcomes())
+
+    def _outcomes(self) -> dict[str, float]:
+        allies = self.poller.allies if self.poller is not None else []
+        return {"accepted": sum(a.accepted for a in allies),
+                "refused": sum(a.refused for a in allies)}
 
     def _never(self) -> list[AddressSet]:
         """What no feed may name: the allowlist and every crawler's published ranges."""

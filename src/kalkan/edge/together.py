@@ -43,7 +43,7 @@ class Together:
         else:
             self.cluster = start_cluster(config, pipeline, reload)
         if getattr(pipeline.defense, "decisions", None) is not None:  # the defence is on
-            self.alliance = AllianceService(config, pipeline.defense)
+            self.alliance = AllianceService(config, pipeline.defense, pipeline.metrics)
             self.alliance.start()
 
     def purged(self, url: str | None) -> None:
