@@ -347,6 +347,7 @@ def _local_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_alliance(args: argparse.Namespace) -> int:
+    from kalkan.alliance.feed import b64
     from kalkan.alliance.identity import Identity, IdentityError
     from kalkan.alliance.poller import AllyConfig, load_allies, save_allies
     from kalkan.alliance.service import FEED_PATH, alliance_dir, default_name
@@ -362,6 +363,13 @@ def cmd_alliance(args: argparse.Namespace) -> int:
         elif args.action == "key":
             identity = Identity.load(where / "identity.json")
             print(identity.public_text)
+        elif args.action == "rotate":
+            identity = Identity.load(where / "identity.json")
+            # Announced long enough for every ally to see it: two feed lifetimes.
+            new = identity.rotate(time.time(), 2 * config.alliance.feed_lifetime)
+            print(f"next key {b64(new)}: announced in your feed from the next `kalkan reload`, "
+                  f"used from {time.strftime('%Y-%m-%d %H:%M', time.localtime(identity.switch_at))}"
+                  "; allies that poll meanwhile follow it by themselves")
         elif args.action in ("add", "remove", "list"):
             path = where / "allies.json"
             allies = load_allies(path)
@@ -642,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", help="this newsroom's name in its feed (default: alliance.name, "
                    "site.name, the host name)")
     a = asub.add_parser("key", help="print this edge's public key (what allies add)")
+    a = asub.add_parser("rotate", help="start using a new key (announced to allies first)")
     a = asub.add_parser("add", help="listen to an ally's feed")
     a.add_argument("ally", help="a name for the ally, e.g. kloop")
     a.add_argument("url", help="its feed, e.g. https://kloop.kg/.well-known/kalkan/feed")

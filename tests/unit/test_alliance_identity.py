@@ -51,3 +51,19 @@ def test_the_feed_is_remade_only_when_needed_and_allies_believe_it(tmp_path: Pat
     again = Publisher(Identity.load(tmp_path / "identity.json"))
     ally.accept(renewed, NOW + 402)
     assert ally.accept(again.current([ENTRY], NOW + 300)[0], NOW + 300) == [ENTRY]
+
+
+def test_a_key_rotation_is_announced_then_used_and_allies_follow(tmp_path: Path) -> None:
+    path = tmp_path / "identity.json"
+    identity = Identity.create(path, "newsroom-a")
+    ally = Subscription("newsroom-a", identity.public)
+    publisher = Publisher(identity, lifetime=600)
+    ally.accept(publisher.current([ENTRY], NOW)[0], NOW)
+    new = Identity.load(path).rotate(NOW + 10, 1200)     # `kalkan alliance rotate`
+    publisher.identity = Identity.load(path)              # `kalkan reload`
+    publisher.forget()
+    ally.accept(publisher.current([ENTRY], NOW + 20)[0], NOW + 20)
+    assert ally.next_key == new                           # announced, not yet used
+    after = publisher.current([ENTRY], NOW + 1300)[0]     # the announcement has run
+    assert Identity.load(path).public == new              # the switch is saved
+    assert ally.accept(after, NOW + 1300) == [ENTRY] and ally.key == new

@@ -106,6 +106,15 @@ class AllianceService:
             self.config.alliance.poll_interval, self._tick)
 
     async def reload(self) -> None:
+        """The allies file and the identity (a `kalkan alliance rotate` since), read again."""
+        if self.publisher is not None:
+            try:
+                self.publisher.identity = Identity.load(alliance_dir(self.config)
+                                                        / "identity.json")
+            except IdentityError as exc:
+                log.error("alliance: keeping the identity in memory: %s", exc)
+            self._changes = -1   # publish again: a rotation is announced at once
+            self.publisher.forget()
         if self.poller is not None:
             await self.poller.close()
             self.poller = None
