@@ -19,7 +19,6 @@ itself; every process is ours and stopped by its PID.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -30,16 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    RESULTS_DIR,
-    WORK_DIR,
     Report,
     Stopper,
     command_line,
     free_port,
-    guarded,
     log,
     machine_info,
     markdown_table,
+    quick_or_full_main,
     require_loopback,
     scratch_dir,
     start_process,
@@ -178,16 +175,11 @@ def run(settings: Settings, output_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 s phases")
-    parser.add_argument("--output-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    settings = Settings(attack_s=8.0, quick=True) if args.quick else Settings()
-    output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
     if not KALKAN.exists():
         raise SystemExit(f"{MODULE}: Kalkan is not installed in the venv")
-    return guarded(MODULE, lambda: run(settings, output))
+    return quick_or_full_main(
+        MODULE, __doc__, argv, "8 s phases",
+        lambda quick: Settings(attack_s=8.0, quick=True) if quick else Settings(), run)
 
 
 if __name__ == "__main__":

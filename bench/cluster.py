@@ -23,7 +23,6 @@ requests served.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import sys
@@ -33,19 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    RESULTS_DIR,
-    WORK_DIR,
     BenchError,
     Managed,
     Report,
     Stopper,
     command_line,
     free_port,
-    guarded,
     log,
     machine_info,
     markdown_table,
     percentile,
+    quick_or_full_main,
     scratch_dir,
     start_process,
     wait_for_port,
@@ -230,15 +227,14 @@ def run(settings: Settings, output_dir: Path) -> Path:
     return md_path
 
 
+def quick_settings() -> Settings:
+    return Settings(decisions=20, duration_s=2, quick=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="20 decisions, 2 s of load")
-    parser.add_argument("--output-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    settings = Settings(decisions=20, duration_s=2, quick=True) if args.quick else Settings()
-    output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
-    return guarded(MODULE, lambda: run(settings, output))
+    return quick_or_full_main(
+        MODULE, __doc__, argv, "20 decisions, 2 s of load",
+        lambda quick: quick_settings() if quick else Settings(), run)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ target goes through :func:`require_loopback` first.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import importlib.metadata
@@ -591,6 +592,20 @@ def parse_only(value: str, known: Sequence[str]) -> list[str]:
 def log(message: str) -> None:
     """Progress output on stderr (results go to files)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def quick_or_full_main(module: str, doc: str | None, argv: list[str] | None, quick_help: str,
+                       settings: Callable[[bool], Any],
+                       run: Callable[[Any, Path], object]) -> int:
+    """The `main` of a benchmark whose only options are --quick (a smoke run into
+    bench/.work/quick-results) and --output-dir: `settings(quick)` then `run(settings, dir)`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
+    return guarded(module, lambda: run(settings(args.quick), output))
 
 
 def guarded(module: str, body: Callable[[], object]) -> int:

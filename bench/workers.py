@@ -17,7 +17,6 @@ says why). Configurations interleaved, repeated; medians.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +24,18 @@ from typing import Any
 
 from bench.common import (
     LOAD_CPU,
-    RESULTS_DIR,
     SERVER_CPU,
-    WORK_DIR,
     BenchError,
     HttpClient,
     Report,
     Stopper,
     command_line,
     cpu_count,
-    guarded,
     log,
     machine_info,
     markdown_table,
     pin_self,
+    quick_or_full_main,
     scratch_dir,
     spread,
     wait_until_quiet,
@@ -159,16 +156,15 @@ def run(settings: Settings, output_dir: Path) -> Path:
     return md_path
 
 
+def quick_settings() -> Settings:
+    return Settings(duration_s=2, warmup_s=1, repetitions=1, quiet_timeout_s=0,
+                    quick=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition")
-    parser.add_argument("--output-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    settings = Settings(duration_s=2, warmup_s=1, repetitions=1, quiet_timeout_s=0,
-                        quick=True) if args.quick else Settings()
-    output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)
-    return guarded(MODULE, lambda: run(settings, output))
+    return quick_or_full_main(
+        MODULE, __doc__, argv, "2 s runs, 1 repetition",
+        lambda quick: quick_settings() if quick else Settings(), run)
 
 
 if __name__ == "__main__":
