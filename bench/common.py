@@ -39,6 +39,11 @@ WORK_DIR = BENCH_DIR / ".work"
 """Scratch space (gitignored): npm packages and per-run state directories."""
 VENV_BIN = ROOT / ".venv" / "bin"
 
+# Every Kalkan a benchmark starts is one process (one worker), as each peer is: `kalkan serve`
+# would otherwise start one worker per core it may use. bench.workers asks for its count with
+# --workers, which beats this.
+os.environ.setdefault("KALKAN_WORKERS", "1")
+
 LOAD_CPU = 0
 """The core that load generators, clients and the origin run on."""
 SERVER_CPU = 1
