@@ -82,6 +82,7 @@ async def test_a_botnet_blocked_at_one_newsroom_is_refused_by_its_allies(
     await asyncio.sleep(2.5)
     assert (await get(port_of(c), "/search?q=c", bots[1])).status == 200
     assert c.together.alliance.poller.allies[0].accepted >= 1  # type: ignore[union-attr]
+    assert 'kalkan_alliance_agreement{ally="newsroom-a"} 0' in c.pipeline.metrics.render()
     # A refuses 127.0.62.9 too, but B has it on its allowlist: never refused at B.
     assert b.pipeline.defense.decisions.lookup(  # type: ignore[union-attr]
         "127.0.62.9", "127.0.62.0/24", time.time()) is None

@@ -31,8 +31,9 @@ def test_trust_decides_what_an_ally_can_make_this_edge_do() -> None:
         assert standing(d, "198.51.100.7") == ("challenge", "ally", NOW + 300)
         assert d.exact["203.0.113.0/24"].reason.startswith("ally newsroom-a:")
     d = Decisions()
+    d.add("198.51.100.7", "block", 600, "seen here too", "rule", NOW)
     observed = apply_feed("newsroom-c", "observe", ENTRIES, FEED_EXPIRES, d, NOW)
-    assert observed.observed == 2 and len(d) == 0
+    assert (observed.observed, observed.agreed) == (2, 1) and len(d) == 1
 
 
 def test_an_ally_never_reaches_the_allowlist_or_a_crawler() -> None:

@@ -1,5 +1,5 @@
 """What an edge does with an ally's believed feed, by the trust its operator gives that ally:
-`observe` only counts its entries (for the dashboard and the behaviour score), `challenge`
+`observe` only scores its entries (how many, how many this edge decided by itself too), `challenge`
 challenges them, `block` does what the ally did (block or challenge). An ally never makes an edge
 refuse its allowlist or a crawler's range, a local decision always wins over an ally's, and
 every imported decision names the ally and ends with its feed. No I/O: the poller feeds it."""
@@ -28,6 +28,7 @@ class Imported:
     added: int = 0
     removed: int = 0
     observed: int = 0
+    agreed: int = 0      # observed entries this edge had decided by itself too
     refused: list[str] = field(default_factory=list)   # why entries were not taken
 
 
@@ -50,6 +51,10 @@ def apply_feed(ally: str, trust: str, entries: Iterable[Entry], feed_expires: fl
             continue
         if trust == "observe":
             out.observed += 1
+            own = decisions.exact.get(e.target) or next(
+                (d for n, d in decisions.networks if d.target == e.target), None)
+            if own is not None and own.origin != "ally" and own.action != "allow":
+                out.agreed += 1   # how often it agrees with this edge: whether to trust it more
             continue
         until = min(e.until, feed_expires)
         if until <= now:

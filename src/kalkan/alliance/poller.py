@@ -106,6 +106,8 @@ class AllyState:
     last_problem: str = ""
     accepted: int = 0
     refused: int = 0
+    observed: int = 0     # entries of its last feed (trust observe)
+    agreed: int = 0       # ... that this edge had decided by itself too
 
 
 class Poller:
@@ -166,6 +168,7 @@ class Poller:
         ally.accepted += 1
         result = apply_feed(name, ally.config.trust, entries, ally.subscription.expires,
                             self.decisions, now, never=self.never)
+        ally.observed, ally.agreed = result.observed, result.agreed
         if result.added or result.removed:
             log.warning("ally %s (trust %s): %d decisions added, %d removed%s", name,
                         ally.config.trust, result.added, result.removed,

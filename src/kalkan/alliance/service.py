@@ -72,6 +72,14 @@ class AllianceService:
                     "kalkan_alliance_feeds_total", "Allies' feeds fetched and believed "
                     "(accepted) or refused (forged, tampered, replayed, unknown key, expired).",
                     "outcome", lambda: self._outcomes())
+                self.metrics.labeled_counter(
+                    "kalkan_alliance_agreement", "Per ally on trust observe: the share of its "
+                    "last feed's entries this edge had decided by itself too (0..1): whether to "
+                    "trust it more.", "ally", lambda: self._agreement())
+
+    def _agreement(self) -> dict[str, float]:
+        allies = self.poller.allies if self.poller is not None else []
+        return {a.config.name: a.agreed / a.observed for a in allies if a.observed}
 
     def _outcomes(self) -> dict[str, float]:
         allies = self.poller.allies if self.poller is not None else []
