@@ -299,3 +299,32 @@ async def test_serve_says_how_many_connections_fit_under_a_low_hard_limit(
     # 600 minus the margin (256 + origin.max_concurrency 16 + idle_connections 32).
     assert "about 296 client connections can be held, not limits.max_connections=3000" \
         in warnings[0]
+
+
+def test_alliance_commands(tmp_path: Path) -> None:
+    """init makes the identity once, key prints it, add checks and stores an ally, list and
+    remove show and drop it; every mistake is one line naming it."""
+    state = ["--state-dir", str(tmp_path / "state")]
+    made = run_cli("alliance", "init", "--name", "newsroom-a", *state)
+    assert made.returncode == 0, made.stderr
+    key = run_cli("alliance", "key", *state).stdout.strip()
+    assert key in made.stdout and len(key) == 43
+    again = run_cli("alliance", "init", *state)
+    assert again.returncode == 1 and "exists already" in again.stderr
+    url = "https://b.example/.well-known/kalkan/feed"
+    assert run_cli("alliance", "add", "newsroom-b", url, key, "--trust", "block",
+                   *state).returncode == 0
+    listed = run_cli("alliance", "list", *state).stdout
+    assert "newsroom-b" in listed and "block" in listed
+    bad = run_cli("alliance", "add", "newsroom-c", url, "not-a-key", "--trust", "observe", *state)
+    assert bad.returncode == 1 and "newsroom-c" in bad.stderr and "32 bytes" in bad.stderr
+    assert run_cli("alliance", "remove", "newsroom-b", *state).returncode == 0
+    assert run_cli("alliance", "list", *state).stdout.strip() == "no allies"
+    rotated = run_cli("alliance", "rotate", *state)
+    assert rotated.returncode == 0 and "next key" in rotated.stdout
+
+
+def test_mirror_export_needs_a_cache_directory(tmp_path: Path) -> None:
+    out = run_cli("mirror", "export", str(tmp_path / "mirror"), "--cache-dir",
+                  str(tmp_path / "none"))
+    assert out.returncode == 1 and "no cache directory" in out.stderr

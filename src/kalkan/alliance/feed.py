@@ -76,9 +76,13 @@ def key_id(public: bytes) -> str:
 
 def public_key(text: str) -> bytes:
     """A public key as an operator writes it (base64url of its 32 raw bytes); FeedError if not."""
-    raw = unb64(text.strip())
+    try:
+        raw = unb64(text.strip())
+    except FeedError:
+        raw = b""
     if len(raw) != 32:
-        raise FeedError(f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+        raise FeedError(f"not an Ed25519 public key ({text.strip()[:60]!r}): one is 32 bytes in "
+                        "base64url, 43 characters, as `kalkan alliance key` prints it")
     return raw
 
 
