@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from kalkan.addresses import AddressSet
 from kalkan.alliance.feed import Entry
+from kalkan.alliance.share import touches
 from kalkan.defense.decisions import Decisions
 
 log = logging.getLogger("kalkan.alliance")
@@ -44,23 +45,19 @@ def apply_feed(ally: str, trust: str, entries: Iterable[Entry], feed_expires: fl
     out = Imported()
     wanted: set[str] = set()
     for e in entries:
-        net = ipaddress.ip_network(e.target)
-        first, last = int(net.network_address), int(net.broadcast_address)
-        if any(s.overlaps(net.version, first, last) for s in keep_out):
+        if touches(keep_out, ipaddress.ip_network(e.target)):
             out.refused.append(f"{e.target}: allowlisted or a crawler's range")
             continue
         if trust == "observe":
             out.observed += 1
-            own = decisions.exact.get(e.target) or next(
-                (d for n, d in decisions.networks if d.target == e.target), None)
+            own = decisions.get(e.target)
             if own is not None and own.origin != "ally" and own.action != "allow":
                 out.agreed += 1   # how often it agrees with this edge: whether to trust it more
             continue
         until = min(e.until, feed_expires)
         if until <= now:
             continue
-        current = decisions.exact.get(e.target) or next(
-            (d for n, d in decisions.networks if d.target == e.target), None)
+        current = decisions.get(e.target)
         if current is not None and not current.reason.startswith(mine):
             if current.origin != "ally":
                 out.refused.append(f"{e.target}: a local decision stands")

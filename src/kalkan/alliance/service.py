@@ -38,7 +38,6 @@ class AllianceService:
         self.poller: Poller | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._changes = -1
-        self._counted = False
 
     def start(self) -> None:
         a = self.config.alliance
@@ -66,13 +65,12 @@ class AllianceService:
             poller = self.poller = Poller(allies, self.defense.decisions, never=self._never(),
                                           interval=self.config.alliance.poll_interval)
             poller.start()
-            if self.metrics is not None and not self._counted:
-                self._counted = True   # (registered once: a reload makes a new poller)
+            if self.metrics is not None:   # (registering again replaces: a reload may)
                 self.metrics.labeled_counter(
                     "kalkan_alliance_feeds_total", "Allies' feeds fetched and believed "
                     "(accepted) or refused (forged, tampered, replayed, unknown key, expired).",
                     "outcome", lambda: self._outcomes())
-                self.metrics.labeled_counter(
+                self.metrics.labeled_gauge(
                     "kalkan_alliance_agreement", "Per ally on trust observe: the share of its "
                     "last feed's entries this edge had decided by itself too (0..1): whether to "
                     "trust it more.", "ally", lambda: self._agreement())

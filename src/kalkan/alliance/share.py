@@ -39,7 +39,7 @@ def shareable(decisions: Iterable[Decision], now: float, *, never: Iterable[Addr
                 or d.target.startswith("token:")):
             continue
         net = ipaddress.ip_network(d.target)
-        if _touches(keep_out, net):
+        if touches(keep_out, net):
             continue
         if net.num_addresses == 1:
             if passed(d.target):
@@ -50,15 +50,16 @@ def shareable(decisions: Iterable[Decision], now: float, *, never: Iterable[Addr
             out.append(_entry(d.target, [d], now))
     for prefix, members in singles.items():
         gathered = ipaddress.ip_network(prefix)
-        if (prefixes_only or len(members) >= gather_at) and not _touches(keep_out, gathered):
+        if (prefixes_only or len(members) >= gather_at) and not touches(keep_out, gathered):
             out.append(_entry(prefix, members, now))
         elif not prefixes_only:
             out.extend(_entry(d.target, [d], now) for d in members)
     return sorted(out, key=lambda e: (-e.hits, e.target))
 
 
-def _touches(sets: list[AddressSet],
-             net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def touches(sets: list[AddressSet],
+            net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether `net` has any address in one of `sets` (what no feed may name)."""
     first, last = int(net.network_address), int(net.broadcast_address)
     return any(s.overlaps(net.version, first, last) for s in sets)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -187,35 +188,34 @@ class RedisLink(Link):
             self._reload_keys = True
 
     async def _send(self, records: list[Record], events: list[Record]) -> None:
-        conn = self.conn
-        message = json.dumps({"records": records + events})
-        if conn.one:
-            pipe = conn.data.pipeline(transaction=False)
-            if records:
-                pipe.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
-            pipe.publish(self.channel, message)
-            await pipe.execute()
-        else:
-            if records:
-                await conn.data.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))
-            await conn.bus.publish(self.channel, message)
-        self.ops += 2 if records else 1
+        table = (lambda c: c.eval(_SET_NEWER, 1, self.decisions_key, *_flat(records))) \
+            if records else None
+        await self._write(table, json.dumps({"records": records + events}))
 
     async def _report(self, now: float, threat: Record, hits: Record | None) -> None:
+        await self._write(
+            lambda c: c.hset(self.threat_key, self.state.edge_id, json.dumps(threat)),
+            json.dumps({"records": [threat] if hits is None else [threat, hits]}))
+        if self._reload_keys or self.keys.current.id != self._shared_key:
+            self._reload_keys = False
+            await self._sync_keys(self.conn.data, now)
+
+    async def _write(self, table: Callable[[Any], Any] | None, message: str) -> None:
+        """`table(client)` (a command on the shared hashes), then `message` on the channel: in
+        one pipelined round trip when one client carries both (a pipeline takes the same
+        commands as a client)."""
         conn = self.conn
-        message = json.dumps({"records": [threat] if hits is None else [threat, hits]})
         if conn.one:
             pipe = conn.data.pipeline(transaction=False)
-            pipe.hset(self.threat_key, self.state.edge_id, json.dumps(threat))
+            if table is not None:
+                table(pipe)
             pipe.publish(self.channel, message)
             await pipe.execute()
         else:
-            await conn.data.hset(self.threat_key, self.state.edge_id, json.dumps(threat))
+            if table is not None:
+                await table(conn.data)
             await conn.bus.publish(self.channel, message)
-        self.ops += 2
-        if self._reload_keys or self.keys.current.id != self._shared_key:
-            self._reload_keys = False
-            await self._sync_keys(conn.data, now)
+        self.ops += 2 if table is not None else 1
 
     async def _sync_keys(self, client: Any, now: float) -> None:
         """The cluster signs passes with one ring: the first edge's, then whoever rotates it

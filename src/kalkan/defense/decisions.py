@@ -174,6 +174,13 @@ class Decisions:
         for callback in self.on_change:
             callback(decision, target)
 
+    def get(self, target: str) -> Decision | None:
+        """The decision on exactly `target` (canonical, as stored), expired or not."""
+        found = self.exact.get(target)
+        if found is None:
+            found = next((d for _, d in self.networks if d.target == target), None)
+        return found
+
     # -- the request path -----------------------------------------------------------------------
     def lookup(self, address: str, prefix: str, now: float,
                token: str | None = None) -> Decision | None:
