@@ -129,9 +129,13 @@ def cpu_count() -> int:
     return len(_ALLOWED_CPUS)
 
 
-def taskset(cpu: int | None) -> list[str]:
-    """The ``taskset -c CPU`` prefix for a command, or nothing if pinning is off or impossible."""
-    if cpu is None or shutil.which("taskset") is None or cpu not in _ALLOWED_CPUS:
+def taskset(cpu: int | str | None) -> list[str]:
+    """The ``taskset -c CPU`` prefix for a command (CPU one core, or a list such as "0,1"), or
+    nothing if pinning is off or impossible."""
+    if cpu is None or shutil.which("taskset") is None:
+        return []
+    cpus = [int(c) for c in cpu.split(",")] if isinstance(cpu, str) else [cpu]
+    if any(c not in _ALLOWED_CPUS for c in cpus):
         return []
     return ["taskset", "-c", str(cpu)]
 

@@ -142,7 +142,7 @@ def start_nginx(
         policy=CONFIG_DIR / f"nginx-{profile}.inc",
         workers=workers,
     )
-    pin = ["taskset", "-c", cpus] if cpus else taskset(cpu)
+    pin = taskset(cpus or cpu)
     argv = [*pin, "nginx", "-p", str(workdir), "-c", str(conf), "-e",
             str(workdir / "error.log")]
     proc = stopper.add(start_process("nginx", argv, workdir))
@@ -300,7 +300,7 @@ def start_kalkan(
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "kalkan-bench.yaml"
     config_path.write_text(config)
-    pin = ["taskset", "-c", cpus] if cpus else taskset(cpu)
+    pin = taskset(cpus or cpu)
     argv = [*pin, str(KALKAN), "serve", "--origin", f"http://{HOST}:{origin_port}",
             "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}", "--config",
             str(config_path), *(extra_args or [])]

@@ -221,7 +221,7 @@ def run_wrk(url: str, duration_s: int, connections: int, proxy_pid: int | None =
     the machine interfered.
     """
     require_loopback(url)
-    pin = ["taskset", "-c", cpus] if cpus else taskset(LOAD_CPU)
+    pin = taskset(cpus or LOAD_CPU)
     argv = [*pin, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s",
             "--latency", *(extra_args or []), url, *(script_args or [])]
     before, wrk_before = cpu_times(), children_cpu_seconds()

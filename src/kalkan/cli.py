@@ -257,9 +257,7 @@ def admin_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]
     """The admin HOST:PORT and token of the edge a command talks to: --admin / --token /
     --state-dir, else the config's (--config, $KALKAN_CONFIG), else the defaults. The third
     item says why there is no token, if there is none."""
-    config = _base_config(args, files=False)
-    if args.state_dir:
-        config.state_dir = args.state_dir
+    config = _local_config(args)
     where = config_path(args) or "the default config"
     admin = args.admin or config.admin.listen
     if not admin:
