@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if not KALKAN.exists():
         raise SystemExit(f"{MODULE}: Kalkan is not installed in the venv")
     return quick_or_full_main(
-        MODULE, __doc__, argv, "8 s phases",
-        lambda quick: Settings(attack_s=8.0, quick=True) if quick else Settings(), run)
+        MODULE, __doc__, argv, "12 s phases (longer than one poll interval, 10 s)",
+        lambda quick: Settings(attack_s=12.0, quick=True) if quick else Settings(), run)
 
 
 if __name__ == "__main__":
