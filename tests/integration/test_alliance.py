@@ -68,6 +68,11 @@ async def test_a_botnet_blocked_at_one_newsroom_is_refused_by_its_allies(
             await get(port_of(a), f"/search?q={bot}-{i}", bot)
     assert all(a.pipeline.defense.decisions.lookup(bot, "127.0.60.0/24", time.time())
                for bot in bots)  # type: ignore[union-attr]
+    # The feed is judged as any request: a blocked client does not get it.
+    a.pipeline.defense.decisions.add(  # type: ignore[union-attr]
+        "127.0.63.1", "block", 600, "hammered the feed", "manual", time.time())
+    assert (await get(port_of(a), FEED_PATH, "127.0.63.1")).status == 403
+    assert (await get(port_of(a), FEED_PATH, "127.0.63.2")).status == 200
     # Within a poll interval (1 s here, 10 s by default) B holds them (the four addresses of
     # one /24 shared as the /24): the botnet, moving on to B, never reaches B's origin.
     await until(lambda: all(b.pipeline.defense.decisions.lookup(  # type: ignore[union-attr]

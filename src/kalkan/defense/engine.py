@@ -335,7 +335,16 @@ class Defense:
         if facts.route == WELLKNOWN and self.published:
             document = self.published.get(facts.path)
             if document is not None:
-                return self._publish(document, facts)
+                # Judged as any request first (standing decisions, rates): the document may be
+                # large, and must not become a way to make this edge send it over and over.
+                verdict = self._judge(view, facts, now)
+                return self._publish(document, facts) if verdict.action is Action.ALLOW \
+                    else verdict
+        return self._judge(view, facts, now)
+
+    def _judge(self, view: RequestView, facts: RequestFacts, now: float) -> Verdict:
+        """`check` past the endpoints it answers itself: allowlist, standing decisions, the
+        pass, rates and rules."""
         if self.allow and self._allowlisted(facts):
             return self._allowed("allow:allowlist", False)
         # Most readers hold no pass: told by one substring check here (compiled), without a
