@@ -2,13 +2,14 @@
 
 They are what a cache hit runs through: parsing the request, the connection, the pipeline's hot
 path, the store and the access log. Compiled, a readers-load hit costs about a third fewer CPU
-instructions (bench/hit_instructions.py). Everything else stays interpreted. Set
+instructions (bench/hit_instructions.py). Everything else stays interpreted, but for one small
+hand-written C module (src/kalkan/defense/_rows.c). Set
 KALKAN_PURE_PYTHON=1 to install without compiling (no C compiler needed; the same code, slower).
 """
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 COMPILED = [
     "src/kalkan/edge/chunks.py",
@@ -47,5 +48,8 @@ if os.environ.get("KALKAN_PURE_PYTHON") != "1":
     # checked by `make typecheck`, not here (what is missing is taken as Any).
     ext_modules = mypycify(["--ignore-missing-imports", "--no-warn-unused-ignores",
                             "--no-warn-return-any", *COMPILED], opt_level="3")
+    # The client table's per-request arithmetic, hand-written in C (defense/rows.py says why;
+    # without a compiler rows.py's Python definitions run instead).
+    ext_modules.append(Extension("kalkan.defense._rows", ["src/kalkan/defense/_rows.c"]))
 
 setup(ext_modules=ext_modules)

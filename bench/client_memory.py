@@ -44,9 +44,9 @@ from bench.common import (
     pin_self,
     wait_until_quiet,
 )
-from kalkan.defense.behaviour import WIDTH
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.facts import RequestFacts
+from kalkan.defense.rows import WIDTH
 from kalkan.defense.rules import Policy
 
 MODULE = "bench.client_memory"

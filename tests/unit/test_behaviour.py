@@ -14,13 +14,14 @@ from tests.unit.test_verdict import View
 
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.attack_mode import ATTACK, ELEVATED, PEACE, AttackMode, Signals
-from kalkan.defense.behaviour import FEATURES, WIDTH, Behaviour, new_rows
+from kalkan.defense.behaviour import FEATURES, Behaviour, new_rows
 from kalkan.defense.bucket import Bucket
 from kalkan.defense.challenge.tokens import COOKIE_KEY, POW, issue_pass, ua_digest
 from kalkan.defense.clients import ClientTable
 from kalkan.defense.engine import Defense, same_site
 from kalkan.defense.facts import RequestFacts, RouteClassifier, address_facts
 from kalkan.defense.null import NullDefense
+from kalkan.defense.rows import WIDTH
 from kalkan.defense.score import BehaviourModel, ModelError
 from kalkan.defense.verdict import ALLOWED, KNOWN, SUSPECT, UNKNOWN, Action
 from kalkan.observe.metrics import Metrics

@@ -40,62 +40,52 @@ feature, so what the model was trained on is what the edge computes.
 
 from __future__ import annotations
 
-import struct
 from array import array
 from math import exp, log, log1p, sqrt
 from typing import Final
 
 from kalkan.defense.facts import ASSET, FEED, FORM, LOGIN, PAGE, SEARCH, WELLKNOWN
+from kalkan.defense.rows import (
+    ASSETS,
+    BUCKETS,
+    COSTLY,
+    ERRORS,
+    GAP_MEAN,
+    GAP_VAR,
+    KIND_ASSET,
+    KIND_COSTLY,
+    KIND_PAGE,
+    NEW_PATH,
+    NEW_QUERY,
+    ORIGIN,
+    PAGES,
+    REFERRED,
+    T_LAST,
+    T_REF,
+    UA_CHANGES,
+    WIDTH,
+    N,
+    observe_row,
+)
 
-# The row: offsets of each value in a client's 16 floats (128 bytes).
-# (Final: compiled code reads them as constants, not from the module's dict at each use.)
-T_LAST: Final = 0
-T_REF: Final = 1
-N: Final = 2
-PAGES: Final = 3
-ASSETS: Final = 4
-COSTLY: Final = 5
-NEW_QUERY: Final = 6
-NEW_PATH: Final = 7
-ERRORS: Final = 8
-ORIGIN: Final = 9
-UA_CHANGES: Final = 10
-REFERRED: Final = 11
-GAP_MEAN: Final = 12
-GAP_VAR: Final = 13
-SKETCHES: Final = 14
-UA_MARK: Final = 15
-WIDTH: Final = 16
-_ROW: Final = struct.Struct("16d")   # a row, as the array holds it (native byte order)
-_ROW_BYTES: Final = WIDTH * 8
-# Its two methods, bound once: called through a name, compiled code skips looking each up on
-# the Struct per request.
-_UNPACK_ROW: Final = _ROW.unpack_from
-_PACK_ROW: Final = _ROW.pack_into
+# The row's layout (T_LAST ... UA_MARK, WIDTH) and the arithmetic of a request on it live in
+# defense/rows.py (in C when built): this module reads the rows and makes the features.
+
+# Bound once as a constant: compiled code calls it without a lookup in the module's dict.
+_OBSERVE_ROW: Final = observe_row
 
 FEATURES = ("volume", "page_share", "asset_share", "costly_share", "new_queries", "new_paths",
             "error_share", "origin_share", "ua_changes", "referred", "gap_mean", "gap_spread")
 """The feature vector's names, in order (the model file names them too: a mismatch is refused)."""
 
 HALF_LIFE: Final = 60.0             # seconds: how fast a client's past fades
-# An address is shared (CGNAT, a bot on a reader's address) when more than this share of its
-# recent requests changed User-Agent (defense/engine.py then keeps a row per agent on it too).
-SHARED: Final = 0.02
-_GAP_ALPHA: Final = 0.25            # weight of the latest gap in the running mean and variance
 _NO_GAP: Final = -10.0              # gap features of a client with one request (no gap yet)
-_BUCKETS: Final = 26                # per sketch: two of them fit a float's 53-bit mantissa
-_SKETCH_FULL: Final = 13            # buckets set before a sketch is emptied (half)
-_PATHS_MASK: Final = (1 << _BUCKETS) - 1
-
-
-def _popcount(bits: int) -> int:
-    return bits.bit_count()
 
 
 def _bucket(text: str) -> int:
     """The sketch bucket of a path or query: from hash()'s high 32 bits, which fit a machine
     word, where the whole 64-bit hash is a boxed integer whose modulo costs ten times more."""
-    return (hash(text) >> 32) % _BUCKETS
+    return (hash(text) >> 32) % BUCKETS
 
 
 def agent_mark(user_agent: str) -> float:
@@ -127,76 +117,19 @@ class Behaviour:
         request's agent is another (and then, if `before` is given, the row as it was before
         this request is written to it), -1.0 when several agents share it lately (more than
         SHARED of its requests changed agent), else 0.0."""
-        # The row is read and written whole (struct, two C calls): element by element, each
-        # array access is a generic item lookup plus a float box in compiled code, and those
-        # were 12,000 instructions a request (callgrind), against about 3,000 this way. (Writing
-        # back only the values that changed, one by one, cost more than the one pack_into.)
-        offset = slot * _ROW_BYTES
-        # Typed, so the arithmetic below is on native floats, not generic objects.
-        row: tuple[float, ...] = _UNPACK_ROW(rows, offset)
-        (t_last, t_ref, total, pages, assets, costly, new_query, new_path, errors, origin,
-         ua_changes, refs, gap_mean, gap_var, sketches_f, ua_mark) = row
-        if t_last > 0.0:
-            # The rhythm: running mean and variance of log(gap), a burst's gaps near -7.
-            g = log((now - t_last if now > t_last else 0.0) + 0.001)
-            if gap_mean != 0.0:
-                d = g - gap_mean
-                gap_mean += _GAP_ALPHA * d
-                gap_var = (1.0 - _GAP_ALPHA) * (gap_var + _GAP_ALPHA * d * d)
-            else:
-                gap_mean = g if g != 0.0 else 1e-9
-        t_last = now
-        # Forward decay: this instant's weight; the sums are rescaled once it passes 2^5.
-        if t_ref == 0.0:
-            t_ref, w = now, 1.0
-        else:
-            w = exp(self._rate * (now - t_ref))
-            if w > 32.0:
-                total, pages, assets, costly = total / w, pages / w, assets / w, costly / w
-                new_query, new_path, errors, origin = (new_query / w, new_path / w,
-                                                       errors / w, origin / w)
-                ua_changes, refs = ua_changes / w, refs / w
-                t_ref, w = now, 1.0
-        w *= n
-        total += w
         if route == PAGE:
-            pages += w
-            if referred:
-                refs += w
+            kind = KIND_PAGE
         elif route == ASSET:
-            assets += w
+            kind = KIND_ASSET
+        else:
+            kind = 0
         # (A tuple display, not a set: compiled, `in` it is a few comparisons, identity first.)
         if route in (SEARCH, FORM, LOGIN) or method not in ("GET", "HEAD"):
-            costly += w
-        if query or (route != FEED and route != WELLKNOWN):
-            sketches = int(sketches_f)
-            paths, queries = sketches & _PATHS_MASK, sketches >> _BUCKETS
-            if query:
-                bit = 1 << _bucket(query)
-                if not queries & bit:
-                    new_query += w
-                    queries = bit if _popcount(queries) >= _SKETCH_FULL else queries | bit
-            if route != FEED and route != WELLKNOWN:
-                bit = 1 << _bucket(path)
-                if not paths & bit:
-                    new_path += w
-                    paths = bit if _popcount(paths) >= _SKETCH_FULL else paths | bit
-            sketches_f = float(paths | (queries << _BUCKETS))
-        mark = agent_mark(user_agent)
-        said = 0.0
-        if ua_mark != mark:
-            if ua_mark != 0.0:
-                ua_changes += w
-                said = ua_mark
-                if before is not None:
-                    _PACK_ROW(before, 0, *row)
-            ua_mark = mark
-        _PACK_ROW(rows, offset, t_last, t_ref, total, pages, assets, costly, new_query,
-                  new_path, errors, origin, ua_changes, refs, gap_mean, gap_var, sketches_f,
-                  ua_mark)
-        if said == 0.0 and ua_changes > SHARED * total:
-            said = -1.0
-        return said
+            kind |= KIND_COSTLY
+        return _OBSERVE_ROW(rows, slot, now, self._rate, kind, referred,
+                            _bucket(query) if query else -1,
+                            _bucket(path) if route != FEED and route != WELLKNOWN else -1,
+                            agent_mark(user_agent), n, before)
 
     def outcome(self, rows: array[float], slot: int, status: int, origin: bool) -> None:
         """What its latest request cost: a 4xx answer, a trip to the origin."""

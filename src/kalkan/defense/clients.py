@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
+from kalkan.defense.rows import meter, probe
 
 ADDRESS, PREFIX = "address", "prefix"
 PER = (ADDRESS, PREFIX)
@@ -49,6 +50,9 @@ _UNRESOLVED: Final = -2     # prefix slot not looked up yet
 _PREFIX_FP_MEMO: Final = 16384  # prefixes whose fingerprint is remembered
 _RECENT: Final = 16384      # latest requests' client addresses remembered (for `recent()`)
 _AGENT_SHARE: Final = 4     # at most one agent row per this many addresses (shared ones are few)
+# The arithmetic on the arrays (in C when built), bound as constants: no module-dict lookup.
+_PROBE: Final = probe
+_METER: Final = meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +162,8 @@ class _Slots:
 
     def get(self, fp: int, t: int) -> int:
         """The slot for `fp`, created (evicting if full) when missing; marks it seen at `t`."""
-        index, fps, mask = self.index, self.fps, self.mask
-        i = fp & mask
-        while True:
-            s = index[i]
-            if s == _EMPTY:
-                return self.insert(fp, i, t)
-            if fps[s - 1] == fp:
-                self.last[s - 1] = t
-                return s - 1
-            i = (i + 1) & mask
+        slot = _PROBE(self.index, self.fps, self.last, self.mask, fp, t)
+        return slot if slot >= 0 else self.insert(fp, -slot - 1, t)
 
     def insert(self, fp: int, i: int, t: int) -> int:
         """Add `fp`, whose probe ended at the empty cell `i`; returns its new slot."""
@@ -314,8 +310,9 @@ class ClientTable:
         # meter id -> (meter, counts per address?, offset in its table's rows, TAT - now
         # beyond which the client is over)
         self._meters: dict[str, tuple[Meter, bool, int, float]] = {}
-        # route class -> ((offset, T/N, cap, beyond) per address meter, the same per prefix)
-        self._by_route: dict[str, tuple[tuple[tuple[int, float, float, float], ...], ...]] = {}
+        # route class -> (offset, T/N, cap, beyond) of each address meter that counts it, the
+        # same of each prefix meter (rows.meter's spec; None when there is none)
+        self._specs: dict[str, tuple[array[float] | None, array[float] | None]] = {}
         # The latest requests' client address texts, a ring (for `recent()`). No memo from the
         # text to the slot: at 100,000 clients any bounded one missed nearly always, and a miss
         # plus its insert cost more than the keyed hash and the probe it was to save.
@@ -357,14 +354,17 @@ class ClientTable:
                 # A hair of tolerance: N requests at one instant must land exactly on the limit.
                 new[m.id] = (m, per == ADDRESS, k, m.period * (1 + 1e-9))
         self._meters = new
-        by_route = {}
+        specs: dict[str, tuple[array[float] | None, array[float] | None]] = {}
         for route in ROUTE_CLASSES:
-            by_route[route] = tuple(
-                tuple((k, m.period / m.limit, m.period + m.period / m.limit, beyond)
-                      for m, per_address, k, beyond in new.values()
-                      if per_address is (per == ADDRESS) and (not m.routes or route in m.routes))
+            address_spec, prefix_spec = (
+                array("d", [x for m, per_address, k, beyond in new.values()
+                            if per_address is (per == ADDRESS)
+                            and (not m.routes or route in m.routes)
+                            for x in (k, m.period / m.limit, m.period + m.period / m.limit,
+                                      beyond)])
                 for per in PER)
-        self._by_route = by_route
+            specs[route] = (address_spec or None, prefix_spec or None)
+        self._specs = specs
         self._forget()
 
     # -- keys -------------------------------------------------------------------------------
@@ -423,61 +423,29 @@ class ClientTable:
         # Written out flat: this runs for every request that is not a replayed cache hit.
         ip = facts.ip
         t = int(now)                         # compiled: a native conversion
-        a_meters, p_meters = self._by_route.get(facts.route) or self._by_route["page"]
+        a_spec, p_spec = self._specs.get(facts.route) or self._specs["page"]
         addr = self._addr
         fp = self._ip_fp(facts.version, ip)
-        index, fps, mask = addr.index, addr.fps, addr.mask
-        i = fp & mask
-        while True:
-            s = index[i]
-            if s == _EMPTY:
-                a = addr.insert(fp, i, t)
-                break
-            if fps[s - 1] == fp:
-                a = s - 1
-                addr.last[a] = t
-                break
-            i = (i + 1) & mask
+        a = _PROBE(addr.index, addr.fps, addr.last, addr.mask, fp, t)
+        if a < 0:
+            a = addr.insert(fp, -a - 1, t)
         if not self._crediting:
             at = self._recent_at
             self._recent[at] = facts.client
             self._recent_routes[at] = facts.route
             self._recent_at = (at + 1) & (_RECENT - 1)
             self.counted += 1
-        if a_meters:
-            rows = addr.meters
-            base = a * addr.width
-            until = now
-            for k, interval, cap, beyond in a_meters:
-                j = base + k
-                tat = rows[j]
-                if tat < now:
-                    tat = now
-                tat += interval * n
-                limit = now + cap
-                if tat > limit:
-                    tat = limit
-                rows[j] = tat
-                if tat - beyond > until:
-                    until = tat - beyond
+        if a_spec is not None:
+            until = _METER(addr.meters, a * addr.width, a_spec, now, n)
             # The meter is over until TAT - beyond, and TATs only move on a hit: the latest
             # end of "over" across meters is when the client is under them all again. Only
             # meters over now need recording, so a client under its limits costs no write.
             if until > now and until > addr.over_until[a]:
                 addr.over_until[a] = until
-        if p_meters:
-            p = self._pre.get(self._prefix_fp(facts), t)
+        if p_spec is not None:
             pre = self._pre
-            rows = pre.meters
-            base = p * pre.width
-            for k, interval, cap, _ in p_meters:
-                j = base + k
-                tat = rows[j]
-                if tat < now:
-                    tat = now
-                tat += interval * n
-                limit = now + cap
-                rows[j] = tat if tat < limit else limit
+            p = pre.get(self._prefix_fp(facts), t)
+            _METER(pre.meters, p * pre.width, p_spec, now, n)
         else:
             p = _UNRESOLVED                  # no prefix meter counts this route: look up later
         self._last_facts = facts

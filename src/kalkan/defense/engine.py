@@ -28,16 +28,7 @@ from kalkan.addresses import AddressSet
 from kalkan.config import ConfigError, DefenseConfig
 from kalkan.defense.admin import DefenseAdmin, Route
 from kalkan.defense.attack_mode import ATTACK, AttackMode, Signals
-from kalkan.defense.behaviour import (
-    FEATURES,
-    SHARED,
-    UA_CHANGES,
-    WIDTH,
-    Behaviour,
-    N,
-    agent_mark,
-    new_rows,
-)
+from kalkan.defense.behaviour import FEATURES, Behaviour, agent_mark, new_rows
 from kalkan.defense.bucket import Bucket
 from kalkan.defense.challenge import ChallengeResponse, Challenges, return_url_for
 from kalkan.defense.challenge.keys import KeyRing
@@ -58,6 +49,7 @@ from kalkan.defense.facts import (
 from kalkan.defense.loudest import loudest
 from kalkan.defense.newcomers import NewcomerWave
 from kalkan.defense.passes import PassUsage
+from kalkan.defense.rows import SHARED, UA_CHANGES, WIDTH, N
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.score import BehaviourModel, ModelError
 from kalkan.defense.verdict import ALLOWED, KNOWN, SUSPECT, UNKNOWN, Action, RequestView, Verdict

@@ -1,0 +1,9 @@
+# The C module's signatures (src/kalkan/defense/_rows.c; the Python reference is rows.py).
+from array import array
+
+def probe(index: array[int], fps: array[int], last: array[int], mask: int, fp: int,
+          t: int) -> int: ...
+def meter(rows: array[float], base: int, spec: array[float], now: float, n: int) -> float: ...
+def observe_row(rows: array[float], slot: int, now: float, rate: float, kind: int,
+                referred: bool, query_bucket: int, path_bucket: int, mark: float, n: int,
+                before: array[float] | None) -> float: ...
