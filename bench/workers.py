@@ -17,6 +17,7 @@ says why). Configurations interleaved, repeated; medians.
 
 from __future__ import annotations
 
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,31 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = {w: cells[f"kalkan/{w}"]["median"] / cells[f"nginx/{w}"]["median"]
               for w in WORKERS}
     return {"cells": cells, "ratio_1": ratios[1], "ratio_2": ratios[2],
-            "met": ratios[2] >= ratios[1],
+            "met": ratios[2] >= ratios[1], "shared_cores": shared_cores(runs),
             "clean": all(r["non_2xx_3xx"] == 0 and not r["socket_errors"] for r in runs)}
+
+
+def shared_cores(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What two shared cores allow each server, from the one-worker runs (each on a core of its
+    own): CPU per request of the server (s) and of wrk (w), in µs. With two workers, server and
+    wrk share both cores, so at best 2 / (s + w) requests a second; the ratio of two servers'
+    ceilings is (s_nginx + w) / (s_kalkan + w), nearer 1 than s_nginx / s_kalkan whenever wrk's
+    own cost is not negligible: the cheaper server gains less from a second core."""
+    out: dict[str, Any] = {}
+    for peer in PEERS:
+        one = [r for r in runs if r["peer"] == peer and r["workers"] == 1 and r["requests_per_s"]]
+        if not one:
+            return {}
+        server = statistics.median(r["cpu_busy_pct"]["proxy_own"] / 100 / r["requests_per_s"]
+                                   for r in one) * 1e6
+        wrk = statistics.median(r["cpu_busy_pct"]["wrk_own"] / 100 / r["requests_per_s"]
+                                for r in one) * 1e6
+        two = [r["requests_per_s"] for r in runs if r["peer"] == peer and r["workers"] == 2]
+        ceiling = 2 / (server + wrk) * 1e6
+        out[peer] = {"server_us": server, "wrk_us": wrk, "ceiling_2": ceiling,
+                     "reached_2": statistics.median(two) / ceiling if two else 0.0}
+    out["ratio_allowed_2"] = out["kalkan"]["ceiling_2"] / out["nginx"]["ceiling_2"]
+    return out
 
 
 def run(settings: Settings, output_dir: Path) -> Path:
@@ -150,6 +174,25 @@ def run(settings: Settings, output_dir: Path) -> Path:
         f"sharing them: on this two-core machine a second worker can only use what the load "
         f"generator leaves. {settings.repetitions} repetition(s), interleaved.",
     ]
+    shared = s["shared_cores"]
+    if shared:
+        report.sections += [
+            "", "## What two shared cores allow", "",
+            "CPU per request measured in the one-worker runs (server and wrk each on a core of "
+            "their own). With two workers the server and wrk share both cores, so a server "
+            "can do at most 2 / (server + wrk) requests a second: the ratio of two servers' "
+            "ceilings is nearer 1 than their ratio on a core each whenever wrk's own cost is "
+            "not negligible (the cheaper server gains less from the second core).", "",
+            markdown_table(
+                ["server", "server CPU µs / request", "wrk CPU µs / request",
+                 "ceiling with 2 shared cores, req/s", "2 workers reached"],
+                [[peer, f"{shared[peer]['server_us']:.1f}", f"{shared[peer]['wrk_us']:.1f}",
+                  f"{shared[peer]['ceiling_2']:,.0f}", f"{shared[peer]['reached_2']:.0%}"]
+                 for peer in PEERS]), "",
+            f"Kalkan / nginx as the two ceilings allow with 2 workers: "
+            f"**{shared['ratio_allowed_2']:.2f}x** (measured {s['ratio_2']:.2f}x; with 1 worker "
+            f"each {s['ratio_1']:.2f}x).",
+        ]
     json_path, md_path = report.write("Every core: 1 and 2 workers, Kalkan and nginx",
                                       output_dir)
     log(f"wrote {json_path} and {md_path}")
