@@ -100,6 +100,8 @@ def test_wrong_arrays_and_indexes_are_refused_not_reached() -> None:
         rows.probe(index, fps, last, 15, 5, 0)   # a mask past the index
     with pytest.raises(IndexError, match="slot"):
         rows.probe(index, array("q", [5]), last, 7, 9, 0)   # the index names a missing slot
+    with pytest.raises(OverflowError):
+        rows.probe(index, fps, last, 7, 5, -1)   # a time array('I') cannot hold
     row = array("d", bytes(8 * 4))
     with pytest.raises(IndexError, match="meter"):
         rows.meter(row, 3, array("d", [2, 1.0, 2.0, 1.0]), 1.0, 1)

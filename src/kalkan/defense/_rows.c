@@ -107,6 +107,10 @@ rows_probe(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         out_of_range("mask");
         goto done;
     }
+    if (t_in < 0 || t_in > (Py_ssize_t)UINT32_MAX) {   /* as array('I') itself refuses it */
+        PyErr_SetString(PyExc_OverflowError, "t does not fit an array('I') item");
+        goto done;
+    }
     Py_ssize_t i = (Py_ssize_t)(fp & mask);
     for (Py_ssize_t step = 0; step <= mask; step++) {
         uint32_t s = index[i];
@@ -258,7 +262,10 @@ rows_observe_row(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     if (kind & KIND_COSTLY)
         r[COSTLY] += w;
     if (qb >= 0 || pb >= 0) {
-        uint64_t sketches = (uint64_t)r[SKETCHES];
+        /* (A value no update can make, from a damaged row, is read as empty sketches: casting
+         * it would be undefined.) */
+        double packed = r[SKETCHES];
+        uint64_t sketches = packed >= 0.0 && packed < 4503599627370496.0 ? (uint64_t)packed : 0;
         uint64_t paths = sketches & PATHS_MASK, queries = sketches >> BUCKETS;
         if (qb >= 0) {
             uint64_t bit = UINT64_C(1) << qb;
@@ -310,6 +317,7 @@ static PyMethodDef rows_methods[] = {
 static struct PyModuleDef rows_module = {
     PyModuleDef_HEAD_INIT, "kalkan.defense._rows",
     "The client table's per-request arithmetic in C (see rows.py).", -1, rows_methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
