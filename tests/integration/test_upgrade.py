@@ -317,3 +317,39 @@ async def test_an_upgrade_that_changes_the_listeners_is_refused_naming_the_key(
     assert await s.pids() == before
     assert (await fetch(s.port, "/page/1")).status == 200
     assert s.stop() == 0
+
+
+async def test_what_the_old_workers_held_is_held_by_the_new_ones(
+        slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
+    """An operator's decision and the cached pages survive an upgrade: the new workers load
+    the state files and the cache directory the old ones keep, and the relay passes the rest."""
+    installed = Installed(tmp_path, "1.0-old")
+    s = Supervised(tmp_path, await slow_origin.start(), extra="defense: {enabled: true}\n",
+                   env=installed.env)
+    supervised.append(s)
+    await s.serving()
+    await s.pids()
+    token = (s.state / "admin.token").read_text().strip()
+    reply = await fetch(s.admin, "/decisions", "POST", host="127.0.0.1", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        body=b'{"target": "127.0.0.66", "action": "block", "ttl": 3600}')
+    assert reply.status == 200, reply.body
+    for i in range(10):  # cached by both workers (the kernel spreads the connections)
+        assert (await fetch(s.port, f"/page/{i}")).status == 200
+    await asyncio.sleep(1.0)  # the cache's files are written after the answers
+    installed.set("2.0-new")
+    os.kill(s.proc.pid, signal.SIGUSR2)
+    await until("upgrade done", s, 40.0)
+    assert await versions(s) == {"0": "2.0-new", "1": "2.0-new"}
+
+    async def blocked() -> int:
+        client = await Client.connect(s.port, local_addr=("127.0.0.66", 0))
+        try:
+            return (await client.request("GET", "/page/1")).status
+        finally:
+            await client.close()
+
+    assert {await blocked() for _ in range(12)} == {403}  # on both new workers
+    hits = {(await fetch(s.port, f"/page/{i}")).header("X-Cache") for i in range(10)}
+    assert hits == {"HIT"}, hits
+    assert s.stop() == 0
