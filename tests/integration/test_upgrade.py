@@ -78,6 +78,17 @@ async def versions(s: Supervised) -> dict[str, str]:
     return out
 
 
+async def all_run(s: Supervised, version: str, timeout: float = 3.0) -> dict[str, str]:
+    """Until both workers' metrics say they run `version` (a worker's metrics are written
+    every second: just after an upgrade the file of a slot may still be its old worker's)."""
+    deadline = time.monotonic() + timeout
+    while (found := await versions(s)) != {"0": version, "1": version}:
+        if time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+    return found
+
+
 async def until(condition: str, s: Supervised, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while condition not in s.said():
@@ -215,11 +226,11 @@ async def test_an_upgrade_under_load_answers_every_request_and_keeps_the_supervi
     assert "kalkan 2.0-new: upgrading from 1.0-old" in out, out
     assert "kalkan 2.0-new: upgrade done: 2 workers replaced" in out, out
     assert s.proc.poll() is None and s.proc.pid == supervisor
+    assert await all_run(s, "2.0-new") == {"0": "2.0-new", "1": "2.0-new"}
     after = await s.pids()
     assert set(after.values()).isdisjoint(before.values()), (before, after)
     assert sorted(_children(supervisor)) == sorted(after.values())  # its children still
     assert not any(_running(pid) for pid in before.values())
-    assert await versions(s) == {"0": "2.0-new", "1": "2.0-new"}
     drained = [float(t) for t in re.findall(
         r"old worker \d \(pid \d+\) finished its requests and exited in ([\d.]+) s", out)]
     assert len(drained) == 2, out
@@ -258,7 +269,7 @@ async def test_an_upgrade_whose_new_code_cannot_start_changes_nothing(
     out = await asyncio.to_thread(upgrade_command, s)
     assert out.returncode == 0, (out.stdout, out.stderr, s.said())
     assert "kalkan 2.0-new: upgrade done: 2 workers replaced" in out.stdout, out.stdout
-    assert await versions(s) == {"0": "2.0-new", "1": "2.0-new"}
+    assert await all_run(s, "2.0-new") == {"0": "2.0-new", "1": "2.0-new"}
     assert s.stop() == 0
 
 
@@ -340,7 +351,7 @@ async def test_what_the_old_workers_held_is_held_by_the_new_ones(
     installed.set("2.0-new")
     os.kill(s.proc.pid, signal.SIGUSR2)
     await until("upgrade done", s, 40.0)
-    assert await versions(s) == {"0": "2.0-new", "1": "2.0-new"}
+    assert await all_run(s, "2.0-new") == {"0": "2.0-new", "1": "2.0-new"}
 
     async def blocked() -> int:
         client = await Client.connect(s.port, local_addr=("127.0.0.66", 0))
