@@ -1,4 +1,4 @@
-"""The `kalkan` command line: serve, check-config, purge, decisions, reload, attack-mode,
+"""The `kalkan` command line: serve, check-config, purge, decisions, reload, upgrade, attack-mode,
 maintenance, cert status, alerts test, top, analyze, demo-site and demo; which config a command
 reads, and what a failed start prints (one line)."""
 
@@ -164,12 +164,15 @@ def _bind_then_drop(config: Config, bind: Callable[[], T]) -> T | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from kalkan.startup import check_working_directory, check_writable
+    from kalkan.supervisor import CHECK_ENV
 
     config = _config_from_args(args)
     if not args.service:
         check_working_directory(config)
     from kalkan.config import resolve_workers
 
+    if os.environ.get(CHECK_ENV):
+        return _upgrade_check(config)
     workers = resolve_workers(config)
     if workers > 1:
         return _serve_workers(config, workers)
@@ -181,16 +184,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(config: Config, n: int) -> int:
-    """`workers` > 1: the supervisor binds a socket per worker and listener (before any drop of
-    root), then forks the workers and watches them (docs/workers.md)."""
+    """`workers` > 1: the supervisor binds a socket per worker and listener, and worker 0's
+    admin listener and relay (before any drop of root), then forks the workers and watches
+    them (docs/workers.md). After an upgrade (SIGUSR2) it is this process executed again with
+    the new code: it takes over the sockets and workers it was handed instead."""
     from kalkan.startup import check_writable
-    from kalkan.supervisor import Supervisor, bind_slots
+    from kalkan.supervisor import HANDOFF_ENV, Supervisor, bind_shared, bind_slots
 
-    slots = _bind_then_drop(config, lambda: bind_slots(config, n))
-    if slots is None:
+    handoff = os.environ.pop(HANDOFF_ENV, None)  # (popped: the workers must not see it)
+    if handoff is not None:
+        return Supervisor.adopt(config, n, handoff).run()
+
+    def bind() -> tuple[list[dict[str, socket.socket]], dict[str, socket.socket]]:
         slots = bind_slots(config, n)
+        try:
+            return slots, bind_shared(config, os.getpid())
+        except BaseException:
+            for bound in slots:
+                for sock in bound.values():
+                    sock.close()
+            raise
+
+    sockets = _bind_then_drop(config, bind) or bind()
     check_writable(config)
-    return Supervisor(config, n, slots).run()
+    return Supervisor(config, n, *sockets).run()
+
+
+def _upgrade_check(config: Config) -> int:
+    """`serve` run by a supervisor before an upgrade (docs/workers.md): the new code loads the
+    config (done by now), imports what a worker imports, makes serve's checks and says what it
+    would take over; the supervisor compares that with what it runs."""
+    from kalkan.startup import check_writable
+    from kalkan.supervisor import CHECK_MARK, upgrade_report
+
+    check_writable(config)
+    import kalkan.cluster.relay
+    import kalkan.defense.engine
+    import kalkan.edge.app  # noqa: F401
+    print(CHECK_MARK + json.dumps(upgrade_report(config)), flush=True)
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -440,6 +472,39 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Ask the supervisor to upgrade (its SIGUSR2, through worker 0's admin listener), then
+    wait until it says how it went (docs/workers.md "Upgrade")."""
+    try:
+        asked = admin_call(args, "POST", "/upgrade")
+    except AdminUnreachable as exc:
+        if "404" not in str(exc):
+            raise
+        print("this edge runs without a supervisor (workers: 1): restart it to run the "
+              "installed version", file=sys.stderr)
+        return 1
+    since = float(asked["asked"])  # type: ignore[index]
+    print(asked["message"], flush=True)  # type: ignore[index]
+    deadline = time.monotonic() + args.timeout
+    said = ""
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            state: object = admin_call(args, "GET", "/upgrade")
+        except AdminUnreachable:
+            continue  # (worker 0 is being replaced: the next try reaches the new one)
+        if not isinstance(state, dict) or float(state.get("at", 0)) < since:
+            continue
+        if state["message"] != said:
+            said = str(state["message"])
+            print(said, flush=True)
+        if state["state"] in ("done", "refused", "stopped"):
+            return 0 if state["state"] == "done" else 1
+    print(f"no outcome after {args.timeout:.0f} s: see the service's log "
+          "(journalctl -u kalkan)", file=sys.stderr)
+    return 1
+
+
 def cmd_attack_mode(args: argparse.Namespace) -> int:
     path = "/attack-mode" + (f"?mode={args.mode}" if args.mode else "")
     result = admin_call(args, "POST" if args.mode else "GET", path)
@@ -679,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="reload the policy and certificates of a running edge")
     _admin_arguments(p)
     p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("upgrade", help="run the installed version without dropping a "
+                       "connection: the workers are replaced one by one (workers: 2 or more)")
+    p.add_argument("--timeout", type=float, default=180.0,
+                   help="seconds to wait for the outcome (default 180)")
+    _admin_arguments(p)
+    p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("attack-mode", help="show or pin the under-attack mode")
     p.add_argument("mode", nargs="?", choices=("on", "off", "auto"))

@@ -1,11 +1,15 @@
 """The supervisor of `workers: N` (N > 1): the one process that owns the worker processes.
 
 It binds every public listener once per worker slot (SO_REUSEPORT, before any privilege drop),
-forks one worker per slot, each running today's Edge on its slot's sockets, and then only
-watches: a worker that dies is restarted on the same sockets (backoff, logged, counted); SIGHUP
-and SIGUSR1 are passed on to every worker (each reloads in place, as one edge does); SIGTERM and
-SIGINT stop the workers (they stop accepting, drain and persist) and it exits 0. It is the one
-voice to systemd (READY, RELOADING, STOPPING, WATCHDOG). It never serves a request.
+and worker 0's admin listener and relay socket once, forks one worker per slot, each running
+today's Edge on its slot's sockets, and then only watches: a worker that dies is restarted on
+the same sockets (backoff, logged, counted); SIGHUP and SIGUSR1 are passed on to every worker
+(each reloads in place, as one edge does); SIGUSR2 upgrades: the installed code is checked, then
+executed in this process (same pid) with the sockets and running workers handed over, and it
+replaces the workers one slot at a time, a new one first, the old one draining once the new one
+serves; SIGTERM and SIGINT stop the workers (they stop accepting, drain and persist) and it exits
+0. It is the one voice to systemd (READY, RELOADING, STOPPING, WATCHDOG). It never serves a
+request.
 
 What the workers must not share blindly is settled here too (docs/workers.md): each gets its
 share of the origin's slots and of the connection limit, only worker 0 binds the admin listener
@@ -42,7 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kalkan.supervisor")
 
 # What the supervisor waits for with sigtimedwait (blocked, so none is lost between two waits).
-_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+            signal.SIGUSR2}
 # A worker that lived this long before dying is restarted at once; quicker deaths back off.
 _STEADY_AFTER = 10.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 10.0
@@ -55,6 +60,19 @@ _STUCK_AFTER = 30.0
 _BEAT_EVERY = 1.0
 # How often a worker other than 0 writes its metrics for worker 0's /metrics.
 METRICS_INTERVAL = 1.0
+# An upgrade (SIGUSR2, docs/workers.md "Upgrade"): the new code is checked by a child run with
+# CHECK_ENV set; the supervisor then executes itself again with what it hands over (its
+# sockets, its workers) described in HANDOFF_ENV, in the format HANDOFF_VERSION.
+CHECK_ENV = "KALKAN_UPGRADE_CHECK"
+CHECK_MARK = "kalkan-upgrade-check "
+HANDOFF_ENV = "KALKAN_UPGRADE_HANDOFF"
+HANDOFF_VERSION = 1
+_CHECK_TIMEOUT = 60.0
+# How long a new worker may take to say it serves (it loads the cache directory first).
+_NEW_WORKER_TIMEOUT = 60.0
+# Worker 0's sockets besides its slot's public listeners, bound once by the supervisor so they
+# keep listening while worker 0 is replaced: the admin listener and the workers' relay.
+RELAY_SOCKET = "@relay"
 
 
 def share(total: int, slot: int, n: int) -> int:
@@ -115,6 +133,42 @@ def bind_slots(config: Config, n: int) -> list[dict[str, socket.socket]]:
                 sock.close()
         raise
     return slots
+
+
+UPGRADE_FILE = "upgrade.json"  # in workers_dir: how the last upgrade went (GET /upgrade)
+
+
+def relay_address(supervisor: int) -> str:
+    """The workers' relay: an abstract socket named after the supervisor (no file to leave
+    behind; the name stays the same across an upgrade, which keeps the pid)."""
+    return f"@kalkan-relay-{supervisor}"
+
+
+def bind_shared(config: Config, supervisor: int) -> dict[str, socket.socket]:
+    """Worker 0's admin listener and the workers' relay socket (without cluster.redis), bound
+    and listening: whichever worker 0 runs (the first, a restarted one, the one replacing it
+    in an upgrade) serves on them, and a connection queued meanwhile waits for it."""
+    from kalkan.edge.app import ADMIN_SOCKET
+
+    shared: dict[str, socket.socket] = {}
+    try:
+        if config.admin.listen:
+            host, port = parse_hostport(config.admin.listen)
+            sock = shared[ADMIN_SOCKET] = bind_listener("admin.listen", host, port)
+            sock.listen(socket.SOMAXCONN)
+        if config.cluster.redis is None:
+            sock = shared[RELAY_SOCKET] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind("\0" + relay_address(supervisor)[1:])
+            except OSError as exc:
+                raise StartupError(f"cannot make the workers' relay socket "
+                                   f"{relay_address(supervisor)}: {exc.strerror or exc}") from None
+            sock.listen(64)
+    except BaseException:
+        for sock in shared.values():
+            sock.close()
+        raise
+    return shared
 
 
 # -- metrics of every worker --------------------------------------------------------------------
@@ -217,6 +271,11 @@ def _attach(edge: Edge, place: WorkerPlace, config: Config) -> None:
                   "worker died.", lambda: place.restarts)
     pid = os.getpid()
     metrics.gauge("kalkan_worker_pid", "Process id of this worker.", lambda: pid)
+    from kalkan import __version__
+
+    # Which code a worker runs: during an upgrade the old and the new version serve together.
+    metrics.labeled_gauge("kalkan_worker_version", "1, labelled with the Kalkan version this "
+                          "worker runs.", "version", lambda: {__version__: 1.0})
     adopt_decisions(edge, place.slot)
 
 
@@ -281,7 +340,9 @@ async def _share_metrics(edge: Edge, place: WorkerPlace, directory: Path) -> Non
     """Workers other than 0 write their metrics every second; worker 0 serves them all."""
     path = directory / f"metrics-{place.slot}.prom"
     render = edge.pipeline.metrics.render
-    while True:
+    servers = edge.server.servers
+    while servers and any(s.is_serving() for s in servers):
+        # (A worker draining, replaced in an upgrade, leaves the file to its successor.)
         await asyncio.to_thread(_write_atomically, path, render())
         await asyncio.sleep(METRICS_INTERVAL)
 
@@ -298,13 +359,19 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
                       place: WorkerPlace) -> None:
     from kalkan.edge.app import Edge
 
-    edge = Edge(config, sockets)
+    relay_sock = sockets.pop(RELAY_SOCKET, None)
+    try:
+        edge = Edge(config, sockets)
+    except OSError as exc:  # a file the edge opens as it is made (the access log, say)
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise StartupError(f"{where}{exc.strerror or exc}") from None
     _attach(edge, place, config)
     if place.count > 1 and config.cluster.redis is None:
         # Without Redis the workers share their state through a relay worker 0 runs (an
         # abstract socket named after the supervisor: no file, only this user's processes).
-        edge.together.relay_plan = RelayPlan(f"@kalkan-relay-{place.supervisor}",
-                                             f"w{place.slot}", serve=place.slot == 0)
+        edge.together.relay_plan = RelayPlan(relay_address(place.supervisor),
+                                             f"w{place.slot}", serve=place.slot == 0,
+                                             sock=relay_sock)
     # The supervisor passes a reload to every worker; only worker 0 tells the cluster's other
     # edges (each worker telling them would reload them once per worker).
     edge.together.shares_reloads = config.cluster.redis is not None and place.slot == 0
@@ -334,6 +401,26 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
             return (200 if ok else 409), {"ok": ok, "messages": messages}
 
         admin.route("POST", "/reload", reload_all)
+
+        def upgrade(_q: dict[str, str], _b: object) -> tuple[int, object]:
+            if os.getppid() != place.supervisor:
+                return 409, {"error": "this worker's supervisor is gone"}
+            asked = time.time()
+            os.kill(place.supervisor, signal.SIGUSR2)
+            return 202, {"asked": asked, "supervisor": place.supervisor, "message":
+                         "upgrade asked: the supervisor checks the installed code, then "
+                         "replaces the workers one by one (GET /upgrade says how it went)"}
+
+        def upgrade_state(_q: dict[str, str], _b: object) -> tuple[int, object]:
+            import json
+
+            try:
+                return 200, json.loads((directory / UPGRADE_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return 200, {"state": "none", "at": 0}
+
+        admin.route("POST", "/upgrade", upgrade)
+        admin.route("GET", "/upgrade", upgrade_state)
     elif edge.admin is not None:
         sharing = asyncio.create_task(_share_metrics(edge, place, directory))
     admin_at = edge.admin_address if not place.slot else None
@@ -411,32 +498,84 @@ class Slot:
     heard: float = 0.0              # its last heartbeat (monotonic)
 
 
-class Supervisor:
-    """Forks, watches and stops the workers (see the module's docstring)."""
+@dataclass
+class Retired:
+    """An old worker replaced in an upgrade: it stops accepting, drains and exits."""
 
-    def __init__(self, config: Config, n: int, slots: list[dict[str, socket.socket]]) -> None:
+    index: int
+    pid: int
+    since: float        # when it was told to stop (monotonic)
+    killed: bool = False
+
+
+def upgrade_report(config: Config) -> dict[str, Any]:
+    """What an upgrade's check says of the code and config it runs, for the running supervisor
+    to compare with its own: what it can take over (the sockets and the handoff's format)."""
+    from kalkan import __version__
+    from kalkan.config import resolve_workers
+    from kalkan.edge.app import public_listeners
+
+    return {"version": __version__, "handoff": [HANDOFF_VERSION],
+            "workers": resolve_workers(config),
+            "listeners": [item for _key, item in public_listeners(config)],
+            "admin": config.admin.listen, "relay": config.cluster.redis is None}
+
+
+def self_command() -> list[str]:
+    """The command that started this process (the `kalkan` script, with its arguments), run
+    again by the interpreter: it then loads the code installed now."""
+    script = sys.argv[0] if sys.argv else ""
+    if script and not script.endswith(".py") and os.path.isfile(script):
+        return [sys.executable, script, *sys.argv[1:]]
+    return [sys.executable, "-c", "import sys; from kalkan.cli import main; sys.exit(main())",
+            *sys.argv[1:]]
+
+
+class Supervisor:
+    """Forks, watches, replaces and stops the workers (see the module's docstring)."""
+
+    def __init__(self, config: Config, n: int, slots: list[dict[str, socket.socket]],
+                 shared: dict[str, socket.socket] | None = None, *,
+                 upgraded_from: str | None = None) -> None:
         self.config = config
         self.n = n
         self.slots = [Slot(i, s) for i, s in enumerate(slots)]
+        self.shared = shared if shared is not None else {}  # worker 0's: admin, relay
         self.stopping = False
+        # An upgrade: the version this process was executed from (it adopted that one's
+        # workers and replaces them), the slots still to replace, the new worker starting for
+        # the next one, and the old workers draining.
+        self.upgraded_from = upgraded_from
+        self.rolling: list[int] | None = None
+        self.candidate: Slot | None = None
+        self.retired: list[Retired] = []
+        self.replaced: list[tuple[int, int]] = []  # (old pid, new pid)
 
+    # -- processes --------------------------------------------------------------------------
     def _fork(self, slot: Slot) -> None:
         read_fd, write_fd = os.pipe()
         place = WorkerPlace(slot.index, self.n, slot.restarts, write_fd, os.getpid())
         config = worker_config(self.config, slot.index, self.n)
+        own = dict(slot.sockets)
+        if slot.index == 0:
+            own.update(self.shared)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            for other in self.slots:  # only its own slot's sockets
-                if other is not slot:
-                    for sock in other.sockets.values():
+            mine = {id(sock) for sock in own.values()}
+            for other in [*self.slots, *([self.candidate] if self.candidate else [])]:
+                for sock in other.sockets.values():  # only its own slot's sockets
+                    if id(sock) not in mine:
                         sock.close()
                 if other.ready_fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(other.ready_fd)
-            _worker_main(config, dict(slot.sockets), place)
+            for sock in self.shared.values():
+                if id(sock) not in mine:
+                    sock.close()
+            _worker_main(config, own, place)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         slot.pid, slot.started, slot.due, slot.ready, slot.said = pid, time.monotonic(), 0.0, \
@@ -444,6 +583,13 @@ class Supervisor:
         slot.heard = slot.started
         slot.ready_fd = read_fd
         log.debug("worker %d started (pid %d)", slot.index, pid)
+
+    def _watched(self) -> list[Slot]:
+        """The slots' workers and the new worker starting in an upgrade."""
+        return [*self.slots, *([self.candidate] if self.candidate is not None else [])]
+
+    def _live(self) -> list[int]:
+        return [s.pid for s in self._watched() if s.pid] + [r.pid for r in self.retired]
 
     def _check_ready(self, slot: Slot) -> None:
         """What a worker wrote on its pipe: a line when it serves, then a byte a second."""
@@ -474,9 +620,18 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signal.SIGKILL)
                 slot.heard = now  # once; the reaper restarts it
+        for old in self.retired:
+            if not old.killed and now - old.since > _STOP_GRACE:
+                log.error("old worker %d (pid %d) still draining after %.0f s: killing it",
+                          old.index, old.pid, _STOP_GRACE)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(old.pid, signal.SIGKILL)
+                old.killed = True
 
     def _reap(self) -> list[tuple[Slot, int, int]]:
-        """The workers that exited since the last look, with their pid and wait status."""
+        """The slots' workers that exited since the last look, with their pid and wait status
+        (an old worker that drained, and a new one that failed to start, are dealt with
+        here)."""
         dead: list[tuple[Slot, int, int]] = []
         while True:
             try:
@@ -485,15 +640,38 @@ class Supervisor:
                 break
             if pid == 0:
                 break
+            candidate = self.candidate
+            if candidate is not None and candidate.pid == pid:
+                self._check_ready(candidate)
+                self._close_pipe(candidate)
+                candidate.pid = 0
+                self._candidate_failed(pid, f"{_exit_words(status)} before it served")
+                continue
+            for old in self.retired:
+                if old.pid == pid:
+                    self.retired.remove(old)
+                    lived = time.monotonic() - old.since
+                    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                        log.info("old worker %d (pid %d) finished its requests and exited in "
+                                 "%.1f s", old.index, pid, lived)
+                    else:
+                        log.error("old worker %d (pid %d) %s %.1f s after it was told to stop",
+                                  old.index, pid, _exit_words(status), lived)
+                    break
             for slot in self.slots:
                 if slot.pid == pid:
                     self._check_ready(slot)
                     slot.pid = 0
-                    if slot.ready_fd >= 0:
-                        os.close(slot.ready_fd)
-                        slot.ready_fd = -1
+                    self._close_pipe(slot)
                     dead.append((slot, pid, status))
         return dead
+
+    @staticmethod
+    def _close_pipe(slot: Slot) -> None:
+        if slot.ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(slot.ready_fd)
+            slot.ready_fd = -1
 
     def _schedule_restart(self, slot: Slot, pid: int, status: int) -> None:
         now = time.monotonic()
@@ -502,10 +680,15 @@ class Supervisor:
         delay = 0.0 if not slot.quick_deaths else min(
             _BACKOFF_FIRST * 2 ** (slot.quick_deaths - 1), _BACKOFF_MAX)
         slot.restarts += 1
-        slot.due = now + delay
         for name in (f"metrics-{slot.index}.prom", f"admin-{slot.index}.port"):
             with contextlib.suppress(OSError):
                 (workers_dir(self.config) / name).unlink(missing_ok=True)
+        if self.candidate is not None and self.candidate.index == slot.index:
+            # Its replacement is starting already: it takes the slot once it serves.
+            log.error("worker %d (pid %d) %s after %.1f s; the new worker starting for its slot "
+                      "takes over", slot.index, pid, _exit_words(status), lived)
+            return
+        slot.due = now + delay
         log.error("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s (restart %d "
                   "of this slot)", slot.index, pid, _exit_words(status), lived, delay,
                   slot.restarts)
@@ -516,9 +699,10 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, sig)
 
-    def _prepare_state(self) -> None:
+    def _prepare_state(self, *, fresh: bool = True) -> None:
         """The secrets every worker reads, made once here: N workers making them at the same
-        moment would each write their own."""
+        moment would each write their own. `fresh`: no worker runs yet, so what workers leave
+        for each other (metrics, admin ports) is from an earlier run."""
         state = Path(self.config.state_dir)
         if not self.config.admin.token:
             load_or_create_secret(state / "admin.token", "admin token",
@@ -529,18 +713,26 @@ class Supervisor:
             log_key(logged.pseudonym_key_file, self.config.state_dir)
         directory = workers_dir(self.config)
         directory.mkdir(parents=True, exist_ok=True)
-        for pattern in ("metrics-*.prom", "admin-*.port"):
-            for old in directory.glob(pattern):
-                old.unlink(missing_ok=True)
+        if fresh:
+            for pattern in ("metrics-*.prom", "admin-*.port"):
+                for old in directory.glob(pattern):
+                    old.unlink(missing_ok=True)
 
+    # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        """Start the workers, watch them until SIGTERM/SIGINT; the exit status."""
-        self._prepare_state()
+        """Start the workers (or, after an upgrade, replace the adopted ones), watch them until
+        SIGTERM/SIGINT; the exit status."""
+        adopted = self.upgraded_from is not None
+        self._prepare_state(fresh=not adopted)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # delivered (not discarded) while blocked
+        signal.signal(signal.SIGUSR2, lambda *_: None)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        for slot in self.slots:
-            self._fork(slot)
-        all_ready = False
+        if adopted:
+            self._begin_rolling()
+        else:
+            for slot in self.slots:
+                self._fork(slot)
+        all_ready = adopted
         interval = watchdog_interval()
         stuck_after = 2 * interval if interval is not None else _STUCK_AFTER
         next_beat = time.monotonic()
@@ -550,13 +742,13 @@ class Supervisor:
                 notify("WATCHDOG=1")
                 next_beat = now + interval
             due = [s.due for s in self.slots if s.due]
-            wait = 0.05 if not all_ready else 1.0
+            wait = 0.05 if not all_ready or self.rolling is not None else 1.0
             if due:
                 wait = max(0.0, min(wait, min(due) - now))
             if interval is not None:
                 wait = max(0.0, min(wait, next_beat - now))
             info = signal.sigtimedwait(_SIGNALS, wait)
-            for slot in self.slots:
+            for slot in self._watched():
                 self._check_ready(slot)
             if info is not None:
                 if info.si_signo in (signal.SIGTERM, signal.SIGINT):
@@ -565,6 +757,8 @@ class Supervisor:
                     self._reload(info.si_pid)
                 elif info.si_signo == signal.SIGUSR1:
                     self._signal_all(signal.SIGUSR1)
+                elif info.si_signo == signal.SIGUSR2:
+                    self._upgrade()  # returns only if the upgrade was refused
             self._kill_stuck(stuck_after)
             for slot, pid, status in self._reap():
                 if not all_ready and not slot.ready:
@@ -577,6 +771,7 @@ class Supervisor:
             for slot in self.slots:
                 if slot.due and slot.due <= now and not slot.pid:
                     self._fork(slot)
+            self._step_rolling()
             if not all_ready and all(s.ready for s in self.slots):
                 all_ready = True
                 self._announce()
@@ -610,18 +805,263 @@ class Supervisor:
         log.info("reload passed to %d workers", self.n - (1 if ours else 0))
         notify("READY=1", f"STATUS=serving with {self.n} workers")
 
+    # -- upgrade: check, execute the new code, replace the workers one by one ----------------
+    def _say_upgrade(self, state: str, message: str) -> None:
+        """How the upgrade goes, for `kalkan upgrade` (worker 0's GET /upgrade reads it)."""
+        import json
+
+        record = {"state": state, "message": message, "at": time.time(),
+                  "pids": [slot.pid for slot in self.slots]}
+        _write_atomically(workers_dir(self.config) / UPGRADE_FILE, json.dumps(record))
+
+    def _upgrade(self) -> None:
+        """SIGUSR2: check that the code installed now can take over; if so, execute it in this
+        process (same pid: systemd's MainPID, the workers' parent), handing it the sockets and
+        the running workers, which it then replaces one by one (`_step_rolling`). Returns only
+        if the upgrade was refused: nothing changed then."""
+        if self.rolling is not None:
+            log.warning("SIGUSR2 ignored: an upgrade is replacing the workers already")
+            return
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+               "STATUS=upgrading: checking the new code", "WATCHDOG=1")
+        log.info("upgrade asked (SIGUSR2): checking that the installed code can take over")
+        self._say_upgrade("checking", "checking that the installed code can take over")
+        problem, version = self._check_new_code()
+        if problem is not None:
+            log.error("upgrade refused, the workers keep running: %s", problem)
+            self._say_upgrade("refused", f"upgrade refused, the workers keep running: {problem}")
+            print(f"kalkan: upgrade refused: {problem}", file=sys.stderr, flush=True)
+            notify("READY=1", f"STATUS=serving with {self.n} workers (upgrade refused)")
+            return
+        self._execute(version)
+
+    def _check_new_code(self) -> tuple[str | None, str]:
+        """Run the installed code as this process would run (same command, same config) in
+        check mode: it loads the config, imports what a worker imports, makes the checks serve
+        makes, and says what it would take over. (A problem, or None) and its version."""
+        import json
+        import subprocess
+
+        command = self_command()
+        env = {**os.environ, CHECK_ENV: "1"}
+        env.pop(HANDOFF_ENV, None)
+        try:
+            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=_CHECK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return f"the new code's check did not finish within {_CHECK_TIMEOUT:.0f} s", ""
+        except OSError as exc:
+            return f"cannot run {command[0]}: {exc.strerror or exc}", ""
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        if done.returncode != 0:
+            why = lines[-1].strip() if lines else "(it said nothing)"
+            how = (f"was killed by signal {-done.returncode}" if done.returncode < 0
+                   else f"exited with status {done.returncode}")
+            return f"the new code cannot start (its check {how}): {why}", ""
+        said = [line[len(CHECK_MARK):] for line in done.stdout.splitlines()
+                if line.startswith(CHECK_MARK)]
+        try:
+            report = json.loads(said[-1])
+            version = str(report["version"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            return "the new code's check did not say what it can take over", ""
+        if HANDOFF_VERSION not in report.get("handoff", []):
+            return (f"kalkan {version} cannot take over from this version (handoff format "
+                    f"{HANDOFF_VERSION}); restart the service instead"), version
+        ours = upgrade_report(self.config)
+        changed = [f"{key}: {ours[key]!r} -> {report.get(key)!r}"
+                   for key in ("listeners", "admin", "relay") if report.get(key) != ours[key]]
+        if report.get("workers") != self.n:
+            changed.append(f"workers: {self.n} -> {report.get('workers')!r}")
+        if changed:
+            return ("the config changes what the workers listen on or how many there are ("
+                    + "; ".join(changed) + "), which needs a restart"), version
+        return None, version
+
+    def _execute(self, version: str) -> None:
+        """Become the new code: exec this process again, the sockets and workers' pipes kept
+        open across it and described in HANDOFF_ENV."""
+        import json
+
+        from kalkan import __version__
+
+        keep: list[int] = []
+        slots = []
+        for slot in self.slots:
+            fds = {item: sock.fileno() for item, sock in slot.sockets.items()}
+            keep += fds.values()
+            if slot.ready_fd >= 0:
+                keep.append(slot.ready_fd)
+            slots.append({"sockets": fds, "pid": slot.pid, "ready_fd": slot.ready_fd,
+                          "ready": slot.ready, "said": slot.said, "restarts": slot.restarts})
+        shared = {key: sock.fileno() for key, sock in self.shared.items()}
+        keep += shared.values()
+        handoff = {"version": HANDOFF_VERSION, "from": __version__, "slots": slots,
+                   "shared": shared, "draining": [[r.index, r.pid] for r in self.retired]}
+        command = self_command()
+        env = {**os.environ, HANDOFF_ENV: json.dumps(handoff)}
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        notify("WATCHDOG=1")  # (the new code's loop feeds it again within a second or two)
+        log.info("upgrade: kalkan %s checked; executing it in this process (pid %d), which "
+                 "then replaces the %d workers one by one", version, os.getpid(), self.n)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(command[0], command, env)
+        except OSError as exc:
+            for fd in keep:
+                os.set_inheritable(fd, False)
+            log.error("upgrade refused, the workers keep running: cannot execute %s: %s",
+                      command[0], exc.strerror or exc)
+            self._say_upgrade("refused", f"upgrade refused, the workers keep running: cannot "
+                              f"execute {command[0]}: {exc.strerror or exc}")
+            notify("READY=1", f"STATUS=serving with {self.n} workers (upgrade refused)")
+
+    @classmethod
+    def adopt(cls, config: Config, n: int, text: str) -> Supervisor:
+        """The supervisor of an upgrade, in the new code: the sockets and running workers its
+        predecessor handed over (HANDOFF_ENV), to be replaced one by one."""
+        import json
+
+        data = json.loads(text)
+        if data.get("version") != HANDOFF_VERSION:
+            raise StartupError(f"{HANDOFF_ENV}: handoff format {data.get('version')!r}, this "
+                               f"version takes {HANDOFF_VERSION}")
+
+        def own(fd: int) -> socket.socket:
+            os.set_inheritable(fd, False)
+            return socket.socket(fileno=fd)
+
+        given = data["slots"]
+        if len(given) != n:
+            log.error("upgrade: the config asks for %d workers, the running ones are %d: "
+                      "keeping %d (a restart changes their number)", n, len(given), len(given))
+            n = len(given)
+        slots = [{item: own(fd) for item, fd in s["sockets"].items()} for s in given]
+        shared = {key: own(fd) for key, fd in data["shared"].items()}
+        self = cls(config, n, slots, shared, upgraded_from=str(data["from"]))
+        now = time.monotonic()
+        for slot, s in zip(self.slots, given, strict=True):
+            slot.pid, slot.restarts = int(s["pid"]), int(s["restarts"])
+            slot.ready, slot.said = bool(s["ready"]), str(s["said"])
+            slot.started = slot.heard = now
+            slot.ready_fd = int(s["ready_fd"])
+            if slot.ready_fd >= 0:
+                os.set_inheritable(slot.ready_fd, False)
+                os.set_blocking(slot.ready_fd, False)
+            if not slot.pid:
+                slot.due = now  # it was waiting for a restart: started now, with the new code
+        self.retired = [Retired(int(i), int(pid), now) for i, pid in data["draining"]]
+        return self
+
+    def _begin_rolling(self) -> None:
+        from kalkan import __version__
+
+        self.rolling = list(range(self.n))
+        self.replaced = []
+        print(f"kalkan {__version__}: upgrading from {self.upgraded_from}: replacing the "
+              f"{self.n} workers one by one (pids {' '.join(str(s.pid) for s in self.slots)})",
+              flush=True)
+        notify("STATUS=upgrading: replacing the workers one by one")
+        self._say_upgrade("replacing", f"kalkan {__version__} (was {self.upgraded_from}) "
+                          "replaces the workers one by one")
+
+    def _step_rolling(self) -> None:
+        """One step of the replacement: the next slot gets a new worker on its own sockets;
+        once the new worker serves, the old one is told to stop (it drains); the slot after
+        starts when the old one has exited (at most one process more than `workers`)."""
+        if self.rolling is None or self.stopping:
+            return
+        now = time.monotonic()
+        new = self.candidate
+        if new is not None:
+            if new.ready:
+                slot = self.slots[new.index]
+                old = slot.pid
+                if old:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(old, signal.SIGTERM)
+                    self.retired.append(Retired(slot.index, old, now))
+                    self._close_pipe(slot)
+                slot.pid, slot.started, slot.heard = new.pid, new.started, new.heard
+                slot.ready, slot.said, slot.ready_fd, slot.due = True, new.said, new.ready_fd, 0.0
+                self.candidate = None
+                self.replaced.append((old, new.pid))
+                log.info("upgrade: worker %d serves as pid %d; the old one (pid %d) stops "
+                         "accepting and finishes its requests", slot.index, new.pid, old)
+            elif now - new.started > _NEW_WORKER_TIMEOUT:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(new.pid, signal.SIGKILL)
+                self._close_pipe(new)
+                pid, new.pid = new.pid, 0
+                self._candidate_failed(pid, f"did not serve within {_NEW_WORKER_TIMEOUT:.0f} s "
+                                       "(killed)")
+            return
+        if self.retired:
+            return  # the previous slot's old worker is still draining
+        while self.rolling:
+            index = self.rolling.pop(0)
+            slot = self.slots[index]
+            if not slot.pid:
+                continue  # waiting for a restart: the restart runs the new code
+            new = self.candidate = Slot(index, slot.sockets, restarts=slot.restarts)
+            self._fork(new)
+            return
+        self.rolling = None
+        self._upgrade_done()
+
+    def _candidate_failed(self, pid: int, why: str) -> None:
+        """The new worker of an upgrade died or hung before it served: the slot keeps its old
+        worker, and the replacement stops there (a bad new version must not take the site
+        down)."""
+        new = self.candidate
+        assert new is not None
+        self.candidate = None
+        left = [new.index, *(self.rolling or [])]
+        self.rolling = None
+        slot = self.slots[new.index]
+        if self.stopping:
+            return
+        if not slot.pid and not slot.due:
+            slot.due = time.monotonic()  # its old worker died meanwhile: restart it
+        pids = " ".join(str(self.slots[i].pid) for i in left)
+        message = (f"upgrade stopped: the new worker {new.index} (pid {pid}) {why}; worker(s) "
+                   f"{', '.join(str(i) for i in left)} keep running as before (pids {pids}); "
+                   "upgrade again once the cause is fixed")
+        log.error("%s", message)
+        self._say_upgrade("stopped", message)
+        notify("READY=1", f"STATUS=serving with {self.n} workers (upgrade stopped)")
+
+    def _upgrade_done(self) -> None:
+        from kalkan import __version__
+
+        pairs = ", ".join(f"{old} -> {new}" for old, new in self.replaced)
+        message = (f"kalkan {__version__}: upgrade done: {len(self.replaced)} workers replaced "
+                   f"({pairs})")
+        print(message, flush=True)
+        self._say_upgrade("done", message)
+        notify("READY=1", f"STATUS=serving with {self.n} workers")
+
+    # -- stop -----------------------------------------------------------------------------------
     def _stop(self) -> int:
         """Each worker stops accepting, drains and persists; killed after the grace."""
         notify("STOPPING=1", "STATUS=finishing requests in progress")
         log.info("stopping %d workers: finishing requests in progress", self.n)
         self.stopping = True
-        self._signal_all(signal.SIGTERM)
+        for pid in self._live():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for slot in self.slots:  # the listeners close as soon as the workers close theirs
             for sock in slot.sockets.values():
                 sock.close()
+        for sock in self.shared.values():
+            sock.close()
         deadline = time.monotonic() + _STOP_GRACE
         code = 0
-        while any(s.pid for s in self.slots):
+        while self._live():
             for slot, _pid, status in self._reap():
                 if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
                     log.error("worker %d %s while stopping", slot.index, _exit_words(status))
@@ -629,11 +1069,13 @@ class Supervisor:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.error("workers still running after %.0f s: killing them", _STOP_GRACE)
-                self._signal_all(signal.SIGKILL)
+                for pid in self._live():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 5.0
                 code = 1
                 continue
-            if any(s.pid for s in self.slots):
+            if self._live():
                 signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.5))
         return code
 

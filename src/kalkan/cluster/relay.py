@@ -42,12 +42,15 @@ class RelayPlan:
     address: str   # "@NAME" (abstract socket) or a file path
     name: str      # "w0", "w1", ...
     serve: bool
+    # The relay's listening socket when the supervisor bound it (kept across a replacement
+    # of the worker that serves it); None: the relay binds `address` itself.
+    sock: socket.socket | None = None
 
 
 class Relay:
     """The relay server (in one worker's event loop)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, sock: socket.socket | None = None) -> None:
         # A file path, or "@NAME" for a Linux abstract socket (no file, no path length limit:
         # only a peer running as this process's user is served).
         self.path = path if isinstance(path, str) and path.startswith("@") else Path(path)
@@ -56,8 +59,14 @@ class Relay:
         self.relayed = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        self._sock = sock
 
     async def start(self) -> None:
+        if self._sock is not None:  # bound and listening already (the supervisor's)
+            self._sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._client, sock=self._sock,
+                                                           limit=LINE_LIMIT)
+            return
         if isinstance(self.path, str):
             # The socket made here: uvloop takes no abstract name as a path, only as a socket.
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

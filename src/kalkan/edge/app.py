@@ -34,6 +34,11 @@ from kalkan.tls import CertificateSet, TLSConfigError, pending_listener
 
 log = logging.getLogger("kalkan")
 
+# The key of a bound admin listener among the sockets an Edge is given (a supervisor binds it
+# once, so it keeps listening while the worker serving it is replaced); public listeners are
+# keyed by their HOST:PORT text.
+ADMIN_SOCKET = "admin.listen"
+
 
 def settle_garbage_collector() -> None:
     """What start-up made (config, policy, the cache loaded from disk) lives as long as the
@@ -205,7 +210,8 @@ class Edge:
             for method, path, handler in self.pipeline.defense.admin_routes():
                 self.admin.route(method, path, handler)
             try:
-                self.admin_address = await self.admin.start(host, port)
+                self.admin_address = await self.admin.start(
+                    host, port, self._sockets.pop(ADMIN_SOCKET, None))
             except OSError as exc:
                 raise bind_problem("admin.listen", host, port, exc) from None
         self._start_alerts()
@@ -375,6 +381,10 @@ class Edge:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_signalled)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_log)
+        # SIGUSR2 (upgrade) is the supervisor's (docs/workers.md); its default would kill.
+        loop.add_signal_handler(signal.SIGUSR2, lambda: log.warning(
+            "SIGUSR2 (upgrade) ignored: only a supervisor (workers: 2 or more) upgrades "
+            "without a restart; restart this edge to run a new version"))
         listening = ", ".join(f"{h}:{p}" for h, p in self.addresses)
         notify("READY=1", f"STATUS=serving on {listening}")
         interval = watchdog_interval()

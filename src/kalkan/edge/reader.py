@@ -136,11 +136,12 @@ class RequestReader:
                  "_header_bytes", "_in_head", "_head_new", "_head_fed", "_head_limit",
                  "_in_trailers", "_careful", "_big_read", "_body_queued", "_queue", "_stash",
                  "_upgrade_body", "_closing", "_max_headers", "_max_header_bytes",
-                 "_small_read", "trusts_peer", "_fresh", "_line")
+                 "_small_read", "trusts_peer", "_fresh", "_line", "draining")
 
     def __init__(self, server: Listener, scheme: str) -> None:
         self.server = server
         self.limits = server.config.limits
+        self.draining = False  # stopping (EdgeServer.close): answers say `Connection: close`
         self.clock: Clock = server.clock
         self.scheme = scheme
         # Dropped while the connection idles between requests (see `idle_memory`), made again
@@ -353,7 +354,7 @@ class RequestReader:
         req.method = method = _method_name(parser.get_method())
         target = req.target = self._url
         req.version, self._line = _version(self._line, len(method) + 1 + len(target), parser), None
-        req.keep_alive = parser.should_keep_alive()
+        req.keep_alive = parser.should_keep_alive() and not self.draining
         req.started = _monotonic()
         # The checks below run only for the requests they could refuse.
         if req.version != "1.1" or (method != "GET" and method not in _PLAIN_METHODS):

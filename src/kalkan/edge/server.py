@@ -17,12 +17,26 @@ from kalkan.edge.clock import Clock
 from kalkan.edge.connection import PARK_AT_ONCE_PAST, HttpConnection
 from kalkan.edge.h2_connection import H2Connection, H2Counters, negotiating_protocol
 from kalkan.edge.listener import Handler
-from kalkan.edge.reader import timeouts
+from kalkan.edge.parked import ParkedConnection
+from kalkan.edge.reader import HEAD, IDLE, timeouts
 from kalkan.edge.request import Request
 
 __all__ = ["EdgeServer"]
 
 _SWEEP_INTERVAL = 0.25
+# While draining, an idle keep-alive connection is closed after this long without a request: a
+# client in the middle of a run of requests sends its next one well within it (and is answered
+# with `Connection: close`).
+DRAIN_QUIET = 1.0
+
+
+def _between_requests(conn: object) -> bool:
+    """Idle: nothing of a request read and nothing being answered (parked, or HTTP/1.1 with no
+    request begun, before its first one or between two)."""
+    if isinstance(conn, HttpConnection):
+        return (not conn.busy and conn._req is None and not conn._queue
+                and conn.state in (HEAD, IDLE) and conn.transport is not None)
+    return isinstance(conn, ParkedConnection)
 
 
 def http1(server: EdgeServer, scheme: str) -> asyncio.Protocol:
@@ -140,14 +154,36 @@ class EdgeServer:
         self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_INTERVAL, self._sweep)
 
     async def close(self, grace: float = 5.0) -> None:
-        """Stop accepting, let requests in progress finish for up to `grace` seconds, then close."""
+        """Stop accepting and drain for up to `grace` seconds, then close what is left.
+
+        Draining: requests in progress finish; every answer from now on says
+        `Connection: close` (the client's next request opens a new connection, which another
+        worker, or the one replacing this, accepts); an idle keep-alive connection is closed
+        once it has stayed idle for DRAIN_QUIET seconds. Closing it at once would race with a
+        request its client is sending at that moment, which would then find the connection
+        closed under it (clients may retry that, but many count it as an error)."""
         for server in self.servers:
             server.close()
-        for conn in list(self.connections):
-            if not conn.busy:
-                conn.close()
+        forget = getattr(self.pipeline, "forget_replays", None)
+        if forget is not None:
+            forget()  # the replay memo holds keep-alive answers
         deadline = time.monotonic() + grace
-        while any(c.busy for c in self.connections) and time.monotonic() < deadline:
+        idle_since: dict[object, float] = {}
+        while self.connections:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            for conn in list(self.connections):
+                if isinstance(conn, HttpConnection):
+                    conn.draining = True  # (again: one woken from parking is a new object)
+                if conn.busy:
+                    idle_since.pop(conn, None)
+                elif not _between_requests(conn):
+                    if isinstance(conn, H2Connection):
+                        conn.close()  # (as before: HTTP/2 ends its streams itself)
+                    idle_since.pop(conn, None)
+                elif now - idle_since.setdefault(conn, now) >= DRAIN_QUIET:
+                    conn.close()
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()

@@ -36,7 +36,7 @@ class Together:
         plan = self.relay_plan
         if plan is not None and config.cluster.redis is None:
             if plan.serve:
-                self.relay = Relay(plan.address)
+                self.relay = Relay(plan.address, plan.sock)
                 await self.relay.start()
             self.cluster = start_cluster(config, pipeline, reload, relay=plan.address,
                                          worker=plan.name)

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -112,10 +113,17 @@ class AdminServer:
     def route(self, method: str, path: str, handler: Handler) -> None:
         self.routes[(method, path)] = handler
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
-        sock = self.server.sockets[0].getsockname()
-        return sock[0], sock[1]
+    async def start(self, host: str, port: int,
+                    sock: socket.socket | None = None) -> tuple[str, int]:
+        """Serve on host:port, or on `sock` if it was bound already (a supervisor's, kept
+        listening while its worker 0 is replaced)."""
+        if sock is not None:
+            self.server = await asyncio.start_server(self._handle, sock=sock)
+        else:
+            self.server = await asyncio.start_server(self._handle, host, port,
+                                                     reuse_address=True)
+        bound = self.server.sockets[0].getsockname()
+        return bound[0], bound[1]
 
     async def close(self) -> None:
         if self.server is not None:
