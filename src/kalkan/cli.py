@@ -651,6 +651,18 @@ def _admin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="the edge's state_dir (default: the config's, var)")
 
 
+class _KeysArePositional(argparse.ArgumentParser):
+    """The alliance commands' parser: an Ed25519 public key in base64url (43 characters of
+    A-Z a-z 0-9 - _) is an argument even when it begins with "-", as one key in 32 does;
+    argparse would take it for an unknown option and refuse the command."""
+
+    def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
+        if len(arg_string) == 43 and arg_string[0] == "-" and all(
+                c.isascii() and (c.isalnum() or c in "-_") for c in arg_string):
+            return None
+        return super()._parse_optional(arg_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kalkan", description="A self-hosted shield that keeps a newsroom's site online.")
@@ -708,23 +720,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decisions)
 
     p = sub.add_parser("alliance", help="allied newsrooms: this edge's identity and its allies")
-    asub = p.add_subparsers(dest="action", required=True)
-    a = asub.add_parser("init", help="make this edge's alliance identity (an Ed25519 key)")
+    alliance = p.add_subparsers(dest="action", required=True, parser_class=_KeysArePositional)
+    a = alliance.add_parser("init", help="make this edge's alliance identity (an Ed25519 key)")
     a.add_argument("--name", help="this newsroom's name in its feed (default: alliance.name, "
                    "site.name, the host name)")
-    a = asub.add_parser("key", help="print this edge's public key (what allies add)")
-    a = asub.add_parser("rotate", help="start using a new key (announced to allies first)")
-    a = asub.add_parser("add", help="listen to an ally's feed")
+    a = alliance.add_parser("key", help="print this edge's public key (what allies add)")
+    a = alliance.add_parser("rotate", help="start using a new key (announced to allies first)")
+    a = alliance.add_parser("add", help="listen to an ally's feed")
     a.add_argument("ally", help="a name for the ally, e.g. kloop")
     a.add_argument("url", help="its feed, e.g. https://kloop.kg/.well-known/kalkan/feed")
     a.add_argument("key", help="its public key, as `kalkan alliance key` prints it there")
     a.add_argument("--trust", required=True, choices=("observe", "challenge", "block"),
                    help="observe: only count; challenge: challenge what it names; block: do "
                    "what it did")
-    a = asub.add_parser("remove", help="stop listening to an ally")
+    a = alliance.add_parser("remove", help="stop listening to an ally")
     a.add_argument("ally")
-    a = asub.add_parser("list", help="the allies this edge listens to")
-    for a in asub.choices.values():
+    a = alliance.add_parser("list", help="the allies this edge listens to")
+    for a in alliance.choices.values():
         a.add_argument("--config", help="the edge's config file (default: $KALKAN_CONFIG)")
         a.add_argument("--state-dir", help="the edge's state_dir (default: the config's)")
     p.set_defaults(func=cmd_alliance)

@@ -324,6 +324,18 @@ def test_alliance_commands(tmp_path: Path) -> None:
     assert rotated.returncode == 0 and "next key" in rotated.stdout
 
 
+def test_an_allys_key_that_begins_with_a_dash_is_taken(tmp_path: Path) -> None:
+    # One base64url key in 32 begins with "-": argparse took it for an unknown option.
+    state = ["--state-dir", str(tmp_path / "state")]
+    key = "-" + "A" * 41 + "E"   # 32 bytes in base64url, beginning with "-"
+    url = "https://b.example/.well-known/kalkan/feed"
+    added = run_cli("alliance", "add", "newsroom-b", url, key, "--trust", "observe", *state)
+    assert added.returncode == 0, added.stderr
+    assert "newsroom-b" in run_cli("alliance", "list", *state).stdout
+    unknown = run_cli("alliance", "add", "newsroom-c", url, key, "--trusts", "observe", *state)
+    assert unknown.returncode == 2 and "--trust" in unknown.stderr   # options are still checked
+
+
 def test_mirror_export_needs_a_cache_directory(tmp_path: Path) -> None:
     out = run_cli("mirror", "export", str(tmp_path / "mirror"), "--cache-dir",
                   str(tmp_path / "none"))
