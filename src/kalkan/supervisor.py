@@ -300,6 +300,8 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
 
     edge = Edge(config, sockets)
     _attach(edge, place, config)
+    if place.count > 1:
+        edge.pipeline.share_directory()   # siblings mirror into one cache dir: read theirs
     if place.count > 1 and config.cluster.redis is None:
         # Without Redis the workers share their state through a relay worker 0 runs (an
         # abstract socket named after the supervisor: no file, only this user's processes).

@@ -30,6 +30,7 @@ from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
 from kalkan.edge.origin import PASS, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
+from kalkan.edge.shared_dir import SharedDirectory
 from kalkan.edge.store import Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
@@ -66,6 +67,8 @@ class Pipeline:
         self.cache = cc
         self.cache_enabled = cc.enabled
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
+        # With sibling workers (share_directory()): a miss looks for a sibling's cache file.
+        self.shared: SharedDirectory | None = None
         self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
         self.never_cache = flow.NeverCache(cc)
         self.upstream = OriginClient(config.origin, self.metrics,
@@ -97,8 +100,17 @@ class Pipeline:
                 lambda: self.store.objects)
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def share_directory(self) -> None:
+        """This edge is one of several workers mirroring into one cache directory: with
+        `cache.share_directory`, a memory miss first looks there (edge/shared_dir.py)."""
+        if self.cache_enabled and self.cache.share_directory and self.store.dir is not None:
+            self.shared = SharedDirectory(self.store)
+
     def load(self) -> int:
-        return self.store.load() if self.cache_enabled else 0
+        loaded = self.store.load() if self.cache_enabled else 0
+        if self.shared is not None and not self.shared.start(asyncio.get_running_loop()):
+            self.shared = None
+        return loaded
 
     def tick(self) -> None:
         """Once per sweep: about once a second, flush the log, bound the memos, tell the
@@ -118,6 +130,8 @@ class Pipeline:
 
     async def close(self) -> None:
         self.misses.cancel()
+        if self.shared is not None:
+            self.shared.close()
         self.defense.close()
         self.upstream.close()
         self.store.flush()
@@ -275,6 +289,9 @@ class Pipeline:
         view = self._view(req)
         variants = self.store.get(key)
         entry = flow.pick_variant(variants, view.headers) if variants else None
+        if self.shared is not None and (entry is None or entry.fresh_until <= self.clock.now):
+            # Not here, or stale: a sibling worker may have stored it (the miss path only).
+            entry = self.shared.find(key, view.headers, entry) or entry
         threat = self.defense.threat_level
         strained = threat > 0 and entry is not None and self.upstream.strained()
         d = flow.lookup(entry, view, self.clock.now, self.cache, threat, strained)
