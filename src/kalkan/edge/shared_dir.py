@@ -109,14 +109,17 @@ class SharedDirectory:
         self._wds[wd] = sub
         return True
 
-    def _watch_sub(self, sub: str) -> None:
-        """Watch a subdirectory, then list it (a file renamed in before the watch counts)."""
+    def _watch_sub(self, sub: str, new: bool = False) -> None:
+        """Watch a subdirectory, then list it (a file renamed in before the watch counts; in a
+        `new` one, made while this worker ran, it may be a sibling's: read it once)."""
         if sub in self._wds.values() or not self._watch(sub, _FILES):
             return
         with contextlib.suppress(OSError):
             for name in os.listdir(self.dir / sub):
                 if _is_name(name):
                     self.present.add(name)
+                    if new:
+                        self.fresher.add(name)
 
     def _events(self) -> None:
         while True:
@@ -149,7 +152,7 @@ class SharedDirectory:
             return
         if sub == "":
             if mask & _IN_ISDIR and len(name) == 2:
-                self._watch_sub(name)
+                self._watch_sub(name, new=True)
             return
         if mask & _IN_MOVED_FROM and name.endswith(".tmp"):
             # NAME.PID.tmp renamed into place as NAME: written by PID.
