@@ -74,6 +74,9 @@ async def test_a_page_one_worker_fetched_is_served_by_the_other_without_the_orig
         {(200, "HIT", first.body)}
     await both_served(s)       # both workers answered it ...
     assert wordpress.hits[POSTS[1]] == 1   # ... and the origin made it once
+    adopted = [v for k, v in (await s.metrics()).items()
+               if k.startswith("kalkan_cache_shared_reads_total") and 'outcome="adopted"' in k]
+    assert sum(adopted) == 1, adopted      # the other worker read the file once
     assert s.stop() == 0
 
 

@@ -104,7 +104,13 @@ class Pipeline:
         """This edge is one of several workers mirroring into one cache directory: with
         `cache.share_directory`, a memory miss first looks there (edge/shared_dir.py)."""
         if self.cache_enabled and self.cache.share_directory and self.store.dir is not None:
-            self.shared = SharedDirectory(self.store)
+            shared = self.shared = SharedDirectory(self.store)
+            self.metrics.labeled_counter(
+                "kalkan_cache_shared_reads_total", "Sibling workers' cache files read on a "
+                "miss, by outcome (adopted; refused: purged here; damaged; not_newer).",
+                "outcome", lambda: {k: float(v) for k, v in shared.reads.items()})
+            self.metrics.gauge("kalkan_cache_shared_files", "Files the shared cache directory "
+                               "holds (this worker's index of it).", lambda: len(shared.present))
 
     def load(self) -> int:
         loaded = self.store.load() if self.cache_enabled else 0
