@@ -11,9 +11,10 @@ A stand-in origin that behaves like WordPress (HTML pages of 20 KB with no cache
 Kalkan microcaches them for `cache.microcache_ttl`, 10 s; 30 ms to "render" each page; it counts
 what it is asked) serves 2,000 pages. A readers load asks for them with a Zipf-like popularity
 (the page of rank r is asked in proportion to 1/r), every request with its own User-Agent and
-cookies, 16 connections at a time, each reconnecting after a few pages (a reader's visit: the
-kernel hashes every new connection to a worker). The same seeded sequence of requests runs
-against three arrangements, each started with an empty cache directory:
+cookies, 32 connections at a time, each reconnecting after a few pages (a reader's visit: the
+kernel hashes every new connection to a worker), paced at 400 requests a second so that every
+run sees the same requests at the same moments (pages expire at the same points). The same
+seeded sequence runs against three arrangements, each started with an empty cache directory:
 
 - `1 worker`: `kalkan serve --workers 1` (pinned to core 1);
 - `2 workers, own memory`: `--workers 2` with `cache.share_directory: false` (each worker's
@@ -77,8 +78,9 @@ PAGE_BYTES = 20_480
 @dataclass
 class Settings:
     pages: int = 2_000
-    requests: int = 40_000
-    connections: int = 16
+    requests: int = 16_000
+    rate: float = 400.0            # requests a second, paced: every run sees the same clock
+    connections: int = 32
     visit: int = 8                 # requests per connection before it reconnects
     render_ms: float = 30.0        # the origin's time to make a page
     repetitions: int = 3
@@ -243,6 +245,11 @@ async def readers_load(port: int, plan: list[str], settings: Settings,
                     if item is None:
                         return
                     i, path = item
+                    # Paced: request i leaves at i / rate (later if the edge is behind), so
+                    # microcached pages expire at the same points of every run.
+                    wait = t0 + i / settings.rate - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                     # Every request its own reader: User-Agent and cookies differ each time.
                     req = (f"GET {path} HTTP/1.1\r\nHost: news.example\r\n"
                            f"User-Agent: Mozilla/5.0 (Linux; Android 12; reader-{i}) "
@@ -497,6 +504,9 @@ def run(settings: Settings, output_dir: Path) -> Path:
         f"file ({costs['files']:,} files indexed).", "",
         f"{settings.requests:,} requests for {settings.pages:,} pages of 20 KB (page of rank r "
         f"asked in proportion to 1/r, the same seeded sequence for every run), "
+        f"paced at {settings.rate:,.0f} a second (achieved: "
+        f"{min(r['requests'] / r['seconds'] for r in runs):,.0f} - "
+        f"{max(r['requests'] / r['seconds'] for r in runs):,.0f}), "
         f"{settings.connections} connections, each reconnecting after {settings.visit} requests; "
         f"every request its own User-Agent and cookies. The origin: WordPress-like (no cache "
         f"headers: microcached for 10 s), {settings.render_ms:.0f} ms per page. Hit ratio: "
@@ -513,13 +523,15 @@ def run(settings: Settings, output_dir: Path) -> Path:
 
 
 def quick_settings() -> Settings:
-    return Settings(pages=200, requests=1_500, connections=8, repetitions=1, quick=True)
+    return Settings(pages=200, requests=1_500, rate=1_000.0, connections=8, repetitions=1,
+                    quick=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="200 pages, 1,500 requests, once")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 pages, 1,500 requests at 1,000/s, once")
     parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--serve-origin", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render-ms", type=float, default=Settings.render_ms,
