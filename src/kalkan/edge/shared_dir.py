@@ -31,6 +31,7 @@ import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.store import Entry, Store, file_name
@@ -69,6 +70,7 @@ class SharedDirectory:
         self._tomb: dict[str, float] = {}  # key -> removed at (wall time)
         self._cleared = 0.0                # everything fetched before this was purged
         self._fd = -1
+        self._add_watch: Any = None        # libc's inotify_add_watch, once started
         self._wds: dict[int, str] = {}     # watch -> subdirectory name ("" for the top)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = str(os.getpid())
