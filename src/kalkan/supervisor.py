@@ -297,11 +297,12 @@ def _all_metrics(own: Edge, place: WorkerPlace, directory: Path) -> str:
 async def _run_worker(config: Config, sockets: dict[str, socket.socket],
                       place: WorkerPlace) -> None:
     from kalkan.edge.app import Edge
+    from kalkan.edge.shared_dir import share as share_cache_directory
 
     edge = Edge(config, sockets)
     _attach(edge, place, config)
-    if place.count > 1:
-        edge.pipeline.share_directory()   # siblings mirror into one cache dir: read theirs
+    if place.count > 1:   # siblings mirror into one cache directory: a miss reads theirs
+        share_cache_directory(edge.pipeline)
     if place.count > 1 and config.cluster.redis is None:
         # Without Redis the workers share their state through a relay worker 0 runs (an
         # abstract socket named after the supervisor: no file, only this user's processes).

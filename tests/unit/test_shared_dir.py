@@ -70,12 +70,12 @@ async def test_a_siblings_file_is_taken_in_and_a_never_cached_url_reads_no_disk(
         for n in range(2000):
             assert shared.find(f"GET http://news.example/?s={n}", {}, None) is None
         assert shared.reads == {"adopted": 1, "refused": 0, "damaged": 0, "not_newer": 0}
-        # A page this worker stores itself is not "fresher" for it: no read on expiry.
-        own = entry("GET http://news.example/own/")
+        # A page this worker stores itself is not "fresher" for it: no read once it expires.
+        own = entry("GET http://news.example/own/", at=time.time() - 20)
         store.put(own)
         store.flush()
         await settle(shared, own.file, fresher=False)
-        assert shared.find(own.key, {}, own) is None
+        assert shared.find(own.key, {}, own) is own
         assert shared.reads["adopted"] == 1 and shared.reads["not_newer"] == 0
     finally:
         shared.close()
@@ -89,13 +89,15 @@ async def test_a_stale_copy_is_replaced_by_a_siblings_newer_one_once(tmp_path: P
         store.put(old)
         store.flush()
         await settle(shared, old.file, fresher=False)
-        assert shared.find(KEY, {}, old) is None     # its own file: nothing to read
+        assert shared.find(KEY, {}, old) is old      # its own file: nothing to read
         sibling_writes(tmp_path, b"<p>refreshed</p>", time.time())
         await settle(shared, old.file, fresher=True)
         newer = shared.find(KEY, {}, old)
         assert newer is not None and newer.body == b"<p>refreshed</p>"
-        assert shared.find(KEY, {}, newer) is None   # read once per sibling write
-        assert shared.reads["adopted"] == 1
+        assert shared.find(KEY, {}, newer) is newer  # fresh: the directory is not asked
+        newer.fresh_until = 0.0                      # (as if expired since)
+        assert shared.find(KEY, {}, newer) is newer  # and read once per sibling write
+        assert shared.reads == {"adopted": 1, "refused": 0, "damaged": 0, "not_newer": 0}
     finally:
         shared.close()
         store.close()

@@ -67,8 +67,7 @@ class Pipeline:
         self.cache = cc
         self.cache_enabled = cc.enabled
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
-        # With sibling workers (share_directory()): a miss looks for a sibling's cache file.
-        self.shared: SharedDirectory | None = None
+        self.shared: SharedDirectory | None = None  # sibling workers' files (shared_dir.share)
         self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
         self.never_cache = flow.NeverCache(cc)
         self.upstream = OriginClient(config.origin, self.metrics,
@@ -100,23 +99,8 @@ class Pipeline:
                 lambda: self.store.objects)
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def share_directory(self) -> None:
-        """This edge is one of several workers mirroring into one cache directory: with
-        `cache.share_directory`, a memory miss first looks there (edge/shared_dir.py)."""
-        if self.cache_enabled and self.cache.share_directory and self.store.dir is not None:
-            shared = self.shared = SharedDirectory(self.store)
-            self.metrics.labeled_counter(
-                "kalkan_cache_shared_reads_total", "Sibling workers' cache files read on a "
-                "miss, by outcome (adopted; refused: purged here; damaged; not_newer).",
-                "outcome", lambda: {k: float(v) for k, v in shared.reads.items()})
-            self.metrics.gauge("kalkan_cache_shared_files", "Files the shared cache directory "
-                               "holds (this worker's index of it).", lambda: len(shared.present))
-
     def load(self) -> int:
-        loaded = self.store.load() if self.cache_enabled else 0
-        if self.shared is not None and not self.shared.start(asyncio.get_running_loop()):
-            self.shared = None
-        return loaded
+        return self.store.load() if self.cache_enabled else 0
 
     def tick(self) -> None:
         """Once per sweep: about once a second, flush the log, bound the memos, tell the
@@ -136,8 +120,6 @@ class Pipeline:
 
     async def close(self) -> None:
         self.misses.cancel()
-        if self.shared is not None:
-            self.shared.close()
         self.defense.close()
         self.upstream.close()
         self.store.flush()
@@ -295,9 +277,7 @@ class Pipeline:
         view = self._view(req)
         variants = self.store.get(key)
         entry = flow.pick_variant(variants, view.headers) if variants else None
-        if self.shared is not None and (entry is None or entry.fresh_until <= self.clock.now):
-            # Not here, or stale: a sibling worker may have stored it (the miss path only).
-            entry = self.shared.find(key, view.headers, entry) or entry
+        entry = entry if self.shared is None else self.shared.find(key, view.headers, entry)
         threat = self.defense.threat_level
         strained = threat > 0 and entry is not None and self.upstream.strained()
         d = flow.lookup(entry, view, self.clock.now, self.cache, threat, strained)

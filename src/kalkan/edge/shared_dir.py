@@ -31,10 +31,14 @@ import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kalkan.edge import cache_policy as policy
+from kalkan.edge.clock import Clock
 from kalkan.edge.store import Entry, Store, file_name
+
+if TYPE_CHECKING:
+    from kalkan.edge.pipeline import Pipeline
 
 log = logging.getLogger("kalkan.store")
 
@@ -54,6 +58,25 @@ _TOMBSTONES = 10_000                       # purged keys remembered one by one
 _TOMBSTONE_S = 300.0                       # ... for this long (the holder deletes at once)
 
 
+def share(pipeline: Pipeline) -> SharedDirectory | None:
+    """A worker with siblings, before its edge starts (in its event loop): with
+    `cache.share_directory` and a cache directory, its misses look for their files."""
+    store = pipeline.store
+    if not pipeline.cache_enabled or not pipeline.cache.share_directory or store.dir is None:
+        return None
+    shared = SharedDirectory(store, pipeline.clock)
+    if not shared.start(asyncio.get_running_loop()):
+        return None
+    pipeline.metrics.labeled_counter(
+        "kalkan_cache_shared_reads_total", "Sibling workers' cache files read on a miss, by "
+        "outcome (adopted; refused: purged here; damaged; not_newer).", "outcome",
+        lambda: {k: float(v) for k, v in shared.reads.items()})
+    pipeline.metrics.gauge("kalkan_cache_shared_files", "Files the shared cache directory holds "
+                           "(this worker's index of it).", lambda: len(shared.present))
+    pipeline.shared = shared
+    return shared
+
+
 def _is_name(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
@@ -61,9 +84,10 @@ def _is_name(name: str) -> bool:
 class SharedDirectory:
     """The index of a shared cache directory and the look-up a worker's miss makes in it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
         assert store.dir is not None
         self.store = store
+        self.clock = clock or Clock()
         self.dir: Path = store.dir
         self.present: set[str] = set()     # names of files the directory holds
         self.fresher: set[str] = set()     # ... whose last write was a sibling's, not yet read
@@ -205,18 +229,19 @@ class SharedDirectory:
 
     # -- the miss path --------------------------------------------------------------------------
     def find(self, key: str, headers: Mapping[str, str], held: Entry | None) -> Entry | None:
-        """A sibling's copy of this request's variant, taken into the store, if the directory
-        holds one that is valid and newer than `held` (this worker's stale copy, or None)."""
+        """The entry to go on with: `held` (the variant this worker has, or None) when it is
+        fresh or the directory has nothing better, else a sibling's valid, newer copy of this
+        request's variant, taken into the store."""
         present = self.present
-        if not present:
-            return None
+        if not present or (held is not None and held.fresh_until > self.clock.now):
+            return held
         for name in self._names(key, headers):
             if name not in present:
                 continue
             if held is not None and name not in self.fresher:
-                return None   # the file is this worker's own copy, or one it read already
-            return self._read(name, held)
-        return None
+                return held   # the file is this worker's own copy, or one it read already
+            return self._read(name, held) or held
+        return held
 
     def _names(self, key: str, headers: Mapping[str, str]) -> list[str]:
         names = [file_name(key, ())]
