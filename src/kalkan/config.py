@@ -200,8 +200,9 @@ class CacheConfig:
         "Cache anonymous GETs of HTML for this long when the origin sends no freshness (WordPress"
         " sends none on pages); 0 = off. Logged-in readers never get or make these copies.",
         10.0)
-    # On by default: with several workers it saves the origin N-1 of every N fetches of a page
-    # (bench/results/worker_cache.md); a miss costs a hash and a set lookup, not a disk read.
+    # On by default: with several workers the origin makes a page about once for all of them,
+    # not once per worker (bench/results/worker_cache.md); a miss costs a hash and a set lookup,
+    # not a disk read.
     share_directory: bool = _opt(
         "With several workers: a worker's memory miss (or stale copy) looks in cache.dir for the"
         " copy another worker stored before asking the origin (docs/workers.md). No effect with"
