@@ -302,7 +302,8 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
     edge = Edge(config, sockets)
     _attach(edge, place, config)
     if place.count > 1:   # siblings mirror into one cache directory: a miss reads theirs
-        share_cache_directory(edge.pipeline)
+        p = edge.pipeline
+        p.shared = share_cache_directory(p.store, config.cache, p.clock, p.metrics)
     if place.count > 1 and config.cluster.redis is None:
         # Without Redis the workers share their state through a relay worker 0 runs (an
         # abstract socket named after the supervisor: no file, only this user's processes).

@@ -31,14 +31,13 @@ import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kalkan.config import CacheConfig
 from kalkan.edge import cache_policy as policy
 from kalkan.edge.clock import Clock
 from kalkan.edge.store import Entry, Store, file_name
-
-if TYPE_CHECKING:
-    from kalkan.edge.pipeline import Pipeline
+from kalkan.observe.metrics import Metrics
 
 log = logging.getLogger("kalkan.store")
 
@@ -58,22 +57,21 @@ _TOMBSTONES = 10_000                       # purged keys remembered one by one
 _TOMBSTONE_S = 300.0                       # ... for this long (the holder deletes at once)
 
 
-def share(pipeline: Pipeline) -> SharedDirectory | None:
-    """A worker with siblings, before its edge starts (in its event loop): with
-    `cache.share_directory` and a cache directory, its misses look for their files."""
-    store = pipeline.store
-    if not pipeline.cache_enabled or not pipeline.cache.share_directory or store.dir is None:
+def share(store: Store, cache: CacheConfig, clock: Clock,
+          metrics: Metrics) -> SharedDirectory | None:
+    """For a worker with siblings, before its edge starts (in its event loop), the pipeline's
+    `shared`: with `cache.share_directory` and a cache directory, its misses look there."""
+    if not cache.enabled or not cache.share_directory or store.dir is None:
         return None
-    shared = SharedDirectory(store, pipeline.clock)
+    shared = SharedDirectory(store, clock)
     if not shared.start(asyncio.get_running_loop()):
         return None
-    pipeline.metrics.labeled_counter(
+    metrics.labeled_counter(
         "kalkan_cache_shared_reads_total", "Sibling workers' cache files read on a miss, by "
         "outcome (adopted; refused: purged here; damaged; not_newer).", "outcome",
         lambda: {k: float(v) for k, v in shared.reads.items()})
-    pipeline.metrics.gauge("kalkan_cache_shared_files", "Files the shared cache directory holds "
-                           "(this worker's index of it).", lambda: len(shared.present))
-    pipeline.shared = shared
+    metrics.gauge("kalkan_cache_shared_files", "Files the shared cache directory holds (this "
+                  "worker's index of it).", lambda: len(shared.present))
     return shared
 
 
