@@ -200,6 +200,13 @@ class CacheConfig:
         "Cache anonymous GETs of HTML for this long when the origin sends no freshness (WordPress"
         " sends none on pages); 0 = off. Logged-in readers never get or make these copies.",
         10.0)
+    # On by default: with several workers the origin makes a page about once for all of them,
+    # not once per worker (bench/results/worker_cache.md); a miss costs a hash and a set lookup,
+    # not a disk read.
+    share_directory: bool = _opt(
+        "With several workers: a worker's memory miss (or stale copy) looks in cache.dir for the"
+        " copy another worker stored before asking the origin (docs/workers.md). No effect with"
+        " one worker or without cache.dir.", True)
     # Matched as substrings of the Cookie header (one regex search per request with a cookie):
     # keep the list short. `session` also covers wp_woocommerce_session_ and wp_edd_session_.
     session_cookies: list[str] = _opt(

@@ -358,6 +358,7 @@ def _all_metrics(own: Edge, place: WorkerPlace, directory: Path) -> str:
 async def _run_worker(config: Config, sockets: dict[str, socket.socket],
                       place: WorkerPlace) -> None:
     from kalkan.edge.app import Edge
+    from kalkan.edge.shared_dir import share as share_cache_directory
 
     relay_sock = sockets.pop(RELAY_SOCKET, None)
     try:
@@ -366,6 +367,9 @@ async def _run_worker(config: Config, sockets: dict[str, socket.socket],
         where = f"{exc.filename}: " if exc.filename else ""
         raise StartupError(f"{where}{exc.strerror or exc}") from None
     _attach(edge, place, config)
+    if place.count > 1:   # siblings mirror into one cache directory: a miss reads theirs
+        p = edge.pipeline
+        p.shared = share_cache_directory(p.store, config.cache, p.clock, p.metrics)
     if place.count > 1 and config.cluster.redis is None:
         # Without Redis the workers share their state through a relay worker 0 runs (an
         # abstract socket named after the supervisor: no file, only this user's processes).

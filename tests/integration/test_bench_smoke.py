@@ -371,3 +371,20 @@ def test_alliance_hop_quick_run_counts_what_reaches_the_next_newsroom(tmp_path: 
     assert not alone["allied"] and allied["allied"]
     assert allied["sent_to_b"] > 100 and allied["reached_b_origin"] <= alone["reached_b_origin"]
     assert "hops" in (tmp_path / "alliance_hop.md").read_text()
+
+
+@pytest.mark.slow
+def test_worker_cache_quick_run_measures_the_three_arrangements(tmp_path: Path) -> None:
+    _tools_for_quick_runs()
+    _run("bench.worker_cache", "--quick", "--output-dir", str(tmp_path))
+    data = json.loads((tmp_path / "worker_cache.json").read_text())
+    cells = data["cells"]
+    assert list(cells) == ["1 worker", "2 workers, own memory", "2 workers, shared dir"]
+    assert all(c["clean"] for c in cells.values())
+    # Every connection was traced to the worker that accepted it.
+    assert all(r["connections_unattributed"] == 0 and r["requests"] == 1500
+               for r in data["runs"])
+    assert cells["2 workers, shared dir"]["origin_fetches"] < \
+        cells["2 workers, own memory"]["origin_fetches"]
+    assert data["miss_path_costs"]["absent_lookup_us"] > 0
+    assert "fewer origin fetches" in (tmp_path / "worker_cache.md").read_text()

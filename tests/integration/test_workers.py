@@ -29,7 +29,7 @@ class Supervised:
 
     def __init__(self, tmp: Path, origin_url: str, *, workers: int = 2,
                  extra: str = "", env: dict[str, str] | None = None,
-                 admin: int | None = None, port: int | None = None) -> None:
+                 admin: int | None = None, port: int | None = None, cache: str = "") -> None:
         self.tmp = tmp
         self.port = port or free_port()
         self.admin = admin or free_port()
@@ -43,7 +43,7 @@ class Supervised:
             f"admin: {{listen: '127.0.0.1:{self.admin}'}}\n"
             f"access_log: {{path: '{self.log}'}}\n"
             f"state_dir: '{self.state}'\n"
-            f"cache: {{dir: '{tmp / 'cache'}'}}\n"
+            f"cache: {{dir: '{tmp / 'cache'}'{cache}}}\n"
             f"limits: {{max_connections: 2048}}\n" + extra, encoding="utf-8")
         self.proc = subprocess.Popen(
             [KALKAN, "serve", "--config", str(config), "--origin", origin_url],
@@ -350,7 +350,10 @@ async def test_sigterm_exits_0_within_the_grace_and_state_files_are_intact(
 
 async def test_an_operators_decision_and_purge_reach_every_worker(
         origin: Origin, tmp_path: Path, supervised: list[Supervised]) -> None:
-    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n")
+    # Each worker's own memory only: a worker taking its sibling's cache file
+    # (test_worker_cache.py) would make the misses below depend on which worker asked first.
+    s = Supervised(tmp_path, origin.url, extra="defense: {enabled: true}\n",
+                   cache=", share_directory: false")
     supervised.append(s)
     await s.serving()
     await s.pids()  # every worker's private admin listener is up

@@ -30,6 +30,7 @@ from kalkan.edge.forward import forwarded_as_framed, upstream_headers, vary_view
 from kalkan.edge.origin import PASS, GateFull, OriginError, UpstreamResponse
 from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
+from kalkan.edge.shared_dir import SharedDirectory
 from kalkan.edge.store import Store
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
@@ -66,6 +67,7 @@ class Pipeline:
         self.cache = cc
         self.cache_enabled = cc.enabled
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
+        self.shared: SharedDirectory | None = None  # sibling workers' files (shared_dir.share)
         self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
         self.never_cache = flow.NeverCache(cc)
         self.upstream = OriginClient(config.origin, self.metrics,
@@ -275,6 +277,7 @@ class Pipeline:
         view = self._view(req)
         variants = self.store.get(key)
         entry = flow.pick_variant(variants, view.headers) if variants else None
+        entry = entry if self.shared is None else self.shared.find(key, view.headers, entry)
         threat = self.defense.threat_level
         strained = threat > 0 and entry is not None and self.upstream.strained()
         d = flow.lookup(entry, view, self.clock.now, self.cache, threat, strained)

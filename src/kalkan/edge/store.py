@@ -25,6 +25,7 @@ import re
 import shutil
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,9 +138,7 @@ class Entry:
     def file(self) -> str:
         """The name of this entry's file in the cache directory (made when it is written, not
         kept: thousands of entries would each hold it for nothing)."""
-        sig = "\x00".join("\x01" if v is None else v for v in self.vary_sig)
-        return hashlib.sha256(
-            (self.key + "\x00" + sig).encode("utf-8", "surrogateescape")).hexdigest()
+        return file_name(self.key, self.vary_sig)
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
@@ -231,6 +230,13 @@ class Entry:
         return entry
 
 
+def file_name(key: str, vary_sig: tuple[str | None, ...]) -> str:
+    """The cache file of the variant of `key` with this Vary signature (its name is all a
+    worker needs to find what a sibling stored for the same request)."""
+    sig = "\x00".join("\x01" if v is None else v for v in vary_sig)
+    return hashlib.sha256((key + "\x00" + sig).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _seal(rest: bytes) -> bytes:
     return _MAGIC + hashlib.blake2b(rest, digest_size=_DIGEST).digest() + rest
 
@@ -295,6 +301,12 @@ class Store:
         self.dir = Path(directory) if directory else None
         self._writer: ThreadPoolExecutor | None = None
         self._disk_problem: str | None = None  # the last write failure, logged once
+        # The Vary field lists stored entries use (a few per site): a worker looking in the
+        # shared directory for a key it does not hold tries the file name of each.
+        self.vary_shapes: set[tuple[str, ...]] = set()
+        # Told of every removal (a key; None: all), so a sibling's copy on disk fetched before
+        # it is never taken back in (edge/shared_dir.py).
+        self.on_remove: Callable[[str | None], None] | None = None
         if self.dir is not None:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +323,8 @@ class Store:
             self._used.add(key)
         return variants
 
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: Entry, persist: bool = True) -> None:
+        """Store `entry`; `persist` False: it came from the directory (a sibling's file)."""
         variants = self.entries.get(entry.key)
         if variants is None:
             variants = self.entries[entry.key] = []
@@ -330,7 +343,10 @@ class Store:
         variants.append(entry)
         self.bytes += entry.size
         self.objects += 1
-        self._persist(entry)
+        if entry.vary and len(self.vary_shapes) < 16:
+            self.vary_shapes.add(entry.vary)
+        if persist:
+            self._persist(entry)
         # The page just stored does not make room for itself (it is the newest): marked used
         # while others are evicted for it, and only then if it was read before.
         used, key = self._used, entry.key
@@ -341,6 +357,8 @@ class Store:
             used.discard(key)
 
     def remove(self, key: str) -> int:
+        if self.on_remove is not None:
+            self.on_remove(key)
         variants = self.entries.pop(key, None)
         self._used.discard(key)
         if not variants:
@@ -351,6 +369,8 @@ class Store:
 
     def clear(self) -> int:
         n = self.objects
+        if self.on_remove is not None:
+            self.on_remove(None)
         for key in list(self.entries):
             self.remove(key)
         return n
@@ -478,6 +498,8 @@ class Store:
                         "kept %d entries", self.dir, len(dropped), path.name,
                         " ".join(why.split())[:120], len(loaded))
         for entry in reversed(loaded):  # oldest first, so the newest end up most recent
+            if entry.vary and len(self.vary_shapes) < 16:
+                self.vary_shapes.add(entry.vary)
             variants = self.entries.setdefault(entry.key, [])
             variants.append(entry)
             self.bytes += entry.size
