@@ -130,6 +130,18 @@ class SlowOrigin:
             self.server.close()
 
 
+async def old_edge(slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised],
+                   defense: bool = False) -> tuple[Installed, Supervised, dict[int, int]]:
+    """Two workers of the "installed" version 1.0-old, serving; with their pids."""
+    installed = Installed(tmp_path, "1.0-old")
+    s = Supervised(tmp_path, await slow_origin.start(),
+                   extra=f"defense: {{enabled: {'true' if defense else 'false'}}}\n",
+                   env=installed.env)
+    supervised.append(s)
+    await s.serving()
+    return installed, s, await s.pids()
+
+
 @pytest.fixture
 def supervised() -> Iterator[list[Supervised]]:
     yield from supervise()
@@ -144,12 +156,7 @@ async def slow_origin() -> AsyncIterator[SlowOrigin]:
 
 async def test_an_upgrade_under_load_answers_every_request_and_keeps_the_supervisor(
         slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
-    installed = Installed(tmp_path, "1.0-old")
-    s = Supervised(tmp_path, await slow_origin.start(), extra="defense: {enabled: false}\n",
-                   env=installed.env)
-    supervised.append(s)
-    await s.serving()
-    before = await s.pids()
+    installed, s, before = await old_edge(slow_origin, tmp_path, supervised)
     assert await versions(s) == {"0": "1.0-old", "1": "1.0-old"}
     supervisor = s.proc.pid
 
@@ -249,12 +256,7 @@ def upgrade_command(s: Supervised) -> subprocess.CompletedProcess[str]:
 
 async def test_an_upgrade_whose_new_code_cannot_start_changes_nothing(
         slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
-    installed = Installed(tmp_path, "1.0-old")
-    s = Supervised(tmp_path, await slow_origin.start(), extra="defense: {enabled: false}\n",
-                   env=installed.env)
-    supervised.append(s)
-    await s.serving()
-    before = await s.pids()
+    installed, s, before = await old_edge(slow_origin, tmp_path, supervised)
     installed.set("broken")
     out = await asyncio.to_thread(upgrade_command, s)
     assert out.returncode == 1, (out.stdout, out.stderr)
@@ -275,12 +277,7 @@ async def test_an_upgrade_whose_new_code_cannot_start_changes_nothing(
 
 async def test_an_upgrade_whose_new_workers_fail_keeps_the_old_workers_serving(
         slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
-    installed = Installed(tmp_path, "1.0-old")
-    s = Supervised(tmp_path, await slow_origin.start(), extra="defense: {enabled: false}\n",
-                   env=installed.env)
-    supervised.append(s)
-    await s.serving()
-    before = await s.pids()
+    installed, s, before = await old_edge(slow_origin, tmp_path, supervised)
     installed.set("2.0-workers-fail")
     out = await asyncio.to_thread(upgrade_command, s)
     assert out.returncode == 1, (out.stdout, out.stderr)
@@ -312,12 +309,7 @@ async def test_one_edge_without_a_supervisor_is_not_killed_by_sigusr2(
 
 async def test_an_upgrade_that_changes_the_listeners_is_refused_naming_the_key(
         slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
-    installed = Installed(tmp_path, "1.0-old")
-    s = Supervised(tmp_path, await slow_origin.start(), extra="defense: {enabled: false}\n",
-                   env=installed.env)
-    supervised.append(s)
-    await s.serving()
-    before = await s.pids()
+    installed, s, before = await old_edge(slow_origin, tmp_path, supervised)
     config = tmp_path / "kalkan.yaml"
     config.write_text(config.read_text().replace(f"127.0.0.1:{s.port}", "127.0.0.1:1"))
     installed.set("2.0-new")
@@ -334,12 +326,7 @@ async def test_what_the_old_workers_held_is_held_by_the_new_ones(
         slow_origin: SlowOrigin, tmp_path: Path, supervised: list[Supervised]) -> None:
     """An operator's decision and the cached pages survive an upgrade: the new workers load
     the state files and the cache directory the old ones keep, and the relay passes the rest."""
-    installed = Installed(tmp_path, "1.0-old")
-    s = Supervised(tmp_path, await slow_origin.start(), extra="defense: {enabled: true}\n",
-                   env=installed.env)
-    supervised.append(s)
-    await s.serving()
-    await s.pids()
+    installed, s, _ = await old_edge(slow_origin, tmp_path, supervised, defense=True)
     token = (s.state / "admin.token").read_text().strip()
     reply = await fetch(s.admin, "/decisions", "POST", host="127.0.0.1", headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json"},
