@@ -29,6 +29,7 @@ from josepy.jwk import JWKRSA
 from kalkan import __version__
 from kalkan.config import AcmeConfig
 from kalkan.statefiles import remove_leftovers
+from kalkan.tasks import cancel_and_wait
 
 log = logging.getLogger("kalkan.acme")
 
@@ -193,11 +194,8 @@ class AcmeManager:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="acme")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -4,7 +4,6 @@ on at level 2), the origin's circuit breaker, and the certificates' expiry dates
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import time
@@ -20,6 +19,7 @@ from kalkan.alerts.events import (
     ORIGIN_UP,
     Event,
 )
+from kalkan.tasks import cancel_and_wait
 
 log = logging.getLogger("kalkan.alerts")
 
@@ -124,8 +124,5 @@ class Watcher:
             await asyncio.sleep(1.0)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -7,7 +7,6 @@ reason; an ally that cannot be reached keeps its entries until its last feed exp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ from kalkan.alliance.allies import TRUSTS, apply_feed
 from kalkan.alliance.feed import MAX_BYTES, FeedError, Subscription, public_key
 from kalkan.defense.decisions import Decisions
 from kalkan.statefiles import write_atomically
+from kalkan.tasks import cancel_and_wait
 
 log = logging.getLogger("kalkan.alliance")
 
@@ -127,11 +127,8 @@ class Poller:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 
 from kalkan.cluster.state import ClusterState, Record
+from kalkan.tasks import cancel_and_wait
 
 log = logging.getLogger("kalkan.cluster")
 
@@ -42,9 +43,7 @@ class Link(ABC):
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await cancel_and_wait(task, quietly=True)
         if self.state.outbox or self.state.events:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._last_words(), 1.0)
@@ -135,9 +134,7 @@ class Link(ABC):
                                            max(0.0, next_second - time.time()))
             reader.result()   # raises what ended the reader
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await cancel_and_wait(reader, quietly=True)
 
     async def _read(self) -> None:
         while True:
