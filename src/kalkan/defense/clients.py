@@ -425,10 +425,7 @@ class ClientTable:
         t = int(now)                         # compiled: a native conversion
         a_spec, p_spec = self._specs.get(facts.route) or self._specs["page"]
         addr = self._addr
-        fp = self._ip_fp(facts.version, ip)
-        a = _PROBE(addr.index, addr.fps, addr.last, addr.mask, fp, t)
-        if a < 0:
-            a = addr.insert(fp, -a - 1, t)
+        a = addr.get(self._ip_fp(facts.version, ip), t)
         if not self._crediting:
             at = self._recent_at
             self._recent[at] = facts.client
