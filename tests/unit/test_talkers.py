@@ -35,6 +35,35 @@ def test_ranking_and_shares_of_a_few_keys() -> None:
     assert sketch.top(1)[0].share == pytest.approx(0.5)
 
 
+def test_evictions_match_the_plain_definition() -> None:
+    # The sketch remembers which keys sit at the floor between scans; it must evict exactly
+    # what a scan for the first smallest counter at every eviction would (the definition).
+    rng = random.Random(11)
+    sketch = SpaceSaving(capacity=16)
+    counts: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    for i in range(30_000):
+        if i % 2_500 == 0:
+            sketch.decay(0.5)
+            counts = {k: c * 0.5 for k, c in counts.items()}
+            errors = {k: errors[k] * 0.5 for k in counts if counts[k] >= 0.01}
+            counts = {k: c for k, c in counts.items() if c >= 0.01}
+        # A few heavy keys among many one-off ones, with weights that are not all 1.
+        key = f"hot-{rng.randrange(8)}" if rng.random() < 0.3 else f"new-{i}"
+        weight = rng.choice((1.0, 1.0, 2.0, 0.5))
+        sketch.add(key, weight)
+        if key in counts:
+            counts[key] += weight
+        elif len(counts) < 16:
+            counts[key], errors[key] = weight, 0.0
+        else:
+            victim = min(counts, key=counts.__getitem__)
+            floor = counts.pop(victim)
+            del errors[victim]
+            counts[key], errors[key] = floor + weight, floor
+        assert sketch.counts == counts and sketch.errors == errors
+
+
 def test_decay_forgets_old_talkers() -> None:
     sketch = SpaceSaving(capacity=4)
     sketch.add("old", 100)

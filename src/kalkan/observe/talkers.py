@@ -22,10 +22,16 @@ class Talker:
 
 
 class SpaceSaving:
-    """At most `capacity` keys with counts; `add` is O(1) amortised while the table has room and
-    O(capacity) when a key must evict the smallest (capacity is small: dozens)."""
+    """At most `capacity` keys with counts; `add` is O(1) amortised, evictions included.
 
-    __slots__ = ("capacity", "counts", "errors", "total")
+    Evicting takes the first key (in insertion order) holding the smallest count. One scan
+    finds every key at that floor (`_lows`); later evictions take them in turn, skipping any
+    that has been counted since. Counts only grow between scans and a new key enters above the
+    floor, so a key still at the floor is still a smallest one. A flood of new keys (every
+    sample a new client) then costs one scan per `capacity` evictions, not one per sample.
+    """
+
+    __slots__ = ("capacity", "counts", "errors", "total", "_lows", "_low_at", "_floor")
 
     def __init__(self, capacity: int = 64) -> None:
         if capacity < 1:
@@ -34,6 +40,9 @@ class SpaceSaving:
         self.counts: dict[str, float] = {}
         self.errors: dict[str, float] = {}
         self.total = 0.0
+        self._lows: list[str] = []   # keys at the floor when last scanned, in insertion order
+        self._low_at = 0             # the next of them to try
+        self._floor = 0.0
 
     def add(self, key: str, weight: float = 1.0) -> None:
         self.total += weight
@@ -45,23 +54,31 @@ class SpaceSaving:
             counts[key] = weight
             self.errors[key] = 0.0
             return
-        # The first smallest counter, as min(counts, key=counts.__getitem__) finds it, without
-        # a Python-level key call per counter: at a flood of new keys (every client new) this
-        # runs for nearly every sample, and that was ~10,000 instructions each time.
-        floor = min(counts.values())
-        victim = key
-        for k, c in counts.items():
-            if c == floor:
-                victim = k
-                break
-        counts.pop(victim)
+        victim = self._lowest()
+        floor = counts.pop(victim)
         del self.errors[victim]
         counts[key] = floor + weight
         self.errors[key] = floor
 
+    def _lowest(self) -> str:
+        """The first key holding the smallest count (the table is full, so there is one)."""
+        counts, lows, floor = self.counts, self._lows, self._floor
+        at = self._low_at
+        while at < len(lows):
+            key = lows[at]
+            at += 1
+            if counts.get(key, -1.0) == floor:
+                self._low_at = at
+                return key
+        floor = self._floor = min(counts.values())
+        lows = self._lows = [k for k, c in counts.items() if c == floor]
+        self._low_at = 1
+        return lows[0]
+
     def decay(self, factor: float) -> None:
         """Scale every count down (0 < factor < 1): older requests weigh less; counts that fade
         below a hundredth of a request are dropped."""
+        self._lows, self._low_at = [], 0   # the floor moves: the next eviction scans again
         for key in list(self.counts):
             c = self.counts[key] * factor
             if c < 0.01:
