@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kalkan.defense import rows
 from kalkan.defense.clients import _EMPTY, _FREE, ClientTable, Meter
 from kalkan.defense.facts import RequestFacts, address_facts
+from kalkan.defense.rows import PyHit
 
 
 def facts(client: str = "203.0.113.7", route: str = "page") -> RequestFacts:
@@ -442,3 +446,53 @@ def test_credited_requests_count_in_the_meters_but_are_not_shared_again() -> Non
     table.credit(f, 10.0, 2)                        # two more at another edge
     assert table.over(SEARCH_ONLY.id, f, 10.0)      # 4 in all: over "3 a minute"
     assert table.counts_to_share(10) == []
+
+
+# --------------------------------------------------------------------------- the one-call path
+
+
+def _columns(table: ClientTable) -> list[object]:
+    addr, pre = table._addr, table._pre
+    return [list(addr.meters), list(addr.over_until), list(addr.last), list(pre.meters),
+            list(pre.last), table._last_a, table._last_p]
+
+
+def _sequence(tables: list[ClientTable], steps: int = 4000) -> None:
+    rng = random.Random(3)
+    clients = [f"198.51.{rng.randrange(4)}.{rng.randrange(256)}" for _ in range(80)]
+    clients += ["2001:db8::1", "2001:db8::2", "2001:db8:0:1::5", "::ffff:192.0.2.9"]
+    meters = [m for t in tables[:1] for m in t.meter_ids]
+    now = 1000.0
+    for _ in range(steps):
+        now += rng.choice([0.0, 0.05, 0.5, 3.0])
+        f = facts(rng.choice(clients), rng.choice(["page", "search", "asset", "feed", "nope"]))
+        n = rng.choice([1, 1, 1, 4])
+        for t in tables:
+            t.hit(f, now, n)
+        for m in meters:
+            assert len({t.over(m, f, now) for t in tables}) == 1
+        assert len({repr(_columns(t)) for t in tables}) == 1
+
+
+METERS = [Meter("address", 5, 10.0), Meter("prefix", 20, 10.0), PER_ADDRESS,
+          Meter("address", 3, 60.0, frozenset({"search"})),
+          Meter("prefix", 4, 30.0, frozenset({"feed"}))]
+
+
+def test_a_known_client_is_counted_in_one_call_as_the_long_way_counts_it() -> None:
+    # hit() counts a client already in the table in one call (rows.Hit); a new one the long
+    # way (_hit_new). A table made to take the long way every time must end up the same.
+    fast, slow = ClientTable(1000, METERS, seed=1), ClientTable(1000, METERS, seed=1)
+    slow._fast = lambda *_: -1
+    _sequence([fast, slow])
+
+
+def test_the_c_one_call_path_is_its_python_reference() -> None:
+    c_table, py_table = ClientTable(1000, METERS, seed=2), ClientTable(1000, METERS, seed=2)
+    addr, pre = py_table._addr, py_table._pre
+    py_table._fast = PyHit(py_table._k0, py_table._k1, 24, 64, addr.index, addr.fps, addr.last,
+                           addr.meters, addr.mask, addr.width, addr.over_until, pre.index,
+                           pre.fps, pre.last, pre.meters, pre.mask, pre.width,
+                           py_table._specs)
+    _sequence([c_table, py_table])
+    assert (type(c_table._fast) is PyHit) is not rows.NATIVE

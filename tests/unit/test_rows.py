@@ -14,9 +14,14 @@ from kalkan.defense.rows import (
     KIND_COSTLY,
     KIND_PAGE,
     WIDTH,
+    bucket,
+    py_contains,
+    py_fingerprint,
     py_meter,
     py_observe_row,
     py_probe,
+    py_probe_key,
+    py_siphash13,
 )
 
 native = pytest.mark.skipif(not rows.NATIVE, reason="built without the C module")
@@ -58,6 +63,63 @@ def test_probe_finds_and_misses_as_the_reference_does() -> None:
     assert rows.probe(index, fp_col, last, 63, (77 << 20) | 5, 9) == -(5 + 5 + 1)
 
 
+_K0, _K1 = 0x0706050403020100, 0x0F0E0D0C0B0A0908   # SipHash's test key: bytes 00..0f
+
+
+def test_siphash_reference_is_siphash_1_3() -> None:
+    # The reference's rounds are SipHash's: with 2 and 4 rounds instead of 1 and 3 the same
+    # code gives the paper's test vector (key 00..0f, message 00..0e: 0xa129ca6149be45e5).
+    # Here the 1-3 value for that input, which the C module must give too.
+    assert py_siphash13(_K0, _K1, bytes(range(15))) == 0xD320D86D2A519956
+    assert py_siphash13(_K0, _K1, bytes(range(17))) == 0x9CF2689063DBD80C
+
+
+@native
+def test_fingerprints_are_the_references_keyed_62_bit_hash() -> None:
+    rng = random.Random(3)
+    keys = [0, 1, 0xFFFF << 32 | 0xC0000201, 1 << 130 | 0x64400A, (1 << 128) - 1,
+            *(rng.getrandbits(rng.choice((32, 64, 128, 131))) for _ in range(500))]
+    for key in keys:
+        fp = rows.fingerprint(key, _K0, _K1)
+        assert fp == py_fingerprint(key, _K0, _K1)
+        assert 0 < fp < 1 << 62
+    assert rows.fingerprint(keys[2], _K0, _K1) != rows.fingerprint(keys[2], _K0 + 1, _K1)
+    assert (py_siphash13(_K0, _K1, (keys[3]).to_bytes(17, "little")) >> 2
+            == rows.fingerprint(keys[3], _K0, _K1))
+    for bad in (-1, 1 << 136):
+        with pytest.raises(OverflowError):
+            rows.fingerprint(bad, _K0, _K1)
+    with pytest.raises(TypeError):
+        rows.fingerprint("1", _K0, _K1)  # type: ignore[arg-type]
+
+
+@native
+def test_probe_by_key_is_probe_by_its_fingerprint() -> None:
+    rng = random.Random(5)
+    keys = [rng.getrandbits(128) for _ in range(300)]
+    fps = [py_fingerprint(k, _K0, _K1) for k in keys]
+    size = 1024
+    for key in [*keys, *(rng.getrandbits(128) for _ in range(100))]:
+        a, b = _index(fps, size), _index(fps, size)
+        got = rows.probe_key(*a, size - 1, key, _K0, _K1, 99)
+        assert got == py_probe_key(*b, size - 1, key, _K0, _K1, 99)
+        assert a[2] == b[2]
+
+
+@native
+def test_contains_is_bytes_in_bytes() -> None:
+    rng = random.Random(9)
+    cases = [(b"", b""), (b"abc", b""), (b"", b"a"), (b"kalkan_pass=1", b"kalkan_pass="),
+             (b"a=1; kalkan_pas", b"kalkan_pass="), (b"xxab", b"ab"), (b"aab", b"ab")]
+    for _ in range(2_000):
+        hay = bytes(rng.choice(b"ab=; ") for _ in range(rng.randrange(12)))
+        cases.append((hay, bytes(rng.choice(b"ab=") for _ in range(rng.randrange(4)))))
+    for hay, needle in cases:
+        assert rows.contains(hay, needle) is (needle in hay) is py_contains(hay, needle)
+    with pytest.raises(TypeError):
+        rows.contains("text", b"x")  # type: ignore[arg-type]
+
+
 @native
 def test_meters_advance_as_the_reference_does() -> None:
     rng = random.Random(3)
@@ -82,13 +144,24 @@ def test_behaviour_rows_change_as_the_reference_does() -> None:
         now += rng.choice([0.0, 0.01, 0.2, 1.0, 5.0, 400.0])
         slot = rng.randrange(3)
         kind = rng.choice([KIND_PAGE, KIND_ASSET, 0]) | rng.choice([0, 0, KIND_COSTLY])
-        args = (slot, now, 0.0115, kind, rng.random() < 0.5, rng.choice([-1, rng.randrange(26)]),
-                rng.choice([-1, rng.randrange(26)]), float(rng.choice([300, 301, 302])),
-                rng.choice([1, 1, 2]))
+        # Buckets given as numbers, or as the texts the C module hashes itself.
+        texts = [-1, rng.randrange(26), f"/story/{rng.randrange(60)}", f"s={rng.random()}"]
+        args = (slot, now, 0.0115, kind, rng.random() < 0.5, rng.choice(texts),
+                rng.choice(texts), float(rng.choice([300, 301, 302])), rng.choice([1, 1, 2]))
         with_before = step % 2 == 0
         said = rows.observe_row(a, *args, before_a if with_before else None)
         assert said == py_observe_row(b, *args, before_b if with_before else None)
         assert a == b and before_a == before_b
+
+
+@native
+def test_a_text_counts_in_its_bucket() -> None:
+    rng = random.Random(13)
+    for text in ["", "/", "/a", "s=1", *(f"/p/{rng.getrandbits(40)}" for _ in range(500))]:
+        a, b = array("d", bytes(8 * WIDTH)), array("d", bytes(8 * WIDTH))
+        rows.observe_row(a, 0, 5.0, 0.01, KIND_PAGE, False, text, -1, 1.0, 1, None)
+        rows.observe_row(b, 0, 5.0, 0.01, KIND_PAGE, False, bucket(text), -1, 1.0, 1, None)
+        assert a == b
 
 
 @native

@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -137,6 +138,124 @@ done:
     return result;
 }
 
+/* SipHash-1-3 (Aumasson & Bernstein; the variant CPython hashes its strings with) of `len`
+ * bytes under the key (k0, k1): rows.py's py_siphash13 is the reference. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                        \
+    do {                                                                \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);       \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                          \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                          \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);       \
+    } while (0)
+
+static uint64_t
+siphash13(uint64_t k0, uint64_t k1, const uint8_t *in, size_t len)
+{
+    uint64_t v0 = k0 ^ UINT64_C(0x736f6d6570736575), v1 = k1 ^ UINT64_C(0x646f72616e646f6d);
+    uint64_t v2 = k0 ^ UINT64_C(0x6c7967656e657261), v3 = k1 ^ UINT64_C(0x7465646279746573);
+    size_t whole = len - len % 8;
+    for (size_t at = 0; at < whole; at += 8) {
+        uint64_t m = 0;
+        for (int k = 7; k >= 0; k--)
+            m = (m << 8) | in[at + k];
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t b = (uint64_t)len << 56;
+    for (size_t k = 0; k < len % 8; k++)
+        b |= (uint64_t)in[whole + k] << (8 * k);
+    v3 ^= b;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+#define KEY_BYTES 17   /* a table key: an address or prefix number with its family's tag bit */
+
+/* The fingerprint of a table key under (k0, k1): 62 bits (compiled Python keeps such an int
+ * unboxed), never 0 (0 marks a free slot). -1 with an exception set on a bad key. */
+static int64_t
+fingerprint_of(PyObject *key, PyObject *k0_obj, PyObject *k1_obj)
+{
+    if (!PyLong_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "key must be an int");
+        return -1;
+    }
+    uint8_t bytes[KEY_BYTES];
+    if (_PyLong_AsByteArray((PyLongObject *)key, bytes, KEY_BYTES, 1, 0) < 0)
+        return -1;   /* negative, or more than 136 bits */
+    uint64_t k0 = PyLong_AsUnsignedLongLongMask(k0_obj);
+    uint64_t k1 = PyLong_AsUnsignedLongLongMask(k1_obj);
+    if (PyErr_Occurred())
+        return -1;
+    int64_t fp = (int64_t)(siphash13(k0, k1, bytes, KEY_BYTES) >> 2);
+    return fp ? fp : 1;
+}
+
+/* fingerprint(key, k0, k1) -> int */
+static PyObject *
+rows_fingerprint(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "fingerprint() takes 3 arguments");
+        return NULL;
+    }
+    int64_t fp = fingerprint_of(args[0], args[1], args[2]);
+    return fp < 0 ? NULL : PyLong_FromLongLong(fp);
+}
+
+/* probe_key(index, fps, last, mask, key, k0, k1, t) -> int
+ * probe() for the fingerprint of `key`: one call instead of two on the hot path. */
+static PyObject *
+rows_probe_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "probe_key() takes 8 arguments");
+        return NULL;
+    }
+    int64_t fp = fingerprint_of(args[4], args[5], args[6]);
+    if (fp < 0)
+        return NULL;
+    PyObject *fp_obj = PyLong_FromLongLong(fp);
+    if (fp_obj == NULL)
+        return NULL;
+    PyObject *probe_args[6] = {args[0], args[1], args[2], args[3], fp_obj, args[7]};
+    PyObject *result = rows_probe(module, probe_args, 6);
+    Py_DECREF(fp_obj);
+    return result;
+}
+
+/* contains(haystack: bytes, needle: bytes) -> bool: `needle in haystack` without the detour
+ * bytes.__contains__ takes on 3.11 (it tries the needle as an int first, raising and clearing
+ * a TypeError) and without the argument tuple bytes.find builds. */
+static PyObject *
+rows_contains(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "contains() takes two bytes");
+        return NULL;
+    }
+    Py_ssize_t hl = PyBytes_GET_SIZE(args[0]), nl = PyBytes_GET_SIZE(args[1]);
+    const char *h = PyBytes_AS_STRING(args[0]), *n = PyBytes_AS_STRING(args[1]);
+    if (nl == 0)
+        Py_RETURN_TRUE;
+    for (Py_ssize_t i = 0; i + nl <= hl; i++) {
+        const char *at = memchr(h + i, n[0], (size_t)(hl - nl - i + 1));
+        if (at == NULL)
+            break;
+        i = at - h;
+        if (memcmp(at, n, (size_t)nl) == 0)
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
 /* meter(rows: array('d'), base, spec: array('d'), now, n) -> float
  * Advance the GCRA meters of one slot: spec holds (offset, T/N, cap, beyond) per meter. Returns
  * the latest time until which one of them is over (`now` if none is). */
@@ -189,6 +308,22 @@ done:
     return result;
 }
 
+/* A sketch bucket given as itself (an int) or as the text it is the bucket of (rows.py's
+ * bucket(): hash()'s high 32 bits modulo BUCKETS, floored as Python's % is). Hashed here: in
+ * compiled Python the 64-bit hash is a boxed integer, and shifting it cost ~400 instructions. */
+static int
+as_bucket(PyObject *obj, Py_ssize_t *out)
+{
+    if (!PyUnicode_Check(obj))
+        return as_ssize(obj, out);
+    Py_hash_t h = PyObject_Hash(obj);
+    if (h == -1 && PyErr_Occurred())
+        return -1;
+    int64_t b = ((int64_t)h >> 32) % BUCKETS;   /* (>> of a negative: arithmetic in gcc/clang) */
+    *out = (Py_ssize_t)(b < 0 ? b + BUCKETS : b);
+    return 0;
+}
+
 /* observe_row(rows, slot, now, rate, kind, referred, query_bucket, path_bucket, mark, n, before)
  * -> float: behaviour.py's Behaviour.observe on one row (see rows.py's observe_row). */
 static PyObject *
@@ -203,7 +338,7 @@ rows_observe_row(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     int referred = PyObject_IsTrue(args[5]);
     if (referred < 0 || as_ssize(args[1], &slot) < 0 || as_double(args[2], &now) < 0
             || as_double(args[3], &rate) < 0 || as_ssize(args[4], &kind) < 0
-            || as_ssize(args[6], &qb) < 0 || as_ssize(args[7], &pb) < 0
+            || as_bucket(args[6], &qb) < 0 || as_bucket(args[7], &pb) < 0
             || as_double(args[8], &mark) < 0 || as_ssize(args[9], &n) < 0)
         return NULL;
     if (qb >= BUCKETS || pb >= BUCKETS)
@@ -303,9 +438,348 @@ done:
     return result;
 }
 
+/* -- Hit: one call per request for a client already in the table ------------------------- */
+
+/* A table's arrays, taken for the length of one call (no format checks: Hit's constructor
+ * checked each array's type, and an array's type never changes). */
+typedef struct {
+    Py_buffer index, fps, last, meters;
+} TableViews;
+
+typedef struct {
+    PyObject *index, *fps, *last, *meters;
+    Py_ssize_t mask, width;
+} Table;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    uint64_t k0, k1;
+    int shift4, shift6;
+    Table addr, pre;
+    PyObject *over;     /* array('d'): per address slot, until when one of its meters is over */
+    PyObject *specs;    /* dict: route class -> (address spec or None, prefix spec or None) */
+    PyObject *page;     /* specs["page"]: what a route missing from specs counts as */
+} HitObject;
+
+#define NO_PREFIX 0x7FFFFFFF   /* Hit's result: no prefix meter counts this route */
+
+static int
+take_table(const Table *t, TableViews *v)
+{
+    PyObject *objs[4] = {t->index, t->fps, t->last, t->meters};
+    Py_buffer *views[4] = {&v->index, &v->fps, &v->last, &v->meters};
+    for (int k = 0; k < 4; k++) {
+        if (PyObject_GetBuffer(objs[k], views[k], PyBUF_WRITABLE) < 0) {
+            while (k-- > 0)
+                PyBuffer_Release(views[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+release_table(TableViews *v)
+{
+    PyBuffer_Release(&v->index);
+    PyBuffer_Release(&v->fps);
+    PyBuffer_Release(&v->last);
+    PyBuffer_Release(&v->meters);
+}
+
+/* The slot holding `fp` (its last seen set to t), -1 when none does, -2 on a corrupt index
+ * (exception set). */
+static Py_ssize_t
+find_slot(const Table *t, TableViews *v, int64_t fp, uint32_t t_now)
+{
+    const uint32_t *index = v->index.buf;
+    const int64_t *fps = v->fps.buf;
+    uint32_t *last = v->last.buf;
+    Py_ssize_t slots = v->fps.len / 8, lasts = v->last.len / 4;
+    if (t->mask < 0 || t->mask >= v->index.len / 4) {
+        out_of_range("mask");
+        return -2;
+    }
+    Py_ssize_t i = (Py_ssize_t)(fp & t->mask);
+    for (Py_ssize_t step = 0; step <= t->mask; step++) {
+        uint32_t s = index[i];
+        if (s == 0)
+            return -1;
+        if ((Py_ssize_t)s > slots || (Py_ssize_t)s > lasts) {
+            out_of_range("slot");
+            return -2;
+        }
+        if (fps[s - 1] == fp) {
+            last[s - 1] = t_now;
+            return (Py_ssize_t)s - 1;
+        }
+        i = (i + 1) & t->mask;
+    }
+    return -1;
+}
+
+/* Advance one slot's meters (rows_meter's arithmetic); the latest "over until", or -1 with an
+ * exception set. */
+static int
+advance(TableViews *v, Py_ssize_t width, Py_ssize_t slot, PyObject *spec_obj, double now,
+        Py_ssize_t n, double *until_out)
+{
+    Py_buffer sb;
+    if (PyObject_GetBuffer(spec_obj, &sb, 0) < 0)
+        return -1;
+    double *rows = v->meters.buf;
+    const double *spec = sb.buf;
+    Py_ssize_t len = v->meters.len / 8, meters = sb.len / 8 / 4, base = slot * width;
+    double until = now;
+    int rc = 0;
+    for (Py_ssize_t m = 0; m < meters; m++) {
+        const double *one = spec + 4 * m;
+        Py_ssize_t j = base + (Py_ssize_t)one[0];
+        if (j < 0 || j >= len) {
+            out_of_range("meter");
+            rc = -1;
+            break;
+        }
+        double tat = rows[j] < now ? now : rows[j];
+        tat += one[1] * (double)n;
+        if (tat > now + one[2])
+            tat = now + one[2];
+        rows[j] = tat;
+        if (tat - one[3] > until)
+            until = tat - one[3];
+    }
+    PyBuffer_Release(&sb);
+    *until_out = until;
+    return rc;
+}
+
+static int64_t
+key_fingerprint(const HitObject *h, const uint8_t *key)
+{
+    int64_t fp = (int64_t)(siphash13(h->k0, h->k1, key, KEY_BYTES) >> 2);
+    return fp ? fp : 1;
+}
+
+/* hit(ip, version, route, now, n) -> (address slot << 31) | prefix slot (NO_PREFIX when no
+ * prefix meter counts the route), or -1 when the address or its prefix is not in the table
+ * yet (then nothing was counted: the caller adds it the long way). rows.py's PyHit is the
+ * reference. */
+static PyObject *
+hit_call(PyObject *self_obj, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HitObject *h = (HitObject *)self_obj;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 5 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "hit() takes 5 positional arguments");
+        return NULL;
+    }
+    Py_ssize_t version, n;
+    double now;
+    if (!PyLong_Check(args[0]) || as_ssize(args[1], &version) < 0
+            || as_double(args[3], &now) < 0 || as_ssize(args[4], &n) < 0)
+        return PyErr_Occurred() ? NULL
+            : (PyErr_SetString(PyExc_TypeError, "ip must be an int"), NULL);
+    if (now < 0 || now >= 4294967296.0) {
+        PyErr_SetString(PyExc_OverflowError, "now does not fit an array('I') item");
+        return NULL;
+    }
+    uint32_t t_now = (uint32_t)now;
+    /* The address's key (clients.py: IPv4 as its IPv4-mapped IPv6 form) and its prefix's. */
+    uint8_t ip[16], key[KEY_BYTES] = {0}, pkey[KEY_BYTES] = {0};
+    if (_PyLong_AsByteArray((PyLongObject *)args[0], ip, 16, 1, 0) < 0)
+        return NULL;
+    unsigned __int128 value = 0;
+    for (int k = 15; k >= 0; k--)
+        value = (value << 8) | ip[k];
+    unsigned __int128 prefix;
+    if (version == 4) {
+        if (value >> 32) {
+            PyErr_SetString(PyExc_ValueError, "an IPv4 address above 32 bits");
+            return NULL;
+        }
+        prefix = value >> h->shift4;
+        value |= (unsigned __int128)0xFFFF << 32;
+        pkey[16] = 4;   /* 1 << 130: IPv4 prefixes apart from IPv6 ones */
+    } else {
+        prefix = h->shift6 >= 128 ? 0 : value >> h->shift6;
+    }
+    for (int k = 0; k < 16; k++) {
+        key[k] = (uint8_t)(value >> (8 * k));
+        pkey[k] = (uint8_t)(prefix >> (8 * k));
+    }
+    PyObject *specs = PyDict_GetItemWithError(h->specs, args[2]);
+    if (specs == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        specs = h->page;
+    }
+    if (!PyTuple_Check(specs) || PyTuple_GET_SIZE(specs) != 2) {
+        PyErr_SetString(PyExc_TypeError, "specs must map a route to a pair");
+        return NULL;
+    }
+    PyObject *a_spec = PyTuple_GET_ITEM(specs, 0), *p_spec = PyTuple_GET_ITEM(specs, 1);
+    TableViews av, pv;
+    if (take_table(&h->addr, &av) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    int have_pre = 0;
+    Py_ssize_t a = find_slot(&h->addr, &av, key_fingerprint(h, key), t_now), p = NO_PREFIX;
+    if (a < 0) {
+        if (a == -1)
+            result = PyLong_FromLong(-1);
+        goto done;
+    }
+    if (p_spec != Py_None) {
+        if (take_table(&h->pre, &pv) < 0)
+            goto done;
+        have_pre = 1;
+        p = find_slot(&h->pre, &pv, key_fingerprint(h, pkey), t_now);
+        if (p < 0) {
+            if (p == -1)
+                result = PyLong_FromLong(-1);
+            goto done;
+        }
+    }
+    double until;
+    if (a_spec != Py_None) {
+        if (advance(&av, h->addr.width, a, a_spec, now, n, &until) < 0)
+            goto done;
+        if (until > now) {
+            Py_buffer ob;
+            if (PyObject_GetBuffer(h->over, &ob, PyBUF_WRITABLE) < 0)
+                goto done;
+            if (a >= ob.len / 8) {
+                PyBuffer_Release(&ob);
+                out_of_range("slot");
+                goto done;
+            }
+            double *over = ob.buf;
+            if (until > over[a])
+                over[a] = until;
+            PyBuffer_Release(&ob);
+        }
+    }
+    if (p_spec != Py_None && advance(&pv, h->pre.width, p, p_spec, now, n, &until) < 0)
+        goto done;
+    result = PyLong_FromLongLong(((long long)a << 31) | p);
+done:
+    release_table(&av);
+    if (have_pre)
+        release_table(&pv);
+    return result;
+}
+
+static int
+table_arg(PyObject *const *args, Table *t, const char *name)
+{
+    /* args: index, fps, last, meters, mask, width */
+    const struct { char code; Py_ssize_t size; } want[4] = {{'I', 4}, {'q', 8}, {'I', 4}, {'d', 8}};
+    PyObject **slots[4] = {&t->index, &t->fps, &t->last, &t->meters};
+    for (int k = 0; k < 4; k++) {
+        Py_buffer view;
+        if (take(args[k], &view, want[k].code, want[k].size, name) < 0)
+            return -1;
+        PyBuffer_Release(&view);
+        *slots[k] = Py_NewRef(args[k]);
+    }
+    if (as_ssize(args[4], &t->mask) < 0 || as_ssize(args[5], &t->width) < 0)
+        return -1;
+    if (t->mask < 0 || ((t->mask + 1) & t->mask) != 0 || t->width < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: bad mask or width", name);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+hit_dealloc(PyObject *self_obj)
+{
+    HitObject *h = (HitObject *)self_obj;
+    Py_XDECREF(h->addr.index); Py_XDECREF(h->addr.fps); Py_XDECREF(h->addr.last);
+    Py_XDECREF(h->addr.meters);
+    Py_XDECREF(h->pre.index); Py_XDECREF(h->pre.fps); Py_XDECREF(h->pre.last);
+    Py_XDECREF(h->pre.meters);
+    Py_XDECREF(h->over); Py_XDECREF(h->specs); Py_XDECREF(h->page);
+    Py_TYPE(self_obj)->tp_free(self_obj);
+}
+
+/* Hit(k0, k1, prefix_v4, prefix_v6, a_index, a_fps, a_last, a_meters, a_mask, a_width,
+ *     over_until, p_index, p_fps, p_last, p_meters, p_mask, p_width, specs) */
+static PyObject *
+hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Hit() takes positional arguments only");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args) != 18) {
+        PyErr_SetString(PyExc_TypeError, "Hit() takes 18 arguments");
+        return NULL;
+    }
+    PyObject *const *a = &PyTuple_GET_ITEM(args, 0);
+    HitObject *h = (HitObject *)type->tp_alloc(type, 0);
+    if (h == NULL)
+        return NULL;
+    h->vectorcall = hit_call;
+    Py_ssize_t v4, v6;
+    h->k0 = PyLong_AsUnsignedLongLongMask(a[0]);
+    h->k1 = PyLong_AsUnsignedLongLongMask(a[1]);
+    if (PyErr_Occurred() || as_ssize(a[2], &v4) < 0 || as_ssize(a[3], &v6) < 0)
+        goto fail;
+    if (v4 < 0 || v4 > 32 || v6 < 0 || v6 > 128) {
+        PyErr_SetString(PyExc_ValueError, "prefix lengths must be 0..32 and 0..128");
+        goto fail;
+    }
+    h->shift4 = (int)(32 - v4);
+    h->shift6 = (int)(128 - v6);
+    if (table_arg(a + 4, &h->addr, "address table") < 0)
+        goto fail;
+    Py_buffer view;
+    if (take(a[10], &view, 'd', 8, "over_until") < 0)
+        goto fail;
+    PyBuffer_Release(&view);
+    h->over = Py_NewRef(a[10]);
+    if (table_arg(a + 11, &h->pre, "prefix table") < 0)
+        goto fail;
+    if (!PyDict_Check(a[17])) {
+        PyErr_SetString(PyExc_TypeError, "specs must be a dict");
+        goto fail;
+    }
+    h->specs = Py_NewRef(a[17]);
+    PyObject *page = PyDict_GetItemString(a[17], "page");
+    if (page == NULL) {
+        PyErr_SetString(PyExc_ValueError, "specs must have the page route");
+        goto fail;
+    }
+    h->page = Py_NewRef(page);
+    return (PyObject *)h;
+fail:
+    Py_DECREF(h);
+    return NULL;
+}
+
+static PyTypeObject HitType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kalkan.defense._rows.Hit",
+    .tp_basicsize = sizeof(HitObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Counts one request of a client already in the table, in one call (rows.PyHit).",
+    .tp_new = hit_new,
+    .tp_dealloc = hit_dealloc,
+    .tp_vectorcall_offset = offsetof(HitObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
 static PyMethodDef rows_methods[] = {
     {"probe", (PyCFunction)(void (*)(void))rows_probe, METH_FASTCALL,
      "probe(index, fps, last, mask, fp, t) -> slot, or -(empty cell + 1)"},
+    {"probe_key", (PyCFunction)(void (*)(void))rows_probe_key, METH_FASTCALL,
+     "probe_key(index, fps, last, mask, key, k0, k1, t) -> probe() for fingerprint(key)"},
+    {"fingerprint", (PyCFunction)(void (*)(void))rows_fingerprint, METH_FASTCALL,
+     "fingerprint(key, k0, k1) -> SipHash-1-3 of the key's 17 bytes, 62 bits, never 0"},
+    {"contains", (PyCFunction)(void (*)(void))rows_contains, METH_FASTCALL,
+     "contains(haystack, needle) -> needle in haystack (both bytes)"},
     {"meter", (PyCFunction)(void (*)(void))rows_meter, METH_FASTCALL,
      "meter(rows, base, spec, now, n) -> until"},
     {"observe_row", (PyCFunction)(void (*)(void))rows_observe_row, METH_FASTCALL,
@@ -323,5 +797,14 @@ static struct PyModuleDef rows_module = {
 PyMODINIT_FUNC
 PyInit__rows(void)
 {
-    return PyModule_Create(&rows_module);
+    if (PyType_Ready(&HitType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&rows_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "Hit", (PyObject *)&HitType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -47,7 +47,6 @@ from typing import Final
 from kalkan.defense.facts import ASSET, FEED, FORM, LOGIN, PAGE, SEARCH, WELLKNOWN
 from kalkan.defense.rows import (
     ASSETS,
-    BUCKETS,
     COSTLY,
     ERRORS,
     GAP_MEAN,
@@ -80,12 +79,6 @@ FEATURES = ("volume", "page_share", "asset_share", "costly_share", "new_queries"
 
 HALF_LIFE: Final = 60.0             # seconds: how fast a client's past fades
 _NO_GAP: Final = -10.0              # gap features of a client with one request (no gap yet)
-
-
-def _bucket(text: str) -> int:
-    """The sketch bucket of a path or query: from hash()'s high 32 bits, which fit a machine
-    word, where the whole 64-bit hash is a boxed integer whose modulo costs ten times more."""
-    return (hash(text) >> 32) % BUCKETS
 
 
 def agent_mark(user_agent: str) -> float:
@@ -126,9 +119,9 @@ class Behaviour:
         # (A tuple display, not a set: compiled, `in` it is a few comparisons, identity first.)
         if route in (SEARCH, FORM, LOGIN) or method not in ("GET", "HEAD"):
             kind |= KIND_COSTLY
-        return _OBSERVE_ROW(rows, slot, now, self._rate, kind, referred,
-                            _bucket(query) if query else -1,
-                            _bucket(path) if route != FEED and route != WELLKNOWN else -1,
+        # The sketches' buckets are hashed from the texts inside observe_row (rows.bucket).
+        return _OBSERVE_ROW(rows, slot, now, self._rate, kind, referred, query or -1,
+                            path if route != FEED and route != WELLKNOWN else -1,
                             agent_mark(user_agent), n, before)
 
     def outcome(self, rows: array[float], slot: int, status: int, origin: bool) -> None:

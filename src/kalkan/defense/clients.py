@@ -33,7 +33,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
-from kalkan.defense.rows import meter, probe
+from kalkan.defense.rows import (
+    NO_PREFIX,
+    V4_MAPPED,
+    V4_PREFIX,
+    Hit,
+    HitCall,
+    fingerprint,
+    meter,
+    probe,
+    probe_key,
+)
 
 ADDRESS, PREFIX = "address", "prefix"
 PER = (ADDRESS, PREFIX)
@@ -41,8 +51,8 @@ PER = (ADDRESS, PREFIX)
 # (Final: compiled code reads them as constants, not from the module's dict at each use.)
 _EMPTY: Final = 0           # index cell holding no slot (cells store slot + 1)
 _FREE: Final = 0xFFFFFFFF   # `last` of a slot that holds no client
-_V4_TAG: Final = 0xFFFF << 32     # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
-_PREFIX_V4_TAG: Final = 1 << 130  # keeps IPv4 and IPv6 prefix keys apart
+_V4_TAG: Final = V4_MAPPED         # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
+_PREFIX_V4_TAG: Final = V4_PREFIX  # keeps IPv4 and IPv6 prefix keys apart
 _EVICT_WINDOW: Final = 6    # slots looked at to choose one to evict
 _KNOWN_CREDIT: Final = 600  # seconds of history that count as recency when choosing a victim
 _MAX_FAILURES: Final = 0xFFFF
@@ -52,6 +62,8 @@ _RECENT: Final = 16384      # latest requests' client addresses remembered (for 
 _AGENT_SHARE: Final = 4     # at most one agent row per this many addresses (shared ones are few)
 # The arithmetic on the arrays (in C when built), bound as constants: no module-dict lookup.
 _PROBE: Final = probe
+_PROBE_KEY: Final = probe_key
+_FINGERPRINT: Final = fingerprint
 _METER: Final = meter
 
 
@@ -164,6 +176,11 @@ class _Slots:
         """The slot for `fp`, created (evicting if full) when missing; marks it seen at `t`."""
         slot = _PROBE(self.index, self.fps, self.last, self.mask, fp, t)
         return slot if slot >= 0 else self.insert(fp, -slot - 1, t)
+
+    def get_key(self, key: int, k0: int, k1: int, t: int) -> int:
+        """`get` for the fingerprint of `key` under (k0, k1), worked out inside the probe."""
+        slot = _PROBE_KEY(self.index, self.fps, self.last, self.mask, key, k0, k1, t)
+        return slot if slot >= 0 else self.insert(_FINGERPRINT(key, k0, k1), -slot - 1, t)
 
     def insert(self, fp: int, i: int, t: int) -> int:
         """Add `fp`, whose probe ended at the empty cell `i`; returns its new slot."""
@@ -299,8 +316,10 @@ class ClientTable:
         self.prefix_v4, self.prefix_v6 = prefix_v4, prefix_v6
         self._shift4, self._shift6 = 32 - prefix_v4, 128 - prefix_v6
         self.idle_ttl, self.failure_window = idle_ttl, failure_window
-        salt = random.Random(seed).randbytes(17) if seed is not None else os.urandom(17)
-        self._salt = int.from_bytes(salt, "little")
+        salt = random.Random(seed).randbytes(16) if seed is not None else os.urandom(16)
+        # The fingerprints' SipHash key: secret, so no one can choose addresses that collide.
+        self._k0 = int.from_bytes(salt[:8], "little")
+        self._k1 = int.from_bytes(salt[8:], "little")
         self._addr = _Slots(capacity, True, trait_width)
         self._pre = _Slots(prefix_capacity or capacity, False)
         # Behaviour rows of one User-Agent on an address that several use (CGNAT, a bot on a
@@ -365,6 +384,13 @@ class ClientTable:
                 for per in PER)
             specs[route] = (address_spec or None, prefix_spec or None)
         self._specs = specs
+        addr, pre = self._addr, self._pre
+        # Holds the arrays themselves: made again here, where the meters' arrays are replaced.
+        self._fast: HitCall = Hit(
+            self._k0, self._k1, self.prefix_v4, self.prefix_v6,
+            addr.index, addr.fps, addr.last, addr.meters, addr.mask, addr.width,
+            addr.over_until, pre.index, pre.fps, pre.last, pre.meters, pre.mask, pre.width,
+            specs)
         self._forget()
 
     # -- keys -------------------------------------------------------------------------------
@@ -376,10 +402,9 @@ class ClientTable:
         return self._keyed(ip | _V4_TAG if version == 4 else ip)
 
     def _keyed(self, key: int) -> int:
-        """The fingerprint of an address or prefix key: a keyed hash (the salt), 62 bits, not
-        hash()'s 64: compiled code keeps such an int unboxed (a tagged machine word) through
-        the probe's masks and comparisons. Never 0 (0 marks a free slot)."""
-        return (hash((key ^ self._salt).to_bytes(17, "little")) >> 2) or 1
+        """The fingerprint of an address or prefix key (rows.fingerprint: a keyed hash, 62
+        bits, which compiled code keeps unboxed through the probe's masks; never 0)."""
+        return _FINGERPRINT(key, self._k0, self._k1)
 
     def _prefix_fp(self, facts: RequestFacts) -> int:
         ip = facts.ip
@@ -422,16 +447,34 @@ class ClientTable:
         to its route class."""
         # Written out flat: this runs for every request that is not a replayed cache hit.
         ip = facts.ip
-        t = int(now)                         # compiled: a native conversion
-        a_spec, p_spec = self._specs.get(facts.route) or self._specs["page"]
-        addr = self._addr
-        a = addr.get(self._ip_fp(facts.version, ip), t)
+        # A client already in the table (nearly every request): one call does it all.
+        packed = self._fast(ip, facts.version, facts.route, now, n)
+        if packed >= 0:
+            a = packed >> 31
+            p = packed & NO_PREFIX
+            if p == NO_PREFIX:
+                p = _UNRESOLVED              # no prefix meter counts this route: look up later
+        else:
+            a, p = self._hit_new(facts, now, n)
         if not self._crediting:
             at = self._recent_at
             self._recent[at] = facts.client
             self._recent_routes[at] = facts.route
             self._recent_at = (at + 1) & (_RECENT - 1)
             self.counted += 1
+        self._last_facts = facts
+        self._last_ip = ip
+        self._last_a = a
+        self._last_p = p
+
+    def _hit_new(self, facts: RequestFacts, now: float, n: int) -> tuple[int, int]:
+        """`hit` for a client whose address or prefix is not in the table yet: added, then
+        counted. (address slot, prefix slot)."""
+        ip = facts.ip
+        t = int(now)                         # compiled: a native conversion
+        a_spec, p_spec = self._specs.get(facts.route) or self._specs["page"]
+        addr = self._addr
+        a = addr.get_key(ip | _V4_TAG if facts.version == 4 else ip, self._k0, self._k1, t)
         if a_spec is not None:
             until = _METER(addr.meters, a * addr.width, a_spec, now, n)
             # The meter is over until TAT - beyond, and TATs only move on a hit: the latest
@@ -444,11 +487,8 @@ class ClientTable:
             p = pre.get(self._prefix_fp(facts), t)
             _METER(pre.meters, p * pre.width, p_spec, now, n)
         else:
-            p = _UNRESOLVED                  # no prefix meter counts this route: look up later
-        self._last_facts = facts
-        self._last_ip = ip
-        self._last_a = a
-        self._last_p = p
+            p = _UNRESOLVED
+        return a, p
 
     def credit(self, facts: RequestFacts, now: float, n: int) -> None:
         """Count `n` requests of this client that another edge served (kalkan.cluster), in the

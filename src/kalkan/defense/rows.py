@@ -62,6 +62,63 @@ def py_probe(index: array[int], fps: array[int], last: array[int], mask: int, fp
         i = (i + 1) & mask
 
 
+_M64: Final = (1 << 64) - 1
+KEY_BYTES: Final = 17   # a table key: an address or prefix number with its family's tag bit
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _M64
+
+
+def _sipround(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _M64
+    v1 = _rotl(v1, 13) ^ v0
+    v0 = _rotl(v0, 32)
+    v2 = (v2 + v3) & _M64
+    v3 = _rotl(v3, 16) ^ v2
+    v0 = (v0 + v3) & _M64
+    v3 = _rotl(v3, 21) ^ v0
+    v2 = (v2 + v1) & _M64
+    v1 = _rotl(v1, 17) ^ v2
+    return v0, v1, _rotl(v2, 32), v3
+
+
+def py_siphash13(k0: int, k1: int, data: bytes) -> int:
+    """SipHash-1-3 (the variant CPython hashes its strings with) of `data` under (k0, k1)."""
+    v0, v1 = k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D
+    v2, v3 = k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573
+    whole = len(data) - len(data) % 8
+    words = [int.from_bytes(data[at:at + 8], "little") for at in range(0, whole, 8)]
+    words.append((len(data) & 0xFF) << 56 | int.from_bytes(data[whole:], "little"))
+    for m in words:
+        v3 ^= m
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+        v0 ^= m
+    v2 ^= 0xFF
+    for _ in range(3):
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def py_fingerprint(key: int, k0: int, k1: int) -> int:
+    """A table key's fingerprint: a keyed hash (an attacker who cannot learn the key cannot
+    choose addresses that collide in the index), 62 bits (compiled code keeps such an int
+    unboxed), never 0 (0 marks a free slot)."""
+    return (py_siphash13(k0 & _M64, k1 & _M64, key.to_bytes(KEY_BYTES, "little")) >> 2) or 1
+
+
+def py_probe_key(index: array[int], fps: array[int], last: array[int], mask: int, key: int,
+                 k0: int, k1: int, t: int) -> int:
+    """`probe` for the fingerprint of `key` (one call on the hot path instead of two)."""
+    return py_probe(index, fps, last, mask, py_fingerprint(key, k0, k1), t)
+
+
+def py_contains(haystack: bytes, needle: bytes) -> bool:
+    """`needle in haystack`, which on 3.11 first tries the needle as an int (raising and
+    clearing a TypeError); the C version also skips the argument tuple bytes.find builds."""
+    return haystack.find(needle) >= 0
+
+
 def py_meter(rows: array[float], base: int, spec: array[float], now: float, n: int) -> float:
     """Advance the meters of the slot whose row starts at `base` by `n` requests: `spec` holds
     (offset, T/N, cap, beyond) per meter. The latest time until which one of them is over
@@ -82,13 +139,22 @@ def py_meter(rows: array[float], base: int, spec: array[float], now: float, n: i
     return until
 
 
+def bucket(text: str) -> int:
+    """The sketch bucket of a path or query: hash()'s high 32 bits modulo BUCKETS."""
+    return (hash(text) >> 32) % BUCKETS
+
+
 def py_observe_row(rows: array[float], slot: int, now: float, rate: float, kind: int,
-                   referred: bool, query_bucket: int, path_bucket: int, mark: float, n: int,
-                   before: array[float] | None) -> float:
+                   referred: bool, query_bucket: int | str, path_bucket: int | str,
+                   mark: float, n: int, before: array[float] | None) -> float:
     """Count `n` requests in the behaviour row of `slot` (Behaviour.observe, which works out
-    `kind`, the sketch buckets (-1: not counted) and the User-Agent mark). Returns the previous
-    agent's mark when the agent changed (then the row as it was is copied to `before`), -1.0
-    when its agents change often lately, else 0.0."""
+    `kind`, the sketch buckets (-1: not counted; a text: its `bucket`) and the User-Agent
+    mark). Returns the previous agent's mark when the agent changed (then the row as it was is
+    copied to `before`), -1.0 when its agents change often lately, else 0.0."""
+    if isinstance(query_bucket, str):
+        query_bucket = bucket(query_bucket)
+    if isinstance(path_bucket, str):
+        path_bucket = bucket(path_bucket)
     o = slot * WIDTH
     old = rows[o:o + WIDTH]
     r = rows
@@ -146,10 +212,76 @@ def py_observe_row(rows: array[float], slot: int, now: float, rate: float, kind:
     return said
 
 
+NO_PREFIX: Final = 0x7FFFFFFF   # Hit's result: no prefix meter counts the request's route
+V4_MAPPED: Final = 0xFFFF << 32  # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
+V4_PREFIX: Final = 1 << 130     # keeps IPv4 and IPv6 prefix keys apart
+
+
+class PyHit:
+    """Counts one request of a client already in the table, in one call: the fingerprints of
+    its address and prefix, both probes, the meters of both and the address's "over until".
+    Returns (address slot << 31) | prefix slot (NO_PREFIX when no prefix meter counts the
+    route), or -1 when the address or its prefix is not in the table yet (then nothing was
+    counted, and the caller adds it the long way: defense/clients.py).
+
+    Made again whenever the meters' arrays are replaced (set_meters): it holds the arrays, not
+    copies. The C module's Hit is this, in one call from compiled code instead of six."""
+
+    def __init__(self, k0: int, k1: int, prefix_v4: int, prefix_v6: int,
+                 a_index: array[int], a_fps: array[int], a_last: array[int],
+                 a_meters: array[float], a_mask: int, a_width: int, over_until: array[float],
+                 p_index: array[int], p_fps: array[int], p_last: array[int],
+                 p_meters: array[float], p_mask: int, p_width: int,
+                 specs: dict[str, tuple[array[float] | None, array[float] | None]]) -> None:
+        if not (0 <= prefix_v4 <= 32 and 0 <= prefix_v6 <= 128):
+            raise ValueError("prefix lengths must be 0..32 and 0..128")
+        self.k0, self.k1 = k0, k1
+        self.shift4, self.shift6 = 32 - prefix_v4, 128 - prefix_v6
+        self.addr = (a_index, a_fps, a_last, a_meters, a_mask, a_width)
+        self.pre = (p_index, p_fps, p_last, p_meters, p_mask, p_width)
+        self.over_until = over_until
+        self.specs, self.page = specs, specs["page"]
+
+    def __call__(self, ip: int, version: int, route: str, now: float, n: int) -> int:
+        t = int(now)
+        if version == 4:
+            if ip >> 32:
+                raise ValueError("an IPv4 address above 32 bits")
+            key, pkey = ip | V4_MAPPED, (ip >> self.shift4) | V4_PREFIX
+        else:
+            key, pkey = ip, ip >> self.shift6
+        a_spec, p_spec = self.specs.get(route) or self.page
+        index, fps, last, meters, mask, width = self.addr
+        a = py_probe(index, fps, last, mask, py_fingerprint(key, self.k0, self.k1), t)
+        if a < 0:
+            return -1
+        p = NO_PREFIX
+        if p_spec is not None:
+            p_index, p_fps, p_last, _, p_mask, _ = self.pre
+            p = py_probe(p_index, p_fps, p_last, p_mask, py_fingerprint(pkey, self.k0, self.k1),
+                         t)
+            if p < 0:
+                return -1
+        if a_spec is not None:
+            until = py_meter(meters, a * width, a_spec, now, n)
+            if until > now and until > self.over_until[a]:
+                self.over_until[a] = until
+        if p_spec is not None:
+            py_meter(self.pre[3], p * self.pre[5], p_spec, now, n)
+        return a << 31 | p
+
+
 probe: Callable[[array[int], array[int], array[int], int, int, int], int] = py_probe
+probe_key: Callable[[array[int], array[int], array[int], int, int, int, int, int], int] = \
+    py_probe_key
+fingerprint: Callable[[int, int, int], int] = py_fingerprint
+contains: Callable[[bytes, bytes], bool] = py_contains
+# Hit(...) -> hit(ip, version, route, now, n) -> packed slots (PyHit says what each is)
+HitCall = Callable[[int, int, str, float, int], int]
+Hit: Callable[..., HitCall] = PyHit
 meter: Callable[[array[float], int, array[float], float, int], float] = py_meter
-observe_row: Callable[[array[float], int, float, float, int, bool, int, int, float, int,
-                       array[float] | None], float] = py_observe_row
+observe_row: Callable[[array[float], int, float, float, int, bool, int | str, int | str, float,
+                       int, array[float] | None], float] = py_observe_row
 NATIVE = False
 try:
     from kalkan.defense import _rows
@@ -157,3 +289,5 @@ except ImportError:   # built without a C compiler (KALKAN_PURE_PYTHON=1)
     pass
 else:
     probe, meter, observe_row, NATIVE = _rows.probe, _rows.meter, _rows.observe_row, True
+    probe_key, fingerprint, contains = _rows.probe_key, _rows.fingerprint, _rows.contains
+    Hit = _rows.Hit
