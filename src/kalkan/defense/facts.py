@@ -182,12 +182,12 @@ class RequestFacts:
     but not the one a dataclass generates (4,500 instructions, most of a request's facts)."""
 
     __slots__ = ("method", "host", "path", "query", "route", "client", "ip", "version", "prefix",
-                 "user_agent", "headers", "cookie")
+                 "user_agent", "headers", "cookie", "referer")
 
     def __init__(self, method: str, host: str, path: str, query: str, route: str, client: str,
                  ip: int, version: int, prefix: str, user_agent: str,
                  headers: list[tuple[bytes, bytes]] | None = None,
-                 cookie: bytes | None = None) -> None:
+                 cookie: bytes | None = None, referer: bytes | None = None) -> None:
         self.method = method
         self.host = host
         self.path = path
@@ -200,6 +200,7 @@ class RequestFacts:
         self.user_agent = user_agent
         self.headers: list[tuple[bytes, bytes]] = [] if headers is None else headers
         self.cookie = cookie
+        self.referer = referer
 
     def __repr__(self) -> str:
         return (f"RequestFacts({self.method} {self.host}{self.path} query={self.query!r} "

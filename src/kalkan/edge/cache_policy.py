@@ -436,6 +436,13 @@ class RequestRules:
 NO_PREFERENCES = RequestRules()
 
 
+def session_cookie_pattern(names: Iterable[str]) -> re.Pattern[bytes]:
+    """One search for any of the session cookies' names in a Cookie field (a pattern that
+    never matches when there are none): a loop of `in` tests costs several times more on every
+    hit."""
+    return re.compile(b"|".join(re.escape(c.encode()) for c in names) or b"(?!)")
+
+
 def request_rules(req: Headers) -> RequestRules:
     """Read the request's Cache-Control, or Pragma: no-cache without it (RFC 9111 §5.2.1, §5.4).
 

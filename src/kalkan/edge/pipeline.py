@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import TYPE_CHECKING, Any, Final
 
 from kalkan.config import Config
@@ -78,33 +77,30 @@ class Pipeline:
         self._keys: dict[tuple[str, str, str, str], tuple[str, str]] = {}  # see `_key`
         self._last_flush = 0.0
         self.defense: Defense | NullDefense = NullDefense(self.pages)
+        self._engine: Defense | None = None  # the same, typed as itself: a native call
         if config.defense.enabled:
             from kalkan.defense.engine import Defense  # late: the edge runs without it too
 
-            self.defense = Defense(config.defense, config.state_dir, self.metrics, self.pages)
-        self._defended = config.defense.enabled  # else the null defence: nothing to ask
+            self.defense = self._engine = Defense(config.defense, config.state_dir,
+                                                  self.metrics, self.pages)
         self.fill = Filler(cc, self.store, self.upstream, self.misses, self.responder,
                            self.metrics, self.clock, lambda: self.defense.threat_level,
                            lambda r: standing(self.defense, r), self._challenged)
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
-                                  self.respond_now, self._credentialed, self._defended)
+                                  self.respond_now, self._credentialed,
+                                  self._engine is not None)
         self._tarpitted = 0
-        # One search for any session cookie name (a pattern that never matches when there are
-        # none); a loop of `in` tests costs several times more on every hit.
-        self._session_cookies = re.compile(
-            b"|".join(re.escape(c.encode()) for c in cc.session_cookies) or b"(?!)")
+        self._session_cookies = policy.session_cookie_pattern(cc.session_cookies)
         m = self.metrics
         m.gauge("kalkan_cache_bytes", "Bytes held by the cache store.", lambda: self.store.bytes)
-        m.gauge("kalkan_cache_objects", "Responses held by the cache store.",
-                lambda: self.store.objects)
+        m.gauge("kalkan_cache_objects", "Responses in the cache store.", lambda: self.store.objects)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> int:
         return self.store.load() if self.cache_enabled else 0
 
     def tick(self) -> None:
-        """Once per sweep: about once a second, flush the log, bound the memos, tell the
-        defence what the origin went through."""
+        """About once a second: flush the log, bound the memos, tell the defence the news."""
         now = self.clock.now
         if now - self._last_flush < 1.0:
             return
@@ -180,8 +176,11 @@ class Pipeline:
         write; None: the slow path. (A fresh hit is cache_flow's SERVE step, inlined.) `read`:
         the connection's read this request came in, offered to the replay memo when answered
         here (one call from the connection instead of two)."""
-        if self._defended:
-            verdict = req.verdict = self.defense.check(req)
+        engine = self._engine
+        if engine is not None:
+            verdict = req.verdict = engine.check_request(
+                req, req.method, req.host, req.path, req.query, req.client, req.client_ip,
+                req.user_agent, req.headers, req.cookie, req.referer)
             req.decision = verdict.decision
             req.has_pass = verdict.has_pass
             if verdict.action is Action.TARPIT:

@@ -61,7 +61,6 @@ class Metrics:
         self.rule_decisions: Counter[tuple[str, str]] = Counter()
         # Requests the defence judged, by route class (counted per request: a defaultdict,
         # as `requests` above).
-        self.routes: defaultdict[str, int] = defaultdict(int)
         self.talkers = Talkers()  # top prefixes, paths, user agents, from a sample
         # Families with one label whose values another part keeps: name → (help, label, read).
         self.labeled: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
@@ -133,10 +132,6 @@ class Metrics:
         for (action, rule), n in sorted(self.rule_decisions.items()):
             out.append(f'kalkan_rule_decisions_total{{action="{action}",'
                        f'rule="{_label(rule)}"}} {n}')
-        family("kalkan_route_requests_total", "counter",
-               "Requests judged by the defence, by route class (page, asset, feed, search, ...).")
-        for route, n in sorted(self.routes.items()):
-            out.append(f'kalkan_route_requests_total{{route="{route}"}} {n}')
         for kind, families in (("counter", self.labeled), ("gauge", self.labeled_gauges)):
             for fam, (fam_help, label, read) in sorted(families.items()):
                 family(fam, kind, fam_help)
