@@ -858,3 +858,13 @@ def test_crawler_hint_words_sharing_a_start_are_checked_as_it() -> None:
                "Mozilla/5.0 (compatible; YandexBot/3.0)", "DuckDuckBot/1.1",
                "Mozilla/5.0 (compatible; BingPreview/1.0b)"):
         assert any(h in ua for h in hints), ua
+
+
+def test_a_path_condition_answers_the_same_past_its_memo() -> None:
+    # Each path condition remembers its answer per path, bounded: a flood of distinct paths
+    # (more than the memo holds) clears it, and every answer stays the glob's.
+    site = one_rule('{path: ["/.env", "/wp-admin/*", "*.sql"]}')
+    for i in range(10_000):
+        client = f"198.51.{i // 250 % 200}.{i % 250 + 1}"
+        path = ("/.env", f"/wp-admin/{i}", f"/dump{i}.sql", f"/story/{i}", f"/{i}.sqlx")[i % 5]
+        assert site.action(req(path, client=client)) == ("block" if i % 5 < 3 else None), path
