@@ -61,9 +61,12 @@ def throughput(d: dict[str, Any]) -> list[str]:
         f"logs on** "
         f"([bench/results/throughput.md](bench/results/throughput.md), `{d['command']}`):", "",
         "| server | req/s (median) | p50 ms | p99 ms |", "| --- | --- | --- | --- |", *rows, "",
-        "; ".join(verdicts) + ". On this shared machine the medians move 5-15% from one run "
-        "to the next (each file gives the worst and best cases); earlier runs of the same hit "
-        "path, in this file's git history, gave lower ratios and a p99 above nginx's.", "",
+        "; ".join(verdicts) + f". Measured on {d['machine']['cpu_model']} (2 cores). The "
+        "machine is shared: the medians move 5-15% from one run to the next (each file gives "
+        "the worst and best cases), and the ratio depends on the machine: the same hit path on "
+        "an AMD EPYC host gave 1.10-1.21x nginx (this file's git history). The larger the page, "
+        "the more nginx gains (below); the likely reason, not yet measured apart: nginx sends a "
+        "cached body from its cache file with sendfile, Kalkan copies it into the socket.", "",
         *others, ""]
 
 
