@@ -78,7 +78,9 @@ def defense_scale(d: dict[str, Any]) -> list[str]:
         f"{d['settings']['clients']:,} addresses (trusted "
         f"X-Forwarded-For), defence on {s['defence-on']['requests_per_s']['median']:,.0f} req/s "
         f"vs off {s['defence-off']['requests_per_s']['median']:,.0f}: **{t['ratio']:.2f}x** "
-        f"(target 0.8x: {_met(t['met'])})."
+        f"(target 0.8x: {_met(t['met'])}; worst case {t['worst_case']:.2f}x, best "
+        f"{t['best_case']:.2f}x: runs on this shared machine vary, and other runs of nearly the "
+        "same code on the same day gave medians from 0.66x to 0.89x)."
         + (f" Behaviour scoring's share: {d['behaviour_us_per_request']:.1f} µs of CPU per "
            "request." if "behaviour_us_per_request" in d else ""), ""]
 
