@@ -20,7 +20,6 @@ from kalkan.defense.rows import (
     py_meter,
     py_observe_row,
     py_probe,
-    py_probe_key,
     py_siphash13,
 )
 
@@ -91,19 +90,6 @@ def test_fingerprints_are_the_references_keyed_62_bit_hash() -> None:
             rows.fingerprint(bad, _K0, _K1)
     with pytest.raises(TypeError):
         rows.fingerprint("1", _K0, _K1)  # type: ignore[arg-type]
-
-
-@native
-def test_probe_by_key_is_probe_by_its_fingerprint() -> None:
-    rng = random.Random(5)
-    keys = [rng.getrandbits(128) for _ in range(300)]
-    fps = [py_fingerprint(k, _K0, _K1) for k in keys]
-    size = 1024
-    for key in [*keys, *(rng.getrandbits(128) for _ in range(100))]:
-        a, b = _index(fps, size), _index(fps, size)
-        got = rows.probe_key(*a, size - 1, key, _K0, _K1, 99)
-        assert got == py_probe_key(*b, size - 1, key, _K0, _K1, 99)
-        assert a[2] == b[2]
 
 
 @native

@@ -71,6 +71,77 @@ out_of_range(const char *what)
     return NULL;
 }
 
+/* The probe itself, on taken buffers: 1 and the slot in *at when `fp` is there (its last seen
+ * set to t), 0 and the empty cell where it belongs when it is not, -1 with an exception set
+ * on a bad mask or index. rows_probe and Hit share it. */
+static int
+probe_cells(Py_buffer *ib, Py_buffer *fb, Py_buffer *lb, Py_ssize_t mask, int64_t fp,
+            uint32_t t, Py_ssize_t *at)
+{
+    const uint32_t *index = ib->buf;
+    const int64_t *fps = fb->buf;
+    uint32_t *last = lb->buf;
+    Py_ssize_t cells = ib->len / 4, slots = fb->len / 8, lasts = lb->len / 4;
+    if (mask < 0 || mask >= cells || ((mask + 1) & mask) != 0) {
+        out_of_range("mask");
+        return -1;
+    }
+    Py_ssize_t i = (Py_ssize_t)(fp & mask);
+    for (Py_ssize_t step = 0; step <= mask; step++) {
+        uint32_t s = index[i];
+        if (s == 0) {
+            *at = i;
+            return 0;
+        }
+        if ((Py_ssize_t)s > slots || (Py_ssize_t)s > lasts) {
+            out_of_range("slot");
+            return -1;
+        }
+        if (fps[s - 1] == fp) {
+            last[s - 1] = t;
+            *at = (Py_ssize_t)s - 1;
+            return 1;
+        }
+        i = (i + 1) & mask;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "probe: the index is full");
+    return -1;
+}
+
+/* GCRA on taken buffers: advance the meters of the slot whose row starts at `base` by `n`
+ * requests (spec: (offset, T/N, cap, beyond) per meter); the latest time until which one is
+ * over in *until (`now` when none is). 0, or -1 with an exception set. rows_meter and Hit
+ * share it. */
+static int
+meter_cells(Py_buffer *rb, Py_ssize_t base, Py_buffer *sb, double now, Py_ssize_t n,
+            double *until_out)
+{
+    double *rows = rb->buf;
+    const double *spec = sb->buf;
+    Py_ssize_t len = rb->len / 8, meters = sb->len / 8 / 4;
+    double until = now;
+    for (Py_ssize_t m = 0; m < meters; m++) {
+        const double *one = spec + 4 * m;
+        Py_ssize_t j = base + (Py_ssize_t)one[0];
+        if (base < 0 || j < 0 || j >= len) {
+            out_of_range("meter");
+            return -1;
+        }
+        double tat = rows[j];
+        if (tat < now)
+            tat = now;
+        tat += one[1] * (double)n;
+        double limit = now + one[2];
+        if (tat > limit)
+            tat = limit;
+        rows[j] = tat;
+        if (tat - one[3] > until)
+            until = tat - one[3];
+    }
+    *until_out = until;
+    return 0;
+}
+
 /* probe(index: array('I'), fps: array('q'), last: array('I'), mask, fp, t) -> int
  * The slot holding `fp` (its `last` set to t), or -(cell + 1) for the empty cell where it
  * belongs. */
@@ -100,37 +171,14 @@ rows_probe(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *result = NULL;
-    const uint32_t *index = ib.buf;
-    const int64_t *fps = fb.buf;
-    uint32_t *last = lb.buf;
-    Py_ssize_t cells = ib.len / 4, slots = fb.len / 8, lasts = lb.len / 4;
-    if (mask < 0 || mask >= cells || ((mask + 1) & mask) != 0) {
-        out_of_range("mask");
-        goto done;
-    }
     if (t_in < 0 || t_in > (Py_ssize_t)UINT32_MAX) {   /* as array('I') itself refuses it */
         PyErr_SetString(PyExc_OverflowError, "t does not fit an array('I') item");
         goto done;
     }
-    Py_ssize_t i = (Py_ssize_t)(fp & mask);
-    for (Py_ssize_t step = 0; step <= mask; step++) {
-        uint32_t s = index[i];
-        if (s == 0) {
-            result = PyLong_FromSsize_t(-(i + 1));
-            goto done;
-        }
-        if ((Py_ssize_t)s > slots || (Py_ssize_t)s > lasts) {
-            out_of_range("slot");
-            goto done;
-        }
-        if (fps[s - 1] == fp) {
-            last[s - 1] = (uint32_t)t_in;
-            result = PyLong_FromSsize_t((Py_ssize_t)s - 1);
-            goto done;
-        }
-        i = (i + 1) & mask;
-    }
-    PyErr_SetString(PyExc_RuntimeError, "probe: the index is full");
+    Py_ssize_t at;
+    int found = probe_cells(&ib, &fb, &lb, mask, fp, (uint32_t)t_in, &at);
+    if (found >= 0)
+        result = PyLong_FromSsize_t(found ? at : -(at + 1));
 done:
     PyBuffer_Release(&ib);
     PyBuffer_Release(&fb);
@@ -210,27 +258,6 @@ rows_fingerprint(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return fp < 0 ? NULL : PyLong_FromLongLong(fp);
 }
 
-/* probe_key(index, fps, last, mask, key, k0, k1, t) -> int
- * probe() for the fingerprint of `key`: one call instead of two on the hot path. */
-static PyObject *
-rows_probe_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "probe_key() takes 8 arguments");
-        return NULL;
-    }
-    int64_t fp = fingerprint_of(args[4], args[5], args[6]);
-    if (fp < 0)
-        return NULL;
-    PyObject *fp_obj = PyLong_FromLongLong(fp);
-    if (fp_obj == NULL)
-        return NULL;
-    PyObject *probe_args[6] = {args[0], args[1], args[2], args[3], fp_obj, args[7]};
-    PyObject *result = rows_probe(module, probe_args, 6);
-    Py_DECREF(fp_obj);
-    return result;
-}
-
 /* contains(haystack: bytes, needle: bytes) -> bool: `needle in haystack` without the detour
  * bytes.__contains__ takes on 3.11 (it tries the needle as an int first, raising and clearing
  * a TypeError) and without the argument tuple bytes.find builds. */
@@ -279,30 +306,9 @@ rows_meter(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *result = NULL;
-    double *rows = rb.buf;
-    const double *spec = sb.buf;
-    Py_ssize_t len = rb.len / 8, meters = sb.len / 8 / 4;
-    double until = now;
-    for (Py_ssize_t m = 0; m < meters; m++) {
-        const double *one = spec + 4 * m;
-        Py_ssize_t j = base + (Py_ssize_t)one[0];
-        if (base < 0 || j < 0 || j >= len) {
-            out_of_range("meter");
-            goto done;
-        }
-        double tat = rows[j];
-        if (tat < now)
-            tat = now;
-        tat += one[1] * (double)n;
-        double limit = now + one[2];
-        if (tat > limit)
-            tat = limit;
-        rows[j] = tat;
-        if (tat - one[3] > until)
-            until = tat - one[3];
-    }
-    result = PyFloat_FromDouble(until);
-done:
+    double until;
+    if (meter_cells(&rb, base, &sb, now, n, &until) == 0)
+        result = PyFloat_FromDouble(until);
     PyBuffer_Release(&rb);
     PyBuffer_Release(&sb);
     return result;
@@ -488,69 +494,26 @@ release_table(TableViews *v)
     PyBuffer_Release(&v->meters);
 }
 
-/* The slot holding `fp` (its last seen set to t), -1 when none does, -2 on a corrupt index
- * (exception set). */
+/* The slot holding `fp` (its last seen set to t), -1 when none does, -2 with an exception set
+ * on a corrupt index. */
 static Py_ssize_t
 find_slot(const Table *t, TableViews *v, int64_t fp, uint32_t t_now)
 {
-    const uint32_t *index = v->index.buf;
-    const int64_t *fps = v->fps.buf;
-    uint32_t *last = v->last.buf;
-    Py_ssize_t slots = v->fps.len / 8, lasts = v->last.len / 4;
-    if (t->mask < 0 || t->mask >= v->index.len / 4) {
-        out_of_range("mask");
-        return -2;
-    }
-    Py_ssize_t i = (Py_ssize_t)(fp & t->mask);
-    for (Py_ssize_t step = 0; step <= t->mask; step++) {
-        uint32_t s = index[i];
-        if (s == 0)
-            return -1;
-        if ((Py_ssize_t)s > slots || (Py_ssize_t)s > lasts) {
-            out_of_range("slot");
-            return -2;
-        }
-        if (fps[s - 1] == fp) {
-            last[s - 1] = t_now;
-            return (Py_ssize_t)s - 1;
-        }
-        i = (i + 1) & t->mask;
-    }
-    return -1;
+    Py_ssize_t at;
+    int found = probe_cells(&v->index, &v->fps, &v->last, t->mask, fp, t_now, &at);
+    return found < 0 ? -2 : found ? at : -1;
 }
 
-/* Advance one slot's meters (rows_meter's arithmetic); the latest "over until", or -1 with an
- * exception set. */
+/* Advance one slot's meters (meter_cells); 0, or -1 with an exception set. */
 static int
 advance(TableViews *v, Py_ssize_t width, Py_ssize_t slot, PyObject *spec_obj, double now,
         Py_ssize_t n, double *until_out)
 {
     Py_buffer sb;
-    if (PyObject_GetBuffer(spec_obj, &sb, 0) < 0)
+    if (take(spec_obj, &sb, 'd', 8, "spec") < 0)
         return -1;
-    double *rows = v->meters.buf;
-    const double *spec = sb.buf;
-    Py_ssize_t len = v->meters.len / 8, meters = sb.len / 8 / 4, base = slot * width;
-    double until = now;
-    int rc = 0;
-    for (Py_ssize_t m = 0; m < meters; m++) {
-        const double *one = spec + 4 * m;
-        Py_ssize_t j = base + (Py_ssize_t)one[0];
-        if (j < 0 || j >= len) {
-            out_of_range("meter");
-            rc = -1;
-            break;
-        }
-        double tat = rows[j] < now ? now : rows[j];
-        tat += one[1] * (double)n;
-        if (tat > now + one[2])
-            tat = now + one[2];
-        rows[j] = tat;
-        if (tat - one[3] > until)
-            until = tat - one[3];
-    }
+    int rc = meter_cells(&v->meters, slot * width, &sb, now, n, until_out);
     PyBuffer_Release(&sb);
-    *until_out = until;
     return rc;
 }
 
@@ -774,8 +737,6 @@ static PyTypeObject HitType = {
 static PyMethodDef rows_methods[] = {
     {"probe", (PyCFunction)(void (*)(void))rows_probe, METH_FASTCALL,
      "probe(index, fps, last, mask, fp, t) -> slot, or -(empty cell + 1)"},
-    {"probe_key", (PyCFunction)(void (*)(void))rows_probe_key, METH_FASTCALL,
-     "probe_key(index, fps, last, mask, key, k0, k1, t) -> probe() for fingerprint(key)"},
     {"fingerprint", (PyCFunction)(void (*)(void))rows_fingerprint, METH_FASTCALL,
      "fingerprint(key, k0, k1) -> SipHash-1-3 of the key's 17 bytes, 62 bits, never 0"},
     {"contains", (PyCFunction)(void (*)(void))rows_contains, METH_FASTCALL,

@@ -42,7 +42,6 @@ from kalkan.defense.rows import (
     fingerprint,
     meter,
     probe,
-    probe_key,
 )
 
 ADDRESS, PREFIX = "address", "prefix"
@@ -62,7 +61,6 @@ _RECENT: Final = 16384      # latest requests' client addresses remembered (for 
 _AGENT_SHARE: Final = 4     # at most one agent row per this many addresses (shared ones are few)
 # The arithmetic on the arrays (in C when built), bound as constants: no module-dict lookup.
 _PROBE: Final = probe
-_PROBE_KEY: Final = probe_key
 _FINGERPRINT: Final = fingerprint
 _METER: Final = meter
 
@@ -176,11 +174,6 @@ class _Slots:
         """The slot for `fp`, created (evicting if full) when missing; marks it seen at `t`."""
         slot = _PROBE(self.index, self.fps, self.last, self.mask, fp, t)
         return slot if slot >= 0 else self.insert(fp, -slot - 1, t)
-
-    def get_key(self, key: int, k0: int, k1: int, t: int) -> int:
-        """`get` for the fingerprint of `key` under (k0, k1), worked out inside the probe."""
-        slot = _PROBE_KEY(self.index, self.fps, self.last, self.mask, key, k0, k1, t)
-        return slot if slot >= 0 else self.insert(_FINGERPRINT(key, k0, k1), -slot - 1, t)
 
     def insert(self, fp: int, i: int, t: int) -> int:
         """Add `fp`, whose probe ended at the empty cell `i`; returns its new slot."""
@@ -474,7 +467,7 @@ class ClientTable:
         t = int(now)                         # compiled: a native conversion
         a_spec, p_spec = self._specs.get(facts.route) or self._specs["page"]
         addr = self._addr
-        a = addr.get_key(ip | _V4_TAG if facts.version == 4 else ip, self._k0, self._k1, t)
+        a = addr.get(self._ip_fp(facts.version, ip), t)
         if a_spec is not None:
             until = _METER(addr.meters, a * addr.width, a_spec, now, n)
             # The meter is over until TAT - beyond, and TATs only move on a hit: the latest

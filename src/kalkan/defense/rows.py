@@ -107,12 +107,6 @@ def py_fingerprint(key: int, k0: int, k1: int) -> int:
     return (py_siphash13(k0 & _M64, k1 & _M64, key.to_bytes(KEY_BYTES, "little")) >> 2) or 1
 
 
-def py_probe_key(index: array[int], fps: array[int], last: array[int], mask: int, key: int,
-                 k0: int, k1: int, t: int) -> int:
-    """`probe` for the fingerprint of `key` (one call on the hot path instead of two)."""
-    return py_probe(index, fps, last, mask, py_fingerprint(key, k0, k1), t)
-
-
 def py_contains(haystack: bytes, needle: bytes) -> bool:
     """`needle in haystack`, which on 3.11 first tries the needle as an int (raising and
     clearing a TypeError); the C version also skips the argument tuple bytes.find builds."""
@@ -272,8 +266,6 @@ class PyHit:
 
 
 probe: Callable[[array[int], array[int], array[int], int, int, int], int] = py_probe
-probe_key: Callable[[array[int], array[int], array[int], int, int, int, int, int], int] = \
-    py_probe_key
 fingerprint: Callable[[int, int, int], int] = py_fingerprint
 contains: Callable[[bytes, bytes], bool] = py_contains
 # Hit(...) -> hit(ip, version, route, now, n) -> packed slots (PyHit says what each is)
@@ -289,5 +281,5 @@ except ImportError:   # built without a C compiler (KALKAN_PURE_PYTHON=1)
     pass
 else:
     probe, meter, observe_row, NATIVE = _rows.probe, _rows.meter, _rows.observe_row, True
-    probe_key, fingerprint, contains = _rows.probe_key, _rows.fingerprint, _rows.contains
+    fingerprint, contains = _rows.fingerprint, _rows.contains
     Hit = _rows.Hit

@@ -59,8 +59,6 @@ class Metrics:
         # Refusals and challenges by the policy rule that made them: (action, rule name). Rule
         # names come from the policy file, so the label set is as bounded as the policy.
         self.rule_decisions: Counter[tuple[str, str]] = Counter()
-        # Requests the defence judged, by route class (counted per request: a defaultdict,
-        # as `requests` above).
         self.talkers = Talkers()  # top prefixes, paths, user agents, from a sample
         # Families with one label whose values another part keeps: name → (help, label, read).
         self.labeled: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
