@@ -3,7 +3,7 @@
 They are what a cache hit runs through: parsing the request, the connection, the pipeline's hot
 path, the store and the access log. Compiled, a readers-load hit costs about a third fewer CPU
 instructions (bench/hit_instructions.py). Everything else stays interpreted, but for one small
-hand-written C module (src/kalkan/defense/_rows.c). Set
+hand-written C modules (src/kalkan/defense/_rows.c, src/kalkan/edge/_head.c). Set
 KALKAN_PURE_PYTHON=1 to install without compiling (no C compiler needed; the same code, slower).
 """
 
@@ -51,5 +51,7 @@ if os.environ.get("KALKAN_PURE_PYTHON") != "1":
     # The client table's per-request arithmetic, hand-written in C (defense/rows.py says why;
     # without a compiler rows.py's Python definitions run instead).
     ext_modules.append(Extension("kalkan.defense._rows", ["src/kalkan/defense/_rows.c"]))
+    # The common request head read in one call instead of llhttp's callbacks (edge/head.py).
+    ext_modules.append(Extension("kalkan.edge._head", ["src/kalkan/edge/_head.c"]))
 
 setup(ext_modules=ext_modules)

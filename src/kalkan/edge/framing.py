@@ -168,7 +168,7 @@ def _conditional(req: Request, value: bytes) -> None:
 
 
 # The fields the edge notes, by lowercase name → a code: the commonest first (`note_coded`).
-_CODES: Final[dict[bytes, int]] = {
+FIELD_CODES: Final[dict[bytes, int]] = {
     b"host": 1, b"user-agent": 2, b"cookie": 3, b"connection": 4, b"referer": 5,
     b"x-forwarded-for": 6, b"content-length": 7, b"transfer-encoding": 8, b"expect": 9,
     b"authorization": 10, b"if-none-match": 11, b"if-modified-since": 11,
@@ -176,12 +176,12 @@ _CODES: Final[dict[bytes, int]] = {
 _BY_CODE: Final[tuple[Noter, ...]] = (
     _host, _user_agent, _cookie, _connection, _referer, _forwarded_for, _content_length,
     _transfer_encoding, _expect, _authorization, _conditional)
-NOTERS: dict[bytes, Noter] = {name: _BY_CODE[code - 1] for name, code in _CODES.items()}
+NOTERS: dict[bytes, Noter] = {name: _BY_CODE[code - 1] for name, code in FIELD_CODES.items()}
 # Field names as clients spell them, by length: (spelling, code) pairs, code 0 for a field the
 # edge does not note. Browsers send a few dozen spellings; comparing a name with those of its
 # length (bytes equality tests the first byte, then memcmp) costs a fraction of hashing a new
 # bytes object for a dictionary lookup, on every field of every request.
-_LONGEST: Final = max(len(name) for name in _CODES)  # a longer name is never noted
+_LONGEST: Final = max(len(name) for name in FIELD_CODES)  # a longer name is never noted
 _SPELLINGS: Final[list[list[tuple[bytes, int]]]] = [[] for _ in range(_LONGEST + 1)]
 _SPELLINGS_PER_LENGTH: Final = 16  # any client can invent names: the lists stay short
 
@@ -198,7 +198,7 @@ def field_code(name: bytes) -> int:
 
 
 def _learn_spelling(name: bytes) -> int:
-    code = _CODES.get(name.lower(), 0)
+    code = FIELD_CODES.get(name.lower(), 0)
     spellings = _SPELLINGS[len(name)]
     if len(spellings) >= _SPELLINGS_PER_LENGTH:
         spellings.clear()  # invented spellings churn this length's list; browsers' come back

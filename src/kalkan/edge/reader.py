@@ -26,6 +26,7 @@ from kalkan.edge.framing import (
     parse_target,
     parser_reason,
 )
+from kalkan.edge.head import scan
 from kalkan.edge.request import BodyStream, Request
 
 if TYPE_CHECKING:
@@ -209,9 +210,24 @@ class RequestReader:
         if self._stash is not None:
             self._stash += data  # the queue is full: parse in order once it drains
             return
+        if len(data) <= self._small_read:
+            # What nearly every read is: whole request heads, each read in one call (`_scanned`)
+            # where `scan` takes it; llhttp reads the rest of the input from the first it does not.
+            start = 0
+            while self._req is None and not self._closing and self.state < DONE:
+                end = _scanned(self, data, start)
+                if end <= start:
+                    if end < 0:
+                        return
+                    break
+                if end == len(data):
+                    return
+                start = end
+            if start:
+                data = data[start:]
         parser = self.parser
         if parser is not None and len(data) <= self._small_read:
-            # What nearly every read is (one request head): `_parse` and `_feed` in one call.
+            # What nearly every other read is (one head): `_parse` and `_feed` in one call.
             self._big_read, self._fresh = False, (data if self._req is None else None)
             try:
                 parser.feed_data(data)
@@ -292,12 +308,7 @@ class RequestReader:
             # of ours to interpret (and must never reach the origin as one).
             raise _StopParsing()
         self._line, self._fresh = self._fresh, None
-        req = Request()
-        req.peer = self.peer
-        req.client = self.client
-        req.client_ip = self.client_ip
-        req.scheme = self.scheme
-        self._req = req
+        self._req = _new_request(self)
         self._url = b""
         self._header_bytes = 0
         self._in_head = self._head_new = True
@@ -347,52 +358,12 @@ class RequestReader:
         assert req is not None
         self._in_head = False
         self._in_trailers = True
-        if len(req.headers) > self._max_headers:
-            raise BadRequest(431, "The request has too many header fields.")
         parser = self.parser
         assert parser is not None  # it is parsing this very head
-        req.method = method = _method_name(parser.get_method())
-        target = req.target = self._url
-        req.version, self._line = _version(self._line, len(method) + 1 + len(target), parser), None
-        req.keep_alive = parser.should_keep_alive() and not self.draining
-        req.started = _monotonic()
-        # The checks below run only for the requests they could refuse.
-        if req.version != "1.1" or (method != "GET" and method not in _PLAIN_METHODS):
-            check_method(req)
-        if req.length_fields or req.transfer_encoding is not None or req.host_fields != 1 \
-                or req.expect_continue:
-            check_framing(req, self.limits.max_body_bytes)
-        connection = req.connection
-        if connection is not None and connection != b"keep-alive" \
-                and connection not in PLAIN_CONNECTION:
-            drop_connection_listed(req)
-        if parser.should_upgrade():
-            # No WebSocket or h2c here. A server may ignore Upgrade (RFC 9110 §7.8): answer as
-            # plain HTTP (the pipeline drops the hop-by-hop fields), then close. llhttp ends the
-            # message here, before any body: `_feed` then reads the body itself.
-            req.keep_alive = False
-            if req.content_length or req.chunked:
-                self._upgrade_body = req
-        parse_target(req, target)
-        if self.trusts_peer and req.xff is not None:
-            req.client, req.client_ip = self.server.trusted.client_and_ip(
-                self.client, req.xff.decode("latin-1"), self.client_ip)
-        if req.content_length or req.chunked:
-            if req.chunked:
-                self._careful = True  # trailer fields may follow the body: counted, not kept
-            flow = self.flow
-            req.body = BodyStream(lambda: flow.pause_reading("body"),
-                                  lambda: flow.resume_reading("body"))
-            self._enter(BODY)
-            self.body_started = self.clock.mono
-            self.body_base = 0
-            # Ask the origin only once the body has begun and its first bytes framed correctly
-            # (a bad first chunk never reaches it), unless the client waits for 100 Continue.
-            self._body_queued = req.expect_continue
-            if req.expect_continue:
-                self._enqueue(req)
-        else:
-            self.state, self.deadline = ANSWERING, 0.0
+        method = _method_name(parser.get_method())
+        version, self._line = _version(self._line, len(method) + 1 + len(self._url), parser), None
+        _head_read(self, req, method, self._url, version, parser.should_keep_alive(),
+                   parser.should_upgrade())
 
     def on_chunk_header(self) -> None:
         # After the last chunk come trailer fields, which httptools buffers like a head.
@@ -425,6 +396,90 @@ class RequestReader:
             if self._body_queued:
                 return
         self._enqueue(req)
+
+
+# -- a request's head, read by llhttp or by `scan` ----------------------------------------------
+def _new_request(reader: RequestReader) -> Request:
+    req = Request()
+    req.peer = reader.peer
+    req.client = reader.client
+    req.client_ip = reader.client_ip
+    req.scheme = reader.scheme
+    return req
+
+
+def _head_read(reader: RequestReader, req: Request, method: str, target: bytes, version: str,
+               keep_alive: bool, upgrade: bool) -> None:
+    """A whole head is read: check it, and wait for its body if any."""
+    if len(req.headers) > reader._max_headers:
+        raise BadRequest(431, "The request has too many header fields.")
+    req.method = method
+    req.target = target
+    req.version = version
+    req.keep_alive = keep_alive and not reader.draining
+    req.started = _monotonic()
+    # The checks below run only for the requests they could refuse.
+    if req.version != "1.1" or (method != "GET" and method not in _PLAIN_METHODS):
+        check_method(req)
+    if req.length_fields or req.transfer_encoding is not None or req.host_fields != 1 \
+            or req.expect_continue:
+        check_framing(req, reader.limits.max_body_bytes)
+    connection = req.connection
+    if connection is not None and connection != b"keep-alive" \
+            and connection not in PLAIN_CONNECTION:
+        drop_connection_listed(req)
+    if upgrade:
+        # No WebSocket or h2c here. A server may ignore Upgrade (RFC 9110 §7.8): answer as
+        # plain HTTP (the pipeline drops the hop-by-hop fields), then close. llhttp ends the
+        # message here, before any body: `_feed` then reads the body itself.
+        req.keep_alive = False
+        if req.content_length or req.chunked:
+            reader._upgrade_body = req
+    parse_target(req, target)
+    if reader.trusts_peer and req.xff is not None:
+        req.client, req.client_ip = reader.server.trusted.client_and_ip(
+            reader.client, req.xff.decode("latin-1"), reader.client_ip)
+    if req.content_length or req.chunked:
+        if req.chunked:
+            reader._careful = True  # trailer fields may follow the body: counted, not kept
+        flow = reader.flow
+        req.body = BodyStream(lambda: flow.pause_reading("body"),
+                              lambda: flow.resume_reading("body"))
+        reader._enter(BODY)
+        reader.body_started = reader.clock.mono
+        reader.body_base = 0
+        # Ask the origin only once the body has begun and its first bytes framed correctly
+        # (a bad first chunk never reaches it), unless the client waits for 100 Continue.
+        reader._body_queued = req.expect_continue
+        if req.expect_continue:
+            reader._enqueue(req)
+    else:
+        reader.state, reader.deadline = ANSWERING, 0.0
+
+
+def _scanned(reader: RequestReader, data: bytes, start: int) -> int:
+    """Read the head at `start` in one call (edge/head.py) and hand its request on, as llhttp's
+    callbacks would; where the next request starts, or `start` if `scan` declined the head
+    (llhttp reads it), or -1 if the request was refused."""
+    scanned = scan(data, start)
+    if scanned is None:
+        return start
+    method, target, fields, coded, end = scanned
+    req = _new_request(reader)
+    req.headers = fields
+    try:
+        if len(target) > reader.limits.max_request_line:
+            raise BadRequest(414, "The request target is too long.")
+        for i in range(0, len(coded), 2):
+            note_coded(req, coded[i + 1], fields[coded[i]][1])
+        _head_read(reader, req, method, target, "1.1", True, False)
+        if not req.keep_alive:
+            reader._closing = True
+        reader._enqueue(req)
+    except BadRequest as exc:
+        reader._refuse(exc.status, exc.detail, exc.headers)
+        return -1
+    return end
 
 
 def _method_name(method: bytes) -> str:
