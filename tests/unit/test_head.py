@@ -265,3 +265,22 @@ def test_a_connection_reads_the_same_requests_with_and_without_scan(
     slow = _requests(stream, monkeypatch, hits)
     assert fast == slow
     assert fast[0] or fast[2]  # something was read or refused
+
+
+def test_browser_fields_that_repeat_share_their_objects_and_others_do_not() -> None:
+    if scan is scan_py:
+        pytest.skip("built without a C compiler: the reference shares nothing")
+    first, second = scan(BROWSER, 0), scan(BROWSER.replace(b"theme=dark", b"theme=lite"), 0)
+    assert first is not None and second is not None
+    one, two = dict(enumerate(first[2])), dict(enumerate(second[2]))
+    assert one[2] is two[2]                       # Accept: the same pair
+    assert one[6] == (b"Cookie", b"_ga=GA1.2.3; theme=dark") and two[6][1].endswith(b"lite")
+    assert one[6][0] is two[6][0]                 # a new value, the same name object
+    lower = scan(b"GET / HTTP/1.1\r\nhost: a\r\naccept: x\r\nX-Own: y\r\n\r\n", 0)
+    again = scan(b"GET / HTTP/1.1\r\nhost: a\r\naccept: x\r\nX-Own: y\r\n\r\n", 0)
+    assert lower is not None and again is not None
+    assert lower[2][1] is again[2][1] and lower[2][2] is not again[2][2]  # X-Own: not listed
+    assert lower[3] == again[3] == bytes((0, 1))  # host noted, in either case
+    long_value = b"GET / HTTP/1.1\r\nAccept: " + b"a" * 300 + b"\r\n\r\n"
+    a, b = scan(long_value, 0), scan(long_value, 0)
+    assert a is not None and b is not None and a[2][0] == b[2][0] and a[2][0] is not b[2][0]
