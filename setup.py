@@ -2,8 +2,9 @@
 
 They are what a cache hit runs through: parsing the request, the connection, the pipeline's hot
 path, the store and the access log. Compiled, a readers-load hit costs about a third fewer CPU
-instructions (bench/hit_instructions.py). Everything else stays interpreted, but for one small
-hand-written C modules (src/kalkan/defense/_rows.c, src/kalkan/edge/_head.c). Set
+instructions (bench/hit_instructions.py). Everything else stays interpreted, but for three small
+hand-written C modules (src/kalkan/defense/_rows.c, src/kalkan/edge/_head.c,
+src/kalkan/observe/_log_line.c), each with a Python reference it is tested against. Set
 KALKAN_PURE_PYTHON=1 to install without compiling (no C compiler needed; the same code, slower).
 """
 
@@ -53,5 +54,7 @@ if os.environ.get("KALKAN_PURE_PYTHON") != "1":
     ext_modules.append(Extension("kalkan.defense._rows", ["src/kalkan/defense/_rows.c"]))
     # The common request head read in one call instead of llhttp's callbacks (edge/head.py).
     ext_modules.append(Extension("kalkan.edge._head", ["src/kalkan/edge/_head.c"]))
+    # An access-log line appended to the log's buffer in one call (observe/access_log.py).
+    ext_modules.append(Extension("kalkan.observe._log_line", ["src/kalkan/observe/_log_line.c"]))
 
 setup(ext_modules=ext_modules)

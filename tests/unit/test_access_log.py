@@ -18,7 +18,7 @@ def lines(path: Path) -> list[dict[str, object]]:
 def test_a_line_has_millisecond_time_and_the_request(tmp_path: Path) -> None:
     log = AccessLog(str(tmp_path / "a.log"))
     log.write(NOW, "203.0.113.7", "GET", "news.example", "/a", "s=bishkek&page=2", 200, 20480,
-              "HIT", None, 0.12, "allow", "", AccessLog.agent(b"Firefox/120.0", b"https://x/"))
+              "HIT", None, 0.12, "allow", "", b"Firefox/120.0", b"https://x/")
     log.close()
     [line] = lines(tmp_path / "a.log")
     assert line == {"time": "2026-05-28T20:26:40.125Z", "client": "203.0.113.7",
@@ -31,9 +31,9 @@ def test_a_line_has_millisecond_time_and_the_request(tmp_path: Path) -> None:
 def test_absent_fields_are_left_out(tmp_path: Path) -> None:
     log = AccessLog(str(tmp_path / "a.log"))
     log.write(NOW, "::1", "GET", "h", "/", "", 502, 10, "MISS", 3.26, 4.0, "allow", "origin down",
-              AccessLog.agent(None, None))
+              None, None)
     log.write(NOW + 0.999, "::1", "GET", "h", "/", "", 200, 10, "MISS", 1.0, 2.0, "allow", "",
-              AccessLog.agent(None, b"https://r/"))
+              None, b"https://r/")
     log.close()
     first, second = lines(tmp_path / "a.log")
     assert not {"query", "ua", "referer"} & first.keys()
@@ -48,7 +48,7 @@ def test_hostile_field_values_stay_inside_their_strings(tmp_path: Path) -> None:
     log = AccessLog(str(tmp_path / "a.log"))
     ua = b'evil", "decision": "allow\\\n\x00\xff\xfe'
     log.write(NOW, "198.51.100.1", "GET", "h", '/p"\n', 'q="\\', 403, 0, "BYPASS", None, 0.0,
-              "block", "", AccessLog.agent(ua, b"\r\n"))
+              "block", "", ua, b"\r\n")
     log.close()
     [line] = lines(tmp_path / "a.log")
     assert line["ua"] == ua.decode("latin-1")  # not UTF-8: one character per byte
@@ -79,7 +79,7 @@ def test_decimals_are_written_as_format_writes_them() -> None:
 def test_utf8_in_a_field_is_read_as_utf8(tmp_path: Path) -> None:
     log = AccessLog(str(tmp_path / "a.log"))
     log.write(NOW, "::1", "GET", "h", "/", "", 200, 0, "HIT", None, 0.0, "allow", "",
-              AccessLog.agent("Браузер/1.0".encode(), None))
+              "Браузер/1.0".encode(), None)
     log.close()
     assert lines(tmp_path / "a.log")[0]["ua"] == "Браузер/1.0"
 
@@ -156,9 +156,9 @@ def test_lines_are_byte_identical_to_the_pinned_ones(tmp_path: Path) -> None:
                   "news.example", "/p\u00e9" if i == 5 else "/a", "x=1" if i % 2 else "",
                   200 if i % 5 else 404, 20480 + i, "HIT" if origin is None else "MISS", origin,
                   total, "allow" if i % 2 else "challenge", "" if i % 3 else "stale: origin down",
-                  AccessLog.agent(ua if i != 7 else None, ref))
+                  ua if i != 7 else None, ref)
     log.write(NOW + 0.8749, "::1", "GET", "h", "/", "", 200, 0, "HIT", None, 0.0049, "allow", "",
-              AccessLog.agent(b"", None))
+              b"", None)
     log.write_fragment(NOW + 1.0, "::1", AccessLog.fragment("GET", "h", "/r", 'a="1"'), 304, 0,
                        "HIT", None, 12.345, "allow", "", AccessLog.agent(b"ua", b"ref"))
     log.close()

@@ -80,8 +80,8 @@ def test_the_worker_count_defaults_to_the_usable_cores_within_the_origins_slots(
 def test_stdout_lines_are_written_in_whole_lines_of_at_most_a_pipe_buffer() -> None:
     """Two workers writing batches to one pipe: every line read back is whole."""
     r, w = os.pipe()
-    batches = [[f'{{"worker":{k},"n":{i},"pad":"{"x" * 700}"}}\n' for i in range(40)]
-               for k in range(2)]
+    batches = [[bytearray(f'{{"worker":{k},"n":{i},"pad":"{"x" * 700}"}}\n'.encode())
+                for i in range(40)] for k in range(2)]
     got: list[bytes] = []
 
     def drain() -> None:
@@ -101,4 +101,4 @@ def test_stdout_lines_are_written_in_whole_lines_of_at_most_a_pipe_buffer() -> N
     os.close(r)
     lines = b"".join(got).decode().splitlines()
     assert len(lines) == 2 * 40 * 20
-    assert set(lines) == {line.rstrip("\n") for b in batches for line in b}
+    assert set(lines) == {line.decode().rstrip("\n") for b in batches for line in b}

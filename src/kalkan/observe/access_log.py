@@ -2,10 +2,11 @@
 least once a second. docs/install.md (Logs) lists the fields.
 
 Formatting is hand-rolled because it runs on every request, hits included: strings that need no JSON
-escaping (the common case) are inserted as they are, the others go through `json.dumps`. Lines are
-kept in a list and written in one call per flush (cheaper than a buffered write per line), to a
-file straight to its descriptor: every line is ASCII (JSON escapes the rest), and a buffered
-text file would only copy each batch twice more on its way there.
+escaping (the common case) are inserted as they are, the others go through `json.dumps`. Each
+line is appended, as bytes, to a buffer written in one call per flush (cheaper than a buffered
+write per line), to a file straight to its descriptor: every line is ASCII (JSON escapes the
+rest). The append is one C call when Kalkan was built with a compiler (`_log_line.c`; the
+reference is `append_line_py` here): the User-Agent and Referer go into the buffer as they came.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Final, TextIO
 
 from kalkan.observe.pseudonym import pseudonymize
@@ -116,7 +118,8 @@ class AccessLog:
         # each with the punctuation around it: fewer pieces to join per line.
         self._clients: dict[str, str] = {}
         self._decisions: dict[str, str] = {}
-        self._lines: list[str] = []
+        self._buffer = bytearray()  # the lines not yet written
+        self._pending = 0           # how many
         self._fragments: dict[tuple[str, str, str, str], str] = {}
         # The middle of a line ('"method":…,"origin_ms":null,"total_ms":') for answers without
         # the origin, which repeat: by (request fragment, status, bytes, cache) for the replay
@@ -156,7 +159,9 @@ class AccessLog:
 
     def write(self, now: float, client: str, method: str, host: str, path: str, query: str,
               status: int, size: int, cache: str, origin_ms: float | None, total_ms: float,
-              decision: str, reason: str = "", agent: str = "") -> None:
+              decision: str, reason: str = "", user_agent: bytes | None = None,
+              referer: bytes | None = None) -> None:
+        """One line; `user_agent` and `referer` as the client sent them (written when sent)."""
         if not self._open:
             return
         if origin_ms is None:
@@ -177,7 +182,7 @@ class AccessLog:
                     self._fragments.clear()
                 fragment = self._fragments[key] = self.fragment(method, host, path, query)
             middle = self._middle(fragment, status, size, cache, _decimals(origin_ms, 1))
-        self._line(now, client, middle, total_ms, decision, reason, agent)
+        self._line(now, client, middle, total_ms, decision, reason, "", user_agent, referer)
 
     def write_fragment(self, now: float, client: str, request: str, status: int, size: int,
                        cache: str, origin_ms: float | None, total_ms: float,
@@ -196,10 +201,10 @@ class AccessLog:
                 middle = self._middles[key] = self._middle(request, status, size, cache, "null")
         else:
             middle = self._middle(request, status, size, cache, _decimals(origin_ms, 1))
-        self._line(now, client, middle, total_ms, decision, reason, agent)
+        self._line(now, client, middle, total_ms, decision, reason, agent, None, None)
 
     def _line(self, now: float, client: str, middle: str, total_ms: float, decision: str,
-              reason: str, agent: str) -> None:
+              reason: str, agent: str, user_agent: bytes | None, referer: bytes | None) -> None:
         clients = self._clients
         client_js = clients.get(client)
         if client_js is None:
@@ -219,14 +224,16 @@ class AccessLog:
         stamp = self._stamp if second == self._second else self._time(now)
         ms = _DIGITS3[int((now - second) * 1000.0)]
         total = _hundredths(total_ms)
-        lines = self._lines
-        # Only str pieces in these f-strings: mypyc joins them without str.format.
-        if reason:
-            lines.append(f'{stamp}{ms}{client_js}{middle}{total}{decision_js},'
-                         f'"reason":{_js(reason)}{agent}}}\n')
-        else:
-            lines.append(f"{stamp}{ms}{client_js}{middle}{total}{decision_js}{agent}}}\n")
-        if len(lines) >= _FLUSH_LINES:
+        reason_js = ',"reason":' + _js(reason) if reason else ""
+        if not append_line(self._buffer, stamp, ms, client_js, middle, total, decision_js,
+                           reason_js, agent, user_agent, referer):
+            # An agent or referer to escape: formatted here (only str pieces in the f-string:
+            # mypyc joins them without str.format).
+            agent += self.agent(user_agent, referer)
+            self._buffer += (f"{stamp}{ms}{client_js}{middle}{total}{decision_js}{reason_js}"
+                             f"{agent}}}\n").encode()
+        self._pending += 1
+        if self._pending >= _FLUSH_LINES:
             self.flush()
 
     @staticmethod
@@ -235,12 +242,12 @@ class AccessLog:
                 f'"origin_ms":{origin},"total_ms":')
 
     def flush(self) -> None:
-        lines, self._lines = self._lines, []
+        lines, self._buffer, self._pending = self._buffer, bytearray(), 0
         with contextlib.suppress(OSError, ValueError):
             f = self._file
             if f is not None:
                 if lines:
-                    data = memoryview("".join(lines).encode("utf-8"))
+                    data = memoryview(lines)
                     while data:  # a short write (a pipe, a signal) continues, nothing is lost
                         data = data[f.write(data) or 0:]
             elif self._stdout is not None:
@@ -249,10 +256,10 @@ class AccessLog:
                     try:
                         fd = self._stdout.fileno()
                     except (OSError, ValueError):  # not a file (a test's capture)
-                        self._stdout.write("".join(lines))
+                        self._stdout.write(lines.decode("ascii"))
                         self._stdout.flush()
                     else:
-                        _write_whole_lines(fd, lines)
+                        _write_whole_lines(fd, lines.splitlines(keepends=True))
 
     def reopen(self) -> None:
         """Write the buffered lines, then start again at `path` (a new file once logrotate has
@@ -279,20 +286,20 @@ class AccessLog:
 _PIPE_BUF: Final = 4096
 
 
-def _write_whole_lines(fd: int, lines: list[str]) -> None:
+def _write_whole_lines(fd: int, lines: list[bytearray]) -> None:
     """Lines to stdout in writes of whole lines, each at most PIPE_BUF bytes when they fit:
     several workers share one stdout (a pipe, the journal), and their lines must not tear.
     (A file is opened O_APPEND: one write per batch is never torn there.)"""
-    batch: list[str] = []
+    batch: list[bytearray] = []
     size = 0
     for line in lines:
-        if batch and size + len(line) > _PIPE_BUF:  # ASCII: characters are bytes
-            _write_all(fd, "".join(batch).encode("utf-8"))
+        if batch and size + len(line) > _PIPE_BUF:
+            _write_all(fd, b"".join(batch))
             batch, size = [], 0
         batch.append(line)
         size += len(line)
     if batch:
-        _write_all(fd, "".join(batch).encode("utf-8"))
+        _write_all(fd, b"".join(batch))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -304,3 +311,35 @@ def _write_all(fd: int, data: bytes) -> None:
 def _open_file(path: str) -> io.FileIO:
     """The log file, appended to, unbuffered: `flush` writes each batch in one call."""
     return io.FileIO(path, "a")
+
+
+def append_line_py(buffer: bytearray, stamp: str, ms: str, client: str, middle: str, total: str,
+                   decision: str, reason: str, agent: str, user_agent: bytes | None,
+                   referer: bytes | None) -> bool:
+    """Append a line (its text pieces, then the agent's and referer's fields, each only when
+    sent); False, appending nothing, if the agent or referer needs escaping (or a text is not
+    ASCII, which the pieces made above never are)."""
+    pieces = (stamp, ms, client, middle, total, decision, reason, agent)
+    if not all(piece.isascii() for piece in pieces):
+        return False
+    tail = b""
+    if user_agent is not None:
+        if not _as_is(user_agent):
+            return False
+        tail = b',"ua":"' + user_agent + b'"'
+    if referer is not None:
+        if not _as_is(referer):
+            return False
+        tail += b',"referer":"' + referer + b'"'
+    buffer += "".join(pieces).encode("ascii") + tail + b"}\n"
+    return True
+
+
+append_line: Callable[[bytearray, str, str, str, str, str, str, str, str, bytes | None,
+                       bytes | None], bool]
+try:
+    from kalkan.observe import _log_line
+except ImportError:  # built without a C compiler
+    append_line = append_line_py
+else:
+    append_line = _log_line.append

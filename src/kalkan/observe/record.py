@@ -56,8 +56,7 @@ class Recorder:
             started = req.started
             total = (_monotonic() - started) * 1000.0 if started else 0.0
             log.write(now, req.client, req.method, req.host, req.path, req.query, status, size,
-                      cache, origin_ms, total, decision, reason,
-                      log.agent(req.user_agent, req.referer))
+                      cache, origin_ms, total, decision, reason, req.user_agent, req.referer)
 
     def replayed(self, now: float, client: str, path: str, fragment: str, agent: str,
                  status: int, size: int, cache: str, total_ms: float, decision: str) -> None:
