@@ -52,9 +52,12 @@ def throughput(d: dict[str, Any]) -> list[str]:
                            for peer, r in cell["ratios"].items())
         what = (f"readers, {cell['body_size'] // 1024} KB page" if cell["load"] == "readers"
                 else f"identical requests (wrk's default), {cell['body_size'] // 1024} KB page")
+        p99 = {peer: v["p99_ms"]["median"] for peer, v in cell["peers"].items()}
         others.append(f"- {what}: Kalkan "
                       f"{cell['peers']['kalkan']['requests_per_s']['median']:,.0f} req/s"
-                      + (f" ({ratios})" if ratios else ""))
+                      + (f" ({ratios})" if ratios else "")
+                      + (f"; p99 {p99['kalkan']:.2f} ms, nginx {p99['nginx']:.2f}"
+                         if "nginx" in p99 else ""))
     return [
         f"{_smoke(d)}**Cache hits for readers: every request its own browser User-Agent, "
         f"headers and cookie; 20 KB page, wrk -c64, each server on the same one core, access "
@@ -63,10 +66,12 @@ def throughput(d: dict[str, Any]) -> list[str]:
         "| server | req/s (median) | p50 ms | p99 ms |", "| --- | --- | --- | --- |", *rows, "",
         "; ".join(verdicts) + f". Measured on {d['machine']['cpu_model']} (2 cores). The "
         "machine is shared: the medians move 5-15% from one run to the next (each file gives "
-        "the worst and best cases), and the ratio depends on the machine: the same hit path on "
-        "an AMD EPYC host gave 1.10-1.21x nginx (this file's git history). The larger the page, "
-        "the more nginx gains (below); the likely reason, not yet measured apart: nginx sends a "
-        "cached body from its cache file with sendfile, Kalkan copies it into the socket.", "",
+        "the worst and best cases). wrk's own core is nearly saturated while it measures Kalkan "
+        "on this page (the file's CPU columns), so Kalkan's req/s is a lower bound, and the "
+        "latencies wrk records then include its own delays (compare the p99s of the loads "
+        "below, where wrk is less busy). The larger the page, the more nginx gains: nginx "
+        "sends a cached body with sendfile from its cache file, Kalkan copies it into the "
+        "socket (docs/DESIGN.md, Performance).", "",
         *others, ""]
 
 
@@ -79,8 +84,10 @@ def defense_scale(d: dict[str, Any]) -> list[str]:
         f"X-Forwarded-For), defence on {s['defence-on']['requests_per_s']['median']:,.0f} req/s "
         f"vs off {s['defence-off']['requests_per_s']['median']:,.0f}: **{t['ratio']:.2f}x** "
         f"(target 0.8x: {_met(t['met'])}; worst case {t['worst_case']:.2f}x, best "
-        f"{t['best_case']:.2f}x: runs on this shared machine vary, and other runs of nearly the "
-        "same code on the same day gave medians from 0.66x to 0.89x)."
+        f"{t['best_case']:.2f}x: runs on this shared machine vary; other runs of the same code "
+        "gave 0.85x and 0.88x, and Kalkan's CPU per request in this run is "
+        f"{s['defence-on']['kalkan_cpu_us_per_request']['median']:.1f} µs on vs "
+        f"{s['defence-off']['kalkan_cpu_us_per_request']['median']:.1f} off)."
         + (f" Behaviour scoring's share: {d['behaviour_us_per_request']:.1f} µs of CPU per "
            "request." if "behaviour_us_per_request" in d else ""), ""]
 
