@@ -310,8 +310,16 @@ def one_run(arrangement: str, origin_port: int, work: Path, stopper: Stopper,
                          config=_config(shared), extra_args=["--workers", str(workers)],
                          cpus="0,1" if workers > 1 else None)
     try:
-        tree = process_tree(proxy.proc.pid)
-        pids = [p for p in tree if p != proxy.proc.pid] if workers > 1 else [proxy.proc.pid]
+        # The supervisor listens before its workers are up: the port answers (the kernel queues
+        # connections) a moment before they exist, so wait for them (a fresh checkout compiles
+        # its bytecode at first start, which made that moment long enough to miss them).
+        deadline = time.monotonic() + 15.0
+        while True:
+            tree = process_tree(proxy.proc.pid)
+            pids = [p for p in tree if p != proxy.proc.pid] if workers > 1 else [proxy.proc.pid]
+            if len(pids) == workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         if len(pids) != workers:
             raise BenchError(f"{arrangement}: expected {workers} worker process(es), "
                              f"found {pids}")
