@@ -123,7 +123,13 @@ known_spelling(const unsigned char *name, Py_ssize_t len)
 
 /* The code of a field named `name` (any case), 0 if the edge does not note it. */
 static unsigned char
-code_of(const unsigned char *name, Py_ssize_t len);
+code_of(const unsigned char *name, Py_ssize_t len)
+{
+    for (int i = 0; i < n_codes; i++)
+        if (name_is(name, len, codes[i].name, codes[i].len))
+            return codes[i].code;
+    return 0;
+}
 
 typedef struct {
     Py_ssize_t name, name_len, value, value_len;
@@ -272,15 +278,6 @@ fail:
     return NULL;
 }
 
-static unsigned char
-code_of(const unsigned char *name, Py_ssize_t len)
-{
-    for (int i = 0; i < n_codes; i++)
-        if (name_is(name, len, codes[i].name, codes[i].len))
-            return codes[i].code;
-    return 0;
-}
-
 /* set_codes(((lowercase name, code), ...)): the fields the edge notes (framing.FIELD_CODES). */
 static PyObject *
 set_codes(PyObject *module, PyObject *items)
@@ -336,6 +333,7 @@ static PyMethodDef head_methods[] = {
 static struct PyModuleDef head_module = {
     PyModuleDef_HEAD_INIT, "kalkan.edge._head",
     "The common request head read in one call (see head.py).", -1, head_methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC

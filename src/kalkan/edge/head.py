@@ -22,6 +22,7 @@ _TCHAR: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                           b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _VCHAR: Final = frozenset([9, *range(32, 127), *range(128, 256)])
 _TARGET: Final = frozenset(range(33, 127))
+_OWS: Final = frozenset(b" \t")
 _LEFT_TO_LLHTTP: Final = frozenset({b"content-length", b"transfer-encoding", b"upgrade",
                                     b"proxy-connection"})
 MAX_FIELDS: Final = 255  # more: declined (llhttp and the reader's limits take it)
@@ -67,7 +68,7 @@ def scan_py(data: bytes, start: int) -> Scanned | None:
         if end == p or data[end:end + 1] != b":":
             return None
         name = data[p:end]
-        p = _run(data, end + 1, frozenset(b" \t"))
+        p = _run(data, end + 1, _OWS)
         end = _run(data, p, _VCHAR)
         value = data[p:end]
         if data[end:end + 2] != b"\r\n":

@@ -323,8 +323,7 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         # Nearly always one call per request; a target split over reads is joined (bounded).
         url = self._url + url if self._url else url
-        if len(url) > self.limits.max_request_line:
-            raise BadRequest(414, "The request target is too long.")
+        _check_target(self, url)
         self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -408,6 +407,12 @@ def _new_request(reader: RequestReader) -> Request:
     return req
 
 
+def _check_target(reader: RequestReader, target: bytes) -> None:
+    """The request target (or as much of it as llhttp has handed over) is within the limit."""
+    if len(target) > reader.limits.max_request_line:
+        raise BadRequest(414, "The request target is too long.")
+
+
 def _head_read(reader: RequestReader, req: Request, method: str, target: bytes, version: str,
                keep_alive: bool, upgrade: bool) -> None:
     """A whole head is read: check it, and wait for its body if any."""
@@ -468,8 +473,7 @@ def _scanned(reader: RequestReader, data: bytes, start: int) -> int:
     req = _new_request(reader)
     req.headers = fields
     try:
-        if len(target) > reader.limits.max_request_line:
-            raise BadRequest(414, "The request target is too long.")
+        _check_target(reader, target)
         for i in range(0, len(coded), 2):
             note_coded(req, coded[i + 1], fields[coded[i]][1])
         _head_read(reader, req, method, target, "1.1", True, False)
