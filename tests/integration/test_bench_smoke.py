@@ -21,7 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is not installed; it lives next to src/
     sys.path.insert(0, str(ROOT))
 
-from bench import cache_conformance, common, peers, throughput  # noqa: E402
+from bench import (  # noqa: E402
+    cache_conformance,
+    common,
+    fixed_rate,
+    peers,
+    readers_pool,
+    throughput,
+)
 
 READERS_LUA = ROOT / "bench" / "wrk" / "readers.lua"
 
@@ -216,6 +223,169 @@ async def test_readers_script_sends_no_two_identical_requests() -> None:
     cgnat = ipaddress.ip_network("100.64.0.0/10")
     assert all(ipaddress.ip_address(a) in cgnat for a in forwarded)
     assert len({a.rsplit(".", 1)[0] for a in forwarded}) > 100  # spread over many /24s
+
+
+def test_request_pool_heads_are_distinct_readers_heads() -> None:
+    """The fixed-rate client's pool: readers.lua's browsers, headers and cookies, every head
+    distinct, and every head as the client sends it (its number in the placeholder) parses."""
+    httptools = pytest.importorskip("httptools")
+    tables = readers_pool.readers_tables()
+    assert len(tables.templates) >= 45
+    assert len(tables.languages) == 10 and len(tables.themes) == 3
+    lua = READERS_LUA.read_text()
+    for lines in readers_pool.EXTRA_HEADERS.values():  # still what readers.lua's `request` sends
+        assert all(f"{line}\\r\\n" in lua for line in lines)
+    heads = readers_pool.request_pool("/bench/20k", "127.0.0.1:8080", 3000)
+    assert len(set(heads)) == len(heads) == 3000
+    assert heads == readers_pool.request_pool("/bench/20k", "127.0.0.1:8080", 3000)  # seeded
+    sent = [readers_pool.fill(head, i) for i, head in enumerate(heads)]
+    assert all(head.count(readers_pool.PLACEHOLDER.encode()) == 1 for head in heads)
+    assert len(set(sent)) == len(sent)
+
+    class Fields:
+        def __init__(self) -> None:
+            self.fields: dict[str, str] = {}
+            self.names: list[str] = []
+            self.url = b""
+            self.complete = False
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.names.append(name.decode())
+            self.fields[name.decode()] = value.decode()
+
+        def on_message_complete(self) -> None:
+            self.complete = True
+
+    parsed = []
+    for head in sent:
+        got = Fields()
+        parser = httptools.HttpRequestParser(got)
+        parser.feed_data(head)
+        assert got.complete and got.url == b"/bench/20k"
+        assert parser.get_method() == b"GET" and parser.should_keep_alive()
+        parsed.append(got)
+    for got in parsed:
+        f = got.fields
+        assert got.names[:5] == ["Host", "User-Agent", "Accept", "Accept-Language",
+                                 "Accept-Encoding"]
+        assert got.names[-2:] == ["Cookie", "Connection"]
+        assert f["Host"] == "127.0.0.1:8080"
+        assert f["User-Agent"].startswith("Mozilla/5.0 (")
+        assert f["Accept"].startswith("text/html") and f["Sec-Fetch-Mode"] == "navigate"
+        assert f["Accept-Encoding"] == "gzip, deflate, br"
+        assert f["Cookie"].startswith("_ga=GA1.2.") and "; theme=" in f["Cookie"]
+    # Chromium versions carry a random build and patch; Firefox's and Safari's only a major
+    # (and minor) version, so those repeat, as with readers.lua.
+    assert len({got.fields["User-Agent"] for got in parsed}) > 2000
+    assert len({got.fields["Accept-Language"] for got in parsed}) == 10
+    assert sum("Referer" in got.fields for got in parsed) > 1500  # 4 of 6 choices
+
+
+def _fixed_rate_binary() -> Path:
+    if shutil.which("gcc") is None and not list(fixed_rate.BIN_DIR.glob("fixed_rate-*")):
+        pytest.skip("gcc is not installed")
+    return fixed_rate.binary()
+
+
+def _ordered(latency: dict[str, float]) -> bool:
+    values = [latency[k] for k in ("p50", "p90", "p99", "p99.9", "max")]
+    return values[0] > 0 and values == sorted(values)
+
+
+def test_fixed_rate_client_against_a_real_server() -> None:
+    """The compiled client, offered 400 req/s for one second after half a second of warm-up,
+    to the stand-in origin (a real HTTP server): every request answered, no errors."""
+    _fixed_rate_binary()
+    with common.Stopper() as stopper, common.scratch_dir("smoke-fixed-rate") as work:
+        origin = peers.start_origin(work / "origin", stopper, stand_in=True, cpu=None)
+        result = fixed_rate.run_fixed_rate(
+            f"http://127.0.0.1:{origin.port}{throughput.BENCH_PATH}", 400, 1, 4,
+            warmup_s=0.5, cpus=None, pool_size=500)
+    assert result["scheduled"] == 400 and result["warmup_scheduled"] == 200
+    assert result["responses"] == result["sent"] == result["scheduled"]
+    assert result["warmup_responses"] == result["warmup_sent"] == 200
+    assert result["errors_total"] == 0 and result["non_2xx"] == 0
+    assert result["status"]["2xx"] == 600
+    assert fixed_rate.clean(result)
+    assert result["bytes_received"] > 600 * throughput.BODY_SIZE
+    assert _ordered(result["latency_ms"])
+    assert result["send_lag_ms"]["p50"] >= 0
+    assert 350 < result["achieved_rate"] < 450
+    assert result["cpu_busy_pct"]["client_own"] > 0
+    assert "--rate 400" in result["command"]
+
+
+async def test_fixed_rate_client_reads_every_framing_and_sends_distinct_heads(
+        tmp_path: Path) -> None:
+    """Answers with a length, chunked (extensions, trailers), after a 100 Continue, with
+    `Connection: close` and up to the close: all read, the connection reopened when the server
+    closes it; every request the server sees is a distinct head with its number filled in."""
+    exe = _fixed_rate_binary()
+    heads: list[bytes] = []
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        b"a;ext=1\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\n\r\nup to the close",
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                answer = answers[len(heads) % len(answers)]
+                writer.write(answer)
+                await writer.drain()
+                if b"close" in answer or answer.startswith(b"HTTP/1.0"):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = readers_pool.write_pool(tmp_path / "requests.http", "/x", f"127.0.0.1:{port}", 50)
+    client = await asyncio.create_subprocess_exec(
+        str(exe), "--host", "127.0.0.1", "--port", str(port), "--requests", str(pool),
+        "--rate", "500", "--duration", "1", "--connections", "4", "--warmup", "0.2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(client.communicate(), 30)
+    server.close()
+    await server.wait_closed()
+    assert client.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["errors_total"] == 0, result["errors"]
+    assert result["responses"] == result["sent"] == result["scheduled"] == 500
+    assert result["status"]["2xx"] == 600
+    assert result["reconnects"] >= 200  # two answers in five close the connection
+    assert _ordered(result["latency_ms"])
+    assert len(heads) == 600 and len(set(heads)) == 600
+    assert not any(readers_pool.PLACEHOLDER.encode() in head for head in heads)
+    numbers = sorted(int(head.split(b"_ga=GA1.2.")[1].split(b";")[0].split(b".")[1][1:])
+                     for head in heads)
+    assert numbers == list(range(600))
+
+
+def test_fixed_rate_client_refuses_other_hosts(tmp_path: Path) -> None:
+    exe = _fixed_rate_binary()
+    pool = readers_pool.write_pool(tmp_path / "requests.http", "/", "127.0.0.1:9", 5)
+    for host in ("10.0.0.1", "192.168.1.1", "2001:db8::1", "::2", "example.org"):
+        done = subprocess.run(
+            [str(exe), "--host", host, "--port", "80", "--requests", str(pool), "--rate", "10",
+             "--duration", "1", "--connections", "1"],
+            capture_output=True, text=True, timeout=10, check=False)
+        assert done.returncode == 2
+        assert "refusing" in done.stderr and "127.0.0.0/8 and ::1" in done.stderr
+        assert done.stdout == ""
+    with pytest.raises(common.BenchError, match="non-loopback"):
+        fixed_rate.run_fixed_rate("http://10.0.0.1/bench/20k", 10, 1, 1, cpus=None)
+    with pytest.raises(common.BenchError, match="120"):
+        fixed_rate.run_fixed_rate("http://127.0.0.1:9/", 10, 121, 1, cpus=None)
 
 
 def test_load_args() -> None:
