@@ -32,13 +32,30 @@ def throughput(d: dict[str, Any]) -> list[str]:
     """Readers first (the headline and its targets), then the other pages and identical requests."""
     results, targets = d["results"], d["targets"]
     head = results[d["headline"]]
+    # The latency at a fixed offered rate (bench/fixed_rate.c), in results from after it existed.
+    fixed = d.get("fixed_rate") or {}
+    fixed_peers = fixed.get("peers", {}) if fixed.get("measured") else {}
     rows = [f"| {peer} | {v['requests_per_s']['median']:,.0f} | {v['p50_ms']['median']:.2f} | "
-            f"{v['p99_ms']['median']:.2f} |" for peer, v in head["peers"].items()]
+            f"{v['p99_ms']['median']:.2f} |"
+            + (f" {fixed_peers[peer]['p50_ms']['median']:.2f} | "
+               f"{fixed_peers[peer]['p99_ms']['median']:.2f} |" if peer in fixed_peers
+               else " | |" if fixed_peers else "")
+            for peer, v in head["peers"].items()]
+    header = ["| server | req/s (median) | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    if fixed_peers:
+        rate = f"{fixed['rate']:,.0f}"
+        header = [f"| server | req/s (median) | p50 ms | p99 ms | p50 ms at {rate} req/s | "
+                  f"p99 ms at {rate} req/s |", "| --- | --- | --- | --- | --- | --- |"]
     verdicts = []
     for key, t in targets.items():
         if key == "p99_vs_nginx":
             verdicts.append(f"p99 {t['kalkan_p99_ms']:.2f} ms vs nginx {t['nginx_p99_ms']:.2f} ms "
                             f"(no worse than nginx: {_met(t['met'])})")
+        elif key == "p99_fixed_rate_vs_nginx":
+            verdicts.append(f"at a fixed {t['rate']:,.0f} req/s offered to each server, p99 "
+                            f"{t['kalkan_p99_ms']:.2f} ms vs nginx {t['nginx_p99_ms']:.2f} ms "
+                            f"(no worse than nginx: {_met(t['met'])}"
+                            + ("" if t.get("valid", True) else "; **not a valid run**") + ")")
         else:
             peer = "nginx proxy_cache" if key.endswith("nginx") else "Varnish"
             verdicts.append(f"Kalkan / {peer}: **{t['ratio']:.2f}x** (target {t['target']:.1f}x: "
@@ -63,7 +80,7 @@ def throughput(d: dict[str, Any]) -> list[str]:
         f"headers and cookie; 20 KB page, wrk -c64, each server on the same one core, access "
         f"logs on** "
         f"([bench/results/throughput.md](bench/results/throughput.md), `{d['command']}`):", "",
-        "| server | req/s (median) | p50 ms | p99 ms |", "| --- | --- | --- | --- |", *rows, "",
+        *header, *rows, "",
         "; ".join(verdicts) + f". Measured on {d['machine']['cpu_model']} (2 cores). The "
         "machine is shared: the medians move 5-15% from one run to the next (each file gives "
         "the worst and best cases). wrk's own core is nearly saturated while it measures Kalkan "
@@ -71,7 +88,12 @@ def throughput(d: dict[str, Any]) -> list[str]:
         "latencies wrk records then include its own delays (compare the p99s of the loads "
         "below, where wrk is less busy). The larger the page, the more nginx gains: nginx "
         "sends a cached body with sendfile from its cache file, Kalkan copies it into the "
-        "socket (docs/DESIGN.md, Performance).", "",
+        "socket (docs/DESIGN.md, Performance)."
+        + (f" The fixed-rate columns are not wrk's: an open-loop client (bench/fixed_rate.c) "
+           f"offered every server the same {fixed['rate']:,.0f} req/s of the readers load "
+           f"({fixed['basis']['how']}) and counted each latency from the request's scheduled "
+           "send time, so they measure the servers below saturation, not a queue."
+           if fixed_peers else ""), "",
         *others, ""]
 
 

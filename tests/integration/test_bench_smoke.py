@@ -388,6 +388,25 @@ def test_fixed_rate_client_refuses_other_hosts(tmp_path: Path) -> None:
         fixed_rate.run_fixed_rate("http://127.0.0.1:9/", 10, 121, 1, cpus=None)
 
 
+def test_fixed_rate_offers_a_share_of_the_slowest_peer() -> None:
+    assert throughput.round_rate(27_528.4) == 27_000
+    assert throughput.round_rate(40_691) == 40_000
+    assert throughput.round_rate(1_234) == 1_200
+    settings = throughput.Settings(peers=["kalkan", "nginx", "varnish"])
+    samples = [{"cell": "readers/20k", "peer": peer, "requests_per_s": rps}
+               for peer, rps in (("kalkan", 72_000), ("kalkan", 70_000), ("kalkan", 80_000),
+                                 ("nginx", 58_000), ("varnish", 39_325), ("varnish", 41_000),
+                                 ("varnish", 30_000))]
+    samples.append({"cell": "readers/2k", "peer": "varnish", "requests_per_s": 1_000})
+    rate, basis = throughput.fixed_rate_plan(settings, samples)
+    assert rate == 27_000  # 0.7 x varnish's median (39,325), rounded down
+    assert basis["basis_peer"] == "varnish"
+    settings.fixed_rate_rps = 12_345
+    assert throughput.fixed_rate_plan(settings, samples)[0] == 12_345
+    settings.fixed_rate_rps = None
+    assert throughput.fixed_rate_plan(settings, samples[-1:])[0] is None
+
+
 def test_load_args() -> None:
     assert throughput.load_args("identical") == ([], [])
     assert throughput.load_args("readers") == (["-s", str(READERS_LUA)], [])
@@ -447,11 +466,19 @@ def test_throughput_quick_run_writes_results(quick_results: Path) -> None:
     for cell in data["results"].values():
         assert set(cell["peers"]) == {"kalkan", "nginx"}
         assert all(p["all_runs_clean"] and p["all_hits"] for p in cell["peers"].values())
-    assert set(data["targets"]) == {"kalkan_vs_nginx", "p99_vs_nginx"}
+    assert set(data["targets"]) == {"kalkan_vs_nginx", "p99_vs_nginx", "p99_fixed_rate_vs_nginx"}
     assert data["targets"]["kalkan_vs_nginx"]["target"] == 1.2
     assert data["targets"]["kalkan_vs_nginx"]["first_step"] == 1.0
     readers = [r for r in data["runs"] if r["load"] == "readers"]
     assert all("-s" in r["command"] and "readers.lua" in r["command"] for r in readers)
+    # The latency at a fixed rate: the same rate offered to both, every request answered.
+    fixed = data["fixed_rate"]
+    assert fixed["measured"] and set(fixed["peers"]) == {"kalkan", "nginx"}
+    assert {r["offered_rate"] for r in fixed["runs"]} == {fixed["rate"]}
+    assert all(r["clean"] and r["all_hits"] for r in fixed["runs"])
+    assert all(_ordered(r["latency_ms"]) for r in fixed["runs"])
+    assert "p99 at a fixed rate: Kalkan" in md
+    assert "## Latency at a fixed offered rate" in md
 
 
 @pytest.mark.slow
@@ -495,6 +522,7 @@ def test_readme_block_quotes_readers_first(quick_results: Path, tmp_path: Path) 
     assert text.index("Cache hits for readers") < text.index("identical requests")
     assert text.index("Cache hits for readers") < text.index("Defence at scale")
     assert "Memory" in text
+    assert "req/s offered to each server, p99" in text
 
 
 @pytest.mark.slow
