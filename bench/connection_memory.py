@@ -160,7 +160,7 @@ def close_all(socks: list[socket.socket]) -> None:
 def _rss(proxy: Proxy) -> int:
     # Let the peer finish what the last request started, and let the connections be idle for
     # a few seconds, as idle keep-alive readers are (Kalkan parks a connection after a quarter
-    # of a second of quiet).
+    # of a second of quiet, and shelves a parked one after a second: edge/shelf.py).
     time.sleep(2.5)
     return proxy.memory_kib()["rss_kib"]
 

@@ -21,6 +21,7 @@ from kalkan.edge.connection import (
 from kalkan.edge.parked import ParkedConnection, ParkedTlsConnection, shared_deadline
 from kalkan.edge.request import Request
 from kalkan.edge.server import EdgeServer
+from kalkan.edge.shelf import SHELVE_AFTER, Shelf
 from kalkan.observe.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -590,7 +591,7 @@ async def test_an_idle_connection_is_parked_after_a_moment_and_woken_by_its_next
     assert [a[0] for a in rig.answers()] == [200, 200]
 
 
-async def test_a_parked_connection_keeps_four_slots_and_no_bound_method() -> None:
+async def test_a_parked_connection_keeps_five_slots_and_no_bound_method() -> None:
     rig = Rig()
     rig.pipeline.hits["/"] = b"ok"
     rig.feed(get("/"))
@@ -602,7 +603,7 @@ async def test_a_parked_connection_keeps_four_slots_and_no_bound_method() -> Non
     # uvloop keeps `protocol.data_received` while the protocol is set: no object per socket.
     assert parked.data_received is parked
     assert parked.scheme == "http" and parked.client == rig.conn.client
-    assert not hasattr(parked, "__dict__") and len(ParkedConnection.__slots__) == 4
+    assert not hasattr(parked, "__dict__") and len(ParkedConnection.__slots__) == 5
     # Its deadline: the connection's, rounded down to 1/8 s (never later than it was).
     assert 0 <= rig.conn.deadline - parked.deadline < 1 / 8
 
@@ -667,3 +668,22 @@ async def test_a_parked_connection_releases_its_slot_when_lost_and_times_out() -
     assert rig.t.closed and rig.pipeline.metrics.timeouts["keepalive"] == 1
     parked.connection_lost(None)
     assert rig.server.open == 0 and not rig.server.per_client and not rig.server.connections
+
+
+async def test_a_parked_connection_without_a_socket_is_never_shelved() -> None:
+    # (The fake transport has no socket: the shelf declines it and it stays parked.)
+    rig = Rig()
+    rig.server.shelf = shelf = Shelf(asyncio.get_running_loop())
+    rig.pipeline.hits["/"] = b"ok"
+    rig.feed(get("/"))
+    rig.t.take(len(rig.t.out))
+    rig.sweep(PARK_AFTER)
+    rig.sweep(PARK_AFTER)
+    parked = rig.t.protocol
+    assert isinstance(parked, ParkedConnection)
+    rig.sweep(SHELVE_AFTER + 1.0)
+    assert parked.transport is rig.t and parked.fd == -1 and not rig.t.closed
+    assert len(shelf) == 0
+    parked.data_received(get("/"))
+    assert [a[0] for a in rig.answers()] == [200, 200]
+    shelf.close()

@@ -11,6 +11,7 @@ from kalkan.config import Config
 from kalkan.edge.client_address import TrustedProxies
 from kalkan.edge.clock import Clock
 from kalkan.edge.request import Request
+from kalkan.edge.shelf import Shelf
 from kalkan.observe.metrics import Metrics
 
 
@@ -39,6 +40,7 @@ class Listener(Protocol):
     connections: set[Any]
     head_limit: int
     park_at_once_past: int  # open connections past which an idle one is parked at once
+    shelf: Shelf | None     # where long-idle plain-HTTP sockets wait (edge/shelf.py)
     timeouts: tuple[float, ...]
     trusted: TrustedProxies
     log_refusal: Callable[[str, int, str], None]

@@ -4,7 +4,9 @@ An idle `HttpConnection` carries a parser, flow control, queues and some forty s
 1 KB beyond what uvloop itself needs per socket), which thousands of idle browsers multiply.
 Once it has been idle a while (or at once, when many connections are open) it hands its
 transport to one of these, which keeps only what the next request needs (who the client is,
-the keep-alive deadline) and makes a fresh `HttpConnection` when bytes arrive.
+the keep-alive deadline) and makes a fresh `HttpConnection` when bytes arrive. After a longer
+quiet a plain-HTTP one also gives its socket to the server's shelf (edge/shelf.py), which takes
+it out of the event loop until the client sends again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from kalkan.edge.shelf import SHELVE_AFTER
 
 if TYPE_CHECKING:
     from kalkan.edge.listener import Listener
@@ -37,12 +41,13 @@ def shared_deadline(deadline: float) -> float:
 class ParkedConnection(asyncio.Protocol):
     """The protocol of an idle keep-alive connection; see the module docstring.
 
-    Four slots and no bound method: thousands of these are what an idle crowd costs
+    Five slots and no bound method: thousands of these are what an idle crowd costs
     (bench.connection_memory). The client address is also the peer's (the two differ only per
     request, behind a trusted proxy); `transport` is None once the connection was lost or
-    woken; TLS connections are `ParkedTlsConnection`s, so the scheme is the class's."""
+    woken, and while it is shelved (then `fd` is its socket on the shelf, else -1); TLS
+    connections are `ParkedTlsConnection`s, so the scheme is the class's."""
 
-    __slots__ = ("server", "transport", "client", "deadline")
+    __slots__ = ("server", "transport", "client", "deadline", "fd")
 
     scheme = "http"
     # What the server's sweep and shutdown read of every connection they hold.
@@ -58,6 +63,11 @@ class ParkedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = transport
         self.client = client
         self.deadline = shared_deadline(deadline)  # the keep-alive deadline it was parked with
+        self.fd = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Back from the shelf, on a new transport (edge/shelf.py)."""
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     @property
     def data_received(self) -> Callable[[bytes], None]:
@@ -89,14 +99,43 @@ class ParkedConnection(asyncio.Protocol):
         if mono > self.deadline:
             self.server.metrics.timeouts["keepalive"] += 1
             self.close()
+            return
+        transport = self.transport
+        if transport is not None and self.scheme == "http":
+            shelf = self.server.shelf
+            # (The deadline is the last request's time plus the keep-alive timeout.)
+            if shelf is not None and (self.deadline - mono <=
+                                      self.server.config.limits.keepalive_timeout - SHELVE_AFTER):
+                fd = shelf.put(self, transport)
+                if fd >= 0:
+                    self.transport = None
+                    self.fd = fd
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()  # connection_lost releases the client's slot
+        elif self.fd >= 0:
+            self._off_shelf()
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+        elif self.fd >= 0:
+            self._off_shelf()
+
+    def _off_shelf(self) -> None:
+        shelf = self.server.shelf
+        if shelf is not None:
+            shelf.drop(self.fd)
+        self.fd = -1
+        self.gone()
+
+    def gone(self) -> None:
+        """The connection ended while it had no transport (shelved, or rejoining the loop)."""
+        connections = self.server.connections
+        if self in connections:  # (once: its slot in the per-client count goes with it)
+            connections.discard(self)
+            self.server.release(self.client)
 
 
 class ParkedTlsConnection(ParkedConnection):

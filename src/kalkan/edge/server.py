@@ -20,6 +20,7 @@ from kalkan.edge.listener import Handler
 from kalkan.edge.parked import ParkedConnection
 from kalkan.edge.reader import HEAD, IDLE, timeouts
 from kalkan.edge.request import Request
+from kalkan.edge.shelf import Shelf
 
 __all__ = ["EdgeServer"]
 
@@ -68,6 +69,7 @@ class EdgeServer:
         # Bytes a request head may take before httptools must have handed it over complete.
         self.head_limit = limits.max_request_line + limits.max_header_bytes + 4096
         self.park_at_once_past = PARK_AT_ONCE_PAST  # see connection.py
+        self.shelf: Shelf | None = None  # made with the first listener (needs the loop)
         # Every listener of this pipeline (the HTTPS one and the redirect one) adds its own.
         counted = self.metrics.open_connections
         self.metrics.open_connections = lambda: counted() + self.open
@@ -99,6 +101,8 @@ class EdgeServer:
         with start_serving=False the socket is only bound (a TLS listener waiting for its first
         certificate) until `start_serving`."""
         loop = asyncio.get_running_loop()
+        if self.shelf is None:
+            self.shelf = Shelf.make(loop)
         scheme = "https" if ssl_context is not None else "http"
         factory = protocol or (lambda: http1(self, scheme))
         tls = self.config.tls
@@ -187,6 +191,9 @@ class EdgeServer:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
+        if self.shelf is not None:
+            self.shelf.close()
+            self.shelf = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
