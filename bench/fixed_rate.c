@@ -26,7 +26,8 @@
  * the close when neither is given. Connections are kept alive and reopened when the server
  * closes them. One JSON object goes to stdout: counts, errors by kind, offered and achieved rate,
  * latency percentiles (every latency is kept and sorted at the end), how late requests went out
- * (send lag) and how many were later than --late-ms.
+ * (send lag) and how many were later than --late-ms, and per second of the measured schedule the
+ * requests sent, the slowest answer and the late sends (to tell a stall from a slow run).
  *
  * Loopback only: the host must be an address in 127.0.0.0/8 or ::1; anything else is refused.
  * Single-threaded, epoll; between events it sleeps until the next request is due (a timerfd
@@ -135,6 +136,10 @@ static uint64_t late_total, late_busy, late_client, reconnects, idle_closes, byt
 static int64_t last_answer_ns;
 static float *latencies_us, *lags_us; /* measured requests only */
 static uint64_t n_latencies, n_lags, capacity;
+static int64_t measure_from;          /* when the first measured request is due */
+static size_t seconds;                /* of the measured schedule, a partial last one included */
+static uint64_t *sec_due, *sec_late;  /* per second of due time: sent, sent late */
+static float *sec_max_us;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -143,6 +148,12 @@ static int64_t now_ns(void) {
 }
 
 static int64_t due_ns(uint64_t k) { return t0 + (int64_t)llround((double)k * period_ns); }
+
+/* The second of the measured schedule that request k is due in. */
+static size_t second_of(uint64_t k) {
+    size_t i = (size_t)((due_ns(k) - measure_from) / 1000000000LL);
+    return i < seconds ? i : seconds - 1;
+}
 
 __attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...) {
     va_list args;
@@ -363,8 +374,10 @@ static void send_next(struct conn *c, int64_t now) {
     if (k >= first_measured) {
         sent_measured++;
         if (n_lags < capacity) lags_us[n_lags++] = (float)lag / 1000.0f;
+        sec_due[second_of(k)]++;
         if ((double)lag > opt_late_ms * 1e6) {
             late_total++;
+            sec_late[second_of(k)]++;
             /* busy: the connection was still waiting for an answer (or reconnecting) when the
              * request was due; client: it was free, this loop got to it late */
             if (c->free_ns > due) late_busy++;
@@ -394,7 +407,10 @@ static void answered(struct conn *c, int64_t now) {
     if (k >= first_measured) {
         answered_measured++;
         last_answer_ns = now;
-        if (n_latencies < capacity) latencies_us[n_latencies++] = (float)(now - due_ns(k)) / 1000.0f;
+        float us = (float)(now - due_ns(k)) / 1000.0f;
+        if (n_latencies < capacity) latencies_us[n_latencies++] = us;
+        size_t sec = second_of(k);
+        if (us > sec_max_us[sec]) sec_max_us[sec] = us;
     } else {
         answered_warmup++;
     }
@@ -749,7 +765,12 @@ int main(int argc, char **argv) {
     latencies_us = malloc(capacity * sizeof *latencies_us);
     lags_us = malloc(capacity * sizeof *lags_us);
     conns = calloc((size_t)opt_connections, sizeof *conns);
-    if (!latencies_us || !lags_us || !conns) die("out of memory");
+    seconds = (size_t)ceil(opt_duration);
+    sec_due = calloc(seconds, sizeof *sec_due);
+    sec_late = calloc(seconds, sizeof *sec_late);
+    sec_max_us = calloc(seconds, sizeof *sec_max_us);
+    if (!latencies_us || !lags_us || !conns || !sec_due || !sec_late || !sec_max_us)
+        die("out of memory");
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -789,7 +810,7 @@ int main(int argc, char **argv) {
     errors[E_CONNECT] = 0;
 
     t0 = now_ns() + 10000000LL; /* 10 ms from now */
-    int64_t measure_from = due_ns(first_measured);
+    measure_from = due_ns(first_measured);
     int64_t last_due = due_ns(total - 1);
     int64_t drain_until = last_due + (int64_t)(opt_timeout * 1e9);
     int64_t next_check = t0 + CHECK_EVERY_NS;
@@ -877,6 +898,15 @@ int main(int argc, char **argv) {
            (unsigned long long)late_busy, (unsigned long long)late_client);
     print_distribution("latency_ms", latencies_us, n_latencies);
     print_distribution("send_lag_ms", lags_us, n_lags);
+    printf("  \"per_second\": {\"sent\": [");
+    for (size_t i = 0; i < seconds; i++)
+        printf("%s%llu", i ? ", " : "", (unsigned long long)sec_due[i]);
+    printf("], \"max_ms\": [");
+    for (size_t i = 0; i < seconds; i++) printf("%s%.4f", i ? ", " : "", sec_max_us[i] / 1000.0);
+    printf("], \"late_sends\": [");
+    for (size_t i = 0; i < seconds; i++)
+        printf("%s%llu", i ? ", " : "", (unsigned long long)sec_late[i]);
+    printf("]},\n");
     printf("  \"client_cpu_s\": %.3f, \"wall_s\": %.3f, \"client_cpu_pct\": %.1f\n", cpu_s,
            wall_s, wall_s > 0 ? 100.0 * cpu_s / wall_s : 0.0);
     printf("}\n");

@@ -1009,7 +1009,10 @@ def _fixed_rate_sections(data: dict[str, Any]) -> list[str]:
         if p["achieved_rate"]["min"] < 0.98 * f["rate"]:
             out.append(f"- **Caution:** {name} was answered at {_fmt(p['achieved_rate']['min'])} "
                        f"req/s in one run, short of the {_fmt(f['rate'])} offered.")
-    out += ["", "### Fixed-rate runs, in the order run", ""]
+    out += ["", "### Fixed-rate runs, in the order run", "",
+            "Per second of each run, the JSON has the requests sent, the slowest answer and the "
+            "late sends (`per_second`): a few seconds with late sends is a stall, every second "
+            "a peer (or client) short of the rate.", ""]
     rows = []
     for r in f["runs"]:
         lat, c = r["latency_ms"], r["cache_counters"]
@@ -1017,7 +1020,10 @@ def _fixed_rate_sections(data: dict[str, Any]) -> list[str]:
             r["repetition"], r["peer"], _fmt(r["achieved_rate"]), r["sent"], r["responses"],
             *(f"{lat[k]:.3f}" if lat[k] is not None else "n/a"
               for k in ("p50", "p90", "p99", "p99.9", "max")),
-            r["late_sends"], r["errors_total"], r["non_2xx"],
+            r["late_sends"],
+            f"{sum(1 for n in r['per_second']['late_sends'] if n)} of "
+            f"{len(r['per_second']['late_sends'])}",
+            r["errors_total"], r["non_2xx"],
             (f"{c['hits']:.0f}/{c['requests']:.0f}" if "requests" in c
              else f"{c.get('hits', 0):.0f} hits" if c else "n/a"),
             f"{r['cpu_busy_pct']['proxy_own']:.0f}% / {r['cpu_busy_pct']['client_own']:.0f}%",
@@ -1025,7 +1031,7 @@ def _fixed_rate_sections(data: dict[str, Any]) -> list[str]:
         ])
     out.append(markdown_table(
         ["rep", "peer", "achieved req/s", "sent", "answered", "p50 ms", "p90 ms", "p99 ms",
-         "p99.9 ms", "max ms", "sent late", "errors", "non-2xx",
+         "p99.9 ms", "max ms", "sent late", "seconds with a late send", "errors", "non-2xx",
          "cache hits (peer's own counters, warm-up included)", "CPU used: peer / client",
          "core busy: peer's / client's"], rows))
     return out

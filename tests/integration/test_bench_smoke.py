@@ -314,6 +314,8 @@ def test_fixed_rate_client_against_a_real_server() -> None:
     assert _ordered(result["latency_ms"])
     assert result["send_lag_ms"]["p50"] >= 0
     assert 350 < result["achieved_rate"] < 450
+    assert sum(result["per_second"]["sent"]) == 400 and len(result["per_second"]["max_ms"]) == 1
+    assert max(result["per_second"]["max_ms"]) == result["latency_ms"]["max"]
     assert result["cpu_busy_pct"]["client_own"] > 0
     assert "--rate 400" in result["command"]
 
