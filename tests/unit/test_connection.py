@@ -10,6 +10,7 @@ import httptools
 import pytest
 
 from kalkan.config import Config
+from kalkan.edge.clock import CLOCK_STEP
 from kalkan.edge.connection import (
     PARK_AFTER,
     BadRequest,
@@ -580,6 +581,8 @@ async def test_an_idle_connection_is_parked_after_a_moment_and_woken_by_its_next
     rig.sweep(PARK_AFTER / 2)
     assert rig.t.protocol is rig.conn  # not yet
     rig.sweep(PARK_AFTER)
+    assert rig.t.protocol is rig.conn  # (the clock's step: not known to be quiet that long)
+    rig.sweep(CLOCK_STEP)
     parked = rig.t.protocol
     assert isinstance(parked, ParkedConnection)
     assert rig.server.connections == {parked} and rig.server.open == 1
@@ -597,7 +600,7 @@ async def test_a_parked_connection_keeps_five_slots_and_no_bound_method() -> Non
     rig.feed(get("/"))
     rig.t.take(len(rig.t.out))
     rig.sweep(PARK_AFTER / 2)
-    rig.sweep(PARK_AFTER)
+    rig.sweep(PARK_AFTER + CLOCK_STEP)
     parked = rig.t.protocol
     assert isinstance(parked, ParkedConnection) and not isinstance(parked, ParkedTlsConnection)
     # uvloop keeps `protocol.data_received` while the protocol is set: no object per socket.
@@ -614,6 +617,20 @@ def test_parked_deadlines_within_one_step_share_one_float() -> None:
     assert a == b == 1000.0 and a is b
     c = shared_deadline(1000.2)
     assert c == 1000.125 and c is not a
+
+
+async def test_a_connection_used_since_the_last_sweep_is_not_parked_by_a_late_sweep() -> None:
+    # The clock moves only at the sweep: a request answered just before a sweep that came a
+    # little late has "quiet" of one step, not PARK_AFTER, and the connection stays as it is.
+    rig = Rig()
+    rig.pipeline.hits["/"] = b"ok"
+    for _ in range(8):
+        rig.feed(get("/"))
+        rig.t.take(len(rig.t.out))
+        rig.sweep(CLOCK_STEP + 0.01)
+        assert rig.t.protocol is rig.conn
+    rig.sweep(CLOCK_STEP + 0.01)  # no request in the last step: quiet for PARK_AFTER at least
+    assert isinstance(rig.t.protocol, ParkedConnection)
 
 
 async def test_a_connection_with_work_in_progress_is_never_parked() -> None:

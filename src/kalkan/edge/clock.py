@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 
+CLOCK_STEP = 0.25
+"""Seconds between the sweeps that refresh the clock (edge/server.py): what the clock says may
+be this much behind."""
+
 
 class Clock:
     """A coarse wall clock refreshed by the sweep, so the hot path never calls time().

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, Final
 
 from kalkan.addresses import parse_ip
 from kalkan.edge.client_address import PROXY_HEADER_MAX, ProxyHeaderError, parse_proxy_header
-from kalkan.edge.clock import Clock
+from kalkan.edge.clock import CLOCK_STEP, Clock
 from kalkan.edge.endpoint import ConnectionGone, Endpoint
 from kalkan.edge.framing import BadRequest
 from kalkan.edge.listener import Handler, Listener
@@ -40,6 +40,12 @@ _BODY_RATE_GRACE = 5.0  # seconds of a body before its rate is judged
 # matters more than the couple of microseconds it takes to make the connection again.
 PARK_AFTER = 0.25
 PARK_AT_ONCE_PAST = 1024
+# The clock moves only at the sweep, so when a connection was last used is known to within one
+# step (CLOCK_STEP): it has been quiet for PARK_AFTER once the clock has moved on by more than
+# PARK_AFTER and half a step since. A connection used during the last step is never parked
+# (with PARK_AFTER alone, a sweep a hair late parked about half of the connections in steady use,
+# four times a second, each made again by its next request).
+_PARK_QUIET: Final = PARK_AFTER + CLOCK_STEP / 2
 
 __all__ = ["BadRequest", "Clock", "ConnectionGone", "Handler", "HttpConnection", "State"]
 
@@ -261,7 +267,7 @@ class HttpConnection(Endpoint):
     def idle_memory(self, mono: float) -> bool:
         """Between requests, after PARK_AFTER seconds of quiet: park (True), or at least let go
         of the parser (about 1 KB); the next read makes them again."""
-        if (self.deadline - mono >= self.limits.keepalive_timeout - PARK_AFTER
+        if (self.deadline - mono >= self.limits.keepalive_timeout - _PARK_QUIET
                 and len(self.server.connections) <= self.server.park_at_once_past):
             return False  # (past the threshold, at the first sweep: bursts of new connections
                           # would otherwise hold a second's worth of parsers and buffers)

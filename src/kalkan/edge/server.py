@@ -13,7 +13,7 @@ from typing import cast
 
 from kalkan.config import Config
 from kalkan.edge.client_address import TrustedProxies
-from kalkan.edge.clock import Clock
+from kalkan.edge.clock import CLOCK_STEP, Clock
 from kalkan.edge.connection import PARK_AT_ONCE_PAST, HttpConnection
 from kalkan.edge.h2_connection import H2Connection, H2Counters, negotiating_protocol
 from kalkan.edge.listener import Handler
@@ -24,7 +24,6 @@ from kalkan.edge.shelf import Shelf
 
 __all__ = ["EdgeServer"]
 
-_SWEEP_INTERVAL = 0.25
 # While draining, an idle keep-alive connection is closed after this long without a request: a
 # client in the middle of a run of requests sends its next one well within it (and is answered
 # with `Connection: close`).
@@ -155,7 +154,7 @@ class EdgeServer:
             if conn.deadline or conn.write_deadline:
                 conn.check_timers(mono)
         self.pipeline.tick()
-        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_INTERVAL, self._sweep)
+        self._sweeper = asyncio.get_running_loop().call_later(CLOCK_STEP, self._sweep)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting and drain for up to `grace` seconds, then close what is left.
