@@ -454,7 +454,7 @@ def test_credited_requests_count_in_the_meters_but_are_not_shared_again() -> Non
 def _columns(table: ClientTable) -> list[object]:
     addr, pre = table._addr, table._pre
     return [list(addr.meters), list(addr.over_until), list(addr.last), list(pre.meters),
-            list(pre.last), table._last_a, table._last_p]
+            list(pre.last), list(addr.agent), table._last_a, table._last_p, table._last_flags]
 
 
 def _sequence(tables: list[ClientTable], steps: int = 4000) -> None:
@@ -467,8 +467,18 @@ def _sequence(tables: list[ClientTable], steps: int = 4000) -> None:
         now += rng.choice([0.0, 0.05, 0.5, 3.0])
         f = facts(rng.choice(clients), rng.choice(["page", "search", "asset", "feed", "nope"]))
         n = rng.choice([1, 1, 1, 4])
+        key = rng.choice([0, 7, 7, 1 << 40, (1 << 62) - 1])  # (the policy's keys are never 0)
+        note = key != 0 and rng.random() < 0.3
         for t in tables:
-            t.hit(f, now, n)
+            t.hit(f, now, n, key)
+            # What hit() answered on the way is what looking again says.
+            a = t._last_a
+            assert t.address_quiet(f, now) == (t._addr.over_until[a] <= now)
+            if key:
+                assert t.plain_agent(f, key) == (t._addr.agent[a] == key)
+            if note:
+                t.note_plain_agent(f, key)
+                assert t.plain_agent(f, key)
         for m in meters:
             assert len({t.over(m, f, now) for t in tables}) == 1
         assert len({repr(_columns(t)) for t in tables}) == 1
@@ -493,6 +503,6 @@ def test_the_c_one_call_path_is_its_python_reference() -> None:
     py_table._fast = PyHit(py_table._k0, py_table._k1, 24, 64, addr.index, addr.fps, addr.last,
                            addr.meters, addr.mask, addr.width, addr.over_until, pre.index,
                            pre.fps, pre.last, pre.meters, pre.mask, pre.width,
-                           py_table._specs)
+                           py_table._specs, addr.agent)
     _sequence([c_table, py_table])
     assert (type(c_table._fast) is PyHit) is not rows.NATIVE

@@ -464,11 +464,14 @@ typedef struct {
     int shift4, shift6;
     Table addr, pre;
     PyObject *over;     /* array('d'): per address slot, until when one of its meters is over */
+    PyObject *agent;    /* array('q'): per address slot, the key of a User-Agent claiming no crawler */
     PyObject *specs;    /* dict: route class -> (address spec or None, prefix spec or None) */
     PyObject *page;     /* specs["page"]: what a route missing from specs counts as */
 } HitObject;
 
 #define NO_PREFIX 0x7FFFFFFF   /* Hit's result: no prefix meter counts this route */
+#define QUIET_BIT (1LL << 61)  /* Hit's result: no meter of the address is over after this request */
+#define PLAIN_BIT (1LL << 62)  /* Hit's result: the agent key given is the one kept for the address */
 
 static int
 take_table(const Table *t, TableViews *v)
@@ -524,19 +527,22 @@ key_fingerprint(const HitObject *h, const uint8_t *key)
     return fp ? fp : 1;
 }
 
-/* hit(ip, version, route, now, n) -> (address slot << 31) | prefix slot (NO_PREFIX when no
- * prefix meter counts the route), or -1 when the address or its prefix is not in the table
- * yet (then nothing was counted: the caller adds it the long way). rows.py's PyHit is the
- * reference. */
+/* hit(ip, version, route, now, n, agent_key) -> (address slot << 31) | prefix slot (NO_PREFIX
+ * when no prefix meter counts the route) | QUIET_BIT | PLAIN_BIT, or -1 when the address or its
+ * prefix is not in the table yet (then nothing was counted: the caller adds it the long way).
+ * rows.py's PyHit is the reference. */
 static PyObject *
 hit_call(PyObject *self_obj, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     HitObject *h = (HitObject *)self_obj;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 5 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "hit() takes 5 positional arguments");
+    if (nargs != 6 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "hit() takes 6 positional arguments");
         return NULL;
     }
+    long long agent_key = PyLong_AsLongLong(args[5]);
+    if (agent_key == -1 && PyErr_Occurred())
+        return NULL;
     Py_ssize_t version, n;
     double now;
     if (!PyLong_Check(args[0]) || as_ssize(args[1], &version) < 0
@@ -605,27 +611,42 @@ hit_call(PyObject *self_obj, PyObject *const *args, size_t nargsf, PyObject *kwn
         }
     }
     double until;
+    Py_buffer ob;
+    if (PyObject_GetBuffer(h->over, &ob, PyBUF_WRITABLE) < 0)
+        goto done;
+    if (a >= ob.len / 8) {
+        PyBuffer_Release(&ob);
+        out_of_range("slot");
+        goto done;
+    }
+    double *over = ob.buf;
     if (a_spec != Py_None) {
-        if (advance(&av, h->addr.width, a, a_spec, now, n, &until) < 0)
-            goto done;
-        if (until > now) {
-            Py_buffer ob;
-            if (PyObject_GetBuffer(h->over, &ob, PyBUF_WRITABLE) < 0)
-                goto done;
-            if (a >= ob.len / 8) {
-                PyBuffer_Release(&ob);
-                out_of_range("slot");
-                goto done;
-            }
-            double *over = ob.buf;
-            if (until > over[a])
-                over[a] = until;
+        if (advance(&av, h->addr.width, a, a_spec, now, n, &until) < 0) {
             PyBuffer_Release(&ob);
+            goto done;
         }
+        if (until > now && until > over[a])
+            over[a] = until;
+    }
+    /* What the policy asks next (ClientTable.address_quiet, plain_agent), answered here. */
+    long long flags = over[a] <= now ? QUIET_BIT : 0;
+    PyBuffer_Release(&ob);
+    if (agent_key != 0) {
+        Py_buffer gb;
+        if (PyObject_GetBuffer(h->agent, &gb, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (a >= gb.len / 8) {
+            PyBuffer_Release(&gb);
+            out_of_range("slot");
+            goto done;
+        }
+        if (((const int64_t *)gb.buf)[a] == agent_key)
+            flags |= PLAIN_BIT;
+        PyBuffer_Release(&gb);
     }
     if (p_spec != Py_None && advance(&pv, h->pre.width, p, p_spec, now, n, &until) < 0)
         goto done;
-    result = PyLong_FromLongLong(((long long)a << 31) | p);
+    result = PyLong_FromLongLong(((long long)a << 31) | p | flags);
 done:
     release_table(&av);
     if (have_pre)
@@ -663,12 +684,12 @@ hit_dealloc(PyObject *self_obj)
     Py_XDECREF(h->addr.meters);
     Py_XDECREF(h->pre.index); Py_XDECREF(h->pre.fps); Py_XDECREF(h->pre.last);
     Py_XDECREF(h->pre.meters);
-    Py_XDECREF(h->over); Py_XDECREF(h->specs); Py_XDECREF(h->page);
+    Py_XDECREF(h->over); Py_XDECREF(h->agent); Py_XDECREF(h->specs); Py_XDECREF(h->page);
     Py_TYPE(self_obj)->tp_free(self_obj);
 }
 
 /* Hit(k0, k1, prefix_v4, prefix_v6, a_index, a_fps, a_last, a_meters, a_mask, a_width,
- *     over_until, p_index, p_fps, p_last, p_meters, p_mask, p_width, specs) */
+ *     over_until, p_index, p_fps, p_last, p_meters, p_mask, p_width, specs, agent) */
 static PyObject *
 hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -676,8 +697,8 @@ hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "Hit() takes positional arguments only");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(args) != 18) {
-        PyErr_SetString(PyExc_TypeError, "Hit() takes 18 arguments");
+    if (PyTuple_GET_SIZE(args) != 19) {
+        PyErr_SetString(PyExc_TypeError, "Hit() takes 19 arguments");
         return NULL;
     }
     PyObject *const *a = &PyTuple_GET_ITEM(args, 0);
@@ -716,6 +737,10 @@ hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto fail;
     }
     h->page = Py_NewRef(page);
+    if (take(a[18], &view, 'q', 8, "agent") < 0)
+        goto fail;
+    PyBuffer_Release(&view);
+    h->agent = Py_NewRef(a[18]);
     return (PyObject *)h;
 fail:
     Py_DECREF(h);

@@ -35,6 +35,9 @@ from typing import Any, Final
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
 from kalkan.defense.rows import (
     NO_PREFIX,
+    PLAIN,
+    QUIET,
+    SLOT_BITS,
     V4_MAPPED,
     V4_PREFIX,
     Hit,
@@ -341,6 +344,11 @@ class ClientTable:
         self._last_ip = -1
         self._last_a = -1
         self._last_p = -1
+        # And what it answered of the policy's next questions (rows.PyHit): the agent key it was
+        # given, the time, QUIET and PLAIN.
+        self._last_key = 0
+        self._last_now = -1.0
+        self._last_flags = 0
         self.set_meters(meters)
 
     # -- configuration ----------------------------------------------------------------------
@@ -383,7 +391,7 @@ class ClientTable:
             self._k0, self._k1, self.prefix_v4, self.prefix_v6,
             addr.index, addr.fps, addr.last, addr.meters, addr.mask, addr.width,
             addr.over_until, pre.index, pre.fps, pre.last, pre.meters, pre.mask, pre.width,
-            specs)
+            specs, addr.agent)
         self._forget()
 
     # -- keys -------------------------------------------------------------------------------
@@ -435,20 +443,30 @@ class ClientTable:
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def hit(self, facts: RequestFacts, now: float, n: int = 1) -> None:
+    def hit(self, facts: RequestFacts, now: float, n: int = 1, agent_key: int = 0) -> None:
         """Count this request (or `n` identical ones, counted late) in every meter that applies
-        to its route class."""
+        to its route class. `agent_key` is the policy's key of its User-Agent (`plain_agent`),
+        0 when none is asked about."""
         # Written out flat: this runs for every request that is not a replayed cache hit.
         ip = facts.ip
-        # A client already in the table (nearly every request): one call does it all.
-        packed = self._fast(ip, facts.version, facts.route, now, n)
+        # A client already in the table (nearly every request): one call does it all, and
+        # answers address_quiet and plain_agent for this request on the way.
+        packed = self._fast(ip, facts.version, facts.route, now, n, agent_key)
         if packed >= 0:
-            a = packed >> 31
+            a = (packed >> 31) & SLOT_BITS
             p = packed & NO_PREFIX
             if p == NO_PREFIX:
                 p = _UNRESOLVED              # no prefix meter counts this route: look up later
+            self._last_flags = packed & (QUIET | PLAIN)
         else:
             a, p = self._hit_new(facts, now, n)
+            addr = self._addr
+            flags = QUIET if addr.over_until[a] <= now else 0
+            if agent_key and addr.agent[a] == agent_key:
+                flags |= PLAIN
+            self._last_flags = flags
+        self._last_key = agent_key
+        self._last_now = now
         if not self._crediting:
             at = self._recent_at
             self._recent[at] = facts.client
@@ -577,6 +595,8 @@ class ClientTable:
         `note_plain_agent` for this client? Asked right after `hit()` for the same request;
         False otherwise."""
         if facts is self._last_facts and facts.ip == self._last_ip:
+            if key == self._last_key and key:
+                return self._last_flags & PLAIN != 0    # hit() looked already
             return self._addr.agent[self._last_a] == key
         return False
 
@@ -584,11 +604,15 @@ class ClientTable:
         """Keep `key` for this client: its User-Agent claims no crawler (right after `hit()`)."""
         if facts is self._last_facts and facts.ip == self._last_ip:
             self._addr.agent[self._last_a] = key
+            if key == self._last_key:
+                self._last_flags |= PLAIN
 
     def address_quiet(self, facts: RequestFacts, now: float) -> bool:
         """True when no per-address meter of this client is over: the policy then skips every
         rule that needs one. One array read after `hit()`; False (look closer) otherwise."""
         if facts is self._last_facts and facts.ip == self._last_ip:
+            if now == self._last_now:
+                return self._last_flags & QUIET != 0    # hit() looked already
             a = self._last_a
         else:
             a = self._slot(facts, True)

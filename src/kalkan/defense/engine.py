@@ -408,10 +408,13 @@ class Defense:
                 return self._apply("challenge", "pass_limit", view, facts, now)
         # Stricter limits under attack: a client that has not proven itself counts double in
         # every rate meter, so each limit in the policy is halved for it.
-        self.clients.hit(facts, now, 2 if not has_pass and self.attack.level >= ATTACK else 1)
+        policy = self.policy
+        key = policy.agent_key(facts.user_agent)
+        self.clients.hit(facts, now, 2 if not has_pass and self.attack.level >= ATTACK else 1,
+                         key)
         if self.model is not None:
             self._observe(view, facts, now, 1)
-        verdict = self.policy.evaluate(facts, self.clients, now)
+        verdict = policy.evaluate(facts, self.clients, now, key)
         if verdict is not None and verdict.action not in ("log", "allow"):
             if verdict.action == "challenge" and has_pass:
                 return self._allowed(f"pass:{verdict.rule}", True)

@@ -207,6 +207,9 @@ def py_observe_row(rows: array[float], slot: int, now: float, rate: float, kind:
 
 
 NO_PREFIX: Final = 0x7FFFFFFF   # Hit's result: no prefix meter counts the request's route
+SLOT_BITS: Final = 0x3FFFFFFF   # Hit's result >> 31: the address slot
+QUIET: Final = 1 << 61          # Hit's result: no meter of the address is over after this request
+PLAIN: Final = 1 << 62          # Hit's result: the agent key given is the one kept for the address
 V4_MAPPED: Final = 0xFFFF << 32  # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
 V4_PREFIX: Final = 1 << 130     # keeps IPv4 and IPv6 prefix keys apart
 
@@ -215,8 +218,10 @@ class PyHit:
     """Counts one request of a client already in the table, in one call: the fingerprints of
     its address and prefix, both probes, the meters of both and the address's "over until".
     Returns (address slot << 31) | prefix slot (NO_PREFIX when no prefix meter counts the
-    route), or -1 when the address or its prefix is not in the table yet (then nothing was
-    counted, and the caller adds it the long way: defense/clients.py).
+    route), with QUIET when no meter of the address is over after it and PLAIN when
+    `agent_key` (non-zero) is the key kept for the address (what the policy asks next), or -1
+    when the address or its prefix is not in the table yet (then nothing was counted, and the
+    caller adds it the long way: defense/clients.py).
 
     Made again whenever the meters' arrays are replaced (set_meters): it holds the arrays, not
     copies. The C module's Hit is this, in one call from compiled code instead of six."""
@@ -226,17 +231,19 @@ class PyHit:
                  a_meters: array[float], a_mask: int, a_width: int, over_until: array[float],
                  p_index: array[int], p_fps: array[int], p_last: array[int],
                  p_meters: array[float], p_mask: int, p_width: int,
-                 specs: dict[str, tuple[array[float] | None, array[float] | None]]) -> None:
+                 specs: dict[str, tuple[array[float] | None, array[float] | None]],
+                 agent: array[int]) -> None:
         if not (0 <= prefix_v4 <= 32 and 0 <= prefix_v6 <= 128):
             raise ValueError("prefix lengths must be 0..32 and 0..128")
         self.k0, self.k1 = k0, k1
         self.shift4, self.shift6 = 32 - prefix_v4, 128 - prefix_v6
         self.addr = (a_index, a_fps, a_last, a_meters, a_mask, a_width)
         self.pre = (p_index, p_fps, p_last, p_meters, p_mask, p_width)
-        self.over_until = over_until
+        self.over_until, self.agent = over_until, agent
         self.specs, self.page = specs, specs["page"]
 
-    def __call__(self, ip: int, version: int, route: str, now: float, n: int) -> int:
+    def __call__(self, ip: int, version: int, route: str, now: float, n: int,
+                 agent_key: int) -> int:
         t = int(now)
         if version == 4:
             if ip >> 32:
@@ -260,16 +267,19 @@ class PyHit:
             until = py_meter(meters, a * width, a_spec, now, n)
             if until > now and until > self.over_until[a]:
                 self.over_until[a] = until
+        flags = QUIET if self.over_until[a] <= now else 0
+        if agent_key and self.agent[a] == agent_key:
+            flags |= PLAIN
         if p_spec is not None:
             py_meter(self.pre[3], p * self.pre[5], p_spec, now, n)
-        return a << 31 | p
+        return a << 31 | p | flags
 
 
 probe: Callable[[array[int], array[int], array[int], int, int, int], int] = py_probe
 fingerprint: Callable[[int, int, int], int] = py_fingerprint
 contains: Callable[[bytes, bytes], bool] = py_contains
-# Hit(...) -> hit(ip, version, route, now, n) -> packed slots (PyHit says what each is)
-HitCall = Callable[[int, int, str, float, int], int]
+# Hit(...) -> hit(ip, version, route, now, n, agent_key) -> packed slots and flags (PyHit)
+HitCall = Callable[[int, int, str, float, int, int], int]
 Hit: Callable[..., HitCall] = PyHit
 meter: Callable[[array[float], int, array[float], float, int], float] = py_meter
 observe_row: Callable[[array[float], int, float, float, int, bool, int | str, int | str, float,

@@ -925,17 +925,26 @@ class Policy:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, facts: RequestFacts, clients: ClientTable, now: float) -> Verdict | None:
+    def agent_key(self, user_agent: str) -> int:
+        """The key under which a client's User-Agent found to claim no crawler is kept with
+        the client (`evaluate`): a keyed hash, so a collision is as unlikely as guessing the
+        key, and this policy's own (another policy's crawlers may differ)."""
+        return ((hash(user_agent) >> 2) ^ self._agent_salt) or 1  # 62 bits: a machine word
+
+    def evaluate(self, facts: RequestFacts, clients: ClientTable, now: float,
+                 agent_key: int = 0) -> Verdict | None:
         """The verdict for one request, or None when no rule has anything to say.
 
-        Call `clients.hit(facts, now)` first, so rate conditions count this request.
+        Call `clients.hit(facts, now)` first, so rate conditions count this request; given
+        `agent_key(facts.user_agent)` there too (and here, as `agent_key`), the hit answers
+        whether that agent is the client's plain one on the way.
         """
         matched: list[Rule] | None = None
         # A client's User-Agent rarely changes: one found to claim no crawler is kept with the
-        # client (a keyed hash: a collision is as unlikely as guessing the key), which costs
-        # less than scanning a browser's 100-odd characters for every crawler's words again.
+        # client, which costs less than scanning a browser's 100-odd characters for every
+        # crawler's words again.
         ua = facts.user_agent
-        key = ((hash(ua) >> 2) ^ self._agent_salt) or 1   # 62 bits: a machine word compiled
+        key = agent_key or self.agent_key(ua)
         if clients.plain_agent(facts, key):
             claimed = None
         else:
