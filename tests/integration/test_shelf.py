@@ -134,3 +134,18 @@ async def test_many_shelved_connections_wake_together(origin: Origin,
             await client.close()
     await asyncio.sleep(0.3)
     assert edge.server.open == 0 and not edge.server.per_client
+
+
+async def test_with_many_connections_open_a_parked_one_is_shelved_at_the_next_sweep(
+        origin: Origin, make_edge: EdgeFactory) -> None:
+    edge = await make_edge(origin.url)
+    edge.server.park_at_once_past = 0  # as if past PARK_AT_ONCE_PAST connections were open
+    client = await Client.connect(port_of(edge))
+    try:
+        assert (await client.request("GET", "/robots.txt")).status == 200
+        await asyncio.sleep(0.6)  # parked at once, shelved by the next sweep: well before 1 s
+        (parked,) = edge.server.connections
+        assert isinstance(parked, ParkedConnection) and parked.fd >= 0
+        assert (await client.request("GET", "/robots.txt")).status == 200
+    finally:
+        await client.close()

@@ -102,10 +102,13 @@ class ParkedConnection(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and self.scheme == "http":
-            shelf = self.server.shelf
-            # (The deadline is the last request's time plus the keep-alive timeout.)
-            if shelf is not None and (self.deadline - mono <=
-                                      self.server.config.limits.keepalive_timeout - SHELVE_AFTER):
+            server = self.server
+            shelf = server.shelf
+            # After SHELVE_AFTER of quiet (the deadline is the last request's time plus the
+            # keep-alive timeout), or at once while many connections are open, as for parking.
+            quiet_until = self.deadline - server.config.limits.keepalive_timeout + SHELVE_AFTER
+            if shelf is not None and (len(server.connections) > server.park_at_once_past
+                                      or mono >= quiet_until):
                 fd = shelf.put(self, transport)
                 if fd >= 0:
                     self.transport = None

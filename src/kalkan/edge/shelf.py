@@ -26,7 +26,8 @@ SHELVE_AFTER = 1.0
 """Seconds of quiet after which a parked plain-HTTP connection is shelved. A reader's page and
 its assets come within a fraction of a second; the next page comes after seconds of reading.
 Waking from the shelf costs a new transport (tens of microseconds), so a connection that is
-about to be used again is left parked."""
+about to be used again is left parked. While more than PARK_AT_ONCE_PAST connections are open
+(edge/connection.py) a parked connection is shelved at the next sweep instead: memory first."""
 
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP if hasattr(select, "epoll") else 0
 _BATCH = 256  # sockets handed back per wake-up of the loop (the rest: at the next one)
