@@ -268,7 +268,7 @@ class DefenseConfig:
     prefix_v6: int = _opt("IPv6 prefix length that groups a client's neighbours.", 64,
                           min=16, max=128)
     clients: int = _opt("Most client addresses tracked at once (oldest idle ones go first).",
-                        1_000_000, min=1)
+                        1_000_000, min=1, max=1 << 28)
     allow: list[str] = _opt("Addresses/CIDRs never challenged or blocked (your newsroom).", [])
     pass_ttl: float = _duration("How long a passed challenge lets a reader through.", 86400.0,
                                 above=0)
@@ -740,12 +740,17 @@ def _bound_text(meta: Any) -> str:
     """The bounds of a key in words, for errors and docs/config.md ('' if it has none)."""
     parts = []
     if "min" in meta:
-        parts.append(f"at least {meta['min']:g}")
+        parts.append(f"at least {_number(meta['min'])}")
     if "above" in meta:
-        parts.append(f"more than {meta['above']:g}")
+        parts.append(f"more than {_number(meta['above'])}")
     if "max" in meta:
-        parts.append(f"at most {meta['max']:g}")
+        parts.append(f"at most {_number(meta['max'])}")
     return " and ".join(parts)
+
+
+def _number(x: float) -> str:
+    """A bound as people write it: whole numbers in full (268435456, not 2.68435e+08)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _check_bounds(obj: Any, where: Any, problems: list[str], prefix: str = "") -> None:

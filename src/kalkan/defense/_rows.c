@@ -470,8 +470,8 @@ typedef struct {
 } HitObject;
 
 #define NO_PREFIX 0x7FFFFFFF   /* Hit's result: no prefix meter counts this route */
-#define QUIET_BIT (1LL << 61)  /* Hit's result: no meter of the address is over after this request */
-#define PLAIN_BIT (1LL << 62)  /* Hit's result: the agent key given is the one kept for the address */
+#define QUIET_BIT 1LL  /* Hit's result: no meter of the address is over after this request */
+#define PLAIN_BIT 2LL  /* Hit's result: the agent key given is the one kept for the address */
 
 static int
 take_table(const Table *t, TableViews *v)
@@ -527,10 +527,11 @@ key_fingerprint(const HitObject *h, const uint8_t *key)
     return fp ? fp : 1;
 }
 
-/* hit(ip, version, route, now, n, agent_key) -> (address slot << 31) | prefix slot (NO_PREFIX
- * when no prefix meter counts the route) | QUIET_BIT | PLAIN_BIT, or -1 when the address or its
- * prefix is not in the table yet (then nothing was counted: the caller adds it the long way).
- * rows.py's PyHit is the reference. */
+/* hit(ip, version, route, now, n, agent_key) -> (address slot << 33) | (prefix slot << 2)
+ * (NO_PREFIX when no prefix meter counts the route) | QUIET_BIT | PLAIN_BIT, or -1 when the
+ * address or its prefix is not in the table yet (then nothing was counted: the caller adds it
+ * the long way). Below 2^62 (slots below 2^29): compiled code keeps it a machine word. rows.py's
+ * PyHit is the reference. */
 static PyObject *
 hit_call(PyObject *self_obj, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -646,7 +647,7 @@ hit_call(PyObject *self_obj, PyObject *const *args, size_t nargsf, PyObject *kwn
     }
     if (p_spec != Py_None && advance(&pv, h->pre.width, p, p_spec, now, n, &until) < 0)
         goto done;
-    result = PyLong_FromLongLong(((long long)a << 31) | p | flags);
+    result = PyLong_FromLongLong(((long long)a << 33) | ((long long)p << 2) | flags);
 done:
     release_table(&av);
     if (have_pre)

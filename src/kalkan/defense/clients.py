@@ -34,10 +34,10 @@ from typing import Any, Final
 
 from kalkan.defense.facts import ROUTE_CLASSES, RequestFacts
 from kalkan.defense.rows import (
+    MAX_SLOTS,
     NO_PREFIX,
     PLAIN,
     QUIET,
-    SLOT_BITS,
     V4_MAPPED,
     V4_PREFIX,
     Hit,
@@ -102,8 +102,8 @@ class _Slots:
     """A hash index of 64-bit fingerprints over dense slots, and the columns of those slots."""
 
     def __init__(self, capacity: int, with_history: bool, trait_width: int = 0) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+        if not 1 <= capacity <= MAX_SLOTS:
+            raise ValueError(f"capacity must be 1 to {MAX_SLOTS:,}, got {capacity:,}")
         self.capacity = capacity
         size = 8
         while size < 2 * capacity:
@@ -453,11 +453,11 @@ class ClientTable:
         # answers address_quiet and plain_agent for this request on the way.
         packed = self._fast(ip, facts.version, facts.route, now, n, agent_key)
         if packed >= 0:
-            a = (packed >> 31) & SLOT_BITS
-            p = packed & NO_PREFIX
+            a = packed >> 33
+            p = (packed >> 2) & NO_PREFIX
             if p == NO_PREFIX:
                 p = _UNRESOLVED              # no prefix meter counts this route: look up later
-            self._last_flags = packed & (QUIET | PLAIN)
+            self._last_flags = packed & 3   # QUIET | PLAIN
         else:
             a, p = self._hit_new(facts, now, n)
             addr = self._addr

@@ -207,9 +207,9 @@ def py_observe_row(rows: array[float], slot: int, now: float, rate: float, kind:
 
 
 NO_PREFIX: Final = 0x7FFFFFFF   # Hit's result: no prefix meter counts the request's route
-SLOT_BITS: Final = 0x3FFFFFFF   # Hit's result >> 31: the address slot
-QUIET: Final = 1 << 61          # Hit's result: no meter of the address is over after this request
-PLAIN: Final = 1 << 62          # Hit's result: the agent key given is the one kept for the address
+QUIET: Final = 1                # Hit's result: no meter of the address is over after this request
+PLAIN: Final = 2                # Hit's result: the agent key given is the one kept for the address
+MAX_SLOTS: Final = 1 << 28      # Hit's result keeps slots in 29 and 31 bits, below 2^62 in all
 V4_MAPPED: Final = 0xFFFF << 32  # IPv4 addresses are keyed as their IPv4-mapped IPv6 form
 V4_PREFIX: Final = 1 << 130     # keeps IPv4 and IPv6 prefix keys apart
 
@@ -217,8 +217,8 @@ V4_PREFIX: Final = 1 << 130     # keeps IPv4 and IPv6 prefix keys apart
 class PyHit:
     """Counts one request of a client already in the table, in one call: the fingerprints of
     its address and prefix, both probes, the meters of both and the address's "over until".
-    Returns (address slot << 31) | prefix slot (NO_PREFIX when no prefix meter counts the
-    route), with QUIET when no meter of the address is over after it and PLAIN when
+    Returns (address slot << 33) | (prefix slot << 2) (NO_PREFIX when no prefix meter counts
+    the route), with QUIET when no meter of the address is over after it and PLAIN when
     `agent_key` (non-zero) is the key kept for the address (what the policy asks next), or -1
     when the address or its prefix is not in the table yet (then nothing was counted, and the
     caller adds it the long way: defense/clients.py).
@@ -272,7 +272,7 @@ class PyHit:
             flags |= PLAIN
         if p_spec is not None:
             py_meter(self.pre[3], p * self.pre[5], p_spec, now, n)
-        return a << 31 | p | flags
+        return a << 33 | p << 2 | flags
 
 
 probe: Callable[[array[int], array[int], array[int], int, int, int], int] = py_probe
