@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,47 +331,74 @@ def _settle_counters(proxy: Proxy) -> dict[str, float]:
     return proxy.counters()
 
 
-def hit_run(name: str, cell: Cell, origin: Origin, workdir: Path, stopper: Stopper,
-            settings: Settings) -> dict[str, Any]:
-    """Start one peer, fill its cache with one request, measure *cell* with wrk, stop it."""
-    proxy = start_proxy(name, origin.port, workdir, stopper, "throughput", SERVER_CPU)
-    extra, script = load_args(cell.load)
-    with proxy.blame(f"serving the {cell.key} cache-hit run"):
+@dataclass
+class Measured:
+    """One measurement of a started peer (`measure_peer`): what it returned, what the warm-up
+    returned, the peer's counters before and after, and how long the machine took to be quiet."""
+
+    result: Any
+    warmup: Any
+    before: dict[str, float]
+    after: dict[str, float]
+    waited_s: float
+    quiet: bool
+
+
+def measure_peer(proxy: Proxy, cell: Cell, settings: Settings, stopper: Stopper, what: str,
+                 measure: Callable[[str], Any],
+                 warm: Callable[[str], Any] | None = None) -> Measured:
+    """Around one measurement of *proxy* on *cell*'s URL: fill its cache (one request, then a
+    hit), `warm(url)` if given, wait for a quiet machine, `measure(url)`, read its counters on
+    either side, and stop it (nginx's counters come from its log, complete once it stopped)."""
+    name = proxy.name
+    with proxy.blame(what):
         client = HttpClient(HOST, proxy.port)
         for _ in range(2):  # the first fills the cache, the second is a hit
             _expect_body(*_status_len(client.get(cell.path)), f"{name} warm-up", cell.size)
         client.close()
         url = proxy.base_url + cell.path
-        warmup = (run_wrk(url, settings.warmup_s, settings.connections, None, extra, script)
-                  if settings.warmup_s else None)
+        warmup = warm(url) if warm is not None else None
         before = _settle_counters(proxy)
         waited, quiet = (0.0, True)
         if settings.quiet_timeout_s:
             waited, quiet = wait_until_quiet((LOAD_CPU, SERVER_CPU),
                                              timeout_s=settings.quiet_timeout_s)
-        result = run_wrk(url, settings.duration_s, settings.connections, proxy.proc.pid,
-                         extra, script)
-        if proxy.name != "nginx":
+        result = measure(url)
+        if name != "nginx":
             after = _settle_counters(proxy)
     if not proxy.proc.alive():
         raise BenchError(f"{name} died during the run; its output:\n{proxy.proc.output_tail()}")
     proxy.stop(stopper)
-    if proxy.name == "nginx":
+    if name == "nginx":
         after = proxy.counters()
-    sample = asdict(result)
+    return Measured(result, warmup, before, after, waited, quiet)
+
+
+def hit_run(name: str, cell: Cell, origin: Origin, workdir: Path, stopper: Stopper,
+            settings: Settings) -> dict[str, Any]:
+    """Start one peer, fill its cache with one request, measure *cell* with wrk, stop it."""
+    proxy = start_proxy(name, origin.port, workdir, stopper, "throughput", SERVER_CPU)
+    extra, script = load_args(cell.load)
+    run = measure_peer(
+        proxy, cell, settings, stopper, f"serving the {cell.key} cache-hit run",
+        lambda url: run_wrk(url, settings.duration_s, settings.connections, proxy.proc.pid,
+                            extra, script),
+        (lambda url: run_wrk(url, settings.warmup_s, settings.connections, None, extra, script))
+        if settings.warmup_s else None)
+    sample = asdict(run.result)
     sample.update(
         peer=name,
         load=cell.load,
         page=cell.page,
         cell=cell.key,
-        warmup_requests=warmup.requests if warmup else 0,
-        waited_for_quiet_s=round(waited, 1),
-        machine_was_quiet=quiet,
-        cache_counters=_counter_delta(before, after),
+        warmup_requests=run.warmup.requests if run.warmup else 0,
+        waited_for_quiet_s=round(run.waited_s, 1),
+        machine_was_quiet=run.quiet,
+        cache_counters=_counter_delta(run.before, run.after),
         access_log_lines=_log_lines(proxy),
     )
     if name == "kalkan":
-        sample["metrics_after"] = {k: v for k, v in after.items()
+        sample["metrics_after"] = {k: v for k, v in run.after.items()
                                    if k not in ("requests", "hits", "misses")}
     return sample
 
@@ -410,32 +438,18 @@ def fixed_rate_run(name: str, rate: float, origin: Origin, workdir: Path, stoppe
     fixed-rate client (warm-up, then the measured seconds), stop it."""
     cell = Cell("readers", "20k")
     proxy = start_proxy(name, origin.port, workdir, stopper, "throughput", SERVER_CPU)
-    with proxy.blame(f"serving the fixed-rate run at {rate:,.0f} req/s"):
-        client = HttpClient(HOST, proxy.port)
-        for _ in range(2):  # the first fills the cache, the second is a hit
-            _expect_body(*_status_len(client.get(cell.path)), f"{name} warm-up", cell.size)
-        client.close()
-        before = _settle_counters(proxy)
-        waited, quiet = (0.0, True)
-        if settings.quiet_timeout_s:
-            waited, quiet = wait_until_quiet((LOAD_CPU, SERVER_CPU),
-                                             timeout_s=settings.quiet_timeout_s)
-        result = run_fixed_rate(proxy.base_url + cell.path, rate, settings.fixed_rate_duration_s,
-                                settings.connections, warmup_s=settings.warmup_s,
-                                proxy_pid=proxy.proc.pid)
-        if proxy.name != "nginx":
-            after = _settle_counters(proxy)
-    if not proxy.proc.alive():
-        raise BenchError(f"{name} died during the run; its output:\n{proxy.proc.output_tail()}")
-    proxy.stop(stopper)
-    if proxy.name == "nginx":
-        after = proxy.counters()
-    counters = _counter_delta(before, after)
+    run = measure_peer(
+        proxy, cell, settings, stopper, f"serving the fixed-rate run at {rate:,.0f} req/s",
+        lambda url: run_fixed_rate(url, rate, settings.fixed_rate_duration_s,
+                                   settings.connections, warmup_s=settings.warmup_s,
+                                   proxy_pid=proxy.proc.pid))
+    result: dict[str, Any] = run.result
+    counters = _counter_delta(run.before, run.after)
     result.update(
         peer=name,
         cell=cell.key,
-        waited_for_quiet_s=round(waited, 1),
-        machine_was_quiet=quiet,
+        waited_for_quiet_s=round(run.waited_s, 1),
+        machine_was_quiet=run.quiet,
         cache_counters=counters,
         clean=fixed_rate_clean(result),
         all_hits=counters.get("hits", 0) >= result["sent"] + result["warmup_sent"],

@@ -497,6 +497,22 @@ release_table(TableViews *v)
     PyBuffer_Release(&v->meters);
 }
 
+/* Item `slot` of a one-dimensional array of `itemsize`-byte items, taken as `view`: its
+ * address, or NULL with an exception set (the view released again when the slot is beyond the
+ * array). The caller releases the view. */
+static void *
+slot_item(PyObject *array, Py_buffer *view, int flags, Py_ssize_t slot, Py_ssize_t itemsize)
+{
+    if (PyObject_GetBuffer(array, view, flags) < 0)
+        return NULL;
+    if (slot >= view->len / itemsize) {
+        PyBuffer_Release(view);
+        out_of_range("slot");
+        return NULL;
+    }
+    return (char *)view->buf + slot * itemsize;
+}
+
 /* The slot holding `fp` (its last seen set to t), -1 when none does, -2 with an exception set
  * on a corrupt index. */
 static Py_ssize_t
@@ -613,35 +629,26 @@ hit_call(PyObject *self_obj, PyObject *const *args, size_t nargsf, PyObject *kwn
     }
     double until;
     Py_buffer ob;
-    if (PyObject_GetBuffer(h->over, &ob, PyBUF_WRITABLE) < 0)
+    double *over = slot_item(h->over, &ob, PyBUF_WRITABLE, a, 8);
+    if (over == NULL)
         goto done;
-    if (a >= ob.len / 8) {
-        PyBuffer_Release(&ob);
-        out_of_range("slot");
-        goto done;
-    }
-    double *over = ob.buf;
     if (a_spec != Py_None) {
         if (advance(&av, h->addr.width, a, a_spec, now, n, &until) < 0) {
             PyBuffer_Release(&ob);
             goto done;
         }
-        if (until > now && until > over[a])
-            over[a] = until;
+        if (until > now && until > *over)
+            *over = until;
     }
     /* What the policy asks next (ClientTable.address_quiet, plain_agent), answered here. */
-    long long flags = over[a] <= now ? QUIET_BIT : 0;
+    long long flags = *over <= now ? QUIET_BIT : 0;
     PyBuffer_Release(&ob);
     if (agent_key != 0) {
         Py_buffer gb;
-        if (PyObject_GetBuffer(h->agent, &gb, PyBUF_SIMPLE) < 0)
+        const int64_t *kept = slot_item(h->agent, &gb, PyBUF_SIMPLE, a, 8);
+        if (kept == NULL)
             goto done;
-        if (a >= gb.len / 8) {
-            PyBuffer_Release(&gb);
-            out_of_range("slot");
-            goto done;
-        }
-        if (((const int64_t *)gb.buf)[a] == agent_key)
+        if (*kept == agent_key)
             flags |= PLAIN_BIT;
         PyBuffer_Release(&gb);
     }
