@@ -531,6 +531,13 @@ static size_t take_line(struct conn *c, const char *data, size_t len, int *done)
     return used;
 }
 
+/* Bytes of a body or a chunk counted off what is left of it: how many of `len` it takes. */
+static size_t take_body(struct conn *c, size_t len) {
+    size_t take = len < c->left ? len : (size_t)c->left;
+    c->left -= take;
+    return take;
+}
+
 /* Feed bytes of the answer in flight. Returns 0, or the error kind that ended the connection. */
 static int feed(struct conn *c, const char *data, size_t len, int64_t now) {
     while (len > 0) {
@@ -557,10 +564,9 @@ static int feed(struct conn *c, const char *data, size_t len, int64_t now) {
             break;
         }
         case R_BODY_LEN: {
-            size_t take = len < c->left ? len : (size_t)c->left;
-            c->left -= take;
-            data += take;
-            len -= take;
+            size_t used = take_body(c, len);
+            data += used;
+            len -= used;
             if (c->left == 0) answered(c, now);
             break;
         }
@@ -584,10 +590,9 @@ static int feed(struct conn *c, const char *data, size_t len, int64_t now) {
             break;
         }
         case R_CHUNK_DATA: {
-            size_t take = len < c->left ? len : (size_t)c->left;
-            c->left -= take;
-            data += take;
-            len -= take;
+            size_t used = take_body(c, len);
+            data += used;
+            len -= used;
             if (c->left == 0) c->rstate = R_CHUNK_END;
             break;
         }

@@ -90,10 +90,9 @@ class ParkedConnection(asyncio.Protocol):
         return None  # nothing was asked: let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
+        if self.transport is not None:  # (None: woken, and the connection lives on elsewhere)
             self.transport = None
-            self.server.connections.discard(self)
-            self.server.release(self.client)
+            self.gone()
 
     def check_timers(self, mono: float) -> None:
         if mono > self.deadline:
@@ -134,7 +133,8 @@ class ParkedConnection(asyncio.Protocol):
         self.gone()
 
     def gone(self) -> None:
-        """The connection ended while it had no transport (shelved, or rejoining the loop)."""
+        """The connection ended (lost, or closed while shelved or rejoining the loop): out of
+        the server's set, its slot in the per-client count released, once."""
         connections = self.server.connections
         if self in connections:  # (once: its slot in the per-client count goes with it)
             connections.discard(self)
