@@ -346,16 +346,3 @@ async def test_replay_memo_samples_while_replays_are_rare_and_recovers_for_a_flo
         assert memo._replayed > SAMPLE
         memo.tick()
         assert memo.sample == 1
-
-
-async def test_replay_memo_keeps_few_entries_while_sampling(origin: Origin,
-                                                            make_edge: EdgeFactory) -> None:
-    from kalkan.edge.replay import SAMPLED_MEMO
-
-    async with page_cached(origin, make_edge) as (memo, client):
-        memo.sample = 2  # sampling (as after a second of readers): every other hit remembered
-        for i in range(2 * SAMPLED_MEMO + 100):
-            assert (await client.request("GET", "/bench/20k", {"X-R": str(i)})).status == 200
-        assert len(memo.memo) == SAMPLED_MEMO  # a few hundred, cheap to let go of
-        memo.tick()
-        assert not memo.memo

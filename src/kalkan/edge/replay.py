@@ -4,6 +4,7 @@ sends exactly that), and the defence's per-connection verdict on them, reused fo
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from kalkan.edge.store import Store
     from kalkan.observe.record import Recorder
 
-# Remembered request byte strings, bounded in count and bytes; cleared every tick when over.
+# Remembered request byte strings, bounded in count and bytes: the oldest make room for new ones.
 # (Final: compiled code holds them as constants, not names looked up per request.)
 REPLAY_MEMO: Final = 2048
 REPLAY_BYTES: Final = 4 * 1024 * 1024
@@ -27,6 +28,7 @@ STANDING_WINDOW: Final = 0.25   # seconds a per-connection verdict on identical 
 SAMPLE: Final = 64              # while replays are rare, one request in SAMPLE is remembered
 LOOK: Final = 15                # ... and one read in LOOK + 1 is looked up (a mask)
 SAMPLED_MEMO: Final = 256       # ... and at most this many are kept (see `remember`)
+EVICT_AT_ONCE: Final = 2        # entries over the count bound let go of per remembered request
 
 
 class Remembered:
@@ -82,6 +84,7 @@ class ReplayMemo:
         self.credentialed = credentialed  # asked only of a request that is remembered
         self.defended = defended  # else no verdicts to keep per connection
         self.memo: dict[bytes, Remembered] = {}
+        self.order: deque[bytes] = deque()  # the memo's keys, oldest first
         self.bytes = 0
         # Adaptive: while remembered bytes are rarely seen again (readers never send identical
         # requests), only one request in SAMPLE is remembered and one read in LOOK + 1 looked
@@ -99,32 +102,44 @@ class ReplayMemo:
         self._seen += 1
         if self._seen % self.sample:
             return
-        if (self._full() or req.version != "1.1" or not req.keep_alive
+        if (req.version != "1.1" or not req.keep_alive
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
-                or data.count(b"\r\n\r\n") != 1 or len(data) > 4096):
+                or data.count(b"\r\n\r\n") != 1 or len(data) > 4096 or not self._room()):
             return
-        self.memo[data] = Remembered(req.key, req.method == "HEAD", self.credentialed(req),
-                                     AccessLog.fragment(req.method, req.host, req.path, req.query),
-                                     AccessLog.agent(req.user_agent, req.referer), req)
-        # The bytes, and about as much again for the parsed request kept with them.
-        self.bytes += 2 * len(data) + 512
+        memo = self.memo
+        if data not in memo:
+            self.order.append(data)
+            self.bytes += _cost(data)
+        memo[data] = Remembered(req.key, req.method == "HEAD", self.credentialed(req),
+                                AccessLog.fragment(req.method, req.host, req.path, req.query),
+                                AccessLog.agent(req.user_agent, req.referer), req)
         self._stored += 1
 
-    def _full(self) -> bool:
-        # While sampling, a few hundred entries are enough to catch a flood (its bytes recur)
-        # and cheap to let go of at the tick: 2,048 remembered requests took milliseconds to
-        # free, a stall every few seconds for every connection in flight.
-        return len(self.memo) >= (REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO) \
-            or self.bytes > REPLAY_BYTES
+    def _room(self) -> bool:
+        """Let the oldest entries go until one more fits. Freeing is spread over the requests:
+        a whole memo let go of at once (2,048 parsed requests, or 256 while sampling) took
+        0.3-2 ms, a stall for every connection in flight once a second. Over the count bound
+        (after sampling starts, 256 of up to 2,048), EVICT_AT_ONCE per request; over the byte
+        bound, as many as it takes (a few: an entry is at most ~8.7 KB)."""
+        memo = self.memo
+        order = self.order
+        bound = REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO
+        evicted = 0
+        while order and ((len(memo) >= bound and evicted < EVICT_AT_ONCE)
+                         or self.bytes > REPLAY_BYTES):
+            data = order.popleft()
+            if memo.pop(data, None) is not None:
+                self.bytes -= _cost(data)
+            evicted += 1
+        return len(memo) < bound
 
     def forget(self) -> None:
         self.memo.clear()
+        self.order.clear()
         self.bytes = 0
 
     def tick(self) -> None:
-        """About once a second: bound the memo, and sample while it earns nothing."""
-        if self._full():
-            self.forget()  # a flood of unique URLs must not pin memory or time
+        """About once a second: sample while the memo earns nothing."""
         if self._seen >= 256 and self._replayed * 16 < self._seen:
             self.sample = SAMPLE
         elif self._replayed:
@@ -195,6 +210,12 @@ class ReplayMemo:
                                      out[0] if refused else None,
                                      verdict.status if refused else 200, req.decision)
         return True
+
+
+def _cost(data: bytes) -> int:
+    """What a remembered request is counted as: its bytes, and about as much again for the
+    parsed request kept with them."""
+    return 2 * len(data) + 512
 
 
 def wire_len(buffers: tuple[bytes, ...]) -> int:
