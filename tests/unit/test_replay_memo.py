@@ -1,5 +1,6 @@
-"""The replay memo's bounds, without sockets: the oldest entries make room for new ones, a few
-per remembered request, and nothing is let go of all at once (that was a stall once a second)."""
+"""The replay memo's bounds and sampling, without sockets: the oldest entries make room for new
+ones and nothing is let go of all at once (that was a stall once a second); while sampling only
+hashes are kept, and bytes seen twice turn remembering back on."""
 
 from __future__ import annotations
 
@@ -10,13 +11,7 @@ import pytest
 
 from kalkan.config import load_config_text
 from kalkan.edge.pipeline import Pipeline
-from kalkan.edge.replay import (
-    EVICT_AT_ONCE,
-    REPLAY_BYTES,
-    REPLAY_MEMO,
-    SAMPLED_MEMO,
-    ReplayMemo,
-)
+from kalkan.edge.replay import GLIMPSES, REPLAY_BYTES, REPLAY_MEMO, SAMPLE, ReplayMemo
 from kalkan.edge.request import Request
 
 
@@ -51,18 +46,32 @@ def test_every_hit_is_remembered_until_the_bound_then_the_oldest_go(memo: Replay
     assert b"reader 2057\r\n" in memo.order[-1]
 
 
-def test_sampling_shrinks_the_memo_a_few_entries_per_request(memo: ReplayMemo) -> None:
+def test_sampling_keeps_hashes_only_and_drains_the_memo_one_per_hit(memo: ReplayMemo) -> None:
     remember(memo, 0, 600)
     assert len(memo.memo) == 600
-    memo.sample = 2  # as after a second of readers: every other hit remembered
+    memo.sample = SAMPLE  # as after a second of readers (tick): one hit in SAMPLE glimpsed
     remember(memo, 600, 100)
-    # Over the sampling bound: each of the 50 sampled hits lets the oldest few go (and adds none).
-    assert len(memo.memo) == 600 - 50 * EVICT_AT_ONCE
-    remember(memo, 700, 2 * SAMPLED_MEMO + 800)
-    assert len(memo.memo) == SAMPLED_MEMO
-    before = memo.bytes
-    memo.tick()  # the tick lets nothing go
-    assert len(memo.memo) == SAMPLED_MEMO and memo.bytes == before
+    assert len(memo.memo) == 500  # one let go of per hit, none remembered
+    remember(memo, 700, 600)
+    assert not memo.memo and not memo.order and memo.bytes == 0
+    assert len(memo.glimpses) == 1300 // SAMPLE - 600 // SAMPLE  # the hits glimpsed
+    remember(memo, 2000, SAMPLE * (GLIMPSES + 50))
+    assert len(memo.glimpses) == GLIMPSES  # bounded, the newest kept
+    memo.tick()
+    assert memo.sample == SAMPLE and not memo.memo
+
+
+def test_bytes_glimpsed_twice_turn_remembering_back_on(memo: ReplayMemo) -> None:
+    memo.sample = SAMPLE
+    flood = reader(7)
+    hits = 0
+    while memo.sample != 1:
+        memo.remember(*flood)
+        hits += 1
+        assert hits <= 2 * SAMPLE  # caught by its second glimpse
+    assert list(memo.memo) == [flood[0]]  # ... and that hit remembered at once
+    memo.remember(*reader(8))
+    assert len(memo.memo) == 2  # every hit from then on
 
 
 def test_the_byte_bound_holds_for_big_requests(memo: ReplayMemo) -> None:
@@ -81,7 +90,9 @@ def test_the_same_bytes_again_are_not_counted_twice(memo: ReplayMemo) -> None:
     assert memo.bytes == before and len(memo.order) == 3
 
 
-def test_forget_empties_memo_order_and_count(memo: ReplayMemo) -> None:
+def test_forget_empties_memo_order_count_and_glimpses(memo: ReplayMemo) -> None:
     remember(memo, 0, 5)
+    memo.sample = SAMPLE
+    remember(memo, 5, 2 * SAMPLE)
     memo.forget()
-    assert not memo.memo and not memo.order and memo.bytes == 0
+    assert not memo.memo and not memo.order and memo.bytes == 0 and not memo.glimpses

@@ -25,10 +25,9 @@ if TYPE_CHECKING:
 REPLAY_MEMO: Final = 2048
 REPLAY_BYTES: Final = 4 * 1024 * 1024
 STANDING_WINDOW: Final = 0.25   # seconds a per-connection verdict on identical bytes is reused
-SAMPLE: Final = 64              # while replays are rare, one request in SAMPLE is remembered
+SAMPLE: Final = 64              # while replays are rare, one hit in SAMPLE is glimpsed
 LOOK: Final = 15                # ... and one read in LOOK + 1 is looked up (a mask)
-SAMPLED_MEMO: Final = 256       # ... and at most this many are kept (see `remember`)
-EVICT_AT_ONCE: Final = 2        # entries over the count bound let go of per remembered request
+GLIMPSES: Final = 256           # ... and the hashes of this many glimpsed hits are kept
 
 
 class Remembered:
@@ -87,12 +86,14 @@ class ReplayMemo:
         self.order: deque[bytes] = deque()  # the memo's keys, oldest first
         self.bytes = 0
         # Adaptive: while remembered bytes are rarely seen again (readers never send identical
-        # requests), only one request in SAMPLE is remembered and one read in LOOK + 1 looked
-        # up, so a varied load does not pay for a memo it never uses; a flood of one URL is
-        # still caught within a hundred requests, and then every read is looked up again.
+        # requests), nothing is remembered: one hit in SAMPLE is glimpsed (its bytes' hash kept)
+        # and one read in LOOK + 1 looked up, so a varied load does not pay for a memo it never
+        # uses. Bytes glimpsed twice (a flood repeats them) switch remembering back on for
+        # every hit: a flood of one URL is caught within SAMPLE * 2 requests.
         self.sample = 1
+        self.glimpses: set[int] = set()
+        self._glimpsed: deque[int] = deque()  # the same hashes, oldest first
         self._seen = 0         # hits offered to `remember` since the last tick
-        self._stored = 0       # ... of which remembered
         self._replayed = 0     # requests answered from the memo since the last tick
         self._reads = 0        # reads offered to `replay` while sampling
 
@@ -100,8 +101,12 @@ class ReplayMemo:
         """After a hot-path hit: if `data` was exactly this one request, memoize what it meant.
         Only plain keep-alive HTTP/1.1 GET/HEAD without a body qualify."""
         self._seen += 1
-        if self._seen % self.sample:
-            return
+        if self.sample != 1:
+            if self.order:
+                self._evict()  # what was remembered before sampling goes, one per hit
+            if self._seen % self.sample or not self._glimpse(data):
+                return
+            self.sample = 1  # the same bytes again: a flood; remember every hit from now on
         if (req.version != "1.1" or not req.keep_alive
                 or req.client != req.peer or not data.endswith(b"\r\n\r\n")
                 or data.count(b"\r\n\r\n") != 1 or len(data) > 4096 or not self._room()):
@@ -113,30 +118,41 @@ class ReplayMemo:
         memo[data] = Remembered(req.key, req.method == "HEAD", self.credentialed(req),
                                 AccessLog.fragment(req.method, req.host, req.path, req.query),
                                 AccessLog.agent(req.user_agent, req.referer), req)
-        self._stored += 1
+
+    def _glimpse(self, data: bytes) -> bool:
+        """Keep `data`'s hash among the last GLIMPSES; True if it was there already. (A hash
+        that collides only turns remembering on until the next tick: no answer depends on it.)"""
+        key = hash(data)
+        glimpses = self.glimpses
+        if key in glimpses:
+            return True
+        glimpses.add(key)
+        self._glimpsed.append(key)
+        if len(glimpses) > GLIMPSES:
+            glimpses.discard(self._glimpsed.popleft())
+        return False
 
     def _room(self) -> bool:
-        """Let the oldest entries go until one more fits. Freeing is spread over the requests:
-        a whole memo let go of at once (2,048 parsed requests, or 256 while sampling) took
-        0.3-2 ms, a stall for every connection in flight once a second. Over the count bound
-        (after sampling starts, 256 of up to 2,048), EVICT_AT_ONCE per request; over the byte
-        bound, as many as it takes (a few: an entry is at most ~8.7 KB)."""
-        memo = self.memo
-        order = self.order
-        bound = REPLAY_MEMO if self.sample == 1 else SAMPLED_MEMO
-        evicted = 0
-        while order and ((len(memo) >= bound and evicted < EVICT_AT_ONCE)
-                         or self.bytes > REPLAY_BYTES):
-            data = order.popleft()
-            if memo.pop(data, None) is not None:
-                self.bytes -= _cost(data)
-            evicted += 1
-        return len(memo) < bound
+        """Let the oldest entries go until one more fits: freeing is spread over the requests.
+        (The whole memo let go of at once, 2,048 parsed requests, took 0.3-2 ms: a stall for
+        every connection in flight.) Over the byte bound, as many go as it takes (a few: an
+        entry is at most ~8.7 KB)."""
+        while self.order and (len(self.memo) >= REPLAY_MEMO or self.bytes > REPLAY_BYTES):
+            self._evict()
+        return len(self.memo) < REPLAY_MEMO
+
+    def _evict(self) -> None:
+        """Let the oldest remembered request go."""
+        data = self.order.popleft()
+        if self.memo.pop(data, None) is not None:
+            self.bytes -= _cost(data)
 
     def forget(self) -> None:
         self.memo.clear()
         self.order.clear()
         self.bytes = 0
+        self.glimpses.clear()
+        self._glimpsed.clear()
 
     def tick(self) -> None:
         """About once a second: sample while the memo earns nothing."""
@@ -144,7 +160,7 @@ class ReplayMemo:
             self.sample = SAMPLE
         elif self._replayed:
             self.sample = 1
-        self._seen = self._stored = self._replayed = 0
+        self._seen = self._replayed = 0
 
     def replay(self, data: bytes, conn: HttpConnection) -> bool:
         """Answer `data` if it is a remembered request whose entry is still fresh; else False."""
@@ -153,7 +169,7 @@ class ReplayMemo:
             # costs ~1,400 instructions (a readers-load hit is ~40,000). One read in LOOK + 1
             # still finds a flood's bytes, and the first replay found ends the sampling.
             self._reads += 1
-            if self._reads & LOOK:
+            if self._reads & LOOK or not self.memo:
                 return False
         memo = self.memo.get(data)
         if memo is None:
