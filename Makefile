@@ -17,7 +17,7 @@ COMPILED := $(shell sed -n 's/^ *"\(src\/kalkan\/[a-z_/]*\.py\)",$$/\1/p' setup.
 
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \
-	bench-scale bench-memory bench-instructions bench-h2 bench-cluster bench-workers \
+	bench-scale bench-tail bench-memory bench-instructions bench-h2 bench-cluster bench-workers \
 	bench-alliance coverage clean
 
 $(RUNTIME_STAMP): pyproject.toml setup.py $(COMPILED)
@@ -53,7 +53,7 @@ typecheck: $(STAMP)  # [tool.mypy] in pyproject.toml: strict on edge/ and defens
 test: $(STAMP) debian-deps lint typecheck
 	bash scripts/run-tests.sh
 
-bench: bench-throughput bench-conformance bench-defense bench-scale bench-memory bench-clients \
+bench: bench-throughput bench-tail bench-conformance bench-defense bench-scale bench-memory bench-clients \
 	bench-firewall bench-instructions bench-h2 bench-cluster bench-workers bench-alliance
 
 bench-defense: $(STAMP) debian-deps
@@ -97,6 +97,9 @@ bench-fuzz: $(STAMP)  # the framing fuzzer's long run (tests/integration/test_fr
 
 bench-throughput: $(STAMP) debian-deps
 	$(BIN)/python -m bench.throughput
+
+bench-tail: $(STAMP) debian-deps  # p99 below saturation: fixed rates, runs pooled, vs nginx
+	$(BIN)/python -m bench.tail_latency
 
 bench-conformance: $(STAMP) debian-deps
 	$(BIN)/python -m bench.cache_conformance

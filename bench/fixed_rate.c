@@ -9,7 +9,7 @@
  * for the wait.
  *
  *   fixed_rate --host 127.0.0.1 --port 8080 --requests FILE --rate 40000 --duration 10 \
- *              --connections 64 [--warmup 2] [--timeout 10] [--late-ms 1]
+ *              --connections 64 [--warmup 2] [--timeout 10] [--late-ms 1] [--latencies OUT]
  *
  * Schedule: request k (k = 0, 1, ...) is due at start + k / rate and goes out on connection
  * k mod connections, so each connection has its own evenly spaced schedule (one request every
@@ -28,6 +28,12 @@
  * latency percentiles (every latency is kept and sorted at the end), how late requests went out
  * (send lag) and how many were later than --late-ms, and per second of the measured schedule the
  * requests sent, the slowest answer and the late sends (to tell a stall from a slow run).
+ *
+ * With --latencies OUT, every measured answer is also written to OUT as one record of two
+ * little-endian 32-bit fields: the request's number counted from the first measured one
+ * (uint32; its due time is that number / rate after the measured schedule began) and its
+ * latency in microseconds (float32), in the order the answers came. Runs can then be pooled
+ * into one distribution, and slow answers placed in time.
  *
  * Loopback only: the host must be an address in 127.0.0.0/8 or ::1; anything else is refused.
  * Single-threaded, epoll; between events it sleeps until the next request is due (a timerfd
@@ -112,6 +118,8 @@ struct template {
 static const char *opt_host;
 static int opt_port;
 static const char *opt_requests;
+static const char *opt_latencies; /* --latencies OUT, or NULL */
+static FILE *latencies_out;
 static double opt_rate, opt_duration = -1, opt_warmup, opt_timeout = 10.0, opt_late_ms = 1.0;
 static int opt_connections;
 
@@ -135,6 +143,7 @@ static uint64_t status_2xx, status_3xx, status_4xx, status_5xx, status_other;
 static uint64_t late_total, late_busy, late_client, reconnects, idle_closes, bytes_in;
 static int64_t last_answer_ns;
 static float *latencies_us, *lags_us; /* measured requests only */
+static uint32_t *latency_ks;          /* with --latencies: each latency's request number */
 static uint64_t n_latencies, n_lags, capacity;
 static int64_t measure_from;          /* when the first measured request is due */
 static size_t seconds;                /* of the measured schedule, a partial last one included */
@@ -170,6 +179,7 @@ static void usage(void) {
             "usage: fixed_rate --host ADDR --port N --requests FILE --rate REQ_PER_S\n"
             "                  --duration S --connections N [--warmup S] [--timeout S]"
             " [--late-ms MS]\n"
+            "                  [--latencies OUT]\n"
             "  ADDR must be a loopback address (127.0.0.0/8 or ::1); duration <= %.0f s\n",
             MAX_DURATION_S);
     exit(2);
@@ -191,7 +201,8 @@ static void parse_args(int argc, char **argv) {
         {"requests", required_argument, 0, 'r'}, {"rate", required_argument, 0, 'R'},
         {"duration", required_argument, 0, 'd'}, {"connections", required_argument, 0, 'c'},
         {"warmup", required_argument, 0, 'w'},   {"timeout", required_argument, 0, 't'},
-        {"late-ms", required_argument, 0, 'l'},  {0, 0, 0, 0}};
+        {"late-ms", required_argument, 0, 'l'},  {"latencies", required_argument, 0, 'L'},
+        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (ch) {
@@ -204,6 +215,7 @@ static void parse_args(int argc, char **argv) {
         case 'w': opt_warmup = number(optarg, "--warmup"); break;
         case 't': opt_timeout = number(optarg, "--timeout"); break;
         case 'l': opt_late_ms = number(optarg, "--late-ms"); break;
+        case 'L': opt_latencies = optarg; break;
         default: usage();
         }
     }
@@ -408,7 +420,10 @@ static void answered(struct conn *c, int64_t now) {
         answered_measured++;
         last_answer_ns = now;
         float us = (float)(now - due_ns(k)) / 1000.0f;
-        if (n_latencies < capacity) latencies_us[n_latencies++] = us;
+        if (n_latencies < capacity) {
+            if (latency_ks) latency_ks[n_latencies] = (uint32_t)(k - first_measured);
+            latencies_us[n_latencies++] = us;
+        }
         size_t sec = second_of(k);
         if (us > sec_max_us[sec]) sec_max_us[sec] = us;
     } else {
@@ -735,6 +750,18 @@ static double pct(const float *v, uint64_t n, double q) {
     return v[lo] + (v[hi] - v[lo]) * (rank - (double)lo);
 }
 
+/* The --latencies records (see the header), before the latencies are sorted. */
+static void write_latencies(void) {
+    for (uint64_t i = 0; i < n_latencies; i++) {
+        uint32_t rec[2] = {latency_ks[i], 0};
+        memcpy(&rec[1], &latencies_us[i], sizeof rec[1]);
+        if (fwrite(rec, sizeof rec, 1, latencies_out) != 1)
+            die("--latencies %s: %s", opt_latencies, strerror(errno));
+    }
+    if (fclose(latencies_out) != 0) die("--latencies %s: %s", opt_latencies, strerror(errno));
+    latencies_out = NULL;
+}
+
 static void print_ms(const char *name, double us, int comma) {
     if (isnan(us)) printf("\"%s\": null%s", name, comma ? ", " : "");
     else printf("\"%s\": %.4f%s", name, us / 1000.0, comma ? ", " : "");
@@ -776,6 +803,12 @@ int main(int argc, char **argv) {
     sec_max_us = calloc(seconds, sizeof *sec_max_us);
     if (!latencies_us || !lags_us || !conns || !sec_due || !sec_late || !sec_max_us)
         die("out of memory");
+    if (opt_latencies) { /* opened now: a bad path fails before any load is sent */
+        latency_ks = malloc(capacity * sizeof *latency_ks);
+        if (!latency_ks) die("out of memory");
+        latencies_out = fopen(opt_latencies, "wb");
+        if (!latencies_out) die("--latencies %s: %s", opt_latencies, strerror(errno));
+    }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -901,7 +934,8 @@ int main(int argc, char **argv) {
     printf("  \"late_threshold_ms\": %.3f, \"late_sends\": %llu, \"late_waiting_for_answer\": "
            "%llu, \"late_client\": %llu,\n", opt_late_ms, (unsigned long long)late_total,
            (unsigned long long)late_busy, (unsigned long long)late_client);
-    print_distribution("latency_ms", latencies_us, n_latencies);
+    if (latencies_out) write_latencies();
+    print_distribution("latency_ms", latencies_us, n_latencies); /* sorts them */
     print_distribution("send_lag_ms", lags_us, n_lags);
     printf("  \"per_second\": {\"sent\": [");
     for (size_t i = 0; i < seconds; i++)

@@ -100,14 +100,16 @@ def run_fixed_rate(url: str, rate: float, duration_s: float, connections: int, *
                    warmup_s: float = 0.0, proxy_pid: int | None = None,
                    cpus: int | str | None = LOAD_CPU, pool_size: int = POOL_SIZE,
                    requests_file: Path | None = None, late_ms: float = LATE_MS,
-                   answer_timeout_s: float = ANSWER_TIMEOUT_S) -> dict[str, Any]:
+                   answer_timeout_s: float = ANSWER_TIMEOUT_S,
+                   latencies_file: Path | None = None) -> dict[str, Any]:
     """Offer *rate* requests/s of the readers load to *url* for *warmup_s* (not recorded) plus
     *duration_s* seconds over *connections* keep-alive connections; returns the client's JSON
     (see bench/fixed_rate.c) plus ``command`` and ``cpu_busy_pct``.
 
     The client runs pinned to *cpus* (``taskset``) and is killed if it outlives its schedule
     by more than the answer timeout plus 30 s. *requests_file* overrides the readers heads
-    (a file of GET heads, each with the ``#########`` placeholder once). *proxy_pid*'s process
+    (a file of GET heads, each with the ``#########`` placeholder once). With *latencies_file*
+    every measured answer is also written there (see :func:`read_latencies`). *proxy_pid*'s process
     tree is charged its CPU, as in ``run_wrk``: ``cpu_busy_pct`` has ``proxy_core`` and
     ``load_core`` (how busy each core was) and ``proxy_own`` and ``client_own`` (how much of a
     core the server and this client used).
@@ -131,6 +133,8 @@ def run_fixed_rate(url: str, rate: float, duration_s: float, connections: int, *
                 "--duration", f"{duration_s:g}", "--connections", str(connections),
                 "--warmup", f"{warmup_s:g}", "--timeout", f"{answer_timeout_s:g}",
                 "--late-ms", f"{late_ms:g}"]
+        if latencies_file is not None:
+            argv += ["--latencies", str(latencies_file)]
         before, client_before = cpu_times(), children_cpu_seconds()
         proxy_before = tree_cpu_seconds(proxy_pid) if proxy_pid else 0.0
         started = time.monotonic()
@@ -162,6 +166,16 @@ def run_fixed_rate(url: str, rate: float, duration_s: float, connections: int, *
         "client_own": 100.0 * client_cpu / wall,
     }
     return result
+
+
+def read_latencies(path: Path) -> tuple[Any, Any]:
+    """A ``--latencies`` file as two numpy arrays: each measured request's number (counted
+    from the first measured one; due at number / rate after the measured schedule began) and
+    its latency in milliseconds, in the order the answers came."""
+    import numpy as np  # only the tail-latency bench reads these files
+
+    records = np.fromfile(path, dtype=np.dtype([("k", "<u4"), ("us", "<f4")]))
+    return records["k"].astype(np.int64), records["us"].astype(np.float64) / 1000.0
 
 
 def main(argv: list[str] | None = None) -> int:

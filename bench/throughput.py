@@ -13,20 +13,18 @@ Two loads, readers first:
     readers. Measured on a 20 KB page (the headline), a 2 KB page and a 200 KB page.
   * ``identical``: wrk's default, the same request bytes over and over (a one-URL flood).
 
-Then the latency at a fixed offered rate (``bench/fixed_rate.c``, an open-loop client): every peer
-is offered the same readers load at the same request rate, below every peer's capacity, and each
-request's latency counts from its scheduled send time, so neither wrk's own queueing at saturation
-nor a stall the client waits out hides in the percentiles.
+wrk is a closed loop run at saturation: the p99 it records is mostly queueing (its own included,
+when its core is the busier one). The latency below saturation, at the same fixed offered rates for
+every peer, is ``bench/tail_latency.py``'s.
 
-Every peer proxies to the same origin and runs alone, pinned to core 1; wrk, the fixed-rate
-client, the origin and this script run on core 0. See bench/README.md for what is measured and why.
+Every peer proxies to the same origin and runs alone, pinned to core 1; wrk, the origin and this
+script run on core 0. See bench/README.md for what is measured and why.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import math
 import re
 import subprocess
 import sys
@@ -65,8 +63,6 @@ from bench.common import (
     tree_cpu_seconds,
     wait_until_quiet,
 )
-from bench.fixed_rate import LATE_MS, run_fixed_rate
-from bench.fixed_rate import clean as fixed_rate_clean
 from bench.peers import HOST, PEERS, Origin, Proxy, start_origin, start_proxy
 
 MODULE = "bench.throughput"
@@ -87,17 +83,6 @@ SATURATED_PCT = 95.0
 CONTENTION_PCT = 10.0
 """Core time used by neither the peer nor wrk beyond this means other work interfered (the
 origin and this script are idle during cache-hit runs)."""
-FIXED_RATE_SHARE = 0.7
-"""The fixed-rate runs offer every peer this share of the slowest peer's median wrk req/s on
-readers/20k in the same run (rounded down to two significant digits). The same rate for all,
-so the latencies compare like with like; below every peer's capacity, so each has at least
-30% headroom and the percentiles measure serving, not a queue that grows while a peer is
-saturated (at saturation a closed loop's latency is connections / throughput, whoever serves).
-wrk's req/s for the fastest peer is a lower bound (wrk's core saturates first), which only
-makes the slowest one's capacity, the basis, the binding one."""
-FIXED_RATE_LATE_SHARE = 0.001
-"""More than this share of a run's requests sent late (> LATE_MS after their scheduled time)
-is called out in the report: the peer (or the client) did not keep up with the schedule."""
 
 
 @dataclass
@@ -121,13 +106,6 @@ class Settings:
     quick: bool = False
     quiet_timeout_s: float = 60.0
     """Before each timed run, wait up to this long for both cores to be idle (0 = don't)."""
-    fixed_rate: bool = True
-    """After the wrk runs: latency at a fixed offered rate, readers load on the 20 KB page."""
-    fixed_rate_rps: float | None = None
-    """The rate offered to every peer; None = FIXED_RATE_SHARE of the slowest peer's wrk median
-    on readers/20k in this run."""
-    fixed_rate_duration_s: int = 10
-    """Measured seconds per fixed-rate run (after ``warmup_s`` at the same rate, not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -403,60 +381,6 @@ def hit_run(name: str, cell: Cell, origin: Origin, workdir: Path, stopper: Stopp
     return sample
 
 
-def round_rate(rps: float) -> float:
-    """*rps* rounded down to two significant digits (27,528 -> 27,000; 1,234 -> 1,200)."""
-    if rps < 10:
-        return float(max(1, math.floor(rps)))
-    step = 10 ** (math.floor(math.log10(rps)) - 1)
-    return float(math.floor(rps / step) * step)
-
-
-def fixed_rate_plan(settings: Settings, samples: list[dict[str, Any]]
-                    ) -> tuple[float | None, dict[str, Any]]:
-    """The rate to offer every peer in the fixed-rate runs, and how it was chosen (None and
-    why not, when there is no basis for it)."""
-    if settings.fixed_rate_rps:
-        return settings.fixed_rate_rps, {"how": "given with --fixed-rate-rps"}
-    medians = {name: percentile([s["requests_per_s"] for s in samples
-                                 if s["cell"] == HEADLINE and s["peer"] == name], 50)
-               for name in settings.peers
-               if any(s["cell"] == HEADLINE and s["peer"] == name for s in samples)}
-    if not medians:
-        return None, {"how": f"not measured: wrk did not run {HEADLINE} (give --fixed-rate-rps)"}
-    slowest = min(medians, key=lambda name: medians[name])
-    rate = round_rate(FIXED_RATE_SHARE * medians[slowest])
-    return rate, {
-        "how": f"{FIXED_RATE_SHARE:.0%} of the slowest peer's median wrk req/s on {HEADLINE} "
-               f"({slowest}, {medians[slowest]:,.0f}), rounded down",
-        "share": FIXED_RATE_SHARE, "basis_peer": slowest, "wrk_medians": medians,
-    }
-
-
-def fixed_rate_run(name: str, rate: float, origin: Origin, workdir: Path, stopper: Stopper,
-                   settings: Settings) -> dict[str, Any]:
-    """Start one peer, fill its cache, offer it the readers load at *rate* req/s with the
-    fixed-rate client (warm-up, then the measured seconds), stop it."""
-    cell = Cell("readers", "20k")
-    proxy = start_proxy(name, origin.port, workdir, stopper, "throughput", SERVER_CPU)
-    run = measure_peer(
-        proxy, cell, settings, stopper, f"serving the fixed-rate run at {rate:,.0f} req/s",
-        lambda url: run_fixed_rate(url, rate, settings.fixed_rate_duration_s,
-                                   settings.connections, warmup_s=settings.warmup_s,
-                                   proxy_pid=proxy.proc.pid))
-    result: dict[str, Any] = run.result
-    counters = _counter_delta(run.before, run.after)
-    result.update(
-        peer=name,
-        cell=cell.key,
-        waited_for_quiet_s=round(run.waited_s, 1),
-        machine_was_quiet=run.quiet,
-        cache_counters=counters,
-        clean=fixed_rate_clean(result),
-        all_hits=counters.get("hits", 0) >= result["sent"] + result["warmup_sent"],
-    )
-    return result
-
-
 def _status_len(response: tuple[int, dict[str, str], int]) -> tuple[int, int]:
     return response[0], response[2]
 
@@ -586,7 +510,6 @@ def run(settings: Settings, output_dir: Path, keep_work: bool) -> Path:
     pin_self(LOAD_CPU)
     samples: list[dict[str, Any]] = []
     extras: dict[str, dict[str, Any]] = {}
-    fixed: dict[str, Any] | None = None
     plan = cells(settings)
     if not plan:
         raise BenchError("--loads and --pages selected nothing to measure")
@@ -604,15 +527,13 @@ def run(settings: Settings, output_dir: Path, keep_work: bool) -> Path:
                     samples.append(sample)
                     log(f"  {sample['requests_per_s']:.0f} req/s, "
                         f"p99 {sample['latency_ms'].get('p99')} ms")
-        if settings.fixed_rate:
-            fixed = fixed_rate_runs(settings, samples, origins["20k"], work, stopper)
         if settings.extras:
             for name in settings.peers:
                 log(f"miss latency and memory: {name}")
                 extras[name] = extras_run(name, origins["20k"], work / f"{name}-extras",
                                           stopper, settings)
         kinds = {page: origin.kind for page, origin in origins.items()}
-    report.data = summarize(settings, samples, extras, kinds, headers, missing, fixed)
+    report.data = summarize(settings, samples, extras, kinds, headers, missing)
     report.sections = markdown_sections(report.data)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = report.write("Throughput: Kalkan vs nginx proxy_cache vs Varnish",
@@ -620,31 +541,6 @@ def run(settings: Settings, output_dir: Path, keep_work: bool) -> Path:
     plot(report.data, output_dir / "throughput.png")
     log(f"wrote {json_path}, {md_path} and throughput.png")
     return md_path
-
-
-def fixed_rate_runs(settings: Settings, samples: list[dict[str, Any]], origin: Origin,
-                    work: Path, stopper: Stopper) -> dict[str, Any]:
-    """The fixed-rate runs: the same rate offered to every peer, interleaved (every peer in
-    turn, each repetition); returns the rate, how it was chosen and every run."""
-    rate, basis = fixed_rate_plan(settings, samples)
-    if rate is None:
-        log(f"fixed-rate latency skipped: {basis['how']}")
-        return {"rate": None, "basis": basis, "runs": []}
-    log(f"fixed-rate latency: {rate:,.0f} req/s offered to each peer ({basis['how']})")
-    runs = []
-    for rep in range(settings.repetitions):
-        for name in settings.peers:
-            log(f"fixed rate {rate:,.0f} req/s: {name}, repetition {rep + 1}/"
-                f"{settings.repetitions}")
-            run = fixed_rate_run(name, rate, origin, work / f"{name}-fixed-{rep}", stopper,
-                                 settings)
-            run["repetition"] = rep + 1
-            runs.append(run)
-            lat = run["latency_ms"]
-            log(f"  p50 {lat['p50']} ms, p99 {lat['p99']} ms, achieved "
-                f"{run['achieved_rate']:,.0f} req/s, {run['late_sends']} sent late, "
-                f"{run['errors_total']} errors")
-    return {"rate": rate, "basis": basis, "runs": runs}
 
 
 def _wrk_version() -> str | None:
@@ -695,56 +591,10 @@ def _ratios(peers: dict[str, Any]) -> dict[str, Any]:
     return ratios
 
 
-def _fixed_rate_peer(mine: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians and spreads of one peer's fixed-rate runs; late sends and errors summed."""
-
-    def latency(key: str) -> dict[str, float]:
-        return spread([r["latency_ms"][key] if r["latency_ms"][key] is not None
-                       else float("nan") for r in mine])
-
-    return {
-        "runs": len(mine),
-        "achieved_rate": spread([r["achieved_rate"] for r in mine]),
-        "p50_ms": latency("p50"),
-        "p90_ms": latency("p90"),
-        "p99_ms": latency("p99"),
-        "p99_9_ms": latency("p99.9"),
-        "max_ms": latency("max"),
-        "sent": sum(r["sent"] for r in mine),
-        "late_sends": sum(r["late_sends"] for r in mine),
-        "late_waiting_for_answer": sum(r["late_waiting_for_answer"] for r in mine),
-        "late_client": sum(r["late_client"] for r in mine),
-        "send_lag_p99_ms": spread([r["send_lag_ms"]["p99"] if r["send_lag_ms"]["p99"] is not None
-                                   else float("nan") for r in mine]),
-        "errors": sum(r["errors_total"] for r in mine),
-        "non_2xx": sum(r["non_2xx"] for r in mine),
-        "all_runs_clean": all(r["clean"] for r in mine),
-        "all_hits": all(r["all_hits"] for r in mine),
-        "proxy_own_cpu_pct": spread([r["cpu_busy_pct"]["proxy_own"] for r in mine]),
-        "client_own_cpu_pct": spread([r["cpu_busy_pct"]["client_own"] for r in mine]),
-        "proxy_core_busy_pct": spread([r["cpu_busy_pct"]["proxy_core"] for r in mine]),
-        "load_core_busy_pct": spread([r["cpu_busy_pct"]["load_core"] for r in mine]),
-    }
-
-
-def summarize_fixed_rate(settings: Settings, fixed: dict[str, Any] | None) -> dict[str, Any]:
-    """The fixed-rate runs per peer (medians of the runs' percentiles) next to the runs."""
-    if not fixed:
-        return {"measured": False, "why": "--no-fixed-rate", "rate": None, "runs": [],
-                "peers": {}}
-    peers = {name: _fixed_rate_peer(mine) for name in settings.peers
-             if (mine := [r for r in fixed["runs"] if r["peer"] == name])}
-    return {"measured": bool(peers), "rate": fixed["rate"], "basis": fixed["basis"],
-            "cell": HEADLINE, "duration_s": settings.fixed_rate_duration_s,
-            "warmup_s": settings.warmup_s, "connections": settings.connections,
-            "late_ms": LATE_MS, "peers": peers, "runs": fixed["runs"]}
-
-
 def summarize(settings: Settings, samples: list[dict[str, Any]],
               extras: dict[str, dict[str, Any]], origin_kinds: dict[str, str],
               origin_headers: dict[str, dict[str, str]],
-              missing_routes: dict[str, str],
-              fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+              missing_routes: dict[str, str]) -> dict[str, Any]:
     """Medians and spreads per cell and peer, the ratios and whether the targets are met."""
     results: dict[str, Any] = {}
     for cell in cells(settings):
@@ -773,17 +623,6 @@ def summarize(settings: Settings, samples: list[dict[str, Any]],
                                        "target": "Kalkan p99 <= nginx p99",
                                        "met": r["kalkan_p99_ms"] <= r["peer_p99_ms"],
                                        "measured_by": "wrk, closed loop at saturation"}
-    fixed_rate = summarize_fixed_rate(settings, fixed)
-    fixed_peers = fixed_rate["peers"]
-    if "kalkan" in fixed_peers and "nginx" in fixed_peers:
-        k, n = fixed_peers["kalkan"], fixed_peers["nginx"]
-        targets["p99_fixed_rate_vs_nginx"] = {
-            "kalkan_p99_ms": k["p99_ms"]["median"], "nginx_p99_ms": n["p99_ms"]["median"],
-            "rate": fixed_rate["rate"],
-            "target": "Kalkan p99 <= nginx p99 at the same offered rate",
-            "met": k["p99_ms"]["median"] <= n["p99_ms"]["median"],
-            "valid": all(p["all_runs_clean"] and p["all_hits"] for p in (k, n)),
-            "measured_by": "bench/fixed_rate.c, open loop, latency from the scheduled send time"}
     return {
         "settings": asdict(settings),
         "origin": {"kinds": origin_kinds,
@@ -794,7 +633,6 @@ def summarize(settings: Settings, samples: list[dict[str, Any]],
         "results": results,
         "targets": targets,
         "runs": samples,
-        "fixed_rate": fixed_rate,
         "extras": extras,
     }
 
@@ -814,17 +652,8 @@ def _verdict_lines(data: dict[str, Any]) -> list[str]:
                        f"{t['nginx_p99_ms']:.2f} ms (target: no worse than nginx): "
                        f"**{'MET' if t['met'] else 'NOT MET'}** (wrk is a closed loop run at "
                        "saturation: its p99 is mostly queueing, its own included when its core "
-                       "is the busier one; the fixed-rate p99 below measures the servers)")
-            continue
-        if key == "p99_fixed_rate_vs_nginx":
-            f = data["fixed_rate"]
-            out.append(f"- p99 at a fixed rate: Kalkan {t['kalkan_p99_ms']:.2f} ms vs nginx "
-                       f"{t['nginx_p99_ms']:.2f} ms: **{'MET' if t['met'] else 'NOT MET'}** "
-                       f"(target: no worse than nginx; {t['rate']:,.0f} req/s offered to each, "
-                       f"{f['basis']['how']}; median of {f['peers']['kalkan']['runs']} run(s) of "
-                       f"{f['duration_s']} s"
-                       + ("" if t["valid"] else "; **not valid: errors or misses, see below**")
-                       + ")")
+                       "is the busier one; bench/tail_latency.py measures the servers below "
+                       "saturation)")
             continue
         peer = _PEER_TITLE[key.split("_vs_")[1]]
         out.append(
@@ -927,7 +756,6 @@ def markdown_sections(data: dict[str, Any]) -> list[str]:
         ["rep", "load/page", "peer", "req/s", "requests", "p50 ms", "p99 ms", "non-2xx",
          "socket errors", "cache hits (peer's own counters)", "CPU used: peer / wrk",
          "core busy: peer's / wrk's", "access log lines / requests sent"], rows))
-    out += _fixed_rate_sections(data)
     if data["extras"]:
         out += _extras_sections(data)
     out += ["", "## Setup", "",
@@ -963,91 +791,6 @@ def markdown_sections(data: dict[str, Any]) -> list[str]:
             "cookie), `-s malloc,256m -p thread_pools=1`, default shared-memory log (no "
             "varnishncsa).",
             "- Ratios are of medians; spread is (max - min) / median over the repetitions."]
-    return out
-
-
-def _fixed_rate_sections(data: dict[str, Any]) -> list[str]:
-    """Latency at a fixed offered rate: the table per peer, cautions and every run."""
-    f = data.get("fixed_rate") or {}
-    title = "## Latency at a fixed offered rate: readers load, `GET /bench/20k`"
-    if not f.get("measured"):
-        why = f.get("why") or (f.get("basis") or {}).get("how", "not measured")
-        return ["", title, "", f"Not measured in this run ({why})."]
-    out = ["", title, "",
-           f"`bench/fixed_rate.c` (an open-loop client: `bench/fixed_rate.py`) offered every peer "
-           f"the same **{f['rate']:,.0f} req/s** ({f['basis']['how']}) of the readers load, over "
-           f"{f['connections']} keep-alive connections, for {f['warmup_s']} s of warm-up (not "
-           f"recorded) and {f['duration_s']} s measured; each peer fresh and pinned as above. "
-           "Request k is due at start + k/rate on connection k mod connections; a connection "
-           "whose previous answer has not arrived sends as soon as it does, and every latency "
-           "counts from the request's scheduled time (coordinated omission corrected). At a "
-           "rate below every peer's capacity the percentiles measure how each serves, not how "
-           "long a saturated queue is; the client's core is not saturated either (its CPU is in "
-           "the table: a request costs it about what it costs wrk, mostly the kernel's loopback "
-           "TCP, but no Lua and no queue), and its send lag shows whether it kept to the "
-           "schedule. Each request is "
-           "a reader's: a head from a pool of 32,768 built with readers.lua's browsers, headers "
-           "and cookies, with the request's number written into its cookie (no two "
-           "byte-identical).", ""]
-    rows = []
-    for name, p in f["peers"].items():
-        rows.append([
-            name, _fmt(f["rate"]), _fmt(p["achieved_rate"]["median"]),
-            f"{p['p50_ms']['median']:.3f}", f"{p['p90_ms']['median']:.3f}",
-            f"**{p['p99_ms']['median']:.3f}** ({p['p99_ms']['min']:.3f} - "
-            f"{p['p99_ms']['max']:.3f})",
-            f"{p['p99_9_ms']['median']:.3f}", f"{p['max_ms']['median']:.2f}",
-            f"{p['late_sends']} of {p['sent']:,} ({p['late_waiting_for_answer']} / "
-            f"{p['late_client']})",
-            f"{p['send_lag_p99_ms']['median']:.3f}",
-            "yes" if p["all_runs_clean"] else "**NO**", "yes" if p["all_hits"] else "**NO**",
-            f"{p['proxy_own_cpu_pct']['median']:.0f}% / {p['client_own_cpu_pct']['median']:.0f}%",
-            f"{p['proxy_core_busy_pct']['median']:.0f}% / "
-            f"{p['load_core_busy_pct']['median']:.0f}%",
-        ])
-    out.append(markdown_table(
-        ["peer", "offered req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms (min - max)",
-         "p99.9 ms", "max ms", f"sent late (> {f['late_ms']:g} ms): waiting for an answer / "
-         "client", "send lag p99 ms", "no errors", "all hits", "CPU used: peer / client",
-         "core busy: peer's / client's"], rows))
-    out += ["", "Latencies are medians over the runs of each run's percentile. A request sent "
-            "late while its connection waited for the previous answer means the peer fell "
-            "behind the schedule for a moment (its latency, from the scheduled time, includes "
-            "the wait); one sent late by a free connection means the client's core did."]
-    for name, p in f["peers"].items():
-        if p["sent"] and p["late_sends"] > FIXED_RATE_LATE_SHARE * p["sent"]:
-            out.append(f"- **Caution:** {p['late_sends']} of {name}'s {p['sent']:,} requests "
-                       f"went out more than {f['late_ms']:g} ms after their scheduled time "
-                       f"({p['late_waiting_for_answer']} waiting for an answer, "
-                       f"{p['late_client']} by the client).")
-        if p["achieved_rate"]["min"] < 0.98 * f["rate"]:
-            out.append(f"- **Caution:** {name} was answered at {_fmt(p['achieved_rate']['min'])} "
-                       f"req/s in one run, short of the {_fmt(f['rate'])} offered.")
-    out += ["", "### Fixed-rate runs, in the order run", "",
-            "Per second of each run, the JSON has the requests sent, the slowest answer and the "
-            "late sends (`per_second`): a few seconds with late sends is a stall, every second "
-            "a peer (or client) short of the rate.", ""]
-    rows = []
-    for r in f["runs"]:
-        lat, c = r["latency_ms"], r["cache_counters"]
-        rows.append([
-            r["repetition"], r["peer"], _fmt(r["achieved_rate"]), r["sent"], r["responses"],
-            *(f"{lat[k]:.3f}" if lat[k] is not None else "n/a"
-              for k in ("p50", "p90", "p99", "p99.9", "max")),
-            r["late_sends"],
-            f"{sum(1 for n in r['per_second']['late_sends'] if n)} of "
-            f"{len(r['per_second']['late_sends'])}",
-            r["errors_total"], r["non_2xx"],
-            (f"{c['hits']:.0f}/{c['requests']:.0f}" if "requests" in c
-             else f"{c.get('hits', 0):.0f} hits" if c else "n/a"),
-            f"{r['cpu_busy_pct']['proxy_own']:.0f}% / {r['cpu_busy_pct']['client_own']:.0f}%",
-            f"{r['cpu_busy_pct']['proxy_core']:.0f}% / {r['cpu_busy_pct']['load_core']:.0f}%",
-        ])
-    out.append(markdown_table(
-        ["rep", "peer", "achieved req/s", "sent", "answered", "p50 ms", "p90 ms", "p99 ms",
-         "p99.9 ms", "max ms", "sent late", "seconds with a late send", "errors", "non-2xx",
-         "cache hits (peer's own counters, warm-up included)", "CPU used: peer / client",
-         "core busy: peer's / client's"], rows))
     return out
 
 
@@ -1156,14 +899,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-timeout", type=float, default=60.0,
                         help="before each timed run wait up to this many seconds for both cores "
                              "to be idle (other work on a shared machine); 0 = don't wait")
-    parser.add_argument("--no-fixed-rate", action="store_true",
-                        help="skip the latency at a fixed offered rate (bench/fixed_rate.c)")
-    parser.add_argument("--fixed-rate-rps", type=float, default=None,
-                        help="the rate offered to every peer in the fixed-rate runs (default: "
-                             f"{FIXED_RATE_SHARE:.0%} of the slowest peer's wrk median on "
-                             f"{HEADLINE})")
-    parser.add_argument("--fixed-rate-duration", type=int, default=None,
-                        help="measured seconds per fixed-rate run (default: --duration)")
     parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--keep-work", action="store_true",
                         help="keep the scratch directory (configs, logs) under bench/.work/runs")
@@ -1182,10 +917,7 @@ def main(argv: list[str] | None = None) -> int:
             stand_in_origin=args.stand_in_origin,
             quick=args.quick,
             quiet_timeout_s=args.quiet_timeout,
-            fixed_rate=not args.no_fixed_rate,
-            fixed_rate_rps=args.fixed_rate_rps,
         )
-        settings.fixed_rate_duration_s = args.fixed_rate_duration or settings.duration_s
         if not settings.peers:
             raise BenchError("--only selected no peer")
         output = args.output_dir or (WORK_DIR / "quick-results" if args.quick else RESULTS_DIR)

@@ -27,6 +27,7 @@ from bench import (  # noqa: E402
     fixed_rate,
     peers,
     readers_pool,
+    tail_latency,
     throughput,
 )
 
@@ -303,7 +304,12 @@ def test_fixed_rate_client_against_a_real_server() -> None:
         origin = peers.start_origin(work / "origin", stopper, stand_in=True, cpu=None)
         result = fixed_rate.run_fixed_rate(
             f"http://127.0.0.1:{origin.port}{throughput.BENCH_PATH}", 400, 1, 4,
-            warmup_s=0.5, cpus=None, pool_size=500)
+            warmup_s=0.5, cpus=None, pool_size=500, latencies_file=work / "latencies.bin")
+        numbers, latencies = fixed_rate.read_latencies(work / "latencies.bin")
+    # Every measured answer as a record: its request number (from the first measured one) and
+    # its latency, the same values the percentiles were taken from.
+    assert sorted(numbers.tolist()) == list(range(400))
+    assert abs(latencies.max() - result["latency_ms"]["max"]) < 1e-3
     assert result["scheduled"] == 400 and result["warmup_scheduled"] == 200
     assert result["responses"] == result["sent"] == result["scheduled"]
     assert result["warmup_responses"] == result["warmup_sent"] == 200
@@ -390,23 +396,29 @@ def test_fixed_rate_client_refuses_other_hosts(tmp_path: Path) -> None:
         fixed_rate.run_fixed_rate("http://127.0.0.1:9/", 10, 121, 1, cpus=None)
 
 
-def test_fixed_rate_offers_a_share_of_the_slowest_peer() -> None:
-    assert throughput.round_rate(27_528.4) == 27_000
-    assert throughput.round_rate(40_691) == 40_000
-    assert throughput.round_rate(1_234) == 1_200
-    settings = throughput.Settings(peers=["kalkan", "nginx", "varnish"])
-    samples = [{"cell": "readers/20k", "peer": peer, "requests_per_s": rps}
-               for peer, rps in (("kalkan", 72_000), ("kalkan", 70_000), ("kalkan", 80_000),
-                                 ("nginx", 58_000), ("varnish", 39_325), ("varnish", 41_000),
-                                 ("varnish", 30_000))]
-    samples.append({"cell": "readers/2k", "peer": "varnish", "requests_per_s": 1_000})
-    rate, basis = throughput.fixed_rate_plan(settings, samples)
-    assert rate == 27_000  # 0.7 x varnish's median (39,325), rounded down
+def test_tail_latency_offers_shares_of_the_slowest_server() -> None:
+    assert tail_latency.round_rate(27_528.4) == 27_000
+    assert tail_latency.round_rate(40_691) == 40_000
+    assert tail_latency.round_rate(1_234) == 1_200
+    rates, basis = tail_latency.plan_rates({"kalkan": 72_000, "nginx": 58_000,
+                                            "varnish": 39_325})
+    assert rates == [15_000, 27_000]  # 0.4 and 0.7 x varnish's 39,325, rounded down
     assert basis["basis_peer"] == "varnish"
-    settings.fixed_rate_rps = 12_345
-    assert throughput.fixed_rate_plan(settings, samples)[0] == 12_345
-    settings.fixed_rate_rps = None
-    assert throughput.fixed_rate_plan(settings, samples[-1:])[0] is None
+    with pytest.raises(common.BenchError, match="--rates"):
+        tail_latency.plan_rates({})
+
+
+def test_tail_latency_pools_runs_and_bounds_the_ratio() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    fast = [rng.exponential(0.05, 20_000) for _ in range(3)]
+    slow = [2 * run for run in fast]
+    assert abs(tail_latency.quantiles(np.concatenate(slow))["p99"]
+               - 2 * tail_latency.quantiles(np.concatenate(fast))["p99"]) < 1e-9
+    ratio = tail_latency.bootstrap_ratio(fast, slow, rounds=200)
+    assert 0.45 < ratio["low"] <= ratio["median"] <= ratio["high"] < 0.55
+    assert ratio["share_at_most_1"] == 1.0
 
 
 def test_load_args() -> None:
@@ -440,13 +452,16 @@ def _run(module: str, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick modes of bench.throughput, bench.defense_scale and bench.connection_memory,
-    shortened further, all writing into one directory (about 40 s together)."""
+    """The quick modes of bench.throughput, bench.tail_latency, bench.defense_scale and
+    bench.connection_memory, shortened further, all writing into one directory (about a
+    minute together)."""
     _tools_for_quick_runs()
     out = tmp_path_factory.mktemp("quick-results")
     _run("bench.throughput", "--quick", "--only", "kalkan,nginx", "--stand-in-origin",
          "--pages", "20k,200k", "--duration", "1", "--warmup", "0", "--objects", "20",
          "--quiet-timeout", "0", "--miss-requests", "5", "--output-dir", str(out))
+    _run("bench.tail_latency", "--quick", "--duration", "1", "--quiet-timeout", "0",
+         "--output-dir", str(out))
     _run("bench.defense_scale", "--quick", "--duration", "1", "--warmup", "0",
          "--quiet-timeout", "0", "--clients", "2000", "--output-dir", str(out))
     _run("bench.connection_memory", "--quick", "--connections", "200", "--pages", "60",
@@ -468,19 +483,32 @@ def test_throughput_quick_run_writes_results(quick_results: Path) -> None:
     for cell in data["results"].values():
         assert set(cell["peers"]) == {"kalkan", "nginx"}
         assert all(p["all_runs_clean"] and p["all_hits"] for p in cell["peers"].values())
-    assert set(data["targets"]) == {"kalkan_vs_nginx", "p99_vs_nginx", "p99_fixed_rate_vs_nginx"}
+    assert set(data["targets"]) == {"kalkan_vs_nginx", "p99_vs_nginx"}
     assert data["targets"]["kalkan_vs_nginx"]["target"] == 1.2
     assert data["targets"]["kalkan_vs_nginx"]["first_step"] == 1.0
     readers = [r for r in data["runs"] if r["load"] == "readers"]
     assert all("-s" in r["command"] and "readers.lua" in r["command"] for r in readers)
-    # The latency at a fixed rate: the same rate offered to both, every request answered.
-    fixed = data["fixed_rate"]
-    assert fixed["measured"] and set(fixed["peers"]) == {"kalkan", "nginx"}
-    assert {r["offered_rate"] for r in fixed["runs"]} == {fixed["rate"]}
-    assert all(r["clean"] and r["all_hits"] for r in fixed["runs"])
-    assert all(_ordered(r["latency_ms"]) for r in fixed["runs"])
-    assert "p99 at a fixed rate: Kalkan" in md
-    assert "## Latency at a fixed offered rate" in md
+    assert "bench/tail_latency.py measures the servers below saturation" in md
+
+
+@pytest.mark.slow
+def test_tail_latency_quick_run_pools_both_servers(quick_results: Path) -> None:
+    """The same rate offered to Kalkan and nginx, every request answered and pooled."""
+    for suffix in ("json", "md", "png"):
+        assert (quick_results / f"tail_latency.{suffix}").stat().st_size > 0
+    data = json.loads((quick_results / "tail_latency.json").read_text())
+    assert data["rates"] == [2000.0] and data["settings"]["quick"] is True
+    (entry,) = data["by_rate"]
+    assert set(entry["servers"]) == {"kalkan", "nginx"}
+    for server in entry["servers"].values():
+        assert server["requests"] == 2000 and server["errors"] == 0 and server["all_hits"]
+        assert _ordered({k: v for k, v in server["pooled_ms"].items() if k != "mean"})
+    assert {r["offered_rate"] for r in data["runs"]} == {2000.0}
+    kn = entry["kalkan_vs_nginx"]
+    assert kn["met"] == (kn["kalkan_p99_ms"] <= kn["nginx_p99_ms"]
+                         and kn["kalkan_run_p99_median_ms"] <= kn["nginx_run_p99_median_ms"])
+    assert kn["bootstrap"]["low"] <= kn["bootstrap"]["high"]
+    assert "## Verdict" in (quick_results / "tail_latency.md").read_text()
 
 
 @pytest.mark.slow
@@ -524,7 +552,8 @@ def test_readme_block_quotes_readers_first(quick_results: Path, tmp_path: Path) 
     assert text.index("Cache hits for readers") < text.index("identical requests")
     assert text.index("Cache hits for readers") < text.index("Defence at scale")
     assert "Memory" in text
-    assert "req/s offered to each server, p99" in text
+    assert text.index("Cache hits for readers") < text.index("Latency below saturation")
+    assert "Kalkan's pooled p99 is" in text
 
 
 @pytest.mark.slow
