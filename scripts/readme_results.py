@@ -110,7 +110,8 @@ def tail_latency(d: dict[str, Any]) -> list[str]:
         "median: "
         f"**{'met' if t['met'] else 'not met'}**. One run's p99 moves several-fold from the "
         "next one's on this shared machine (the last column), which is why the target is "
-        "judged on pooled runs, with the interval saying how sure that is.", ""]
+        "judged on many runs, pooled and by their median, with the interval saying how sure "
+        "the pooled ratio is; the results file's git history holds runs that disagree.", ""]
 
 
 def defense_scale(d: dict[str, Any]) -> list[str]:
