@@ -67,6 +67,7 @@ from bench.throughput import (
     BODY_SIZE,
     Cell,
     check_origin,
+    counter_delta,
     hit_run,
     measure_peer,
 )
@@ -151,20 +152,21 @@ def one_run(name: str, rate: float, origin: Origin, work: Path, stopper: Stopper
     """Start *name* fresh, fill its cache, offer it *rate* req/s (warm-up, then the measured
     seconds) and stop it; returns the client's summary and every latency in ms."""
     latencies = work / "latencies.bin"
-    wrk = WrkSettings(peers=[name], quiet_timeout_s=settings.quiet_timeout_s)
     proxy = start_proxy(name, origin.port, work, stopper, "throughput", SERVER_CPU)
     run = measure_peer(
-        proxy, Cell("readers", "20k"), wrk, stopper, f"serving {rate:,.0f} req/s",
+        proxy, Cell("readers", "20k"), settings.quiet_timeout_s, stopper,
+        f"serving {rate:,.0f} req/s",
         lambda url: run_fixed_rate(url, rate, settings.duration_s, settings.connections,
                                    warmup_s=settings.warmup_s, proxy_pid=proxy.proc.pid,
                                    latencies_file=latencies))
     result: dict[str, Any] = run.result
     _, ms = read_latencies(latencies)
     latencies.unlink()
-    hits = run.after.get("hits", 0) - run.before.get("hits", 0)
+    counters = counter_delta(run.before, run.after)
     result.update(peer=name, rate=rate, waited_for_quiet_s=round(run.waited_s, 1),
                   machine_was_quiet=run.quiet, clean=fixed_rate_clean(result),
-                  all_hits=hits >= result["sent"] + result["warmup_sent"])
+                  cache_counters=counters,
+                  all_hits=counters.get("hits", 0) >= result["sent"] + result["warmup_sent"])
     return result, ms.astype(np.float32)
 
 

@@ -287,7 +287,7 @@ def check_origin(origin: Origin, path: str = BENCH_PATH, size: int = BODY_SIZE
     return headers
 
 
-def _counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in ("requests", "hits", "misses") if k in after}
 
 
@@ -322,11 +322,12 @@ class Measured:
     quiet: bool
 
 
-def measure_peer(proxy: Proxy, cell: Cell, settings: Settings, stopper: Stopper, what: str,
+def measure_peer(proxy: Proxy, cell: Cell, quiet_timeout_s: float, stopper: Stopper, what: str,
                  measure: Callable[[str], Any],
                  warm: Callable[[str], Any] | None = None) -> Measured:
     """Around one measurement of *proxy* on *cell*'s URL: fill its cache (one request, then a
-    hit), `warm(url)` if given, wait for a quiet machine, `measure(url)`, read its counters on
+    hit), `warm(url)` if given, wait for a quiet machine (up to *quiet_timeout_s*; 0 = don't),
+    `measure(url)`, read its counters on
     either side, and stop it (nginx's counters come from its log, complete once it stopped)."""
     name = proxy.name
     with proxy.blame(what):
@@ -338,9 +339,8 @@ def measure_peer(proxy: Proxy, cell: Cell, settings: Settings, stopper: Stopper,
         warmup = warm(url) if warm is not None else None
         before = _settle_counters(proxy)
         waited, quiet = (0.0, True)
-        if settings.quiet_timeout_s:
-            waited, quiet = wait_until_quiet((LOAD_CPU, SERVER_CPU),
-                                             timeout_s=settings.quiet_timeout_s)
+        if quiet_timeout_s:
+            waited, quiet = wait_until_quiet((LOAD_CPU, SERVER_CPU), timeout_s=quiet_timeout_s)
         result = measure(url)
         if name != "nginx":
             after = _settle_counters(proxy)
@@ -358,7 +358,7 @@ def hit_run(name: str, cell: Cell, origin: Origin, workdir: Path, stopper: Stopp
     proxy = start_proxy(name, origin.port, workdir, stopper, "throughput", SERVER_CPU)
     extra, script = load_args(cell.load)
     run = measure_peer(
-        proxy, cell, settings, stopper, f"serving the {cell.key} cache-hit run",
+        proxy, cell, settings.quiet_timeout_s, stopper, f"serving the {cell.key} cache-hit run",
         lambda url: run_wrk(url, settings.duration_s, settings.connections, proxy.proc.pid,
                             extra, script),
         (lambda url: run_wrk(url, settings.warmup_s, settings.connections, None, extra, script))
@@ -372,7 +372,7 @@ def hit_run(name: str, cell: Cell, origin: Origin, workdir: Path, stopper: Stopp
         warmup_requests=run.warmup.requests if run.warmup else 0,
         waited_for_quiet_s=round(run.waited_s, 1),
         machine_was_quiet=run.quiet,
-        cache_counters=_counter_delta(run.before, run.after),
+        cache_counters=counter_delta(run.before, run.after),
         access_log_lines=_log_lines(proxy),
     )
     if name == "kalkan":
@@ -440,9 +440,9 @@ def memory_per_object(proxy: Proxy, objects: int) -> dict[str, Any]:
         "after_kib": after,
         "rss_bytes_per_object": (after["rss_kib"] - before["rss_kib"]) * 1024 / objects,
         "pss_bytes_per_object": (after["pss_kib"] - before["pss_kib"]) * 1024 / objects,
-        "fill_counters": _counter_delta(counters_before, counters_filled),
+        "fill_counters": counter_delta(counters_before, counters_filled),
         "reread_requests": len(sample),
-        "reread_counters": _counter_delta(counters_filled, counters_reread),
+        "reread_counters": counter_delta(counters_filled, counters_reread),
         "peer_cache_gauges": {k: v for k, v in counters_filled.items()
                               if k.startswith("kalkan_cache_")},
     }

@@ -41,8 +41,6 @@ def throughput(d: dict[str, Any]) -> list[str]:
             verdicts.append(f"wrk's p99 {t['kalkan_p99_ms']:.2f} ms vs nginx "
                             f"{t['nginx_p99_ms']:.2f} ms (at saturation; the p99 target is "
                             "judged below saturation, next paragraph)")
-        elif key == "p99_fixed_rate_vs_nginx":
-            continue  # results from before bench/tail_latency.py took this measurement over
         else:
             peer = "nginx proxy_cache" if key.endswith("nginx") else "Varnish"
             verdicts.append(f"Kalkan / {peer}: **{t['ratio']:.2f}x** (target {t['target']:.1f}x: "
