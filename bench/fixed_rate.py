@@ -96,7 +96,7 @@ def clean(result: dict[str, Any]) -> bool:
                 and result["scheduled"] == result["sent"] == result["responses"])
 
 
-def run_fixed_rate(url: str, rate: float, duration_s: float, connections: int, *,
+def run_fixed_rate(url: str, rate: float | None, duration_s: float, connections: int, *,
                    warmup_s: float = 0.0, proxy_pid: int | None = None,
                    cpus: int | str | None = LOAD_CPU, pool_size: int = POOL_SIZE,
                    requests_file: Path | None = None, late_ms: float = LATE_MS,
@@ -104,7 +104,9 @@ def run_fixed_rate(url: str, rate: float, duration_s: float, connections: int, *
                    latencies_file: Path | None = None) -> dict[str, Any]:
     """Offer *rate* requests/s of the readers load to *url* for *warmup_s* (not recorded) plus
     *duration_s* seconds over *connections* keep-alive connections; returns the client's JSON
-    (see bench/fixed_rate.c) plus ``command`` and ``cpu_busy_pct``.
+    (see bench/fixed_rate.c) plus ``command`` and ``cpu_busy_pct``. *rate* None runs the client
+    as a closed loop (``--closed``: each connection sends again when its answer is in), which
+    measures capacity: its ``achieved_rate`` is the answers completed per measured second.
 
     The client runs pinned to *cpus* (``taskset``) and is killed if it outlives its schedule
     by more than the answer timeout plus 30 s. *requests_file* overrides the readers heads
@@ -129,7 +131,8 @@ def run_fixed_rate(url: str, rate: float, duration_s: float, connections: int, *
         requests = requests_file or write_pool(Path(scratch) / "requests.http", path,
                                                parts.netloc, pool_size)
         argv = [*taskset(cpus), str(exe), "--host", host, "--port", str(port),
-                "--requests", str(requests), "--rate", f"{rate:g}",
+                "--requests", str(requests),
+                *(["--closed"] if rate is None else ["--rate", f"{rate:g}"]),
                 "--duration", f"{duration_s:g}", "--connections", str(connections),
                 "--warmup", f"{warmup_s:g}", "--timeout", f"{answer_timeout_s:g}",
                 "--late-ms", f"{late_ms:g}"]
@@ -183,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fixed_rate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", help="http://127.0.0.1:PORT/PATH (loopback only)")
-    parser.add_argument("--rate", type=float, required=True, help="requests per second")
+    pace = parser.add_mutually_exclusive_group(required=True)
+    pace.add_argument("--rate", type=float, help="requests per second")
+    pace.add_argument("--closed", action="store_true",
+                      help="closed loop: each connection sends again when its answer is in")
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds (5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds first (1)")
     parser.add_argument("--connections", type=int, default=64, help="connections (64)")

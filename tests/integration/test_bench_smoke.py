@@ -326,6 +326,42 @@ def test_fixed_rate_client_against_a_real_server() -> None:
     assert "--rate 400" in result["command"]
 
 
+def test_closed_loop_client_against_a_real_server() -> None:
+    """``--closed``: every connection sends again as soon as its answer is in, for the warm-up
+    plus the duration; every request sent is answered, the rate counts the answers completed in
+    the measured second, and the schedule's fields stay empty."""
+    _fixed_rate_binary()
+    with common.Stopper() as stopper, common.scratch_dir("smoke-closed-loop") as work:
+        origin = peers.start_origin(work / "origin", stopper, stand_in=True, cpu=None)
+        result = fixed_rate.run_fixed_rate(
+            f"http://127.0.0.1:{origin.port}{throughput.BENCH_PATH}", None, 1, 4,
+            warmup_s=0.3, cpus=None, pool_size=500)
+    assert "--closed" in result["command"] and "--rate" not in result["command"]
+    assert result["offered_rate"] is None and result["schedule"].startswith("closed loop")
+    assert fixed_rate.clean(result)
+    assert result["responses"] == result["sent"] > 100
+    assert result["warmup_responses"] == result["warmup_sent"] > 0
+    assert result["status"]["2xx"] == result["responses"] + result["warmup_responses"]
+    # The measured second's answers: at most those sent in it plus the 4 in flight at its start.
+    assert 0.5 * result["responses"] < result["achieved_rate"] <= result["responses"] + 4
+    assert _ordered(result["latency_ms"])
+    assert result["late_sends"] == 0 and result["send_lag_ms"]["p50"] is None
+    assert sum(result["per_second"]["sent"]) == result["sent"]
+
+
+def test_closed_loop_client_refuses_a_rate_and_latency_records(tmp_path: Path) -> None:
+    exe = _fixed_rate_binary()
+    heads = tmp_path / "heads.http"
+    heads.write_bytes(b"GET /?n=######### HTTP/1.1\r\nHost: x\r\n\r\n")
+    base = [str(exe), "--host", "127.0.0.1", "--port", "9", "--requests", str(heads),
+            "--duration", "1", "--connections", "1", "--closed"]
+    both = subprocess.run([*base, "--rate", "10"], capture_output=True, text=True, check=False)
+    assert both.returncode == 2 and "usage" in both.stderr
+    records = subprocess.run([*base, "--latencies", str(tmp_path / "x")], capture_output=True,
+                             text=True, check=False)
+    assert records.returncode == 2 and "not with --closed" in records.stderr
+
+
 async def test_fixed_rate_client_reads_every_framing_and_sends_distinct_heads(
         tmp_path: Path) -> None:
     """Answers with a length, chunked (extensions, trailers), after a 100 Continue, with
@@ -489,6 +525,18 @@ def test_throughput_quick_run_writes_results(quick_results: Path) -> None:
     readers = [r for r in data["runs"] if r["load"] == "readers"]
     assert all("-s" in r["command"] and "readers.lua" in r["command"] for r in readers)
     assert "bench/tail_latency.py measures the servers below saturation" in md
+    # The headline's capacity runs with the closed-loop client: the targets are judged on them,
+    # wrk's ratio reported beside.
+    capacity = data["capacity"]
+    assert capacity["cell"] == "readers/20k" and set(capacity["peers"]) == {"kalkan", "nginx"}
+    assert all(p["all_runs_clean"] and p["all_hits"] for p in capacity["peers"].values())
+    assert all("--closed" in r["command"] for r in data["capacity_runs"])
+    target = data["targets"]["kalkan_vs_nginx"]
+    assert target["measured_by"] == throughput.LEAN_CLIENT
+    assert target["ratio"] == capacity["ratios"]["kalkan_vs_nginx"]["ratio"]
+    assert target["wrk_ratio"] == data["results"]["readers/20k"]["ratios"]["kalkan_vs_nginx"][
+        "ratio"]
+    assert md.index("## Capacity") < md.index("## Readers")
 
 
 @pytest.mark.slow
