@@ -28,6 +28,7 @@ COMPILED = [
     "src/kalkan/observe/record.py",
     "src/kalkan/observe/talkers.py",
     "src/kalkan/addresses.py",
+    "src/kalkan/memo.py",
     "src/kalkan/edge/client_address.py",
     "src/kalkan/defense/verdict.py",
     "src/kalkan/defense/facts.py",

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from e2e.chromium import browser_fixture, needs_chromium  # noqa: F401
+from e2e.chromium import browser_fixture, needs_chromium, playwright_api  # noqa: F401
 from kalkan.pages import KINDS, LANGUAGES
 from kalkan.pages.texts import TEXTS
 from support import EdgeFactory, Origin, fetch, port_of
@@ -118,9 +118,20 @@ class Visit:
         logo = page.locator("header.site img")
         assert await logo.get_attribute("src") and (
             await logo.get_attribute("src")).startswith("/.kalkan/logo")
-        await page.wait_for_function(
-            "() => { const i = document.querySelector('header.site img');"
-            " return i && i.complete && i.naturalWidth === 24 }")
+        try:
+            await page.wait_for_function(
+                "() => { const i = document.querySelector('header.site img');"
+                " return i && i.complete && i.naturalWidth === 24 }", timeout=20_000)
+        except playwright_api.TimeoutError:
+            # Seen once on a slow CI machine (the challenge page, its worker busy hashing):
+            # say what the image and the requests were, so the next time names the cause.
+            state = await page.evaluate(
+                "() => { const i = document.querySelector('header.site img');"
+                " return i && {src: i.src, complete: i.complete, width: i.naturalWidth} }")
+            logos = [u for u in self.seen if "/.kalkan/logo" in u]
+            raise AssertionError(f"{kind} page ({self.lang}): the logo did not load in 20 s: "
+                                 f"{state}; logo requests {logos}; last requests "
+                                 f"{self.seen[-6:]}") from None
         assert (await page.evaluate("document.documentElement.lang")) == self.lang
         name = f"{shot or kind}.{self.lang}.png"
         await page.screenshot(path=str(self.shots / name))

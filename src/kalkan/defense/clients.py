@@ -46,6 +46,7 @@ from kalkan.defense.rows import (
     meter,
     probe,
 )
+from kalkan.memo import remember
 
 ADDRESS, PREFIX = "address", "prefix"
 PER = (ADDRESS, PREFIX)
@@ -411,13 +412,10 @@ class ClientTable:
         ip = facts.ip
         key = ((ip >> self._shift4) | _PREFIX_V4_TAG) if facts.version == 4 else ip >> self._shift6
         # Remembered by prefix number: a prefix holds many clients, and a lookup by int costs a
-        # seventh of the keyed hash. (Bounded: a botnet from many prefixes only clears it.)
-        memo = self._prefix_fps
-        fp = memo.get(key, 0)
+        # seventh of the keyed hash. (Bounded: a botnet from many prefixes only cycles it.)
+        fp = self._prefix_fps.get(key, 0)
         if fp == 0:
-            if len(memo) >= _PREFIX_FP_MEMO:
-                memo.clear()
-            fp = memo[key] = self._keyed(key)
+            fp = remember(self._prefix_fps, key, self._keyed(key), _PREFIX_FP_MEMO)
         return fp
 
     def _forget(self) -> None:

@@ -53,6 +53,7 @@ from kalkan.defense.rows import SHARED, UA_CHANGES, WIDTH, N, contains
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.score import BehaviourModel, ModelError
 from kalkan.defense.verdict import ALLOWED, KNOWN, SUSPECT, UNKNOWN, Action, RequestView, Verdict
+from kalkan.memo import remember
 from kalkan.pages import Pages
 
 if TYPE_CHECKING:
@@ -643,9 +644,7 @@ class Defense:
         key = f"{facts.client} {facts.user_agent}"
         if now - last.get(key, 0.0) < _REFERRED_EVERY or not self._referred_misses.take(now):
             return False
-        if len(last) >= _PASS_BUDGETS:
-            last.clear()
-        last[key] = now
+        remember(last, key, now, _PASS_BUDGETS)
         return True
 
     def _first_seen(self, facts: RequestFacts, now: float) -> int:
@@ -664,9 +663,8 @@ class Defense:
         budgets = self._pass_misses
         bucket = budgets.get(pass_.id)
         if bucket is None:
-            if len(budgets) >= _PASS_BUDGETS:
-                budgets.clear()
-            bucket = budgets[pass_.id] = Bucket(_PASS_MISSES_PER_S, _PASS_MISSES_BURST)
+            bucket = remember(budgets, pass_.id, Bucket(_PASS_MISSES_PER_S, _PASS_MISSES_BURST),
+                              _PASS_BUDGETS)
         return bucket.take(now)
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
@@ -680,11 +678,10 @@ class Defense:
         bytes keys on it."""
         key = (action, decision, status, lang)
         verdict = self._verdicts.get(key)
-        if verdict is None:
-            if len(self._verdicts) >= _MEMO_LIMIT:
-                self._verdicts.clear()  # operators' reasons are free text: stay bounded
-            verdict = Verdict(action, decision, has_pass, status, headers, body)
-            self._verdicts[key] = verdict
+        if verdict is None:  # bounded: operators' reasons are free text
+            verdict = remember(self._verdicts, key,
+                               Verdict(action, decision, has_pass, status, headers, body),
+                               _MEMO_LIMIT)
         return verdict
 
     def _allowed(self, decision: str, has_pass: bool) -> Verdict:

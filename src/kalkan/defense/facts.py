@@ -13,6 +13,7 @@ from typing import Final
 from urllib.parse import unquote, unquote_plus
 
 from kalkan.addresses import parse_ip, prefix_text
+from kalkan.memo import remember
 
 # Route classes: the kinds of request the policy and the rate counters tell apart. (Final, as
 # the names below: compiled code, here and where they are imported, uses the constants instead
@@ -91,10 +92,7 @@ class RouteClassifier:
             if pattern.match(npath):
                 cls = c
                 break
-        if len(self._memo) > 16384:
-            self._memo.clear()  # random paths in a flood must not grow this
-        known = self._memo[path] = (npath, cls)
-        return known
+        return remember(self._memo, path, (npath, cls), 16384)  # bounded: random paths
 
 
 def _needs_normalizing(path: str) -> bool:
@@ -245,10 +243,8 @@ class AddressFacts:
         key = ip >> self._v4_shift if version == 4 else (ip >> self._v6_shift) | _V6_KEY
         prefix = self._prefixes.get(key, "")
         if not prefix:
-            if len(self._prefixes) >= _PREFIX_MEMO:
-                self._prefixes.clear()  # a botnet from many networks must not grow this
-            prefix = self._prefixes[key] = prefix_text(
-                version, ip, self.prefix_v4 if version == 4 else self.prefix_v6)
+            prefix = remember(self._prefixes, key, prefix_text(  # bounded: botnets' networks
+                version, ip, self.prefix_v4 if version == 4 else self.prefix_v6), _PREFIX_MEMO)
         return ip, version, prefix
 
 

@@ -21,6 +21,7 @@ import yaml
 from kalkan.addresses import AddressSet, parse_network
 from kalkan.defense.clients import ADDRESS, PER, ClientTable, Meter
 from kalkan.defense.facts import DEFAULT_ROUTES, ROUTE_CLASSES, RequestFacts, RouteClassifier
+from kalkan.memo import remember
 from kalkan.units import parse_duration
 
 ALLOW, CHALLENGE, BLOCK, TARPIT, LOG = "allow", "challenge", "block", "tarpit", "log"
@@ -270,10 +271,7 @@ class Crawlers:
             m = self._combined.search(user_agent)
             if m is not None:
                 found = self._group_names[m.lastgroup or ""]
-        if len(self.memo) >= 4096:
-            self.memo.clear()            # random user agents in a flood must not grow this
-        self.memo[user_agent] = found
-        return found
+        return remember(self.memo, user_agent, found, 4096)  # bounded: random user agents
 
     def verified(self, user_agent: str, version: int, ip: int) -> str | None:
         """The crawler this request claims to be, if its address is in that crawler's ranges."""
@@ -538,9 +536,7 @@ class _Compiler:
             path = f.path
             known = memo.get(path)
             if known is None:
-                if len(memo) >= _PATH_MEMO:
-                    memo.clear()
-                known = memo[path] = gs.match(path)
+                known = remember(memo, path, gs.match(path), _PATH_MEMO)
             return known
         return check
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from kalkan.addresses import AddressSet, parse_ip
+from kalkan.memo import remember
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_MAX = 107  # the spec's longest v1 line, CRLF included
@@ -130,9 +131,8 @@ class TrustedProxies:
     def trusts(self, address: str) -> bool:
         known = self._peers.get(address)
         if known is None:
-            if len(self._peers) >= 1024:
-                self._peers.clear()  # any client can connect: keep the memo bounded
-            known = self._peers[address] = self.networks.contains_text(address)
+            # any client can connect: the memo is bounded
+            known = remember(self._peers, address, self.networks.contains_text(address), 1024)
         return known
 
     def client_from_xff(self, peer: str, xff: str | None) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Final
 
 from kalkan.edge.request import Request
+from kalkan.memo import remember
 
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 
@@ -62,10 +63,7 @@ def canonical_host(value: bytes) -> tuple[str, int | None]:
         if not digits.isdigit() or len(digits) > 5 or not 0 < int(digits) < 65536:
             raise BadRequest(400, "Invalid port in the Host header.")
         port = int(digits)
-    if len(_HOSTS) >= 1024:
-        _HOSTS.clear()
-    _HOSTS[value] = result = (name, port)
-    return result
+    return remember(_HOSTS, value, (name, port), 1024)
 
 
 # -- noting fields as the parser hands them over --------------------------------------------
@@ -308,10 +306,8 @@ def parse_target(req: Request, target: bytes) -> None:
         req.path, req.query = known
     elif target[:1] == b"/" and target.find(b"#") < 0:
         path, _, query = target.partition(b"?")
-        req.path, req.query = split = (path.decode("latin-1"), query.decode("latin-1"))
-        if len(_TARGETS) >= 1024:
-            _TARGETS.clear()  # random URLs in a flood must not grow this
-        _TARGETS[target] = split
+        req.path, req.query = remember(  # random URLs in a flood must not grow it
+            _TARGETS, target, (path.decode("latin-1"), query.decode("latin-1")), 1024)
     elif target == b"*" and req.method == "OPTIONS":
         req.path = "*"
     else:

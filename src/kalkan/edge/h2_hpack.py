@@ -10,6 +10,8 @@ from hpack import Encoder
 from hpack.hpack import INDEX_NONE
 from hpack.table import HeaderTable
 
+from kalkan.memo import remember
+
 # Field lists → their encoded block; bounded in count, and only small blocks are kept.
 _BLOCKS: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
 _MEMO_COUNT = 256
@@ -28,9 +30,7 @@ class BlockEncoder(Encoder):
         if block is None:
             block = self._stateless(key, huffman)
             if len(block) <= _MEMO_BLOCK:
-                if len(_BLOCKS) >= _MEMO_COUNT:
-                    _BLOCKS.clear()
-                _BLOCKS[key] = block
+                remember(_BLOCKS, key, block, _MEMO_COUNT)
         if self.header_table.resized:
             # The client changed HEADER_TABLE_SIZE: the next block must say we saw it (RFC
             # 7541 §4.2), though we keep nothing in that table.

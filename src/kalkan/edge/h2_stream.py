@@ -15,6 +15,7 @@ from typing import Protocol
 from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.request import Request
+from kalkan.memo import remember
 
 __all__ = ["DRAIN_MARK", "Http2Stream", "StreamOutput"]
 
@@ -128,9 +129,7 @@ class Http2Stream:
         if parsed is None:
             parsed = _parse_head(head)
             if len(head) <= 4096:  # bounded: at most 256 × 4 KiB
-                if len(_HEADS) >= 256:
-                    _HEADS.clear()
-                _HEADS[head] = parsed
+                remember(_HEADS, head, parsed, 256)
         status, fields, length, chunked = parsed
         if self.req.method == "HEAD" or status in (204, 304):
             self._mode = _NONE

@@ -8,6 +8,7 @@ from http import HTTPStatus
 
 from kalkan.defense.verdict import REFUSALS, Verdict
 from kalkan.edge.httpdate import format_http_date
+from kalkan.memo import remember
 
 Header = tuple[bytes, bytes]
 
@@ -97,7 +98,5 @@ class VerdictWriter:
             return memo[1]
         data = write_response(verdict.status, verdict.headers, verdict.body, now,
                               keep_alive=keep_alive, head_only=head_only)
-        if len(self._memo) >= self._LIMIT:
-            self._memo.clear()
-        self._memo[key] = (second, data)
+        remember(self._memo, key, (second, data), self._LIMIT)
         return data

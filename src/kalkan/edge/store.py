@@ -31,6 +31,7 @@ from pathlib import Path
 
 from kalkan.edge.cache_policy import StaleRules
 from kalkan.edge.responses import serialize_head, status_line
+from kalkan.memo import remember
 
 log = logging.getLogger("kalkan.store")
 
@@ -53,9 +54,7 @@ def _shared_stale_rules(rules: StaleRules | None) -> StaleRules:
     rules = rules or StaleRules()
     shared = _STALE_RULES.get(rules)
     if shared is None:
-        if len(_STALE_RULES) >= 256:
-            _STALE_RULES.clear()
-        shared = _STALE_RULES[rules] = rules
+        shared = remember(_STALE_RULES, rules, rules, 256)
     return shared
 
 

@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
+from kalkan.memo import remember
 from kalkan.observe.pseudonym import pseudonymize
 
 # Entries in each memo of line parts (a news site's readers ask for a few hundred pages at a time;
 # a flood of random URLs only clears them).
 _MEMO_LIMIT: Final = 1024
+_CLIENTS_KEPT: Final = 8192  # formatted client addresses and decisions remembered
 
 
 def _js(value: str) -> str:
@@ -169,18 +171,16 @@ class AccessLog:
             # the line is formatted once per page and answer.
             answer = (method, host, path, query, status, size, cache)
             middle = self._answers.get(answer)
-            if middle is None:
-                if len(self._answers) >= _MEMO_LIMIT:
-                    self._answers.clear()  # random URLs in a flood must not grow this
-                middle = self._answers[answer] = self._middle(
-                    self.fragment(method, host, path, query), status, size, cache, "null")
+            if middle is None:  # bounded: random URLs in a flood
+                middle = remember(self._answers, answer, self._middle(
+                    self.fragment(method, host, path, query), status, size, cache, "null"),
+                    _MEMO_LIMIT)
         else:
             key = (method, host, path, query)
             fragment = self._fragments.get(key)
             if fragment is None:
-                if len(self._fragments) >= _MEMO_LIMIT:
-                    self._fragments.clear()
-                fragment = self._fragments[key] = self.fragment(method, host, path, query)
+                fragment = remember(self._fragments, key,
+                                    self.fragment(method, host, path, query), _MEMO_LIMIT)
             middle = self._middle(fragment, status, size, cache, _decimals(origin_ms, 1))
         self._line(now, client, middle, total_ms, decision, reason, "", user_agent, referer)
 
@@ -196,9 +196,8 @@ class AccessLog:
             key = (request, status, size, cache)
             middle = self._middles.get(key)
             if middle is None:
-                if len(self._middles) >= _MEMO_LIMIT:
-                    self._middles.clear()
-                middle = self._middles[key] = self._middle(request, status, size, cache, "null")
+                middle = remember(self._middles, key,
+                                  self._middle(request, status, size, cache, "null"), _MEMO_LIMIT)
         else:
             middle = self._middle(request, status, size, cache, _decimals(origin_ms, 1))
         self._line(now, client, middle, total_ms, decision, reason, agent, None, None)
@@ -207,19 +206,16 @@ class AccessLog:
               reason: str, agent: str, user_agent: bytes | None, referer: bytes | None) -> None:
         clients = self._clients
         client_js = clients.get(client)
-        if client_js is None:
-            if len(clients) > 8192:
-                clients.clear()  # addresses of a botnet must not grow this
+        if client_js is None:  # bounded: a botnet's addresses
             secret = self.pseudonym_key
             # Once per client while it is remembered: an HMAC costs a couple of microseconds.
-            client_js = clients[client] = \
-                'Z","client":' + _js(pseudonymize(client, secret) if secret else client) + ","
+            client_js = remember(clients, client, 'Z","client":' + _js(
+                pseudonymize(client, secret) if secret else client) + ",", _CLIENTS_KEPT)
         decisions = self._decisions
         decision_js = decisions.get(decision)
-        if decision_js is None:
-            if len(decisions) > 8192:
-                decisions.clear()  # refusals carry details: bounded too
-            decision_js = decisions[decision] = ',"decision":' + _js(decision)
+        if decision_js is None:  # bounded: refusals carry details
+            decision_js = remember(decisions, decision, ',"decision":' + _js(decision),
+                                   _CLIENTS_KEPT)
         second = int(now)
         stamp = self._stamp if second == self._second else self._time(now)
         ms = _DIGITS3[int((now - second) * 1000.0)]

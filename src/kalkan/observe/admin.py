@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from kalkan.config import is_loopback_host
+from kalkan.memo import remember
 from kalkan.observe import dashboard
 from kalkan.observe.metrics import Metrics
 
@@ -79,9 +80,8 @@ class WrongGuesses:
         count, start = self._by_address.get(address, (0, now))
         if now - start >= self.window:
             count, start = 0, now
-        if len(self._by_address) >= 4096:
-            self._by_address.clear()  # bounded: many addresses guessing start afresh
-        self._by_address[address] = (count + 1, start)
+        # bounded: past 4,096 guessing addresses the oldest start afresh
+        remember(self._by_address, address, (count + 1, start), 4096)
 
 
 class AdminError(Exception):

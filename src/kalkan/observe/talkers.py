@@ -12,6 +12,8 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
+from kalkan.memo import remember
+
 
 @dataclass(frozen=True, slots=True)
 class Talker:
@@ -154,10 +156,8 @@ class Talkers:
         """One sampled answered request (the recorder calls this for every `every`-th)."""
         self.addresses.add(client[:_MAX_KEY], weight)
         net = self._nets.get(client)
-        if net is None:
-            if len(self._nets) >= 4096:
-                self._nets.clear()  # a botnet's addresses must not grow this
-            net = self._nets[client] = prefix_of(client, self._v4, self._v6)
+        if net is None:  # bounded: a botnet's addresses
+            net = remember(self._nets, client, prefix_of(client, self._v4, self._v6), 4096)
         self.prefixes.add(net, weight)
         self.paths.add(path[:_MAX_KEY], weight)
 

@@ -42,6 +42,7 @@ from kalkan.defense.challenge.tokens import (
     verify_ticket,
 )
 from kalkan.defense.facts import CHALLENGE_PREFIX, RequestFacts
+from kalkan.memo import remember
 from kalkan.pages import LOGO_PATH, Pages
 
 __all__ = ["ChallengeResponse", "Challenges", "KeyRing", "Pass", "difficulty_for",
@@ -136,9 +137,7 @@ class Challenges:
             return None
         found = self._verify(value, facts.prefix, facts.user_agent, now)
         if found is not None:
-            if len(self._memo) >= self._memo_size:
-                self._memo.clear()
-            self._memo[memo_key] = found
+            remember(self._memo, memo_key, found, self._memo_size)
         return found
 
     def _verify(self, value: bytes, prefix: str, user_agent: str, now: float) -> Pass | None:
