@@ -1,37 +1,66 @@
-"""Bounded memos: plain dicts kept under a fixed size by evicting their oldest entries a few at
-a time. One helper for every memo whose keys a client or an origin chooses (Host values, paths,
+"""Bounded memos: a dict kept under a fixed size by evicting its oldest entry as each new one
+arrives. One type for every memo whose keys a client or an origin chooses (Host values, paths,
 User-Agents, addresses, response heads), so none can grow without bound or stall the loop."""
 
 from __future__ import annotations
 
-from itertools import islice
-from typing import TypeVar
+from collections import deque
+from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-EVICT_SHARE = 8
-"""A full memo drops its oldest 1/EVICT_SHARE entries to make room."""
 
+class Memo(Generic[K, V]):
+    """At most `limit` entries; the oldest goes when a new key arrives (first in, first out).
 
-def remember(memo: dict[K, V], key: K, value: V, limit: int) -> V:
-    """``memo[key] = value`` and return *value*, first making room if *memo* already holds
-    *limit* entries and *key* is new: its oldest entries go (dicts keep insertion order).
-
-    Why not ``clear()`` when full, as these memos used to: a flood of distinct keys then drops
-    every hot entry at once, so every reader's next request pays the slow path together (a
-    burst, e.g. the crawler regex for each User-Agent), and freeing thousands of entries in one
-    go is a stall of its own. Evicting an eighth keeps the most recent seven eighths and costs
-    a constant amount per insert. The memo stays a plain dict, so lookups (``memo.get``) keep
-    the fast path, in compiled code too.
+    Lookups read `table` (a plain dict: the fast path, in compiled code too); new entries go
+    through `put`. Why not clear the dict when full, as these memos used to: a flood of
+    distinct keys then drops every hot entry at once, so every reader's next request pays the
+    slow path together (e.g. the crawler regex for each User-Agent), and freeing thousands of
+    entries in one go is a stall of its own. Why a queue of keys beside the dict rather than the
+    dict's own order: finding a dict's oldest key walks over the slots of every key deleted
+    before it (until the dict next resizes), which measured thousands of instructions per new
+    key under a flood of distinct ones; the queue gives the oldest key at once.
     """
-    if len(memo) >= limit and key not in memo:
-        evict_oldest(memo, max(1, limit // EVICT_SHARE, len(memo) - limit + 1))
-    memo[key] = value
-    return value
 
+    __slots__ = ("table", "order", "limit")
 
-def evict_oldest(memo: dict[K, V], count: int) -> None:
-    """Drop the *count* entries *memo* has held longest."""
-    for key in list(islice(memo, count)):
-        del memo[key]
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a memo holds at least one entry")
+        self.table: dict[K, V] = {}
+        self.order: deque[K] = deque()  # keys as they arrived (may hold discarded ones)
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def get(self, key: K) -> V | None:
+        return self.table.get(key)
+
+    def put(self, key: K, value: V) -> V:
+        """Remember `value` for `key` and return it, evicting the oldest entry if full."""
+        table = self.table
+        if key not in table:
+            order = self.order
+            if len(table) >= self.limit:
+                while order:
+                    old = order.popleft()
+                    if old in table:  # (not a key discarded since)
+                        del table[old]
+                        break
+            order.append(key)
+            if len(order) > 2 * self.limit:  # discarded keys piled up: start the queue afresh
+                self.order = deque(table)
+                self.order.append(key)
+        table[key] = value
+        return value
+
+    def discard(self, key: K) -> None:
+        """Forget one entry (its key leaves the queue when it comes up)."""
+        self.table.pop(key, None)
+
+    def clear(self) -> None:
+        self.table.clear()
+        self.order.clear()

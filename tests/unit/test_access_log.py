@@ -4,6 +4,7 @@ query, User-Agent and Referer only when sent, and escapes whatever a client put 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from kalkan.observe.access_log import AccessLog
@@ -163,3 +164,32 @@ def test_lines_are_byte_identical_to_the_pinned_ones(tmp_path: Path) -> None:
                        "HIT", None, 12.345, "allow", "", AccessLog.agent(b"ua", b"ref"))
     log.close()
     assert (tmp_path / "a.log").read_bytes().splitlines() == PINNED
+
+
+def test_a_full_batch_is_written_after_the_turn_when_deferred(tmp_path: Path) -> None:
+    """With `defer` (the edge's loop.call_soon) the 64th line schedules the write instead of
+    making its own request wait for it; a batch that keeps growing before the write runs is
+    written at once (memory stays bounded)."""
+    path = tmp_path / "a.log"
+    log = AccessLog(str(path))
+    scheduled: list[Callable[[], None]] = []
+    log.defer = scheduled.append
+
+    def write(n: int) -> None:
+        for i in range(n):
+            log.write(NOW, "192.0.2.1", "GET", "h", f"/{i}", "", 200, 10, "HIT", None, 0.1,
+                      "allow")
+
+    write(64)
+    assert path.read_text() == "" and len(scheduled) == 1  # scheduled, not written
+    write(100)
+    assert len(scheduled) == 1  # one write is due: not scheduled again
+    scheduled.pop()()
+    assert len(lines(path)) == 164
+    write(63)
+    assert scheduled == [] and len(lines(path)) == 164  # under a batch: nothing due yet
+    write(1 + 4 * 64)  # the deferred write never ran: written at 256 pending lines
+    assert len(scheduled) == 1 and len(lines(path)) == 164 + 256
+    scheduled.pop()()  # nothing left to write: a no-op
+    log.close()
+    assert len(lines(path)) == 164 + 64 + 256

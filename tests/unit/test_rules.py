@@ -802,7 +802,7 @@ def test_plain_paths_take_the_memo_without_normalizing(path: str) -> None:
     classifier = Policy.default().classifier
     route, normalized = classifier.classify_target("GET", path, "")
     assert normalized is path                      # not rebuilt: the fast path
-    assert classifier._memo[path] == (path, route)
+    assert classifier._memo.table[path] == (path, route)
 
 
 @pytest.mark.parametrize(("path", "query", "limit", "first_block"), [

@@ -46,7 +46,7 @@ from kalkan.defense.rows import (
     meter,
     probe,
 )
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 ADDRESS, PREFIX = "address", "prefix"
 PER = (ADDRESS, PREFIX)
@@ -338,7 +338,7 @@ class ClientTable:
         self.counted = 0          # requests counted since start (not those credited)
         self._shared_upto = 0     # `counted` when `counts_to_share` last looked
         self._crediting = False   # inside `credit`: counts that came from elsewhere
-        self._prefix_fps: dict[int, int] = {}   # prefix number -> fingerprint (bounded)
+        self._prefix_fps: Memo[int, int] = Memo(_PREFIX_FP_MEMO)  # prefix number -> fingerprint
         # What the latest hit() found: its request, address, address slot and prefix slot (or
         # _UNRESOLVED). Fields, not a tuple: a tuple made per request cost more than reading it.
         self._last_facts: RequestFacts | None = None
@@ -413,9 +413,9 @@ class ClientTable:
         key = ((ip >> self._shift4) | _PREFIX_V4_TAG) if facts.version == 4 else ip >> self._shift6
         # Remembered by prefix number: a prefix holds many clients, and a lookup by int costs a
         # seventh of the keyed hash. (Bounded: a botnet from many prefixes only cycles it.)
-        fp = self._prefix_fps.get(key, 0)
+        fp = self._prefix_fps.table.get(key, 0)
         if fp == 0:
-            fp = remember(self._prefix_fps, key, self._keyed(key), _PREFIX_FP_MEMO)
+            fp = self._prefix_fps.put(key, self._keyed(key))
         return fp
 
     def _forget(self) -> None:

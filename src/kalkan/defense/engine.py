@@ -53,7 +53,7 @@ from kalkan.defense.rows import SHARED, UA_CHANGES, WIDTH, N, contains
 from kalkan.defense.rules import Policy, PolicyError
 from kalkan.defense.score import BehaviourModel, ModelError
 from kalkan.defense.verdict import ALLOWED, KNOWN, SUSPECT, UNKNOWN, Action, RequestView, Verdict
-from kalkan.memo import remember
+from kalkan.memo import Memo
 from kalkan.pages import Pages
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ _PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
 # site's pages (a search right after landing), all such clients together.
 _REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST = 1.0, 10.0
 _REFERRED_EVERY: Final = 60.0   # seconds between two such misses of one client
-_PASS_BUDGETS: Final = 8192  # passes whose budget is kept; beyond, all are forgotten (start full)
+_PASS_BUDGETS: Final = 8192  # passes whose budget is kept; beyond, the oldest are forgotten (start full)
 
 
 def _static_refusal(status: int, retry_after: bytes, text: bytes) -> ChallengeResponse:
@@ -161,9 +161,10 @@ class Defense:
         self._observed = 0        # requests whose behaviour was counted since the last tick
         self.bad_requests = 0.0   # the last tick's estimate, for the dashboard
         self._preview_misses = Bucket(_PREVIEW_MISSES_PER_S, _PREVIEW_MISSES_BURST)
-        self._pass_misses: dict[str, Bucket] = {}
+        self._pass_misses: Memo[str, Bucket] = Memo(_PASS_BUDGETS)
         self._referred_misses = Bucket(_REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST)
-        self._referred_last: dict[str, float] = {}   # client + agent -> its last referred miss
+        # client + agent -> its last referred miss
+        self._referred_last: Memo[str, float] = Memo(_PASS_BUDGETS)
         self.newcomers = NewcomerWave()
         self._arrivals = 0        # the client table's arrivals at the last tick
         self.decisions = Decisions(state / "decisions.json",
@@ -186,7 +187,7 @@ class Defense:
         self.published: dict[str, Callable[[], tuple[bytes, str]]] = {}
         self.passed_recently: dict[str, float] = {}
         self.admin = DefenseAdmin(self.decisions, self.attack, self.save)
-        self._verdicts: dict[tuple[Action, str, int, str], Verdict] = {}
+        self._verdicts: Memo[tuple[Action, str, int, str], Verdict] = Memo(_MEMO_LIMIT)
         self._dirty = self.decisions_loaded > 0
         self._last_save = 0.0
         self._save_problem: str | None = None
@@ -642,9 +643,9 @@ class Defense:
         """Does this bad-scored client still have its referred miss (_REFERRED_*)?"""
         last = self._referred_last
         key = f"{facts.client} {facts.user_agent}"
-        if now - last.get(key, 0.0) < _REFERRED_EVERY or not self._referred_misses.take(now):
+        if now - last.table.get(key, 0.0) < _REFERRED_EVERY or not self._referred_misses.take(now):
             return False
-        remember(last, key, now, _PASS_BUDGETS)
+        last.put(key, now)
         return True
 
     def _first_seen(self, facts: RequestFacts, now: float) -> int:
@@ -661,10 +662,9 @@ class Defense:
         if pass_ is None:
             return False
         budgets = self._pass_misses
-        bucket = budgets.get(pass_.id)
+        bucket = budgets.table.get(pass_.id)
         if bucket is None:
-            bucket = remember(budgets, pass_.id, Bucket(_PASS_MISSES_PER_S, _PASS_MISSES_BURST),
-                              _PASS_BUDGETS)
+            bucket = budgets.put(pass_.id, Bucket(_PASS_MISSES_PER_S, _PASS_MISSES_BURST))
         return bucket.take(now)
 
     def _allowlisted(self, facts: RequestFacts) -> bool:
@@ -677,11 +677,10 @@ class Defense:
         page's language): a flood's hot path builds no verdict, and the edge's memo of rendered
         bytes keys on it."""
         key = (action, decision, status, lang)
-        verdict = self._verdicts.get(key)
+        verdict = self._verdicts.table.get(key)
         if verdict is None:  # bounded: operators' reasons are free text
-            verdict = remember(self._verdicts, key,
-                               Verdict(action, decision, has_pass, status, headers, body),
-                               _MEMO_LIMIT)
+            verdict = self._verdicts.put(
+                key, Verdict(action, decision, has_pass, status, headers, body))
         return verdict
 
     def _allowed(self, decision: str, has_pass: bool) -> Verdict:

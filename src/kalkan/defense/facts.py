@@ -13,7 +13,7 @@ from typing import Final
 from urllib.parse import unquote, unquote_plus
 
 from kalkan.addresses import parse_ip, prefix_text
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 # Route classes: the kinds of request the policy and the rate counters tell apart. (Final, as
 # the names below: compiled code, here and where they are imported, uses the constants instead
@@ -65,7 +65,7 @@ class RouteClassifier:
                 raise ValueError(f"unknown route class {cls!r} (one of {', '.join(ROUTE_CLASSES)})")
         self._patterns = [(re.compile(fnmatch.translate(g)), cls) for g, cls in routes]
         # raw path -> (normalized path, class by path); plain paths map to themselves.
-        self._memo: dict[str, tuple[str, str]] = {}
+        self._memo: Memo[str, tuple[str, str]] = Memo(16384)
 
     def classify(self, method: str, path: str, query: str) -> str:
         return self.classify_target(method, path, query)[0]
@@ -73,7 +73,7 @@ class RouteClassifier:
     def classify_target(self, method: str, path: str, query: str) -> tuple[str, str]:
         """(route class, normalized path) for a request; the policy's `path` conditions match
         the normalized path too, so `//.env` meets the same rule as `/.env`."""
-        known = self._memo.get(path)
+        known = self._memo.table.get(path)
         if known is None:
             known = self._by_path(path)
         npath, cls = known
@@ -92,7 +92,7 @@ class RouteClassifier:
             if pattern.match(npath):
                 cls = c
                 break
-        return remember(self._memo, path, (npath, cls), 16384)  # bounded: random paths
+        return self._memo.put(path, (npath, cls))  # bounded: random paths
 
 
 def _needs_normalizing(path: str) -> bool:
@@ -230,7 +230,7 @@ class AddressFacts:
     def __init__(self, prefix_v4: int = 24, prefix_v6: int = 64) -> None:
         self.prefix_v4, self.prefix_v6 = prefix_v4, prefix_v6
         self._v4_shift, self._v6_shift = 32 - prefix_v4, 128 - prefix_v6
-        self._prefixes: dict[int, str] = {}
+        self._prefixes: Memo[int, str] = Memo(_PREFIX_MEMO)
 
     def __call__(self, client: str) -> tuple[int, int, str]:
         parsed = parse_ip(client)
@@ -241,10 +241,10 @@ class AddressFacts:
     def of_parsed(self, version: int, ip: int) -> tuple[int, int, str]:
         """The same for an address already parsed (the edge hands it over when it has it)."""
         key = ip >> self._v4_shift if version == 4 else (ip >> self._v6_shift) | _V6_KEY
-        prefix = self._prefixes.get(key, "")
+        prefix = self._prefixes.table.get(key, "")
         if not prefix:
-            prefix = remember(self._prefixes, key, prefix_text(  # bounded: botnets' networks
-                version, ip, self.prefix_v4 if version == 4 else self.prefix_v6), _PREFIX_MEMO)
+            prefix = self._prefixes.put(key, prefix_text(  # bounded: botnets' networks
+                version, ip, self.prefix_v4 if version == 4 else self.prefix_v6))
         return ip, version, prefix
 
 

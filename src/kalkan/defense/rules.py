@@ -21,7 +21,7 @@ import yaml
 from kalkan.addresses import AddressSet, parse_network
 from kalkan.defense.clients import ADDRESS, PER, ClientTable, Meter
 from kalkan.defense.facts import DEFAULT_ROUTES, ROUTE_CLASSES, RequestFacts, RouteClassifier
-from kalkan.memo import remember
+from kalkan.memo import Memo
 from kalkan.units import parse_duration
 
 ALLOW, CHALLENGE, BLOCK, TARPIT, LOG = "allow", "challenge", "block", "tarpit", "log"
@@ -234,7 +234,7 @@ class Crawlers:
             f"(?P<c{i}>{c.user_agent.pattern})" for i, c in enumerate(self.crawlers.values())
         )) if self.crawlers else None
         self._group_names = {f"c{i}": name for i, name in enumerate(self.crawlers)}
-        self.memo: dict[str, str | None] = {}      # user agent -> claimed crawler (bounded)
+        self.memo: Memo[str, str | None] = Memo(4096)      # user agent -> claimed crawler (bounded)
         # Words every crawler user agent must contain: a browser's user agent (every reader
         # brings a new one) is told apart by a few substring checks instead of the regex.
         hints: list[str] = []
@@ -263,7 +263,7 @@ class Crawlers:
                     break
             else:
                 return None  # no crawler's words in it: not memoized, this is cheaper than that
-        name = self.memo.get(user_agent, "")
+        name = self.memo.table.get(user_agent, "")
         if name != "":
             return name
         found = None
@@ -271,7 +271,7 @@ class Crawlers:
             m = self._combined.search(user_agent)
             if m is not None:
                 found = self._group_names[m.lastgroup or ""]
-        return remember(self.memo, user_agent, found, 4096)  # bounded: random user agents
+        return self.memo.put(user_agent, found)  # bounded: random user agents
 
     def verified(self, user_agent: str, version: int, ip: int) -> str | None:
         """The crawler this request claims to be, if its address is in that crawler's ranges."""
@@ -530,13 +530,13 @@ class _Compiler:
         # path's answer is remembered (bounded: a flood of distinct paths only clears it). A
         # lookup by the path, whose hash the classifier's memo has already computed, costs a
         # sixth of the tests.
-        memo: dict[str, bool] = {}
+        memo: Memo[str, bool] = Memo(_PATH_MEMO)
 
         def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
             path = f.path
-            known = memo.get(path)
+            known = memo.table.get(path)
             if known is None:
-                known = remember(memo, path, gs.match(path), _PATH_MEMO)
+                known = memo.put(path, gs.match(path))
             return known
         return check
 
@@ -624,7 +624,7 @@ class _Compiler:
     def _c_verified_crawler(self, node: yaml.Node, key: str) -> Check:
         want = self._crawler_names(node, key)
         crawlers = self.crawlers
-        memo = crawlers.memo
+        memo = crawlers.memo.table
 
         def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
             # Nearly every request is a browser: one memo lookup settles it.
@@ -641,7 +641,7 @@ class _Compiler:
     def _c_claims_crawler(self, node: yaml.Node, key: str) -> Check:
         want = self._crawler_names(node, key)
         crawlers = self.crawlers
-        memo = crawlers.memo
+        memo = crawlers.memo.table
 
         def check(f: RequestFacts, c: ClientTable, now: float) -> bool:
             name = memo.get(f.user_agent, "")

@@ -148,6 +148,8 @@ class Edge:
         if loaded:
             log.info("loaded %d cached responses from %s", loaded, self.config.cache.dir)
         settle_garbage_collector()
+        # A full batch of log lines is written once this turn's answers are out (access_log.py)
+        self.pipeline.access_log.defer = asyncio.get_running_loop().call_soon
         tls = self.config.tls
         ssl_context = None
         plain_at: tuple[str, int] | None = None

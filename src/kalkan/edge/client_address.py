@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from kalkan.addresses import AddressSet, parse_ip
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_MAX = 107  # the spec's longest v1 line, CRLF included
@@ -123,16 +123,16 @@ class TrustedProxies:
     def __init__(self, cidrs: list[str]) -> None:
         self.networks = AddressSet.from_texts(cidrs)
         self._any = bool(cidrs)
-        self._peers: dict[str, bool] = {}  # the few balancers in front: asked on every request
+        # the few balancers in front: asked on every request (bounded: any client connects)
+        self._peers: Memo[str, bool] = Memo(1024)
 
     def __bool__(self) -> bool:
         return self._any
 
     def trusts(self, address: str) -> bool:
-        known = self._peers.get(address)
+        known = self._peers.table.get(address)
         if known is None:
-            # any client can connect: the memo is bounded
-            known = remember(self._peers, address, self.networks.contains_text(address), 1024)
+            known = self._peers.put(address, self.networks.contains_text(address))
         return known
 
     def client_from_xff(self, peer: str, xff: str | None) -> str:

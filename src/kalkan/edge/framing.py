@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Final
 
 from kalkan.edge.request import Request
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 
@@ -27,7 +27,7 @@ class BadRequest(Exception):
 _HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=%:[]")
 # Host values seen lately → (canonical name, port or None); bounded, any client can send any Host.
-_HOSTS: Final[dict[bytes, tuple[str, int | None]]] = {}
+_HOSTS: Final[Memo[bytes, tuple[str, int | None]]] = Memo(1024)
 _DEFAULT_PORT: Final = {"http": 80, "https": 443}
 # Fields a Connection header may not make us drop: the edge frames and routes by them itself.
 _NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
@@ -37,7 +37,7 @@ def canonical_host(value: bytes) -> tuple[str, int | None]:
     """RFC 3986 host [":" port] → (lowercase name without a trailing dot, port); BadRequest if
     it is not one. The cache key and the Host sent to the origin are both built from this, so
     `NEWS.TEST`, `news.test.` and `news.test:80` are one site, fetched as one site."""
-    known = _HOSTS.get(value)
+    known = _HOSTS.table.get(value)
     if known is not None:
         return known
     # A Host with "/", "@", spaces... would make the cache key, redirects and the origin's
@@ -63,7 +63,7 @@ def canonical_host(value: bytes) -> tuple[str, int | None]:
         if not digits.isdigit() or len(digits) > 5 or not 0 < int(digits) < 65536:
             raise BadRequest(400, "Invalid port in the Host header.")
         port = int(digits)
-    return remember(_HOSTS, value, (name, port), 1024)
+    return _HOSTS.put(value, (name, port))
 
 
 # -- noting fields as the parser hands them over --------------------------------------------
@@ -119,7 +119,7 @@ def _host(req: Request, value: bytes) -> None:
     if value == last.value:
         host, port = last.known
     else:
-        known = _HOSTS.get(value)  # canonical_host's memo, looked at first: one call fewer
+        known = _HOSTS.table.get(value)  # canonical_host's memo, looked at first: one call fewer
         host, port = known if known is not None else canonical_host(value.rstrip(b" \t"))
         last.value, last.known = value, (host, port)
     req.host = host if port is None or port == _DEFAULT_PORT.get(req.scheme) \
@@ -296,18 +296,18 @@ def check_method(req: Request) -> None:
 
 
 # Origin-form targets seen lately → (path, query); bounded, any client can send any target.
-_TARGETS: Final[dict[bytes, tuple[str, str]]] = {}
+_TARGETS: Final[Memo[bytes, tuple[str, str]]] = Memo(1024)
 
 
 def parse_target(req: Request, target: bytes) -> None:
     """Split an origin-form target into `req.path` and `req.query`; any other form: 400."""
-    known = _TARGETS.get(target)
+    known = _TARGETS.table.get(target)
     if known is not None:
         req.path, req.query = known
     elif target[:1] == b"/" and target.find(b"#") < 0:
         path, _, query = target.partition(b"?")
-        req.path, req.query = remember(  # random URLs in a flood must not grow it
-            _TARGETS, target, (path.decode("latin-1"), query.decode("latin-1")), 1024)
+        req.path, req.query = _TARGETS.put(  # bounded: random URLs in a flood
+            target, (path.decode("latin-1"), query.decode("latin-1")))
     elif target == b"*" and req.method == "OPTIONS":
         req.path = "*"
     else:

@@ -10,11 +10,11 @@ from hpack import Encoder
 from hpack.hpack import INDEX_NONE
 from hpack.table import HeaderTable
 
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 # Field lists → their encoded block; bounded in count, and only small blocks are kept.
-_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
 _MEMO_COUNT = 256
+_BLOCKS: Memo[tuple[tuple[bytes, bytes], ...], bytes] = Memo(_MEMO_COUNT)
 _MEMO_BLOCK = 4096
 
 
@@ -26,11 +26,11 @@ class BlockEncoder(Encoder):
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         key = tuple(headers)
-        block = _BLOCKS.get(key)
+        block = _BLOCKS.table.get(key)
         if block is None:
             block = self._stateless(key, huffman)
             if len(block) <= _MEMO_BLOCK:
-                remember(_BLOCKS, key, block, _MEMO_COUNT)
+                _BLOCKS.put(key, block)
         if self.header_table.resized:
             # The client changed HEADER_TABLE_SIZE: the next block must say we saw it (RFC
             # 7541 §4.2), though we keep nothing in that table.

@@ -15,7 +15,7 @@ from typing import Protocol
 from kalkan.edge.endpoint import ConnectionGone
 from kalkan.edge.flow import FlowControl
 from kalkan.edge.request import Request
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 __all__ = ["DRAIN_MARK", "Http2Stream", "StreamOutput"]
 
@@ -125,11 +125,11 @@ class Http2Stream:
             self._dechunk(memoryview(data))
 
     def _start(self, head: bytes) -> None:
-        parsed = _HEADS.get(head)
+        parsed = _HEADS.table.get(head)
         if parsed is None:
             parsed = _parse_head(head)
             if len(head) <= 4096:  # bounded: at most 256 × 4 KiB
-                remember(_HEADS, head, parsed, 256)
+                _HEADS.put(head, parsed)
         status, fields, length, chunked = parsed
         if self.req.method == "HEAD" or status in (204, 304):
             self._mode = _NONE
@@ -185,7 +185,7 @@ class Http2Stream:
 _Head = tuple[int, list[tuple[bytes, bytes]], int | None, bool]
 # Heads the pipeline wrote → (status, HTTP/2 fields, Content-Length, chunked). A hit's head is
 # the same bytes object all second long, so a flood of one page parses it once a second.
-_HEADS: dict[bytes, _Head] = {}
+_HEADS: Memo[bytes, _Head] = Memo(256)
 
 
 def _parse_head(head: bytes) -> _Head:

@@ -8,7 +8,7 @@ from http import HTTPStatus
 
 from kalkan.defense.verdict import REFUSALS, Verdict
 from kalkan.edge.httpdate import format_http_date
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 Header = tuple[bytes, bytes]
 
@@ -85,7 +85,7 @@ class VerdictWriter:
     _LIMIT = 1024   # distinct refusals (rules × keep-alive × HEAD) kept for the second
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[Verdict, bool, bool], tuple[int, bytes]] = {}
+        self._memo: Memo[tuple[Verdict, bool, bool], tuple[int, bytes]] = Memo(self._LIMIT)
 
     def render(self, verdict: Verdict, now: float, keep_alive: bool, head_only: bool) -> bytes:
         if verdict.action not in REFUSALS:  # a challenge page or an endpoint answer: unique
@@ -93,10 +93,10 @@ class VerdictWriter:
                                   keep_alive=keep_alive, head_only=head_only)
         second = int(now)
         key = (verdict, keep_alive, head_only)
-        memo = self._memo.get(key)
+        memo = self._memo.table.get(key)
         if memo is not None and memo[0] == second:
             return memo[1]
         data = write_response(verdict.status, verdict.headers, verdict.body, now,
                               keep_alive=keep_alive, head_only=head_only)
-        remember(self._memo, key, (second, data), self._LIMIT)
+        self._memo.put(key, (second, data))
         return data

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from kalkan.edge.cache_policy import StaleRules
 from kalkan.edge.responses import serialize_head, status_line
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 log = logging.getLogger("kalkan.store")
 
@@ -47,14 +47,14 @@ _ENTRY_OVERHEAD = 600  # bytes of Python objects per entry beyond headers and bo
 
 # Distinct StaleRules in use → the one object every entry with those rules shares (nearly all
 # entries have the same few); bounded, the values come from origins' headers.
-_STALE_RULES: dict[StaleRules, StaleRules] = {}
+_STALE_RULES: Memo[StaleRules, StaleRules] = Memo(256)
 
 
 def _shared_stale_rules(rules: StaleRules | None) -> StaleRules:
     rules = rules or StaleRules()
-    shared = _STALE_RULES.get(rules)
+    shared = _STALE_RULES.table.get(rules)
     if shared is None:
-        shared = remember(_STALE_RULES, rules, rules, 256)
+        shared = _STALE_RULES.put(rules, rules)
     return shared
 
 

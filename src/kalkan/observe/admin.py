@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from kalkan.config import is_loopback_host
-from kalkan.memo import remember
+from kalkan.memo import Memo
 from kalkan.observe import dashboard
 from kalkan.observe.metrics import Metrics
 
@@ -66,22 +66,23 @@ class WrongGuesses:
     def __init__(self, limit: int = 20, window: float = 60.0) -> None:
         self.limit = limit
         self.window = window
-        self._by_address: dict[str, tuple[int, float]] = {}  # address -> (count, window start)
+        # address -> (count, window start)
+        self._by_address: Memo[str, tuple[int, float]] = Memo(4096)
 
     def locked(self, address: str, now: float) -> float:
         """Seconds this address stays refused (0: not refused)."""
-        count, start = self._by_address.get(address, (0, now))
+        count, start = self._by_address.table.get(address, (0, now))
         if now - start >= self.window:
-            self._by_address.pop(address, None)
+            self._by_address.discard(address)
             return 0.0
         return start + self.window - now if count >= self.limit else 0.0
 
     def failed(self, address: str, now: float) -> None:
-        count, start = self._by_address.get(address, (0, now))
+        count, start = self._by_address.table.get(address, (0, now))
         if now - start >= self.window:
             count, start = 0, now
         # bounded: past 4,096 guessing addresses the oldest start afresh
-        remember(self._by_address, address, (count + 1, start), 4096)
+        self._by_address.put(address, (count + 1, start))
 
 
 class AdminError(Exception):

@@ -12,7 +12,7 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
-from kalkan.memo import remember
+from kalkan.memo import Memo
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ class Talkers:
         self.agents = SpaceSaving(capacity)
         self._v4, self._v6 = prefix_v4, prefix_v6
         self._seed = random.getrandbits(31)
-        self._nets: dict[str, str] = {}  # address → its prefix, for the last few thousand
+        self._nets: Memo[str, str] = Memo(4096)  # address → its prefix, for the last few thousand
 
     def restart(self) -> int:
         """Where a feeder's count starts after a sample: a random offset within half the
@@ -155,9 +155,9 @@ class Talkers:
     def request(self, client: str, path: str, weight: float = 1.0) -> None:
         """One sampled answered request (the recorder calls this for every `every`-th)."""
         self.addresses.add(client[:_MAX_KEY], weight)
-        net = self._nets.get(client)
+        net = self._nets.table.get(client)
         if net is None:  # bounded: a botnet's addresses
-            net = remember(self._nets, client, prefix_of(client, self._v4, self._v6), 4096)
+            net = self._nets.put(client, prefix_of(client, self._v4, self._v6))
         self.prefixes.add(net, weight)
         self.paths.add(path[:_MAX_KEY], weight)
 

@@ -42,7 +42,7 @@ from kalkan.defense.challenge.tokens import (
     verify_ticket,
 )
 from kalkan.defense.facts import CHALLENGE_PREFIX, RequestFacts
-from kalkan.memo import remember
+from kalkan.memo import Memo
 from kalkan.pages import LOGO_PATH, Pages
 
 __all__ = ["ChallengeResponse", "Challenges", "KeyRing", "Pass", "difficulty_for",
@@ -102,8 +102,7 @@ class Challenges:
         self.nojs = NoJs(PrefixBucket(nojs_burst, nojs_every))
         self.methods: dict[str, Method] = {m.name: m for m in (ProofOfWork(), self.nojs)}
         self.replays = ReplayGuard(replay_size)
-        self._memo: dict[tuple[bytes, str, str], Pass] = {}
-        self._memo_size = memo_size
+        self._memo: Memo[tuple[bytes, str, str], Pass] = Memo(memo_size)
         self._memo_gen = keys.generation
         # Counters for metrics.
         self.issued = 0
@@ -129,15 +128,15 @@ class Challenges:
             self._memo.clear()  # a key may be gone: re-verify everything once
             self._memo_gen = self.keys.generation
         memo_key = (value, facts.prefix, facts.user_agent)
-        hit = self._memo.get(memo_key)
+        hit = self._memo.table.get(memo_key)
         if hit is not None:
             if hit.expires > now:
                 return hit
-            del self._memo[memo_key]
+            self._memo.discard(memo_key)
             return None
         found = self._verify(value, facts.prefix, facts.user_agent, now)
         if found is not None:
-            remember(self._memo, memo_key, found, self._memo_size)
+            self._memo.put(memo_key, found)
         return found
 
     def _verify(self, value: bytes, prefix: str, user_agent: str, now: float) -> Pass | None:
