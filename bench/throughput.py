@@ -737,7 +737,7 @@ def _verdict_lines(data: dict[str, Any]) -> list[str]:
         beside = (f"; by wrk {t['wrk_ratio']:.2f}x" if by != "wrk" and t.get("wrk_ratio")
                   else "")
         out.append(
-            f"- Kalkan / {peer}: **{t['ratio']:.2f}x** (target >= {t['target']:.1f}x: "
+            f"- Kalkan / {peer}: **{t['ratio']:.3f}x** (target >= {t['target']:.1f}x: "
             f"**{'MET' if t['met'] else 'NOT MET'}**; first step >= {t['first_step']:.1f}x: "
             f"**{'MET' if t['first_step_met'] else 'NOT MET'}**); worst case (Kalkan min / "
             f"peer max) {t['worst_case']:.2f}x, best case {t['best_case']:.2f}x; measured "

@@ -55,7 +55,7 @@ def throughput(d: dict[str, Any]) -> list[str]:
             peer = "nginx proxy_cache" if key.endswith("nginx") else "Varnish"
             by = ("" if t.get("measured_by", "wrk") == "wrk" or t.get("wrk_ratio") is None
                   else f"; by wrk {t['wrk_ratio']:.2f}x")
-            verdicts.append(f"Kalkan / {peer}: **{t['ratio']:.2f}x** (target {t['target']:.1f}x: "
+            verdicts.append(f"Kalkan / {peer}: **{t['ratio']:.3f}x** (target {t['target']:.1f}x: "
                             f"{_met(t['met'])}; first step {t['first_step']:.1f}x: "
                             f"{_met(t['first_step_met'])}{by})")
     others = []
