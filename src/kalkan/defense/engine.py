@@ -99,7 +99,7 @@ _PASS_MISSES_PER_S, _PASS_MISSES_BURST = 6.0 / 60.0, 3.0
 # site's pages (a search right after landing), all such clients together.
 _REFERRED_MISSES_PER_S, _REFERRED_MISSES_BURST = 1.0, 10.0
 _REFERRED_EVERY: Final = 60.0   # seconds between two such misses of one client
-_PASS_BUDGETS: Final = 8192  # passes whose budget is kept; beyond, the oldest are forgotten (start full)
+_PASS_BUDGETS: Final = 8192  # passes whose budget is kept; past it the oldest go (start full)
 
 
 def _static_refusal(status: int, retry_after: bytes, text: bytes) -> ChallengeResponse:
