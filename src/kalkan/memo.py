@@ -36,9 +36,6 @@ class Memo(Generic[K, V]):
     def __len__(self) -> int:
         return len(self.table)
 
-    def get(self, key: K) -> V | None:
-        return self.table.get(key)
-
     def put(self, key: K, value: V) -> V:
         """Remember `value` for `key` and return it, evicting the oldest entry if full."""
         table = self.table

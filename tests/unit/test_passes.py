@@ -24,7 +24,7 @@ def test_the_ninth_address_is_over() -> None:
         assert usage.note("shared", 0x7F000100 + host, T) == ""
     assert "more than 8 addresses" in usage.note("shared", 0x7F000109, T)
     assert usage.note("shared", 0x7F000100, T) == ""  # the first eight stay usable
-    assert len(usage._usage["shared"].addresses) == 8  # never grows past the limit
+    assert len(usage._usage.table["shared"].addresses) == 8  # never grows past the limit
 
 
 def test_a_flood_with_one_pass_is_over_within_a_burst() -> None:

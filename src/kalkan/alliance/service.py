@@ -104,7 +104,7 @@ class AllianceService:
                 self._changes = decisions.changes
                 v4, v6 = decisions.client_prefix_len
                 entries = shareable(decisions.all(now), now, never=self._never(),
-                                    passed=self.defense.passed_recently.__contains__,
+                                    passed=self.defense.passed_recently.table.__contains__,
                                     prefix_len=(v4, v6),
                                     prefixes_only=self.config.alliance.prefixes_only)
                 publisher.current(entries, now)

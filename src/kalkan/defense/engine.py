@@ -185,7 +185,7 @@ class Defense:
         # Documents served at a path under /.well-known/ (the alliance feed): path -> its
         # current body and ETag. And who passed a challenge lately (never shared with allies).
         self.published: dict[str, Callable[[], tuple[bytes, str]]] = {}
-        self.passed_recently: dict[str, float] = {}
+        self.passed_recently: Memo[str, float] = Memo(_PASSED_KEPT)  # the oldest go first
         self.admin = DefenseAdmin(self.decisions, self.attack, self.save)
         self._verdicts: Memo[tuple[Action, str, int, str], Verdict] = Memo(_MEMO_LIMIT)
         self._dirty = self.decisions_loaded > 0
@@ -725,10 +725,7 @@ class Defense:
             self.decided[("challenge_failed", resp.reason.split(":", 1)[0])] += 1
         elif resp.passed:
             self.clients.note_challenge_pass(facts)
-            passed = self.passed_recently
-            if len(passed) >= _PASSED_KEPT:
-                del passed[next(iter(passed))]   # the oldest
-            passed[facts.client] = now
+            self.passed_recently.put(facts.client, now)
         return Verdict(Action.RESPOND, f"challenge-endpoint:{resp.reason}", False, resp.status,
                        tuple(resp.headers), resp.body)
 

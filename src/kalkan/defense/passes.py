@@ -9,6 +9,8 @@ sharing a pass pays a proof-of-work per few hundred requests instead of one for 
 
 from __future__ import annotations
 
+from kalkan.memo import Memo
+
 # Passes whose use is remembered; the oldest is forgotten first. At about 100 bytes each, the
 # bound is a few megabytes.
 _CAPACITY = 65536
@@ -34,7 +36,7 @@ class PassUsage:
         self.max_addresses = max_addresses
         self.per_minute = per_minute
         self._interval = 60.0 / per_minute
-        self._usage: dict[str, _Usage] = {}
+        self._usage: Memo[str, _Usage] = Memo(_CAPACITY)
 
     def __len__(self) -> int:
         return len(self._usage)
@@ -42,11 +44,9 @@ class PassUsage:
     def note(self, pass_id: str, ip: int, now: float) -> str:
         """Count one request made with this pass from this address; the reason it is over a
         limit ("" when it is not)."""
-        usage = self._usage.get(pass_id)
+        usage = self._usage.table.get(pass_id)
         if usage is None:
-            if len(self._usage) >= _CAPACITY:
-                del self._usage[next(iter(self._usage))]  # the oldest pass seen
-            self._usage[pass_id] = _Usage(now, ip)
+            self._usage.put(pass_id, _Usage(now, ip))
             return ""
         addresses = usage.addresses
         if ip not in addresses:
@@ -63,4 +63,4 @@ class PassUsage:
 
     def forget(self, pass_id: str) -> None:
         """A pass that met its decision: counted afresh if it is ever seen again."""
-        self._usage.pop(pass_id, None)
+        self._usage.discard(pass_id)

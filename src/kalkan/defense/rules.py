@@ -234,7 +234,7 @@ class Crawlers:
             f"(?P<c{i}>{c.user_agent.pattern})" for i, c in enumerate(self.crawlers.values())
         )) if self.crawlers else None
         self._group_names = {f"c{i}": name for i, name in enumerate(self.crawlers)}
-        self.memo: Memo[str, str | None] = Memo(4096)      # user agent -> claimed crawler (bounded)
+        self.memo: Memo[str, str | None] = Memo(4096)  # user agent -> claimed crawler
         # Words every crawler user agent must contain: a browser's user agent (every reader
         # brings a new one) is told apart by a few substring checks instead of the regex.
         hints: list[str] = []
@@ -527,7 +527,7 @@ class _Compiler:
                 raise self.doc.error(node, key, f"path glob {g!r} must start with / or *")
         gs = GlobSet(globs)
         # Path globs are on the page route's hot path, and readers ask for the same pages: each
-        # path's answer is remembered (bounded: a flood of distinct paths only clears it). A
+        # path's answer is remembered (bounded: a flood of distinct paths only cycles it). A
         # lookup by the path, whose hash the classifier's memo has already computed, costs a
         # sixth of the tests.
         memo: Memo[str, bool] = Memo(_PATH_MEMO)
