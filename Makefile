@@ -13,7 +13,8 @@ STAMP         := $(VENV)/.installed-$(SUM)
 # The hot path's modules that setup.py compiles with mypyc: editing one rebuilds (the compiled
 # module, not the source, is what Python imports).
 COMPILED := $(shell sed -n 's/^ *"\(src\/kalkan\/[a-z_/]*\.py\)",$$/\1/p' setup.py) \
-	src/kalkan/defense/_rows.c src/kalkan/edge/_head.c src/kalkan/observe/_log_line.c
+	src/kalkan/defense/_rows.c src/kalkan/edge/_head.c src/kalkan/observe/_log_line.c \
+	src/kalkan/edge/_sendfile.c
 
 .PHONY: demo test lint typecheck venv runtime debian-deps bench bench-throughput \
 	bench-conformance bench-defense bench-firewall bench-clients bench-lab bench-fuzz \

@@ -21,6 +21,7 @@ COMPILED = [
     "src/kalkan/edge/reader.py",
     "src/kalkan/edge/endpoint.py",
     "src/kalkan/edge/connection.py",
+    "src/kalkan/edge/body_files.py",
     "src/kalkan/edge/store.py",
     "src/kalkan/edge/replay.py",
     "src/kalkan/edge/pipeline.py",
@@ -57,5 +58,7 @@ if os.environ.get("KALKAN_PURE_PYTHON") != "1":
     ext_modules.append(Extension("kalkan.edge._head", ["src/kalkan/edge/_head.c"]))
     # An access-log line appended to the log's buffer in one call (observe/access_log.py).
     ext_modules.append(Extension("kalkan.observe._log_line", ["src/kalkan/observe/_log_line.c"]))
+    # A hot page's head and body file sent in one call (edge/body_files.py).
+    ext_modules.append(Extension("kalkan.edge._sendfile", ["src/kalkan/edge/_sendfile.c"]))
 
 setup(ext_modules=ext_modules)

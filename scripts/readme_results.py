@@ -86,9 +86,9 @@ def throughput(d: dict[str, Any]) -> list[str]:
         "; ".join(verdicts) + f". {judged}Measured on {d['machine']['cpu_model']} (2 cores). "
         "The machine is shared: the medians move 5-15% from one run to the next, sometimes "
         "more (each file gives the worst and best cases); the CPU per request says what a "
-        "request costs each server whatever the pace. The larger the page, the more nginx "
-        "gains: nginx sends a cached body with sendfile from its cache file, Kalkan copies it "
-        "into the socket (docs/DESIGN.md, Performance).", "",
+        "request costs each server whatever the pace. Both send a hot cached body of 16 KB "
+        "or more with sendfile, nginx from its cache file, Kalkan from a memory-backed copy "
+        "of it (`cache.sendfile_bytes`, docs/DESIGN.md, Performance).", "",
         *others, ""]
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trustme
 
+from byte_origin import ByteOrigin, Reply
+from kalkan.edge.body_files import HOT_HITS
 from kalkan.edge.parked import ParkedTlsConnection
 from support import Client, EdgeFactory, Origin, echo_header, fetch, port_of, read_until_close
 
@@ -182,3 +184,23 @@ async def test_an_idle_tls_connection_is_parked_and_woken(tls_edge: Any, ca: tru
         assert resp.status == 200 and echo_header(resp, "X-Forwarded-Proto") == ["https"]
     finally:
         await client.close()
+
+
+async def test_a_hot_large_page_under_tls_is_encrypted_not_sent_from_its_file(
+        make_edge: EdgeFactory, ca: trustme.CA, tmp_path: Path) -> None:
+    """A hot body has a file (edge/body_files.py), but sendfile would put its plain bytes on a
+    TLS socket: the connection must see that and write it through the TLS transport."""
+    body = bytes(i % 251 for i in range(64 * 1024))
+    origin = await ByteOrigin(lambda _: Reply(200, [("Cache-Control", "public, max-age=60")],
+                                              body), idle_timeout=5.0).start()
+    try:
+        edge = await make_edge(origin.url, tls={"certificates": [issue(ca, tmp_path, "a", A)]})
+        client, _ = await tls_client(port_of(edge), ca, A)
+        for _ in range(2 * HOT_HITS):
+            resp = await client.request("GET", "/big", host=A)
+            assert resp.status == 200 and resp.body == body
+        assert edge.pipeline.body_files.bytes == len(body)  # the file exists...
+        # ...and the bytes still arrived encrypted and whole (the TLS client decrypted them).
+        await client.close()
+    finally:
+        await origin.stop()

@@ -175,7 +175,9 @@ class HttpConnection(Endpoint):
         data = self.pipeline.respond_now(req, read) if req.body is None \
             and not self.flow.write_paused else None
         if data is not None:
-            self.transport.writelines(data)  # type: ignore[union-attr]  # send_now, inlined: hot
+            file = req.body_file
+            if file is None or not self._send_file(data, file):
+                self.transport.writelines(data)  # type: ignore[union-attr]  # send_hit, inlined
             self._finished(req)
             return
         self.busy = True

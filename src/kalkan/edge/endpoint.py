@@ -8,6 +8,7 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING
 
+from kalkan.edge.body_files import BodyFile, send_head_and_file
 from kalkan.edge.reader import DONE, LINGERING, RequestReader
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class Endpoint(RequestReader):
     progress as a task, independently of `state` (a pipelined head may arrive meanwhile)."""
 
     __slots__ = ("transport", "counted", "closed", "busy", "_task", "bytes_out", "_eof",
-                 "write_deadline", "_write_mark")
+                 "write_deadline", "_write_mark", "_fd")
 
     def __init__(self, server: Listener, scheme: str) -> None:
         super().__init__(server, scheme)
@@ -44,6 +45,9 @@ class Endpoint(RequestReader):
         self._eof = False
         self.write_deadline = 0.0  # send timeout: when to check the client took something
         self._write_mark = 0
+        # The socket's descriptor for sendfile: -2 until first needed, -1 where there is none
+        # to write to directly (TLS, or a transport without a socket).
+        self._fd = -2
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
@@ -152,6 +156,36 @@ class Endpoint(RequestReader):
 
         Only called while the connection reads, so never after it is closed or lingering."""
         self.transport.writelines(buffers)  # type: ignore[union-attr]
+
+    def send_hit(self, data: tuple[bytes, ...], file: BodyFile | None) -> None:
+        """A whole answer at once (a hit, a replay, a refusal): from its body file when it has
+        one (edge/body_files.py), else as one vectored write."""
+        if file is None or not self._send_file(data, file):
+            self.transport.writelines(data)  # type: ignore[union-attr]
+
+    def _send_file(self, data: tuple[bytes, ...], file: BodyFile) -> bool:
+        """Send a hit's head, then its body from `file` by sendfile (edge/body_files.py); what
+        the socket does not take at once is queued on the transport. False: not sent at all
+        (no socket to write to directly, or bytes already queued that must go first)."""
+        transport = self.transport
+        assert transport is not None
+        fd = self._fd
+        if fd == -2:
+            sock = transport.get_extra_info("socket")
+            fd = self._fd = sock.fileno() if sock is not None and \
+                transport.get_extra_info("sslcontext") is None else -1
+        if fd < 0 or transport.get_write_buffer_size():
+            return False
+        head, body = data[0], data[1]
+        sent = send_head_and_file(fd, head, file.fd, file.size)
+        if sent == 0:
+            return False  # the transport's own write meets (and reports) whatever the socket has
+        n = len(head)
+        if sent < n:
+            transport.writelines((head[sent:], body))
+        elif sent < n + len(body):
+            transport.write(memoryview(body)[sent - n:])
+        return True
 
     async def drain(self) -> None:
         """Wait until the client has taken what we sent (bounded by send_timeout via the sweep)."""

@@ -19,6 +19,7 @@ from kalkan.defense.null import NullDefense
 from kalkan.defense.verdict import ALLOWED, Action, Verdict
 from kalkan.edge import cache_flow as flow
 from kalkan.edge import cache_policy as policy
+from kalkan.edge.body_files import BodyFiles
 from kalkan.edge.cache_flow import RequestView, Step
 from kalkan.edge.cache_key import QueryPolicy, cache_key, normalize_target
 from kalkan.edge.clock import Clock
@@ -31,6 +32,7 @@ from kalkan.edge.replay import ReplayMemo, wire_len
 from kalkan.edge.request import Request
 from kalkan.edge.shared_dir import SharedDirectory
 from kalkan.edge.store import Store
+from kalkan.memo import Memo
 from kalkan.observe.access_log import AccessLog
 from kalkan.observe.metrics import Metrics
 from kalkan.observe.pseudonym import log_key
@@ -66,6 +68,7 @@ class Pipeline:
         self.cache = cc
         self.cache_enabled = cc.enabled
         self.store = Store(cc.memory_bytes, cc.dir if cc.enabled else None)
+        self.body_files = BodyFiles(cc.sendfile_bytes)  # hot bodies' files (edge/body_files.py)
         self.shared: SharedDirectory | None = None  # sibling workers' files (shared_dir.share)
         self.query_policy = QueryPolicy.from_mapping(cc.query, always=cc.never_cache_params)
         self.never_cache = flow.NeverCache(cc)
@@ -74,7 +77,7 @@ class Pipeline:
         self.misses = Misses()
         self.pages = Pages.from_config(config.site)   # reader-facing pages, rendered once
         self.responder = Responder(self.clock, self.metrics, self.pages)
-        self._keys: dict[tuple[str, str, str, str], tuple[str, str]] = {}  # see `_key`
+        self._keys: Memo[tuple[str, str, str, str], tuple[str, str]] = Memo(4096)  # see `_key`
         self._last_flush = 0.0
         self.defense: Defense | NullDefense = NullDefense(self.pages)
         self._engine: Defense | None = None  # the same, typed as itself: a native call
@@ -88,12 +91,10 @@ class Pipeline:
                            lambda r: standing(self.defense, r), self._challenged)
         self.replays = ReplayMemo(self.store, self.recorder, self.clock, self.defense,
                                   self.respond_now, self._credentialed,
-                                  self._engine is not None)
+                                  self._engine is not None, self.body_files)
         self._tarpitted = 0
         self._session_cookies = policy.session_cookie_pattern(cc.session_cookies)
-        m = self.metrics
-        m.gauge("kalkan_cache_bytes", "Bytes held by the cache store.", lambda: self.store.bytes)
-        m.gauge("kalkan_cache_objects", "Responses in the cache store.", lambda: self.store.objects)
+        _cache_gauges(self.metrics, self.store, self.body_files)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> int:
@@ -120,6 +121,7 @@ class Pipeline:
         self.upstream.close()
         self.store.flush()
         self.store.close()
+        self.body_files.close()
         self.access_log.close()
 
     # -- the connection's interface -------------------------------------------------------------
@@ -137,19 +139,17 @@ class Pipeline:
 
     # -- recv + hash ----------------------------------------------------------------------------
     def _key(self, req: Request) -> str:
-        # Readers ask for the same pages: each (site, target)'s key is made once and kept, its
-        # hash with it (the host, path and query strings are the parser's memoized ones).
+        # Readers ask for the same pages: each (site, target)'s key is made once and kept (a
+        # Memo: attackers send any Host and URL), its hash with it.
         asked = (req.host, req.scheme, req.path, req.query)
-        known = self._keys.get(asked)
+        known = self._keys.table.get(asked)
         if known is None:
             prefix = cache_key("GET", req.host, "/", scheme=req.scheme)[:-1]
             if not req.query and "%" not in req.path:
                 target = req.path
             else:
                 target = normalize_target(req.path, req.query, self.query_policy)
-            if len(self._keys) >= 4096:
-                self._keys.clear()  # attackers can send any Host and URL: keep this bounded
-            known = self._keys[asked] = (prefix + target, target)
+            known = self._keys.put(asked, (prefix + target, target))
         req.key, req.cache_target = known
         return known[0]
 
@@ -205,6 +205,8 @@ class Pipeline:
             return None
         if req.version == "1.1" and req.keep_alive:
             data = entry.wire(now, req.method == "HEAD")
+            if len(data) == 2 and len(entry.body) >= self.body_files.min_size:
+                req.body_file = entry.hot_file(self.body_files)
         else:
             data = (entry.render(now, b"HIT", head_only=req.method == "HEAD",
                                  connection=b"keep-alive" if req.keep_alive else b"close"),)
@@ -350,6 +352,13 @@ class Pipeline:
             raise ValueError(f"purge needs a full URL like http://host/path, got {url!r}")
         target = normalize_target(parts.path or "/", parts.query, self.query_policy)
         return self.store.remove(cache_key("GET", parts.netloc, target, scheme=parts.scheme))
+
+
+def _cache_gauges(m: Metrics, store: Store, files: BodyFiles) -> None:
+    m.gauge("kalkan_cache_bytes", "Bytes held by the cache store.", lambda: store.bytes)
+    m.gauge("kalkan_cache_objects", "Responses in the cache store.", lambda: store.objects)
+    m.gauge("kalkan_sendfile_bytes", "Bytes of hot bodies also held in memory-backed files for "
+            "sendfile (cache.sendfile_bytes).", lambda: files.bytes)
 
 
 def _invalidate(store: Store, query_policy: QueryPolicy, req: Request,

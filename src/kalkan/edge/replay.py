@@ -15,6 +15,7 @@ from kalkan.observe.access_log import AccessLog
 if TYPE_CHECKING:
     from kalkan.defense.engine import Defense
     from kalkan.defense.null import NullDefense
+    from kalkan.edge.body_files import BodyFiles
     from kalkan.edge.clock import Clock
     from kalkan.edge.connection import HttpConnection
     from kalkan.edge.store import Store
@@ -74,8 +75,11 @@ class ReplayMemo:
     def __init__(self, store: Store, recorder: Recorder, clock: Clock,
                  defense: Defense | NullDefense,
                  respond_now: Callable[[Request], tuple[bytes, ...] | None],
-                 credentialed: Callable[[Request], bool], defended: bool) -> None:
+                 credentialed: Callable[[Request], bool], defended: bool,
+                 body_files: BodyFiles) -> None:
         self.store = store
+        self.body_files = body_files
+        self._file_min = body_files.min_size
         self.recorder = recorder
         self.clock = clock
         self.defense = defense
@@ -199,7 +203,8 @@ class ReplayMemo:
             return False
         started = time.monotonic()
         out = entry.wire(now, memo.head)
-        conn.send_now(out)
+        conn.send_hit(out, entry.hot_file(self.body_files)
+                      if not memo.head and len(entry.body) >= self._file_min else None)
         self.recorder.replayed(now, conn.client, memo.request.path, memo.log, memo.agent,
                                entry.status, wire_len(out), "HIT",
                                (time.monotonic() - started) * 1000.0, decision)
@@ -218,7 +223,7 @@ class ReplayMemo:
         out = self.respond_now(req)
         if out is None:
             return False  # the slow path takes it from the parser (and decides again)
-        conn.send_now(out)
+        conn.send_hit(out, req.body_file)
         verdict = req.verdict
         if verdict is not None:
             refused = verdict.action is not Action.ALLOW

@@ -9,6 +9,7 @@ from kalkan.edge.chunks import ChunkQueue
 
 if TYPE_CHECKING:
     from kalkan.defense.verdict import Verdict
+    from kalkan.edge.body_files import BodyFile
 
 
 class BodyStream(ChunkQueue):
@@ -31,7 +32,7 @@ class Request:
                  "scheme", "expect_continue", "decision", "key", "cache_target", "conditional",
                  "authorization", "cookie", "length_fields", "transfer_encoding", "host_fields",
                  "has_pass", "prefetched_body", "verdict", "connection", "user_agent",
-                 "xff", "referer", "client_ip")
+                 "xff", "referer", "client_ip", "body_file")
 
     def __init__(self) -> None:
         self.method = "GET"
@@ -69,6 +70,8 @@ class Request:
         # The client's address parsed ((version, int), addresses.parse_ip) where the edge has
         # it (per connection, or the X-Forwarded-For hop); None: the defence parses `client`.
         self.client_ip: tuple[int, int] | None = None
+        # Where a hit's body may be sent from without a copy (set by the pipeline's hot path).
+        self.body_file: BodyFile | None = None
 
     def clone_for(self, client: str, peer: str) -> Request:
         """The same request from another connection (the replay path): parsed fields shared."""

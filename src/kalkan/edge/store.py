@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kalkan.edge.body_files import HOT_HITS, BodyFile, BodyFiles
 from kalkan.edge.cache_policy import StaleRules
 from kalkan.edge.responses import serialize_head, status_line
 from kalkan.memo import Memo
@@ -63,7 +64,7 @@ class Entry:
 
     __slots__ = ("key", "vary", "vary_sig", "status", "body", "response_time", "initial_age",
                  "lifetime", "fresh_until", "stale", "micro", "size", "_prefix", "_wire_age",
-                 "_wire")
+                 "_wire", "body_file", "hits")
 
     def __init__(self, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                  *, response_time: float, initial_age: float, lifetime: float,
@@ -80,6 +81,9 @@ class Entry:
             # Never from the origin (its parser refuses these): a bug must not split answers.
             raise ValueError("a header field with CR, LF or NUL cannot be stored")
         self.body = body
+        # The body's memfd once it is hot (edge/body_files.py), and the hits counted toward it.
+        self.body_file: BodyFile | None = None
+        self.hits = 0
         self.stale = _shared_stale_rules(stale)
         self.size = len(body) + len(fields) + _ENTRY_OVERHEAD
         self.response_time = response_time
@@ -138,6 +142,19 @@ class Entry:
         """The name of this entry's file in the cache directory (made when it is written, not
         kept: thousands of entries would each hold it for nothing)."""
         return file_name(self.key, self.vary_sig)
+
+    def hot_file(self, shelf: BodyFiles) -> BodyFile | None:
+        """The file to send the body from, once it has earned one (edge/body_files.py): made
+        at the HOT_HITS-th hit, made again after HOT_HITS more if the shelf has closed it."""
+        file = self.body_file
+        if file is not None and file.fd >= 0:
+            return file
+        self.hits += 1
+        if self.hits < HOT_HITS:
+            return None
+        self.hits = 0
+        self.body_file = file = shelf.make(self.body)
+        return file
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
