@@ -192,7 +192,8 @@ class CacheConfig:
     sendfile_bytes: int = _size(
         "Hot bodies of 16 KiB or more are also kept in memory-backed files, up to this many bytes "
         "(oldest closed first), so that the kernel sends them without copying (sendfile): these "
-        "bytes come on top of cache.memory_bytes. 0 = off: every hit is copied into its socket.",
+        "bytes come on top of cache.memory_bytes, per worker as it is. 0 = off: every hit is "
+        "copied into its socket.",
         64 * 2**20, min=0)
     dir: str | None = _opt(
         "Directory where stored responses persist across restarts; null keeps them in memory only.",
