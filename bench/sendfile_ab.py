@@ -52,7 +52,7 @@ class Settings:
 
 
 def settings(quick: bool) -> Settings:
-    return Settings(1, 3.0, 1.0, 64) if quick else Settings(4, 8.0, 2.0, 64)
+    return Settings(1, 2.0, 0.5, 64) if quick else Settings(4, 8.0, 2.0, 64)
 
 
 def one_run(variant: str, page: str, origin_port: int, work: Path, stopper: Stopper,

@@ -211,6 +211,18 @@ def connection_memory(d: dict[str, Any]) -> list[str]:
             + ".", ""]
 
 
+def sendfile_ab(d: dict[str, Any]) -> list[str]:
+    s = d["summary"]
+    parts = [f"{page.replace('k', ' KB')} **{v['median_pair_ratio']:.3f}x** "
+             f"({v['copy']['cpu_us_per_request']:.1f} -> {v['sendfile']['cpu_us_per_request']:.1f}"
+             f" µs of CPU per request; pairs {', '.join(f'{p:.2f}' for p in v['pair_ratios'])})"
+             for page, v in s.items()]
+    return [f"{_smoke(d)}**Hot bodies by sendfile vs copied** (Kalkan against itself, "
+            f"`cache.sendfile_bytes: 0` vs the default, readers load to capacity, ABBA pairs; "
+            f"[bench/results/sendfile_ab.md](bench/results/sendfile_ab.md), `{d['command']}`): "
+            + "; ".join(parts) + ".", ""]
+
+
 def hit_profile(d: dict[str, Any]) -> list[str]:
     same, varied = d["identical requests"], d["varied User-Agent"]
     top = max(same["shares"].items(), key=lambda kv: kv[1])
@@ -342,6 +354,7 @@ def analyze_speed(d: dict[str, Any]) -> list[str]:
 SECTIONS = (("throughput", throughput), ("tail_latency", tail_latency),
             ("defense_scale", defense_scale), ("workers", workers),
             ("cluster", cluster), ("alliance_hop", alliance_hop),
+            ("sendfile_ab", sendfile_ab),
             ("connection_memory", connection_memory), ("hit_instructions", hit_instructions),
             ("hit_profile", hit_profile), ("h2", h2),
             ("cache_conformance", conformance),

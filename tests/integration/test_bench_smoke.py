@@ -502,7 +502,20 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--quiet-timeout", "0", "--clients", "2000", "--output-dir", str(out))
     _run("bench.connection_memory", "--quick", "--connections", "200", "--pages", "60",
          "--output-dir", str(out))
+    _run("bench.sendfile_ab", "--quick", "--output-dir", str(out))
     return out
+
+
+@pytest.mark.slow
+def test_sendfile_ab_quick_run_pairs_both_variants_on_both_pages(quick_results: Path) -> None:
+    data = json.loads((quick_results / "sendfile_ab.json").read_text())
+    assert {(r["page"], r["variant"]) for r in data["runs"]} == {
+        (page, variant) for page in ("20k", "200k") for variant in ("copy", "sendfile")}
+    for page in ("20k", "200k"):
+        summary = data["summary"][page]
+        assert len(summary["pair_ratios"]) == 1 and summary["median_pair_ratio"] > 0
+        assert summary["sendfile"]["cpu_us_per_request"] > 0
+    assert "sendfile / copy" in (quick_results / "sendfile_ab.md").read_text()
 
 
 @pytest.mark.slow
