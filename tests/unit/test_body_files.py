@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kalkan.edge import body_files
-from kalkan.edge.body_files import MIN_SIZE, BodyFiles, send_head_and_file_py
+from kalkan.edge.body_files import MIN_SIZE, BodyFile, BodyFiles, send_head_and_file_py
 
 SENDERS: list[Callable[[int, bytes, int, int], int]] = [send_head_and_file_py]
 try:
@@ -102,6 +102,14 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         receiver.close()
 
 
+def shelved(size: int) -> tuple[BodyFiles, BodyFile]:
+    """A shelf holding one file of `size` bytes of `body(size)`."""
+    shelf = BodyFiles(max(1 << 20, 2 * size))
+    file = shelf.make(body(size))
+    assert file is not None
+    return shelf, file
+
+
 def receive(sock: socket.socket, size: int) -> bytes:
     sock.settimeout(5.0)
     got = bytearray()
@@ -117,10 +125,8 @@ def receive(sock: socket.socket, size: int) -> bytes:
 def test_head_then_file_arrive_whole(send: Callable[[int, bytes, int, int], int],
                                      tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     sender, receiver = tcp_pair
-    shelf = BodyFiles(1 << 20)
+    shelf, file = shelved(20 * 1024)
     data = body(20 * 1024)
-    file = shelf.make(data)
-    assert file is not None
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data)
     for _ in range(3):  # the file is read from its start every time
         assert send(sender.fileno(), head, file.fd, file.size) == len(head) + len(data)
@@ -134,10 +140,8 @@ def test_a_full_socket_takes_part_and_says_how_much(
         tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     sender, receiver = tcp_pair
     sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    shelf = BodyFiles(16 << 20)
-    data = body(8 << 20)  # far more than the sender's and the receiver's buffers
-    file = shelf.make(data)
-    assert file is not None
+    shelf, file = shelved(8 << 20)  # far more than the sender's and the receiver's buffers
+    data = body(8 << 20)
     head = b"HTTP/1.1 200 OK\r\n\r\n"
     sent = send(sender.fileno(), head, file.fd, file.size)
     assert len(head) < sent < len(head) + len(data)  # never blocks, never raises
@@ -152,9 +156,7 @@ def test_a_closed_peer_is_reported_by_the_count_not_by_a_signal(
     sender, receiver = tcp_pair
     receiver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
     receiver.close()  # with linger 0: a reset
-    shelf = BodyFiles(1 << 20)
-    file = shelf.make(body(MIN_SIZE))
-    assert file is not None
+    shelf, file = shelved(MIN_SIZE)
     sent = 0
     for _ in range(3):  # the first send may still be taken before the reset is seen
         sent = send(sender.fileno(), b"HTTP/1.1 200 OK\r\n\r\n", file.fd, file.size)
