@@ -205,7 +205,7 @@ class Pipeline:
             return None
         if req.version == "1.1" and req.keep_alive:
             data = entry.wire(now, req.method == "HEAD")
-            if len(data) == 2 and len(entry.body) >= self.body_files.min_size:
+            if len(data) == 2:  # not a HEAD: a body to send
                 req.body_file = entry.hot_file(self.body_files)
         else:
             data = (entry.render(now, b"HIT", head_only=req.method == "HEAD",

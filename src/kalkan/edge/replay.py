@@ -79,7 +79,6 @@ class ReplayMemo:
                  body_files: BodyFiles) -> None:
         self.store = store
         self.body_files = body_files
-        self._file_min = body_files.min_size
         self.recorder = recorder
         self.clock = clock
         self.defense = defense
@@ -203,8 +202,7 @@ class ReplayMemo:
             return False
         started = time.monotonic()
         out = entry.wire(now, memo.head)
-        conn.send_hit(out, entry.hot_file(self.body_files)
-                      if not memo.head and len(entry.body) >= self._file_min else None)
+        conn.send_hit(out, entry.hot_file(self.body_files) if len(out) == 2 else None)
         self.recorder.replayed(now, conn.client, memo.request.path, memo.log, memo.agent,
                                entry.status, wire_len(out), "HIT",
                                (time.monotonic() - started) * 1000.0, decision)

@@ -145,7 +145,10 @@ class Entry:
 
     def hot_file(self, shelf: BodyFiles) -> BodyFile | None:
         """The file to send the body from, once it has earned one (edge/body_files.py): made
-        at the HOT_HITS-th hit, made again after HOT_HITS more if the shelf has closed it."""
+        at the HOT_HITS-th hit, made again after HOT_HITS more if the shelf has closed it; never
+        for a body below the shelf's `min_size` (all of them when the shelf is off)."""
+        if len(self.body) < shelf.min_size:
+            return None
         file = self.body_file
         if file is not None and file.fd >= 0:
             return file
